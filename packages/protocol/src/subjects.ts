@@ -1,0 +1,67 @@
+/**
+ * NATS subjects. Every subject starts with `ferry.v<version>` so two protocol versions can share
+ * a server without reading each other's messages.
+ */
+import { PROTOCOL_VERSION } from './version';
+import { ErrorCode, FerryError } from './errors';
+
+const ROOT = `ferry.v${PROTOCOL_VERSION}`;
+
+/** Requests one agent answers (request/reply). */
+export const AgentVerb = {
+  PROBE: 'probe',
+  RUN: 'run',
+  PS: 'ps',
+  STOP: 'stop',
+  /** Target: make a work dir and start receiving an image. */
+  RECEIVE: 'receive',
+  /** Source: freeze + dump the workload and stream the image to the target. */
+  CHECKPOINT: 'checkpoint',
+  /** Target: restore the received image. */
+  RESTORE: 'restore',
+  /** Source: the target confirmed; kill the frozen copy and clean up. */
+  RELEASE: 'release',
+  /** Source: something failed before the confirm; thaw the frozen copy. */
+  RESUME: 'resume',
+  /** Target: something failed; drop the received image and any restored copy. */
+  DISCARD: 'discard',
+} as const;
+export type AgentVerb = (typeof AgentVerb)[keyof typeof AgentVerb];
+
+/** Requests the coordinator answers. */
+export const CoordVerb = {
+  REGISTER: 'register',
+  HOSTS: 'hosts',
+  PS: 'ps',
+  RUN: 'run',
+  STOP: 'stop',
+  MIGRATE: 'migrate',
+  STATUS: 'status',
+} as const;
+export type CoordVerb = (typeof CoordVerb)[keyof typeof CoordVerb];
+
+const TOKEN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+function token(kind: string, value: string): string {
+  if (!TOKEN.test(value)) {
+    throw new FerryError(ErrorCode.INVALID_ARGUMENT, `invalid ${kind} ${JSON.stringify(value)}: use lowercase letters, digits, '-' and '_', at most 63`);
+  }
+  return value;
+}
+
+export const subjects = {
+  agent: (host: string, verb: AgentVerb): string => `${ROOT}.agent.${token('host name', host)}.${verb}`,
+  /** Agents publish heartbeats here (no reply). */
+  heartbeat: (): string => `${ROOT}.coord.heartbeat`,
+  coord: (verb: CoordVerb): string => `${ROOT}.coord.${verb}`,
+  event: (kind: string): string => `${ROOT}.events.${kind}`,
+  allEvents: (): string => `${ROOT}.events.>`,
+  xferData: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.data`,
+  xferAck: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.ack`,
+  xferCtl: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.ctl`,
+};
+
+/** True if `value` is usable as one subject token (host, workload, transfer id). */
+export function isValidToken(value: string): boolean {
+  return TOKEN.test(value);
+}
