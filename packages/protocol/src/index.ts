@@ -5,3 +5,5 @@ export { subjects, AgentVerb, CoordVerb, isValidToken } from './subjects';
 export * from './schemas';
 export { request, serve, parseMessage, encodeError, DEFAULT_REQUEST_TIMEOUT_MS } from './rpc';
 export type { RequestOptions, Handler, ServeOptions } from './rpc';
+export { silentLogger } from './logger';
+export type { Logger } from './logger';

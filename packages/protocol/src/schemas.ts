@@ -186,6 +186,9 @@ export const Heartbeat = z.object({
   v: Version,
   host: HostName,
   bootId: Id,
+  /** Repeated from registration so a restarted coordinator learns the host from its next heartbeat. */
+  address: z.string().max(64),
+  criu: CriuInfo,
   seq: z.number().int().nonnegative(),
   memory: HostMemory,
   workloads: z.array(WorkloadInfo).max(100_000),

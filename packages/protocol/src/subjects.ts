@@ -25,6 +25,8 @@ export const AgentVerb = {
   RESUME: 'resume',
   /** Target: something failed; drop the received image and any restored copy. */
   DISCARD: 'discard',
+  /** Target: the migration is over; the restored copy is no longer provisional. */
+  SETTLE: 'settle',
 } as const;
 export type AgentVerb = (typeof AgentVerb)[keyof typeof AgentVerb];
 

@@ -1,0 +1,47 @@
+#include "args.h"
+
+#include <cmath>
+
+namespace ferry {
+
+namespace {
+
+[[noreturn]] void ThrowType(Napi::Env env, const char* name, const char* expected) {
+  throw Napi::TypeError::New(env, std::string("argument '") + name + "' must be " + expected);
+}
+
+double IntegerArg(const Napi::CallbackInfo& info, size_t index, const char* name, double min, double max) {
+  if (index >= info.Length() || !info[index].IsNumber()) ThrowType(info.Env(), name, "a number");
+  double value = info[index].As<Napi::Number>().DoubleValue();
+  if (std::trunc(value) != value || value < min || value > max) ThrowType(info.Env(), name, "an integer in range");
+  return value;
+}
+
+}  // namespace
+
+int32_t Int32Arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  return static_cast<int32_t>(IntegerArg(info, index, name, INT32_MIN, INT32_MAX));
+}
+
+uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  return static_cast<uint32_t>(IntegerArg(info, index, name, 0, UINT32_MAX));
+}
+
+bool BoolArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (index >= info.Length() || !info[index].IsBoolean()) ThrowType(info.Env(), name, "a boolean");
+  return info[index].As<Napi::Boolean>().Value();
+}
+
+std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (index >= info.Length() || !info[index].IsString()) ThrowType(info.Env(), name, "a string");
+  std::string value = info[index].As<Napi::String>().Utf8Value();
+  if (value.find('\0') != std::string::npos) ThrowType(info.Env(), name, "a string without NUL bytes");
+  return value;
+}
+
+std::optional<std::string> NullableStringArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (index < info.Length() && info[index].IsNull()) return std::nullopt;
+  return StringArg(info, index, name);
+}
+
+}  // namespace ferry

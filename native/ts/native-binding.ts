@@ -1,0 +1,99 @@
+import * as path from 'node:path';
+
+/**
+ * The raw addon, exactly as src/*.cc exports it. Nothing here validates arguments or converts
+ * errors; use createLinuxSyscalls() instead. Every function throws (or rejects with) an Error
+ * carrying `errno`, `code` and `syscall` when the kernel refuses the call.
+ */
+export interface NativeBinding {
+  mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): Promise<void>;
+  umount2(target: string, flags: number): Promise<void>;
+  pidfdOpen(pid: number): number;
+  pidfdSendSignal(pidfd: number, signal: number): void;
+  pidfdGetfd(pidfd: number, targetFd: number): number;
+  linkat(olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number): void;
+  statx(dirfd: number, path: string, flags: number, mask: number): NativeStatx;
+  setns(fd: number, nstype: number): void;
+  unshare(flags: number): void;
+  waitpidNoHang(pid: number): NativeWaitStatus | null;
+  setChildSubreaper(on: boolean): void;
+  close(fd: number): void;
+
+  readonly MS_RDONLY: number;
+  readonly MS_NOSUID: number;
+  readonly MS_NODEV: number;
+  readonly MS_NOEXEC: number;
+  readonly MS_REMOUNT: number;
+  readonly MS_BIND: number;
+  readonly MS_REC: number;
+  readonly MS_PRIVATE: number;
+  readonly MS_SLAVE: number;
+  readonly MS_SHARED: number;
+  readonly MNT_FORCE: number;
+  readonly MNT_DETACH: number;
+  readonly UMOUNT_NOFOLLOW: number;
+  readonly AT_FDCWD: number;
+  readonly AT_SYMLINK_NOFOLLOW: number;
+  readonly AT_SYMLINK_FOLLOW: number;
+  readonly AT_EMPTY_PATH: number;
+  readonly STATX_TYPE: number;
+  readonly STATX_MODE: number;
+  readonly STATX_NLINK: number;
+  readonly STATX_INO: number;
+  readonly STATX_SIZE: number;
+  readonly STATX_BASIC_STATS: number;
+  readonly STATX_MNT_ID: number;
+  readonly CLONE_NEWNS: number;
+  readonly CLONE_NEWUTS: number;
+  readonly CLONE_NEWIPC: number;
+  readonly CLONE_NEWPID: number;
+  readonly CLONE_NEWNET: number;
+}
+
+/** statx(2) result as the addon returns it. */
+export interface NativeStatx {
+  mask: number;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  ino: bigint;
+  size: number;
+  devMajor: number;
+  devMinor: number;
+  mntId: number;
+}
+
+/** waitpid(2) outcome as the addon returns it. */
+export interface NativeWaitStatus {
+  pid: number;
+  exited: boolean;
+  status: number;
+  signal: number | null;
+}
+
+/**
+ * Where node-gyp puts the addon. Resolved from the package root (one level above both ts/ and
+ * dist/), so the same code works compiled and under ts-jest.
+ */
+export const NATIVE_ADDON_PATH = path.resolve(__dirname, '..', 'build', 'Release', 'ferry_native.node');
+
+let cached: NativeBinding | undefined;
+
+/**
+ * Loads the addon once. Loading is deferred to the first call so that importing @ferry/native
+ * (for its types, constants or errors) works before the addon has been compiled.
+ */
+export function loadNativeBinding(): NativeBinding {
+  if (cached === undefined) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      cached = require(NATIVE_ADDON_PATH) as NativeBinding;
+    } catch (err) {
+      throw new Error(`cannot load ${NATIVE_ADDON_PATH}; build it with 'npm run build -w @ferry/native'`, {
+        cause: err,
+      });
+    }
+  }
+  return cached;
+}

@@ -1,0 +1,67 @@
+import { ErrorCode, FerryError, isValidToken } from '@ferry/protocol';
+import type { AgentFaults } from './fault-injection';
+
+/** Heartbeats let the coordinator tell a live host from a lost one within a few seconds. */
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000;
+/** Images are held in memory (tmpfs); this caps one image. */
+export const DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 ** 3;
+
+export interface AgentOptions {
+  /** This host's name in the cluster (a subject token). */
+  host: string;
+  /** Address other hosts reach this one at (informational, shown by `ferry hosts`). */
+  address: string;
+  /** NATS server URL(s). */
+  natsUrl: string;
+  /**
+   * Where the agent keeps its inventory (agents/<host>/) and workload logs (workloads/<name>/).
+   * Log paths do not name the host, so a restored workload finds its log at the same path.
+   */
+  dataDir: string;
+  /** tmpfs root for per-migration work dirs. */
+  workDir: string;
+  /** Size limit of the work-dir tmpfs. */
+  workDirBytes: number;
+  heartbeatIntervalMs: number;
+  /** Largest image (all files together) the agent will receive. */
+  maxImageBytes: number;
+  /** CRIU binary. */
+  criuPath: string;
+  /** Largest unlinked-but-open file CRIU copies into the image (its --ghost-limit). */
+  ghostLimitBytes: number;
+  /** Faults to inject, for failure tests only. */
+  faults: AgentFaults;
+}
+
+export function defaultAgentOptions(host = 'h1'): AgentOptions {
+  return {
+    host,
+    address: '',
+    natsUrl: 'nats://127.0.0.1:4222',
+    dataDir: '/var/lib/ferry',
+    workDir: `/run/ferry/work/${host}`,
+    workDirBytes: DEFAULT_MAX_IMAGE_BYTES,
+    heartbeatIntervalMs: DEFAULT_HEARTBEAT_INTERVAL_MS,
+    maxImageBytes: DEFAULT_MAX_IMAGE_BYTES,
+    criuPath: 'criu',
+    ghostLimitBytes: 64 * 1024 * 1024,
+    faults: {},
+  };
+}
+
+/** Resolves defaults and validates once, so the rest of the agent can trust its options. */
+export function compileAgentOptions(partial: Partial<AgentOptions> & { host: string }): AgentOptions {
+  const o = { ...defaultAgentOptions(partial.host), ...stripUndefined(partial) };
+  if (!isValidToken(o.host)) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `invalid host name ${JSON.stringify(o.host)}`);
+  for (const k of ['dataDir', 'workDir'] as const) {
+    if (!o[k].startsWith('/')) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${k} must be an absolute path`);
+  }
+  for (const k of ['heartbeatIntervalMs', 'maxImageBytes', 'workDirBytes', 'ghostLimitBytes'] as const) {
+    if (!Number.isFinite(o[k]) || o[k] <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${k} must be a positive number`);
+  }
+  return o;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

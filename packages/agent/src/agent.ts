@@ -1,0 +1,442 @@
+/**
+ * The agent: one per host, root. It launches workloads, keeps their inventory, and carries out its
+ * half of each migration step on the coordinator's request. It never decides a migration's fate:
+ * freezing, thawing, killing and discarding happen only when the coordinator says so, which keeps
+ * "the workload runs exactly once" a property of one state machine.
+ */
+import { randomBytes } from 'node:crypto';
+import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { NatsConnection, Subscription } from 'nats';
+import {
+  AgentVerb,
+  CheckpointRequest,
+  CoordVerb,
+  EmptyRequest,
+  ErrorCode,
+  FerryError,
+  MigrationRef,
+  NameRequest,
+  ReceiveRequest,
+  RunRequest,
+  encode,
+  request,
+  serve,
+  subjects,
+  toFerryError,
+  PROTOCOL_VERSION,
+  type CheckpointReply,
+  type CriuInfo,
+  type Heartbeat,
+  type RestoreReply,
+  type WorkloadInfo,
+} from '@ferry/protocol';
+import { ImageReceiver, sendImage } from '@ferry/transfer';
+import { z } from 'zod';
+import { CriuDriver } from './criu-driver';
+import { readHostMemory } from './host-memory';
+import { Inventory, type WorkloadRecord } from './inventory';
+import { silentLogger, type Logger } from '@ferry/protocol';
+import { isAlive, readProcessStat, treeRssBytes } from './process-tree';
+import { launchWorkload } from './workload-launcher';
+import { WorkDirs } from './work-dir';
+import type { AgentOptions } from './agent-options';
+
+/** Written next to CRIU's images: what the target needs to adopt the workload. */
+interface WorkloadManifest {
+  name: string;
+  argv: string[];
+  env: Record<string, string>;
+  cwd: string;
+  logPath: string;
+  startedAt: string;
+  logBytes: number;
+}
+const MANIFEST_FILE = 'ferry-manifest.json';
+const LOG_COPY_FILE = 'ferry-workload.log';
+const PROGRESS_INTERVAL_MS = 250;
+
+interface IncomingMigration {
+  migrationId: string;
+  workload: string;
+  dir: string;
+  receiver: ImageReceiver;
+  restoredPid: number | null;
+  progressTimer: NodeJS.Timeout;
+}
+
+export interface AgentDeps {
+  nc: NatsConnection;
+  criu: CriuDriver;
+  criuInfo: CriuInfo;
+  workDirs: WorkDirs;
+  inventory: Inventory;
+  logger?: Logger;
+}
+
+export class Agent {
+  private readonly log: Logger;
+  private readonly subs: Subscription[] = [];
+  private readonly incoming = new Map<string, IncomingMigration>();
+  private readonly bootId = `b${randomBytes(6).toString('hex')}`;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private heartbeatSeq = 0;
+  private registered = false;
+  private closed = false;
+
+  constructor(
+    private readonly opts: AgentOptions,
+    private readonly deps: AgentDeps,
+  ) {
+    this.log = (deps.logger ?? silentLogger).child({ host: opts.host });
+  }
+
+  get host(): string {
+    return this.opts.host;
+  }
+
+  /** Answers requests, then registers and heartbeats until closed. */
+  async start(): Promise<void> {
+    await this.refreshInventory();
+    const { nc } = this.deps;
+    const on = <S extends z.ZodType>(verb: AgentVerb, schema: S, fn: (req: z.infer<S>) => Promise<Record<string, unknown> | void>) =>
+      this.subs.push(
+        serve(nc, subjects.agent(this.opts.host, verb), schema, fn, {
+          onError: (err, subject) => this.log.warn({ code: err.code, subject, details: err.details }, err.message),
+        }),
+      );
+    on(AgentVerb.PROBE, EmptyRequest, async () => ({ criu: this.deps.criuInfo, memory: await readHostMemory() }));
+    on(AgentVerb.PS, EmptyRequest, async () => ({ workloads: await this.listWorkloads() }));
+    on(AgentVerb.RUN, RunRequest, async (req) => ({ workload: await this.run(req) }));
+    on(AgentVerb.STOP, NameRequest, async (req) => this.stop(req.name));
+    on(AgentVerb.RECEIVE, ReceiveRequest, async (req) => this.receive(req));
+    on(AgentVerb.CHECKPOINT, CheckpointRequest, async (req) => ({ ...(await this.checkpoint(req)) }));
+    on(AgentVerb.RESTORE, MigrationRef, async (req) => ({ ...(await this.restore(req)) }));
+    on(AgentVerb.RELEASE, MigrationRef, async (req) => this.release(req));
+    on(AgentVerb.RESUME, MigrationRef, async (req) => this.resume(req));
+    on(AgentVerb.DISCARD, MigrationRef, async (req) => this.discard(req));
+    on(AgentVerb.SETTLE, MigrationRef, async (req) => this.settle(req));
+    await nc.flush();
+    this.heartbeatTimer = setInterval(() => void this.beat(), this.opts.heartbeatIntervalMs);
+    await this.beat();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    for (const s of this.subs) s.unsubscribe();
+    for (const inc of this.incoming.values()) {
+      clearInterval(inc.progressTimer);
+      inc.receiver.abort('agent shutting down');
+    }
+  }
+
+  // ---- registration and heartbeat ----
+
+  private async beat(): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (!this.registered) {
+        await request(
+          this.deps.nc,
+          subjects.coord(CoordVerb.REGISTER),
+          {
+            host: this.opts.host,
+            address: this.opts.address,
+            criu: this.deps.criuInfo,
+            memory: await readHostMemory(),
+            agentPid: process.pid,
+            bootId: this.bootId,
+          },
+          z.object({}).passthrough(),
+          { timeoutMs: 2_000 },
+        );
+        this.registered = true;
+        this.log.info({ bootId: this.bootId }, 'registered with the coordinator');
+      }
+      const hb: Heartbeat = {
+        v: PROTOCOL_VERSION,
+        host: this.opts.host,
+        bootId: this.bootId,
+        address: this.opts.address,
+        criu: this.deps.criuInfo,
+        seq: this.heartbeatSeq++,
+        memory: await readHostMemory(),
+        workloads: await this.listWorkloads(),
+      };
+      this.deps.nc.publish(subjects.heartbeat(), encode(hb));
+    } catch (err) {
+      // The coordinator may not be up yet or may be restarting; registration is retried next beat.
+      this.log.debug({ err: toFerryError(err).message }, 'coordinator not reachable');
+    }
+  }
+
+  /** A coordinator that restarted asks agents to register again by answering a heartbeat with NOT_FOUND. */
+  forgetRegistration(): void {
+    this.registered = false;
+  }
+
+  // ---- workloads ----
+
+  private async refreshInventory(): Promise<void> {
+    for (const rec of this.deps.inventory.all()) {
+      if (rec.state !== 'exited' && !(await isAlive(rec.pid, rec.startTime))) {
+        rec.state = 'exited';
+        await this.deps.inventory.put(rec);
+        this.log.info({ workload: rec.name, pid: rec.pid }, 'workload exited');
+      }
+    }
+  }
+
+  private async listWorkloads(): Promise<WorkloadInfo[]> {
+    await this.refreshInventory();
+    const out: WorkloadInfo[] = [];
+    for (const r of this.deps.inventory.all()) out.push(await this.describe(r));
+    return out;
+  }
+
+  private async describe(r: WorkloadRecord): Promise<WorkloadInfo> {
+    return {
+      name: r.name,
+      host: this.opts.host,
+      state: r.state,
+      pid: r.pid,
+      rssBytes: r.state === 'exited' ? 0 : await treeRssBytes(r.pid).catch(() => 0),
+      argv: r.argv,
+      startedAt: r.startedAt,
+      exitCode: r.exitCode,
+    };
+  }
+
+  private requireWorkload(name: string): WorkloadRecord {
+    const rec = this.deps.inventory.get(name);
+    if (!rec) throw new FerryError(ErrorCode.NOT_FOUND, `no workload named ${name} on ${this.opts.host}`);
+    return rec;
+  }
+
+  async run(req: RunRequest): Promise<WorkloadInfo> {
+    const existing = this.deps.inventory.get(req.name);
+    if (existing && existing.state !== 'exited') {
+      throw new FerryError(ErrorCode.CONFLICT, `workload ${req.name} already runs on ${this.opts.host}`);
+    }
+    const logPath = join(this.opts.dataDir, 'workloads', req.name, 'output.log');
+    await mkdir(join(this.opts.dataDir, 'workloads', req.name), { recursive: true, mode: 0o700 });
+    // A new workload starts a new log, even if an earlier one of the same name left one.
+    await writeFile(logPath, '', { mode: 0o600 });
+    const cwd = req.cwd ?? '/';
+    const launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath });
+    const rec: WorkloadRecord = {
+      name: req.name,
+      pid: launched.pid,
+      startTime: launched.startTime,
+      argv: req.argv,
+      env: req.env,
+      cwd,
+      logPath,
+      state: 'running',
+      startedAt: new Date().toISOString(),
+      exitCode: null,
+      migration: null,
+    };
+    await this.deps.inventory.put(rec);
+    this.log.info({ workload: req.name, pid: launched.pid }, 'workload launched');
+    return this.describe(rec);
+  }
+
+  async stop(name: string): Promise<void> {
+    const rec = this.requireWorkload(name);
+    if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${name} is being migrated (${rec.migration.id})`);
+    if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
+    await this.deps.inventory.remove(name);
+    this.log.info({ workload: name }, 'workload stopped');
+  }
+
+  // ---- migration: target side ----
+
+  async receive(req: ReceiveRequest): Promise<void> {
+    if (this.incoming.has(req.migrationId)) throw new FerryError(ErrorCode.CONFLICT, `migration ${req.migrationId} is already being received`);
+    const existing = this.deps.inventory.get(req.workload);
+    if (existing && existing.state !== 'exited') {
+      throw new FerryError(ErrorCode.CONFLICT, `a workload named ${req.workload} already runs on ${this.opts.host}`);
+    }
+    const dir = await this.deps.workDirs.create(req.migrationId);
+    const receiver = ImageReceiver.start(this.deps.nc, req.transferId, dir, {
+      idleTimeoutMs: req.idleTimeoutMs,
+      maxTotalBytes: this.opts.maxImageBytes,
+      maxFileBytes: this.opts.maxImageBytes,
+      logger: this.log.child({ migrationId: req.migrationId }),
+    });
+    // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
+    receiver.done.catch(() => undefined);
+    const progressTimer = setInterval(() => {
+      const p = receiver.progress();
+      this.deps.nc.publish(
+        subjects.event('progress'),
+        encode({ v: PROTOCOL_VERSION, migrationId: req.migrationId, bytes: p.bytes, files: p.files }),
+      );
+    }, PROGRESS_INTERVAL_MS);
+    receiver.done.finally(() => clearInterval(progressTimer)).catch(() => undefined);
+    this.incoming.set(req.migrationId, { migrationId: req.migrationId, workload: req.workload, dir, receiver, restoredPid: null, progressTimer });
+    this.log.info({ migrationId: req.migrationId, source: req.source }, 'receiving image');
+  }
+
+  async restore(req: MigrationRef): Promise<RestoreReply> {
+    const inc = this.incoming.get(req.migrationId);
+    if (!inc) throw new FerryError(ErrorCode.NOT_FOUND, `no image received for migration ${req.migrationId}`);
+    if (inc.workload !== req.workload) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `migration ${req.migrationId} carries ${inc.workload}, not ${req.workload}`);
+    await inc.receiver.done.catch((err) => {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `image for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
+    });
+    const manifest = await this.readManifest(inc.dir, req.workload);
+    await this.placeWorkloadLog(inc.dir, manifest);
+    const started = Date.now();
+    const restored = await this.deps.criu.restore({ imagesDir: inc.dir, pidFile: join(inc.dir, 'restored.pid') });
+    const resumedAt = Date.now();
+    inc.restoredPid = restored.pid;
+    const st = await readProcessStat(restored.pid);
+    await this.deps.inventory.put({
+      name: manifest.name,
+      pid: restored.pid,
+      startTime: st.startTime,
+      argv: manifest.argv,
+      env: manifest.env,
+      cwd: manifest.cwd,
+      logPath: manifest.logPath,
+      state: 'running',
+      startedAt: manifest.startedAt,
+      exitCode: null,
+      migration: { id: req.migrationId, role: 'target' },
+    });
+    this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started }, 'workload restored');
+    return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt };
+  }
+
+  /** The coordinator confirmed the whole migration: the restored copy is ours for good. */
+  async settle(req: MigrationRef): Promise<void> {
+    const rec = this.deps.inventory.get(req.workload);
+    if (rec?.migration?.id === req.migrationId) {
+      rec.migration = null;
+      await this.deps.inventory.put(rec);
+    }
+    const inc = this.incoming.get(req.migrationId);
+    if (inc) {
+      clearInterval(inc.progressTimer);
+      this.incoming.delete(req.migrationId);
+    }
+    await this.deps.workDirs.remove(req.migrationId);
+  }
+
+  async discard(req: MigrationRef): Promise<void> {
+    const inc = this.incoming.get(req.migrationId);
+    if (inc) {
+      clearInterval(inc.progressTimer);
+      inc.receiver.abort('migration rolled back');
+      this.incoming.delete(req.migrationId);
+    }
+    const rec = this.deps.inventory.get(req.workload);
+    if (rec?.migration?.id === req.migrationId && rec.migration.role === 'target') {
+      if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
+      await this.deps.inventory.remove(req.workload);
+      this.log.warn({ migrationId: req.migrationId, workload: req.workload }, 'discarded restored copy');
+    }
+    await this.deps.workDirs.remove(req.migrationId);
+  }
+
+  private async readManifest(dir: string, workload: string): Promise<WorkloadManifest> {
+    let m: WorkloadManifest;
+    try {
+      m = JSON.parse(await readFile(join(dir, MANIFEST_FILE), 'utf8')) as WorkloadManifest;
+    } catch (err) {
+      throw new FerryError(ErrorCode.RESTORE_FAILED, `image has no readable ${MANIFEST_FILE}`, { cause: err });
+    }
+    if (m.name !== workload) throw new FerryError(ErrorCode.RESTORE_FAILED, `image is of ${m.name}, expected ${workload}`);
+    return m;
+  }
+
+  /**
+   * CRIU reopens the workload's log by path and refuses a file whose size differs from the dump
+   * ("File ... has bad size"). On a shared filesystem the file is already there and identical;
+   * elsewhere the copy that travelled with the image is put in place.
+   */
+  private async placeWorkloadLog(dir: string, m: WorkloadManifest): Promise<void> {
+    const current = await stat(m.logPath).catch(() => null);
+    if (current && current.size === m.logBytes) return;
+    await mkdir(join(m.logPath, '..'), { recursive: true, mode: 0o700 });
+    await copyFile(join(dir, LOG_COPY_FILE), m.logPath);
+  }
+
+  // ---- migration: source side ----
+
+  async checkpoint(req: CheckpointRequest): Promise<CheckpointReply> {
+    const rec = this.requireWorkload(req.workload);
+    if (rec.state !== 'running' || !(await isAlive(rec.pid, rec.startTime))) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} is not running (${rec.state})`);
+    }
+    if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
+    const dir = await this.deps.workDirs.create(req.migrationId);
+    // Recorded before freezing: if we crash while it is frozen, the next start knows to ask.
+    rec.migration = { id: req.migrationId, role: 'source' };
+    rec.state = 'frozen';
+    await this.deps.inventory.put(rec);
+    const frozenAt = Date.now();
+    let dumpMs: number;
+    try {
+      const dumped = await this.deps.criu.dump({ pid: rec.pid, imagesDir: dir, leaveStopped: true });
+      dumpMs = dumped.durationMs;
+    } catch (err) {
+      // CRIU resumes the tree itself when a dump fails; make sure of it and forget the mark.
+      await this.deps.criu.thaw(rec.pid).catch(() => undefined);
+      rec.migration = null;
+      rec.state = (await isAlive(rec.pid, rec.startTime)) ? 'running' : 'exited';
+      await this.deps.inventory.put(rec);
+      await this.deps.workDirs.remove(req.migrationId);
+      throw err;
+    }
+    const logBytes = (await stat(rec.logPath).catch(() => null))?.size ?? 0;
+    if (logBytes > 0) await copyFile(rec.logPath, join(dir, LOG_COPY_FILE));
+    else await writeFile(join(dir, LOG_COPY_FILE), '');
+    const manifest: WorkloadManifest = {
+      name: rec.name,
+      argv: rec.argv,
+      env: rec.env,
+      cwd: rec.cwd,
+      logPath: rec.logPath,
+      startedAt: rec.startedAt,
+      logBytes,
+    };
+    await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
+    const sent = await sendImage(this.deps.nc, req.transferId, dir, {
+      idleTimeoutMs: req.idleTimeoutMs,
+      logger: this.log.child({ migrationId: req.migrationId }),
+    });
+    this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs }, 'image sent');
+    return { dumpMs, transferMs: sent.elapsedMs, bytes: sent.bytes, files: sent.files, frozenAt };
+  }
+
+  /** Target confirmed: the frozen copy must never run again. */
+  async release(req: MigrationRef): Promise<void> {
+    const rec = this.deps.inventory.get(req.workload);
+    if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
+      if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
+      await this.deps.inventory.remove(req.workload);
+      this.log.info({ migrationId: req.migrationId, workload: req.workload }, 'released frozen copy');
+    }
+    await this.deps.workDirs.remove(req.migrationId);
+  }
+
+  /** Rollback: thaw the frozen copy so it carries on here. */
+  async resume(req: MigrationRef): Promise<void> {
+    const rec = this.deps.inventory.get(req.workload);
+    if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
+      if (!(await isAlive(rec.pid, rec.startTime))) {
+        throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} died while frozen`);
+      }
+      await this.deps.criu.thaw(rec.pid);
+      rec.migration = null;
+      rec.state = 'running';
+      await this.deps.inventory.put(rec);
+      this.log.warn({ migrationId: req.migrationId, workload: req.workload }, 'thawed after rollback');
+    }
+    await this.deps.workDirs.remove(req.migrationId);
+  }
+}

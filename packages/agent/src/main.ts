@@ -1,0 +1,42 @@
+/** ferry-agent: the daemon each host runs (as root). Configuration comes from the environment. */
+import pino from 'pino';
+import { toFerryError } from '@ferry/protocol';
+import { startAgent } from './start-agent';
+
+async function main(): Promise<void> {
+  const env = process.env;
+  const host = env.FERRY_HOST;
+  const logger = pino({ name: 'ferry-agent', level: env.FERRY_LOG_LEVEL ?? 'info' });
+  if (!host) {
+    logger.fatal('FERRY_HOST is not set');
+    process.exit(2);
+  }
+  const num = (v: string | undefined) => (v === undefined || v === '' ? undefined : Number(v));
+  const running = await startAgent(
+    {
+      host,
+      address: env.FERRY_ADDRESS ?? '',
+      natsUrl: env.FERRY_NATS_URL,
+      dataDir: env.FERRY_DATA_DIR,
+      workDir: env.FERRY_WORK_DIR,
+      heartbeatIntervalMs: num(env.FERRY_HEARTBEAT_INTERVAL_MS),
+      criuPath: env.FERRY_CRIU_PATH,
+      ghostLimitBytes: num(env.FERRY_GHOST_LIMIT_BYTES),
+      faults: { corruptImageFrame: num(env.FERRY_FAULT_CORRUPT_IMAGE_FRAME) },
+    },
+    logger,
+  );
+  logger.info({ host }, 'agent ready');
+  const shutdown = (signal: string) => {
+    logger.info({ signal }, 'stopping (workloads keep running)');
+    void running.stop().finally(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+main().catch((err) => {
+  const fe = toFerryError(err);
+  process.stderr.write(`ferry-agent: ${fe.code}: ${fe.message}\n${fe.details.join('\n')}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,57 @@
+import { join } from 'node:path';
+import { connect } from 'nats';
+import { createLinuxSyscalls } from '@ferry/native';
+import { Agent } from './agent';
+import { compileAgentOptions, type AgentOptions } from './agent-options';
+import { CriuDriver } from './criu-driver';
+import { probeCriu } from './criu-probe';
+import { Inventory } from './inventory';
+import { silentLogger, type Logger } from '@ferry/protocol';
+import { WorkDirs } from './work-dir';
+import { withFaults } from './fault-injection';
+
+export interface RunningAgent {
+  agent: Agent;
+  stop(): Promise<void>;
+}
+
+/**
+ * Wires an agent: tmpfs work dir, CRIU probe (which decides CRIU_FAULT), NATS, inventory.
+ * Separate from main.ts so an embedder or a test can start one without reading the environment.
+ */
+export async function startAgent(partial: Partial<AgentOptions> & { host: string }, logger: Logger = silentLogger): Promise<RunningAgent> {
+  const opts = compileAgentOptions(partial);
+  const log = logger.child({ host: opts.host });
+  const sys = createLinuxSyscalls();
+  const workDirs = new WorkDirs(opts.workDir);
+  await workDirs.prepare((s, t, f, fl, d) => sys.mount(s, t, f, fl, d), opts.workDirBytes);
+
+  const probeStarted = Date.now();
+  const criuInfo = await probeCriu({ criuPath: opts.criuPath, workDir: join(opts.workDir, 'probe') });
+  log.info({ criu: criuInfo, ms: Date.now() - probeStarted }, 'CRIU probed');
+  const criu = new CriuDriver({
+    criuPath: opts.criuPath,
+    faultInjection: criuInfo.needsFaultInjection,
+    ghostLimitBytes: opts.ghostLimitBytes,
+  });
+
+  const inventory = new Inventory(join(opts.dataDir, 'agents', opts.host, 'inventory.json'));
+  await inventory.load();
+
+  const nc = await connect({
+    servers: opts.natsUrl.split(','),
+    name: `ferry-agent-${opts.host}`,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+    waitOnFirstConnect: true,
+  });
+  const agent = new Agent(opts, { nc: withFaults(nc, opts.faults), criu, criuInfo, workDirs, inventory, logger: log });
+  await agent.start();
+  return {
+    agent,
+    async stop() {
+      await agent.close();
+      await nc.drain().catch(() => undefined);
+    },
+  };
+}

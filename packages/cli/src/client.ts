@@ -1,0 +1,49 @@
+/** The CLI's connection to the cluster: NATS, found from the environment or the local dev cluster. */
+import { existsSync, readFileSync } from 'node:fs';
+import { connect, type NatsConnection } from 'nats';
+import type { z } from 'zod';
+import { ErrorCode, FerryError, request, subjects, type CoordVerb } from '@ferry/protocol';
+
+/** Where `ferry dev up` records the default cluster, so the CLI finds its NATS port. */
+export const DEFAULT_DEV_STATE_FILE = '/run/ferry/dev/ferry/cluster.json';
+
+export function resolveNatsUrl(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.FERRY_NATS_URL) return env.FERRY_NATS_URL;
+  if (existsSync(DEFAULT_DEV_STATE_FILE)) {
+    try {
+      const state = JSON.parse(readFileSync(DEFAULT_DEV_STATE_FILE, 'utf8')) as { natsUrl?: string };
+      if (state.natsUrl) return state.natsUrl;
+    } catch {
+      // A half-written state file: fall through to the default port.
+    }
+  }
+  return 'nats://127.0.0.1:4222';
+}
+
+export async function connectCluster(natsUrl = resolveNatsUrl()): Promise<NatsConnection> {
+  try {
+    return await connect({ servers: natsUrl.split(','), name: 'ferry-cli', timeout: 3_000 });
+  } catch (err) {
+    throw new FerryError(ErrorCode.UNAVAILABLE, `cannot reach NATS at ${natsUrl} (is the cluster up? try \`npx ferry dev up\`)`, { cause: err });
+  }
+}
+
+/** One request to the coordinator over a short-lived connection. */
+export async function askCoordinator<S extends z.ZodType>(
+  verb: CoordVerb,
+  body: Record<string, unknown>,
+  schema: S,
+  timeoutMs = 10_000,
+): Promise<z.infer<S>> {
+  const nc = await connectCluster();
+  try {
+    return await request(nc, subjects.coord(verb), body, schema, { timeoutMs });
+  } catch (err) {
+    if (err instanceof FerryError && err.code === ErrorCode.UNAVAILABLE && /no one answers/.test(err.message)) {
+      throw new FerryError(ErrorCode.UNAVAILABLE, 'no coordinator is answering (is the cluster up? try `npx ferry dev up`)', { cause: err });
+    }
+    throw err;
+  } finally {
+    await nc.close();
+  }
+}

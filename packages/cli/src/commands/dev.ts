@@ -1,0 +1,64 @@
+import type { Command } from 'commander';
+import { killHost, readClusterState } from '../dev';
+import { startLocalCluster, stopLocalCluster } from '../dev-cluster';
+import { printJson } from '../output';
+import { action } from './action';
+
+const DEV_CLUSTER = 'ferry';
+
+export function registerDev(program: Command): Command {
+  const dev = program.command('dev').description('a local cluster on this machine: hosts are network + mount + UTS namespaces');
+  dev
+    .command('up')
+    .description('start nats-server, redis, the coordinator and N agents (one per host h1..hN); returns when all registered')
+    .option('--hosts <n>', 'number of hosts', (v) => Number(v), 2)
+    .option('--kafka', 'also start a Kafka broker (not available yet: refused)')
+    .option('--json', 'print the cluster state as JSON')
+    .action(
+      action(async (opts: { hosts: number; kafka?: boolean; json?: boolean }) => {
+        if (opts.kafka) {
+          const { FerryError, ErrorCode } = await import('@ferry/protocol');
+          throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'Kafka support is not built yet; run without --kafka');
+        }
+        const state = await startLocalCluster({ name: DEV_CLUSTER, hosts: opts.hosts });
+        if (opts.json) return printJson(state);
+        process.stdout.write(
+          `dev cluster up: ${state.layout.hosts.map((h) => `${h.name} (${h.address})`).join(', ')}\n` +
+            `  NATS ${state.natsUrl}, Redis ${state.redisUrl}\n  logs in ${state.layout.logDir}\n`,
+        );
+      }),
+    );
+  dev
+    .command('down')
+    .description('stop every process of the local cluster (workloads too) and remove its namespaces, bridge and mounts')
+    .option('--json', 'print {down: true}')
+    .action(
+      action(async (opts: { json?: boolean }) => {
+        await stopLocalCluster(DEV_CLUSTER);
+        if (opts.json) return printJson({ down: true });
+        process.stdout.write('dev cluster down\n');
+      }),
+    );
+  dev
+    .command('kill')
+    .description("SIGKILL one host's agent (a simulated host failure); its workloads keep running")
+    .argument('<host>', 'host name, e.g. h2')
+    .option('--json', 'print {killed: HOST, pid}')
+    .action(
+      action(async (host: string, opts: { json?: boolean }) => {
+        const rec = await killHost(DEV_CLUSTER, host);
+        if (opts.json) return printJson({ killed: host, pid: rec.pid });
+        process.stdout.write(`killed the agent of ${host} (pid ${rec.pid})\n`);
+      }),
+    );
+  dev
+    .command('status')
+    .description('show the local cluster state file')
+    .option('--json', 'print JSON')
+    .action(
+      action(async () => {
+        printJson(readClusterState(DEV_CLUSTER));
+      }),
+    );
+  return dev;
+}

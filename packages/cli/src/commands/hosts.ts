@@ -1,0 +1,31 @@
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { CoordVerb, HostInfo } from '@ferry/protocol';
+import { askCoordinator } from '../client';
+import { formatBytes, printJson, printTable } from '../output';
+import { action } from './action';
+
+export function registerHosts(program: Command): Command {
+  return program
+    .command('hosts')
+    .description('list hosts: state (alive/lost), cordoned, address, CRIU probe')
+    .option('--json', 'print a JSON array of {name, state, cordoned, address, criu, memory, workloadCount}')
+    .action(
+      action(async (opts: { json?: boolean }) => {
+        const { hosts } = await askCoordinator(CoordVerb.HOSTS, {}, z.object({ hosts: z.array(HostInfo) }));
+        if (opts.json) return printJson(hosts);
+        printTable(
+          ['NAME', 'STATE', 'CORDONED', 'ADDRESS', 'CRIU', 'AVAILABLE', 'WORKLOADS'],
+          hosts.map((h) => [
+            h.name,
+            h.state,
+            h.cordoned ? 'yes' : 'no',
+            h.address,
+            h.criu.usable ? `${h.criu.version}${h.criu.needsFaultInjection ? ' (no hw breakpoints)' : ''}` : `unusable: ${h.criu.problem ?? ''}`,
+            formatBytes(h.memory.availableBytes),
+            h.workloadCount,
+          ]),
+        );
+      }),
+    );
+}

@@ -1,0 +1,25 @@
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { CoordVerb, WorkloadInfo } from '@ferry/protocol';
+import { askCoordinator } from '../client';
+import { formatBytes, printJson, printTable } from '../output';
+import { action } from './action';
+
+export function registerPs(program: Command): Command {
+  return program
+    .command('ps')
+    .description('list workloads across the cluster')
+    .option('--json', 'print a JSON array of {name, host, state, pid, rssBytes}')
+    .action(
+      action(async (opts: { json?: boolean }) => {
+        const { workloads } = await askCoordinator(CoordVerb.PS, {}, z.object({ workloads: z.array(WorkloadInfo) }));
+        if (opts.json) {
+          return printJson(workloads.map((w) => ({ name: w.name, host: w.host, state: w.state, pid: w.pid, rssBytes: w.rssBytes })));
+        }
+        printTable(
+          ['NAME', 'HOST', 'STATE', 'PID', 'RSS', 'COMMAND'],
+          workloads.map((w) => [w.name, w.host, w.state, w.pid, formatBytes(w.rssBytes), w.argv.join(' ')]),
+        );
+      }),
+    );
+}

@@ -1,0 +1,38 @@
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { CoordVerb, ErrorCode, FerryError, WorkloadInfo } from '@ferry/protocol';
+import { askCoordinator } from '../client';
+import { printJson } from '../output';
+import { action } from './action';
+
+const collect = (value: string, previous: string[]) => [...previous, value];
+
+export function registerRun(program: Command): Command {
+  return program
+    .command('run')
+    .description('launch a workload on a host, as the init of its own PID namespace')
+    .requiredOption('--host <host>', 'host to run on')
+    .requiredOption('--name <name>', 'workload name, unique in the cluster')
+    .option('--env <K=V>', 'environment variable for the workload (repeatable)', collect, [])
+    .option('--cwd <dir>', 'working directory (absolute)')
+    .option('--json', 'print the workload as JSON')
+    .argument('<command...>', 'command and arguments (after --)')
+    .action(
+      action(async (argv: string[], opts: { host: string; name: string; env: string[]; cwd?: string; json?: boolean }) => {
+        const env: Record<string, string> = {};
+        for (const kv of opts.env) {
+          const i = kv.indexOf('=');
+          if (i <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--env wants K=V, got ${JSON.stringify(kv)}`);
+          env[kv.slice(0, i)] = kv.slice(i + 1);
+        }
+        const { workload } = await askCoordinator(
+          CoordVerb.RUN,
+          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd },
+          z.object({ workload: WorkloadInfo }),
+          20_000,
+        );
+        if (opts.json) return printJson(workload);
+        process.stdout.write(`${workload.name} running on ${workload.host} (pid ${workload.pid})\n`);
+      }),
+    );
+}

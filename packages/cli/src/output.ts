@@ -1,0 +1,36 @@
+/** How commands print results and failures: JSON for scripts, tables for people, exit codes from error codes. */
+import { EXIT_CODES, toFerryError, type FerryError } from '@ferry/protocol';
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Left-aligned columns, sized to their widest cell. */
+export function printTable(headers: string[], rows: (string | number)[][]): void {
+  const cells = [headers, ...rows.map((r) => r.map(String))];
+  const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
+  for (const r of cells) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()}\n`);
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+/** Prints the error the way the caller asked for and returns the exit code for it. */
+export function reportError(err: unknown, json: boolean): number {
+  const fe: FerryError = toFerryError(err);
+  if (json) printJson({ error: fe.toBody() });
+  else {
+    process.stderr.write(`ferry: ${fe.code}: ${fe.message}\n`);
+    for (const d of fe.details) process.stderr.write(`  ${d}\n`);
+  }
+  return EXIT_CODES[fe.code];
+}

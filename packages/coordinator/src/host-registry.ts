@@ -1,0 +1,188 @@
+/**
+ * What the coordinator knows of hosts and their workloads: learned from registrations and
+ * heartbeats, kept in memory (a heartbeat a second from every host must stay cheap) and written to
+ * Redis only when something an operator would care about changes (join, loss, cordon).
+ */
+import { EventEmitter } from 'node:events';
+import type { Redis } from 'ioredis';
+import { ErrorCode, FerryError, type CriuInfo, type Heartbeat, type HostInfo, type RegisterRequest, type WorkloadInfo } from '@ferry/protocol';
+
+interface HostEntry {
+  name: string;
+  address: string;
+  criu: CriuInfo;
+  memory: { totalBytes: number; availableBytes: number };
+  bootId: string;
+  cordoned: boolean;
+  lastHeartbeatAt: number;
+  state: 'alive' | 'lost';
+  workloads: WorkloadInfo[];
+}
+
+export interface HostRegistryEvents {
+  joined: [host: string];
+  lost: [host: string];
+  restarted: [host: string];
+}
+
+export class HostRegistry extends EventEmitter<HostRegistryEvents> {
+  private readonly hosts = new Map<string, HostEntry>();
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly keyPrefix: string,
+    private readonly hostLostAfterMs: number,
+    private readonly now: () => number = Date.now,
+  ) {
+    super();
+  }
+
+  private get key(): string {
+    return `${this.keyPrefix}hosts`;
+  }
+
+  /** Loads hosts a previous coordinator knew; they count as lost until they beat again. */
+  async load(): Promise<void> {
+    const all = await this.redis.hgetall(this.key);
+    for (const [name, json] of Object.entries(all)) {
+      const saved = JSON.parse(json) as Pick<HostEntry, 'name' | 'address' | 'criu' | 'cordoned' | 'bootId'>;
+      this.hosts.set(name, {
+        ...saved,
+        memory: { totalBytes: 0, availableBytes: 0 },
+        lastHeartbeatAt: 0,
+        state: 'lost',
+        workloads: [],
+      });
+    }
+  }
+
+  private async persist(e: HostEntry): Promise<void> {
+    const { name, address, criu, cordoned, bootId } = e;
+    await this.redis.hset(this.key, name, JSON.stringify({ name, address, criu, cordoned, bootId }));
+  }
+
+  async register(req: RegisterRequest): Promise<void> {
+    await this.seen({ ...req, workloads: this.hosts.get(req.host)?.workloads ?? [] }, true);
+  }
+
+  /** Applies a heartbeat (or a registration); returns quickly unless the host is new or back. */
+  async seen(hb: Pick<Heartbeat, 'host' | 'bootId' | 'address' | 'criu' | 'memory' | 'workloads'>, isRegistration = false): Promise<void> {
+    const prev = this.hosts.get(hb.host);
+    const entry: HostEntry = {
+      name: hb.host,
+      address: hb.address,
+      criu: hb.criu,
+      memory: hb.memory,
+      bootId: hb.bootId,
+      cordoned: prev?.cordoned ?? false,
+      lastHeartbeatAt: this.now(),
+      state: 'alive',
+      workloads: isRegistration ? (prev?.workloads ?? []) : hb.workloads,
+    };
+    this.hosts.set(hb.host, entry);
+    if (!prev || prev.state === 'lost' || prev.bootId !== hb.bootId || prev.address !== hb.address) {
+      await this.persist(entry);
+      if (!prev || prev.state === 'lost') this.emit('joined', hb.host);
+      else if (prev.bootId !== hb.bootId) this.emit('restarted', hb.host);
+    }
+  }
+
+  /** Marks hosts without a recent heartbeat as lost. */
+  sweep(): void {
+    const now = this.now();
+    for (const e of this.hosts.values()) {
+      if (e.state === 'alive' && now - e.lastHeartbeatAt > this.hostLostAfterMs) {
+        e.state = 'lost';
+        this.emit('lost', e.name);
+      }
+    }
+  }
+
+  async setCordoned(host: string, cordoned: boolean): Promise<void> {
+    const e = this.require(host);
+    e.cordoned = cordoned;
+    await this.persist(e);
+  }
+
+  has(host: string): boolean {
+    return this.hosts.has(host);
+  }
+
+  require(host: string): HostEntry {
+    const e = this.hosts.get(host);
+    if (!e) throw new FerryError(ErrorCode.NOT_FOUND, `no host named ${host}`);
+    return e;
+  }
+
+  isAlive(host: string): boolean {
+    return this.hosts.get(host)?.state === 'alive';
+  }
+
+  describe(host: string): HostInfo {
+    const e = this.require(host);
+    return {
+      name: e.name,
+      state: e.state,
+      cordoned: e.cordoned,
+      address: e.address,
+      criu: e.criu,
+      memory: e.memory,
+      workloadCount: e.workloads.filter((w) => w.state !== 'exited').length,
+      lastHeartbeatAt: e.lastHeartbeatAt ? new Date(e.lastHeartbeatAt).toISOString() : '',
+    };
+  }
+
+  list(): HostInfo[] {
+    return [...this.hosts.keys()].sort(compareHostNames).map((h) => this.describe(h));
+  }
+
+  /**
+   * Every workload, one row per name. During a migration both copies are briefly reported (the
+   * frozen source and the restored target); the running one is shown.
+   */
+  workloads(): WorkloadInfo[] {
+    const byName = new Map<string, WorkloadInfo>();
+    for (const e of this.hosts.values()) {
+      for (const w of e.workloads) {
+        const seen = byName.get(w.name);
+        if (!seen || rank(w) > rank(seen)) byName.set(w.name, w);
+      }
+    }
+    return [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  findWorkload(name: string): WorkloadInfo | undefined {
+    return this.workloads().find((w) => w.name === name);
+  }
+
+  /** Applies a finished migration at once, without waiting for the next heartbeats. */
+  moveWorkload(name: string, from: string, to: string, pid: number): void {
+    const src = this.hosts.get(from);
+    const dst = this.hosts.get(to);
+    const moved = src?.workloads.find((w) => w.name === name);
+    if (src) src.workloads = src.workloads.filter((w) => w.name !== name);
+    if (dst && moved) {
+      dst.workloads = [...dst.workloads.filter((w) => w.name !== name), { ...moved, host: to, pid, state: 'running' }];
+    }
+  }
+
+  /** Records a workload the coordinator just had started, before its host's next heartbeat. */
+  addWorkload(w: WorkloadInfo): void {
+    const e = this.hosts.get(w.host);
+    if (e) e.workloads = [...e.workloads.filter((x) => x.name !== w.name), w];
+  }
+
+  removeWorkload(host: string, name: string): void {
+    const e = this.hosts.get(host);
+    if (e) e.workloads = e.workloads.filter((w) => w.name !== name);
+  }
+}
+
+function rank(w: WorkloadInfo): number {
+  return w.state === 'running' ? 2 : w.state === 'frozen' ? 1 : 0;
+}
+
+/** h2 before h10. */
+function compareHostNames(a: string, b: string): number {
+  return a.localeCompare(b, 'en', { numeric: true });
+}

@@ -1,0 +1,33 @@
+/** ferry-coordinator: configuration from the environment, everything else in startCoordinator(). */
+import pino from 'pino';
+import { toFerryError } from '@ferry/protocol';
+import { startCoordinator } from './start-coordinator';
+
+async function main(): Promise<void> {
+  const env = process.env;
+  const logger = pino({ name: 'ferry-coordinator', level: env.FERRY_LOG_LEVEL ?? 'info' });
+  const num = (v: string | undefined) => (v === undefined || v === '' ? undefined : Number(v));
+  const running = await startCoordinator(
+    {
+      natsUrl: env.FERRY_NATS_URL,
+      redisUrl: env.FERRY_REDIS_URL,
+      redisKeyPrefix: env.FERRY_REDIS_PREFIX,
+      hostLostAfterMs: num(env.FERRY_HOST_LOST_AFTER_MS),
+      transferIdleTimeoutMs: num(env.FERRY_TRANSFER_IDLE_TIMEOUT_MS),
+    },
+    logger,
+  );
+  logger.info('coordinator ready');
+  const shutdown = (signal: string) => {
+    logger.info({ signal }, 'stopping');
+    void running.stop().finally(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+main().catch((err) => {
+  const fe = toFerryError(err);
+  process.stderr.write(`ferry-coordinator: ${fe.code}: ${fe.message}\n`);
+  process.exit(1);
+});

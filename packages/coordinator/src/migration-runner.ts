@@ -1,0 +1,277 @@
+/**
+ * One migration, stop-and-copy (DESIGN.md "A migration"):
+ *   preflight -> receiving (target ready) -> checkpointing (source dumps, streams) ->
+ *   restoring (target) -> releasing (source kills its frozen copy) -> done.
+ * Every step is persisted before it runs. Until the target has confirmed a restore, any failure
+ * rolls back: the target discards, the source thaws. After the confirm the frozen source copy is
+ * never thawed again, only killed. That is what makes the workload run exactly once.
+ */
+import { randomBytes } from 'node:crypto';
+import type { NatsConnection } from 'nats';
+import { z } from 'zod';
+import {
+  AgentVerb,
+  CheckpointReply,
+  ErrorCode,
+  FerryError,
+  RestoreReply,
+  encode,
+  request,
+  subjects,
+  toFerryError,
+  silentLogger,
+  PROTOCOL_VERSION,
+  type Logger,
+  type MigrationEvent,
+  type MigrationResult,
+} from '@ferry/protocol';
+import type { CoordinatorOptions } from './coordinator-options';
+import type { HostRegistry } from './host-registry';
+import type { MigrationRecord, MigrationStore } from './migration-store';
+
+const Empty = z.object({}).passthrough();
+
+export interface MigrateParams {
+  workload: string;
+  to: string;
+  requestId?: string;
+}
+
+export function newId(prefix: string): string {
+  return `${prefix}-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+}
+
+export class MigrationRunner {
+  private readonly log: Logger;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly registry: HostRegistry,
+    private readonly store: MigrationStore,
+    private readonly opts: CoordinatorOptions,
+    logger: Logger = silentLogger,
+  ) {
+    this.log = logger;
+  }
+
+  /** Runs a migration to its end and returns the final record. */
+  async migrate(params: MigrateParams): Promise<MigrationResult> {
+    const workload = this.registry.findWorkload(params.workload);
+    if (!workload || workload.state === 'exited') throw new FerryError(ErrorCode.NOT_FOUND, `no running workload named ${params.workload}`);
+    const id = newId('m');
+    if (params.requestId) {
+      const earlier = await this.store.claimRequest(params.requestId, id);
+      if (earlier) return this.waitForEnd(earlier);
+    }
+    const now = new Date().toISOString();
+    const m: MigrationRecord = {
+      id,
+      workload: params.workload,
+      from: workload.host,
+      to: params.to,
+      state: 'pending',
+      step: 'requested',
+      requestedAt: now,
+      finishedAt: null,
+      downtimeMs: 0,
+      totalMs: 0,
+      bytesTransferred: 0,
+      transport: 'nats',
+      phases: { dumpMs: 0, transferMs: 0, restoreMs: 0 },
+      pid: null,
+      error: null,
+      history: [{ step: 'requested', at: now }],
+      transferId: newId('x'),
+      requestId: params.requestId ?? null,
+      frozenAt: null,
+    };
+    await this.store.create(m);
+    this.emit(m);
+    return this.run(m);
+  }
+
+  private async waitForEnd(id: string): Promise<MigrationResult> {
+    for (;;) {
+      const m = await this.store.get(id);
+      if (!m) throw new FerryError(ErrorCode.NOT_FOUND, `no migration ${id}`);
+      if (m.state !== 'pending' && m.state !== 'running') return strip(m);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  private async run(m: MigrationRecord): Promise<MigrationResult> {
+    const log = this.log.child({ migrationId: m.id, workload: m.workload });
+    const started = Date.now();
+    // Set once the target has restored: from then on the frozen source copy must never run again.
+    let restoredOnTarget = false;
+    let frozen = false;
+    try {
+      await this.step(m, 'preflight', 'running');
+      await this.preflight(m);
+
+      await this.step(m, 'receiving');
+      await this.callAgent(m.to, AgentVerb.RECEIVE, {
+        migrationId: m.id,
+        transferId: m.transferId,
+        workload: m.workload,
+        source: m.from,
+        idleTimeoutMs: this.opts.transferIdleTimeoutMs,
+      }, Empty, this.opts.agentRequestTimeoutMs);
+
+      await this.step(m, 'checkpointing');
+      frozen = true;
+      const cp = await this.callAgent(m.from, AgentVerb.CHECKPOINT, {
+        migrationId: m.id,
+        transferId: m.transferId,
+        workload: m.workload,
+        target: m.to,
+        idleTimeoutMs: this.opts.transferIdleTimeoutMs,
+      }, CheckpointReply, this.opts.checkpointTimeoutMs, [m.to]);
+      m.frozenAt = cp.frozenAt;
+      m.phases.dumpMs = cp.dumpMs;
+      m.phases.transferMs = cp.transferMs;
+      m.bytesTransferred = cp.bytes;
+
+      await this.step(m, 'restoring');
+      const rs = await this.callAgent(m.to, AgentVerb.RESTORE, { migrationId: m.id, workload: m.workload }, RestoreReply, this.opts.restoreTimeoutMs);
+      restoredOnTarget = true;
+      m.pid = rs.pid;
+      m.phases.restoreMs = rs.restoreMs;
+      m.downtimeMs = Math.max(0, rs.resumedAt - cp.frozenAt);
+
+      await this.step(m, 'releasing');
+      try {
+        await this.callAgent(m.from, AgentVerb.RELEASE, { migrationId: m.id, workload: m.workload }, Empty, this.opts.agentRequestTimeoutMs);
+      } catch (err) {
+        // The workload runs on the target; the source's frozen copy stays frozen (never thawed)
+        // and is killed when that agent is reachable again.
+        log.error({ err: toFerryError(err).message }, 'source did not release its frozen copy');
+      }
+      await this.callAgent(m.to, AgentVerb.SETTLE, { migrationId: m.id, workload: m.workload }, Empty, this.opts.agentRequestTimeoutMs).catch(
+        (err) => log.warn({ err: toFerryError(err).message }, 'target did not settle'),
+      );
+      this.registry.moveWorkload(m.workload, m.from, m.to, rs.pid);
+      m.state = 'succeeded';
+      await this.step(m, 'done');
+    } catch (err) {
+      const fe = toFerryError(err);
+      m.error = fe.toBody();
+      log.warn({ code: fe.code, details: fe.details }, `migration failed: ${fe.message}`);
+      if (restoredOnTarget) {
+        // Cannot happen today (only release may fail after the restore, and it is caught), but if
+        // it ever does, the target copy is the one that lives.
+        m.state = 'failed';
+      } else {
+        await this.step(m, 'rolling-back');
+        m.state = (await this.rollBack(m, frozen, log)) ? 'rolled-back' : 'failed';
+      }
+      if (m.frozenAt) m.downtimeMs = Date.now() - m.frozenAt;
+    }
+    m.finishedAt = new Date().toISOString();
+    m.totalMs = Date.now() - started;
+    await this.store.finish(m);
+    this.emit(m);
+    return strip(m);
+  }
+
+  /** Returns true when the workload is known to run on the source again. */
+  private async rollBack(m: MigrationRecord, frozen: boolean, log: Logger): Promise<boolean> {
+    const ref = { migrationId: m.id, workload: m.workload };
+    if (this.registry.has(m.to)) {
+      await this.callAgent(m.to, AgentVerb.DISCARD, ref, Empty, this.opts.agentRequestTimeoutMs).catch((err) =>
+        log.warn({ err: toFerryError(err).message }, 'target did not discard (it will when it is back)'),
+      );
+    }
+    if (!frozen) return true;
+    try {
+      await this.callAgent(m.from, AgentVerb.RESUME, ref, Empty, this.opts.agentRequestTimeoutMs);
+      return true;
+    } catch (err) {
+      log.error({ err: toFerryError(err).message }, 'could not thaw the source copy');
+      m.error = { code: ErrorCode.UNAVAILABLE, message: `${m.error?.message ?? ''}; thawing the source failed: ${toFerryError(err).message}` };
+      return false;
+    }
+  }
+
+  private async preflight(m: MigrationRecord): Promise<void> {
+    if (!this.registry.has(m.to)) throw new FerryError(ErrorCode.NOT_FOUND, `no host named ${m.to}`);
+    if (m.to === m.from) throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${m.workload} already runs on ${m.to}`);
+    for (const host of [m.from, m.to]) {
+      if (!this.registry.isAlive(host)) throw new FerryError(ErrorCode.UNAVAILABLE, `host ${host} is lost (no heartbeat)`);
+      const info = this.registry.describe(host);
+      if (!info.criu.usable) throw new FerryError(ErrorCode.FAILED_PRECONDITION, `CRIU is not usable on ${host}: ${info.criu.problem ?? 'probe failed'}`);
+    }
+    const target = this.registry.describe(m.to);
+    if (target.cordoned) throw new FerryError(ErrorCode.FAILED_PRECONDITION, `host ${m.to} is cordoned`);
+    const workload = this.registry.findWorkload(m.workload);
+    const need = Math.ceil((workload?.rssBytes ?? 0) * 1.1);
+    if (target.memory.availableBytes < need) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `host ${m.to} has ${target.memory.availableBytes} bytes available, ${m.workload} needs ${need}`);
+    }
+    // A live answer from both agents now, rather than a dead one discovered after the freeze.
+    const ping = z.object({}).passthrough();
+    await Promise.all([m.from, m.to].map((h) => this.callAgent(h, AgentVerb.PROBE, {}, ping, 2_000)));
+  }
+
+  /**
+   * A request to an agent that fails fast when that host (or any of `alsoWatch`) is declared lost,
+   * instead of waiting out a long timeout.
+   */
+  private callAgent<S extends z.ZodType>(
+    host: string,
+    verb: AgentVerb,
+    body: Record<string, unknown>,
+    schema: S,
+    timeoutMs: number,
+    alsoWatch: string[] = [],
+  ): Promise<z.infer<S>> {
+    const watched = new Set([host, ...alsoWatch]);
+    return new Promise((resolve, reject) => {
+      const onLost = (lost: string) => {
+        if (!watched.has(lost)) return;
+        cleanup();
+        reject(new FerryError(ErrorCode.UNAVAILABLE, `host ${lost} was lost (no heartbeat) during ${verb}`));
+      };
+      const cleanup = () => this.registry.off('lost', onLost);
+      this.registry.on('lost', onLost);
+      request(this.nc, subjects.agent(host, verb), body, schema, { timeoutMs }).then(
+        (v) => {
+          cleanup();
+          resolve(v);
+        },
+        (err) => {
+          cleanup();
+          reject(err);
+        },
+      );
+    });
+  }
+
+  private async step(m: MigrationRecord, step: MigrationRecord['step'], state?: MigrationRecord['state']): Promise<void> {
+    if (state) m.state = state;
+    await this.store.step(m, step);
+    this.emit(m);
+  }
+
+  private emit(m: MigrationRecord): void {
+    const ev: MigrationEvent = {
+      v: PROTOCOL_VERSION,
+      migrationId: m.id,
+      workload: m.workload,
+      from: m.from,
+      to: m.to,
+      step: m.step,
+      state: m.state,
+      at: new Date().toISOString(),
+      bytesTransferred: m.bytesTransferred,
+      bytesTotal: this.registry.findWorkload(m.workload)?.rssBytes ?? 0,
+    };
+    this.nc.publish(subjects.event('migration'), encode(ev));
+  }
+}
+
+/** The public shape, without coordinator-internal fields. */
+export function strip(m: MigrationRecord): MigrationResult {
+  const { transferId: _t, requestId: _r, frozenAt: _f, ...pub } = m;
+  return pub;
+}

@@ -1,0 +1,62 @@
+/**
+ * The sender's frame source: reads an image's files in large positional reads and yields the
+ * encoded frames in protocol order, computing each chunk's crc32 and each file's sha256 on the way.
+ */
+import { createHash } from 'node:crypto';
+import { constants } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { crc32 } from 'node:zlib';
+import { encode, ErrorCode, FerryError, PROTOCOL_VERSION } from '@ferry/protocol';
+import { readFully } from './file-io';
+import type { ImageFile } from './list-image-files';
+
+export interface EncodedFrame {
+  seq: number;
+  kind: 'file' | 'chunk' | 'eof' | 'end';
+  /** File bytes the frame carries (chunks only). */
+  payloadBytes: number;
+  bytes: Uint8Array;
+}
+
+/** Yields file, chunk..., eof for every file, then end. */
+export async function* imageFrames(files: readonly ImageFile[], chunkBytes: number): AsyncGenerator<EncodedFrame> {
+  const v = PROTOCOL_VERSION;
+  let seq = 0;
+  let totalBytes = 0;
+  for (const file of files) {
+    const { path, mode, size } = file;
+    yield { seq, kind: 'file', payloadBytes: 0, bytes: encode({ v, t: 'file', seq, path, mode, size }) };
+    seq += 1;
+    const hash = createHash('sha256');
+    // O_NOFOLLOW: the listing saw a regular file; refuse it if it was swapped for a symlink since.
+    const fh = await open(file.absolutePath, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: Error) => {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot open ${file.absolutePath}: ${err.message}`, { cause: err });
+    });
+    try {
+      for (let offset = 0; offset < size; ) {
+        // A fresh buffer per chunk: it is handed to msgpack and NATS, which may still hold it
+        // after the next read starts (read-ahead), so it must never be reused.
+        const data = Buffer.allocUnsafe(Math.min(chunkBytes, size - offset));
+        const read = await readFully(fh, data, offset);
+        if (read < data.byteLength) {
+          throw new FerryError(ErrorCode.TRANSFER_FAILED, `${file.absolutePath} shrank while being sent (${offset + read} of ${size} bytes)`);
+        }
+        hash.update(data);
+        const frame = { v, t: 'chunk', seq, path, offset, data, crc: crc32(data) };
+        yield { seq, kind: 'chunk', payloadBytes: data.byteLength, bytes: encode(frame) };
+        seq += 1;
+        offset += data.byteLength;
+        totalBytes += data.byteLength;
+      }
+      const { size: sizeNow } = await fh.stat();
+      if (sizeNow !== size) {
+        throw new FerryError(ErrorCode.TRANSFER_FAILED, `${file.absolutePath} changed size while being sent (${size} -> ${sizeNow} bytes)`);
+      }
+    } finally {
+      await fh.close();
+    }
+    yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, sha256: hash.digest('hex') }) };
+    seq += 1;
+  }
+  yield { seq, kind: 'end', payloadBytes: 0, bytes: encode({ v, t: 'end', seq, files: files.length, bytes: totalBytes }) };
+}

@@ -1,0 +1,300 @@
+/**
+ * Target side of an image transfer: writes the frames arriving on the transfer's data subject
+ * into a directory, acknowledging each frame once it is written, verifying every file.
+ */
+import { realpathSync, statSync } from 'node:fs';
+import type { NatsConnection, Subscription } from 'nats';
+import {
+  decode,
+  encode,
+  ErrorCode,
+  FerryError,
+  MAX_CONTROL_MESSAGE_BYTES,
+  parseMessage,
+  PROTOCOL_VERSION,
+  subjects,
+  toFerryError,
+} from '@ferry/protocol';
+import { CtlFrame, DataFrame } from './frames';
+import { IdleWatchdog } from './idle-watchdog';
+import { IncomingFile } from './incoming-file';
+import { silentLogger, type Logger } from './logger';
+import type { TransferStats } from './transfer-stats';
+
+/** The sender is considered gone when no frame arrives for this long. */
+export const DEFAULT_RECEIVE_IDLE_TIMEOUT_MS = 30_000;
+/** Largest single file accepted. CRIU's pages image is about the size of the workload's RSS. */
+export const DEFAULT_MAX_FILE_BYTES = 16 * 1024 ** 3;
+/** Largest image accepted, all files together. */
+export const DEFAULT_MAX_TOTAL_BYTES = 64 * 1024 ** 3;
+/** Most files accepted; a CRIU image of a process tree has a few per process. */
+export const DEFAULT_MAX_FILES = 100_000;
+/**
+ * Frames received and not yet written beyond which the sender is ignoring the window.
+ * Far above any sane window, it only bounds memory against a misbehaving peer.
+ */
+export const MAX_QUEUED_FRAMES = 1024;
+
+export interface ImageReceiverOptions {
+  /** Fail with DEADLINE_EXCEEDED when no frame arrives (and none is being written) for this long. */
+  idleTimeoutMs: number;
+  /** Largest declared file size accepted, in bytes. */
+  maxFileBytes: number;
+  /** Largest sum of declared file sizes accepted, in bytes; a sender cannot fill the disk beyond it. */
+  maxTotalBytes: number;
+  /** Most files accepted. */
+  maxFiles: number;
+  logger?: Logger;
+}
+
+export function defaultImageReceiverOptions(): ImageReceiverOptions {
+  return {
+    idleTimeoutMs: DEFAULT_RECEIVE_IDLE_TIMEOUT_MS,
+    maxFileBytes: DEFAULT_MAX_FILE_BYTES,
+    maxTotalBytes: DEFAULT_MAX_TOTAL_BYTES,
+    maxFiles: DEFAULT_MAX_FILES,
+  };
+}
+
+export function compileImageReceiverOptions(options: Partial<ImageReceiverOptions>): Required<ImageReceiverOptions> {
+  const merged = { ...defaultImageReceiverOptions(), ...options };
+  for (const key of ['idleTimeoutMs', 'maxFileBytes', 'maxTotalBytes', 'maxFiles'] as const) {
+    if (!Number.isSafeInteger(merged[key]) || merged[key] < (key === 'idleTimeoutMs' ? 1 : 0)) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${key} must be a non-negative integer, got ${String(merged[key])}`);
+    }
+  }
+  return { ...merged, logger: merged.logger ?? silentLogger };
+}
+
+/**
+ * Receives one image. Create it with start() before the sender begins (it subscribes at once);
+ * `done` settles exactly once. A rejection of `done` nobody listens to does not crash the process.
+ */
+export class ImageReceiver {
+  /** Resolves when every file is written, verified and closed; rejects with a FerryError. */
+  readonly done: Promise<TransferStats>;
+
+  private resolveDone!: (stats: TransferStats) => void;
+  private rejectDone!: (err: FerryError) => void;
+  private readonly queue: Uint8Array[] = [];
+  private draining = false;
+  private finished = false;
+  private expectedSeq = 0;
+  private current: IncomingFile | undefined;
+  private readonly knownDirs = new Set<string>();
+  private filesDone = 0;
+  private filesDeclared = 0;
+  private bytesDeclared = 0;
+  private bytesWritten = 0;
+  private chunks = 0;
+  private readonly startedMs = performance.now();
+  private readonly subscriptions: Subscription[] = [];
+  private readonly watchdog: IdleWatchdog;
+  private readonly log: Logger;
+  private readonly maxFrameBytes: number;
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly transferId: string,
+    private readonly root: string,
+    private readonly options: Required<ImageReceiverOptions>,
+  ) {
+    this.log = options.logger;
+    this.done = new Promise<TransferStats>((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.rejectDone = reject;
+    });
+    this.done.catch(() => undefined);
+    // No NATS message is larger than the server's max_payload; nothing bigger is worth decoding.
+    this.maxFrameBytes = Math.max(nc.info?.max_payload ?? 0, MAX_CONTROL_MESSAGE_BYTES);
+    this.watchdog = new IdleWatchdog(options.idleTimeoutMs, (idleMs) =>
+      this.fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `nothing received for transfer ${transferId} for ${Math.round(idleMs)} ms`)),
+    );
+  }
+
+  /**
+   * Subscribes to the transfer's subjects and starts the idle clock. `dir` must exist (the
+   * caller creates it 0700 and owns it: after a failure, partial files stay for it to remove).
+   * Throws INVALID_ARGUMENT for a bad transfer id, options or directory.
+   */
+  static start(nc: NatsConnection, transferId: string, dir: string, opts: Partial<ImageReceiverOptions> = {}): ImageReceiver {
+    const options = compileImageReceiverOptions(opts);
+    const dataSubject = subjects.xferData(transferId);
+    const ctlSubject = subjects.xferCtl(transferId);
+    let root: string;
+    try {
+      // Resolved once: every file name is then checked against a symlink-free prefix.
+      root = realpathSync(dir);
+      if (!statSync(root).isDirectory()) throw new Error('not a directory');
+    } catch (err) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `image directory ${dir} is unusable: ${(err as Error).message}`, { cause: err });
+    }
+    const receiver = new ImageReceiver(nc, transferId, root, options);
+    receiver.subscriptions.push(
+      nc.subscribe(dataSubject, { callback: (err, msg) => (err ? receiver.failOnSubscription(err) : receiver.enqueue(msg.data)) }),
+      nc.subscribe(ctlSubject, { callback: (err, msg) => (err ? receiver.failOnSubscription(err) : receiver.handleCtl(msg.data)) }),
+    );
+    receiver.watchdog.start();
+    return receiver;
+  }
+
+  /** File bytes written and files completed so far. */
+  progress(): { bytes: number; files: number } {
+    return { bytes: this.bytesWritten, files: this.filesDone };
+  }
+
+  /** Stops receiving, rejects `done` with TRANSFER_FAILED and tells the sender. */
+  abort(reason: string): void {
+    this.fail(new FerryError(ErrorCode.TRANSFER_FAILED, `receiver aborted: ${reason}`));
+  }
+
+  private enqueue(bytes: Uint8Array): void {
+    if (this.finished) return;
+    this.watchdog.touch();
+    this.queue.push(bytes);
+    if (this.queue.length > MAX_QUEUED_FRAMES) {
+      this.fail(new FerryError(ErrorCode.TRANSFER_FAILED, `more than ${MAX_QUEUED_FRAMES} frames queued: the sender ignores the flow-control window`));
+      return;
+    }
+    if (!this.draining) void this.drain();
+  }
+
+  /** Handles queued frames one at a time, in arrival order; writes never overlap. */
+  private async drain(): Promise<void> {
+    this.draining = true;
+    try {
+      while (!this.finished && this.queue.length > 0) {
+        await this.handleData(this.queue.shift()!);
+        this.watchdog.touch();
+      }
+    } catch (err) {
+      this.fail(toFerryError(err, ErrorCode.TRANSFER_FAILED));
+    } finally {
+      this.draining = false;
+      // A failure while a write was in flight left the file open for us to close.
+      if (this.finished && this.current !== undefined) {
+        const file = this.current;
+        this.current = undefined;
+        await file.discard();
+      }
+    }
+  }
+
+  private async handleData(bytes: Uint8Array): Promise<void> {
+    const frame = parseMessage(DataFrame, decode(bytes, this.maxFrameBytes));
+    if (frame.seq !== this.expectedSeq) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `expected frame ${this.expectedSeq}, got ${frame.seq}: frames were lost or reordered`);
+    }
+    switch (frame.t) {
+      case 'file': {
+        if (this.current !== undefined) {
+          throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${JSON.stringify(frame.path)} started before ${JSON.stringify(this.current.path)} ended`);
+        }
+        this.checkLimits(frame.path, frame.size);
+        this.filesDeclared += 1;
+        this.bytesDeclared += frame.size;
+        this.current = await IncomingFile.create(this.root, frame, this.knownDirs);
+        break;
+      }
+      case 'chunk': {
+        const file = this.openFile(frame.path, 'chunk');
+        await file.write(frame.offset, frame.data, frame.crc);
+        this.bytesWritten += frame.data.byteLength;
+        this.chunks += 1;
+        break;
+      }
+      case 'eof': {
+        const file = this.openFile(frame.path, 'eof');
+        await file.finish(frame.sha256);
+        this.current = undefined;
+        this.filesDone += 1;
+        break;
+      }
+      case 'end': {
+        if (this.current !== undefined) {
+          throw new FerryError(ErrorCode.INVALID_ARGUMENT, `end frame while ${JSON.stringify(this.current.path)} is still open`);
+        }
+        if (frame.files !== this.filesDone || frame.bytes !== this.bytesWritten) {
+          throw new FerryError(
+            ErrorCode.TRANSFER_FAILED,
+            `sender sent ${frame.files} files / ${frame.bytes} bytes, received ${this.filesDone} / ${this.bytesWritten}`,
+          );
+        }
+        break;
+      }
+    }
+    if (this.finished) return;
+    this.expectedSeq += 1;
+    this.nc.publish(subjects.xferAck(this.transferId), encode({ v: PROTOCOL_VERSION, t: 'ack', seq: frame.seq }));
+    if (frame.t === 'end') this.succeed();
+  }
+
+  private checkLimits(path: string, size: number): void {
+    const { maxFiles, maxFileBytes, maxTotalBytes } = this.options;
+    if (this.filesDeclared + 1 > maxFiles) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `more than ${maxFiles} files`);
+    }
+    if (size > maxFileBytes) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${JSON.stringify(path)} has ${size} bytes, more than the limit of ${maxFileBytes}`);
+    }
+    if (this.bytesDeclared + size > maxTotalBytes) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `image exceeds the limit of ${maxTotalBytes} bytes at ${JSON.stringify(path)}`);
+    }
+  }
+
+  private openFile(path: string, kind: string): IncomingFile {
+    if (this.current === undefined || this.current.path !== path) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${kind} frame for ${JSON.stringify(path)}, which is not the open file`);
+    }
+    return this.current;
+  }
+
+  private handleCtl(bytes: Uint8Array): void {
+    if (this.finished) return;
+    try {
+      const ctl = parseMessage(CtlFrame, decode(bytes));
+      // Our own error frames come back to us when sender and receiver share a connection.
+      if (ctl.t !== 'abort') return;
+      this.fail(new FerryError(ErrorCode.TRANSFER_FAILED, `sender aborted (${ctl.code}): ${ctl.message}`), { notifySender: false });
+    } catch (err) {
+      this.fail(toFerryError(err, ErrorCode.INVALID_ARGUMENT));
+    }
+  }
+
+  private failOnSubscription(err: Error): void {
+    this.fail(new FerryError(ErrorCode.TRANSFER_FAILED, `subscription failed: ${err.message}`, { cause: err }));
+  }
+
+  private stop(): void {
+    this.finished = true;
+    this.watchdog.stop();
+    for (const sub of this.subscriptions) sub.unsubscribe();
+    this.queue.length = 0;
+  }
+
+  private succeed(): void {
+    this.stop();
+    const stats = { files: this.filesDone, bytes: this.bytesWritten, chunks: this.chunks, elapsedMs: performance.now() - this.startedMs };
+    this.log.info({ transferId: this.transferId, ...stats }, 'image received');
+    this.resolveDone(stats);
+  }
+
+  private fail(err: FerryError, { notifySender = true } = {}): void {
+    if (this.finished) return;
+    this.stop();
+    this.log.warn({ transferId: this.transferId, code: err.code, err: err.message }, 'image receive failed');
+    if (notifySender) {
+      try {
+        this.nc.publish(subjects.xferCtl(this.transferId), encode({ v: PROTOCOL_VERSION, t: 'error', code: err.code, message: err.message }));
+      } catch (publishErr) {
+        this.log.warn({ transferId: this.transferId, err: publishErr }, 'could not tell the sender that the transfer failed');
+      }
+    }
+    if (!this.draining && this.current !== undefined) {
+      const file = this.current;
+      this.current = undefined;
+      void file.discard();
+    }
+    this.rejectDone(err);
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * Source side of an image transfer: streams a finished image directory as chunk frames on the
+ * transfer's data subject, keeping at most `windowChunks` frames unacknowledged.
+ */
+import type { NatsConnection } from 'nats';
+import {
+  decode,
+  encode,
+  ErrorCode,
+  FerryError,
+  parseMessage,
+  PROTOCOL_VERSION,
+  subjects,
+  toFerryError,
+  type ErrorBody,
+} from '@ferry/protocol';
+import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES } from './frames';
+import { IdleWatchdog } from './idle-watchdog';
+import { imageFrames } from './image-frames';
+import { listImageFiles } from './list-image-files';
+import { silentLogger, type Logger } from './logger';
+import { readAhead } from './read-ahead';
+import type { TransferStats } from './transfer-stats';
+
+/** File bytes per chunk frame. 512 KiB measured best on loopback (see README). */
+export const DEFAULT_CHUNK_BYTES = 512 * 1024;
+/** Unacknowledged frames in flight; 16 x 512 KiB keeps 8 MiB on the wire. */
+export const DEFAULT_WINDOW_CHUNKS = 16;
+/** The receiver is considered gone when acks make no progress for this long. */
+export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
+/** nats-server's default max_payload, assumed when the connection has not reported one. */
+export const NATS_DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024;
+/** Chunks read from disk ahead of the one waiting for room in the window. */
+export const READ_AHEAD_FRAMES = 4;
+
+export interface ImageSenderOptions {
+  /** Largest file payload per chunk frame, in bytes; lowered to fit the server's max_payload. */
+  chunkBytes: number;
+  /** Most frames sent and not yet acknowledged (flow control). */
+  windowChunks: number;
+  /** Fail with DEADLINE_EXCEEDED when frames are in flight and acks make no progress for this long. */
+  idleTimeoutMs: number;
+  logger?: Logger;
+}
+
+export function defaultImageSenderOptions(): ImageSenderOptions {
+  return { chunkBytes: DEFAULT_CHUNK_BYTES, windowChunks: DEFAULT_WINDOW_CHUNKS, idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS };
+}
+
+/**
+ * Fills in defaults, validates, and fits the chunk size under the server's max_payload with
+ * room for the frame's other fields (NATS rejects a larger message outright).
+ */
+export function compileImageSenderOptions(
+  options: Partial<ImageSenderOptions>,
+  maxPayloadBytes = NATS_DEFAULT_MAX_PAYLOAD_BYTES,
+): Required<ImageSenderOptions> {
+  const merged = { ...defaultImageSenderOptions(), ...options };
+  for (const key of ['chunkBytes', 'windowChunks', 'idleTimeoutMs'] as const) {
+    if (!Number.isInteger(merged[key]) || merged[key] < 1) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${key} must be a positive integer, got ${String(merged[key])}`);
+    }
+  }
+  const roomBytes = maxPayloadBytes - FRAME_OVERHEAD_BYTES;
+  if (roomBytes < FRAME_OVERHEAD_BYTES) {
+    throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the NATS server's max_payload of ${maxPayloadBytes} bytes is too small for image chunks`);
+  }
+  return {
+    chunkBytes: Math.min(merged.chunkBytes, roomBytes),
+    windowChunks: merged.windowChunks,
+    idleTimeoutMs: merged.idleTimeoutMs,
+    logger: merged.logger ?? silentLogger,
+  };
+}
+
+/**
+ * Sends every regular file under `dir` to the ImageReceiver listening on `transferId`.
+ * Resolves once the receiver acknowledged the end frame, i.e. wrote and verified every file.
+ * Rejects with the receiver's error code if it reports one, DEADLINE_EXCEEDED if it goes
+ * silent, INVALID_ARGUMENT for an unsendable directory; on its own failure it tells the
+ * receiver with an abort frame.
+ */
+export async function sendImage(
+  nc: NatsConnection,
+  transferId: string,
+  dir: string,
+  opts: Partial<ImageSenderOptions> = {},
+): Promise<TransferStats> {
+  const options = compileImageSenderOptions(opts, nc.info?.max_payload);
+  const log = options.logger;
+  const startedMs = performance.now();
+  const dataSubject = subjects.xferData(transferId);
+  const ackSubject = subjects.xferAck(transferId);
+  const ctlSubject = subjects.xferCtl(transferId);
+  const files = await listImageFiles(dir);
+
+  let lastSentSeq = -1;
+  let ackedSeq = -1;
+  let failure: FerryError | undefined;
+  let failedByReceiver = false;
+  let wake: (() => void) | undefined;
+  const notify = (): void => {
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  const fail = (err: FerryError): void => {
+    if (failure !== undefined) return;
+    failure = err;
+    notify();
+  };
+  /** Waits for acks (or a failure) until `ready()` holds. Only the send loop waits. */
+  const waitUntil = async (ready: () => boolean): Promise<void> => {
+    while (failure === undefined && !ready()) await new Promise<void>((resolve) => (wake = resolve));
+    if (failure !== undefined) throw failure;
+  };
+
+  const watchdog = new IdleWatchdog(options.idleTimeoutMs, (idleMs) =>
+    fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `no ack progress from the receiver of transfer ${transferId} for ${Math.round(idleMs)} ms`)),
+  );
+
+  // Subscribed before the first publish on the same connection, so no ack can be missed.
+  const ackSub = nc.subscribe(ackSubject, {
+    callback: (err, msg) => {
+      if (err) return fail(toFerryError(err, ErrorCode.UNAVAILABLE));
+      try {
+        const ack = parseMessage(AckFrame, decode(msg.data));
+        if (ack.seq > lastSentSeq) {
+          throw new FerryError(ErrorCode.INVALID_ARGUMENT, `ack for frame ${ack.seq}, but only ${lastSentSeq} was sent`);
+        }
+        if (ack.seq <= ackedSeq) return;
+        ackedSeq = ack.seq;
+        watchdog.touch();
+        if (ackedSeq === lastSentSeq) watchdog.stop();
+        notify();
+      } catch (e) {
+        fail(toFerryError(e, ErrorCode.INVALID_ARGUMENT));
+      }
+    },
+  });
+  const ctlSub = nc.subscribe(ctlSubject, {
+    callback: (err, msg) => {
+      if (err) return fail(toFerryError(err, ErrorCode.UNAVAILABLE));
+      try {
+        const ctl = parseMessage(CtlFrame, decode(msg.data));
+        // Our own abort comes back to us when sender and receiver share a connection.
+        if (ctl.t !== 'error') return;
+        failedByReceiver = true;
+        const remote = FerryError.fromBody(ctl as ErrorBody);
+        fail(new FerryError(remote.code, `receiver failed: ${remote.message}`, { cause: remote }));
+      } catch (e) {
+        fail(toFerryError(e, ErrorCode.INVALID_ARGUMENT));
+      }
+    },
+  });
+
+  let chunks = 0;
+  let bytes = 0;
+  const frames = readAhead(imageFrames(files, options.chunkBytes), READ_AHEAD_FRAMES);
+  try {
+    log.debug({ transferId, files: files.length, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
+    for await (const frame of frames) {
+      await waitUntil(() => frame.seq - ackedSeq <= options.windowChunks);
+      nc.publish(dataSubject, frame.bytes);
+      lastSentSeq = frame.seq;
+      if (!watchdog.running) watchdog.start();
+      if (frame.kind === 'chunk') {
+        chunks += 1;
+        bytes += frame.payloadBytes;
+      }
+    }
+    await waitUntil(() => ackedSeq === lastSentSeq);
+    const stats = { files: files.length, bytes, chunks, elapsedMs: performance.now() - startedMs };
+    log.info({ transferId, ...stats }, 'image sent');
+    return stats;
+  } catch (err) {
+    const fe = toFerryError(err, ErrorCode.TRANSFER_FAILED);
+    if (!failedByReceiver) {
+      try {
+        nc.publish(ctlSubject, encode({ v: PROTOCOL_VERSION, t: 'abort', code: fe.code, message: fe.message }));
+      } catch (publishErr) {
+        log.warn({ transferId, err: publishErr }, 'could not tell the receiver that the transfer is aborted');
+      }
+    }
+    log.warn({ transferId, code: fe.code, err: fe.message }, 'image transfer failed');
+    throw fe;
+  } finally {
+    watchdog.stop();
+    ackSub.unsubscribe();
+    ctlSub.unsubscribe();
+    // Closes the file being read if we stopped half-way.
+    await frames.return(undefined).catch(() => undefined);
+  }
+}

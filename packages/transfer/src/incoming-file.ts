@@ -1,0 +1,121 @@
+/**
+ * One file being received: created exclusively inside the image directory, written strictly in
+ * order at the offsets the chunks name, and verified (size, sha256) before it is closed.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { constants } from 'node:fs';
+import { lstat, mkdir, open, type FileHandle } from 'node:fs/promises';
+import { dirname, relative, sep } from 'node:path';
+import { crc32 } from 'node:zlib';
+import { ErrorCode, FerryError } from '@ferry/protocol';
+import { writeFully } from './file-io';
+import type { FileFrame } from './frames';
+import { resolveImagePath } from './image-path';
+
+/**
+ * Makes the directories leading to `fullPath` one segment at a time. mkdir(recursive) would
+ * follow a symlink met on the way; here every segment must be a real directory we can see
+ * with lstat, so a write can never be redirected outside `root`.
+ */
+async function makeParentDirs(root: string, fullPath: string, known: Set<string>): Promise<void> {
+  const parent = dirname(fullPath);
+  if (parent === root || known.has(parent)) return;
+  let current = root;
+  for (const segment of relative(root, parent).split(sep)) {
+    current = `${current}${sep}${segment}`;
+    if (known.has(current)) continue;
+    try {
+      await mkdir(current, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const st = await lstat(current);
+    if (!st.isDirectory()) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${current} exists and is not a directory`);
+    }
+    known.add(current);
+  }
+}
+
+export class IncomingFile {
+  private written = 0;
+  private readonly hash: Hash = createHash('sha256');
+
+  private constructor(
+    readonly path: string,
+    readonly size: number,
+    private readonly mode: number,
+    private readonly fh: FileHandle,
+  ) {}
+
+  /** Creates the file named by `frame` under `root` (absolute, symlink-free). */
+  static async create(root: string, frame: FileFrame, knownDirs: Set<string>): Promise<IncomingFile> {
+    const fullPath = resolveImagePath(root, frame.path);
+    try {
+      await makeParentDirs(root, fullPath, knownDirs);
+      // O_EXCL: a name sent twice (or clashing with a directory) is refused rather than
+      // overwritten; O_NOFOLLOW: never write through a symlink.
+      const fh = await open(fullPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      return new IncomingFile(frame.path, frame.size, frame.mode, fh);
+    } catch (err) {
+      if (err instanceof FerryError) throw err;
+      const code = (err as NodeJS.ErrnoException).code === 'EEXIST' ? ErrorCode.INVALID_ARGUMENT : ErrorCode.TRANSFER_FAILED;
+      throw new FerryError(code, `cannot create ${JSON.stringify(frame.path)}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  get bytesWritten(): number {
+    return this.written;
+  }
+
+  /** Checks and writes one chunk; chunks must arrive in order, without gaps or overlaps. */
+  async write(offset: number, data: Uint8Array, crc: number): Promise<void> {
+    if (offset !== this.written) {
+      throw new FerryError(
+        ErrorCode.INVALID_ARGUMENT,
+        `chunk of ${JSON.stringify(this.path)} at offset ${offset}, expected ${this.written}: out of order or overlapping`,
+      );
+    }
+    if (offset + data.byteLength > this.size) {
+      throw new FerryError(
+        ErrorCode.INVALID_ARGUMENT,
+        `chunk of ${JSON.stringify(this.path)} ends at ${offset + data.byteLength}, beyond its declared size ${this.size}`,
+      );
+    }
+    const actualCrc = crc32(data);
+    if (actualCrc !== crc) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `chunk of ${JSON.stringify(this.path)} at offset ${offset} is corrupt (crc32 ${actualCrc} != ${crc})`);
+    }
+    this.hash.update(data);
+    try {
+      await writeFully(this.fh, data, offset);
+    } catch (err) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot write ${JSON.stringify(this.path)}: ${(err as Error).message}`, { cause: err });
+    }
+    this.written += data.byteLength;
+  }
+
+  /** Verifies size and digest, applies the mode and closes the file. */
+  async finish(sha256: string): Promise<void> {
+    if (this.written !== this.size) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} ended after ${this.written} of ${this.size} bytes`);
+    }
+    const actual = this.hash.digest('hex');
+    if (actual !== sha256) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} has sha256 ${actual}, the sender read ${sha256}`);
+    }
+    try {
+      // Applied through the fd, after the content, so umask plays no part and a read-only mode
+      // (CRIU writes some images 0400) does not stop our own writes.
+      await this.fh.chmod(this.mode);
+      await this.fh.close();
+    } catch (err) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot finish ${JSON.stringify(this.path)}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Closes without verifying, after a failure. The partial file stays; the caller owns the directory. */
+  async discard(): Promise<void> {
+    await this.fh.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * A throwaway local cluster per test file: its own name, subnet and ports, so nothing collides with
+ * `npm start`'s cluster or another test; `stop()` removes every process, namespace and mount.
+ */
+import { execFile } from 'node:child_process';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { connect, type NatsConnection } from 'nats';
+import { startLocalCluster, stopLocalCluster, type LocalClusterOptions } from '@ferry/cli';
+
+const exec = promisify(execFile);
+export const REPO = join(__dirname, '..', '..');
+const FERRY_BIN = join(REPO, 'packages', 'cli', 'bin', 'ferry.js');
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  json: any;
+}
+
+export interface TestCluster {
+  name: string;
+  natsUrl: string;
+  nc: NatsConnection;
+  /** Runs the real `ferry` CLI against this cluster. */
+  ferry(args: string[], timeoutMs?: number): Promise<CliResult>;
+  stop(): Promise<void>;
+}
+
+export async function startTestCluster(name: string, subnetIndex: number, opts: Partial<LocalClusterOptions> = {}): Promise<TestCluster> {
+  const natsPort = await freePort();
+  const redisPort = await freePort();
+  await stopLocalCluster(name).catch(() => undefined);
+  const state = await startLocalCluster({ name, hosts: 2, subnetIndex, natsPort, redisPort, readyTimeoutMs: 90_000, ...opts });
+  const nc = await connect({ servers: state.natsUrl });
+  return {
+    name,
+    natsUrl: state.natsUrl,
+    nc,
+    async ferry(args, timeoutMs = 120_000) {
+      try {
+        const { stdout, stderr } = await exec(process.execPath, [FERRY_BIN, ...args], {
+          env: { ...process.env, FERRY_NATS_URL: state.natsUrl },
+          timeout: timeoutMs,
+          maxBuffer: 16 * 1024 * 1024,
+        });
+        return { code: 0, stdout, stderr, json: parseJson(stdout) };
+      } catch (err) {
+        const e = err as { code?: number; stdout?: string; stderr?: string };
+        return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '', json: parseJson(e.stdout ?? '') };
+      }
+    },
+    async stop() {
+      await nc.close().catch(() => undefined);
+      await stopLocalCluster(name);
+    },
+  };
+}
+
+function parseJson(text: string): any {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}

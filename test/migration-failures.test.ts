@@ -1,0 +1,126 @@
+/**
+ * Every failure before the target's confirm rolls back: the workload keeps running on the source,
+ * unfrozen, exactly once, and the target keeps nothing.
+ */
+import { existsSync } from 'node:fs';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { dev } from '@ferry/cli';
+import { decode, subjects } from '@ferry/protocol';
+import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
+import { CounterWorkload, waitFor } from './helpers/workload';
+
+jest.setTimeout(240_000);
+
+const CLUSTER = 'tfail';
+const FAIL_RESTORE_TRIGGER = `/tmp/ferry-test-fail-restore-${process.pid}`;
+let cluster: TestCluster;
+const workloads: CounterWorkload[] = [];
+
+beforeAll(async () => {
+  cluster = await startTestCluster(CLUSTER, 202, {
+    hosts: 2,
+    // h2 restores through a CRIU wrapper that damages the image while the trigger file exists;
+    // h1 sends its 3rd large image frame with a flipped byte only in the corrupt-chunk cluster below.
+    agentEnvFor: (host) => (host === 'h2' ? { FERRY_CRIU_PATH: join(REPO, 'test/fixtures/criu-failing-restore.sh'), FERRY_TEST_FAIL_RESTORE: FAIL_RESTORE_TRIGGER } : {}),
+    coordinatorEnv: { FERRY_TRANSFER_IDLE_TIMEOUT_MS: '1500' },
+  });
+});
+
+afterAll(async () => {
+  await rm(FAIL_RESTORE_TRIGGER, { force: true });
+  await cluster?.stop();
+  for (const w of workloads) await w.remove();
+});
+
+async function launch(name: string, mib = 16): Promise<CounterWorkload> {
+  const w = await CounterWorkload.create();
+  workloads.push(w);
+  const res = await cluster.ferry(['run', '--host', 'h1', '--name', name, '--json', '--', ...w.argv(mib)]);
+  expect(res.code).toBe(0);
+  await w.advancesPast(10, 30_000);
+  return w;
+}
+
+/** After a rollback: still on h1, running (not frozen), counter moving, one copy, memory intact. */
+async function expectRolledBackIntact(name: string, w: CounterWorkload): Promise<void> {
+  const ps = await cluster.ferry(['ps', '--json']);
+  const entries = ps.json.filter((x: { name: string }) => x.name === name);
+  expect(entries).toHaveLength(1);
+  expect(entries[0]).toMatchObject({ host: 'h1', state: 'running' });
+  const c = await w.counter();
+  await w.advancesPast(c + 20);
+  expect(await w.starts()).toBe(1);
+  expect(await w.runningCopies()).toEqual([entries[0].pid]);
+  expect(await w.verifyMemory(entries[0].pid)).toBe('OK');
+}
+
+function agentPid(host: string): number {
+  const state = dev.readClusterState(CLUSTER);
+  const rec = state?.processes.find((p) => p.role === 'agent' && p.host === host);
+  if (!rec) throw new Error(`no agent for ${host}`);
+  return rec.pid;
+}
+
+test('CRIU failing to restore on the target rolls back, with CRIU error lines in the error', async () => {
+  const w = await launch('restorefail');
+  await writeFile(FAIL_RESTORE_TRIGGER, '');
+  try {
+    const res = await cluster.ferry(['migrate', 'restorefail', '--to', 'h2', '--json']);
+    expect(res.code).toBe(9);
+    expect(res.json.state).toBe('rolled-back');
+    expect(res.json.error.code).toBe('RESTORE_FAILED');
+    expect(res.json.error.details?.length ?? 0).toBeGreaterThan(0);
+  } finally {
+    await rm(FAIL_RESTORE_TRIGGER, { force: true });
+  }
+  await expectRolledBackIntact('restorefail', w);
+  // And the same workload can still migrate once the fault is gone.
+  const again = await cluster.ferry(['migrate', 'restorefail', '--to', 'h2', '--json']);
+  expect(again.json.state).toBe('succeeded');
+  expect((await cluster.ferry(['stop', 'restorefail'])).code).toBe(0);
+});
+
+test('a target that stops answering mid-transfer fails on the transfer deadline and rolls back', async () => {
+  const w = await launch('stalled', 128);
+  const target = agentPid('h2');
+  // Freeze the target's agent the moment the source starts checkpointing.
+  const sub = cluster.nc.subscribe(subjects.event('migration'), {
+    callback: (_e, msg) => {
+      const ev = decode(msg.data) as { workload: string; step: string };
+      if (ev.workload === 'stalled' && ev.step === 'checkpointing') process.kill(target, 'SIGSTOP');
+    },
+  });
+  const started = Date.now();
+  let res;
+  try {
+    res = await cluster.ferry(['migrate', 'stalled', '--to', 'h2', '--json']);
+  } finally {
+    sub.unsubscribe();
+    process.kill(target, 'SIGCONT');
+  }
+  expect(res.json.state).toBe('rolled-back');
+  expect(['DEADLINE_EXCEEDED', 'UNAVAILABLE']).toContain(res.json.error.code);
+  expect(Date.now() - started).toBeLessThan(60_000);
+  await expectRolledBackIntact('stalled', w);
+  // The target kept nothing of it once it was back.
+  await waitFor('target work dir emptied', async () => {
+    const dirs = existsSync(`/run/ferry/work/${CLUSTER}/h2`);
+    return dirs;
+  });
+  expect((await cluster.ferry(['stop', 'stalled'])).code).toBe(0);
+});
+
+test('a dead target agent is UNAVAILABLE within seconds and nothing is frozen', async () => {
+  const w = await launch('orphanless');
+  await cluster.ferry(['hosts', '--json']);
+  await dev.killHost(CLUSTER, 'h2');
+  const started = Date.now();
+  const res = await cluster.ferry(['migrate', 'orphanless', '--to', 'h2', '--json']);
+  expect(Date.now() - started).toBeLessThan(10_000);
+  expect(res.code).toBe(6);
+  expect(res.json.state).toBe('rolled-back');
+  expect(res.json.error.code).toBe('UNAVAILABLE');
+  await expectRolledBackIntact('orphanless', w);
+  expect((await cluster.ferry(['stop', 'orphanless'])).code).toBe(0);
+});

@@ -1,0 +1,111 @@
+/**
+ * Live migration end to end, against real CRIU, nats-server, Redis and two namespace hosts,
+ * driven through the real `ferry` CLI.
+ */
+import { startTestCluster, type TestCluster } from './helpers/cluster';
+import { CounterWorkload, sleep } from './helpers/workload';
+
+jest.setTimeout(240_000);
+
+let cluster: TestCluster;
+const workloads: CounterWorkload[] = [];
+
+beforeAll(async () => {
+  cluster = await startTestCluster('tmig', 201);
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  for (const w of workloads) await w.remove();
+});
+
+async function launch(name: string, mib: number, children = false): Promise<CounterWorkload> {
+  const w = await CounterWorkload.create();
+  workloads.push(w);
+  const res = await cluster.ferry(['run', '--host', 'h1', '--name', name, '--json', '--', ...w.argv(mib, children)]);
+  expect(res.code).toBe(0);
+  expect(res.json).toMatchObject({ name, host: 'h1', state: 'running' });
+  await w.advancesPast(20, 30_000);
+  return w;
+}
+
+async function psEntry(name: string) {
+  const ps = await cluster.ferry(['ps', '--json']);
+  expect(ps.code).toBe(0);
+  return (ps.json as Array<{ name: string; host: string; state: string; pid: number; rssBytes: number }>).filter((w) => w.name === name);
+}
+
+test('a 64 MiB workload migrates h1 -> h2 -> h1 with memory intact, counter continuing, exactly one copy', async () => {
+  const w = await launch('counter', 64);
+  const [before] = await psEntry('counter');
+  expect(before).toMatchObject({ host: 'h1', state: 'running' });
+  expect(before.rssBytes).toBeGreaterThan(64 * 1024 * 1024);
+  expect(await w.verifyMemory(before.pid)).toBe('OK');
+
+  let pid = before.pid;
+  for (const to of ['h2', 'h1']) {
+    const counterBefore = await w.counter();
+    const res = await cluster.ferry(['migrate', 'counter', '--to', to, '--json']);
+    expect(res.stderr).toBe('');
+    expect(res.code).toBe(0);
+    const m = res.json;
+    expect(m).toMatchObject({ workload: 'counter', to, state: 'succeeded', transport: 'nats' });
+    expect(m.bytesTransferred).toBeGreaterThan(64 * 1024 * 1024);
+    expect(m.downtimeMs).toBeGreaterThan(0);
+    expect(m.totalMs).toBeGreaterThanOrEqual(m.downtimeMs);
+    expect(m.phases.dumpMs).toBeGreaterThan(0);
+    expect(m.phases.restoreMs).toBeGreaterThan(0);
+
+    // Continued, not restarted: the counter goes on from where it was and no second start happened.
+    const after = await w.advancesPast(counterBefore);
+    expect(after).toBeGreaterThan(counterBefore);
+    expect(await w.starts()).toBe(1);
+    const entries = await psEntry('counter');
+    expect(entries).toHaveLength(1);
+    expect(entries[0]).toMatchObject({ host: to, state: 'running' });
+    expect(entries[0].pid).not.toBe(pid);
+    pid = entries[0].pid;
+    expect(await w.runningCopies()).toEqual([pid]);
+    expect(await w.verifyMemory(pid)).toBe('OK');
+  }
+
+  const status = await cluster.ferry(['status', '--json']);
+  expect(status.code).toBe(0);
+  expect(status.json.filter((m: { workload: string; state: string }) => m.workload === 'counter' && m.state === 'succeeded')).toHaveLength(2);
+  expect((await cluster.ferry(['stop', 'counter'])).code).toBe(0);
+});
+
+test('a parent and child joined by a pipe migrate together', async () => {
+  const w = await launch('family', 8, true);
+  const counterBefore = await w.counter();
+  const res = await cluster.ferry(['migrate', 'family', '--to', 'h2', '--json']);
+  expect(res.code).toBe(0);
+  expect(res.json.state).toBe('succeeded');
+  // The counter comes from the child through the pipe: it moving on proves both and the pipe survived.
+  await w.advancesPast(counterBefore + 50);
+  expect(await w.starts()).toBe(1);
+  const [entry] = await psEntry('family');
+  expect(entry.host).toBe('h2');
+  expect(await w.runningCopies()).toEqual([entry.pid]);
+  expect((await cluster.ferry(['stop', 'family'])).code).toBe(0);
+});
+
+test('a migration to an unknown host is refused with NOT_FOUND and the workload keeps running', async () => {
+  const w = await launch('stay', 4);
+  const res = await cluster.ferry(['migrate', 'stay', '--to', 'h9', '--json']);
+  expect(res.code).toBe(3);
+  expect(res.json.state).toBe('rolled-back');
+  expect(res.json.error.code).toBe('NOT_FOUND');
+  const c = await w.counter();
+  await w.advancesPast(c);
+  const [entry] = await psEntry('stay');
+  expect(entry).toMatchObject({ host: 'h1', state: 'running' });
+  expect((await cluster.ferry(['stop', 'stay'])).code).toBe(0);
+});
+
+test('an unknown workload is NOT_FOUND', async () => {
+  const res = await cluster.ferry(['migrate', 'nope', '--to', 'h2', '--json']);
+  expect(res.code).toBe(3);
+  expect(res.json.error.code).toBe('NOT_FOUND');
+  await sleep(0);
+});
