@@ -5,7 +5,7 @@ const moduleNameMapper = {
   '^@ferry/(protocol|transfer|agent|coordinator|cli)$': '<rootDir>/packages/$1/src/index.ts',
   '^@ferry/native$': '<rootDir>/native/ts/index.ts',
 };
-const transform = { '^.+\\.ts$': ['ts-jest', { isolatedModules: true, diagnostics: false }] };
+const transform = { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/tsconfig.test.json', diagnostics: false }] };
 module.exports = {
   projects: [
     {

@@ -2,52 +2,58 @@
  * Every failure before the target's confirm rolls back: the workload keeps running on the source,
  * unfrozen, exactly once, and the target keeps nothing.
  */
-import { existsSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
+import { copyFileSync, mkdtempSync } from 'node:fs';
+import { readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dev } from '@ferry/cli';
-import { decode, subjects } from '@ferry/protocol';
+import { decode, encode, subjects } from '@ferry/protocol';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload, waitFor } from './helpers/workload';
 
 jest.setTimeout(240_000);
 
 const CLUSTER = 'tfail';
-const FAIL_RESTORE_TRIGGER = `/tmp/ferry-test-fail-restore-${process.pid}`;
+// CRIU runs with a clean environment, so the wrapper finds its trigger next to itself.
+const WRAPPER_DIR = mkdtempSync(join(tmpdir(), 'ferry-criu-wrapper-'));
+const CRIU_WRAPPER = join(WRAPPER_DIR, 'criu');
+const FAIL_RESTORE_TRIGGER = join(WRAPPER_DIR, 'fail-restore');
+copyFileSync(join(REPO, 'test/fixtures/criu-failing-restore.sh'), CRIU_WRAPPER);
 let cluster: TestCluster;
 const workloads: CounterWorkload[] = [];
 
 beforeAll(async () => {
   cluster = await startTestCluster(CLUSTER, 202, {
-    hosts: 2,
-    // h2 restores through a CRIU wrapper that damages the image while the trigger file exists;
-    // h1 sends its 3rd large image frame with a flipped byte only in the corrupt-chunk cluster below.
-    agentEnvFor: (host) => (host === 'h2' ? { FERRY_CRIU_PATH: join(REPO, 'test/fixtures/criu-failing-restore.sh'), FERRY_TEST_FAIL_RESTORE: FAIL_RESTORE_TRIGGER } : {}),
+    hosts: 3,
+    // h2 restores through a CRIU wrapper that damages the image while the trigger file exists.
+    // h3 sends its 3rd large image frame with one byte flipped (once in its life).
+    agentEnvFor: (host) =>
+      host === 'h2' ? { FERRY_CRIU_PATH: CRIU_WRAPPER } : host === 'h3' ? { FERRY_FAULT_CORRUPT_IMAGE_FRAME: '3' } : {},
     coordinatorEnv: { FERRY_TRANSFER_IDLE_TIMEOUT_MS: '1500' },
   });
 });
 
 afterAll(async () => {
-  await rm(FAIL_RESTORE_TRIGGER, { force: true });
   await cluster?.stop();
+  await rm(WRAPPER_DIR, { recursive: true, force: true });
   for (const w of workloads) await w.remove();
 });
 
-async function launch(name: string, mib = 16): Promise<CounterWorkload> {
+async function launch(name: string, mib = 16, host = 'h1'): Promise<CounterWorkload> {
   const w = await CounterWorkload.create();
   workloads.push(w);
-  const res = await cluster.ferry(['run', '--host', 'h1', '--name', name, '--json', '--', ...w.argv(mib)]);
+  const res = await cluster.ferry(['run', '--host', host, '--name', name, '--json', '--', ...w.argv(mib)]);
   expect(res.code).toBe(0);
   await w.advancesPast(10, 30_000);
   return w;
 }
 
 /** After a rollback: still on h1, running (not frozen), counter moving, one copy, memory intact. */
-async function expectRolledBackIntact(name: string, w: CounterWorkload): Promise<void> {
+async function expectRolledBackIntact(name: string, w: CounterWorkload, host = 'h1'): Promise<void> {
   const ps = await cluster.ferry(['ps', '--json']);
   const entries = ps.json.filter((x: { name: string }) => x.name === name);
   expect(entries).toHaveLength(1);
-  expect(entries[0]).toMatchObject({ host: 'h1', state: 'running' });
+  expect(entries[0]).toMatchObject({ host, state: 'running' });
   const c = await w.counter();
   await w.advancesPast(c + 20);
   expect(await w.starts()).toBe(1);
@@ -104,11 +110,41 @@ test('a target that stops answering mid-transfer fails on the transfer deadline 
   expect(Date.now() - started).toBeLessThan(60_000);
   await expectRolledBackIntact('stalled', w);
   // The target kept nothing of it once it was back.
-  await waitFor('target work dir emptied', async () => {
-    const dirs = existsSync(`/run/ferry/work/${CLUSTER}/h2`);
-    return dirs;
-  });
+  await waitFor('target work dir emptied', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h2`)).filter((d) => d.startsWith('m-')).length === 0);
   expect((await cluster.ferry(['stop', 'stalled'])).code).toBe(0);
+});
+
+test('a corrupted image chunk fails its checksum: TRANSFER_FAILED, rolled back, target keeps nothing', async () => {
+  const w = await launch('corrupt', 16, 'h3');
+  const res = await cluster.ferry(['migrate', 'corrupt', '--to', 'h1', '--json']);
+  expect(res.code).toBe(10);
+  expect(res.json.state).toBe('rolled-back');
+  expect(res.json.error.code).toBe('TRANSFER_FAILED');
+  expect(res.json.error.message).toMatch(/checksum|crc/i);
+  await expectRolledBackIntact('corrupt', w, 'h3');
+  expect((await readdir(`/run/ferry/work/${CLUSTER}/h1`)).filter((d) => d.startsWith('m-'))).toEqual([]);
+  // The fault fired once; the next attempt goes through.
+  const again = await cluster.ferry(['migrate', 'corrupt', '--to', 'h1', '--json']);
+  expect(again.json.state).toBe('succeeded');
+  expect((await cluster.ferry(['stop', 'corrupt'])).code).toBe(0);
+});
+
+test('malformed and hostile requests to an agent get clear errors and change nothing', async () => {
+  const w = await launch('bystander', 4);
+  const ask = async (verb: string, body: unknown) => decode((await cluster.nc.request(`ferry.v1.agent.h1.${verb}`, body as Uint8Array, { timeout: 5000 })).data) as any;
+  expect(await ask('restore', Uint8Array.from([0xde, 0xad, 0xbe, 0xef]))).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
+  expect(await ask('restore', encode({ v: 1, migrationId: 'm-unknown', workload: 'bystander' }))).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } });
+  expect(await ask('checkpoint', encode({ v: 1, migrationId: 'm1', transferId: '../../etc', workload: 'bystander', target: 'h2', idleTimeoutMs: 1000 }))).toMatchObject({
+    ok: false,
+    error: { code: 'INVALID_ARGUMENT' },
+  });
+  expect(await ask('run', encode({ v: 1, name: 'x', argv: ['true'], cwd: '/tmp/../etc' }))).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
+  expect(await ask('run', encode({ v: 2, name: 'x', argv: ['true'] }))).toMatchObject({ ok: false, error: { code: 'FAILED_PRECONDITION' } });
+  // A chunk for a transfer nobody receives goes nowhere; the agent is still fine and nothing froze.
+  cluster.nc.publish('ferry.v1.xfer.x-nobody.data', encode({ v: 1, t: 'chunk', seq: 0, path: '../../etc/passwd', offset: 0, data: Buffer.from('x'), crc: 0 }));
+  expect(await ask('ps', encode({ v: 1 }))).toMatchObject({ ok: true });
+  await expectRolledBackIntact('bystander', w);
+  expect((await cluster.ferry(['stop', 'bystander'])).code).toBe(0);
 });
 
 test('a dead target agent is UNAVAILABLE within seconds and nothing is frozen', async () => {

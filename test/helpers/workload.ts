@@ -74,8 +74,9 @@ export class CounterWorkload {
       // The workload root only (python3 FIXTURE DIR ...), not children, nor zombies.
       if (args[1] === FIXTURE && args[2] === this.stateDir && state !== 'Z') {
         const ppidLine = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-        const ppidCmd = await readFile(`/proc/${ppidLine[1]}/cmdline`, 'utf8').catch(() => '');
-        if (!ppidCmd.split('\0').includes(FIXTURE)) pids.push(Number(entry));
+        // A forked child has the same command line as its parent; the launcher (unshare) does not.
+        const parentArgs = (await readFile(`/proc/${ppidLine[1]}/cmdline`, 'utf8').catch(() => '')).split('\0');
+        if (!(parentArgs[1] === FIXTURE && parentArgs[2] === this.stateDir)) pids.push(Number(entry));
       }
     }
     return pids;

@@ -37,7 +37,7 @@ import { CriuDriver } from './criu-driver';
 import { readHostMemory } from './host-memory';
 import { Inventory, type WorkloadRecord } from './inventory';
 import { silentLogger, type Logger } from '@ferry/protocol';
-import { isAlive, readProcessStat, treeRssBytes } from './process-tree';
+import { isAlive, treeRssBytes } from './process-tree';
 import { launchWorkload } from './workload-launcher';
 import { WorkDirs } from './work-dir';
 import type { AgentOptions } from './agent-options';
@@ -293,11 +293,10 @@ export class Agent {
     const restored = await this.deps.criu.restore({ imagesDir: inc.dir, pidFile: join(inc.dir, 'restored.pid') });
     const resumedAt = Date.now();
     inc.restoredPid = restored.pid;
-    const st = await readProcessStat(restored.pid);
     await this.deps.inventory.put({
       name: manifest.name,
       pid: restored.pid,
-      startTime: st.startTime,
+      startTime: restored.startTime,
       argv: manifest.argv,
       env: manifest.env,
       cwd: manifest.cwd,
@@ -410,7 +409,7 @@ export class Agent {
       logger: this.log.child({ migrationId: req.migrationId }),
     });
     this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs }, 'image sent');
-    return { dumpMs, transferMs: sent.elapsedMs, bytes: sent.bytes, files: sent.files, frozenAt };
+    return { dumpMs: Math.round(dumpMs), transferMs: Math.round(sent.elapsedMs), bytes: sent.bytes, files: sent.files, frozenAt };
   }
 
   /** Target confirmed: the frozen copy must never run again. */

@@ -172,6 +172,12 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
     if (e) e.workloads = [...e.workloads.filter((x) => x.name !== w.name), w];
   }
 
+  /** Applies a state change the coordinator caused (freeze, thaw) before the host's next heartbeat says so. */
+  setWorkloadState(host: string, name: string, state: WorkloadInfo['state']): void {
+    const e = this.hosts.get(host);
+    if (e) e.workloads = e.workloads.map((w) => (w.name === name ? { ...w, state } : w));
+  }
+
   removeWorkload(host: string, name: string): void {
     const e = this.hosts.get(host);
     if (e) e.workloads = e.workloads.filter((w) => w.name !== name);

@@ -105,6 +105,8 @@ export class MigrationRunner {
     // Set once the target has restored: from then on the frozen source copy must never run again.
     let restoredOnTarget = false;
     let frozen = false;
+    // Set once a restore was asked for: the target may have a running copy even if no reply came.
+    let restoreRequested = false;
     try {
       await this.step(m, 'preflight', 'running');
       await this.preflight(m);
@@ -120,6 +122,7 @@ export class MigrationRunner {
 
       await this.step(m, 'checkpointing');
       frozen = true;
+      this.registry.setWorkloadState(m.from, m.workload, 'frozen');
       const cp = await this.callAgent(m.from, AgentVerb.CHECKPOINT, {
         migrationId: m.id,
         transferId: m.transferId,
@@ -133,6 +136,7 @@ export class MigrationRunner {
       m.bytesTransferred = cp.bytes;
 
       await this.step(m, 'restoring');
+      restoreRequested = true;
       const rs = await this.callAgent(m.to, AgentVerb.RESTORE, { migrationId: m.id, workload: m.workload }, RestoreReply, this.opts.restoreTimeoutMs);
       restoredOnTarget = true;
       m.pid = rs.pid;
@@ -163,7 +167,7 @@ export class MigrationRunner {
         m.state = 'failed';
       } else {
         await this.step(m, 'rolling-back');
-        m.state = (await this.rollBack(m, frozen, log)) ? 'rolled-back' : 'failed';
+        m.state = (await this.rollBack(m, frozen, restoreRequested, log)) ? 'rolled-back' : 'failed';
       }
       if (m.frozenAt) m.downtimeMs = Date.now() - m.frozenAt;
     }
@@ -175,16 +179,29 @@ export class MigrationRunner {
   }
 
   /** Returns true when the workload is known to run on the source again. */
-  private async rollBack(m: MigrationRecord, frozen: boolean, log: Logger): Promise<boolean> {
+  private async rollBack(m: MigrationRecord, frozen: boolean, restoreRequested: boolean, log: Logger): Promise<boolean> {
     const ref = { migrationId: m.id, workload: m.workload };
     if (this.registry.has(m.to)) {
-      await this.callAgent(m.to, AgentVerb.DISCARD, ref, Empty, this.opts.agentRequestTimeoutMs).catch((err) =>
-        log.warn({ err: toFerryError(err).message }, 'target did not discard (it will when it is back)'),
-      );
+      try {
+        await this.callAgent(m.to, AgentVerb.DISCARD, ref, Empty, this.opts.agentRequestTimeoutMs);
+      } catch (err) {
+        if (restoreRequested) {
+          // The target may run a restored copy we cannot see: thawing the source now could make
+          // two. The source stays frozen until the target is reachable and has discarded.
+          log.error({ err: toFerryError(err).message }, 'target unreachable after a restore request; source left frozen');
+          m.error = {
+            code: ErrorCode.UNAVAILABLE,
+            message: `${m.error?.message ?? ''}; the target could not confirm it discarded its copy, so the source was left frozen`,
+          };
+          return false;
+        }
+        log.warn({ err: toFerryError(err).message }, 'target did not discard (it holds no restored copy)');
+      }
     }
     if (!frozen) return true;
     try {
       await this.callAgent(m.from, AgentVerb.RESUME, ref, Empty, this.opts.agentRequestTimeoutMs);
+      this.registry.setWorkloadState(m.from, m.workload, 'running');
       return true;
     } catch (err) {
       log.error({ err: toFerryError(err).message }, 'could not thaw the source copy');

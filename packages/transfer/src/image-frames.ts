@@ -7,6 +7,7 @@ import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
 import { encode, ErrorCode, FerryError, PROTOCOL_VERSION } from '@ferry/protocol';
+import { allocChunkFrame } from './chunk-frame-writer';
 import { readFully } from './file-io';
 import type { ImageFile } from './list-image-files';
 
@@ -34,16 +35,16 @@ export async function* imageFrames(files: readonly ImageFile[], chunkBytes: numb
     });
     try {
       for (let offset = 0; offset < size; ) {
-        // A fresh buffer per chunk: it is handed to msgpack and NATS, which may still hold it
-        // after the next read starts (read-ahead), so it must never be reused.
-        const data = Buffer.allocUnsafe(Math.min(chunkBytes, size - offset));
+        // A fresh frame per chunk, the file read straight into its payload area: it is handed
+        // to NATS, which may still hold it after the next read starts (read-ahead).
+        const { frame, data, setCrc } = allocChunkFrame(seq, path, offset, Math.min(chunkBytes, size - offset));
         const read = await readFully(fh, data, offset);
         if (read < data.byteLength) {
           throw new FerryError(ErrorCode.TRANSFER_FAILED, `${file.absolutePath} shrank while being sent (${offset + read} of ${size} bytes)`);
         }
         hash.update(data);
-        const frame = { v, t: 'chunk', seq, path, offset, data, crc: crc32(data) };
-        yield { seq, kind: 'chunk', payloadBytes: data.byteLength, bytes: encode(frame) };
+        setCrc(crc32(data));
+        yield { seq, kind: 'chunk', payloadBytes: data.byteLength, bytes: frame };
         seq += 1;
         offset += data.byteLength;
         totalBytes += data.byteLength;

@@ -138,6 +138,15 @@ export class ImageReceiver {
     return receiver;
   }
 
+  /**
+   * Resolves once the server has registered the subscriptions. Only needed when the sender
+   * is told to start over another connection by some route other than a NATS message sent
+   * after start() on this same connection (which the server already orders after the subscribe).
+   */
+  async ready(): Promise<void> {
+    await this.nc.flush();
+  }
+
   /** File bytes written and files completed so far. */
   progress(): { bytes: number; files: number } {
     return { bytes: this.bytesWritten, files: this.filesDone };

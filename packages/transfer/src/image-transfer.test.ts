@@ -132,6 +132,7 @@ describe('a complete image', () => {
     const totalBytes = files.reduce((n, f) => n + f.content.length, 0);
 
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     const sent = await sendImage(senderNc, id, src);
     const received = await receiver.done;
 
@@ -149,6 +150,7 @@ describe('a complete image', () => {
   it('sends an empty directory as an image of no files', async () => {
     const { id, src, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     await expect(sendImage(senderNc, id, src)).resolves.toMatchObject({ files: 0, bytes: 0, chunks: 0 });
     await expect(receiver.done).resolves.toMatchObject({ files: 0, bytes: 0 });
   });
@@ -158,6 +160,7 @@ describe('a complete image', () => {
     const content = randomBytes(100_001);
     await writeFile(join(src, 'a.img'), content);
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     const sent = await sendImage(senderNc, id, src, { chunkBytes: 1000, windowChunks: 2 });
     await receiver.done;
     expect(sent.chunks).toBe(101);
@@ -176,6 +179,7 @@ describe('corruption', () => {
     const { id, dst } = await freshTransfer();
     const ctl = watchCtl(id);
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     const data = randomBytes(1000);
     await publishRaw(id, [fileFrame(0, 'a.img', 1000), chunkFrame(1, 'a.img', 0, data, (crc32(data) + 1) >>> 0)]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
@@ -187,6 +191,7 @@ describe('corruption', () => {
   it('fails a file whose sha256 does not match with TRANSFER_FAILED', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     const data = randomBytes(10);
     await publishRaw(id, [fileFrame(0, 'a.img', 10), chunkFrame(1, 'a.img', 0, data), { v, t: 'eof', seq: 2, path: 'a.img', sha256: '0'.repeat(64) }]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
@@ -195,6 +200,7 @@ describe('corruption', () => {
   it('fails on a lost frame (sequence gap) with TRANSFER_FAILED', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     await publishRaw(id, [fileFrame(0, 'a.img', 10), chunkFrame(2, 'a.img', 0, randomBytes(10))]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
   });
@@ -208,6 +214,7 @@ describe('corruption', () => {
   ])('rejects a chunk %s with INVALID_ARGUMENT', async (_what, chunks) => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     await publishRaw(id, [fileFrame(0, 'a.img', 10), ...chunks]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.INVALID_ARGUMENT);
   });
@@ -220,6 +227,7 @@ describe('file names', () => {
     const path = name === '/ABSOLUTE' ? absolute : name;
     const ctl = watchCtl(id);
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     await publishRaw(id, [fileFrame(0, path, 4), chunkFrame(1, path, 0, Buffer.from('evil'))]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.INVALID_ARGUMENT);
     await senderNc.flush();
@@ -235,6 +243,7 @@ describe('file names', () => {
     await mkdir(outside);
     await symlink(outside, join(dst, 'link'));
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     await publishRaw(id, [fileFrame(0, 'link/x.img', 1)]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.INVALID_ARGUMENT);
     expect(await readdir(outside)).toEqual([]);
@@ -244,6 +253,7 @@ describe('file names', () => {
   it('refuses a file name sent twice', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     const eof = (seq: number) => ({ v, t: 'eof', seq, path: 'a.img', sha256: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' });
     await publishRaw(id, [fileFrame(0, 'a.img', 0), eof(1), fileFrame(2, 'a.img', 0)]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.INVALID_ARGUMENT);
@@ -266,6 +276,7 @@ describe('malformed frames', () => {
     const { id, dst } = await freshTransfer();
     const ctl = watchCtl(id);
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     await publishRaw(id, [frame]);
     const err = await rejection(receiver.done);
     expect(err.code).toBe(ErrorCode.INVALID_ARGUMENT);
@@ -277,6 +288,7 @@ describe('malformed frames', () => {
   it('refuses another protocol version with FAILED_PRECONDITION', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     await publishRaw(id, [{ ...fileFrame(0, 'a.img', 1), v: PROTOCOL_VERSION + 1 }]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.FAILED_PRECONDITION);
   });
@@ -284,6 +296,7 @@ describe('malformed frames', () => {
   it('fails on a malformed ctl frame', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     senderNc.publish(subjects.xferCtl(id), Buffer.from('not msgpack at all \xc1'));
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.INVALID_ARGUMENT);
   });
@@ -302,6 +315,7 @@ describe('limits', () => {
     const { id, src, dst } = await freshTransfer();
     await threeFiles(src);
     const receiver = ImageReceiver.start(receiverNc, id, dst, limits);
+    await receiver.ready();
     const senderErr = await rejection(sendImage(senderNc, id, src, { idleTimeoutMs: 5_000 }));
     expect(senderErr.code).toBe(ErrorCode.INVALID_ARGUMENT);
     expect(senderErr.message).toContain('receiver failed');
@@ -339,6 +353,7 @@ describe('silence and aborts', () => {
   it('fails a receiver whose sender goes silent within its idle timeout', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst, { idleTimeoutMs: 500 });
+    await receiver.ready();
     await publishRaw(id, [fileFrame(0, 'a.img', 10), chunkFrame(1, 'a.img', 0, Buffer.alloc(5))]);
     const lastFrameMs = Date.now();
     const err = await rejection(receiver.done);
@@ -351,12 +366,14 @@ describe('silence and aborts', () => {
   it('fails a receiver that never hears from a sender', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst, { idleTimeoutMs: 300 });
+    await receiver.ready();
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.DEADLINE_EXCEEDED);
   });
 
   it('fails the receiver with TRANSFER_FAILED when the sender aborts', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     await publishRaw(id, [fileFrame(0, 'a.img', 10)]);
     senderNc.publish(subjects.xferCtl(id), encode({ v, t: 'abort', code: ErrorCode.UNAVAILABLE, message: 'source went away' }));
     const err = await rejection(receiver.done);
@@ -368,6 +385,7 @@ describe('silence and aborts', () => {
     const { id, src, dst } = await freshTransfer();
     await writeFile(join(src, 'big.img'), randomBytes(16 * MIB));
     const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
     const sending = sendImage(senderNc, id, src, { chunkBytes: 64 * 1024, windowChunks: 1 });
     while (receiver.progress().bytes === 0) await new Promise((r) => setTimeout(r, 1));
     receiver.abort('operator cancelled');

@@ -1,0 +1,99 @@
+/**
+ * The local cluster and the CLI's contract: hosts register and heartbeat, a lost agent shows as
+ * lost, workloads run where asked, JSON shapes and error codes are as documented, and `down`
+ * leaves nothing behind.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { dev } from '@ferry/cli';
+import { startTestCluster, type TestCluster } from './helpers/cluster';
+import { waitFor } from './helpers/workload';
+
+jest.setTimeout(180_000);
+
+const CLUSTER = 'tclu';
+let cluster: TestCluster;
+
+beforeAll(async () => {
+  cluster = await startTestCluster(CLUSTER, 203, { hosts: 3 });
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+const alive = (pid: number) => existsSync(`/proc/${pid}`) && !/\) [ZX] /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+
+test('every host registered with its CRIU probe; hosts --json has the documented shape', async () => {
+  const res = await cluster.ferry(['hosts', '--json']);
+  expect(res.code).toBe(0);
+  expect(res.json.map((h: { name: string }) => h.name)).toEqual(['h1', 'h2', 'h3']);
+  for (const h of res.json) {
+    expect(h).toMatchObject({ state: 'alive', cordoned: false });
+    expect(h.address).toMatch(/^198\.1[89]\./);
+    expect(h.criu.version).toMatch(/^4\./);
+    expect(h.criu.usable).toBe(true);
+    expect(typeof h.criu.needsFaultInjection).toBe('boolean');
+  }
+});
+
+test('run puts a workload on the asked host; ps --json shows it with a live pid', async () => {
+  const run = await cluster.ferry(['run', '--host', 'h2', '--name', 'x', '--json', '--', 'sleep', '1000']);
+  expect(run.code).toBe(0);
+  const ps = await cluster.ferry(['ps', '--json']);
+  expect(ps.code).toBe(0);
+  const [x] = ps.json;
+  expect(Object.keys(x).sort()).toEqual(['host', 'name', 'pid', 'rssBytes', 'state']);
+  expect(x).toMatchObject({ name: 'x', host: 'h2', state: 'running' });
+  expect(alive(x.pid)).toBe(true);
+  // The pid is the init of the workload's own PID namespace, in h2's network namespace.
+  const ns = (pid: number | 'self', kind: string) => execFileSync('readlink', [`/proc/${pid}/ns/${kind}`]).toString().trim();
+  expect(ns(x.pid, 'pid')).not.toBe(ns('self', 'pid'));
+  const h2 = dev.readClusterState(CLUSTER)!.processes.find((p) => p.role === 'agent' && p.host === 'h2')!;
+  expect(ns(x.pid, 'net')).toBe(ns(h2.pid, 'net'));
+  // A second workload of the same name is a CONFLICT anywhere in the cluster.
+  const dup = await cluster.ferry(['run', '--host', 'h1', '--name', 'x', '--json', '--', 'sleep', '1']);
+  expect(dup.code).toBe(5);
+  expect(dup.json.error.code).toBe('CONFLICT');
+});
+
+test('errors: unknown host NOT_FOUND, bad name INVALID_ARGUMENT, unknown workload NOT_FOUND', async () => {
+  const noHost = await cluster.ferry(['run', '--host', 'h9', '--name', 'y', '--json', '--', 'true']);
+  expect(noHost.code).toBe(3);
+  expect(noHost.json).toEqual({ error: { code: 'NOT_FOUND', message: expect.stringContaining('h9') } });
+  const badName = await cluster.ferry(['run', '--host', 'h1', '--name', 'Bad.Name', '--json', '--', 'true']);
+  expect(badName.code).toBe(2);
+  expect(badName.json.error.code).toBe('INVALID_ARGUMENT');
+  const stop = await cluster.ferry(['stop', 'nothing', '--json']);
+  expect(stop.code).toBe(3);
+  const status = await cluster.ferry(['status', 'm-nope', '--json']);
+  expect(status.json.error.code).toBe('NOT_FOUND');
+});
+
+test('a killed agent is reported lost within a few seconds; its workloads keep running', async () => {
+  const { pid } = (await cluster.ferry(['ps', '--json'])).json.find((w: { name: string }) => w.name === 'x');
+  const killedAt = Date.now();
+  await dev.killHost(CLUSTER, 'h2');
+  await waitFor('h2 lost', async () => {
+    const hosts = (await cluster.ferry(['hosts', '--json'])).json;
+    return hosts.find((h: { name: string; state: string }) => h.name === 'h2' && h.state === 'lost');
+  }, 15_000);
+  expect(Date.now() - killedAt).toBeLessThan(10_000);
+  expect(alive(pid)).toBe(true);
+  // A command for the lost host is refused, not hung.
+  const run = await cluster.ferry(['run', '--host', 'h2', '--name', 'z', '--json', '--', 'true']);
+  expect(run.json.error.code).toBe('UNAVAILABLE');
+});
+
+test('down removes every process, namespace, link and mount it made', async () => {
+  const state = dev.readClusterState(CLUSTER)!;
+  const { pid: workloadPid } = (await cluster.ferry(['ps', '--json'])).json.find((w: { name: string }) => w.name === 'x');
+  await cluster.stop();
+  for (const p of state.processes) expect(alive(p.pid)).toBe(false);
+  expect(alive(workloadPid)).toBe(false);
+  const netns = execFileSync('ip', ['netns', 'list']).toString();
+  for (const h of state.layout.hosts) expect(netns).not.toContain(h.netns);
+  expect(execFileSync('ip', ['-o', 'link']).toString()).not.toContain(state.layout.bridge);
+  expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(`/run/ferry/ns/${CLUSTER}`);
+  expect(existsSync(`/run/ferry/work/${CLUSTER}`)).toBe(false);
+});
