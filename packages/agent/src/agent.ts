@@ -277,6 +277,8 @@ export class Agent {
     }, PROGRESS_INTERVAL_MS);
     receiver.done.finally(() => clearInterval(progressTimer)).catch(() => undefined);
     this.incoming.set(req.migrationId, { migrationId: req.migrationId, workload: req.workload, dir, receiver, restoredPid: null, progressTimer });
+    // The source starts sending as soon as we reply; the server must have our subscription first.
+    await receiver.ready();
     this.log.info({ migrationId: req.migrationId, source: req.source }, 'receiving image');
   }
 
