@@ -1,4 +1,4 @@
-// linkat(2), statx(2), close(2): the file-descriptor calls Node's fs module does not offer
+// linkat(2), statx(2), lseek(2), close(2): the file-descriptor calls Node's fs module does not offer
 // (fs has no dirfd/flags variants and no mount id).
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -49,6 +49,16 @@ Napi::Value Statx(const Napi::CallbackInfo& info) {
   return result;
 }
 
+Napi::Value Lseek(const Napi::CallbackInfo& info) {
+  int32_t fd = Int32Arg(info, 0, "fd");
+  // Offsets past 2^53 cannot come from JS numbers; the TS side rejects them before the call.
+  int64_t offset = info[1].As<Napi::Number>().Int64Value();
+  int32_t whence = Int32Arg(info, 2, "whence");
+  off_t result = lseek(fd, static_cast<off_t>(offset), whence);
+  if (result == -1) throw MakeSyscallError(info.Env(), errno, "lseek");
+  return Napi::Number::New(info.Env(), static_cast<double>(result));
+}
+
 Napi::Value Close(const Napi::CallbackInfo& info) {
   int32_t fd = Int32Arg(info, 0, "fd");
   // No retry on EINTR: on Linux the descriptor is released even then, and retrying could
@@ -63,6 +73,10 @@ void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("linkat", Napi::Function::New(env, Linkat, "linkat"));
   exports.Set("statx", Napi::Function::New(env, Statx, "statx"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("lseek", Napi::Function::New(env, Lseek, "lseek"));
+  SetConstant(env, exports, "SEEK_SET", SEEK_SET);
+  SetConstant(env, exports, "SEEK_CUR", SEEK_CUR);
+  SetConstant(env, exports, "SEEK_END", SEEK_END);
   SetConstant(env, exports, "AT_FDCWD", AT_FDCWD);
   SetConstant(env, exports, "AT_SYMLINK_FOLLOW", AT_SYMLINK_FOLLOW);
   SetConstant(env, exports, "AT_SYMLINK_NOFOLLOW", AT_SYMLINK_NOFOLLOW);

@@ -26,6 +26,11 @@ export const AT_SYMLINK_NOFOLLOW = 0x100;
 export const AT_SYMLINK_FOLLOW = 0x400;
 export const AT_EMPTY_PATH = 0x1000;
 
+/** lseek(2) whence. */
+export const SEEK_SET = 0;
+export const SEEK_CUR = 1;
+export const SEEK_END = 2;
+
 /** statx(2) mask bits. */
 export const STATX_TYPE = 0x1;
 export const STATX_MODE = 0x2;

@@ -10,6 +10,9 @@ import {
   STATX_INO,
   STATX_MNT_ID,
   STATX_NLINK,
+  SEEK_CUR,
+  SEEK_END,
+  SEEK_SET,
   createLinuxSyscalls,
   SyscallArgumentError,
   SyscallError,
@@ -140,5 +143,32 @@ describe('linkat / statx / close', () => {
     // Far above any fd in use (a recently closed number could be reused by another thread).
     expect(() => syscalls.close(1_000_000)).toThrow(expect.objectContaining({ errno: 9, code: 'EBADF', syscall: 'close' }));
     expect(() => syscalls.close(-1)).toThrow(SyscallArgumentError);
+  });
+});
+
+describe('lseek', () => {
+  test('moves a descriptor offset that a later read starts from', () => {
+    const sys = createLinuxSyscalls();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-lseek-'));
+    try {
+      const file = path.join(dir, 'f');
+      fs.writeFileSync(file, 'hello world');
+      const fd = fs.openSync(file, 'r');
+      try {
+        expect(sys.lseek(fd, 6, SEEK_SET)).toBe(6);
+        const buf = Buffer.alloc(5);
+        // position null: read from (and advance) the descriptor's own offset.
+        expect(fs.readSync(fd, buf, 0, 5, null)).toBe(5);
+        expect(buf.toString()).toBe('world');
+        expect(sys.lseek(fd, 0, SEEK_CUR)).toBe(11);
+        expect(sys.lseek(fd, -5, SEEK_END)).toBe(6);
+      } finally {
+        fs.closeSync(fd);
+      }
+      expect(() => sys.lseek(999999, 0, SEEK_SET)).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'lseek' }));
+      expect(() => sys.lseek(0, 1.5, SEEK_SET)).toThrow(/offset/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

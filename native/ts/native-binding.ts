@@ -18,7 +18,11 @@ export interface NativeBinding {
   waitpidNoHang(pid: number): NativeWaitStatus | null;
   setChildSubreaper(on: boolean): void;
   close(fd: number): void;
+  lseek(fd: number, offset: number, whence: number): number;
 
+  readonly SEEK_SET: number;
+  readonly SEEK_CUR: number;
+  readonly SEEK_END: number;
   readonly MS_RDONLY: number;
   readonly MS_NOSUID: number;
   readonly MS_NODEV: number;

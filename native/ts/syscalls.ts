@@ -1,4 +1,4 @@
-import { fromNativeError } from './errors';
+import { SyscallArgumentError, fromNativeError } from './errors';
 import { loadNativeBinding, type NativeBinding } from './native-binding';
 import {
   checkAbsolutePath,
@@ -75,6 +75,8 @@ export interface LinuxSyscalls {
   setChildSubreaper(on: boolean): void;
   /** close(2). */
   close(fd: number): void;
+  /** lseek(2): sets a descriptor's offset (e.g. a reopened file's, before CRIU inherits it); returns the new offset. */
+  lseek(fd: number, offset: number, whence: number): number;
 }
 
 function callSync<T>(call: () => T, context: { path?: string; dest?: string } = {}): T {
@@ -184,6 +186,13 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
     close(fd) {
       const checkedFd = checkFd('close', 'fd', fd);
       callSync(() => native().close(checkedFd));
+    },
+
+    lseek(fd, offset, whence) {
+      const checkedFd = checkFd('lseek', 'fd', fd);
+      if (!Number.isSafeInteger(offset)) throw new SyscallArgumentError('lseek', 'offset', 'must be a safe integer');
+      const checkedWhence = checkIntFlags('lseek', 'whence', whence);
+      return callSync(() => native().lseek(checkedFd, offset, checkedWhence));
     },
   };
 }

@@ -12,6 +12,7 @@ import {
   AgentVerb,
   CheckpointRequest,
   CoordVerb,
+  CpuinfoCheckRequest,
   EmptyRequest,
   ErrorCode,
   FerryError,
@@ -28,10 +29,13 @@ import {
   type CheckpointReply,
   type CriuInfo,
   type Heartbeat,
+  type MigrationRecordReply,
   type RestoreReply,
   type WorkloadInfo,
+  type MountSpec,
 } from '@ferry/protocol';
 import { ImageReceiver, sendImage } from '@ferry/transfer';
+import { SEEK_SET, type LinuxSyscalls } from '@ferry/native';
 import { z } from 'zod';
 import { CriuDriver } from './criu-driver';
 import { readHostMemory } from './host-memory';
@@ -40,6 +44,10 @@ import { silentLogger, type Logger } from '@ferry/protocol';
 import { isAlive, treeRssBytes } from './process-tree';
 import { launchWorkload } from './workload-launcher';
 import { WorkDirs } from './work-dir';
+import { ensureMounted, unmount } from './shared-mounts';
+import { checkGhostLimit, closeInherited, findUnlinkedFiles, openPins, pinSharedFiles, removePins, type PinnedFile } from './unlinked-files';
+import { listTree } from './process-tree';
+import { checkCpuinfo, dumpCpuinfo } from './cpu-compat';
 import type { AgentOptions } from './agent-options';
 
 /** Written next to CRIU's images: what the target needs to adopt the workload. */
@@ -51,6 +59,9 @@ interface WorkloadManifest {
   logPath: string;
   startedAt: string;
   logBytes: number;
+  mounts: MountSpec[];
+  /** Unlinked files on shared filesystems, pinned on the server, to reopen on the target. */
+  pins: PinnedFile[];
 }
 const MANIFEST_FILE = 'ferry-manifest.json';
 const LOG_COPY_FILE = 'ferry-workload.log';
@@ -63,10 +74,14 @@ interface IncomingMigration {
   receiver: ImageReceiver;
   restoredPid: number | null;
   progressTimer: NodeJS.Timeout;
+  /** Mount points receive() mounted for this migration (unmounted again on discard). */
+  mountedPaths: string[];
 }
 
 export interface AgentDeps {
   nc: NatsConnection;
+  /** Syscalls Node lacks (lseek of reopened pinned files). */
+  syscalls: Pick<LinuxSyscalls, 'lseek'>;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;
@@ -78,6 +93,10 @@ export class Agent {
   private readonly log: Logger;
   private readonly subs: Subscription[] = [];
   private readonly incoming = new Map<string, IncomingMigration>();
+  /** Migrations whose CRIU restore runs now (a coordinator reconciling must wait for its end). */
+  private readonly restoring = new Set<string>();
+  /** Checkpoints running now: a rollback's resume waits for the dump/send to end before thawing. */
+  private readonly checkpoints = new Map<string, Promise<CheckpointReply>>();
   private readonly bootId = `b${randomBytes(6).toString('hex')}`;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private heartbeatSeq = 0;
@@ -116,6 +135,9 @@ export class Agent {
     on(AgentVerb.RESUME, MigrationRef, async (req) => this.resume(req));
     on(AgentVerb.DISCARD, MigrationRef, async (req) => this.discard(req));
     on(AgentVerb.SETTLE, MigrationRef, async (req) => this.settle(req));
+    on(AgentVerb.CPUINFO, EmptyRequest, async () => ({ image: await dumpCpuinfo(this.deps.criu, this.deps.workDirs) }));
+    on(AgentVerb.CPUINFO_CHECK, CpuinfoCheckRequest, async (req) => ({ ...(await checkCpuinfo(this.deps.criu, this.deps.workDirs, req.image)) }));
+    on(AgentVerb.MIGRATION_RECORD, MigrationRef, async (req) => ({ ...(await this.migrationRecord(req)) }));
     await nc.flush();
     this.heartbeatTimer = setInterval(() => void this.beat(), this.opts.heartbeatIntervalMs);
     await this.beat();
@@ -205,6 +227,7 @@ export class Agent {
       argv: r.argv,
       startedAt: r.startedAt,
       exitCode: r.exitCode,
+      mounts: r.mounts ?? [],
     };
   }
 
@@ -223,6 +246,7 @@ export class Agent {
     await mkdir(join(this.opts.dataDir, 'workloads', req.name), { recursive: true, mode: 0o700 });
     // A new workload starts a new log, even if an earlier one of the same name left one.
     await writeFile(logPath, '', { mode: 0o600 });
+    await this.mountAll(req.mounts);
     const cwd = req.cwd ?? '/';
     const launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath });
     const rec: WorkloadRecord = {
@@ -237,6 +261,7 @@ export class Agent {
       startedAt: new Date().toISOString(),
       exitCode: null,
       migration: null,
+      mounts: req.mounts,
     };
     await this.deps.inventory.put(rec);
     this.log.info({ workload: req.name, pid: launched.pid }, 'workload launched');
@@ -251,6 +276,34 @@ export class Agent {
     this.log.info({ workload: name }, 'workload stopped');
   }
 
+  /** Mounts each filesystem unless already there; returns the paths this call mounted. */
+  private async mountAll(mounts: MountSpec[]): Promise<string[]> {
+    const made: string[] = [];
+    for (const spec of mounts) {
+      const { mounted } = await ensureMounted(spec);
+      if (mounted) {
+        made.push(spec.path);
+        await this.deps.inventory.setOwnedMount(spec.path, true);
+        this.log.info({ fs: spec.name, path: spec.path }, 'mounted shared filesystem');
+      }
+    }
+    return made;
+  }
+
+  /** Unmounts the given mount points we mounted ourselves once no workload of ours uses them. */
+  private async unmountUnused(paths: string[], except?: string): Promise<void> {
+    for (const path of paths) {
+      if (!this.deps.inventory.isOwnedMount(path) || this.deps.inventory.mountInUse(path, except)) continue;
+      try {
+        await unmount(path);
+        await this.deps.inventory.setOwnedMount(path, false);
+        this.log.info({ path }, 'unmounted unused shared filesystem');
+      } catch (err) {
+        this.log.warn({ path, err: (err as Error).message }, 'could not unmount');
+      }
+    }
+  }
+
   // ---- migration: target side ----
 
   async receive(req: ReceiveRequest): Promise<void> {
@@ -259,11 +312,15 @@ export class Agent {
     if (existing && existing.state !== 'exited') {
       throw new FerryError(ErrorCode.CONFLICT, `a workload named ${req.workload} already runs on ${this.opts.host}`);
     }
+    // Before the source freezes anything: a filesystem this host cannot mount fails the migration here.
+    const mountedPaths = await this.mountAll(req.mounts);
     const dir = await this.deps.workDirs.create(req.migrationId);
     const receiver = ImageReceiver.start(this.deps.nc, req.transferId, dir, {
       idleTimeoutMs: req.idleTimeoutMs,
       maxTotalBytes: this.opts.maxImageBytes,
       maxFileBytes: this.opts.maxImageBytes,
+      // The address we registered with is the one the source agent can reach us on.
+      directListenAddress: this.opts.address,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
     // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
@@ -276,7 +333,7 @@ export class Agent {
       );
     }, PROGRESS_INTERVAL_MS);
     receiver.done.finally(() => clearInterval(progressTimer)).catch(() => undefined);
-    this.incoming.set(req.migrationId, { migrationId: req.migrationId, workload: req.workload, dir, receiver, restoredPid: null, progressTimer });
+    this.incoming.set(req.migrationId, { migrationId: req.migrationId, workload: req.workload, dir, receiver, restoredPid: null, progressTimer, mountedPaths });
     // The source starts sending as soon as we reply; the server must have our subscription first.
     await receiver.ready();
     this.log.info({ migrationId: req.migrationId, source: req.source }, 'receiving image');
@@ -292,8 +349,19 @@ export class Agent {
     const manifest = await this.readManifest(inc.dir, req.workload);
     await this.placeWorkloadLog(inc.dir, manifest);
     const started = Date.now();
-    const restored = await this.deps.criu.restore({ imagesDir: inc.dir, pidFile: join(inc.dir, 'restored.pid') });
+    this.restoring.add(req.migrationId);
+    const sys = this.deps.syscalls;
+    const inherited = openPins(manifest.pins ?? [], (fd, pos) => sys.lseek(fd, pos, SEEK_SET));
+    let restored: Awaited<ReturnType<CriuDriver['restore']>>;
+    try {
+      restored = await this.deps.criu.restore({ imagesDir: inc.dir, pidFile: join(inc.dir, 'restored.pid'), inheritFds: inherited });
+    } finally {
+      this.restoring.delete(req.migrationId);
+      closeInherited(inherited);
+    }
     const resumedAt = Date.now();
+    // The restored workload holds its own copies of the pinned files now; the names can go.
+    await removePins(manifest.pins ?? []);
     inc.restoredPid = restored.pid;
     await this.deps.inventory.put({
       name: manifest.name,
@@ -307,6 +375,7 @@ export class Agent {
       startedAt: manifest.startedAt,
       exitCode: null,
       migration: { id: req.migrationId, role: 'target' },
+      mounts: manifest.mounts ?? [],
     });
     this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started }, 'workload restored');
     return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt };
@@ -340,7 +409,19 @@ export class Agent {
       await this.deps.inventory.remove(req.workload);
       this.log.warn({ migrationId: req.migrationId, workload: req.workload }, 'discarded restored copy');
     }
+    await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
+    if (inc) await this.unmountUnused(inc.mountedPaths);
+  }
+
+  /** Pins a migration's manifest lists (empty when it never got that far). Source and target share them. */
+  private async pinsOf(migrationId: string): Promise<PinnedFile[]> {
+    try {
+      const m = JSON.parse(await readFile(join(this.deps.workDirs.pathFor(migrationId), MANIFEST_FILE), 'utf8')) as Partial<WorkloadManifest>;
+      return m.pins ?? [];
+    } catch {
+      return [];
+    }
   }
 
   private async readManifest(dir: string, workload: string): Promise<WorkloadManifest> {
@@ -369,11 +450,39 @@ export class Agent {
   // ---- migration: source side ----
 
   async checkpoint(req: CheckpointRequest): Promise<CheckpointReply> {
+    const running = this.checkpointNow(req);
+    this.checkpoints.set(req.migrationId, running);
+    try {
+      return await running;
+    } finally {
+      this.checkpoints.delete(req.migrationId);
+    }
+  }
+
+  /**
+   * This agent's own record of a migration, for a coordinator that restarted and must decide
+   * whether a restore it asked for happened (then it goes forward) or not (then it rolls back).
+   */
+  async migrationRecord(req: MigrationRef): Promise<MigrationRecordReply> {
+    const inProgress = this.restoring.has(req.migrationId) ? 'restoring' : this.incoming.has(req.migrationId) ? 'receiving' : null;
+    const rec = this.deps.inventory.get(req.workload);
+    if (!rec) return { role: null, workloadState: null, alive: false, pid: null, inProgress };
+    const alive = rec.state !== 'exited' && (await isAlive(rec.pid, rec.startTime));
+    const role = rec.migration?.id === req.migrationId ? rec.migration.role : null;
+    return { role, workloadState: rec.state, alive, pid: rec.pid, inProgress };
+  }
+
+  private async checkpointNow(req: CheckpointRequest): Promise<CheckpointReply> {
     const rec = this.requireWorkload(req.workload);
     if (rec.state !== 'running' || !(await isAlive(rec.pid, rec.startTime))) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} is not running (${rec.state})`);
     }
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
+    // Unlinked-but-open files, decided before anything is frozen: local ones travel as ghost files
+    // (bounded), shared ones are pinned on their server and travel by name.
+    const unlinked = await findUnlinkedFiles(await listTree(rec.pid));
+    checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
+    const pins = await pinSharedFiles(unlinked, req.migrationId);
     const dir = await this.deps.workDirs.create(req.migrationId);
     // Recorded before freezing: if we crash while it is frozen, the next start knows to ask.
     rec.migration = { id: req.migrationId, role: 'source' };
@@ -382,11 +491,17 @@ export class Agent {
     const frozenAt = Date.now();
     let dumpMs: number;
     try {
-      const dumped = await this.deps.criu.dump({ pid: rec.pid, imagesDir: dir, leaveStopped: true });
+      const dumped = await this.deps.criu.dump({
+        pid: rec.pid,
+        imagesDir: dir,
+        leaveStopped: true,
+        externalFiles: pins.map((p) => p.key),
+      });
       dumpMs = dumped.durationMs;
     } catch (err) {
       // CRIU resumes the tree itself when a dump fails; make sure of it and forget the mark.
       await this.deps.criu.thaw(rec.pid).catch(() => undefined);
+      await removePins(pins);
       rec.migration = null;
       rec.state = (await isAlive(rec.pid, rec.startTime)) ? 'running' : 'exited';
       await this.deps.inventory.put(rec);
@@ -404,14 +519,24 @@ export class Agent {
       logPath: rec.logPath,
       startedAt: rec.startedAt,
       logBytes,
+      mounts: rec.mounts ?? [],
+      pins,
     };
     await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
     const sent = await sendImage(this.deps.nc, req.transferId, dir, {
       idleTimeoutMs: req.idleTimeoutMs,
+      transport: req.transport,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
-    this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs }, 'image sent');
-    return { dumpMs: Math.round(dumpMs), transferMs: Math.round(sent.elapsedMs), bytes: sent.bytes, files: sent.files, frozenAt };
+    this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs, transport: sent.transport }, 'image sent');
+    return {
+      dumpMs: Math.round(dumpMs),
+      transferMs: Math.round(sent.elapsedMs),
+      bytes: sent.bytes,
+      files: sent.files,
+      frozenAt,
+      transport: sent.transport,
+    };
   }
 
   /** Target confirmed: the frozen copy must never run again. */
@@ -421,12 +546,17 @@ export class Agent {
       if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
       await this.deps.inventory.remove(req.workload);
       this.log.info({ migrationId: req.migrationId, workload: req.workload }, 'released frozen copy');
+      // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.
+      await this.unmountUnused((rec.mounts ?? []).map((m) => m.path));
     }
+    await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
   }
 
   /** Rollback: thaw the frozen copy so it carries on here. */
   async resume(req: MigrationRef): Promise<void> {
+    // Thawing under a dump still writing would corrupt it; CRIU ends it soon once the target discards.
+    await this.checkpoints.get(req.migrationId)?.catch(() => undefined);
     const rec = this.deps.inventory.get(req.workload);
     if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
       if (!(await isAlive(rec.pid, rec.startTime))) {
@@ -438,6 +568,7 @@ export class Agent {
       await this.deps.inventory.put(rec);
       this.log.warn({ migrationId: req.migrationId, workload: req.workload }, 'thawed after rollback');
     }
+    await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
   }
 }

@@ -81,6 +81,8 @@ export interface CriuDumpRequest {
   leaveStopped?: boolean;
   /** Arguments for this dump only, after `extraDumpArgs`. */
   extraArgs?: string[];
+  /** Files to dump as external (`--external file[<mnt_id>:<ino>]`): a restore must hand them in. */
+  externalFiles?: string[];
 }
 
 export interface CriuDumpResult {
@@ -96,6 +98,8 @@ export interface CriuRestoreRequest {
   pidFile?: string;
   /** Arguments for this restore only, after `extraRestoreArgs`. */
   extraArgs?: string[];
+  /** Our open fds CRIU puts in place of external files (`--inherit-fd fd[N]:file[...]`). */
+  inheritFds?: { fd: number; key: string }[];
 }
 
 export interface CriuRestoreResult {
@@ -132,15 +136,16 @@ export class CriuDriver {
   }
 
   /** Runs criu with the driver's environment; never throws for a non-zero exit (see the result). */
-  async run(args: string[], cwd = '/'): Promise<CriuRun> {
+  async run(args: string[], cwd = '/', passFds: number[] = []): Promise<CriuRun> {
     const env: Record<string, string> = { PATH: CRIU_PATH_ENV };
     if (this.options.faultInjection) env.CRIU_FAULT = CRIU_FAULT_NO_BREAKPOINTS;
     const started = process.hrtime.bigint();
-    const child = spawn(this.options.criuPath, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    // passFds[i] becomes fd 3+i in criu (what --inherit-fd names).
+    const child = spawn(this.options.criuPath, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe', ...passFds] });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
-    child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
+    child.stdout!.on('data', (chunk: Buffer) => stdout.push(chunk));
+    child.stderr!.on('data', (chunk: Buffer) => stderr.push(chunk));
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -152,7 +157,7 @@ export class CriuDriver {
         child.once('exit', (code, sig) => resolve([code, sig]));
       });
       // Restored tasks are forked by criu and could hold its pipes for a moment; 'close' is not awaited forever.
-      if (child.stdout.readable || child.stderr.readable) {
+      if (child.stdout!.readable || child.stderr!.readable) {
         await new Promise<void>((resolve) => {
           const drain = setTimeout(resolve, OUTPUT_DRAIN_MS);
           child.once('close', () => {
@@ -235,6 +240,7 @@ export class CriuDriver {
       `-v${this.options.logLevel}`,
       '--ghost-limit', String(this.options.ghostLimitBytes),
       ...(leaveStopped ? ['--leave-stopped'] : []),
+      ...(request.externalFiles ?? []).flatMap((key) => ['--external', key]),
       ...this.options.extraDumpArgs,
       ...(request.extraArgs ?? []),
     ];
@@ -275,11 +281,12 @@ export class CriuDriver {
       '--log-file', RESTORE_LOG_NAME,
       `-v${this.options.logLevel}`,
       '--pidfile', pidFile,
+      ...(request.inheritFds ?? []).flatMap((f, i) => ['--inherit-fd', `fd[${3 + i}]:${f.key}`]),
       ...this.options.extraRestoreArgs,
       ...(request.extraArgs ?? []),
     ];
     this.logger.debug({ imagesDir, args }, 'criu restore');
-    const run = await this.run(args, imagesDir);
+    const run = await this.run(args, imagesDir, (request.inheritFds ?? []).map((f) => f.fd));
     if (run.exitCode !== 0) {
       const details = await readCriuFailureDetails(logPath, run.stderr);
       throw new FerryError(ErrorCode.RESTORE_FAILED, `criu restore from ${imagesDir} failed (${describeExit(run)})`, { details });

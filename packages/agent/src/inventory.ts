@@ -4,7 +4,7 @@
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import type { WorkloadState } from '@ferry/protocol';
+import type { MountSpec, WorkloadState } from '@ferry/protocol';
 
 export interface MigrationMark {
   id: string;
@@ -26,10 +26,19 @@ export interface WorkloadRecord {
   startedAt: string;
   exitCode: number | null;
   migration: MigrationMark | null;
+  /** Shared filesystems it uses (absent in inventories written before mounts existed). */
+  mounts?: MountSpec[];
+}
+
+interface InventoryFile {
+  workloads: WorkloadRecord[];
+  /** Mount points this agent mounted itself: only these does it unmount when unused. */
+  ownedMounts: string[];
 }
 
 export class Inventory {
   private readonly records = new Map<string, WorkloadRecord>();
+  private readonly owned = new Set<string>();
 
   constructor(private readonly file: string) {}
 
@@ -41,8 +50,11 @@ export class Inventory {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw err;
     }
-    const list = JSON.parse(text) as WorkloadRecord[];
-    for (const r of list) this.records.set(r.name, r);
+    const parsed = JSON.parse(text) as InventoryFile | WorkloadRecord[];
+    // The first format was a bare array of workloads.
+    const file: InventoryFile = Array.isArray(parsed) ? { workloads: parsed, ownedMounts: [] } : parsed;
+    for (const r of file.workloads) this.records.set(r.name, r);
+    for (const m of file.ownedMounts) this.owned.add(m);
   }
 
   get(name: string): WorkloadRecord | undefined {
@@ -62,11 +74,27 @@ export class Inventory {
     if (this.records.delete(name)) await this.save();
   }
 
+  isOwnedMount(path: string): boolean {
+    return this.owned.has(path);
+  }
+
+  async setOwnedMount(path: string, owned: boolean): Promise<void> {
+    if (owned) this.owned.add(path);
+    else this.owned.delete(path);
+    await this.save();
+  }
+
+  /** True if a workload other than `except` (running or frozen) uses a mount at `path`. */
+  mountInUse(path: string, except?: string): boolean {
+    return this.all().some((r) => r.name !== except && r.state !== 'exited' && (r.mounts ?? []).some((m) => m.path === path));
+  }
+
   /** Writes to a temporary file and renames it, so a crash never leaves a half-written inventory. */
   async save(): Promise<void> {
     await mkdir(dirname(this.file), { recursive: true, mode: 0o700 });
     const tmp = `${this.file}.tmp`;
-    await writeFile(tmp, JSON.stringify(this.all(), null, 2), { mode: 0o600 });
+    const file: InventoryFile = { workloads: this.all(), ownedMounts: [...this.owned] };
+    await writeFile(tmp, JSON.stringify(file, null, 2), { mode: 0o600 });
     await rename(tmp, this.file);
   }
 }

@@ -45,7 +45,7 @@ export async function startAgent(partial: Partial<AgentOptions> & { host: string
     reconnectTimeWait: 500,
     waitOnFirstConnect: true,
   });
-  const agent = new Agent(opts, { nc: withFaults(nc, opts.faults), criu, criuInfo, workDirs, inventory, logger: log });
+  const agent = new Agent(opts, { nc: withFaults(nc, opts.faults), syscalls: sys, criu, criuInfo, workDirs, inventory, logger: log });
   await agent.start();
   return {
     agent,

@@ -45,7 +45,7 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     readyTimeoutMs: opts.readyTimeoutMs,
     coordinatorCommand: (c) => ({
       argv: [process.execPath, programPath('@ferry/coordinator')],
-      env: { FERRY_NATS_URL: c.natsUrl, FERRY_REDIS_URL: c.redisUrl, ...opts.coordinatorEnv },
+      env: { FERRY_NATS_URL: c.natsUrl, FERRY_REDIS_URL: c.redisUrl, FERRY_FILESYSTEMS: c.filesystemsFile, ...opts.coordinatorEnv },
     }),
     agentCommand: (h) => ({
       argv: [process.execPath, programPath('@ferry/agent')],

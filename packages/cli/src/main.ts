@@ -1,6 +1,8 @@
 /** `ferry`, the operator CLI. It has no logic of its own: each command asks the coordinator. */
 import { Command } from 'commander';
+import { registerCordon } from './commands/cordon';
 import { registerDev } from './commands/dev';
+import { registerDrain } from './commands/drain';
 import { registerDemo } from './commands/demo';
 import { registerHosts } from './commands/hosts';
 import { registerMigrate } from './commands/migrate';
@@ -21,6 +23,8 @@ registerHosts(program);
 registerStop(program);
 registerMigrate(program);
 registerStatus(program);
+registerCordon(program);
+registerDrain(program);
 registerDev(program);
 registerDemo(program);
 

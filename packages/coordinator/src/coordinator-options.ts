@@ -1,4 +1,4 @@
-import { ErrorCode, FerryError } from '@ferry/protocol';
+import { ErrorCode, FerryError, type FilesystemSpec } from '@ferry/protocol';
 
 /** A host that has not sent a heartbeat for this long is lost (three missed 1 s beats). */
 export const DEFAULT_HOST_LOST_AFTER_MS = 3_000;
@@ -6,6 +6,8 @@ export const DEFAULT_HOST_LOST_AFTER_MS = 3_000;
 export const LIVENESS_SWEEP_INTERVAL_MS = 500;
 
 export interface CoordinatorOptions {
+  /** The cluster's shared filesystems, by name (`ferry run --mount NAME:PATH`). */
+  filesystems: FilesystemSpec[];
   natsUrl: string;
   redisUrl: string;
   /** Prefix of every Redis key, so several clusters can share one Redis. */
@@ -19,10 +21,21 @@ export interface CoordinatorOptions {
   checkpointTimeoutMs: number;
   /** How long a short agent request (receive, release, resume, discard) may take. */
   agentRequestTimeoutMs: number;
+  /** At most this many migrations leave one host at once (drain and placement respect it). */
+  maxMigrationsPerSource: number;
+  /** At most this many migrations enter one host at once (drain and placement respect it). */
+  maxMigrationsPerTarget: number;
+  /** Leader lease in Redis: a standby takes over this long after the leader stopped renewing. */
+  leaseTtlMs: number;
+  /** This coordinator's name in the lease (unique per process). */
+  coordinatorId: string;
+  /** How often a restarted leader retries in-flight migrations it could not settle yet. */
+  recoveryRetryMs: number;
 }
 
 export function defaultCoordinatorOptions(): CoordinatorOptions {
   return {
+    filesystems: [],
     natsUrl: 'nats://127.0.0.1:4222',
     redisUrl: 'redis://127.0.0.1:6379',
     redisKeyPrefix: 'ferry:',
@@ -31,14 +44,34 @@ export function defaultCoordinatorOptions(): CoordinatorOptions {
     restoreTimeoutMs: 5 * 60_000,
     checkpointTimeoutMs: 30 * 60_000,
     agentRequestTimeoutMs: 10_000,
+    maxMigrationsPerSource: 2,
+    maxMigrationsPerTarget: 2,
+    leaseTtlMs: 5_000,
+    coordinatorId: `c-${process.pid}-${Date.now().toString(36)}`,
+    recoveryRetryMs: 2_000,
   };
 }
 
 export function compileCoordinatorOptions(partial: Partial<CoordinatorOptions> = {}): CoordinatorOptions {
   const o = { ...defaultCoordinatorOptions() };
   for (const [k, v] of Object.entries(partial)) if (v !== undefined) (o as Record<string, unknown>)[k] = v;
-  for (const k of ['hostLostAfterMs', 'transferIdleTimeoutMs', 'restoreTimeoutMs', 'checkpointTimeoutMs', 'agentRequestTimeoutMs'] as const) {
+  for (const k of [
+    'hostLostAfterMs',
+    'transferIdleTimeoutMs',
+    'restoreTimeoutMs',
+    'checkpointTimeoutMs',
+    'agentRequestTimeoutMs',
+    'maxMigrationsPerSource',
+    'maxMigrationsPerTarget',
+    'leaseTtlMs',
+    'recoveryRetryMs',
+  ] as const) {
     if (!Number.isFinite(o[k]) || o[k] <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${k} must be a positive number`);
   }
+  for (const k of ['maxMigrationsPerSource', 'maxMigrationsPerTarget'] as const) {
+    if (!Number.isInteger(o[k])) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${k} must be a whole number`);
+  }
+  // A lease renewed every third of its life survives two missed renewals.
+  if (o.leaseTtlMs < 300) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'leaseTtlMs must be at least 300');
   return o;
 }

@@ -9,7 +9,10 @@ import {
   AgentVerb,
   CoordRunRequest,
   CoordVerb,
+  DrainRequest,
   EmptyRequest,
+  HostRequest,
+  type DrainEvent,
   ErrorCode,
   FerryError,
   Heartbeat,
@@ -30,8 +33,11 @@ import {
 } from '@ferry/protocol';
 import { LIVENESS_SWEEP_INTERVAL_MS, type CoordinatorOptions } from './coordinator-options';
 import { HostRegistry } from './host-registry';
+import { resolveMounts } from './filesystems';
 import { MigrationRunner, strip } from './migration-runner';
 import { MigrationStore } from './migration-store';
+import { assertDrainable, drainPlan, runDrain } from './drain';
+import { LeaderLease } from './leader-lease';
 
 /** Heartbeats can list many workloads; a larger bound than control messages. */
 const MAX_HEARTBEAT_BYTES = 64 * 1024 * 1024;
@@ -39,8 +45,17 @@ const MAX_HEARTBEAT_BYTES = 64 * 1024 * 1024;
 export class Coordinator {
   readonly registry: HostRegistry;
   readonly store: MigrationStore;
-  private readonly runner: MigrationRunner;
+  readonly runner: MigrationRunner;
+  readonly lease: LeaderLease;
   private readonly subs: Subscription[] = [];
+  /** Subscriptions only the leader holds (every command); a standby answers nothing. */
+  private commandSubs: Subscription[] = [];
+  /** Hosts being drained now (one drain per host at a time). */
+  private readonly draining = new Set<string>();
+  private recoveryTimer: NodeJS.Timeout | null = null;
+  /** host/workload pairs whose frozen copy is being settled now. */
+  private readonly reconciling = new Set<string>();
+  private closed = false;
   private sweepTimer: NodeJS.Timeout | null = null;
   private readonly log: Logger;
 
@@ -54,16 +69,122 @@ export class Coordinator {
     this.registry = new HostRegistry(redis, opts.redisKeyPrefix, opts.hostLostAfterMs);
     this.store = new MigrationStore(redis, opts.redisKeyPrefix);
     this.runner = new MigrationRunner(nc, this.registry, this.store, opts, logger);
+    this.lease = new LeaderLease(redis, `${opts.redisKeyPrefix}leader`, opts.coordinatorId, opts.leaseTtlMs, logger);
+    this.registry.writable = false;
+    this.lease.on('elected', () => void this.lead());
+    this.lease.on('deposed', () => this.standBy());
     this.registry.on('joined', (h) => this.hostEvent(h, 'joined'));
     this.registry.on('lost', (h) => this.hostEvent(h, 'lost'));
     this.registry.on('restarted', (h) => this.hostEvent(h, 'restarted'));
   }
 
+  /**
+   * Follows heartbeats at once (a standby keeps a warm view of the hosts), and serves commands
+   * only while it holds the leader lease. Resolves after the first lease attempt.
+   */
   async start(): Promise<void> {
     await this.registry.load();
+    this.subs.push(
+      this.nc.subscribe(subjects.heartbeat(), {
+        callback: (err, msg) => {
+          if (err) return;
+          try {
+            const hb = parseMessage(Heartbeat, decode(msg.data, MAX_HEARTBEAT_BYTES));
+            void this.registry.seen(hb).catch((e) => this.log.warn({ err: (e as Error).message }, 'heartbeat not applied'));
+            for (const w of hb.workloads) if (w.state === 'frozen') this.reconcileFrozen(hb.host, w.name);
+          } catch (e) {
+            this.log.warn({ err: (e as Error).message }, 'malformed heartbeat ignored');
+          }
+        },
+      }),
+    );
+    this.sweepTimer = setInterval(() => this.registry.sweep(), LIVENESS_SWEEP_INTERVAL_MS);
+    await this.nc.flush();
+    await this.lease.start();
+  }
+
+  get isLeader(): boolean {
+    return this.lease.isLeader;
+  }
+
+  private async lead(): Promise<void> {
+    if (this.closed) return;
+    try {
+      this.registry.writable = true;
+      await this.registry.reloadCordons();
+      this.serveCommands();
+      await this.nc.flush();
+      this.log.info({ coordinatorId: this.opts.coordinatorId }, 'serving commands as leader');
+      await this.recoverInFlight();
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'taking the lead failed; standing by');
+      await this.lease.stop();
+      this.standBy();
+      if (!this.closed) await this.lease.start();
+    }
+  }
+
+  private standBy(): void {
+    this.registry.writable = false;
+    for (const s of this.commandSubs) s.unsubscribe();
+    this.commandSubs = [];
+    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
+    this.recoveryTimer = null;
+  }
+
+  /**
+   * Finishes or rolls back every migration a previous leader left in flight; those it cannot
+   * decide yet (an agent does not answer) are retried while this coordinator leads.
+   */
+  private async recoverInFlight(): Promise<void> {
+    if (!this.lease.isLeader || this.closed) return;
+    // Migrations this process runs (or recovers) itself are not "left in flight".
+    const orphans = (await this.store.inFlight()).filter((m) => !this.runner.isRunning(m.id));
+    if (orphans.length > 0) this.log.warn({ count: orphans.length }, 'recovering in-flight migrations');
+    const results = await Promise.all(
+      orphans.map((m) =>
+        this.runner.recover(m).catch((err) => {
+          this.log.error({ migrationId: m.id, err: (err as Error).message }, 'recovery attempt failed');
+          return false;
+        }),
+      ),
+    );
+    if (results.some((ok) => !ok) && this.lease.isLeader && !this.closed) {
+      this.recoveryTimer = setTimeout(() => void this.recoverInFlight(), this.opts.recoveryRetryMs);
+    }
+  }
+
+  /**
+   * A frozen copy no running migration accounts for: its source agent was unreachable when the
+   * migration ended (or restarted meanwhile; agents never thaw on their own). The migration's
+   * final state decides: succeeded -> release (kill) it, rolled back -> resume it. A failed one
+   * is left for the operator unless the workload runs elsewhere, then the frozen copy is released.
+   */
+  private reconcileFrozen(host: string, workload: string): void {
+    const key = `${host}/${workload}`;
+    if (!this.lease.isLeader || this.reconciling.has(key)) return;
+    this.reconciling.add(key);
+    void (async () => {
+      if (await this.store.lockHolder(workload)) return; // a migration in flight owns it
+      const m = await this.store.latestFrom(workload, host);
+      if (!m || m.state === 'pending' || m.state === 'running') return;
+      const runningElsewhere = this.registry.workloads().some((w) => w.name === workload && w.host !== host && w.state === 'running');
+      const verb = m.state === 'succeeded' || runningElsewhere ? AgentVerb.RELEASE : m.state === 'rolled-back' ? AgentVerb.RESUME : null;
+      if (!verb) return;
+      this.log.warn({ host, workload, migrationId: m.id, verb }, 'settling a frozen copy left by an earlier migration');
+      await request(this.nc, subjects.agent(host, verb), { migrationId: m.id, workload }, z.object({}).passthrough(), { timeoutMs: this.opts.agentRequestTimeoutMs });
+      if (verb === AgentVerb.RELEASE) this.registry.removeWorkload(host, workload);
+      else this.registry.setWorkloadState(host, workload, 'running');
+    })()
+      .catch((err) => this.log.warn({ host, workload, err: (err as Error).message }, 'frozen copy not settled yet'))
+      .finally(() => this.reconciling.delete(key));
+  }
+
+  private serveCommands(): void {
+    if (this.commandSubs.length > 0) return;
     const onError = (err: FerryError, subject: string) => this.log.warn({ code: err.code, subject }, err.message);
     const on = <S extends z.ZodType>(verb: CoordVerb, schema: S, fn: (req: z.infer<S>) => Promise<Record<string, unknown> | void>) =>
-      this.subs.push(serve(this.nc, subjects.coord(verb), schema, fn, { onError }));
+      this.commandSubs.push(serve(this.nc, subjects.coord(verb), schema, fn, { onError }));
 
     on(CoordVerb.REGISTER, RegisterRequest, async (req) => {
       await this.registry.register(req);
@@ -82,26 +203,41 @@ export class Coordinator {
       }
       return { migrations: (await this.store.list()).map(strip) };
     });
-    this.subs.push(
-      this.nc.subscribe(subjects.heartbeat(), {
-        callback: (err, msg) => {
-          if (err) return;
-          try {
-            const hb = parseMessage(Heartbeat, decode(msg.data, MAX_HEARTBEAT_BYTES));
-            void this.registry.seen(hb).catch((e) => this.log.warn({ err: (e as Error).message }, 'heartbeat not applied'));
-          } catch (e) {
-            this.log.warn({ err: (e as Error).message }, 'malformed heartbeat ignored');
-          }
-        },
-      }),
-    );
-    this.sweepTimer = setInterval(() => this.registry.sweep(), LIVENESS_SWEEP_INTERVAL_MS);
-    await this.nc.flush();
+    on(CoordVerb.CORDON, HostRequest, async (req) => {
+      await this.registry.setCordoned(req.host, true);
+      return { host: this.registry.describe(req.host) };
+    });
+    on(CoordVerb.UNCORDON, HostRequest, async (req) => {
+      await this.registry.setCordoned(req.host, false);
+      return { host: this.registry.describe(req.host) };
+    });
+    on(CoordVerb.DRAIN, DrainRequest, async (req) => ({ drainId: req.drainId, workloads: await this.drain(req) }));
+  }
+
+  /** Cordons the host, replies with the plan, and runs the drain in the background (results as events). */
+  private async drain(req: DrainRequest): Promise<string[]> {
+    assertDrainable(this.registry, req.host);
+    if (this.draining.has(req.host)) throw new FerryError(ErrorCode.CONFLICT, `host ${req.host} is already being drained`);
+    await this.registry.setCordoned(req.host, true);
+    const plan = drainPlan(this.registry, req.host);
+    this.draining.add(req.host);
+    const publish = (ev: DrainEvent) => this.nc.publish(subjects.event('drain'), encode(ev));
+    void runDrain(req.host, req.drainId, plan, {
+      registry: this.registry,
+      runner: this.runner,
+      limits: { maxMigrationsPerSource: this.opts.maxMigrationsPerSource, maxMigrationsPerTarget: this.opts.maxMigrationsPerTarget },
+      publish,
+      log: this.log.child({ drainId: req.drainId }),
+    }).finally(() => this.draining.delete(req.host));
+    return plan;
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const s of this.subs) s.unsubscribe();
+    this.standBy();
+    await this.lease.stop();
   }
 
   private async run(req: CoordRunRequest): Promise<WorkloadInfo> {
@@ -111,7 +247,8 @@ export class Coordinator {
     if (existing && existing.state !== 'exited') {
       throw new FerryError(ErrorCode.CONFLICT, `a workload named ${req.name} already runs on ${existing.host}`);
     }
-    const { host, v: _v, ...body } = req;
+    const { host, v: _v, mounts, ...rest } = req;
+    const body = { ...rest, mounts: resolveMounts(this.opts.filesystems, mounts) };
     const reply = await request(this.nc, subjects.agent(host, AgentVerb.RUN), body, z.object({ workload: WorkloadInfo }), { timeoutMs: 15_000 });
     this.registry.addWorkload(reply.workload);
     return reply.workload;

@@ -6,6 +6,8 @@
 import { EventEmitter } from 'node:events';
 import type { Redis } from 'ioredis';
 import { ErrorCode, FerryError, type CriuInfo, type Heartbeat, type HostInfo, type RegisterRequest, type WorkloadInfo } from '@ferry/protocol';
+import type { MigrationSlots } from './migration-slots';
+import type { PlacementHost } from './placement';
 
 interface HostEntry {
   name: string;
@@ -27,6 +29,11 @@ export interface HostRegistryEvents {
 
 export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   private readonly hosts = new Map<string, HostEntry>();
+  /**
+   * Only the leading coordinator writes hosts to Redis: a standby's view of `cordoned` may be
+   * stale and must never overwrite the leader's.
+   */
+  writable = true;
 
   constructor(
     private readonly redis: Redis,
@@ -56,7 +63,21 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
     }
   }
 
+  /** Takes the cordon flags from Redis (a standby that just became leader). */
+  async reloadCordons(): Promise<void> {
+    const all = await this.redis.hgetall(this.key);
+    for (const [name, json] of Object.entries(all)) {
+      const saved = JSON.parse(json) as Pick<HostEntry, 'name' | 'address' | 'criu' | 'cordoned' | 'bootId'>;
+      const e = this.hosts.get(name);
+      if (e) e.cordoned = saved.cordoned;
+      else this.hosts.set(name, { ...saved, memory: { totalBytes: 0, availableBytes: 0 }, lastHeartbeatAt: 0, state: 'lost', workloads: [] });
+    }
+    // A Redis that lost its data (restarted without persistence) learns the hosts again.
+    for (const e of this.hosts.values()) if (!(e.name in all)) await this.persist(e);
+  }
+
   private async persist(e: HostEntry): Promise<void> {
+    if (!this.writable) return;
     const { name, address, criu, cordoned, bootId } = e;
     await this.redis.hset(this.key, name, JSON.stringify({ name, address, criu, cordoned, bootId }));
   }
@@ -98,10 +119,11 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
     }
   }
 
+  /** Persisted before it takes effect, so a restarted or new leader keeps the host cordoned. */
   async setCordoned(host: string, cordoned: boolean): Promise<void> {
     const e = this.require(host);
+    await this.persist({ ...e, cordoned });
     e.cordoned = cordoned;
-    await this.persist(e);
   }
 
   has(host: string): boolean {
@@ -152,7 +174,38 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   }
 
   findWorkload(name: string): WorkloadInfo | undefined {
-    return this.workloads().find((w) => w.name === name);
+    // One pass without building the whole sorted list: this runs for every migration and drain step.
+    let found: WorkloadInfo | undefined;
+    for (const e of this.hosts.values()) {
+      for (const w of e.workloads) if (w.name === name && (!found || rank(w) > rank(found))) found = w;
+    }
+    return found;
+  }
+
+  /** Workloads on one host that are not exited (what a drain must move). */
+  workloadsOn(host: string): WorkloadInfo[] {
+    return (this.hosts.get(host)?.workloads ?? []).filter((w) => w.state !== 'exited');
+  }
+
+  /** A snapshot of every host as placement sees it, with the migrations already heading there. */
+  placementView(slots: MigrationSlots): PlacementHost[] {
+    const out: PlacementHost[] = [];
+    for (const e of this.hosts.values()) {
+      const inc = slots.incoming(e.name);
+      let count = 0;
+      for (const w of e.workloads) if (w.state !== 'exited') count++;
+      out.push({
+        name: e.name,
+        alive: e.state === 'alive',
+        cordoned: e.cordoned,
+        criuUsable: e.criu.usable,
+        availableBytes: e.memory.availableBytes,
+        workloadCount: count,
+        incoming: inc.count,
+        incomingBytes: inc.bytes,
+      });
+    }
+    return out;
   }
 
   /** Applies a finished migration at once, without waiting for the next heartbeats. */

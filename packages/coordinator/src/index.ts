@@ -7,3 +7,8 @@ export { HostRegistry } from './host-registry';
 export { MigrationStore } from './migration-store';
 export type { MigrationRecord } from './migration-store';
 export { MigrationRunner } from './migration-runner';
+export { placeWorkload, memoryNeeded, MEMORY_HEADROOM_FACTOR } from './placement';
+export type { Placement, PlacementHost, PlacementWorkload, PlacementOptions } from './placement';
+export { LeaderLease } from './leader-lease';
+export { MigrationSlots } from './migration-slots';
+export { loadFilesystemsFile, resolveMounts } from './filesystems';

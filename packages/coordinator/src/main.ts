@@ -2,6 +2,7 @@
 import pino from 'pino';
 import { toFerryError } from '@ferry/protocol';
 import { startCoordinator } from './start-coordinator';
+import { loadFilesystemsFile } from './filesystems';
 
 async function main(): Promise<void> {
   const env = process.env;
@@ -10,10 +11,15 @@ async function main(): Promise<void> {
   const running = await startCoordinator(
     {
       natsUrl: env.FERRY_NATS_URL,
+      filesystems: env.FERRY_FILESYSTEMS ? loadFilesystemsFile(env.FERRY_FILESYSTEMS) : undefined,
       redisUrl: env.FERRY_REDIS_URL,
       redisKeyPrefix: env.FERRY_REDIS_PREFIX,
       hostLostAfterMs: num(env.FERRY_HOST_LOST_AFTER_MS),
       transferIdleTimeoutMs: num(env.FERRY_TRANSFER_IDLE_TIMEOUT_MS),
+      maxMigrationsPerSource: num(env.FERRY_MAX_MIGRATIONS_PER_SOURCE),
+      maxMigrationsPerTarget: num(env.FERRY_MAX_MIGRATIONS_PER_TARGET),
+      leaseTtlMs: num(env.FERRY_LEASE_TTL_MS),
+      coordinatorId: env.FERRY_COORDINATOR_ID || undefined,
     },
     logger,
   );

@@ -12,6 +12,8 @@ import { z } from 'zod';
 import {
   AgentVerb,
   CheckpointReply,
+  CpuinfoCheckReply,
+  CpuinfoReply,
   ErrorCode,
   FerryError,
   RestoreReply,
@@ -24,17 +26,26 @@ import {
   type Logger,
   type MigrationEvent,
   type MigrationResult,
+  type TransportPreference,
 } from '@ferry/protocol';
 import type { CoordinatorOptions } from './coordinator-options';
 import type { HostRegistry } from './host-registry';
 import type { MigrationRecord, MigrationStore } from './migration-store';
+import { MigrationSlots } from './migration-slots';
+import { memoryNeeded, placeWorkload, type Placement } from './placement';
+import { recoverMigration } from './migration-recovery';
 
 const Empty = z.object({}).passthrough();
 
 export interface MigrateParams {
   workload: string;
-  to: string;
+  /** Without it the workload is placed (placeWorkload) and the result says why. */
+  to?: string;
   requestId?: string;
+  /** The image's data path; default auto. */
+  transport?: TransportPreference;
+  /** Hosts placement must not pick (e.g. a drain retrying after a failed pre-flight). */
+  exclude?: ReadonlySet<string>;
 }
 
 export function newId(prefix: string): string {
@@ -43,6 +54,8 @@ export function newId(prefix: string): string {
 
 export class MigrationRunner {
   private readonly log: Logger;
+  /** Migrations running now, per source and target host (limits, placement). */
+  readonly slots = new MigrationSlots();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -57,7 +70,18 @@ export class MigrationRunner {
   /** Runs a migration to its end and returns the final record. */
   async migrate(params: MigrateParams): Promise<MigrationResult> {
     const workload = this.registry.findWorkload(params.workload);
+    if (params.requestId) {
+      // A retry: answer with the first migration, wherever the workload is now.
+      const earlier = await this.store.requestHolder(params.requestId);
+      if (earlier) return this.waitForEnd(earlier);
+    }
     if (!workload || workload.state === 'exited') throw new FerryError(ErrorCode.NOT_FOUND, `no running workload named ${params.workload}`);
+    let placement: Placement | null = null;
+    let to = params.to;
+    if (to === undefined) {
+      placement = this.place(params.workload, params.exclude);
+      to = placement.host;
+    }
     const id = newId('m');
     if (params.requestId) {
       const earlier = await this.store.claimRequest(params.requestId, id);
@@ -68,7 +92,7 @@ export class MigrationRunner {
       id,
       workload: params.workload,
       from: workload.host,
-      to: params.to,
+      to,
       state: 'pending',
       step: 'requested',
       requestedAt: now,
@@ -84,10 +108,67 @@ export class MigrationRunner {
       transferId: newId('x'),
       requestId: params.requestId ?? null,
       frozenAt: null,
+      placement,
+      transportPreference: params.transport ?? 'auto',
     };
-    await this.store.create(m);
+    this.slots.add(id, { from: m.from, to: m.to, rssBytes: workload.rssBytes });
+    try {
+      await this.store.create(m);
+    } catch (err) {
+      this.slots.remove(id);
+      // The request id must not point at a migration that never existed.
+      if (params.requestId) await this.store.releaseRequest(params.requestId, id).catch(() => undefined);
+      throw err;
+    }
     this.emit(m);
-    return this.run(m);
+    try {
+      return await this.run(m);
+    } finally {
+      this.slots.remove(id);
+    }
+  }
+
+  /** True while this runner runs (or recovers) migration `id`. */
+  isRunning(id: string): boolean {
+    return this.slots.has(id);
+  }
+
+  /** Chooses a target for a running workload now; FAILED_PRECONDITION when no host fits. */
+  place(workload: string, exclude?: ReadonlySet<string>): Placement {
+    const w = this.registry.findWorkload(workload);
+    if (!w || w.state === 'exited') throw new FerryError(ErrorCode.NOT_FOUND, `no running workload named ${workload}`);
+    return placeWorkload(
+      { name: w.name, host: w.host, rssBytes: w.rssBytes },
+      this.registry.placementView(this.slots),
+      { maxIncomingPerHost: this.opts.maxMigrationsPerTarget, exclude },
+    );
+  }
+
+  /**
+   * Finishes or rolls back a migration a previous coordinator left in flight (see
+   * migration-recovery.ts). Returns false when it cannot decide yet (an agent does not answer);
+   * the caller retries later and the workload's lock stays held meanwhile.
+   */
+  async recover(m: MigrationRecord): Promise<boolean> {
+    this.slots.add(m.id, { from: m.from, to: m.to, rssBytes: 0 });
+    const log = this.log.child({ migrationId: m.id, workload: m.workload });
+    try {
+      const settled = await recoverMigration(m, {
+        ask: (host, verb, body, schema, timeoutMs) => this.callAgent(host, verb, body, schema, timeoutMs),
+        step: (step, state) => this.step(m, step, state),
+        timeoutMs: this.opts.agentRequestTimeoutMs,
+        log,
+      });
+      if (!settled) return false;
+      if (m.state === 'succeeded' && m.pid !== null) this.registry.moveWorkload(m.workload, m.from, m.to, m.pid);
+      m.finishedAt = new Date().toISOString();
+      m.totalMs = Date.now() - Date.parse(m.requestedAt);
+      await this.store.finish(m);
+      this.emit(m);
+      return true;
+    } finally {
+      this.slots.remove(m.id);
+    }
   }
 
   private async waitForEnd(id: string): Promise<MigrationResult> {
@@ -118,6 +199,7 @@ export class MigrationRunner {
         workload: m.workload,
         source: m.from,
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
+        mounts: this.registry.findWorkload(m.workload)?.mounts ?? [],
       }, Empty, this.opts.agentRequestTimeoutMs);
 
       await this.step(m, 'checkpointing');
@@ -129,8 +211,10 @@ export class MigrationRunner {
         workload: m.workload,
         target: m.to,
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
+        transport: m.transportPreference ?? 'auto',
       }, CheckpointReply, this.opts.checkpointTimeoutMs, [m.to]);
       m.frozenAt = cp.frozenAt;
+      m.transport = cp.transport;
       m.phases.dumpMs = cp.dumpMs;
       m.phases.transferMs = cp.transferMs;
       m.bytesTransferred = cp.bytes;
@@ -221,13 +305,19 @@ export class MigrationRunner {
     const target = this.registry.describe(m.to);
     if (target.cordoned) throw new FerryError(ErrorCode.FAILED_PRECONDITION, `host ${m.to} is cordoned`);
     const workload = this.registry.findWorkload(m.workload);
-    const need = Math.ceil((workload?.rssBytes ?? 0) * 1.1);
+    const need = memoryNeeded(workload?.rssBytes ?? 0);
     if (target.memory.availableBytes < need) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `host ${m.to} has ${target.memory.availableBytes} bytes available, ${m.workload} needs ${need}`);
     }
     // A live answer from both agents now, rather than a dead one discovered after the freeze.
     const ping = z.object({}).passthrough();
     await Promise.all([m.from, m.to].map((h) => this.callAgent(h, AgentVerb.PROBE, {}, ping, 2_000)));
+    // CRIU restores only onto a CPU with the features the dumped tasks may use (criu cpuinfo check).
+    const cpu = await this.callAgent(m.from, AgentVerb.CPUINFO, {}, CpuinfoReply, this.opts.agentRequestTimeoutMs);
+    const check = await this.callAgent(m.to, AgentVerb.CPUINFO_CHECK, { source: m.from, image: cpu.image }, CpuinfoCheckReply, this.opts.agentRequestTimeoutMs);
+    if (!check.compatible) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the CPU of ${m.to} is not compatible with ${m.from}'s: ${check.problem ?? 'criu cpuinfo check failed'}`);
+    }
   }
 
   /**
@@ -289,6 +379,7 @@ export class MigrationRunner {
 
 /** The public shape, without coordinator-internal fields. */
 export function strip(m: MigrationRecord): MigrationResult {
-  const { transferId: _t, requestId: _r, frozenAt: _f, ...pub } = m;
+  const { transferId: _t, requestId: _r, frozenAt: _f, placement, ...pub } = m;
+  if (placement) return { ...pub, placement };
   return pub;
 }

@@ -9,13 +9,15 @@
  *   request:<requestId>   id of the migration a request started (idempotent retries)
  */
 import type { Redis } from 'ioredis';
-import { ErrorCode, FerryError, type MigrationResult, type MigrationStep } from '@ferry/protocol';
+import { ErrorCode, FerryError, type MigrationResult, type MigrationStep, type TransportPreference } from '@ferry/protocol';
 
 export interface MigrationRecord extends MigrationResult {
   transferId: string;
   requestId: string | null;
   /** Wall-clock ms the workload was frozen, once known. */
   frozenAt: number | null;
+  /** The data path asked for (absent in records written before it existed: auto). */
+  transportPreference?: TransportPreference;
 }
 
 /** How many finished migrations `status` keeps. */
@@ -55,6 +57,17 @@ export class MigrationStore {
     return this.redis.get(this.k(`request:${requestId}`));
   }
 
+  /** The migration a request id started, if any. */
+  async requestHolder(requestId: string): Promise<string | null> {
+    return this.redis.get(this.k(`request:${requestId}`));
+  }
+
+  /** Frees a request id whose migration never started (e.g. the workload was locked: CONFLICT). */
+  async releaseRequest(requestId: string, migrationId: string): Promise<void> {
+    const key = this.k(`request:${requestId}`);
+    if ((await this.redis.get(key)) === migrationId) await this.redis.del(key);
+  }
+
   async save(m: MigrationRecord): Promise<void> {
     await this.redis.set(this.k(`migration:${m.id}`), JSON.stringify(m));
   }
@@ -86,6 +99,16 @@ export class MigrationStore {
     if (ids.length === 0) return [];
     const jsons = await this.redis.mget(ids.map((id) => this.k(`migration:${id}`)));
     return jsons.filter((j): j is string => j !== null).map((j) => JSON.parse(j) as MigrationRecord);
+  }
+
+  /** Id of the migration holding the workload's lock, if any. */
+  lockHolder(workload: string): Promise<string | null> {
+    return this.redis.get(this.k(`lock:workload:${workload}`));
+  }
+
+  /** The most recent migration of `workload` out of `from`, among the last MIGRATION_HISTORY_LIMIT. */
+  async latestFrom(workload: string, from: string): Promise<MigrationRecord | null> {
+    return (await this.list(MIGRATION_HISTORY_LIMIT)).find((m) => m.workload === workload && m.from === from) ?? null;
   }
 
   async inFlight(): Promise<MigrationRecord[]> {

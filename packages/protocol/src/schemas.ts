@@ -39,6 +39,27 @@ export const CriuInfo = z.object({
 });
 export type CriuInfo = z.infer<typeof CriuInfo>;
 
+/**
+ * A shared filesystem as cluster configuration names it. `source` and `options` go to the mount
+ * program as they are (sshfs `-o K=V`, `mount -t nfs -o K=V`); `bind` bind-mounts a host path.
+ */
+export const FilesystemSpec = z.object({
+  name: Id,
+  type: z.enum(['sshfs', 'nfs', 'bind']),
+  source: z.string().min(1).max(4096).refine((s) => !s.startsWith('-') && !s.includes('\0'), 'must not start with - or contain NUL'),
+  options: z
+    .record(
+      z.string().regex(/^[A-Za-z][A-Za-z0-9_.-]{0,63}$/, 'option names are letters, digits, _ . -'),
+      z.string().max(4096).refine((v) => !/[,\0\n]/.test(v), 'option values must not contain commas, NUL or newlines'),
+    )
+    .default({}),
+});
+export type FilesystemSpec = z.infer<typeof FilesystemSpec>;
+
+/** A filesystem mounted at `path` for a workload (the same path on every host it runs on). */
+export const MountSpec = FilesystemSpec.extend({ path: AbsolutePath });
+export type MountSpec = z.infer<typeof MountSpec>;
+
 export const WorkloadState = z.enum(['running', 'frozen', 'exited']);
 export type WorkloadState = z.infer<typeof WorkloadState>;
 
@@ -53,6 +74,8 @@ export const WorkloadInfo = z.object({
   startedAt: z.string().max(64),
   /** Set when the workload has exited. */
   exitCode: z.number().int().nullable().optional(),
+  /** Shared filesystems the workload uses; a target mounts them before a restore. */
+  mounts: z.array(MountSpec).max(32).default([]),
 });
 export type WorkloadInfo = z.infer<typeof WorkloadInfo>;
 
@@ -86,6 +109,13 @@ export const MigrationStep = z.enum([
 ]);
 export type MigrationStep = z.infer<typeof MigrationStep>;
 
+/** The image transfer's data path. */
+export const Transport = z.enum(['nats', 'direct']);
+export type Transport = z.infer<typeof Transport>;
+/** What a migration asks for: `auto` takes direct when the hosts reach each other, else NATS. */
+export const TransportPreference = z.enum(['auto', 'direct', 'nats']);
+export type TransportPreference = z.infer<typeof TransportPreference>;
+
 export const MigrationResult = z.object({
   id: Id,
   workload: WorkloadName,
@@ -99,7 +129,8 @@ export const MigrationResult = z.object({
   downtimeMs: z.number().nonnegative(),
   totalMs: z.number().nonnegative(),
   bytesTransferred: z.number().int().nonnegative(),
-  transport: z.enum(['nats']),
+  /** How the image travelled: through nats-server, or over a TCP connection between the agents. */
+  transport: Transport,
   phases: z.object({
     dumpMs: z.number().nonnegative(),
     transferMs: z.number().nonnegative(),
@@ -109,6 +140,8 @@ export const MigrationResult = z.object({
   pid: z.number().int().nullable(),
   error: ErrorBodySchema.nullable(),
   history: z.array(z.object({ step: MigrationStep, at: z.string() })).max(100),
+  /** Set when the coordinator chose the target (no `to` in the request): which host and why. */
+  placement: z.object({ host: HostName, reason: z.string().max(4096) }).nullable().optional(),
 });
 export type MigrationResult = z.infer<typeof MigrationResult>;
 
@@ -119,6 +152,7 @@ export const RunRequest = z.object({
   argv: z.array(z.string().max(4096)).min(1).max(256),
   env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).max(256), z.string().max(32 * 1024)).default({}),
   cwd: AbsolutePath.optional(),
+  mounts: z.array(MountSpec).max(32).default([]),
 });
 export type RunRequest = z.infer<typeof RunRequest>;
 
@@ -135,6 +169,8 @@ export const ReceiveRequest = z.object({
   source: HostName,
   /** The target abandons the transfer when nothing arrives for this long. */
   idleTimeoutMs: z.number().int().positive().max(600_000),
+  /** Mounted (unless already there) before anything is frozen: a failure here changes nothing. */
+  mounts: z.array(MountSpec).max(32).default([]),
 });
 export type ReceiveRequest = z.infer<typeof ReceiveRequest>;
 
@@ -145,6 +181,8 @@ export const CheckpointRequest = z.object({
   workload: WorkloadName,
   target: HostName,
   idleTimeoutMs: z.number().int().positive().max(600_000),
+  /** Which data path to use: direct TCP, NATS, or direct when reachable else NATS. */
+  transport: TransportPreference.default('auto'),
 });
 export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
 
@@ -155,6 +193,7 @@ export const CheckpointReply = z.object({
   files: z.number().int().nonnegative(),
   /** Wall-clock time (ms since epoch) the workload was frozen; downtime is measured from it. */
   frozenAt: z.number(),
+  transport: Transport.default('nats'),
 });
 export type CheckpointReply = z.infer<typeof CheckpointReply>;
 
@@ -195,15 +234,25 @@ export const Heartbeat = z.object({
 });
 export type Heartbeat = z.infer<typeof Heartbeat>;
 
-export const CoordRunRequest = RunRequest.extend({ host: HostName });
+/** `ferry run --mount FS:PATH`: a filesystem of the cluster configuration, by name, and where. */
+export const MountRef = z.object({ fs: Id, path: AbsolutePath });
+export type MountRef = z.infer<typeof MountRef>;
+
+export const CoordRunRequest = RunRequest.omit({ mounts: true }).extend({
+  host: HostName,
+  mounts: z.array(MountRef).max(32).default([]),
+});
 export type CoordRunRequest = z.infer<typeof CoordRunRequest>;
 
 export const MigrateRequest = z.object({
   v: Version,
   workload: WorkloadName,
-  to: HostName,
+  /** Target host; without it the coordinator places the workload (see placement in the result). */
+  to: HostName.optional(),
   /** A retried request with the same id returns the first migration instead of starting another. */
   requestId: Id.optional(),
+  /** The image's data path (default auto: direct when the hosts reach each other, else NATS). */
+  transport: TransportPreference.optional(),
 });
 export type MigrateRequest = z.infer<typeof MigrateRequest>;
 
@@ -223,3 +272,78 @@ export const MigrationEvent = z.object({
   bytesTotal: z.number().int().nonnegative().optional(),
 });
 export type MigrationEvent = z.infer<typeof MigrationEvent>;
+
+// ---- pre-flight, reconciliation, drain ----
+/** `criu cpuinfo dump` output is ~100 bytes; the bound only keeps a peer honest. */
+const MAX_CPUINFO_IMAGE_BYTES = 64 * 1024;
+
+export const CpuinfoReply = z.object({ image: z.instanceof(Uint8Array).refine((b) => b.byteLength <= MAX_CPUINFO_IMAGE_BYTES, 'cpuinfo image too large') });
+export type CpuinfoReply = z.infer<typeof CpuinfoReply>;
+
+export const CpuinfoCheckRequest = z.object({
+  v: Version,
+  /** Which host the image came from, for the error message. */
+  source: HostName,
+  image: z.instanceof(Uint8Array).refine((b) => b.byteLength <= MAX_CPUINFO_IMAGE_BYTES, 'cpuinfo image too large'),
+});
+export type CpuinfoCheckRequest = z.infer<typeof CpuinfoCheckRequest>;
+
+export const CpuinfoCheckReply = z.object({
+  compatible: z.boolean(),
+  /** CRIU's error lines when not compatible. */
+  problem: z.string().max(64 * 1024).optional(),
+});
+export type CpuinfoCheckReply = z.infer<typeof CpuinfoCheckReply>;
+
+/** An agent's own record of one migration: what it froze (source) or restored (target). */
+export const MigrationRecordReply = z.object({
+  /** The inventory carries a workload of that name marked with this migration. */
+  role: z.enum(['source', 'target']).nullable(),
+  /** State of that workload in the inventory (null: no such workload here). */
+  workloadState: WorkloadState.nullable(),
+  /** Its root process is alive. */
+  alive: z.boolean(),
+  /** Its root pid (machine PID namespace), when there is such a workload. */
+  pid: z.number().int().nonnegative().nullable(),
+  /** Target only: the image is being received or restored right now. */
+  inProgress: z.enum(['receiving', 'restoring']).nullable(),
+});
+export type MigrationRecordReply = z.infer<typeof MigrationRecordReply>;
+
+export const HostRequest = z.object({ v: Version, host: HostName });
+export type HostRequest = z.infer<typeof HostRequest>;
+
+export const DrainRequest = z.object({
+  v: Version,
+  host: HostName,
+  /** Chosen by the caller so it can subscribe to `events.drain` before asking. */
+  drainId: Id,
+});
+export type DrainRequest = z.infer<typeof DrainRequest>;
+
+export const DrainReply = z.object({
+  drainId: Id,
+  /** Workloads the drain will move, in the order it starts them. */
+  workloads: z.array(WorkloadName).max(100_000),
+});
+export type DrainReply = z.infer<typeof DrainReply>;
+
+export const DrainSummary = z.object({
+  host: HostName,
+  total: z.number().int().nonnegative(),
+  succeeded: z.number().int().nonnegative(),
+  failed: z.number().int().nonnegative(),
+  /** Workloads no host could take. */
+  unplaced: z.number().int().nonnegative(),
+  totalMs: z.number().nonnegative(),
+});
+export type DrainSummary = z.infer<typeof DrainSummary>;
+
+/** One per finished migration of a drain (`result`), then one `done` with the summary. */
+export const DrainEvent = z.discriminatedUnion('kind', [
+  z.object({ v: Version, drainId: Id, kind: z.literal('result'), migration: MigrationResult }),
+  /** No host could take the workload (or its migration could not start); it stays where it is. */
+  z.object({ v: Version, drainId: Id, kind: z.literal('unplaced'), workload: WorkloadName, error: ErrorBodySchema }),
+  z.object({ v: Version, drainId: Id, kind: z.literal('done'), summary: DrainSummary }),
+]);
+export type DrainEvent = z.infer<typeof DrainEvent>;

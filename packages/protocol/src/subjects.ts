@@ -27,6 +27,12 @@ export const AgentVerb = {
   DISCARD: 'discard',
   /** Target: the migration is over; the restored copy is no longer provisional. */
   SETTLE: 'settle',
+  /** Source, pre-flight: `criu cpuinfo dump`; replies with the cpuinfo image. */
+  CPUINFO: 'cpuinfo',
+  /** Target, pre-flight: `criu cpuinfo check` against the source's cpuinfo image. */
+  CPUINFO_CHECK: 'cpuinfo-check',
+  /** What this agent's own record says of one migration (reconciliation after a coordinator restart). */
+  MIGRATION_RECORD: 'migration-record',
 } as const;
 export type AgentVerb = (typeof AgentVerb)[keyof typeof AgentVerb];
 
@@ -39,6 +45,11 @@ export const CoordVerb = {
   STOP: 'stop',
   MIGRATE: 'migrate',
   STATUS: 'status',
+  /** Mark a host unschedulable: no migration or placement targets it. */
+  CORDON: 'cordon',
+  UNCORDON: 'uncordon',
+  /** Cordon a host and migrate every workload off it (results as `events.drain`). */
+  DRAIN: 'drain',
 } as const;
 export type CoordVerb = (typeof CoordVerb)[keyof typeof CoordVerb];
 
@@ -61,6 +72,8 @@ export const subjects = {
   xferData: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.data`,
   xferAck: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.ack`,
   xferCtl: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.ctl`,
+  /** Request/reply: the sender asks the receiver for a direct TCP endpoint (see @ferry/transfer). */
+  xferDirect: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.direct`,
 };
 
 /** True if `value` is usable as one subject token (host, workload, transfer id). */

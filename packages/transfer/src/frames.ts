@@ -5,11 +5,22 @@
  *
  * Data subject (sender -> receiver), one global `seq` counting every frame from 0:
  *   file  {seq, path, mode, size}           opens a file
- *   chunk {seq, path, offset, data, crc}     bytes at `offset` of the open file, crc32 of `data`
- *   eof   {seq, path, sha256}                closes the file; sha256 (hex) of its whole content
+ *   chunk {seq, path, offset, data, crc}     bytes at `offset` of the open file; `crc` is the running
+ *                                            crc32 of the file's bytes from 0 through this chunk
+ *   eof   {seq, path, crc}                   closes the file; crc32 of its whole content
  *   end   {seq, files, bytes}                the image is complete
  * Ack subject (receiver -> sender): ack {seq}, the highest contiguous seq processed.
  * Ctl subject (both ways): error {code, message} from the receiver, abort {code, message} from the sender.
+ * Direct subject (request/reply): direct {} from the sender; offer {host, port, token} or decline {}.
+ *
+ * One running crc32 per file replaces a crc per chunk plus a sha256 per file: a single pass over
+ * the bytes on each side (sha256 cost the receiver as much CPU as everything else but the NATS
+ * parser, see bench/README.md), and a lost, repeated or reordered chunk still breaks the chain.
+ * It guards against accidents, not an attacker: authenticity is the transport's job (NATS
+ * credentials/TLS, and the direct path's one-time token).
+ *
+ * Direct path (TCP, sender -> receiver's offer): every frame is a 4-byte big-endian length and
+ * the same msgpack frame; the sender's first frame is hello {token}; acks come back on the socket.
  */
 import { z } from 'zod';
 import { PROTOCOL_VERSION } from '@ferry/protocol';
@@ -42,7 +53,7 @@ export const ChunkFrame = z.strictObject({
   offset: ByteCount,
   /** msgpack bin; decodes as a Buffer viewing the received message, no copy. */
   data: z.instanceof(Uint8Array).refine((d) => d.byteLength > 0, 'a chunk carries at least one byte'),
-  /** zlib.crc32 of `data`. */
+  /** zlib.crc32 of the file's bytes [0, offset + data.length), i.e. chained from the previous chunk's crc. */
   crc: z.number().int().min(0).max(0xffff_ffff),
 });
 export type ChunkFrame = z.infer<typeof ChunkFrame>;
@@ -52,7 +63,8 @@ export const EofFrame = z.strictObject({
   t: z.literal('eof'),
   seq: Seq,
   path: ImagePath,
-  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'sha256 is 64 lowercase hex digits'),
+  /** zlib.crc32 of the whole file (0 for an empty file). */
+  crc: z.number().int().min(0).max(0xffff_ffff),
 });
 export type EofFrame = z.infer<typeof EofFrame>;
 
@@ -82,6 +94,25 @@ export const ErrorCtlFrame = z.strictObject({ ...CtlBody, t: z.literal('error') 
 export const AbortCtlFrame = z.strictObject({ ...CtlBody, t: z.literal('abort') });
 export const CtlFrame = z.discriminatedUnion('t', [ErrorCtlFrame, AbortCtlFrame]);
 export type CtlFrame = z.infer<typeof CtlFrame>;
+
+const Token = z.string().regex(/^[0-9a-f]{32}$/, 'token is 32 lowercase hex digits');
+
+/** Sender -> receiver on the direct subject: may I send over TCP? */
+export const DirectRequestFrame = z.strictObject({ v: Version, t: z.literal('direct') });
+/** Receiver's answer: connect here and present `token` (one connection, once). */
+export const DirectOfferFrame = z.strictObject({
+  v: Version,
+  t: z.literal('offer'),
+  host: z.string().min(1).max(64),
+  port: z.number().int().min(1).max(65_535),
+  token: Token,
+});
+/** Receiver's answer when it has no direct endpoint: use NATS. */
+export const DirectDeclineFrame = z.strictObject({ v: Version, t: z.literal('decline') });
+export const DirectReplyFrame = z.discriminatedUnion('t', [DirectOfferFrame, DirectDeclineFrame]);
+export type DirectReplyFrame = z.infer<typeof DirectReplyFrame>;
+/** First frame on a direct connection. */
+export const HelloFrame = z.strictObject({ v: Version, t: z.literal('hello'), token: Token });
 
 /** Room left in a NATS message for a chunk frame's fields around its data. */
 export const FRAME_OVERHEAD_BYTES = 4096;

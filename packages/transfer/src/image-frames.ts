@@ -1,8 +1,7 @@
 /**
  * The sender's frame source: reads an image's files in large positional reads and yields the
- * encoded frames in protocol order, computing each chunk's crc32 and each file's sha256 on the way.
+ * encoded frames in protocol order, computing each file's running crc32 on the way.
  */
-import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
@@ -28,7 +27,7 @@ export async function* imageFrames(files: readonly ImageFile[], chunkBytes: numb
     const { path, mode, size } = file;
     yield { seq, kind: 'file', payloadBytes: 0, bytes: encode({ v, t: 'file', seq, path, mode, size }) };
     seq += 1;
-    const hash = createHash('sha256');
+    let crc = 0;
     // O_NOFOLLOW: the listing saw a regular file; refuse it if it was swapped for a symlink since.
     const fh = await open(file.absolutePath, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: Error) => {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot open ${file.absolutePath}: ${err.message}`, { cause: err });
@@ -42,8 +41,8 @@ export async function* imageFrames(files: readonly ImageFile[], chunkBytes: numb
         if (read < data.byteLength) {
           throw new FerryError(ErrorCode.TRANSFER_FAILED, `${file.absolutePath} shrank while being sent (${offset + read} of ${size} bytes)`);
         }
-        hash.update(data);
-        setCrc(crc32(data));
+        crc = crc32(data, crc);
+        setCrc(crc);
         yield { seq, kind: 'chunk', payloadBytes: data.byteLength, bytes: frame };
         seq += 1;
         offset += data.byteLength;
@@ -56,7 +55,7 @@ export async function* imageFrames(files: readonly ImageFile[], chunkBytes: numb
     } finally {
       await fh.close();
     }
-    yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, sha256: hash.digest('hex') }) };
+    yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, crc }) };
     seq += 1;
   }
   yield { seq, kind: 'end', payloadBytes: 0, bytes: encode({ v, t: 'end', seq, files: files.length, bytes: totalBytes }) };

@@ -15,11 +15,13 @@ import {
   subjects,
   toFerryError,
 } from '@ferry/protocol';
-import { CtlFrame, DataFrame } from './frames';
+import { DirectEndpoint } from './direct-path';
+import type { FrameSocket } from './frame-socket';
+import { CtlFrame, DataFrame, DirectRequestFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
 import { IncomingFile } from './incoming-file';
 import { silentLogger, type Logger } from './logger';
-import type { TransferStats } from './transfer-stats';
+import type { TransferStats, TransferTransport } from './transfer-stats';
 
 /** The sender is considered gone when no frame arrives for this long. */
 export const DEFAULT_RECEIVE_IDLE_TIMEOUT_MS = 30_000;
@@ -44,6 +46,11 @@ export interface ImageReceiverOptions {
   maxTotalBytes: number;
   /** Most files accepted. */
   maxFiles: number;
+  /**
+   * Address (of this host, reachable by the sender) to offer a direct TCP data path on; unset:
+   * NATS only. The sender decides which path it uses; a receiver takes either.
+   */
+  directListenAddress?: string;
   logger?: Logger;
 }
 
@@ -63,7 +70,7 @@ export function compileImageReceiverOptions(options: Partial<ImageReceiverOption
       throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${key} must be a non-negative integer, got ${String(merged[key])}`);
     }
   }
-  return { ...merged, logger: merged.logger ?? silentLogger };
+  return { ...merged, directListenAddress: merged.directListenAddress ?? '', logger: merged.logger ?? silentLogger };
 }
 
 /**
@@ -92,6 +99,10 @@ export class ImageReceiver {
   private readonly watchdog: IdleWatchdog;
   private readonly log: Logger;
   private readonly maxFrameBytes: number;
+  /** How data arrives: undecided until the first data frame or an authenticated direct connection. */
+  private transport: TransferTransport | undefined;
+  private endpoint: Promise<DirectEndpoint | undefined> = Promise.resolve(undefined);
+  private link: FrameSocket | undefined;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -130,12 +141,67 @@ export class ImageReceiver {
       throw new FerryError(ErrorCode.INVALID_ARGUMENT, `image directory ${dir} is unusable: ${(err as Error).message}`, { cause: err });
     }
     const receiver = new ImageReceiver(nc, transferId, root, options);
+    if (options.directListenAddress !== '') {
+      receiver.endpoint = DirectEndpoint.open(options.directListenAddress, (link) => receiver.takeLink(link)).catch((err: unknown) => {
+        // Not fatal: the sender is declined and uses NATS.
+        receiver.log.warn({ transferId, err: toFerryError(err).message }, 'no direct path offered');
+        return undefined;
+      });
+    }
     receiver.subscriptions.push(
-      nc.subscribe(dataSubject, { callback: (err, msg) => (err ? receiver.failOnSubscription(err) : receiver.enqueue(msg.data)) }),
+      nc.subscribe(dataSubject, { callback: (err, msg) => (err ? receiver.failOnSubscription(err) : receiver.enqueueFromNats(msg.data)) }),
       nc.subscribe(ctlSubject, { callback: (err, msg) => (err ? receiver.failOnSubscription(err) : receiver.handleCtl(msg.data)) }),
+      nc.subscribe(subjects.xferDirect(transferId), {
+        callback: (err, msg) => {
+          if (err) return receiver.failOnSubscription(err);
+          void receiver.answerDirect(msg.data).then((reply) => msg.respond(encode(reply)));
+        },
+      }),
     );
     receiver.watchdog.start();
     return receiver;
+  }
+
+  /** The offer for a sender asking for the direct path, or a decline. */
+  private async answerDirect(bytes: Uint8Array): Promise<Record<string, unknown>> {
+    const decline = { v: PROTOCOL_VERSION, t: 'decline' };
+    try {
+      parseMessage(DirectRequestFrame, decode(bytes));
+    } catch {
+      return decline;
+    }
+    const endpoint = await this.endpoint;
+    if (endpoint === undefined || endpoint.claimed || this.transport !== undefined || this.finished) return decline;
+    return { v: PROTOCOL_VERSION, t: 'offer', host: endpoint.host, port: endpoint.port, token: endpoint.token };
+  }
+
+  /** An authenticated direct connection: taken unless data already comes over NATS. */
+  private takeLink(link: FrameSocket): boolean {
+    if (this.transport !== undefined || this.finished) return false;
+    this.transport = 'direct';
+    this.link = link;
+    link.setMaxFrameBytes(this.maxFrameBytes);
+    link.attach({
+      onFrame: (bytes) => this.enqueue(bytes),
+      onClose: (err) => {
+        if (!this.finished) this.fail(err ?? new FerryError(ErrorCode.TRANSFER_FAILED, 'direct connection closed before the end of the image'));
+      },
+    });
+    this.log.debug({ transferId: this.transferId }, 'receiving over the direct path');
+    return true;
+  }
+
+  private enqueueFromNats(bytes: Uint8Array): void {
+    if (this.transport === 'direct') {
+      // One path per transfer: frames on two paths could interleave out of order.
+      this.fail(new FerryError(ErrorCode.TRANSFER_FAILED, 'data frame over NATS during a direct transfer'));
+      return;
+    }
+    if (this.transport === undefined) {
+      this.transport = 'nats';
+      void this.endpoint.then((e) => e?.close());
+    }
+    this.enqueue(bytes);
   }
 
   /**
@@ -144,6 +210,7 @@ export class ImageReceiver {
    * after start() on this same connection (which the server already orders after the subscribe).
    */
   async ready(): Promise<void> {
+    await this.endpoint;
     await this.nc.flush();
   }
 
@@ -214,7 +281,7 @@ export class ImageReceiver {
       }
       case 'eof': {
         const file = this.openFile(frame.path, 'eof');
-        await file.finish(frame.sha256);
+        await file.finish(frame.crc);
         this.current = undefined;
         this.filesDone += 1;
         break;
@@ -234,7 +301,9 @@ export class ImageReceiver {
     }
     if (this.finished) return;
     this.expectedSeq += 1;
-    this.nc.publish(subjects.xferAck(this.transferId), encode({ v: PROTOCOL_VERSION, t: 'ack', seq: frame.seq }));
+    const ack = encode({ v: PROTOCOL_VERSION, t: 'ack', seq: frame.seq });
+    if (this.link !== undefined) this.link.send(ack);
+    else this.nc.publish(subjects.xferAck(this.transferId), ack);
     if (frame.t === 'end') this.succeed();
   }
 
@@ -279,11 +348,20 @@ export class ImageReceiver {
     this.watchdog.stop();
     for (const sub of this.subscriptions) sub.unsubscribe();
     this.queue.length = 0;
+    void this.endpoint.then((e) => e?.close());
   }
 
   private succeed(): void {
     this.stop();
-    const stats = { files: this.filesDone, bytes: this.bytesWritten, chunks: this.chunks, elapsedMs: performance.now() - this.startedMs };
+    const stats = {
+      files: this.filesDone,
+      bytes: this.bytesWritten,
+      chunks: this.chunks,
+      elapsedMs: performance.now() - this.startedMs,
+      transport: this.transport ?? 'nats',
+    };
+    // Flushes the final ack before closing.
+    this.link?.end();
     this.log.info({ transferId: this.transferId, ...stats }, 'image received');
     this.resolveDone(stats);
   }
@@ -291,6 +369,7 @@ export class ImageReceiver {
   private fail(err: FerryError, { notifySender = true } = {}): void {
     if (this.finished) return;
     this.stop();
+    this.link?.destroy();
     this.log.warn({ transferId: this.transferId, code: err.code, err: err.message }, 'image receive failed');
     if (notifySender) {
       try {

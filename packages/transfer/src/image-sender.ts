@@ -1,6 +1,7 @@
 /**
- * Source side of an image transfer: streams a finished image directory as chunk frames on the
- * transfer's data subject, keeping at most `windowChunks` frames unacknowledged.
+ * Source side of an image transfer: streams a finished image directory as chunk frames, over a
+ * direct TCP connection to the receiver when it offers one and it can be reached, else on the
+ * transfer's NATS data subject, keeping at most `windowChunks` frames unacknowledged.
  */
 import type { NatsConnection } from 'nats';
 import {
@@ -14,40 +15,67 @@ import {
   toFerryError,
   type ErrorBody,
 } from '@ferry/protocol';
+import { connectDirect, DIRECT_CONNECT_TIMEOUT_MS, DIRECT_OFFER_TIMEOUT_MS } from './direct-path';
+import type { FrameSocket } from './frame-socket';
 import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
 import { imageFrames } from './image-frames';
 import { listImageFiles } from './list-image-files';
 import { silentLogger, type Logger } from './logger';
 import { readAhead } from './read-ahead';
-import type { TransferStats } from './transfer-stats';
+import type { TransferStats, TransferTransport } from './transfer-stats';
 
 /**
- * File bytes per chunk frame. Half the server's default max_payload; 256 KiB-1000 KiB measured
- * alike on loopback (see README), smaller chunks cost more per-frame overhead.
+ * File bytes per chunk frame, lowered to fit the server's max_payload (ferry's clusters allow
+ * 8 MB). 4 MiB frames moved 256 MiB at 128 MB/s through NATS where 512 KiB frames managed 72
+ * (bench/transfer-micro.js): the per-frame costs (parse, ack, schema, write call) dominate.
  */
-export const DEFAULT_CHUNK_BYTES = 512 * 1024;
-/** Unacknowledged frames in flight; 16 x 512 KiB keeps 8 MiB on the wire. */
-export const DEFAULT_WINDOW_CHUNKS = 16;
+export const DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024;
+/**
+ * Bytes in flight, unacknowledged. Loopback and a LAN have a bandwidth-delay product far below
+ * this; what it covers is the receiver's write of one chunk (a tmpfs write of 4 MiB takes ~3 ms)
+ * while the next ones are already on the way.
+ */
+export const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
+/** Unacknowledged frames in flight at the default chunk size. */
+export const DEFAULT_WINDOW_CHUNKS = DEFAULT_WINDOW_BYTES / DEFAULT_CHUNK_BYTES;
 /** The receiver is considered gone when acks make no progress for this long. */
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 /** nats-server's default max_payload, assumed when the connection has not reported one. */
 export const NATS_DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024;
+/** An ack frame is a few bytes; anything much larger on the direct connection is a broken peer. */
+const MAX_ACK_FRAME_BYTES = 1024;
 /** Chunks read from disk ahead of the one waiting for room in the window. */
 export const READ_AHEAD_FRAMES = 4;
+
+/**
+ * Which path the bytes take. `auto`: direct when the receiver offers one and it can be reached,
+ * else NATS. `direct`: direct or fail (UNAVAILABLE). `nats`: never try the direct path.
+ */
+export type TransportPreference = 'auto' | 'direct' | 'nats';
 
 export interface ImageSenderOptions {
   /** Largest file payload per chunk frame, in bytes; lowered to fit the server's max_payload. */
   chunkBytes: number;
-  /** Most frames sent and not yet acknowledged (flow control). */
+  /** Most frames sent and not yet acknowledged (flow control); default DEFAULT_WINDOW_BYTES worth of chunks. */
   windowChunks: number;
   /** Fail with DEADLINE_EXCEEDED when frames are in flight and acks make no progress for this long. */
   idleTimeoutMs: number;
+  /** Direct TCP path, NATS, or the first that works. */
+  transport: TransportPreference;
+  /** How long to wait for the receiver's direct offer, and then for the TCP connect, each. */
+  directTimeoutMs: number;
   logger?: Logger;
 }
 
 export function defaultImageSenderOptions(): ImageSenderOptions {
-  return { chunkBytes: DEFAULT_CHUNK_BYTES, windowChunks: DEFAULT_WINDOW_CHUNKS, idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS };
+  return {
+    chunkBytes: DEFAULT_CHUNK_BYTES,
+    windowChunks: DEFAULT_WINDOW_CHUNKS,
+    idleTimeoutMs: DEFAULT_IDLE_TIMEOUT_MS,
+    transport: 'auto',
+    directTimeoutMs: Math.max(DIRECT_OFFER_TIMEOUT_MS, DIRECT_CONNECT_TIMEOUT_MS),
+  };
 }
 
 /**
@@ -59,7 +87,7 @@ export function compileImageSenderOptions(
   maxPayloadBytes = NATS_DEFAULT_MAX_PAYLOAD_BYTES,
 ): Required<ImageSenderOptions> {
   const merged = { ...defaultImageSenderOptions(), ...options };
-  for (const key of ['chunkBytes', 'windowChunks', 'idleTimeoutMs'] as const) {
+  for (const key of ['chunkBytes', 'windowChunks', 'idleTimeoutMs', 'directTimeoutMs'] as const) {
     if (!Number.isInteger(merged[key]) || merged[key] < 1) {
       throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${key} must be a positive integer, got ${String(merged[key])}`);
     }
@@ -68,10 +96,17 @@ export function compileImageSenderOptions(
   if (roomBytes < FRAME_OVERHEAD_BYTES) {
     throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the NATS server's max_payload of ${maxPayloadBytes} bytes is too small for image chunks`);
   }
+  if (!['auto', 'direct', 'nats'].includes(merged.transport)) {
+    throw new FerryError(ErrorCode.INVALID_ARGUMENT, `transport must be auto, direct or nats, got ${String(merged.transport)}`);
+  }
+  const chunkBytes = Math.min(merged.chunkBytes, roomBytes);
   return {
-    chunkBytes: Math.min(merged.chunkBytes, roomBytes),
-    windowChunks: merged.windowChunks,
+    chunkBytes,
+    // Smaller chunks (a server with a small max_payload) get more of them, the same bytes in flight.
+    windowChunks: options.windowChunks ?? Math.max(2, Math.ceil(DEFAULT_WINDOW_BYTES / chunkBytes)),
     idleTimeoutMs: merged.idleTimeoutMs,
+    transport: merged.transport,
+    directTimeoutMs: merged.directTimeoutMs,
     logger: merged.logger ?? silentLogger,
   };
 }
@@ -122,20 +157,24 @@ export async function sendImage(
     fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `no ack progress from the receiver of transfer ${transferId} for ${Math.round(idleMs)} ms`)),
   );
 
+  /** Handles one ack, from NATS or the direct connection; throws for a bad one. */
+  const onAck = (bytes: Uint8Array): void => {
+    const ack = parseMessage(AckFrame, decode(bytes));
+    if (ack.seq > lastSentSeq) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `ack for frame ${ack.seq}, but only ${lastSentSeq} was sent`);
+    }
+    if (ack.seq <= ackedSeq) return;
+    ackedSeq = ack.seq;
+    watchdog.touch();
+    if (ackedSeq === lastSentSeq) watchdog.stop();
+    notify();
+  };
   // Subscribed before the first publish on the same connection, so no ack can be missed.
   const ackSub = nc.subscribe(ackSubject, {
     callback: (err, msg) => {
       if (err) return fail(toFerryError(err, ErrorCode.UNAVAILABLE));
       try {
-        const ack = parseMessage(AckFrame, decode(msg.data));
-        if (ack.seq > lastSentSeq) {
-          throw new FerryError(ErrorCode.INVALID_ARGUMENT, `ack for frame ${ack.seq}, but only ${lastSentSeq} was sent`);
-        }
-        if (ack.seq <= ackedSeq) return;
-        ackedSeq = ack.seq;
-        watchdog.touch();
-        if (ackedSeq === lastSentSeq) watchdog.stop();
-        notify();
+        onAck(msg.data);
       } catch (e) {
         fail(toFerryError(e, ErrorCode.INVALID_ARGUMENT));
       }
@@ -159,12 +198,40 @@ export async function sendImage(
 
   let chunks = 0;
   let bytes = 0;
+  let link: FrameSocket | undefined;
+  let done = false;
   const frames = readAhead(imageFrames(files, options.chunkBytes), READ_AHEAD_FRAMES);
   try {
-    log.debug({ transferId, files: files.length, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
+    let transport: TransferTransport = 'nats';
+    if (options.transport !== 'nats') {
+      const timeouts = { offerMs: options.directTimeoutMs, connectMs: options.directTimeoutMs };
+      const direct = await connectDirect(nc, transferId, MAX_ACK_FRAME_BYTES, timeouts);
+      if ('link' in direct) {
+        link = direct.link;
+        transport = 'direct';
+        link.attach({
+          onFrame: (bytes) => {
+            try {
+              onAck(bytes);
+            } catch (e) {
+              fail(toFerryError(e, ErrorCode.INVALID_ARGUMENT));
+            }
+          },
+          onClose: (err) => {
+            if (!done) fail(err ?? new FerryError(ErrorCode.TRANSFER_FAILED, 'direct connection closed'));
+          },
+        });
+      } else if (options.transport === 'direct') {
+        throw new FerryError(ErrorCode.UNAVAILABLE, `direct path to the receiver of transfer ${transferId} unavailable: ${direct.reason}`);
+      } else {
+        log.info({ transferId, reason: direct.reason }, 'direct path unavailable, sending over NATS');
+      }
+    }
+    const publish = link !== undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
+    log.debug({ transferId, transport, files: files.length, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
     for await (const frame of frames) {
       await waitUntil(() => frame.seq - ackedSeq <= options.windowChunks);
-      nc.publish(dataSubject, frame.bytes);
+      publish(frame.bytes);
       lastSentSeq = frame.seq;
       if (!watchdog.running) watchdog.start();
       if (frame.kind === 'chunk') {
@@ -173,7 +240,8 @@ export async function sendImage(
       }
     }
     await waitUntil(() => ackedSeq === lastSentSeq);
-    const stats = { files: files.length, bytes, chunks, elapsedMs: performance.now() - startedMs };
+    done = true;
+    const stats = { files: files.length, bytes, chunks, elapsedMs: performance.now() - startedMs, transport };
     log.info({ transferId, ...stats }, 'image sent');
     return stats;
   } catch (err) {
@@ -188,6 +256,8 @@ export async function sendImage(
     log.warn({ transferId, code: fe.code, err: fe.message }, 'image transfer failed');
     throw fe;
   } finally {
+    done = true;
+    link?.end();
     watchdog.stop();
     ackSub.unsubscribe();
     ctlSub.unsubscribe();

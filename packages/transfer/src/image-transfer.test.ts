@@ -12,6 +12,7 @@ import { crc32 } from 'node:zlib';
 import { connect, type NatsConnection } from 'nats';
 import { decode, encode, ErrorCode, FerryError, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { ImageReceiver, sendImage, type ImageReceiverOptions } from './index';
+import { connectDirect } from './direct-path';
 
 const NATS_SERVER_BIN = '/usr/sbin/nats-server';
 const SERVER_START_TIMEOUT_MS = 10_000;
@@ -136,8 +137,9 @@ describe('a complete image', () => {
     const sent = await sendImage(senderNc, id, src);
     const received = await receiver.done;
 
-    expect(sent).toMatchObject({ files: files.length, bytes: totalBytes });
-    expect(received).toMatchObject({ files: files.length, bytes: totalBytes, chunks: sent.chunks });
+    // No direct endpoint offered: NATS.
+    expect(sent).toMatchObject({ files: files.length, bytes: totalBytes, transport: 'nats' });
+    expect(received).toMatchObject({ files: files.length, bytes: totalBytes, chunks: sent.chunks, transport: 'nats' });
     expect(receiver.progress()).toEqual({ files: files.length, bytes: totalBytes });
     for (const f of files) {
       const target = join(dst, f.path);
@@ -188,12 +190,22 @@ describe('corruption', () => {
     ctl.stop();
   });
 
-  it('fails a file whose sha256 does not match with TRANSFER_FAILED', async () => {
+  it('fails a file whose whole-file crc32 does not match with TRANSFER_FAILED', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
     await receiver.ready();
     const data = randomBytes(10);
-    await publishRaw(id, [fileFrame(0, 'a.img', 10), chunkFrame(1, 'a.img', 0, data), { v, t: 'eof', seq: 2, path: 'a.img', sha256: '0'.repeat(64) }]);
+    await publishRaw(id, [fileFrame(0, 'a.img', 10), chunkFrame(1, 'a.img', 0, data), { v, t: 'eof', seq: 2, path: 'a.img', crc: (crc32(data) + 1) >>> 0 }]);
+    expect((await rejection(receiver.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
+  });
+
+  it('fails a second chunk whose crc is its own instead of the running crc of the file', async () => {
+    const { id, dst } = await freshTransfer();
+    const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
+    const [first, second] = [randomBytes(10), randomBytes(10)];
+    // Each chunk alone is intact; only the chain shows the second was not meant to follow the first.
+    await publishRaw(id, [fileFrame(0, 'a.img', 20), chunkFrame(1, 'a.img', 0, first), chunkFrame(2, 'a.img', 10, second, crc32(second))]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
   });
 
@@ -254,7 +266,7 @@ describe('file names', () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);
     await receiver.ready();
-    const eof = (seq: number) => ({ v, t: 'eof', seq, path: 'a.img', sha256: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' });
+    const eof = (seq: number) => ({ v, t: 'eof', seq, path: 'a.img', crc: 0 });
     await publishRaw(id, [fileFrame(0, 'a.img', 0), eof(1), fileFrame(2, 'a.img', 0)]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.INVALID_ARGUMENT);
   });
@@ -271,7 +283,7 @@ describe('malformed frames', () => {
     ['a string where a number belongs', { ...fileFrame(0, 'a.img', 1), size: '1' }],
     ['a negative size', fileFrame(0, 'a.img', -1)],
     ['set-uid mode bits', { ...fileFrame(0, 'a.img', 1), mode: 0o4755 }],
-    ['a bad sha256', { v, t: 'eof', seq: 0, path: 'a.img', sha256: 'XYZ' }],
+    ['a crc out of range', { v, t: 'eof', seq: 0, path: 'a.img', crc: 2 ** 32 }],
   ])('answers %s with INVALID_ARGUMENT on ctl, without crashing', async (_what, frame) => {
     const { id, dst } = await freshTransfer();
     const ctl = watchCtl(id);
@@ -397,5 +409,116 @@ describe('silence and aborts', () => {
 
   it('refuses a receiver directory that does not exist', () => {
     expect(() => ImageReceiver.start(receiverNc, 'xfer-nodir', join(scratch, 'missing'))).toThrow(FerryError);
+  });
+});
+
+describe('direct path', () => {
+  const direct = { directListenAddress: '127.0.0.1' };
+
+  /** Counts frames that go through nats-server on the transfer's data subject. */
+  function watchData(id: string): { count: () => number; stop: () => void } {
+    let n = 0;
+    const sub = senderNc.subscribe(subjects.xferData(id), { callback: () => void (n += 1) });
+    return { count: () => n, stop: () => sub.unsubscribe() };
+  }
+
+  it('moves the image over TCP, byte-identical, with nothing on the NATS data subject', async () => {
+    const { id, src, dst } = await freshTransfer();
+    const content = randomBytes(20 * MIB + 3);
+    await writeFile(join(src, 'pages-1.img'), content);
+    await writeFile(join(src, 'core-1.img'), randomBytes(777));
+    await chmod(join(src, 'core-1.img'), 0o400);
+    const data = watchData(id);
+    const receiver = ImageReceiver.start(receiverNc, id, dst, direct);
+    await receiver.ready();
+    const sent = await sendImage(senderNc, id, src, { chunkBytes: 256 * 1024 });
+    const received = await receiver.done;
+    await senderNc.flush();
+    data.stop();
+    expect(sent).toMatchObject({ transport: 'direct', files: 2, bytes: content.length + 777 });
+    expect(received).toMatchObject({ transport: 'direct', files: 2, bytes: content.length + 777, chunks: sent.chunks });
+    expect(data.count()).toBe(0);
+    expect((await readFile(join(dst, 'pages-1.img'))).equals(content)).toBe(true);
+    expect((await stat(join(dst, 'core-1.img'))).mode & 0o777).toBe(0o400);
+  });
+
+  it('falls back to NATS when the receiver offers no endpoint; transport "direct" then fails UNAVAILABLE', async () => {
+    const { id, src, dst } = await freshTransfer();
+    const content = randomBytes(300_000);
+    await writeFile(join(src, 'a.img'), content);
+    const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
+    expect((await rejection(sendImage(senderNc, id, src, { transport: 'direct', idleTimeoutMs: 1_000 }))).code).toBe(ErrorCode.UNAVAILABLE);
+    // The refused attempt sent nothing: the receiver still takes a NATS transfer.
+    await expect(sendImage(senderNc, id, src)).resolves.toMatchObject({ transport: 'nats', bytes: content.length });
+    await expect(receiver.done).resolves.toMatchObject({ transport: 'nats' });
+    expect((await readFile(join(dst, 'a.img'))).equals(content)).toBe(true);
+  });
+
+  it('uses NATS when told to, even with an endpoint on offer', async () => {
+    const { id, src, dst } = await freshTransfer();
+    await writeFile(join(src, 'a.img'), randomBytes(10_000));
+    const receiver = ImageReceiver.start(receiverNc, id, dst, direct);
+    await receiver.ready();
+    await expect(sendImage(senderNc, id, src, { transport: 'nats' })).resolves.toMatchObject({ transport: 'nats' });
+    await expect(receiver.done).resolves.toMatchObject({ transport: 'nats' });
+  });
+
+  it('reports an offered endpoint that cannot be reached instead of throwing', async () => {
+    const id = `xfer-unreachable-${process.pid}`;
+    const closedPort = await freePort();
+    const fake = receiverNc.subscribe(subjects.xferDirect(id), {
+      callback: (_e, msg) => msg.respond(encode({ v, t: 'offer', host: '127.0.0.1', port: closedPort, token: 'a'.repeat(32) })),
+    });
+    await receiverNc.flush();
+    const result = await connectDirect(senderNc, id, 1024, { offerMs: 1_000, connectMs: 1_000 });
+    fake.unsubscribe();
+    expect(result).toEqual({ reason: expect.stringContaining('cannot connect') });
+  });
+
+  it('drops a connection with a wrong token and still serves the real sender', async () => {
+    const { id, src, dst } = await freshTransfer();
+    const content = randomBytes(100_000);
+    await writeFile(join(src, 'a.img'), content);
+    const receiver = ImageReceiver.start(receiverNc, id, dst, direct);
+    await receiver.ready();
+    const offer = decode((await senderNc.request(subjects.xferDirect(id), encode({ v, t: 'direct' }))).data) as { host: string; port: number };
+    const intruder = tcpConnect(offer.port, offer.host);
+    await new Promise((r) => intruder.once('connect', r));
+    const hello = encode({ v, t: 'hello', token: 'b'.repeat(32) });
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(hello.byteLength);
+    intruder.write(Buffer.concat([header, hello]));
+    await new Promise((r) => intruder.once('close', r));
+    await expect(sendImage(senderNc, id, src)).resolves.toMatchObject({ transport: 'direct' });
+    await receiver.done;
+    expect((await readFile(join(dst, 'a.img'))).equals(content)).toBe(true);
+  });
+
+  it('fails both sides with TRANSFER_FAILED when the receiver aborts a direct transfer mid-way', async () => {
+    const { id, src, dst } = await freshTransfer();
+    await writeFile(join(src, 'big.img'), randomBytes(16 * MIB));
+    const receiver = ImageReceiver.start(receiverNc, id, dst, direct);
+    await receiver.ready();
+    const sending = sendImage(senderNc, id, src, { chunkBytes: 64 * 1024, windowChunks: 1 });
+    while (receiver.progress().bytes === 0) await new Promise((r) => setTimeout(r, 1));
+    receiver.abort('operator cancelled');
+    expect((await rejection(sending)).code).toBe(ErrorCode.TRANSFER_FAILED);
+    expect((await rejection(receiver.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
+  });
+
+  it('fails a receiver on a direct transfer that also gets data over NATS', async () => {
+    const { id, src, dst } = await freshTransfer();
+    await writeFile(join(src, 'big.img'), randomBytes(4 * MIB));
+    const receiver = ImageReceiver.start(receiverNc, id, dst, direct);
+    await receiver.ready();
+    const sending = sendImage(senderNc, id, src, { chunkBytes: 64 * 1024, windowChunks: 1 });
+    sending.catch(() => undefined);
+    while (receiver.progress().bytes === 0) await new Promise((r) => setTimeout(r, 1));
+    await publishRaw(id, [fileFrame(0, 'x.img', 1)]);
+    const err = await rejection(receiver.done);
+    expect(err.code).toBe(ErrorCode.TRANSFER_FAILED);
+    expect(err.message).toContain('over NATS during a direct transfer');
+    expect((await rejection(sending)).code).toBe(ErrorCode.TRANSFER_FAILED);
   });
 });

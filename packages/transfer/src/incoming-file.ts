@@ -1,8 +1,7 @@
 /**
  * One file being received: created exclusively inside the image directory, written strictly in
- * order at the offsets the chunks name, and verified (size, sha256) before it is closed.
+ * order at the offsets the chunks name, and verified (size, running crc32) before it is closed.
  */
-import { createHash, type Hash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, type FileHandle } from 'node:fs/promises';
 import { dirname, relative, sep } from 'node:path';
@@ -39,7 +38,8 @@ async function makeParentDirs(root: string, fullPath: string, known: Set<string>
 
 export class IncomingFile {
   private written = 0;
-  private readonly hash: Hash = createHash('sha256');
+  /** crc32 of the bytes written so far; each chunk's crc must continue it. */
+  private crc = 0;
 
   private constructor(
     readonly path: string,
@@ -82,27 +82,26 @@ export class IncomingFile {
         `chunk of ${JSON.stringify(this.path)} ends at ${offset + data.byteLength}, beyond its declared size ${this.size}`,
       );
     }
-    const actualCrc = crc32(data);
+    const actualCrc = crc32(data, this.crc);
     if (actualCrc !== crc) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `chunk of ${JSON.stringify(this.path)} at offset ${offset} is corrupt (crc32 ${actualCrc} != ${crc})`);
     }
-    this.hash.update(data);
     try {
       await writeFully(this.fh, data, offset);
     } catch (err) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot write ${JSON.stringify(this.path)}: ${(err as Error).message}`, { cause: err });
     }
     this.written += data.byteLength;
+    this.crc = actualCrc;
   }
 
-  /** Verifies size and digest, applies the mode and closes the file. */
-  async finish(sha256: string): Promise<void> {
+  /** Verifies size and crc32 of the whole file, applies the mode and closes the file. */
+  async finish(crc: number): Promise<void> {
     if (this.written !== this.size) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} ended after ${this.written} of ${this.size} bytes`);
     }
-    const actual = this.hash.digest('hex');
-    if (actual !== sha256) {
-      throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} has sha256 ${actual}, the sender read ${sha256}`);
+    if (this.crc !== crc) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} has crc32 ${this.crc}, the sender read ${crc}`);
     }
     try {
       // Applied through the fd, after the content, so umask plays no part and a read-only mode

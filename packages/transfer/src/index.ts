@@ -1,15 +1,17 @@
 export type { Logger } from './logger';
 export { silentLogger } from './logger';
-export type { TransferStats } from './transfer-stats';
+export type { TransferStats, TransferTransport } from './transfer-stats';
 export {
   sendImage,
   defaultImageSenderOptions,
   compileImageSenderOptions,
   DEFAULT_CHUNK_BYTES,
   DEFAULT_WINDOW_CHUNKS,
+  DEFAULT_WINDOW_BYTES,
   DEFAULT_IDLE_TIMEOUT_MS,
 } from './image-sender';
-export type { ImageSenderOptions } from './image-sender';
+export type { ImageSenderOptions, TransportPreference } from './image-sender';
+export { DIRECT_OFFER_TIMEOUT_MS, DIRECT_CONNECT_TIMEOUT_MS } from './direct-path';
 export {
   ImageReceiver,
   defaultImageReceiverOptions,

@@ -1,3 +1,6 @@
+/** How the bytes travelled: through nats-server, or over a TCP connection between the two agents. */
+export type TransferTransport = 'nats' | 'direct';
+
 /** What one image transfer moved, as seen by the side reporting it. */
 export interface TransferStats {
   /** Regular files transferred (empty files included). */
@@ -8,4 +11,5 @@ export interface TransferStats {
   chunks: number;
   /** Sender: from start to the final ack. Receiver: from start() to the verified end. */
   elapsedMs: number;
+  transport: TransferTransport;
 }

@@ -36,6 +36,7 @@ export function publicResult(m: MigrationResult) {
     pid: m.pid,
     requestedAt: m.requestedAt,
     finishedAt: m.finishedAt,
+    ...(m.placement ? { placement: m.placement } : {}),
     ...(m.error ? { error: m.error } : {}),
   };
 }
@@ -45,11 +46,12 @@ export function registerMigrate(program: Command): Command {
     .command('migrate')
     .description('live-migrate a workload to another host; waits for the end (exit 0 only when it succeeded)')
     .argument('<name>', 'workload name')
-    .requiredOption('--to <host>', 'target host')
+    .option('--to <host>', 'target host; without it the coordinator picks one and says why (placement: {host, reason})')
+    .option('--transport <mode>', 'image data path: auto (direct TCP between the agents when reachable, else NATS), direct, or nats', 'auto')
     .option('--request-id <id>', 'idempotency key: retrying with the same id never starts a second migration')
     .option('--json', 'print {id, workload, from, to, state, downtimeMs, totalMs, bytesTransferred, phases, ...}')
     .action(
-      action(async (name: string, opts: { to: string; requestId?: string; json?: boolean }) => {
+      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: string }) => {
         const nc = await connectCluster();
         const showProgress = !opts.json && process.stderr.isTTY;
         const bar = showProgress ? new ProgressLine(process.stderr) : null;
@@ -88,7 +90,12 @@ export function registerMigrate(program: Command): Command {
           const { migration } = await request(
             nc,
             subjects.coord(CoordVerb.MIGRATE),
-            { workload: name, to: opts.to, requestId: opts.requestId ?? `r-${randomBytes(8).toString('hex')}` },
+            {
+              workload: name,
+              ...(opts.to ? { to: opts.to } : {}),
+              requestId: opts.requestId ?? `r-${randomBytes(8).toString('hex')}`,
+              transport: opts.transport,
+            },
             z.object({ migration: MigrationResult }),
             { timeoutMs: MIGRATE_TIMEOUT_MS },
           );
@@ -100,6 +107,7 @@ export function registerMigrate(program: Command): Command {
               `${m.workload}: ${m.from} -> ${m.to} ${m.state} (id ${m.id})\n` +
                 `  downtime ${m.downtimeMs} ms, total ${m.totalMs} ms, ${formatBytes(m.bytesTransferred)} over ${m.transport}\n` +
                 `  dump ${m.phases.dumpMs} ms, transfer ${m.phases.transferMs} ms, restore ${m.phases.restoreMs} ms\n` +
+                (m.placement ? `  placed on ${m.placement.reason}\n` : '') +
                 (m.error ? `  error ${m.error.code}: ${m.error.message}\n` : ''),
             );
           }

@@ -15,10 +15,16 @@ export function registerRun(program: Command): Command {
     .requiredOption('--name <name>', 'workload name, unique in the cluster')
     .option('--env <K=V>', 'environment variable for the workload (repeatable)', collect, [])
     .option('--cwd <dir>', 'working directory (absolute)')
+    .option('--mount <fs:path>', 'mount cluster filesystem FS at PATH in the host first (repeatable), e.g. shared:/data', collect, [])
     .option('--json', 'print the workload as JSON')
     .argument('<command...>', 'command and arguments (after --)')
     .action(
-      action(async (argv: string[], opts: { host: string; name: string; env: string[]; cwd?: string; json?: boolean }) => {
+      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; cwd?: string; json?: boolean }) => {
+        const mounts = opts.mount.map((m) => {
+          const i = m.indexOf(':');
+          if (i <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--mount wants FS:PATH, got ${JSON.stringify(m)}`);
+          return { fs: m.slice(0, i), path: m.slice(i + 1) };
+        });
         const env: Record<string, string> = {};
         for (const kv of opts.env) {
           const i = kv.indexOf('=');
@@ -27,7 +33,7 @@ export function registerRun(program: Command): Command {
         }
         const { workload } = await askCoordinator(
           CoordVerb.RUN,
-          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd },
+          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts },
           z.object({ workload: WorkloadInfo }),
           20_000,
         );

@@ -8,6 +8,8 @@ export const DEV_NAMESPACE_ROOT = '/run/ferry/ns';
 /** `ip netns add` puts its bind files here. */
 export const NETNS_DIR = '/run/netns';
 const SUBNET_PREFIX_LENGTH = 24;
+/** The storage host's name (and UTS hostname); agent hosts are h1..hN. */
+export const STORAGE_HOST_NAME = 'storage';
 
 /** One host's names and address. Every field is derived from the cluster name and indexes. */
 export interface HostLayout {
@@ -43,6 +45,17 @@ export interface ClusterLayout {
   stateFile: string;
   namespaceDir: string;
   hosts: HostLayout[];
+  /** The storage host: runs sshd exporting `sharedDir`, the `shared` filesystem agents mount with sshfs. */
+  storage: HostLayout;
+  /** Directory the storage host exports (on the machine's filesystem, like a file server's disk). */
+  sharedDir: string;
+  /** ssh keys, sshd config and known_hosts of the storage host. */
+  sshDir: string;
+}
+
+/** Every namespace host of a cluster: the agent hosts and the storage host. */
+export function allHosts(layout: ClusterLayout): HostLayout[] {
+  return [...layout.hosts, layout.storage];
 }
 
 /** The network namespace name prefix: none for the default cluster, `<name>-` for others. */
@@ -102,5 +115,17 @@ export function clusterLayout(clusterName: string, hostCount: number, subnetInde
     stateFile: path.join(stateDir, 'cluster.json'),
     namespaceDir,
     hosts,
+    storage: {
+      name: STORAGE_HOST_NAME,
+      index: 0,
+      netns: `${netnsPrefix(clusterName)}${STORAGE_HOST_NAME}`,
+      address: `${base}.2`,
+      vethRoot: `fv${subnetIndex}-s`,
+      vethPeer: `fp${subnetIndex}-s`,
+      mountNsFile: path.join(namespaceDir, `${STORAGE_HOST_NAME}.mnt`),
+      utsNsFile: path.join(namespaceDir, `${STORAGE_HOST_NAME}.uts`),
+    },
+    sharedDir: path.join(stateDir, 'shared'),
+    sshDir: path.join(stateDir, 'ssh'),
   };
 }

@@ -6,7 +6,7 @@ import { assertClusterName } from './dev-cluster-options';
 import { ProcessIdentity } from './process-identity';
 
 /** Which part of the cluster a recorded process is. */
-export type DevProcessRole = 'nats' | 'redis' | 'coordinator' | 'agent';
+export type DevProcessRole = 'nats' | 'redis' | 'sshd' | 'coordinator' | 'agent';
 
 /** A process the cluster started, identified by pid + start time so a reused pid is never signalled. */
 export interface DevProcessRecord extends ProcessIdentity {

@@ -14,6 +14,8 @@ export interface DevCoordinatorContext {
   /** Redis as reached from the machine's root namespaces. */
   redisUrl: string;
   hostNames: string[];
+  /** JSON list of the cluster's shared filesystems (`shared`: sshfs from the storage host). */
+  filesystemsFile: string;
 }
 
 /** What an agent command is told about the host it runs in. */

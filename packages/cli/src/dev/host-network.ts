@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ErrorCode, FerryError } from '@ferry/protocol';
-import { ClusterLayout, HostLayout, NETNS_DIR, subnetBase } from './cluster-layout';
+import { ClusterLayout, HostLayout, NETNS_DIR, allHosts, subnetBase } from './cluster-layout';
 import { runCommand } from './run-command';
 
 /** True if a network interface of that name exists in the root network namespace. */
@@ -64,7 +64,7 @@ export async function deleteLinkIfPresent(name: string): Promise<void> {
 export async function assertNetworkFree(layout: ClusterLayout): Promise<void> {
   const clashes: string[] = [];
   if (linkExists(layout.bridge)) clashes.push(`link ${layout.bridge}`);
-  for (const host of layout.hosts) {
+  for (const host of allHosts(layout)) {
     if (netnsExists(host.netns)) clashes.push(`netns ${host.netns}`);
     if (linkExists(host.vethRoot)) clashes.push(`link ${host.vethRoot}`);
     if (linkExists(host.vethPeer)) clashes.push(`link ${host.vethPeer}`);

@@ -20,7 +20,8 @@ export type {
   DevCoordinatorContext,
   DevHostContext,
 } from './dev-cluster-options';
-export { clusterLayout, DEV_STATE_ROOT, DEV_NAMESPACE_ROOT } from './cluster-layout';
+export { clusterLayout, allHosts, DEV_STATE_ROOT, DEV_NAMESPACE_ROOT, STORAGE_HOST_NAME } from './cluster-layout';
+export type { DevFilesystem } from './storage-host';
 export type { ClusterLayout, HostLayout } from './cluster-layout';
 export { readClusterState, listDevClusters } from './cluster-state';
 export type { DevClusterState, DevProcessRecord, DevProcessRole } from './cluster-state';

@@ -8,6 +8,7 @@ import { assertNetworkFree, createBridge, createHostNetwork } from './host-netwo
 import { createHostMountAndUts, createNamespaceDir } from './host-namespaces';
 import { spawnInHost } from './host-process';
 import { natsServerConfig, redisServerConfig } from './infra-configs';
+import { prepareStorageHost, sshdArgv } from './storage-host';
 import { DevLogger } from './logger';
 import { identifyProcess, isProcessAlive } from './process-identity';
 import { SpawnedProcess, readLogTail, spawnLogged } from './spawn-logged';
@@ -133,6 +134,11 @@ async function buildCluster(state: DevClusterState, options: DevClusterOptions, 
     await createHostMountAndUts(host);
     log.debug({ host: host.name, netns: host.netns, address: host.address }, 'host created');
   }
+  state.hostsCreated.push(layout.storage.name);
+  writeClusterState(state);
+  await createHostNetwork(layout, layout.storage);
+  await createHostMountAndUts(layout.storage);
+  const storage = await prepareStorageHost(layout);
 
   const deadline = Date.now() + options.readyTimeoutMs;
   const remainingMs = () => Math.max(0, deadline - Date.now());
@@ -159,8 +165,21 @@ async function buildCluster(state: DevClusterState, options: DevClusterOptions, 
   await waitForPort('redis-server', layout.bridgeAddress, options.redisPort, remainingMs(), assertAllAlive);
   log.debug({ natsPort: options.natsPort, redisPort: options.redisPort }, 'nats-server and redis-server accept connections');
 
+  await record(
+    state,
+    'sshd',
+    layout.storage.name,
+    spawnInHost(layout.storage, sshdArgv(storage), { env: {}, cwd: '/', logPath: logFile(layout, 'sshd') }),
+  );
+  await waitForPort('sshd', layout.storage.address, 22, remainingMs(), assertAllAlive);
+
   const hostNames = layout.hosts.map((h) => h.name);
-  const coordinator = options.coordinatorCommand({ natsUrl: state.natsUrl, redisUrl: state.redisUrl, hostNames });
+  const coordinator = options.coordinatorCommand({
+    natsUrl: state.natsUrl,
+    redisUrl: state.redisUrl,
+    hostNames,
+    filesystemsFile: storage.filesystemsFile,
+  });
   await record(
     state,
     'coordinator',

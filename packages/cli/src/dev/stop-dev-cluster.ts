@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ErrorCode, FerryError } from '@ferry/protocol';
-import { ClusterLayout, NETNS_DIR, clusterNamespaceDir, clusterStateDir } from './cluster-layout';
+import { ClusterLayout, NETNS_DIR, allHosts, clusterNamespaceDir, clusterStateDir } from './cluster-layout';
 import { DevClusterState, DevProcessRole, readClusterState } from './cluster-state';
 import { DEFAULT_STOP_GRACE_MS, assertClusterName } from './dev-cluster-options';
 import { deleteBridge, deleteHostNetwork } from './host-network';
@@ -51,11 +51,12 @@ export async function stopDevCluster(name: string, options: StopDevClusterOption
       assertNoSurvivors(survivors);
     };
     await step('coordinator and agents', stopRoles(['coordinator', 'agent']));
+    // sshfs mounts inside hosts talk to sshd; stop the hosts' processes (sshfs included) before it.
     await step('processes inside hosts', async () => {
       assertNoSurvivors(await stopProcessesInNamespaces(hostNamespaceInodes(layout), graceMs));
     });
-    await step('nats-server and redis-server', stopRoles(['nats', 'redis']));
-    for (const host of layout.hosts) {
+    await step('nats-server, redis-server and sshd', stopRoles(['nats', 'redis', 'sshd']));
+    for (const host of allHosts(layout)) {
       await step(`host ${host.name} mount/UTS namespaces`, () => deleteHostMountAndUts(host));
       await step(`host ${host.name} network`, () => deleteHostNetwork(host));
     }
@@ -85,7 +86,7 @@ function assertNoSurvivors(survivors: ProcessIdentity[]): void {
 /** Inodes of every host namespace that still has a bind file. */
 function hostNamespaceInodes(layout: ClusterLayout): Set<number> {
   const inodes = new Set<number>();
-  for (const host of layout.hosts) {
+  for (const host of allHosts(layout)) {
     for (const file of [path.join(NETNS_DIR, host.netns), host.mountNsFile, host.utsNsFile]) {
       const inode = namespaceInode(file);
       // A bind file that was never mounted over is a plain file on the root filesystem, not a namespace.
@@ -108,7 +109,7 @@ async function removeNamespaceDirLeftovers(name: string): Promise<void> {
   const dir = clusterNamespaceDir(name);
   if (!fs.existsSync(dir)) return;
   for (const entry of fs.readdirSync(dir)) {
-    if (/^h\d+\.(mnt|uts)$/.test(entry)) await unmountAll(path.join(dir, entry));
+    if (/^(h\d+|storage)\.(mnt|uts)$/.test(entry)) await unmountAll(path.join(dir, entry));
   }
   await unmountAll(dir);
   fs.rmSync(dir, { recursive: true, force: true });

@@ -1,0 +1,326 @@
+'use strict';
+/**
+ * `npm run bench`: ferry's live migration against CRIU's own page-server migration of the same
+ * workloads, and against the ceilings of the path the bytes travel (one raw TCP stream between two
+ * hosts, a bare NATS pub/sub stream through the cluster's nats-server). Prints a table and writes
+ * it to bench/results.md. A benchmark, not a test: it asserts nothing.
+ *
+ * Downtime is measured the same way for both methods: the workload appends time.time() to a file
+ * every 10 ms; the longest gap between consecutive lines around the migration is its downtime.
+ *
+ * Environment (all optional): BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
+ * "ferry,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--mode nats").
+ */
+const { execFile } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const { promisify } = require('node:util');
+const { startLocalCluster, stopLocalCluster, dev } = require('@ferry/cli');
+
+const execFileAsync = promisify(execFile);
+
+const CLUSTER = 'bench';
+/** 198.18.240.0/24: no test uses it. */
+const SUBNET_INDEX = 240;
+const SIZES_MIB = (process.env.BENCH_SIZES_MIB || '64,512,1024').split(',').map(Number);
+const METHODS = (process.env.BENCH_METHODS || 'ferry,criu').split(',');
+const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
+const MIB = 1024 * 1024;
+/** Bytes of the raw TCP and bare NATS streams. */
+const STREAM_BYTES = 512 * MIB;
+/** The bare NATS stream's message size and window: the dev cluster's max_payload is 8 MB. */
+const NATS_STREAM_CHUNK_BYTES = 1 * MIB;
+const NATS_STREAM_WINDOW_MSGS = 32;
+/** Heartbeats seen before a migration starts, so the workload is surely past its allocation. */
+const WARMUP_HEARTBEATS = 30;
+/** Time after a migration in which heartbeats still count (the restored workload's first lines). */
+const SETTLE_MS = 500;
+const CLOCK_TICKS_PER_S = 100;
+const CRIU_TIMEOUT_MS = 5 * 60_000;
+const REPO = path.join(__dirname, '..');
+const FERRY_BIN = path.join(REPO, 'packages', 'cli', 'bin', 'ferry.js');
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = (...args) => console.error('[bench]', ...args);
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function ferry(natsUrl, args, timeoutMs = 10 * 60_000) {
+  try {
+    const { stdout } = await execFileAsync(process.execPath, [FERRY_BIN, ...args], {
+      env: { ...process.env, FERRY_NATS_URL: natsUrl },
+      timeout: timeoutMs,
+      maxBuffer: 16 * MIB,
+    });
+    return args.includes('--json') ? JSON.parse(stdout) : stdout;
+  } catch (err) {
+    throw new Error(`ferry ${args.join(' ')} failed: ${err.stdout || ''} ${err.stderr || err.message}`);
+  }
+}
+
+/** utime+stime+cutime+cstime of a process in seconds (children count once reaped: CRIU runs as one). */
+function cpuSeconds(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14-17 of proc(5), counted from the state field (3) here.
+    return fields.slice(11, 15).reduce((s, f) => s + Number(f), 0) / CLOCK_TICKS_PER_S;
+  } catch {
+    return 0;
+  }
+}
+
+function readHeartbeats(file) {
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map(Number)
+    .filter(Number.isFinite);
+}
+
+async function waitForHeartbeats(file, count, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (fs.existsSync(file) && readHeartbeats(file).length >= count) return;
+    await sleep(50);
+  }
+  throw new Error(`workload writing ${file} did not start within ${timeoutMs} ms`);
+}
+
+/** The longest gap between consecutive heartbeats from `fromS` on, in ms. */
+function maxGapMs(file, fromS) {
+  const beats = readHeartbeats(file);
+  let max = 0;
+  for (let i = 1; i < beats.length; i++) {
+    if (beats[i] < fromS) continue;
+    max = Math.max(max, beats[i] - beats[i - 1]);
+  }
+  return max * 1000;
+}
+
+async function launch(natsUrl, name, mib, heartbeatFile) {
+  await ferry(natsUrl, ['run', '--host', 'h1', '--name', name, '--', '/usr/bin/python3', path.join(__dirname, 'heartbeat-workload.py'), heartbeatFile, String(mib)]);
+  await waitForHeartbeats(heartbeatFile, WARMUP_HEARTBEATS);
+  const ps = await ferry(natsUrl, ['ps', '--json']);
+  const w = ps.find((x) => x.name === name);
+  if (!w) throw new Error(`workload ${name} not listed`);
+  return w.pid;
+}
+
+// ---- the ceilings ----
+
+async function rawTcpStream(hosts) {
+  const port = 20_000 + Math.floor(Math.random() * 10_000);
+  const script = path.join(__dirname, 'tcp-stream.js');
+  const args = [String(port), String(STREAM_BYTES)];
+  const [server] = await Promise.all([
+    dev.hostExec(CLUSTER, 'h2', [process.execPath, script, 'server', hosts.h2.address, ...args], { timeoutMs: 120_000 }),
+    dev.hostExec(CLUSTER, 'h1', [process.execPath, script, 'client', hosts.h2.address, ...args], { timeoutMs: 120_000 }),
+  ]);
+  const r = JSON.parse(server.stdout);
+  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms };
+}
+
+async function bareNatsStream(hostNatsUrl) {
+  const script = path.join(__dirname, 'nats-stream.js');
+  const args = [hostNatsUrl, String(STREAM_BYTES), String(NATS_STREAM_CHUNK_BYTES), String(NATS_STREAM_WINDOW_MSGS)];
+  const [sub] = await Promise.all([
+    dev.hostExec(CLUSTER, 'h2', [process.execPath, script, 'sub', ...args], { timeoutMs: 120_000 }),
+    dev.hostExec(CLUSTER, 'h1', [process.execPath, script, 'pub', ...args], { timeoutMs: 120_000 }),
+  ]);
+  const r = JSON.parse(sub.stdout);
+  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms };
+}
+
+// ---- the two methods ----
+
+async function ferryMigration(ctx, mib) {
+  const name = `bf${mib}`;
+  const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
+  await launch(ctx.natsUrl, name, mib, heartbeatFile);
+  const cpuBefore = ctx.clusterCpu();
+  const startS = Date.now() / 1000;
+  const result = await ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', ...MIGRATE_ARGS]);
+  const totalMs = Date.now() - startS * 1000;
+  const cpu = ctx.clusterCpu() - cpuBefore;
+  await sleep(SETTLE_MS);
+  if (result.state !== 'succeeded') throw new Error(`ferry migration of ${name} ended ${result.state}: ${JSON.stringify(result.error)}`);
+  const downtimeMs = maxGapMs(heartbeatFile, startS);
+  await ferry(ctx.natsUrl, ['stop', name]);
+  const transferMs = result.phases.transferMs;
+  return {
+    method: `ferry (${result.transport})`,
+    downtimeMs,
+    reportedDowntimeMs: result.downtimeMs,
+    mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,
+    totalMs,
+    cpu,
+    detail: `dump ${result.phases.dumpMs} ms, transfer ${transferMs} ms, restore ${result.phases.restoreMs} ms`,
+  };
+}
+
+async function waitForListener(host, port, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const { stdout } = await dev.hostExec(CLUSTER, host, ['ss', '-Hltn', `sport = :${port}`]);
+    if (stdout.trim() !== '') return;
+    await sleep(20);
+  }
+  throw new Error(`nothing listens on ${host}:${port}`);
+}
+
+/** CRIU's own migration by hand: page server on the target, dump to it, copy the rest, restore. */
+async function criuPageServerMigration(ctx, mib) {
+  const name = `bc${mib}`;
+  const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
+  const pid = await launch(ctx.natsUrl, name, mib, heartbeatFile);
+  // tmpfs, like the agents' work dirs.
+  const src = fs.mkdtempSync('/dev/shm/ferry-bench-src-');
+  const dst = fs.mkdtempSync('/dev/shm/ferry-bench-dst-');
+  const env = ctx.needsFaultInjection ? { CRIU_FAULT: '130' } : {};
+  const port = 30_000 + Math.floor(Math.random() * 10_000);
+  const address = ctx.hosts.h2.address;
+  try {
+    const cpuBefore = cpuSeconds(process.pid);
+    const server = await dev.startProcessInHost(
+      CLUSTER, 'h2',
+      ['criu', 'page-server', '--images-dir', dst, '--address', address, '--port', String(port), '--log-file', 'page-server.log', '-v4'],
+      { env, cwd: dst, logPath: path.join(ctx.scratch, `${name}-page-server.out`) },
+    );
+    const serverExited = new Promise((resolve) => server.child.once('exit', resolve));
+    await waitForListener('h2', port);
+    const startS = Date.now() / 1000;
+    const dumpStart = Date.now();
+    await dev.hostExec(CLUSTER, 'h1',
+      ['criu', 'dump', '--tree', String(pid), '--images-dir', src, '--log-file', 'dump.log', '-v4', '--page-server', '--address', address, '--port', String(port)],
+      { env, cwd: src, timeoutMs: CRIU_TIMEOUT_MS });
+    const dumpMs = Date.now() - dumpStart;
+    await serverExited;
+    // The non-memory images travel by hand (what scp would do between real hosts).
+    for (const f of fs.readdirSync(src)) {
+      if (!f.endsWith('.log') && !fs.existsSync(path.join(dst, f))) fs.copyFileSync(path.join(src, f), path.join(dst, f));
+    }
+    await dev.hostExec(CLUSTER, 'h2',
+      ['criu', 'restore', '--restore-detached', '--images-dir', dst, '--log-file', 'restore.log', '-v4', '--pidfile', path.join(dst, 'restored.pid')],
+      { env, cwd: dst, timeoutMs: CRIU_TIMEOUT_MS });
+    const totalMs = Date.now() - startS * 1000;
+    const cpu = cpuSeconds(process.pid) - cpuBefore;
+    await sleep(SETTLE_MS);
+    const downtimeMs = maxGapMs(heartbeatFile, startS);
+    const restoredPid = Number(fs.readFileSync(path.join(dst, 'restored.pid'), 'utf8').trim());
+    // The init of its PID namespace: its death takes the tree with it.
+    process.kill(restoredPid, 'SIGKILL');
+    const pageBytes = fs.readdirSync(dst).filter((f) => f.startsWith('pages-')).reduce((s, f) => s + fs.statSync(path.join(dst, f)).size, 0);
+    return {
+      method: 'criu page-server',
+      downtimeMs,
+      mbps: pageBytes / MIB / (dumpMs / 1000),
+      totalMs,
+      cpu,
+      detail: `dump to page server ${dumpMs} ms (MB/s = pages / dump time)`,
+    };
+  } finally {
+    await ferry(ctx.natsUrl, ['stop', name]).catch(() => undefined);
+    fs.rmSync(src, { recursive: true, force: true });
+    fs.rmSync(dst, { recursive: true, force: true });
+  }
+}
+
+// ---- report ----
+
+const fmt = (n, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : '-');
+
+function table(ceilings, rows) {
+  const lines = [
+    `| workload | method | downtime ms | vs CRIU page-server | transfer MB/s | vs raw TCP | vs NATS ceiling | total s | CPU s |`,
+    `| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
+  ];
+  for (const r of rows) {
+    const criu = rows.find((x) => x.mib === r.mib && x.method === 'criu page-server');
+    lines.push(
+      `| ${r.mib} MiB | ${r.method} | ${fmt(r.downtimeMs)} | ${criu ? fmt(r.downtimeMs / criu.downtimeMs, 2) : '-'} | ${fmt(r.mbps)} | ` +
+        `${fmt(r.mbps / ceilings.tcp.mbps, 2)} | ${fmt(r.mbps / ceilings.nats.mbps, 2)} | ${fmt(r.totalMs / 1000, 2)} | ${fmt(r.cpu, 2)} |`,
+    );
+  }
+  return [
+    `Ceilings on the same path (${STREAM_BYTES / MIB} MiB, h1 -> h2): one raw TCP stream ${fmt(ceilings.tcp.mbps)} MB/s; ` +
+      `bare NATS pub/sub through nats-server ${fmt(ceilings.nats.mbps)} MB/s (${NATS_STREAM_CHUNK_BYTES / MIB} MiB messages, window ${NATS_STREAM_WINDOW_MSGS}).`,
+    '',
+    ...lines,
+    '',
+    'Details:',
+    ...rows.map((r) => `- ${r.mib} MiB ${r.method}: ${r.detail}${r.reportedDowntimeMs !== undefined ? `; ferry-reported downtime ${r.reportedDowntimeMs} ms` : ''}`),
+  ].join('\n');
+}
+
+async function main() {
+  const natsPort = await freePort();
+  const redisPort = await freePort();
+  await stopLocalCluster(CLUSTER).catch(() => undefined);
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-'));
+  const startedAt = new Date();
+  log(`starting cluster '${CLUSTER}'`);
+  const state = await startLocalCluster({ name: CLUSTER, hosts: 2, subnetIndex: SUBNET_INDEX, natsPort, redisPort, readyTimeoutMs: 90_000 });
+  try {
+    const hostList = await ferry(state.natsUrl, ['hosts', '--json']);
+    const hosts = Object.fromEntries(hostList.map((h) => [h.name, h]));
+    const cpuPids = state.processes.filter((p) => p.role === 'agent' || p.role === 'nats').map((p) => p.pid);
+    const ctx = {
+      natsUrl: state.natsUrl,
+      hosts,
+      scratch,
+      needsFaultInjection: hostList.some((h) => h.criu.needsFaultInjection),
+      clusterCpu: () => cpuPids.reduce((s, pid) => s + cpuSeconds(pid), 0),
+    };
+    log('raw TCP stream');
+    const tcp = await rawTcpStream(hosts);
+    log(`raw TCP ${fmt(tcp.mbps)} MB/s; bare NATS stream`);
+    const nats = await bareNatsStream(state.hostNatsUrl);
+    log(`bare NATS ${fmt(nats.mbps)} MB/s`);
+    const rows = [];
+    for (const mib of SIZES_MIB) {
+      for (const method of METHODS) {
+        log(`${mib} MiB: ${method}`);
+        const r = method === 'criu' ? await criuPageServerMigration(ctx, mib) : await ferryMigration(ctx, mib);
+        rows.push({ mib, ...r });
+        log(`${mib} MiB ${r.method}: downtime ${fmt(r.downtimeMs)} ms, ${fmt(r.mbps)} MB/s, total ${fmt(r.totalMs)} ms; ${r.detail}`);
+      }
+    }
+    const text = table({ tcp, nats }, rows);
+    const elapsedS = (Date.now() - startedAt.getTime()) / 1000;
+    console.log(text);
+    const md = [
+      '# ferry migration benchmark',
+      '',
+      `Run ${startedAt.toISOString()} by \`npm run bench\` (${elapsedS.toFixed(0)} s), ${os.cpus().length} cores, ` +
+        `${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, Linux ${os.release()}${MIGRATE_ARGS.length ? `, migrate args \`${MIGRATE_ARGS.join(' ')}\`` : ''}.`,
+      'Downtime: the longest gap in a heartbeat the workload writes every 10 ms (so it includes up to ~10 ms of its sleep).',
+      'CPU s: ferry = both agents (their CRIU children included) + nats-server; CRIU = the criu processes.',
+      '',
+      text,
+      '',
+    ].join('\n');
+    fs.writeFileSync(path.join(__dirname, 'results.md'), md);
+  } finally {
+    log('stopping cluster');
+    await stopLocalCluster(CLUSTER).catch((err) => log('stop failed:', err.message));
+    fs.rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});

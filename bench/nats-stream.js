@@ -1,0 +1,78 @@
+'use strict';
+/**
+ * A bare NATS pub/sub stream through the cluster's nats-server: the ceiling for any transfer
+ * over NATS on this machine. Raw payloads (no msgpack, no checksums), acknowledged per message so
+ * the publisher keeps a bounded window in flight (without one the server cuts off a slow consumer).
+ *   node nats-stream.js sub URL BYTES CHUNK WINDOW   prints {"bytes","ms"} once BYTES arrived
+ *   node nats-stream.js pub URL BYTES CHUNK WINDOW
+ */
+const { connect } = require('nats');
+
+const [mode, url, bytesText, chunkText, windowText] = process.argv.slice(2);
+const total = Number(bytesText);
+const chunk = Number(chunkText);
+const windowMsgs = Number(windowText);
+const SUBJECT = 'bench.stream';
+const HELLO_TIMEOUT_MS = 200;
+
+async function sub() {
+  const nc = await connect({ servers: url });
+  let got = 0;
+  let count = 0;
+  let first = 0;
+  const done = new Promise((resolve) => {
+    nc.subscribe(`${SUBJECT}.data`, {
+      callback: (_err, msg) => {
+        if (got === 0) first = performance.now();
+        got += msg.data.length;
+        count += 1;
+        nc.publish(`${SUBJECT}.ack`, Buffer.from(String(count)));
+        if (got >= total) resolve(performance.now() - first);
+      },
+    });
+  });
+  nc.subscribe(`${SUBJECT}.hello`, { callback: (_err, msg) => msg.respond(Buffer.from('ok')) });
+  await nc.flush();
+  const ms = await done;
+  process.stdout.write(JSON.stringify({ bytes: got, ms }) + '\n');
+  await nc.drain();
+}
+
+async function pub() {
+  const nc = await connect({ servers: url });
+  for (;;) {
+    try {
+      await nc.request(`${SUBJECT}.hello`, Buffer.alloc(0), { timeout: HELLO_TIMEOUT_MS });
+      break;
+    } catch {
+      // The subscriber is not up yet.
+    }
+  }
+  let acked = 0;
+  let wake = null;
+  nc.subscribe(`${SUBJECT}.ack`, {
+    callback: (_err, msg) => {
+      acked = Number(Buffer.from(msg.data).toString());
+      if (wake) { const w = wake; wake = null; w(); }
+    },
+  });
+  await nc.flush();
+  // Constant content, so handing the same buffer to every publish is safe.
+  const payload = Buffer.alloc(chunk, 0x5a);
+  let sent = 0;
+  let sentMsgs = 0;
+  while (sent < total) {
+    while (sentMsgs - acked >= windowMsgs) await new Promise((r) => (wake = r));
+    const n = Math.min(chunk, total - sent);
+    nc.publish(`${SUBJECT}.data`, n === chunk ? payload : payload.subarray(0, n));
+    sent += n;
+    sentMsgs += 1;
+  }
+  while (acked < sentMsgs) await new Promise((r) => (wake = r));
+  await nc.drain();
+}
+
+(mode === 'sub' ? sub() : pub()).catch((err) => {
+  process.stderr.write(String(err && err.stack) + '\n');
+  process.exit(1);
+});

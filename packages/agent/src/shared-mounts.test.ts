@@ -1,0 +1,50 @@
+import { mountCommand, mountOf, parseMountinfo, SILLY_RENAME_PATTERN, isSharedFsType } from './shared-mounts';
+
+const MOUNTINFO = [
+  '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw',
+  '42 22 0:39 / /data rw,nosuid,nodev,relatime - fuse.sshfs root@198.18.0.2:/srv/shared rw,user_id=0,group_id=0,allow_other',
+  '43 22 0:40 / /mnt/with\\040space rw - nfs4 files:/export rw,vers=4.2',
+].join('\n');
+
+test('mountinfo parsing and the mount holding a path', () => {
+  const mounts = parseMountinfo(MOUNTINFO);
+  expect(mounts[1]).toEqual({ mountId: 42, mountPoint: '/data', fsType: 'fuse.sshfs', source: 'root@198.18.0.2:/srv/shared' });
+  expect(mounts[2].mountPoint).toBe('/mnt/with space');
+  expect(mountOf(mounts, '/data/x/y')?.mountId).toBe(42);
+  expect(mountOf(mounts, '/database')?.mountId).toBe(22);
+  expect(mountOf(mounts, '/data')?.mountId).toBe(42);
+  expect(isSharedFsType('fuse.sshfs') && isSharedFsType('nfs4') && !isSharedFsType('ext4')).toBe(true);
+});
+
+test('sshfs command pins the host key and passes options through', () => {
+  const cmd = mountCommand({
+    name: 'shared',
+    type: 'sshfs',
+    source: 'root@198.18.0.2:/srv/shared',
+    path: '/data',
+    options: { IdentityFile: '/k', UserKnownHostsFile: '/kh', StrictHostKeyChecking: 'yes' },
+  });
+  expect(cmd.file).toBe('sshfs');
+  expect(cmd.args.slice(0, 3)).toEqual(['root@198.18.0.2:/srv/shared', '/data', '-o']);
+  expect(cmd.args[3].split(',')).toEqual(expect.arrayContaining(['allow_other', 'IdentityFile=/k', 'UserKnownHostsFile=/kh', 'StrictHostKeyChecking=yes']));
+});
+
+test('nfs takes the same path with its options passed through; bind too', () => {
+  expect(mountCommand({ name: 'n', type: 'nfs', source: 'files:/export', path: '/data', options: { vers: '4.2', hard: '' } })).toEqual({
+    file: 'mount',
+    args: ['-t', 'nfs', '-o', 'vers=4.2,hard', 'files:/export', '/data'],
+  });
+  expect(mountCommand({ name: 'b', type: 'bind', source: '/srv/x', path: '/data', options: {} })).toEqual({ file: 'mount', args: ['--bind', '/srv/x', '/data'] });
+});
+
+test.each([
+  ['.fuse_hidden0000000200000001', true],
+  ['.nfs000000000000d8a600000001', true],
+  ['.nfs0000abcd', true],
+  ['.fuse_hidden', false],
+  ['fuse_hidden0000000200000001', false],
+  ['.nfsfoo', false],
+  ['data.nfs00000001', false],
+])('silly-rename name %s -> %s', (name, hidden) => {
+  expect(SILLY_RENAME_PATTERN.test(name)).toBe(hidden);
+});

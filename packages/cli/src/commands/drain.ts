@@ -1,0 +1,85 @@
+import { randomBytes } from 'node:crypto';
+import type { Command } from 'commander';
+import {
+  CoordVerb,
+  DrainEvent,
+  DrainReply,
+  EXIT_CODES,
+  decode,
+  isErrorCode,
+  parseMessage,
+  request,
+  subjects,
+  type DrainSummary,
+} from '@ferry/protocol';
+import { connectCluster } from '../client';
+import { action } from './action';
+import { publicResult } from './migrate';
+
+/** A drain of many big workloads can take long; the CLI follows it to the end. */
+const DRAIN_TIMEOUT_MS = 6 * 60 * 60_000;
+
+/**
+ * `ferry drain HOST`: cordons HOST and moves every workload off it (the coordinator places each
+ * and keeps to its per-host limits). Prints each result as it completes; with --json one JSON
+ * object per line: `{"kind":"result","migration":{...}}` or `{"kind":"unplaced","workload","error"}`,
+ * then `{"kind":"done","summary":{host,total,succeeded,failed,unplaced,totalMs}}`.
+ * Exit 0 when every workload moved.
+ */
+export function registerDrain(program: Command): Command {
+  return program
+    .command('drain')
+    .description('cordon a host and live-migrate every workload off it; prints each result as it completes')
+    .argument('<host>', 'host to empty')
+    .option('--json', 'one JSON line per result ({kind: "result", migration} or {kind: "unplaced", workload, error}), then {kind: "done", summary}')
+    .action(
+      action(async (host: string, opts: { json?: boolean }) => {
+        const nc = await connectCluster();
+        const drainId = `d-${randomBytes(8).toString('hex')}`;
+        const line = (v: unknown) => process.stdout.write(`${JSON.stringify(v)}\n`);
+        let failureCode = 0;
+        let resolveDone: (s: DrainSummary) => void = () => undefined;
+        const done = new Promise<DrainSummary>((r) => (resolveDone = r));
+        // Subscribed before asking, so no result can come before we listen.
+        const sub = nc.subscribe(subjects.event('drain'), {
+          callback: (err, msg) => {
+            if (err) return;
+            let ev: DrainEvent;
+            try {
+              ev = parseMessage(DrainEvent, decode(msg.data));
+            } catch {
+              return;
+            }
+            if (ev.drainId !== drainId) return;
+            if (ev.kind === 'result') {
+              const m = ev.migration;
+              if (m.state !== 'succeeded' && failureCode === 0) failureCode = m.error && isErrorCode(m.error.code) ? EXIT_CODES[m.error.code] : 1;
+              if (opts.json) line({ kind: 'result', migration: publicResult(m) });
+              else process.stdout.write(`${m.workload}: ${m.from} -> ${m.to} ${m.state}${m.error ? ` (${m.error.code}: ${m.error.message})` : ` in ${m.totalMs} ms, downtime ${m.downtimeMs} ms`}\n`);
+            } else if (ev.kind === 'unplaced') {
+              if (failureCode === 0) failureCode = isErrorCode(ev.error.code) ? EXIT_CODES[ev.error.code] : 1;
+              if (opts.json) line({ kind: 'unplaced', workload: ev.workload, error: ev.error });
+              else process.stdout.write(`${ev.workload}: not moved (${ev.error.code}: ${ev.error.message})\n`);
+            } else {
+              if (opts.json) line({ kind: 'done', summary: ev.summary });
+              resolveDone(ev.summary);
+            }
+          },
+        });
+        try {
+          await nc.flush();
+          const plan = await request(nc, subjects.coord(CoordVerb.DRAIN), { host, drainId }, DrainReply, { timeoutMs: 15_000 });
+          if (!opts.json) process.stdout.write(`${host} cordoned; moving ${plan.workloads.length} workload(s): ${plan.workloads.join(', ') || '(none)'}\n`);
+          const timeout = new Promise<never>((_r, reject) => setTimeout(() => reject(new Error(`drain of ${host} not finished within ${DRAIN_TIMEOUT_MS} ms`)), DRAIN_TIMEOUT_MS).unref());
+          const summary = await Promise.race([done, timeout]);
+          if (!opts.json) {
+            process.stdout.write(`drained ${host}: ${summary.succeeded}/${summary.total} moved, ${summary.failed} failed, ${summary.unplaced} not placed, ${summary.totalMs} ms\n`);
+          }
+          return summary.succeeded === summary.total ? 0 : failureCode || 1;
+        } finally {
+          sub.unsubscribe();
+          await nc.close();
+        }
+      }),
+    );
+}

@@ -1,0 +1,130 @@
+/**
+ * The direct data path: image frames over one TCP connection from the sender to the receiver,
+ * negotiated over NATS. On a 2-core machine a bare NATS stream tops out at a fraction of one TCP
+ * stream (nats-server and both clients parse every byte); the direct path skips the server and
+ * the client's message parser. The receiver offers an endpoint and a one-time token on the
+ * transfer's direct subject; the sender connects, presents the token, and sends the same frames.
+ * When the receiver declines, does not answer, or cannot be reached, the sender falls back to NATS.
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { connect as tcpConnect, createServer, type Server, type Socket } from 'node:net';
+import type { NatsConnection } from 'nats';
+import { decode, encode, ErrorCode, FerryError, parseMessage, PROTOCOL_VERSION, subjects, toFerryError } from '@ferry/protocol';
+import { FrameSocket } from './frame-socket';
+import { DirectReplyFrame, HelloFrame } from './frames';
+
+/** How long the sender waits for the receiver's offer before using NATS. */
+export const DIRECT_OFFER_TIMEOUT_MS = 2_000;
+/** How long the sender tries to connect to an offered endpoint before using NATS. */
+export const DIRECT_CONNECT_TIMEOUT_MS = 2_000;
+/** A connection that has not presented the token within this long is dropped. */
+export const DIRECT_HELLO_TIMEOUT_MS = 5_000;
+/** Largest frame accepted before the token is checked: a hello is tiny. */
+const HELLO_MAX_BYTES = 256;
+const TOKEN_BYTES = 16;
+
+/** Receiver side: a listening socket that accepts exactly one connection presenting the token. */
+export class DirectEndpoint {
+  private constructor(
+    private readonly server: Server,
+    readonly host: string,
+    readonly port: number,
+    readonly token: string,
+  ) {}
+
+  /**
+   * Listens on `host`, port chosen by the kernel. `onLink` gets the authenticated connection and
+   * says whether it is taken (false: the receiver already gets its data over NATS); after the
+   * first authenticated connection the endpoint stops listening.
+   */
+  static async open(host: string, onLink: (link: FrameSocket) => boolean): Promise<DirectEndpoint> {
+    const token = randomBytes(TOKEN_BYTES).toString('hex');
+    const expected = Buffer.from(token);
+    let endpoint: DirectEndpoint | undefined;
+    const server = createServer((socket: Socket) => {
+      const link = new FrameSocket(socket, HELLO_MAX_BYTES);
+      const timer = setTimeout(() => link.destroy(), DIRECT_HELLO_TIMEOUT_MS);
+      let greeted = false;
+      link.attach({
+        onFrame: (bytes) => {
+          if (greeted) return;
+          greeted = true;
+          clearTimeout(timer);
+          try {
+            const hello = parseMessage(HelloFrame, decode(bytes));
+            if (!timingSafeEqual(Buffer.from(hello.token), expected)) throw new Error('wrong token');
+          } catch {
+            link.destroy();
+            return;
+          }
+          if (endpoint === undefined || endpoint.claimed) return link.destroy();
+          endpoint.claimed = true;
+          endpoint.close();
+          if (!onLink(link)) link.destroy();
+        },
+        onClose: () => clearTimeout(timer),
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) =>
+        reject(new FerryError(ErrorCode.UNAVAILABLE, `cannot listen for a direct transfer on ${host}: ${err.message}`, { cause: err })),
+      );
+      server.listen(0, host, () => resolve());
+    });
+    const address = server.address();
+    const port = typeof address === 'object' && address !== null ? address.port : 0;
+    endpoint = new DirectEndpoint(server, host, port, token);
+    return endpoint;
+  }
+
+  /** Set once a connection presented the token; the endpoint is then spent. */
+  claimed = false;
+
+  /** Stops listening (an accepted link stays open). */
+  close(): void {
+    this.server.close();
+  }
+}
+
+export type DirectConnectResult = { link: FrameSocket } | { reason: string };
+
+/**
+ * Sender side: asks the receiver for an endpoint and connects to it. Never throws for an
+ * unreachable or unwilling receiver; it returns why, and the caller uses NATS (or fails, when
+ * the direct path was required).
+ */
+export async function connectDirect(
+  nc: NatsConnection,
+  transferId: string,
+  maxFrameBytes: number,
+  timeouts: { offerMs: number; connectMs: number } = { offerMs: DIRECT_OFFER_TIMEOUT_MS, connectMs: DIRECT_CONNECT_TIMEOUT_MS },
+): Promise<DirectConnectResult> {
+  let offer: DirectReplyFrame;
+  try {
+    const reply = await nc.request(subjects.xferDirect(transferId), encode({ v: PROTOCOL_VERSION, t: 'direct' }), { timeout: timeouts.offerMs });
+    offer = parseMessage(DirectReplyFrame, decode(reply.data));
+  } catch (err) {
+    return { reason: `no direct offer: ${toFerryError(err).message}` };
+  }
+  if (offer.t === 'decline') return { reason: 'the receiver declined the direct path' };
+  const socket = await new Promise<Socket | Error>((resolve) => {
+    const s = tcpConnect({ host: offer.host, port: offer.port });
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve(new Error(`timed out after ${timeouts.connectMs} ms`));
+    }, timeouts.connectMs);
+    s.once('connect', () => {
+      clearTimeout(timer);
+      s.removeAllListeners('error');
+      resolve(s);
+    });
+    s.once('error', (err) => {
+      clearTimeout(timer);
+      resolve(err);
+    });
+  });
+  if (socket instanceof Error) return { reason: `cannot connect to ${offer.host}:${offer.port}: ${socket.message}` };
+  const link = new FrameSocket(socket, maxFrameBytes);
+  link.send(encode({ v: PROTOCOL_VERSION, t: 'hello', token: offer.token }));
+  return { link };
+}

@@ -1,0 +1,252 @@
+/**
+ * Faults around a migration, each ending with every workload running exactly once and intact:
+ * the target agent killed mid-transfer, the source agent killed after the dump, the coordinator
+ * killed mid-migration (a restarted one finishes or rolls back what it finds in Redis), and a
+ * standby coordinator taking over a lapsed leader lease.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { openSync, closeSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { z } from 'zod';
+import { dev, clusterDataDir } from '@ferry/cli';
+import { CoordVerb, decode, request, subjects } from '@ferry/protocol';
+import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
+import { CounterWorkload, sleep, waitFor } from './helpers/workload';
+
+jest.setTimeout(300_000);
+
+const CLUSTER = 'tcfault';
+const LEASE_TTL_MS = '1500';
+let cluster: TestCluster;
+const workloads = new Map<string, CounterWorkload>();
+/** Coordinators this test started itself (the cluster's own one is stopped by cluster.stop()). */
+const coordinators: ChildProcess[] = [];
+
+beforeAll(async () => {
+  cluster = await startTestCluster(CLUSTER, 234, {
+    hosts: 3,
+    coordinatorEnv: { FERRY_LEASE_TTL_MS: LEASE_TTL_MS, FERRY_TRANSFER_IDLE_TIMEOUT_MS: '1500', FERRY_COORDINATOR_ID: 'c-dev' },
+  });
+});
+
+afterAll(async () => {
+  for (const c of coordinators) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await cluster?.stop();
+  for (const w of workloads.values()) await w.remove();
+});
+
+function state() {
+  const s = dev.readClusterState(CLUSTER);
+  if (!s) throw new Error('no cluster state');
+  return s;
+}
+
+/** A coordinator process like the cluster's own, with its log beside the cluster's logs. */
+function startCoordinatorProcess(id: string): ChildProcess {
+  const s = state();
+  const log = openSync(join(s.layout.logDir, `coordinator-${id}.log`), 'a');
+  const child = spawn(process.execPath, [join(REPO, 'packages/coordinator/dist/main.js')], {
+    env: { ...process.env, FERRY_NATS_URL: s.natsUrl, FERRY_REDIS_URL: s.redisUrl, FERRY_LEASE_TTL_MS: LEASE_TTL_MS, FERRY_COORDINATOR_ID: id, FERRY_TRANSFER_IDLE_TIMEOUT_MS: '1500' },
+    stdio: ['ignore', log, log],
+  });
+  closeSync(log);
+  coordinators.push(child);
+  return child;
+}
+
+function devCoordinatorPid(): number {
+  const rec = state().processes.find((p) => p.role === 'coordinator');
+  if (!rec) throw new Error('no coordinator');
+  return rec.pid;
+}
+
+async function leaseHolder(): Promise<string | null> {
+  const redis = new Redis(state().redisUrl);
+  try {
+    return await redis.get('ferry:leader');
+  } finally {
+    redis.disconnect();
+  }
+}
+
+async function restartAgent(host: string): Promise<void> {
+  const ctx = dev.devHostContexts(state()).find((h) => h.name === host)!;
+  await dev.restartAgent(CLUSTER, host, {
+    argv: [process.execPath, join(REPO, 'packages/agent/dist/main.js')],
+    env: {
+      FERRY_HOST: ctx.name,
+      FERRY_ADDRESS: ctx.address,
+      FERRY_NATS_URL: ctx.natsUrl,
+      FERRY_DATA_DIR: clusterDataDir(CLUSTER),
+      FERRY_WORK_DIR: join('/run/ferry/work', CLUSTER, host),
+    },
+  }, REPO);
+  await waitFor(`${host} alive`, async () => {
+    const hosts = (await cluster.ferry(['hosts', '--json'])).json as Array<{ name: string; state: string }> | undefined;
+    return hosts?.find((h) => h.name === host)?.state === 'alive';
+  }, 60_000);
+}
+
+async function launch(name: string, host: string, mib: number): Promise<CounterWorkload> {
+  const w = await CounterWorkload.create();
+  workloads.set(name, w);
+  const res = await cluster.ferry(['run', '--host', host, '--name', name, '--json', '--', ...w.argv(mib)]);
+  expect(res.code).toBe(0);
+  await w.advancesPast(5, 30_000);
+  return w;
+}
+
+/** Runs on `host`, unfrozen, counter moving, started once, exactly one copy, memory intact. */
+async function expectIntactOn(name: string, host: string): Promise<void> {
+  const w = workloads.get(name)!;
+  const entry = await waitFor(`${name} running on ${host}`, async () => {
+    const ps = await cluster.ferry(['ps', '--json']);
+    const entries = (ps.json ?? []).filter((x: { name: string }) => x.name === name);
+    return entries.length === 1 && entries[0].host === host && entries[0].state === 'running' ? entries[0] : undefined;
+  }, 30_000);
+  const c = await w.counter();
+  await w.advancesPast(c + 5);
+  expect(await w.starts()).toBe(1);
+  await waitFor('exactly one copy', async () => {
+    const copies = await w.runningCopies();
+    return copies.length === 1 && copies[0] === entry.pid;
+  }, 20_000);
+  expect(await w.verifyMemory(entry.pid)).toBe('OK');
+}
+
+/** Calls `fn` once, when the first migration event of `workload` at `step` arrives. */
+function onStep(workload: string, step: string, fn: (ev: { migrationId: string }) => void): () => void {
+  let fired = false;
+  const sub = cluster.nc.subscribe(subjects.event('migration'), {
+    callback: (_e, msg) => {
+      const ev = decode(msg.data) as { workload: string; step: string; migrationId: string };
+      if (!fired && ev.workload === workload && ev.step === step) {
+        fired = true;
+        fn(ev);
+      }
+    },
+  });
+  return () => sub.unsubscribe();
+}
+
+async function finalState(id: string): Promise<{ state: string; to: string; from: string; error?: { code: string } }> {
+  return waitFor(`migration ${id} final`, async () => {
+    const res = await cluster.ferry(['status', id, '--json'], 10_000);
+    return res.json && !['pending', 'running'].includes(res.json.state) ? res.json : undefined;
+  }, 90_000);
+}
+
+/** Process state letter from /proc (T = stopped). */
+async function procState(pid: number): Promise<string> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+}
+
+test('target agent killed mid-transfer: rolled back, runs once on the source', async () => {
+  await launch('tkill', 'h1', 128);
+  let killed: Promise<unknown> = Promise.resolve();
+  let migrationId = '';
+  const unsubStep = onStep('tkill', 'checkpointing', (ev) => (migrationId = ev.migrationId));
+  // Killed when the target reports its first received bytes: the transfer is under way.
+  const progress = cluster.nc.subscribe(subjects.event('progress'), {
+    callback: (_e, msg) => {
+      const p = decode(msg.data) as { migrationId: string; bytes: number };
+      if (p.migrationId === migrationId && p.bytes > 0 && migrationId) {
+        migrationId = '';
+        killed = dev.killHost(CLUSTER, 'h2');
+      }
+    },
+  });
+  const res = await cluster.ferry(['migrate', 'tkill', '--to', 'h2', '--json']);
+  unsubStep();
+  progress.unsubscribe();
+  await killed;
+  expect(res.json.state).toBe('rolled-back');
+  expect(res.json.bytesTransferred).toBeLessThan(128 * 1024 * 1024);
+  await expectIntactOn('tkill', 'h1');
+  await restartAgent('h2');
+  await expectIntactOn('tkill', 'h1');
+  expect((await cluster.ferry(['stop', 'tkill'])).code).toBe(0);
+});
+
+test('source agent killed after the dump: runs once on the target; the frozen copy is killed, never thawed', async () => {
+  await launch('skill', 'h1', 16);
+  const [before] = (await cluster.ferry(['ps', '--json'])).json.filter((x: { name: string }) => x.name === 'skill');
+  let killed: Promise<unknown> = Promise.resolve();
+  const unsub = onStep('skill', 'restoring', () => (killed = dev.killHost(CLUSTER, 'h1')));
+  const res = await cluster.ferry(['migrate', 'skill', '--to', 'h2', '--json']);
+  unsub();
+  await killed;
+  expect(res.json.state).toBe('succeeded');
+  // The source's frozen copy outlived its agent, still stopped: the workload runs only on h2.
+  expect(await procState(before.pid)).toBe('T');
+  const w = workloads.get('skill')!;
+  const c = await w.counter();
+  await w.advancesPast(c + 5);
+  expect(await w.starts()).toBe(1);
+  // The agent comes back; the coordinator sees the frozen copy and has it released (killed).
+  await restartAgent('h1');
+  await waitFor('frozen source copy gone', async () => !(await readFile(`/proc/${before.pid}/stat`, 'utf8').catch(() => '')), 30_000);
+  await expectIntactOn('skill', 'h2');
+  expect((await cluster.ferry(['stop', 'skill'])).code).toBe(0);
+});
+
+/** Kills whichever coordinator leads at `step` of `workload`'s migration, then starts another. */
+async function migrateThroughCoordinatorCrash(workload: string, to: string, step: string, kill: () => void, restartId: string) {
+  let migrationId = '';
+  const crashed = new Promise<void>((resolve) => {
+    const unsub = onStep(workload, step, (ev) => {
+      migrationId = ev.migrationId;
+      kill();
+      unsub();
+      resolve();
+    });
+  });
+  // Asked directly: the CLI would wait for a reply the killed coordinator never sends.
+  void request(cluster.nc, subjects.coord(CoordVerb.MIGRATE), { workload, to }, z.object({}).passthrough(), { timeoutMs: 120_000 }).catch(() => undefined);
+  await crashed;
+  const next = startCoordinatorProcess(restartId);
+  await waitFor('restarted coordinator leads', async () => (await leaseHolder()) === restartId, 30_000);
+  return { migration: await finalState(migrationId), coordinator: next };
+}
+
+test('coordinator killed mid-migration: a restarted one rolls back before the restore, goes forward after it', async () => {
+  await launch('ckill', 'h1', 64);
+  // Killed while the source dumps and streams: no restore was asked for, so it rolls back.
+  const first = await migrateThroughCoordinatorCrash('ckill', 'h2', 'checkpointing', () => process.kill(devCoordinatorPid(), 'SIGKILL'), 'c-second');
+  expect(first.migration.state).toBe('rolled-back');
+  await expectIntactOn('ckill', 'h1');
+
+  // Killed once the restore was asked for: the target's own record decides, and it restored.
+  const second = await migrateThroughCoordinatorCrash('ckill', 'h2', 'restoring', () => first.coordinator.kill('SIGKILL'), 'c-third');
+  expect(['succeeded', 'rolled-back']).toContain(second.migration.state);
+  await expectIntactOn('ckill', second.migration.state === 'succeeded' ? 'h2' : 'h1');
+  // The new leader serves everything: the next migration just works.
+  const home = second.migration.state === 'succeeded' ? 'h1' : 'h3';
+  const again = await cluster.ferry(['migrate', 'ckill', '--to', home, '--json']);
+  expect(again.json.state).toBe('succeeded');
+  await expectIntactOn('ckill', home);
+  expect((await cluster.ferry(['stop', 'ckill'])).code).toBe(0);
+});
+
+test('two coordinators: only the lease holder serves; the standby takes over when the leader dies', async () => {
+  const leader = await leaseHolder();
+  expect(leader).toBe('c-third');
+  const standby = startCoordinatorProcess('c-standby');
+  await sleep(2_000);
+  expect(await leaseHolder()).toBe('c-third');
+  // A command is answered exactly once (only the leader subscribes).
+  const hosts = await cluster.ferry(['hosts', '--json']);
+  expect(hosts.code).toBe(0);
+  coordinators.find((c) => c !== standby && c.exitCode === null && c.signalCode === null)!.kill('SIGKILL');
+  const killedAt = Date.now();
+  await waitFor('standby leads', async () => (await leaseHolder()) === 'c-standby', 15_000);
+  expect(Date.now() - killedAt).toBeLessThan(3 * Number(LEASE_TTL_MS) + 2_000);
+  await launch('lease', 'h1', 4);
+  const res = await cluster.ferry(['migrate', 'lease', '--json']);
+  expect(res.json.state).toBe('succeeded');
+  await expectIntactOn('lease', res.json.to);
+  expect((await cluster.ferry(['stop', 'lease'])).code).toBe(0);
+});
