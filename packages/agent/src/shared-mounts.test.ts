@@ -1,4 +1,9 @@
-import { mountCommand, mountOf, parseMountinfo, SILLY_RENAME_PATTERN, isSharedFsType } from './shared-mounts';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { ensureMounted, isSharedFsType, mountCommand, mountOf, parseMountinfo, readMounts, SILLY_RENAME_PATTERN, unmount } from './shared-mounts';
 
 const MOUNTINFO = [
   '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw',
@@ -47,4 +52,50 @@ test.each([
   ['data.nfs00000001', false],
 ])('silly-rename name %s -> %s', (name, hidden) => {
   expect(SILLY_RENAME_PATTERN.test(name)).toBe(hidden);
+});
+
+describe('ensureMounted (real bind mounts, root)', () => {
+  let dir: string;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'ferry-mounts-'));
+  });
+  afterEach(async () => {
+    for (const m of (await readMounts()).filter((x) => x.mountPoint.startsWith(dir)).reverse()) await unmount(m.mountPoint).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('mounts once, reuses the mount after, and unmounts', async () => {
+    const src = join(dir, 'src');
+    const at = join(dir, 'at', 'deep');
+    mkdirSync(src);
+    writeFileSync(join(src, 'f'), 'shared bytes');
+    const spec = { name: 'b', type: 'bind' as const, source: src, path: at, options: {} };
+    expect(await ensureMounted(spec)).toEqual({ mounted: true });
+    expect(readFileSync(join(at, 'f'), 'utf8')).toBe('shared bytes');
+    expect(await ensureMounted(spec)).toEqual({ mounted: false });
+    expect((await readMounts()).filter((m) => m.mountPoint === at)).toHaveLength(1);
+    await unmount(at);
+    expect((await readMounts()).filter((m) => m.mountPoint === at)).toHaveLength(0);
+  });
+
+  test('another filesystem at the path, or a server that is not there, is FAILED_PRECONDITION', async () => {
+    const at = join(dir, 'busy');
+    mkdirSync(at);
+    await promisify(execFile)('mount', ['-t', 'tmpfs', 'other', at]);
+    await expect(ensureMounted({ name: 'n', type: 'nfs', source: 'files:/export', path: at, options: {} })).rejects.toMatchObject({
+      code: 'FAILED_PRECONDITION',
+      message: expect.stringContaining('already has a tmpfs mount'),
+    });
+    // Nothing listens on loopback port 9: ssh is refused at once.
+    await expect(
+      ensureMounted({
+        name: 's',
+        type: 'sshfs',
+        source: 'root@127.0.0.1:/x',
+        path: join(dir, 'nowhere'),
+        options: { Port: '9', ConnectTimeout: '2', StrictHostKeyChecking: 'yes', UserKnownHostsFile: '/dev/null' },
+      }),
+    ).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringContaining('cannot mount filesystem s') });
+  });
 });

@@ -107,23 +107,25 @@ export async function connectDirect(
     return { reason: `no direct offer: ${toFerryError(err).message}` };
   }
   if (offer.t === 'decline') return { reason: 'the receiver declined the direct path' };
-  const socket = await new Promise<Socket | Error>((resolve) => {
+  // A tagged result, not `instanceof Error`: errors from Node's internals may come from another realm (jest).
+  const connected = await new Promise<{ socket: Socket } | { error: string }>((resolve) => {
     const s = tcpConnect({ host: offer.host, port: offer.port });
     const timer = setTimeout(() => {
       s.destroy();
-      resolve(new Error(`timed out after ${timeouts.connectMs} ms`));
+      resolve({ error: `timed out after ${timeouts.connectMs} ms` });
     }, timeouts.connectMs);
     s.once('connect', () => {
       clearTimeout(timer);
       s.removeAllListeners('error');
-      resolve(s);
+      resolve({ socket: s });
     });
     s.once('error', (err) => {
       clearTimeout(timer);
-      resolve(err);
+      resolve({ error: err.message });
     });
   });
-  if (socket instanceof Error) return { reason: `cannot connect to ${offer.host}:${offer.port}: ${socket.message}` };
+  if ('error' in connected) return { reason: `cannot connect to ${offer.host}:${offer.port}: ${connected.error}` };
+  const socket = connected.socket;
   const link = new FrameSocket(socket, maxFrameBytes);
   link.send(encode({ v: PROTOCOL_VERSION, t: 'hello', token: offer.token }));
   return { link };

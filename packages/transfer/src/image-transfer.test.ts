@@ -442,17 +442,25 @@ describe('direct path', () => {
     expect((await stat(join(dst, 'core-1.img'))).mode & 0o777).toBe(0o400);
   });
 
-  it('falls back to NATS when the receiver offers no endpoint; transport "direct" then fails UNAVAILABLE', async () => {
+  it('falls back to NATS when the receiver offers no endpoint', async () => {
     const { id, src, dst } = await freshTransfer();
     const content = randomBytes(300_000);
     await writeFile(join(src, 'a.img'), content);
     const receiver = ImageReceiver.start(receiverNc, id, dst);
     await receiver.ready();
-    expect((await rejection(sendImage(senderNc, id, src, { transport: 'direct', idleTimeoutMs: 1_000 }))).code).toBe(ErrorCode.UNAVAILABLE);
-    // The refused attempt sent nothing: the receiver still takes a NATS transfer.
     await expect(sendImage(senderNc, id, src)).resolves.toMatchObject({ transport: 'nats', bytes: content.length });
     await expect(receiver.done).resolves.toMatchObject({ transport: 'nats' });
     expect((await readFile(join(dst, 'a.img'))).equals(content)).toBe(true);
+  });
+
+  it('fails with UNAVAILABLE when the direct path is required and not offered, and aborts the receiver', async () => {
+    const { id, src, dst } = await freshTransfer();
+    await writeFile(join(src, 'a.img'), randomBytes(1000));
+    const receiver = ImageReceiver.start(receiverNc, id, dst);
+    await receiver.ready();
+    expect((await rejection(sendImage(senderNc, id, src, { transport: 'direct' }))).code).toBe(ErrorCode.UNAVAILABLE);
+    expect((await rejection(receiver.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
+    expect(await readdir(dst)).toEqual([]);
   });
 
   it('uses NATS when told to, even with an endpoint on offer', async () => {

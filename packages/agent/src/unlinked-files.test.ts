@@ -1,0 +1,68 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { checkGhostLimit, findUnlinkedFiles } from './unlinked-files';
+
+// A process holding a deleted file through an fd (at offset 7) and another only through a mapping.
+const HOLDER = `
+import ctypes, os, sys, time
+d = sys.argv[1]
+p = os.path.join(d, "fd-held")
+open(p, "wb").write(b"x" * 5000)
+fd = os.open(p, os.O_RDWR | os.O_APPEND)
+os.lseek(fd, 7, 0)
+os.unlink(p)
+m = os.path.join(d, "map-held")
+open(m, "wb").write(b"y" * 8192)
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+mfd = os.open(m, os.O_RDONLY)
+libc.mmap(None, 8192, 1, 1, mfd, 0)
+os.close(mfd)
+os.unlink(m)
+open(os.path.join(d, "ready"), "w").write("1")
+time.sleep(60)
+`;
+
+let dir: string;
+let child: ChildProcess;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ferry-unlinked-'));
+  child = spawn('/usr/bin/python3', ['-c', HOLDER, dir], { stdio: 'ignore' });
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    try {
+      readFileSync(join(dir, 'ready'));
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error('holder did not start');
+});
+
+afterAll(() => {
+  child?.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('finds unlinked files behind fds and behind mappings, with flags, offset and a CRIU key', async () => {
+  const files = await findUnlinkedFiles([child.pid!]);
+  const byName = Object.fromEntries(files.map((f) => [f.path.split('/').pop(), f]));
+  expect(Object.keys(byName).sort()).toEqual(['fd-held', 'map-held']);
+  const held = byName['fd-held'];
+  expect(held).toMatchObject({ kind: 'fd', size: 5000, pos: 7, shared: false });
+  // O_RDWR | O_APPEND kept; O_CLOEXEC (Python sets it) dropped.
+  expect(held.flags).toBe(0o2 | 0o2000);
+  expect(held.key).toMatch(/^file\[[0-9a-f]+:[0-9a-f]+\]$/);
+  expect(byName['map-held']).toMatchObject({ kind: 'mmap', size: 8192, pos: 0, flags: 0, shared: false });
+});
+
+test('local unlinked files over the ghost limit are refused before the freeze, naming them', async () => {
+  const files = await findUnlinkedFiles([child.pid!]);
+  expect(() => checkGhostLimit(files, 1 << 20)).not.toThrow();
+  expect(() => checkGhostLimit(files, 4096)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/fd-held \(5000 bytes\)/) }));
+});
