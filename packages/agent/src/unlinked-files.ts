@@ -13,7 +13,7 @@
  * No byte of the file crosses the network.
  */
 import { link, readFile, readdir, readlink, stat, unlink } from 'node:fs/promises';
-import { openSync, closeSync, constants as fsConstants } from 'node:fs';
+import { openSync, closeSync, constants as fsConstants, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ErrorCode, FerryError } from '@ferry/protocol';
 import { SILLY_RENAME_PATTERN, isSharedFsType, mountOf, parseMountinfo, type MountEntry } from './shared-mounts';
@@ -74,6 +74,13 @@ function deletedPath(target: string): string | null {
 /** Every unlinked-but-open regular file of the given processes, one entry per file. */
 export async function findUnlinkedFiles(pids: number[]): Promise<UnlinkedFile[]> {
   const found = new Map<string, UnlinkedFile>();
+  /** Records the first sighting of a file (an fd wins over a mapping: it carries flags and offset). */
+  const add = (pid: number, path: string, st: Stats, mount: MountEntry, how: Pick<UnlinkedFile, 'kind' | 'flags' | 'pos'>) => {
+    const key = externalKey(mount.mountId, st.ino);
+    if (!found.has(key)) {
+      found.set(key, { key, pid, path, ino: st.ino, size: st.size, mount, shared: isSharedFsType(mount.fsType), ...how });
+    }
+  };
   for (const pid of pids) {
     const mounts = parseMountinfo(await readFile(`/proc/${pid}/mountinfo`, 'utf8'));
     const byId = new Map(mounts.map((m) => [m.mountId, m]));
@@ -84,49 +91,20 @@ export async function findUnlinkedFiles(pids: number[]): Promise<UnlinkedFile[]>
       if (!st?.isFile()) continue;
       const info = await readFile(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
       const field = (name: string) => new RegExp(`^${name}:\\s+(\\S+)`, 'm').exec(info)?.[1];
-      const mountId = Number(field('mnt_id'));
-      const mount = byId.get(mountId) ?? mountOf(mounts, path);
+      const mount = byId.get(Number(field('mnt_id'))) ?? mountOf(mounts, path);
       if (!mount) continue;
-      const key = externalKey(mount.mountId, st.ino);
-      if (found.has(key)) continue;
-      found.set(key, {
-        key,
-        kind: 'fd',
-        pid,
-        path,
-        ino: st.ino,
-        size: st.size,
-        mount,
-        shared: isSharedFsType(mount.fsType),
-        flags: parseInt(field('flags') ?? '0', 8) & KEPT_OPEN_FLAGS,
-        pos: Number(field('pos') ?? 0),
-      });
+      add(pid, path, st, mount, { kind: 'fd', flags: parseInt(field('flags') ?? '0', 8) & KEPT_OPEN_FLAGS, pos: Number(field('pos') ?? 0) });
     }
     const maps = await readFile(`/proc/${pid}/maps`, 'utf8');
     for (const line of maps.split('\n')) {
       const m = /^([0-9a-f]+-[0-9a-f]+) (\S{4}) \S+ \S+ \d+\s+(.*)$/.exec(line);
-      if (!m) continue;
-      const path = deletedPath(m[3]);
-      if (!path) continue;
+      const path = m && deletedPath(m[3]);
+      if (!m || !path) continue;
       const st = await stat(`/proc/${pid}/map_files/${m[1]}`).catch(() => null);
-      if (!st?.isFile()) continue;
       const mount = mountOf(mounts, path);
-      if (!mount) continue;
-      const key = externalKey(mount.mountId, st.ino);
-      if (found.has(key)) continue;
+      if (!st?.isFile() || !mount) continue;
       const writableShared = m[2][1] === 'w' && m[2][3] === 's';
-      found.set(key, {
-        key,
-        kind: 'mmap',
-        pid,
-        path,
-        ino: st.ino,
-        size: st.size,
-        mount,
-        shared: isSharedFsType(mount.fsType),
-        flags: writableShared ? fsConstants.O_RDWR : fsConstants.O_RDONLY,
-        pos: 0,
-      });
+      add(pid, path, st, mount, { kind: 'mmap', flags: writableShared ? fsConstants.O_RDWR : fsConstants.O_RDONLY, pos: 0 });
     }
   }
   return [...found.values()];

@@ -116,7 +116,7 @@ describe('dev cluster (real namespaces)', () => {
     expect(state.status).toBe('running');
     expect(readClusterState(cluster.name)).toEqual(state);
     expect(state.processes.map((p) => `${p.role}${p.host ?? ''}`).sort()).toEqual(
-      ['agenth1', 'agenth2', 'coordinator', 'nats', 'redis'].sort(),
+      ['agenth1', 'agenth2', 'coordinator', 'nats', 'redis', 'sshdstorage'].sort(),
     );
     for (const p of state.processes) {
       expect(isProcessAlive(p)).toBe(true);
