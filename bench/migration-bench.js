@@ -25,7 +25,9 @@ const CLUSTER = 'bench';
 /** 198.18.240.0/24: no test uses it. */
 const SUBNET_INDEX = 240;
 const SIZES_MIB = (process.env.BENCH_SIZES_MIB || '64,512,1024').split(',').map(Number);
-const METHODS = (process.env.BENCH_METHODS || 'ferry,criu').split(',');
+/** ferry = `--transport auto` (direct TCP stream, else NATS), ferry-nats, ferry-ps (page-server), criu (by hand). */
+const METHODS = (process.env.BENCH_METHODS || 'ferry,ferry-ps,criu').split(',');
+const FERRY_TRANSPORTS = { ferry: 'auto', 'ferry-nats': 'nats', 'ferry-ps': 'page-server' };
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
 const MIB = 1024 * 1024;
 /** Bytes of the raw TCP and bare NATS streams. */
@@ -146,20 +148,21 @@ async function bareNatsStream(hostNatsUrl) {
 
 // ---- the two methods ----
 
-async function ferryMigration(ctx, mib) {
-  const name = `bf${mib}`;
+async function ferryMigration(ctx, mib, transport) {
+  const name = `bf${mib}${transport.slice(0, 2)}`;
   const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
   await launch(ctx.natsUrl, name, mib, heartbeatFile);
   const cpuBefore = ctx.clusterCpu();
   const startS = Date.now() / 1000;
-  const result = await ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', ...MIGRATE_ARGS]);
+  const result = await ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', '--transport', transport, ...MIGRATE_ARGS]);
   const totalMs = Date.now() - startS * 1000;
   const cpu = ctx.clusterCpu() - cpuBefore;
   await sleep(SETTLE_MS);
   if (result.state !== 'succeeded') throw new Error(`ferry migration of ${name} ended ${result.state}: ${JSON.stringify(result.error)}`);
   const downtimeMs = maxGapMs(heartbeatFile, startS);
   await ferry(ctx.natsUrl, ['stop', name]);
-  const transferMs = result.phases.transferMs;
+  // With the page server the pages move during the dump: count both phases.
+  const transferMs = result.phases.transferMs + (result.transport === 'page-server' ? result.phases.dumpMs : 0);
   return {
     method: `ferry (${result.transport})`,
     downtimeMs,
@@ -167,7 +170,7 @@ async function ferryMigration(ctx, mib) {
     mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,
     totalMs,
     cpu,
-    detail: `dump ${result.phases.dumpMs} ms, transfer ${transferMs} ms, restore ${result.phases.restoreMs} ms`,
+    detail: `dump ${result.phases.dumpMs} ms, transfer ${result.phases.transferMs} ms, restore ${result.phases.restoreMs} ms, ${(result.bytesTransferred / MIB).toFixed(0)} MiB`,
   };
 }
 
@@ -293,7 +296,7 @@ async function main() {
     for (const mib of SIZES_MIB) {
       for (const method of METHODS) {
         log(`${mib} MiB: ${method}`);
-        const r = method === 'criu' ? await criuPageServerMigration(ctx, mib) : await ferryMigration(ctx, mib);
+        const r = method === 'criu' ? await criuPageServerMigration(ctx, mib) : await ferryMigration(ctx, mib, FERRY_TRANSPORTS[method]);
         rows.push({ mib, ...r });
         log(`${mib} MiB ${r.method}: downtime ${fmt(r.downtimeMs)} ms, ${fmt(r.mbps)} MB/s, total ${fmt(r.totalMs)} ms; ${r.detail}`);
       }

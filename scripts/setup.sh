@@ -11,6 +11,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 bash scripts/install-system.sh
+# helm for the chart tests (built from its Go module once, then cached in .tools/).
+bash scripts/install-helm.sh
+# A Kafka broker's jars for `ferry dev up --kafka` and the Kafka tests (fetched once, cached in .tools/kafka).
+bash scripts/install-kafka.sh
 
 # npm dependencies: install from the lockfile when node_modules is missing or older than it.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { cp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { z } from 'zod';
@@ -32,6 +32,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  // Debugging aid: FERRY_TEST_KEEP_LOGS=DIR keeps the cluster's logs.
+  if (process.env.FERRY_TEST_KEEP_LOGS) await cp(state().layout.logDir, process.env.FERRY_TEST_KEEP_LOGS, { recursive: true }).catch(() => undefined);
   for (const c of coordinators) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   await cluster?.stop();
   for (const w of workloads.values()) await w.remove();

@@ -49,7 +49,7 @@ test('a 64 MiB workload migrates h1 -> h2 -> h1 with memory intact, counter cont
     expect(res.stderr).toBe('');
     expect(res.code).toBe(0);
     const m = res.json;
-    expect(m).toMatchObject({ workload: 'counter', to, state: 'succeeded', transport: 'nats' });
+    expect(m).toMatchObject({ workload: 'counter', to, state: 'succeeded', transport: 'direct' });
     expect(m.bytesTransferred).toBeGreaterThan(64 * 1024 * 1024);
     expect(m.downtimeMs).toBeGreaterThan(0);
     expect(m.totalMs).toBeGreaterThanOrEqual(m.downtimeMs);

@@ -35,6 +35,10 @@ export interface TestCluster {
   name: string;
   natsUrl: string;
   nc: NatsConnection;
+  /** The coordinator's metrics + HTTP API server, e.g. http://127.0.0.1:PORT (a free port per cluster). */
+  httpUrl: string;
+  /** host:port of the cluster's Kafka broker when started with `kafka: true`. */
+  kafkaBrokers: string | null;
   /** Runs the real `ferry` CLI against this cluster. */
   ferry(args: string[], timeoutMs?: number): Promise<CliResult>;
   stop(): Promise<void>;
@@ -43,13 +47,28 @@ export interface TestCluster {
 export async function startTestCluster(name: string, subnetIndex: number, opts: Partial<LocalClusterOptions> = {}): Promise<TestCluster> {
   const natsPort = await freePort();
   const redisPort = await freePort();
+  // Never the default 9464: clusters of other tests (and `npm start`'s) run at the same time.
+  const httpPort = await freePort();
+  const kafkaPort = opts.kafka ? await freePort() : undefined;
   await stopLocalCluster(name).catch(() => undefined);
-  const state = await startLocalCluster({ name, hosts: 2, subnetIndex, natsPort, redisPort, readyTimeoutMs: 90_000, ...opts });
+  const state = await startLocalCluster({
+    name,
+    hosts: 2,
+    subnetIndex,
+    natsPort,
+    redisPort,
+    readyTimeoutMs: 90_000,
+    kafkaPort,
+    ...opts,
+    coordinatorEnv: { FERRY_HTTP_PORT: String(httpPort), ...opts.coordinatorEnv },
+  });
   const nc = await connect({ servers: state.natsUrl });
   return {
     name,
     natsUrl: state.natsUrl,
     nc,
+    httpUrl: `http://127.0.0.1:${httpPort}`,
+    kafkaBrokers: kafkaPort ? `127.0.0.1:${kafkaPort}` : null,
     async ferry(args, timeoutMs = 120_000) {
       try {
         const { stdout, stderr } = await exec(process.execPath, [FERRY_BIN, ...args], {

@@ -19,6 +19,7 @@ import {
   MigrationRef,
   NameRequest,
   ReceiveRequest,
+  RestoreRequest,
   RunRequest,
   encode,
   request,
@@ -27,6 +28,7 @@ import {
   toFerryError,
   PROTOCOL_VERSION,
   type CheckpointReply,
+  type ReceiveReply,
   type CriuInfo,
   type Heartbeat,
   type MigrationRecordReply,
@@ -49,6 +51,7 @@ import { checkGhostLimit, closeInherited, findUnlinkedFiles, openPins, pinShared
 import { listTree } from './process-tree';
 import { checkCpuinfo, dumpCpuinfo } from './cpu-compat';
 import type { AgentOptions } from './agent-options';
+import { LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
 
 /** Written next to CRIU's images: what the target needs to adopt the workload. */
 interface WorkloadManifest {
@@ -76,6 +79,8 @@ interface IncomingMigration {
   progressTimer: NodeJS.Timeout;
   /** Mount points receive() mounted for this migration (unmounted again on discard). */
   mountedPaths: string[];
+  /** With the page-server transport: CRIU's page server writing the memory pages into `dir`. */
+  pageServer?: PageServer;
 }
 
 export interface AgentDeps {
@@ -130,7 +135,7 @@ export class Agent {
     on(AgentVerb.STOP, NameRequest, async (req) => this.stop(req.name));
     on(AgentVerb.RECEIVE, ReceiveRequest, async (req) => this.receive(req));
     on(AgentVerb.CHECKPOINT, CheckpointRequest, async (req) => ({ ...(await this.checkpoint(req)) }));
-    on(AgentVerb.RESTORE, MigrationRef, async (req) => ({ ...(await this.restore(req)) }));
+    on(AgentVerb.RESTORE, RestoreRequest, async (req) => ({ ...(await this.restore(req)) }));
     on(AgentVerb.RELEASE, MigrationRef, async (req) => this.release(req));
     on(AgentVerb.RESUME, MigrationRef, async (req) => this.resume(req));
     on(AgentVerb.DISCARD, MigrationRef, async (req) => this.discard(req));
@@ -150,6 +155,7 @@ export class Agent {
     for (const inc of this.incoming.values()) {
       clearInterval(inc.progressTimer);
       inc.receiver.abort('agent shutting down');
+      inc.pageServer?.stop();
     }
   }
 
@@ -306,7 +312,7 @@ export class Agent {
 
   // ---- migration: target side ----
 
-  async receive(req: ReceiveRequest): Promise<void> {
+  async receive(req: ReceiveRequest): Promise<ReceiveReply> {
     if (this.incoming.has(req.migrationId)) throw new FerryError(ErrorCode.CONFLICT, `migration ${req.migrationId} is already being received`);
     const existing = this.deps.inventory.get(req.workload);
     if (existing && existing.state !== 'exited') {
@@ -333,18 +339,28 @@ export class Agent {
       );
     }, PROGRESS_INTERVAL_MS);
     receiver.done.finally(() => clearInterval(progressTimer)).catch(() => undefined);
-    this.incoming.set(req.migrationId, { migrationId: req.migrationId, workload: req.workload, dir, receiver, restoredPid: null, progressTimer, mountedPaths });
+    const incoming: IncomingMigration = { migrationId: req.migrationId, workload: req.workload, dir, receiver, restoredPid: null, progressTimer, mountedPaths };
+    this.incoming.set(req.migrationId, incoming);
     // The source starts sending as soon as we reply; the server must have our subscription first.
     await receiver.ready();
-    this.log.info({ migrationId: req.migrationId, source: req.source }, 'receiving image');
+    if (req.pageServer) {
+      incoming.pageServer = await PageServer.start(this.deps.criu, dir, this.opts.address, this.log.child({ migrationId: req.migrationId }));
+    }
+    this.log.info({ migrationId: req.migrationId, source: req.source, pageServer: req.pageServer }, 'receiving image');
+    const ps = incoming.pageServer;
+    return ps ? { pageServer: { address: ps.address, port: ps.port } } : {};
   }
 
-  async restore(req: MigrationRef): Promise<RestoreReply> {
+  async restore(req: RestoreRequest): Promise<RestoreReply> {
     const inc = this.incoming.get(req.migrationId);
     if (!inc) throw new FerryError(ErrorCode.NOT_FOUND, `no image received for migration ${req.migrationId}`);
     if (inc.workload !== req.workload) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `migration ${req.migrationId} carries ${inc.workload}, not ${req.workload}`);
     await inc.receiver.done.catch((err) => {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `image for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
+    });
+    // The page server exits 0 only once the dump sent every page.
+    await inc.pageServer?.done.catch((err) => {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `memory pages for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
     });
     const manifest = await this.readManifest(inc.dir, req.workload);
     await this.placeWorkloadLog(inc.dir, manifest);
@@ -353,8 +369,18 @@ export class Agent {
     const sys = this.deps.syscalls;
     const inherited = openPins(manifest.pins ?? [], (fd, pos) => sys.lseek(fd, pos, SEEK_SET));
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
+    let lazy: LazyPagesDaemon | undefined;
     try {
-      restored = await this.deps.criu.restore({ imagesDir: inc.dir, pidFile: join(inc.dir, 'restored.pid'), inheritFds: inherited });
+      if (req.lazyPages) lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir);
+      restored = await this.deps.criu.restore({
+        imagesDir: inc.dir,
+        pidFile: join(inc.dir, 'restored.pid'),
+        inheritFds: inherited,
+        extraArgs: lazy ? ['--lazy-pages'] : [],
+      });
+    } catch (err) {
+      lazy?.stop();
+      throw err;
     } finally {
       this.restoring.delete(req.migrationId);
       closeInherited(inherited);
@@ -377,8 +403,16 @@ export class Agent {
       migration: { id: req.migrationId, role: 'target' },
       mounts: manifest.mounts ?? [],
     });
-    this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started }, 'workload restored');
-    return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt };
+    if (lazy) {
+      // Running already, but not confirmed before every page is in: until then the source keeps
+      // its frozen copy, and a failure here rolls back (discard kills this copy, the source thaws).
+      await lazy.done.catch((err) => {
+        throw new FerryError(ErrorCode.RESTORE_FAILED, `lazy restore of ${req.workload} could not fill its memory: ${toFerryError(err).message}`, { cause: err });
+      });
+    }
+    this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started, lazy: req.lazyPages }, 'workload restored');
+    const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : 0;
+    return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt, pageBytes };
   }
 
   /** The coordinator confirmed the whole migration: the restored copy is ours for good. */
@@ -401,6 +435,7 @@ export class Agent {
     if (inc) {
       clearInterval(inc.progressTimer);
       inc.receiver.abort('migration rolled back');
+      inc.pageServer?.stop();
       this.incoming.delete(req.migrationId);
     }
     const rec = this.deps.inventory.get(req.workload);
@@ -496,6 +531,8 @@ export class Agent {
         imagesDir: dir,
         leaveStopped: true,
         externalFiles: pins.map((p) => p.key),
+        // Memory pages go straight to the target's page server; the other images stay here for the stream.
+        extraArgs: req.pageServer ? ['--page-server', '--address', req.pageServer.address, '--port', String(req.pageServer.port)] : [],
       });
       dumpMs = dumped.durationMs;
     } catch (err) {
@@ -525,7 +562,8 @@ export class Agent {
     await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
     const sent = await sendImage(this.deps.nc, req.transferId, dir, {
       idleTimeoutMs: req.idleTimeoutMs,
-      transport: req.transport,
+      // With the page server, only the small images remain: they take the best stream there is.
+      transport: req.transport === 'page-server' ? 'auto' : req.transport,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
     this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs, transport: sent.transport }, 'image sent');
@@ -535,7 +573,7 @@ export class Agent {
       bytes: sent.bytes,
       files: sent.files,
       frozenAt,
-      transport: sent.transport,
+      transport: req.pageServer ? 'page-server' : sent.transport,
     };
   }
 

@@ -139,7 +139,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const driver = new CriuDriver({ criuPath: options.criuPath, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS }, options.logger);
   const unusable = (version: string, checkOk: boolean, problem: string): CriuProbeResult => ({
-    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, problem, durationMs: elapsedMs(),
+    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, problem, durationMs: elapsedMs(),
   });
 
   let version: string;
@@ -152,6 +152,8 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     return unusable(version, false, `criu ${version} is too old: ferry needs ${MIN_CRIU_MAJOR_VERSION}.0 or later`);
   }
   const check = await driver.check().catch((err: unknown) => ({ ok: false, output: describe(err) }));
+  // Lazy restore needs userfaultfd with fork/remap events (CRIU's "uffd-noncoop").
+  const lazyPages = await driver.run(['check', '--feature', 'uffd-noncoop']).then((r) => r.exitCode === 0, () => false);
   const decision = await decideFaultInjection((faultInjection) => attemptDumpRestore(options, faultInjection));
   const problems = [
     ...(check.ok ? [] : [`criu check failed: ${check.output.split('\n').slice(-5).join(' | ')}`]),
@@ -163,6 +165,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     checkOk: check.ok,
     needsFaultInjection: decision.needsFaultInjection,
     dumpRestoreOk: decision.dumpRestoreOk,
+    lazyPages,
     durationMs: elapsedMs(),
   };
   if (problems.length > 0) result.problem = problems.join('; ').slice(0, 4096);

@@ -39,6 +39,7 @@ interface InventoryFile {
 export class Inventory {
   private readonly records = new Map<string, WorkloadRecord>();
   private readonly owned = new Set<string>();
+  private saving: Promise<void> = Promise.resolve();
 
   constructor(private readonly file: string) {}
 
@@ -89,8 +90,18 @@ export class Inventory {
     return this.all().some((r) => r.name !== except && r.state !== 'exited' && (r.mounts ?? []).some((m) => m.path === path));
   }
 
-  /** Writes to a temporary file and renames it, so a crash never leaves a half-written inventory. */
-  async save(): Promise<void> {
+  /**
+   * Writes to a temporary file and renames it, so a crash never leaves a half-written inventory.
+   * Saves are serialized: concurrent migrations on one host save at once, and two writers of one
+   * temporary file rename it from under each other (ENOENT) or land an older snapshot last.
+   */
+  save(): Promise<void> {
+    const next = this.saving.catch(() => undefined).then(() => this.writeNow());
+    this.saving = next;
+    return next;
+  }
+
+  private async writeNow(): Promise<void> {
     await mkdir(dirname(this.file), { recursive: true, mode: 0o700 });
     const tmp = `${this.file}.tmp`;
     const file: InventoryFile = { workloads: this.all(), ownedMounts: [...this.owned] };

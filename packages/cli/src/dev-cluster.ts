@@ -8,6 +8,8 @@ import { connect } from 'nats';
 import { CoordVerb, ErrorCode, FerryError, HostInfo, request, subjects } from '@ferry/protocol';
 import { rm } from 'node:fs/promises';
 import { startDevCluster, stopDevCluster, type DevClusterInput, type DevClusterState, DEV_STATE_ROOT } from './dev';
+import { startKafkaBroker, stopKafkaBroker } from './kafka-broker';
+import { bootstrapDevHost } from './dev-bootstrap';
 
 export interface LocalClusterOptions {
   name?: string;
@@ -22,6 +24,21 @@ export interface LocalClusterOptions {
   /** Extra environment for the coordinator. */
   coordinatorEnv?: Record<string, string>;
   readyTimeoutMs?: number;
+  /** Also start a single-node Kafka broker (KRaft) and point the coordinator at it. */
+  kafka?: boolean;
+  /** Its client port on 127.0.0.1 (default 9092; 0: a free one). */
+  kafkaPort?: number;
+  /** Start no agents directly: run sshd in every host and bootstrap each agent through it (`ferry dev up --ssh`). */
+  ssh?: boolean;
+  /** Hosts whose agent is started directly (default all); with `hostSshd`, the others can be added by `ferry hosts add`. */
+  agentHosts?: string[];
+  /** Run an OpenSSH server in every agent host (implied by `ssh`). */
+  hostSshd?: boolean;
+}
+
+/** Where a cluster's Kafka broker keeps its log dirs and pid (outside the dev state dir, which `dev up` rewrites). */
+export function kafkaDataDir(name: string): string {
+  return join('/run/ferry/kafka', name);
 }
 
 function programPath(pkg: string): string {
@@ -36,6 +53,11 @@ export function clusterDataDir(name: string): string {
 /** Starts nats, redis, the coordinator and one agent per host; resolves when every host is registered and alive. */
 export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise<DevClusterState> {
   const name = opts.name ?? 'ferry';
+  const kafkaEnv: Record<string, string> = {};
+  if (opts.kafka) {
+    const broker = await startKafkaBroker({ port: opts.kafkaPort ?? 9092, dataDir: kafkaDataDir(name) });
+    kafkaEnv.FERRY_KAFKA_BROKERS = broker.brokers;
+  }
   const input: DevClusterInput = {
     name,
     hosts: opts.hosts,
@@ -43,9 +65,11 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     natsPort: opts.natsPort,
     redisPort: opts.redisPort,
     readyTimeoutMs: opts.readyTimeoutMs,
+    agentHosts: opts.ssh ? [] : opts.agentHosts,
+    hostSshd: opts.ssh || opts.hostSshd,
     coordinatorCommand: (c) => ({
       argv: [process.execPath, programPath('@ferry/coordinator')],
-      env: { FERRY_NATS_URL: c.natsUrl, FERRY_REDIS_URL: c.redisUrl, FERRY_FILESYSTEMS: c.filesystemsFile, ...opts.coordinatorEnv },
+      env: { FERRY_NATS_URL: c.natsUrl, FERRY_REDIS_URL: c.redisUrl, FERRY_FILESYSTEMS: c.filesystemsFile, ...kafkaEnv, ...opts.coordinatorEnv },
     }),
     agentCommand: (h) => ({
       argv: [process.execPath, programPath('@ferry/agent')],
@@ -64,7 +88,30 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
       await waitForHosts(natsUrl, hosts, opts.readyTimeoutMs ?? 60_000);
     },
   };
-  return startDevCluster(input);
+  try {
+    const state = await startDevCluster(input);
+    if (opts.ssh) await bootstrapAllHosts(state, opts).catch(async (err: unknown) => {
+      await stopDevCluster(name).catch(() => undefined);
+      throw err;
+    });
+    return state;
+  } catch (err) {
+    if (opts.kafka) await stopKafkaBroker(kafkaDataDir(name)).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** `dev up --ssh`: every host's agent installed through its sshd, one host after another. */
+async function bootstrapAllHosts(state: DevClusterState, opts: LocalClusterOptions): Promise<void> {
+  for (const host of state.layout.hosts) {
+    await bootstrapDevHost(state, host.name, {
+      dataDir: clusterDataDir(state.name),
+      workDir: join('/run/ferry/work', state.name, host.name),
+      extraEnv: { ...opts.agentEnv, ...opts.agentEnvFor?.(host.name) },
+      registerTimeoutMs: opts.readyTimeoutMs,
+      waitUntilRegistered: (h, timeoutMs) => waitForHosts(state.natsUrl, [h], timeoutMs),
+    });
+  }
 }
 
 /** Polls the coordinator until every named host is alive. */
@@ -93,6 +140,8 @@ export async function waitForHosts(natsUrl: string, hosts: string[], timeoutMs: 
 /** Stops everything the cluster started (workloads too) and removes its namespaces, bridge, mounts and files. */
 export async function stopLocalCluster(name = 'ferry'): Promise<void> {
   await stopDevCluster(name);
+  await stopKafkaBroker(kafkaDataDir(name));
+  await rm(kafkaDataDir(name), { recursive: true, force: true });
   // Agents' tmpfs work dirs lived in their hosts' mount namespaces and went with them; the empty
   // mount points remain on the machine's filesystem.
   await rm(join('/run/ferry/work', name), { recursive: true, force: true });

@@ -4,6 +4,7 @@ import { registerCordon } from './commands/cordon';
 import { registerDev } from './commands/dev';
 import { registerDrain } from './commands/drain';
 import { registerDemo } from './commands/demo';
+import { registerEvents } from './commands/events';
 import { registerHosts } from './commands/hosts';
 import { registerMigrate } from './commands/migrate';
 import { registerPs } from './commands/ps';
@@ -25,6 +26,7 @@ registerMigrate(program);
 registerStatus(program);
 registerCordon(program);
 registerDrain(program);
+registerEvents(program);
 registerDev(program);
 registerDemo(program);
 

@@ -21,14 +21,21 @@ interface HostEntry {
   workloads: WorkloadInfo[];
 }
 
+/** How long a finished migration overrides heartbeats that may have been taken before it (several beats). */
+const RECENT_MOVE_MS = 5_000;
+
 export interface HostRegistryEvents {
   joined: [host: string];
   lost: [host: string];
   restarted: [host: string];
+  /** setCordoned changed the flag (true: cordoned). */
+  cordon: [host: string, cordoned: boolean];
 }
 
 export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   private readonly hosts = new Map<string, HostEntry>();
+  /** Migrations that just finished, by workload (see withRecentMoves). */
+  private readonly recentMoves = new Map<string, { from: string; to: string; entry: WorkloadInfo; until: number }>();
   /**
    * Only the leading coordinator writes hosts to Redis: a standby's view of `cordoned` may be
    * stale and must never overwrite the leader's.
@@ -98,7 +105,7 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
       cordoned: prev?.cordoned ?? false,
       lastHeartbeatAt: this.now(),
       state: 'alive',
-      workloads: isRegistration ? (prev?.workloads ?? []) : hb.workloads,
+      workloads: isRegistration ? (prev?.workloads ?? []) : this.withRecentMoves(hb.host, hb.workloads),
     };
     this.hosts.set(hb.host, entry);
     if (!prev || prev.state === 'lost' || prev.bootId !== hb.bootId || prev.address !== hb.address) {
@@ -123,7 +130,9 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   async setCordoned(host: string, cordoned: boolean): Promise<void> {
     const e = this.require(host);
     await this.persist({ ...e, cordoned });
+    const changed = e.cordoned !== cordoned;
     e.cordoned = cordoned;
+    if (changed) this.emit('cordon', host, cordoned);
   }
 
   has(host: string): boolean {
@@ -215,8 +224,34 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
     const moved = src?.workloads.find((w) => w.name === name);
     if (src) src.workloads = src.workloads.filter((w) => w.name !== name);
     if (dst && moved) {
-      dst.workloads = [...dst.workloads.filter((w) => w.name !== name), { ...moved, host: to, pid, state: 'running' }];
+      const entry: WorkloadInfo = { ...moved, host: to, pid, state: 'running' };
+      dst.workloads = [...dst.workloads.filter((w) => w.name !== name), entry];
+      this.recentMoves.set(name, { from, to, entry, until: this.now() + RECENT_MOVE_MS });
     }
+  }
+
+  /**
+   * A heartbeat taken before a migration finished, arriving after it, must not undo the move the
+   * coordinator applied: the target's would drop the workload, the source's would bring back its
+   * frozen copy. Until the target reports the workload itself (or the move is old), the move wins.
+   */
+  private withRecentMoves(host: string, workloads: WorkloadInfo[]): WorkloadInfo[] {
+    if (this.recentMoves.size === 0) return workloads;
+    const now = this.now();
+    let out = workloads;
+    for (const [name, mv] of this.recentMoves) {
+      if (mv.until < now) {
+        this.recentMoves.delete(name);
+        continue;
+      }
+      if (host === mv.to) {
+        if (out.some((w) => w.name === name && w.pid === mv.entry.pid)) this.recentMoves.delete(name);
+        else out = [...out.filter((w) => w.name !== name), mv.entry];
+      } else if (host === mv.from) {
+        out = out.filter((w) => w.name !== name);
+      }
+    }
+    return out;
   }
 
   /** Records a workload the coordinator just had started, before its host's next heartbeat. */

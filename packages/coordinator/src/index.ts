@@ -12,3 +12,9 @@ export type { Placement, PlacementHost, PlacementWorkload, PlacementOptions } fr
 export { LeaderLease } from './leader-lease';
 export { MigrationSlots } from './migration-slots';
 export { loadFilesystemsFile, resolveMounts } from './filesystems';
+export { EventJournal, DEFAULT_RECENT_EVENTS_LIMIT } from './lifecycle-events';
+export { CoordinatorMetrics } from './coordinator-metrics';
+export { createHttpServer, listenHttpServer, HTTP_STATUS, OPENAPI_PATH } from './http-api';
+export { KafkaBridge, KafkaRequest, defaultKafkaBridgeOptions } from './kafka-bridge';
+export { startObservability, compileObservabilityOptions, defaultObservabilityOptions, DEFAULT_HTTP_PORT } from './observability';
+export type { ObservabilityOptions, RunningObservability } from './observability';

@@ -22,6 +22,15 @@ async function main(): Promise<void> {
       coordinatorId: env.FERRY_COORDINATOR_ID || undefined,
     },
     logger,
+    {
+      httpAddress: env.FERRY_HTTP_ADDRESS || undefined,
+      // "off" serves no HTTP at all; 0 takes any free port.
+      httpPort: env.FERRY_HTTP_PORT === 'off' ? null : num(env.FERRY_HTTP_PORT),
+      kafkaBrokers: env.FERRY_KAFKA_BROKERS ? env.FERRY_KAFKA_BROKERS.split(',').map((b) => b.trim()).filter(Boolean) : undefined,
+      kafkaEventsTopic: env.FERRY_KAFKA_EVENTS_TOPIC || undefined,
+      kafkaRequestsTopic: env.FERRY_KAFKA_REQUESTS_TOPIC || undefined,
+      recentEventsLimit: num(env.FERRY_EVENTS_LIMIT),
+    },
   );
   logger.info('coordinator ready');
   const shutdown = (signal: string) => {

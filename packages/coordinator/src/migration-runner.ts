@@ -16,6 +16,7 @@ import {
   CpuinfoReply,
   ErrorCode,
   FerryError,
+  ReceiveReply,
   RestoreReply,
   encode,
   request,
@@ -26,6 +27,7 @@ import {
   type Logger,
   type MigrationEvent,
   type MigrationResult,
+  type RestoreMode,
   type TransportPreference,
 } from '@ferry/protocol';
 import type { CoordinatorOptions } from './coordinator-options';
@@ -44,6 +46,8 @@ export interface MigrateParams {
   requestId?: string;
   /** The image's data path; default auto. */
   transport?: TransportPreference;
+  /** Default: lazy when the target's CRIU probe allows it. */
+  restore?: RestoreMode;
   /** Hosts placement must not pick (e.g. a drain retrying after a failed pre-flight). */
   exclude?: ReadonlySet<string>;
 }
@@ -110,6 +114,7 @@ export class MigrationRunner {
       frozenAt: null,
       placement,
       transportPreference: params.transport ?? 'auto',
+      ...(params.restore ? { restore: params.restore } : {}),
     };
     this.slots.add(id, { from: m.from, to: m.to, rssBytes: workload.rssBytes });
     try {
@@ -191,16 +196,24 @@ export class MigrationRunner {
     try {
       await this.step(m, 'preflight', 'running');
       await this.preflight(m);
+      // Decided before anything is frozen, from the target's probe.
+      const lazyOk = this.registry.describe(m.to).criu.lazyPages;
+      if (m.restore === 'lazy' && !lazyOk) {
+        throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${m.to} cannot restore lazily (its CRIU probe found no userfaultfd support)`);
+      }
+      m.restore = m.restore ?? (lazyOk ? 'lazy' : 'eager');
 
       await this.step(m, 'receiving');
-      await this.callAgent(m.to, AgentVerb.RECEIVE, {
+      const transport = m.transportPreference ?? 'auto';
+      const received = await this.callAgent(m.to, AgentVerb.RECEIVE, {
         migrationId: m.id,
         transferId: m.transferId,
         workload: m.workload,
         source: m.from,
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
         mounts: this.registry.findWorkload(m.workload)?.mounts ?? [],
-      }, Empty, this.opts.agentRequestTimeoutMs);
+        pageServer: transport === 'page-server',
+      }, ReceiveReply, this.opts.agentRequestTimeoutMs);
 
       await this.step(m, 'checkpointing');
       frozen = true;
@@ -211,7 +224,8 @@ export class MigrationRunner {
         workload: m.workload,
         target: m.to,
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
-        transport: m.transportPreference ?? 'auto',
+        transport,
+        ...(received.pageServer ? { pageServer: received.pageServer } : {}),
       }, CheckpointReply, this.opts.checkpointTimeoutMs, [m.to]);
       m.frozenAt = cp.frozenAt;
       m.transport = cp.transport;
@@ -221,10 +235,17 @@ export class MigrationRunner {
 
       await this.step(m, 'restoring');
       restoreRequested = true;
-      const rs = await this.callAgent(m.to, AgentVerb.RESTORE, { migrationId: m.id, workload: m.workload }, RestoreReply, this.opts.restoreTimeoutMs);
+      const rs = await this.callAgent(
+        m.to,
+        AgentVerb.RESTORE,
+        { migrationId: m.id, workload: m.workload, lazyPages: m.restore === 'lazy' },
+        RestoreReply,
+        this.opts.restoreTimeoutMs,
+      );
       restoredOnTarget = true;
       m.pid = rs.pid;
       m.phases.restoreMs = rs.restoreMs;
+      m.bytesTransferred += rs.pageBytes;
       m.downtimeMs = Math.max(0, rs.resumedAt - cp.frozenAt);
 
       await this.step(m, 'releasing');

@@ -3,6 +3,7 @@ export * from './errors';
 export { encode, decode, MAX_CONTROL_MESSAGE_BYTES } from './codec';
 export { subjects, AgentVerb, CoordVerb, isValidToken } from './subjects';
 export * from './schemas';
+export { LifecycleEvent, LifecycleStep } from './lifecycle-event';
 export { request, serve, parseMessage, encodeError, DEFAULT_REQUEST_TIMEOUT_MS } from './rpc';
 export type { RequestOptions, Handler, ServeOptions } from './rpc';
 export { silentLogger } from './logger';

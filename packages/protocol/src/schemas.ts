@@ -34,6 +34,8 @@ export const CriuInfo = z.object({
   needsFaultInjection: z.boolean(),
   /** The throwaway dump/restore worked (with or without fault injection). */
   dumpRestoreOk: z.boolean(),
+  /** `criu check --feature uffd-noncoop`: restores can be lazy (memory filled after the tree runs). */
+  lazyPages: z.boolean().default(false),
   /** Why it is not usable, when it is not. */
   problem: z.string().max(4096).optional(),
 });
@@ -109,12 +111,23 @@ export const MigrationStep = z.enum([
 ]);
 export type MigrationStep = z.infer<typeof MigrationStep>;
 
-/** The image transfer's data path. */
-export const Transport = z.enum(['nats', 'direct']);
+/**
+ * The image's data path: ferry's chunk stream through nats-server (`nats`) or over TCP between the
+ * agents (`direct`), or `page-server`: memory pages over CRIU's own page-server connection from the
+ * source's `criu dump` to a `criu page-server` on the target, the other images by ferry's stream.
+ */
+export const Transport = z.enum(['nats', 'direct', 'page-server']);
 export type Transport = z.infer<typeof Transport>;
-/** What a migration asks for: `auto` takes direct when the hosts reach each other, else NATS. */
-export const TransportPreference = z.enum(['auto', 'direct', 'nats']);
+/**
+ * What a migration asks for: `auto` takes direct when the hosts reach each other, else NATS;
+ * `page-server` needs the source to reach the target over TCP (no fallback: the dump fails).
+ */
+export const TransportPreference = z.enum(['auto', 'direct', 'nats', 'page-server']);
 export type TransportPreference = z.infer<typeof TransportPreference>;
+
+/** How the target restores: all memory first (eager), or running first, memory filled behind (lazy). */
+export const RestoreMode = z.enum(['eager', 'lazy']);
+export type RestoreMode = z.infer<typeof RestoreMode>;
 
 export const MigrationResult = z.object({
   id: Id,
@@ -131,6 +144,8 @@ export const MigrationResult = z.object({
   bytesTransferred: z.number().int().nonnegative(),
   /** How the image travelled: through nats-server, or over a TCP connection between the agents. */
   transport: Transport,
+  /** Absent in records from before restore modes existed (they were eager). */
+  restore: RestoreMode.optional(),
   phases: z.object({
     dumpMs: z.number().nonnegative(),
     transferMs: z.number().nonnegative(),
@@ -171,8 +186,17 @@ export const ReceiveRequest = z.object({
   idleTimeoutMs: z.number().int().positive().max(600_000),
   /** Mounted (unless already there) before anything is frozen: a failure here changes nothing. */
   mounts: z.array(MountSpec).max(32).default([]),
+  /** Start a `criu page-server` for the source's dump to send the memory pages to. */
+  pageServer: z.boolean().default(false),
 });
 export type ReceiveRequest = z.infer<typeof ReceiveRequest>;
+
+/** Where a target's `criu page-server` listens. */
+export const PageServerEndpoint = z.object({ address: z.string().min(1).max(64), port: z.number().int().min(1).max(65_535) });
+export type PageServerEndpoint = z.infer<typeof PageServerEndpoint>;
+
+export const ReceiveReply = z.object({ pageServer: PageServerEndpoint.optional() });
+export type ReceiveReply = z.infer<typeof ReceiveReply>;
 
 export const CheckpointRequest = z.object({
   v: Version,
@@ -183,6 +207,8 @@ export const CheckpointRequest = z.object({
   idleTimeoutMs: z.number().int().positive().max(600_000),
   /** Which data path to use: direct TCP, NATS, or direct when reachable else NATS. */
   transport: TransportPreference.default('auto'),
+  /** With transport page-server: the target's page server, from its receive reply. */
+  pageServer: PageServerEndpoint.optional(),
 });
 export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
 
@@ -200,11 +226,23 @@ export type CheckpointReply = z.infer<typeof CheckpointReply>;
 export const MigrationRef = z.object({ v: Version, migrationId: Id, workload: WorkloadName });
 export type MigrationRef = z.infer<typeof MigrationRef>;
 
+export const RestoreRequest = MigrationRef.extend({
+  /**
+   * Restore with `criu restore --lazy-pages` and a `criu lazy-pages` daemon serving the memory from
+   * the received images: the workload runs again before its memory is all in place. The reply
+   * still waits for the last page (the source keeps its frozen copy until then).
+   */
+  lazyPages: z.boolean().default(false),
+});
+export type RestoreRequest = z.infer<typeof RestoreRequest>;
+
 export const RestoreReply = z.object({
   pid: z.number().int().positive(),
   restoreMs: z.number(),
   /** Wall-clock time (ms since epoch) the restored workload was running again. */
   resumedAt: z.number(),
+  /** Memory-page bytes a page server received for this restore (page-server transport), else 0. */
+  pageBytes: z.number().int().nonnegative().default(0),
 });
 export type RestoreReply = z.infer<typeof RestoreReply>;
 
@@ -253,6 +291,8 @@ export const MigrateRequest = z.object({
   requestId: Id.optional(),
   /** The image's data path (default auto: direct when the hosts reach each other, else NATS). */
   transport: TransportPreference.optional(),
+  /** eager: the restore fills all memory first; lazy: see RestoreRequest.lazyPages. Default: lazy where the target's probe allows. */
+  restore: RestoreMode.optional(),
 });
 export type MigrateRequest = z.infer<typeof MigrateRequest>;
 

@@ -50,6 +50,8 @@ export const CoordVerb = {
   UNCORDON: 'uncordon',
   /** Cordon a host and migrate every workload off it (results as `events.drain`). */
   DRAIN: 'drain',
+  /** Recent lifecycle events the coordinator kept (newest last); any coordinator answers. */
+  EVENTS: 'events',
 } as const;
 export type CoordVerb = (typeof CoordVerb)[keyof typeof CoordVerb];
 

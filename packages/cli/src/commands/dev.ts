@@ -12,19 +12,17 @@ export function registerDev(program: Command): Command {
     .command('up')
     .description('start nats-server, redis, the coordinator and N agents (one per host h1..hN); returns when all registered')
     .option('--hosts <n>', 'number of hosts', (v) => Number(v), 2)
-    .option('--kafka', 'also start a Kafka broker (not available yet: refused)')
+    .option('--kafka', 'also start a single-node Kafka broker (KRaft) on 127.0.0.1:9092; the coordinator produces events to ferry.events and consumes ferry.requests')
+    .option('--ssh', "run sshd in every host and install each agent through it, as `ferry hosts add` does (ssh2, host keys checked)")
     .option('--json', 'print the cluster state as JSON')
     .action(
-      action(async (opts: { hosts: number; kafka?: boolean; json?: boolean }) => {
-        if (opts.kafka) {
-          const { FerryError, ErrorCode } = await import('@ferry/protocol');
-          throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'Kafka support is not built yet; run without --kafka');
-        }
-        const state = await startLocalCluster({ name: DEV_CLUSTER, hosts: opts.hosts });
+      action(async (opts: { hosts: number; kafka?: boolean; ssh?: boolean; json?: boolean }) => {
+        const state = await startLocalCluster({ name: DEV_CLUSTER, hosts: opts.hosts, kafka: opts.kafka, ssh: opts.ssh });
         if (opts.json) return printJson(state);
         process.stdout.write(
           `dev cluster up: ${state.layout.hosts.map((h) => `${h.name} (${h.address})`).join(', ')}\n` +
-            `  NATS ${state.natsUrl}, Redis ${state.redisUrl}\n  logs in ${state.layout.logDir}\n`,
+            `  NATS ${state.natsUrl}, Redis ${state.redisUrl}${opts.kafka ? ', Kafka 127.0.0.1:9092' : ''}\n` +
+            `  metrics and HTTP API http://127.0.0.1:9464 (/metrics, /v1/..., /openapi.json)\n  logs in ${state.layout.logDir}\n`,
         );
       }),
     );

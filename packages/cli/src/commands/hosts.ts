@@ -4,9 +4,12 @@ import { CoordVerb, HostInfo } from '@ferry/protocol';
 import { askCoordinator } from '../client';
 import { formatBytes, printJson, printTable } from '../output';
 import { action } from './action';
+import { registerHostsAdd } from './hosts-add';
+import { registerHostsRemove } from './hosts-remove';
 
+/** `ferry hosts [--json]` lists hosts; `ferry hosts add|remove` bootstrap and remove agents over SSH. */
 export function registerHosts(program: Command): Command {
-  return program
+  const hosts = program
     .command('hosts')
     .description('list hosts: state (alive/lost), cordoned, address, CRIU probe')
     .option('--json', 'print a JSON array of {name, state, cordoned, address, criu, memory, workloadCount}')
@@ -28,4 +31,7 @@ export function registerHosts(program: Command): Command {
         );
       }),
     );
+  registerHostsAdd(hosts);
+  registerHostsRemove(hosts);
+  return hosts;
 }

@@ -32,6 +32,7 @@ export function publicResult(m: MigrationResult) {
     totalMs: m.totalMs,
     bytesTransferred: m.bytesTransferred,
     transport: m.transport,
+    restore: m.restore ?? 'eager',
     phases: m.phases,
     pid: m.pid,
     requestedAt: m.requestedAt,
@@ -47,11 +48,12 @@ export function registerMigrate(program: Command): Command {
     .description('live-migrate a workload to another host; waits for the end (exit 0 only when it succeeded)')
     .argument('<name>', 'workload name')
     .option('--to <host>', 'target host; without it the coordinator picks one and says why (placement: {host, reason})')
+    .option('--restore <mode>', 'eager (all memory in place before the workload runs) or lazy (runs first, memory filled behind it); default lazy where the target supports it')
     .option('--transport <mode>', 'image data path: auto (direct TCP between the agents when reachable, else NATS), direct, or nats', 'auto')
     .option('--request-id <id>', 'idempotency key: retrying with the same id never starts a second migration')
     .option('--json', 'print {id, workload, from, to, state, downtimeMs, totalMs, bytesTransferred, phases, ...}')
     .action(
-      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: string }) => {
+      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: string; restore?: string }) => {
         const nc = await connectCluster();
         const showProgress = !opts.json && process.stderr.isTTY;
         const bar = showProgress ? new ProgressLine(process.stderr) : null;
@@ -95,6 +97,7 @@ export function registerMigrate(program: Command): Command {
               ...(opts.to ? { to: opts.to } : {}),
               requestId: opts.requestId ?? `r-${randomBytes(8).toString('hex')}`,
               transport: opts.transport,
+              ...(opts.restore ? { restore: opts.restore } : {}),
             },
             z.object({ migration: MigrationResult }),
             { timeoutMs: MIGRATE_TIMEOUT_MS },

@@ -59,6 +59,10 @@ export interface DevClusterOptions {
   /** Working directory of the coordinator and agents (the same path exists inside every host). */
   cwd: string;
   logger: DevLogger;
+  /** Hosts whose agent the cluster starts itself; null: all. The others are left for `ferry hosts add` (bootstrap over SSH). */
+  agentHosts: string[] | null;
+  /** Run an OpenSSH server in every agent host (keys in `hostSshFiles(layout)`), for bootstrapping agents over SSH. */
+  hostSshd: boolean;
 }
 
 /** The cluster name `ferry dev up` uses; it gets the plain netns names h1..hN and bridge `ferry0`. */
@@ -85,6 +89,8 @@ export function defaultDevClusterOptions(): Omit<DevClusterOptions, 'coordinator
     stopGraceMs: DEFAULT_STOP_GRACE_MS,
     cwd: process.cwd(),
     logger: silentDevLogger,
+    agentHosts: null,
+    hostSshd: false,
   };
 }
 
@@ -132,6 +138,10 @@ export function compileDevClusterOptions(input: DevClusterInput): DevClusterOpti
   }
   assertIntegerInRange('readyTimeoutMs', options.readyTimeoutMs, 1, 3_600_000);
   assertIntegerInRange('stopGraceMs', options.stopGraceMs, 0, 600_000);
+  if (options.agentHosts !== null) {
+    const unknown = options.agentHosts.filter((h) => !/^h\d+$/.test(h) || Number(h.slice(1)) < 1 || Number(h.slice(1)) > options.hosts);
+    if (unknown.length > 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `agentHosts names hosts the cluster does not have: ${unknown.join(', ')}`);
+  }
   return options;
 }
 

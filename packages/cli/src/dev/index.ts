@@ -22,6 +22,8 @@ export type {
 } from './dev-cluster-options';
 export { clusterLayout, allHosts, DEV_STATE_ROOT, DEV_NAMESPACE_ROOT, STORAGE_HOST_NAME } from './cluster-layout';
 export type { DevFilesystem } from './storage-host';
+export { hostSshFiles } from './host-sshd';
+export type { HostSshFiles } from './host-sshd';
 export type { ClusterLayout, HostLayout } from './cluster-layout';
 export { readClusterState, listDevClusters } from './cluster-state';
 export type { DevClusterState, DevProcessRecord, DevProcessRole } from './cluster-state';

@@ -9,6 +9,7 @@ import { createHostMountAndUts, createNamespaceDir } from './host-namespaces';
 import { spawnInHost } from './host-process';
 import { natsServerConfig, redisServerConfig } from './infra-configs';
 import { prepareStorageHost, sshdArgv } from './storage-host';
+import { hostSshdArgv, prepareHostSshd } from './host-sshd';
 import { DevLogger } from './logger';
 import { identifyProcess, isProcessAlive } from './process-identity';
 import { SpawnedProcess, readLogTail, spawnLogged } from './spawn-logged';
@@ -173,6 +174,15 @@ async function buildCluster(state: DevClusterState, options: DevClusterOptions, 
   );
   await waitForPort('sshd', layout.storage.address, 22, remainingMs(), assertAllAlive);
 
+  if (options.hostSshd) {
+    await prepareHostSshd(layout, layout.hosts);
+    for (const host of layout.hosts) {
+      const logPath = logFile(layout, `sshd-${host.name}`);
+      await record(state, 'sshd', host.name, spawnInHost(host, hostSshdArgv(layout, host), { env: {}, cwd: '/', logPath }));
+    }
+    for (const host of layout.hosts) await waitForPort(`sshd on ${host.name}`, host.address, 22, remainingMs(), assertAllAlive);
+  }
+
   const hostNames = layout.hosts.map((h) => h.name);
   const coordinator = options.coordinatorCommand({
     natsUrl: state.natsUrl,
@@ -186,13 +196,15 @@ async function buildCluster(state: DevClusterState, options: DevClusterOptions, 
     undefined,
     spawnLogged(coordinator.argv, { env: coordinator.env, cwd: options.cwd, logPath: logFile(layout, 'coordinator') }),
   );
+  const agentHosts = options.agentHosts ?? hostNames;
   for (const [i, context] of devHostContexts(state).entries()) {
+    if (!agentHosts.includes(context.name)) continue;
     const agent = options.agentCommand(context);
     const logPath = logFile(layout, `agent-${context.name}`);
     await record(state, 'agent', context.name, spawnInHost(layout.hosts[i], agent.argv, { env: agent.env, cwd: options.cwd, logPath }));
   }
 
-  await waitUntilReadyOrFail(options.waitUntilReady(hostNames), options.readyTimeoutMs, remainingMs(), assertAllAlive);
+  await waitUntilReadyOrFail(options.waitUntilReady(agentHosts), options.readyTimeoutMs, remainingMs(), assertAllAlive);
   state.status = 'running';
   writeClusterState(state);
 }

@@ -1,0 +1,91 @@
+{{/* Names: <release>-ferry unless overridden, cut to the 63 characters Kubernetes names allow. */}}
+{{- define "ferry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ferry.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ferry.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "ferry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: call with (dict "ctx" $ "component" "agent"). */}}
+{{- define "ferry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ferry.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "ferry.image" -}}
+{{- printf "%s-%s:%s" .ctx.Values.image.repository .component (default .ctx.Chart.AppVersion .ctx.Values.image.tag) -}}
+{{- end -}}
+
+{{/* The Secret holding the NATS and Redis URLs (credentials inside them). */}}
+{{- define "ferry.secretName" -}}
+{{- printf "%s-credentials" (include "ferry.fullname" .) -}}
+{{- end -}}
+
+{{- define "ferry.natsSecretName" -}}
+{{- default (include "ferry.secretName" .) .Values.nats.existingSecret -}}
+{{- end -}}
+
+{{- define "ferry.redisSecretName" -}}
+{{- default (include "ferry.secretName" .) .Values.redis.existingSecret -}}
+{{- end -}}
+
+{{/*
+A generated password is kept across upgrades: it is read back from the release's existing Secret
+(lookup returns nothing under `helm template`, where a fresh one is harmless).
+Call with (dict "ctx" $ "key" "nats-password" "given" .Values.nats.auth.password).
+*/}}
+{{- define "ferry.password" -}}
+{{- if .given -}}
+{{- .given -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace (include "ferry.secretName" .ctx) -}}
+{{- if and $existing (index ($existing.data | default dict) .key) -}}
+{{- index $existing.data .key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Fails rendering early, with a message, on combinations the schema cannot express. */}}
+{{- define "ferry.validate" -}}
+{{- if and (not .Values.nats.enabled) (not .Values.nats.url) (not .Values.nats.existingSecret) -}}
+{{- fail "nats.enabled is false: set nats.url (or nats.existingSecret) to the NATS ferry should use" -}}
+{{- end -}}
+{{- if and (not .Values.redis.enabled) (not .Values.redis.url) (not .Values.redis.existingSecret) -}}
+{{- fail "redis.enabled is false: set redis.url (or redis.existingSecret) to the Redis ferry should use" -}}
+{{- end -}}
+{{- if and .Values.kafka.enabled (empty .Values.kafka.brokers) -}}
+{{- fail "kafka.enabled is true: set kafka.brokers" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment both the agent and the coordinator get: where NATS is, log level, Kafka. */}}
+{{- define "ferry.commonEnv" -}}
+- name: FERRY_NATS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ferry.natsSecretName" . }}
+      key: nats-url
+- name: FERRY_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+{{- end -}}

@@ -1,0 +1,170 @@
+/**
+ * The coordinator's HTTP server: Prometheus metrics at /metrics, the OpenAPI description at
+ * /openapi.json and a JSON API under /v1. Every API call is the NATS request the CLI sends
+ * (`ferry.v1.coord.<verb>`), so validation, leadership and errors are exactly those of the NATS
+ * verbs: whichever coordinator leads answers, even when this one stands by.
+ * `createHttpServer()` does not listen; `listenHttpServer()` does (tests drive the server in-process).
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { join } from 'node:path';
+import type { NatsConnection } from 'nats';
+import { z } from 'zod';
+import { CoordVerb, ErrorCode, FerryError, request, subjects, toFerryError, silentLogger, type Logger } from '@ferry/protocol';
+import type { Registry } from 'prom-client';
+
+/** Largest accepted request body: API bodies are a few fields. */
+const MAX_BODY_BYTES = 64 * 1024;
+/** The OpenAPI description, one file in the package (also linked from the README). */
+export const OPENAPI_PATH = join(__dirname, '..', 'openapi.json');
+
+/** HTTP status for each protocol error code. */
+export const HTTP_STATUS: Record<ErrorCode, number> = {
+  INVALID_ARGUMENT: 400,
+  NOT_FOUND: 404,
+  FAILED_PRECONDITION: 412,
+  CONFLICT: 409,
+  UNAVAILABLE: 503,
+  DEADLINE_EXCEEDED: 504,
+  // An agent-side step failed: the server was fine, something it depends on was not.
+  CHECKPOINT_FAILED: 502,
+  RESTORE_FAILED: 502,
+  TRANSFER_FAILED: 502,
+  INTERNAL: 500,
+};
+
+export interface HttpApiOptions {
+  /** How long a short call (hosts, status, cordon, drain's plan) may take. */
+  requestTimeoutMs: number;
+  /** How long POST /v1/migrations may wait for the migration to end. */
+  migrateTimeoutMs: number;
+}
+
+export function defaultHttpApiOptions(): HttpApiOptions {
+  return { requestTimeoutMs: 10_000, migrateTimeoutMs: 30 * 60_000 };
+}
+
+export interface HttpApiDeps {
+  nc: NatsConnection;
+  metrics: Registry;
+  options?: Partial<HttpApiOptions>;
+  log?: Logger;
+}
+
+type Route = { method: string; pattern: RegExp; handle: (params: string[], body: Record<string, unknown>, url: URL) => Promise<[number, unknown]> };
+
+const Any = z.object({}).passthrough();
+
+export function createHttpServer(deps: HttpApiDeps): Server {
+  const opts = { ...defaultHttpApiOptions(), ...deps.options };
+  const log = deps.log ?? silentLogger;
+  const openapi = readFileSync(OPENAPI_PATH, 'utf8');
+  const ask = (verb: CoordVerb, body: Record<string, unknown>, timeoutMs = opts.requestTimeoutMs) =>
+    request(deps.nc, subjects.coord(verb), body, Any, { timeoutMs });
+
+  const routes: Route[] = [
+    { method: 'GET', pattern: /^\/v1\/hosts$/, handle: async () => [200, await ask(CoordVerb.HOSTS, {})] },
+    { method: 'GET', pattern: /^\/v1\/workloads$/, handle: async () => [200, await ask(CoordVerb.PS, {})] },
+    { method: 'GET', pattern: /^\/v1\/migrations$/, handle: async () => [200, await ask(CoordVerb.STATUS, {})] },
+    {
+      method: 'GET',
+      pattern: /^\/v1\/migrations\/([^/]+)$/,
+      handle: async ([id]) => {
+        const { migrations } = (await ask(CoordVerb.STATUS, { id })) as { migrations: unknown[] };
+        return [200, { migration: migrations[0] }];
+      },
+    },
+    { method: 'POST', pattern: /^\/v1\/migrations$/, handle: async (_p, body) => [200, await ask(CoordVerb.MIGRATE, body, opts.migrateTimeoutMs)] },
+    { method: 'POST', pattern: /^\/v1\/hosts\/([^/]+)\/cordon$/, handle: async ([host]) => [200, await ask(CoordVerb.CORDON, { host })] },
+    { method: 'POST', pattern: /^\/v1\/hosts\/([^/]+)\/uncordon$/, handle: async ([host]) => [200, await ask(CoordVerb.UNCORDON, { host })] },
+    {
+      method: 'POST',
+      pattern: /^\/v1\/hosts\/([^/]+)\/drain$/,
+      // The drain runs on; its results are lifecycle events (GET /v1/events, `ferry events`).
+      handle: async ([host], body) => [202, await ask(CoordVerb.DRAIN, { drainId: `d-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`, ...body, host })],
+    },
+    {
+      method: 'GET',
+      pattern: /^\/v1\/events$/,
+      handle: async (_p, _b, url) => {
+        const limit = url.searchParams.get('limit');
+        return [200, await ask(CoordVerb.EVENTS, limit === null ? {} : { limit: Number(limit) })];
+      },
+    },
+  ];
+
+  return createServer((req, res) => {
+    void handle(req, res).catch((err) => {
+      log.warn({ err: (err as Error).message }, 'HTTP request failed');
+      if (!res.headersSent) sendError(res, toFerryError(err));
+      else res.destroy();
+    });
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const method = req.method ?? 'GET';
+    if (url.pathname === '/metrics' && method === 'GET') {
+      const text = await deps.metrics.metrics();
+      res.writeHead(200, { 'content-type': deps.metrics.contentType });
+      res.end(text);
+      return;
+    }
+    if (url.pathname === '/openapi.json' && method === 'GET') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(openapi);
+      return;
+    }
+    const matching = routes.filter((r) => r.pattern.test(url.pathname));
+    if (matching.length === 0) throw new FerryError(ErrorCode.NOT_FOUND, `no such path: ${url.pathname}`);
+    const route = matching.find((r) => r.method === method);
+    if (!route) {
+      res.setHeader('allow', matching.map((r) => r.method).join(', '));
+      sendError(res, new FerryError(ErrorCode.INVALID_ARGUMENT, `${method} is not allowed on ${url.pathname}`), 405);
+      return;
+    }
+    const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent);
+    const body = method === 'POST' ? await readJsonBody(req) : {};
+    const [status, payload] = await route.handle(params, body, url);
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(payload));
+  }
+}
+
+/** Listens on `address:port` (port 0: any free one) and resolves with the bound port. */
+export function listenHttpServer(server: Server, address: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, address, () => {
+      server.off('error', reject);
+      resolve((server.address() as { port: number }).port);
+    });
+  });
+}
+
+function sendError(res: ServerResponse, err: FerryError, status = HTTP_STATUS[err.code]): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ error: err.toBody() }));
+}
+
+async function readJsonBody(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `request body larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  if (size === 0) return {};
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch (err) {
+    throw new FerryError(ErrorCode.INVALID_ARGUMENT, `request body is not JSON: ${(err as Error).message}`, { cause: err });
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'request body must be a JSON object');
+  // The protocol version is the coordinator's business, not the HTTP client's.
+  const { v: _v, ...rest } = value as Record<string, unknown>;
+  return rest;
+}

@@ -1,0 +1,61 @@
+/**
+ * Each image data path (`ferry migrate --transport`) and restore mode (`--restore`) moves a live
+ * workload intact: ferry's chunk stream over a direct TCP connection between the agents, the same
+ * stream through nats-server, CRIU's page server for the memory pages; restores eager and lazy
+ * (the default where the probe allows it). Real CRIU, NATS, Redis, two namespace hosts.
+ */
+import { startTestCluster, type TestCluster } from './helpers/cluster';
+import { CounterWorkload } from './helpers/workload';
+
+jest.setTimeout(240_000);
+
+const MIB = 1024 * 1024;
+let cluster: TestCluster;
+let workload: CounterWorkload | undefined;
+
+beforeAll(async () => {
+  cluster = await startTestCluster('txport', 241);
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  await workload?.remove();
+});
+
+test.each([
+  ['page-server', 'lazy', 'h2'],
+  ['nats', 'eager', 'h1'],
+  ['direct', 'lazy', 'h2'],
+  ['auto', undefined, 'h1'],
+])('--transport %s --restore %s migrates the workload to %s with memory intact, counter continuing, exactly one copy', async (transport, restore, to) => {
+  if (workload === undefined) {
+    workload = await CounterWorkload.create();
+    const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'tx', '--json', '--', ...workload.argv(48)]);
+    expect(run.code).toBe(0);
+    await workload.advancesPast(20, 30_000);
+  }
+  const w = workload;
+  const counterBefore = await w.counter();
+  const res = await cluster.ferry(['migrate', 'tx', '--to', to, '--transport', transport, ...(restore ? ['--restore', restore] : []), '--json']);
+  expect(res.stderr).toBe('');
+  expect(res.code).toBe(0);
+  // auto finds the hosts reachable from each other: direct; this kernel has userfaultfd: lazy.
+  expect(res.json).toMatchObject({ workload: 'tx', to, state: 'succeeded', transport: transport === 'auto' ? 'direct' : transport, restore: restore ?? 'lazy' });
+  expect(res.json.bytesTransferred).toBeGreaterThan(48 * MIB);
+  expect(await w.advancesPast(counterBefore)).toBeGreaterThan(counterBefore);
+  expect(await w.starts()).toBe(1);
+  const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; pid: number }>;
+  const entries = ps.filter((e) => e.name === 'tx');
+  expect(entries).toHaveLength(1);
+  expect(entries[0].host).toBe(to);
+  expect(await w.runningCopies()).toEqual([entries[0].pid]);
+  expect(await w.verifyMemory(entries[0].pid)).toBe('OK');
+});
+
+test('an unknown transport is refused with INVALID_ARGUMENT and the workload keeps running where it was', async () => {
+  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h2', '--transport', 'carrier-pigeon', '--json']);
+  expect(res.code).toBe(2);
+  expect(res.json.error.code).toBe('INVALID_ARGUMENT');
+  const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; state: string }>;
+  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h1', state: 'running' })]);
+});

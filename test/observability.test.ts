@@ -1,0 +1,154 @@
+/**
+ * Metrics, the HTTP API and lifecycle events, against a real cluster: a migration and a drain
+ * driven over HTTP, then what /metrics, `ferry events` and a lost host show.
+ */
+import { dev } from '@ferry/cli';
+import { startTestCluster, type TestCluster } from './helpers/cluster';
+import { CounterWorkload, waitFor } from './helpers/workload';
+
+jest.setTimeout(240_000);
+
+let cluster: TestCluster;
+const workloads: CounterWorkload[] = [];
+
+beforeAll(async () => {
+  cluster = await startTestCluster('tobs', 246);
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  for (const w of workloads) await w.remove();
+});
+
+async function http(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
+  const res = await fetch(`${cluster.httpUrl}${path}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text ? JSON.parse(text) : undefined };
+}
+
+async function metrics(): Promise<string> {
+  const res = await fetch(`${cluster.httpUrl}/metrics`);
+  expect(res.status).toBe(200);
+  return res.text();
+}
+
+/** The value of one sample line, e.g. `ferry_migrations_total{result="succeeded"}`. */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+async function ps(name: string) {
+  const { json } = await http('GET', '/v1/workloads');
+  return (json.workloads as Array<{ name: string; host: string; state: string; pid: number }>).filter((w) => w.name === name);
+}
+
+test('the HTTP API migrates and drains; metrics and events show it; a dead agent shows as lost', async () => {
+  const spec = await http('GET', '/openapi.json');
+  expect(spec.status).toBe(200);
+  expect(spec.json.openapi).toMatch(/^3\./);
+  for (const p of ['/metrics', '/v1/hosts', '/v1/workloads', '/v1/migrations', '/v1/migrations/{id}', '/v1/hosts/{host}/drain', '/v1/hosts/{host}/cordon', '/v1/events']) {
+    expect(spec.json.paths[p]).toBeDefined();
+  }
+
+  const hosts = await http('GET', '/v1/hosts');
+  expect(hosts.status).toBe(200);
+  expect(hosts.json.hosts.map((h: { name: string; state: string }) => `${h.name}:${h.state}`)).toEqual(['h1:alive', 'h2:alive']);
+
+  // Errors carry the protocol's codes and map to HTTP statuses.
+  const unknown = await http('POST', '/v1/migrations', { workload: 'nosuch', to: 'h2' });
+  expect(unknown).toEqual({ status: 404, json: { error: { code: 'NOT_FOUND', message: expect.stringContaining('nosuch') } } });
+  expect((await http('POST', '/v1/migrations', {})).json.error.code).toBe('INVALID_ARGUMENT');
+  expect((await http('POST', '/v1/migrations', {})).status).toBe(400);
+  expect((await http('POST', '/v1/migrations', 'not json')).status).toBe(400);
+  expect((await http('POST', '/v1/hosts/h9/cordon')).status).toBe(404);
+  expect((await http('GET', '/v1/nowhere')).status).toBe(404);
+  expect((await http('DELETE', '/v1/hosts')).status).toBe(405);
+
+  const w = await CounterWorkload.create();
+  workloads.push(w);
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'obs', '--json', '--', ...w.argv(16)]);
+  expect(run.code).toBe(0);
+  await w.advancesPast(20, 30_000);
+
+  // Migration over HTTP.
+  let counterBefore = await w.counter();
+  const mig = await http('POST', '/v1/migrations', { workload: 'obs', to: 'h2', requestId: 'http-obs-1' });
+  expect(mig.status).toBe(200);
+  expect(mig.json.migration).toMatchObject({ workload: 'obs', from: 'h1', to: 'h2', state: 'succeeded' });
+  const id = mig.json.migration.id as string;
+  expect(await w.advancesPast(counterBefore)).toBeGreaterThan(counterBefore);
+  expect(await w.starts()).toBe(1);
+  let [entry] = await ps('obs');
+  expect(entry).toMatchObject({ host: 'h2', state: 'running' });
+  expect(await w.runningCopies()).toEqual([entry.pid]);
+  expect(await w.verifyMemory(entry.pid)).toBe('OK');
+  const one = await http('GET', `/v1/migrations/${id}`);
+  expect(one.json.migration).toMatchObject({ id, state: 'succeeded' });
+  expect((await http('GET', '/v1/migrations/m-nosuch')).status).toBe(404);
+
+  const text = await waitFor('metrics of the migration', async () => {
+    const t = await metrics();
+    return sample(t, 'ferry_migrations_total{result="succeeded"}') === 1 ? t : undefined;
+  });
+  expect(sample(text, 'ferry_migrations_total{result="failed"}')).toBe(0);
+  expect(sample(text, 'ferry_migration_downtime_seconds_count')).toBe(1);
+  expect(sample(text, 'ferry_migration_downtime_seconds_sum')).toBeGreaterThan(0);
+  expect(sample(text, 'ferry_migration_duration_seconds_count{result="succeeded"}')).toBe(1);
+  expect(sample(text, 'ferry_transfer_bytes_total')).toBeGreaterThan(16 * 1024 * 1024);
+  expect(sample(text, 'ferry_criu_dump_duration_seconds_count{host="h1"}')).toBe(1);
+  expect(sample(text, 'ferry_criu_restore_duration_seconds_count{host="h2"}')).toBe(1);
+  expect(sample(text, 'ferry_transfer_throughput_bytes_per_second_count{host="h1"}')).toBe(1);
+  expect(sample(text, 'ferry_hosts{state="alive"}')).toBe(2);
+  expect(sample(text, 'ferry_hosts{state="lost"}')).toBe(0);
+  expect(sample(text, 'ferry_migrations_in_flight')).toBe(0);
+  await waitFor('workload gauge', async () => sample(await metrics(), 'ferry_workloads{host="h2"}') === 1);
+
+  // Drain over HTTP: h2's only workload goes back to h1; results arrive as events.
+  counterBefore = await w.counter();
+  const drain = await http('POST', '/v1/hosts/h2/drain', { drainId: 'd-obs' });
+  expect(drain).toEqual({ status: 202, json: { drainId: 'd-obs', workloads: ['obs'] } });
+  await waitFor('drain finished', async () => {
+    const { json } = await http('GET', '/v1/events?limit=50');
+    return (json.events as Array<{ type: string; step: string; drainId?: string }>).find((e) => e.type === 'drain' && e.drainId === 'd-obs');
+  }, 60_000);
+  [entry] = await ps('obs');
+  expect(entry).toMatchObject({ host: 'h1', state: 'running' });
+  expect(await w.advancesPast(counterBefore)).toBeGreaterThan(counterBefore);
+  expect(await w.runningCopies()).toEqual([entry.pid]);
+  expect(await w.verifyMemory(entry.pid)).toBe('OK');
+  expect((await http('GET', '/v1/hosts')).json.hosts.find((h: { name: string }) => h.name === 'h2').cordoned).toBe(true);
+  const unc = await http('POST', '/v1/hosts/h2/uncordon');
+  expect(unc.status).toBe(200);
+  expect(unc.json.host).toMatchObject({ name: 'h2', cordoned: false });
+
+  // `ferry events --json`: the documents, oldest first, each migration step in order.
+  const ev = await cluster.ferry(['events', '--json', '--limit', '200']);
+  expect(ev.code).toBe(0);
+  const events = ev.json as Array<Record<string, any>>;
+  for (const e of events) {
+    expect(e).toEqual(expect.objectContaining({ type: expect.any(String), step: expect.any(String), at: expect.any(String), key: expect.any(String), figures: expect.any(Object) }));
+  }
+  const mine = events.filter((e) => e.migrationId === id);
+  expect(mine.map((e) => e.step)).toEqual(['requested', 'preflight-passed', 'frozen', 'transferred', 'restored', 'succeeded']);
+  for (const e of mine) expect(e).toMatchObject({ type: 'migration', key: 'obs', workload: 'obs', from: 'h1', to: 'h2', requestId: 'http-obs-1' });
+  const done = mine[mine.length - 1];
+  expect(done.figures.downtimeMs).toBeGreaterThan(0);
+  expect(done.figures.bytesTransferred).toBeGreaterThan(16 * 1024 * 1024);
+  expect(done.figures.totalMs).toBeGreaterThanOrEqual(done.figures.downtimeMs);
+  expect(events.some((e) => e.type === 'host' && e.step === 'cordoned' && e.host === 'h2')).toBe(true);
+  expect(events.some((e) => e.type === 'host' && e.step === 'uncordoned' && e.host === 'h2')).toBe(true);
+  const text2 = await metrics();
+  expect(sample(text2, 'ferry_migrations_total{result="succeeded"}')).toBe(2);
+
+  // A dead agent: lost in the metrics and in the events.
+  await dev.killHost(cluster.name, 'h2');
+  await waitFor('h2 lost in the metrics', async () => sample(await metrics(), 'ferry_hosts{state="lost"}') === 1, 20_000);
+  const after = await cluster.ferry(['events', '--json']);
+  expect((after.json as Array<Record<string, any>>).some((e) => e.type === 'host' && e.step === 'lost' && e.key === 'h2')).toBe(true);
+  expect((await cluster.ferry(['stop', 'obs'])).code).toBe(0);
+});
