@@ -296,7 +296,15 @@ async function main() {
     for (const mib of SIZES_MIB) {
       for (const method of METHODS) {
         log(`${mib} MiB: ${method}`);
-        const r = method === 'criu' ? await criuPageServerMigration(ctx, mib) : await ferryMigration(ctx, mib, FERRY_TRANSPORTS[method]);
+        let r;
+        try {
+          r = method === 'criu' ? await criuPageServerMigration(ctx, mib) : await ferryMigration(ctx, mib, FERRY_TRANSPORTS[method]);
+        } catch (err) {
+          // One failed migration (e.g. CRIU losing a race with another dump on a shared machine) is a row, not the end of the run.
+          const message = String(err.message).replace(/\s+/g, ' ').slice(0, 600);
+          log(`${mib} MiB ${method} failed: ${message}`);
+          r = { method: `${method} (FAILED)`, downtimeMs: NaN, mbps: NaN, totalMs: NaN, cpu: NaN, detail: `failed: ${message}` };
+        }
         rows.push({ mib, ...r });
         log(`${mib} MiB ${r.method}: downtime ${fmt(r.downtimeMs)} ms, ${fmt(r.mbps)} MB/s, total ${fmt(r.totalMs)} ms; ${r.detail}`);
       }

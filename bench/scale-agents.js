@@ -9,7 +9,7 @@
  * Prints "ready" once every agent registered.
  */
 const { connect } = require('nats');
-const { AgentVerb, CoordVerb, encode, decode, subjects, PROTOCOL_VERSION } = require('@ferry/protocol');
+const { AgentVerb, CoordVerb, FULL_HEARTBEAT_EVERY, encode, decode, subjects, workloadsDigest, PROTOCOL_VERSION } = require('@ferry/protocol');
 
 const [natsUrl, firstArg, countArg, perAgentArg] = process.argv.slice(2);
 const FIRST = Number(firstArg);
@@ -68,6 +68,8 @@ function simulatedAgent(nc, index) {
         );
       },
     });
+  serve(AgentVerb.PS, () => ({ workloads: [...workloads.values()] }));
+  let lastDigest = '';
   serve(AgentVerb.PROBE, () => ({ criu: CRIU, memory: memory() }));
   serve(AgentVerb.CPUINFO, () => ({ image: Buffer.from('simulated cpuinfo') }));
   serve(AgentVerb.CPUINFO_CHECK, () => ({ compatible: true }));
@@ -124,10 +126,16 @@ function simulatedAgent(nc, index) {
         await sleep(500);
       }
     },
+    // Like a real agent: the list only when its digest changed, or every FULL_HEARTBEAT_EVERY beats.
     beat() {
+      const list = [...workloads.values()];
+      const digest = workloadsDigest(list);
+      const n = seq++;
+      const full = digest !== lastDigest || n % FULL_HEARTBEAT_EVERY === 0;
+      lastDigest = digest;
       nc.publish(
         subjects.heartbeat(),
-        encode({ v: PROTOCOL_VERSION, host, bootId, address: '127.0.0.1', criu: CRIU, seq: seq++, memory: memory(), workloads: [...workloads.values()] }),
+        encode({ v: PROTOCOL_VERSION, host, bootId, address: '127.0.0.1', criu: CRIU, seq: n, memory: memory(), workloadsDigest: digest, ...(full ? { workloads: list } : {}) }),
       );
     },
   };

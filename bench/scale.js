@@ -145,7 +145,9 @@ async function main() {
   await waitPort(natsPort);
   await waitPort(redisPort);
   const natsUrl = `nats://127.0.0.1:${natsPort}`;
-  const coord = start('coordinator', [process.execPath, path.join(REPO, 'packages/coordinator/dist/main.js')], {
+  // BENCH_SCALE_PROFILE_DIR=DIR writes the coordinator's V8 CPU profile there (it ends with SIGTERM).
+  const profile = process.env.BENCH_SCALE_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_SCALE_PROFILE_DIR}`] : [];
+  const coord = start('coordinator', [process.execPath, ...profile, path.join(REPO, 'packages/coordinator/dist/main.js')], {
     FERRY_NATS_URL: natsUrl,
     FERRY_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
     FERRY_LOG_LEVEL: 'warn',

@@ -8,9 +8,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { REPO } from './helpers/cluster';
 
-// js-yaml 3 is in node_modules through jest; it has no types installed, so declare what is used.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const yaml = require('js-yaml') as { safeLoadAll(text: string): unknown[] };
+import * as yaml from 'js-yaml';
 
 const exec = promisify(execFile);
 /** The one place helm lives (scripts/install-helm.sh puts it there). */
@@ -34,7 +32,7 @@ async function render(valuesFiles: string[] = [], extra: string[] = []): Promise
   const args = ['template', 'rel', CHART, '--namespace', 'ferry-system', ...valuesFiles.flatMap((f) => ['-f', join(CHART, 'ci', f)]), ...extra];
   const r = await helm(args);
   if (r.code !== 0) throw new Error(`helm ${args.join(' ')} failed: ${r.stderr}`);
-  return (yaml.safeLoadAll(r.stdout) as (K8sObject | null)[]).filter((o): o is K8sObject => o !== null);
+  return (yaml.loadAll(r.stdout) as (K8sObject | null)[]).filter((o): o is K8sObject => o !== null);
 }
 
 function find(objects: K8sObject[], kind: string, name: string): K8sObject {

@@ -2,7 +2,9 @@
  * Soak: three small workloads migrated back and forth between two hosts, 50 rounds each, all three
  * at once each round: none lost, none duplicated, counters and memory intact at the end.
  */
+import { cp } from 'node:fs/promises';
 import { z } from 'zod';
+import { dev } from '@ferry/cli';
 import { CoordVerb, MigrationResult, request, subjects } from '@ferry/protocol';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload } from './helpers/workload';
@@ -19,6 +21,9 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  // Debugging aid: FERRY_TEST_KEEP_LOGS=DIR keeps the cluster's logs.
+  const logDir = dev.readClusterState('tsoak')?.layout.logDir;
+  if (process.env.FERRY_TEST_KEEP_LOGS && logDir) await cp(logDir, process.env.FERRY_TEST_KEEP_LOGS, { recursive: true }).catch(() => undefined);
   await cluster?.stop();
   for (const w of workloads.values()) await w.remove();
 });
@@ -37,7 +42,9 @@ test(`${ROUNDS} back-and-forth migrations of ${NAMES.length} workloads: zero los
     const counters = await Promise.all(NAMES.map((n) => workloads.get(n)!.counter()));
     const results = await Promise.all(
       NAMES.map((workload) =>
-        request(cluster.nc, subjects.coord(CoordVerb.MIGRATE), { workload, to }, z.object({ migration: MigrationResult }), { timeoutMs: 120_000 }),
+        request(cluster.nc, subjects.coord(CoordVerb.MIGRATE), { workload, to }, z.object({ migration: MigrationResult }), { timeoutMs: 120_000 }).catch((err: Error) => {
+          throw new Error(`round ${round}, ${workload} -> ${to}: ${err.message}`);
+        }),
       ),
     );
     for (const [i, { migration }] of results.entries()) {

@@ -27,6 +27,8 @@ import {
   subjects,
   toFerryError,
   PROTOCOL_VERSION,
+  FULL_HEARTBEAT_EVERY,
+  workloadsDigest,
   type CheckpointReply,
   type ReceiveReply,
   type CriuInfo,
@@ -50,6 +52,7 @@ import { ensureMounted, unmount } from './shared-mounts';
 import { checkGhostLimit, closeInherited, findUnlinkedFiles, openPins, pinSharedFiles, removePins, type PinnedFile } from './unlinked-files';
 import { listTree } from './process-tree';
 import { checkCpuinfo, dumpCpuinfo } from './cpu-compat';
+import { SerialLock } from './serial-lock';
 import type { AgentOptions } from './agent-options';
 import { LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
 
@@ -102,9 +105,13 @@ export class Agent {
   private readonly restoring = new Set<string>();
   /** Checkpoints running now: a rollback's resume waits for the dump/send to end before thawing. */
   private readonly checkpoints = new Map<string, Promise<CheckpointReply>>();
+  /** One CRIU dump at a time on this host, and one restore (see serial-lock.ts). */
+  private readonly dumpLock = new SerialLock();
+  private readonly restoreLock = new SerialLock();
   private readonly bootId = `b${randomBytes(6).toString('hex')}`;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private heartbeatSeq = 0;
+  private lastDigest = '';
   private registered = false;
   private closed = false;
 
@@ -182,15 +189,22 @@ export class Agent {
         this.registered = true;
         this.log.info({ bootId: this.bootId }, 'registered with the coordinator');
       }
+      const workloads = await this.listWorkloads();
+      const digest = workloadsDigest(workloads);
+      const seq = this.heartbeatSeq++;
+      // The full list only when it changed, and every few beats so a restarted coordinator catches up.
+      const full = digest !== this.lastDigest || seq % FULL_HEARTBEAT_EVERY === 0;
+      this.lastDigest = digest;
       const hb: Heartbeat = {
         v: PROTOCOL_VERSION,
         host: this.opts.host,
         bootId: this.bootId,
         address: this.opts.address,
         criu: this.deps.criuInfo,
-        seq: this.heartbeatSeq++,
+        seq,
         memory: await readHostMemory(),
-        workloads: await this.listWorkloads(),
+        workloadsDigest: digest,
+        ...(full ? { workloads } : {}),
       };
       this.deps.nc.publish(subjects.heartbeat(), encode(hb));
     } catch (err) {
@@ -372,12 +386,14 @@ export class Agent {
     let lazy: LazyPagesDaemon | undefined;
     try {
       if (req.lazyPages) lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir);
-      restored = await this.deps.criu.restore({
-        imagesDir: inc.dir,
-        pidFile: join(inc.dir, 'restored.pid'),
-        inheritFds: inherited,
-        extraArgs: lazy ? ['--lazy-pages'] : [],
-      });
+      restored = await this.restoreLock.run(() =>
+        this.deps.criu.restore({
+          imagesDir: inc.dir,
+          pidFile: join(inc.dir, 'restored.pid'),
+          inheritFds: inherited,
+          extraArgs: lazy ? ['--lazy-pages'] : [],
+        }),
+      );
     } catch (err) {
       lazy?.stop();
       throw err;
@@ -523,16 +539,20 @@ export class Agent {
     rec.migration = { id: req.migrationId, role: 'source' };
     rec.state = 'frozen';
     await this.deps.inventory.put(rec);
-    const frozenAt = Date.now();
+    let frozenAt = Date.now();
     let dumpMs: number;
     try {
-      const dumped = await this.deps.criu.dump({
+      const dumped = await this.dumpLock.run(() => {
+        // Downtime starts when CRIU freezes the tree, not while waiting for another dump.
+        frozenAt = Date.now();
+        return this.deps.criu.dump({
         pid: rec.pid,
         imagesDir: dir,
         leaveStopped: true,
         externalFiles: pins.map((p) => p.key),
         // Memory pages go straight to the target's page server; the other images stay here for the stream.
         extraArgs: req.pageServer ? ['--page-server', '--address', req.pageServer.address, '--port', String(req.pageServer.port)] : [],
+        });
       });
       dumpMs = dumped.durationMs;
     } catch (err) {
@@ -563,7 +583,8 @@ export class Agent {
     const sent = await sendImage(this.deps.nc, req.transferId, dir, {
       idleTimeoutMs: req.idleTimeoutMs,
       // With the page server, only the small images remain: they take the best stream there is.
-      transport: req.transport === 'page-server' ? 'auto' : req.transport,
+      // An injected frame fault lives at the NATS edge (fault-injection.ts): such an agent sends over NATS.
+      transport: this.opts.faults.corruptImageFrame ? 'nats' : req.transport === 'page-server' ? 'auto' : req.transport,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
     this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs, transport: sent.transport }, 'image sent');

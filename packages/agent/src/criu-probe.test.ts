@@ -63,6 +63,9 @@ describe('probeCriu on this host', () => {
     // The design notes measured hardware breakpoints failing in this VM kind; whether they do on the
     // machine at hand is what a plain dump shows.
     expect(info.needsFaultInjection).toBe(!(await plainDumpKeepsProcess()));
+    // Lazy restores need userfaultfd with fork events; the probe must agree with criu's own check.
+    const uffd = await promisify(execFile)('/usr/sbin/criu', ['check', '--feature', 'uffd-noncoop']).then(() => true, () => false);
+    expect(info.lazyPages).toBe(uffd);
     expect(info.durationMs).toBeGreaterThan(0);
     expect(info.durationMs).toBeLessThan(30_000);
 

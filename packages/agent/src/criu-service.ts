@@ -78,11 +78,13 @@ export class CriuService {
     });
     done.catch(() => undefined);
     const status = child.stdio[STATUS_FD] as NodeJS.ReadableStream;
+    let timer: NodeJS.Timeout | undefined;
     const ready = await Promise.race([
       new Promise<boolean>((resolve) => status.once('data', () => resolve(true))),
       exited.then(() => false),
-      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), SERVICE_START_TIMEOUT_MS)),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), SERVICE_START_TIMEOUT_MS))),
     ]);
+    clearTimeout(timer);
     if (!ready) {
       child.kill('SIGKILL');
       throw await failure('did not become ready', ErrorCode.UNAVAILABLE);

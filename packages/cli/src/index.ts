@@ -6,3 +6,4 @@ export type { LocalClusterOptions } from './dev-cluster';
 export { resolveNatsUrl, connectCluster } from './client';
 export { publicResult } from './commands/migrate';
 export * as dev from './dev';
+export * as bootstrap from './bootstrap';

@@ -16,6 +16,8 @@ const program = new Command()
   .name('ferry')
   .description('live-migrate Linux process groups between hosts')
   .showHelpAfterError()
+  // A command's options belong to it: `ferry hosts add NAME --json` gives --json to `add`, not to `hosts`.
+  .enablePositionalOptions()
   // Usage errors exit 1; every other failure exits with its error code's status (see README).
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 1));
 registerRun(program);

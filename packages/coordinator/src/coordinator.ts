@@ -21,6 +21,7 @@ import {
   RegisterRequest,
   StatusRequest,
   WorkloadInfo,
+  workloadsDigest,
   decode,
   encode,
   parseMessage,
@@ -55,6 +56,8 @@ export class Coordinator {
   private recoveryTimer: NodeJS.Timeout | null = null;
   /** host/workload pairs whose frozen copy is being settled now. */
   private readonly reconciling = new Set<string>();
+  /** Hosts whose workload list is being fetched now. */
+  private readonly fetching = new Set<string>();
   private closed = false;
   private sweepTimer: NodeJS.Timeout | null = null;
   private readonly log: Logger;
@@ -90,8 +93,11 @@ export class Coordinator {
           if (err) return;
           try {
             const hb = parseMessage(Heartbeat, decode(msg.data, MAX_HEARTBEAT_BYTES));
-            void this.registry.seen(hb).catch((e) => this.log.warn({ err: (e as Error).message }, 'heartbeat not applied'));
-            for (const w of hb.workloads) if (w.state === 'frozen') this.reconcileFrozen(hb.host, w.name);
+            void this.registry
+              .seen(hb)
+              .then((stale) => stale && this.fetchWorkloads(hb.host))
+              .catch((e) => this.log.warn({ err: (e as Error).message }, 'heartbeat not applied'));
+            for (const w of hb.workloads ?? []) if (w.state === 'frozen') this.reconcileFrozen(hb.host, w.name);
           } catch (e) {
             this.log.warn({ err: (e as Error).message }, 'malformed heartbeat ignored');
           }
@@ -152,6 +158,19 @@ export class Coordinator {
     if (results.some((ok) => !ok) && this.lease.isLeader && !this.closed) {
       this.recoveryTimer = setTimeout(() => void this.recoverInFlight(), this.opts.recoveryRetryMs);
     }
+  }
+
+  /** Asks an agent for its workload list (its heartbeat's digest is not the one known here); one request per host at a time. */
+  private fetchWorkloads(host: string): void {
+    if (this.fetching.has(host)) return;
+    this.fetching.add(host);
+    void request(this.nc, subjects.agent(host, AgentVerb.PS), {}, z.object({ workloads: z.array(WorkloadInfo) }), { timeoutMs: this.opts.agentRequestTimeoutMs })
+      .then(({ workloads }) => {
+        this.registry.setWorkloads(host, workloads, workloadsDigest(workloads));
+        for (const w of workloads) if (w.state === 'frozen') this.reconcileFrozen(host, w.name);
+      })
+      .catch((err) => this.log.warn({ host, err: (err as Error).message }, 'workload list not fetched'))
+      .finally(() => this.fetching.delete(host));
   }
 
   /**

@@ -19,6 +19,8 @@ interface HostEntry {
   lastHeartbeatAt: number;
   state: 'alive' | 'lost';
   workloads: WorkloadInfo[];
+  /** workloadsDigest of the last full list the host sent ('' = none yet). */
+  digest: string;
 }
 
 /** How long a finished migration overrides heartbeats that may have been taken before it (several beats). */
@@ -66,6 +68,7 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
         lastHeartbeatAt: 0,
         state: 'lost',
         workloads: [],
+        digest: '',
       });
     }
   }
@@ -77,7 +80,7 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
       const saved = JSON.parse(json) as Pick<HostEntry, 'name' | 'address' | 'criu' | 'cordoned' | 'bootId'>;
       const e = this.hosts.get(name);
       if (e) e.cordoned = saved.cordoned;
-      else this.hosts.set(name, { ...saved, memory: { totalBytes: 0, availableBytes: 0 }, lastHeartbeatAt: 0, state: 'lost', workloads: [] });
+      else this.hosts.set(name, { ...saved, memory: { totalBytes: 0, availableBytes: 0 }, lastHeartbeatAt: 0, state: 'lost', workloads: [], digest: '' });
     }
     // A Redis that lost its data (restarted without persistence) learns the hosts again.
     for (const e of this.hosts.values()) if (!(e.name in all)) await this.persist(e);
@@ -93,9 +96,15 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
     await this.seen({ ...req, workloads: this.hosts.get(req.host)?.workloads ?? [] }, true);
   }
 
-  /** Applies a heartbeat (or a registration); returns quickly unless the host is new or back. */
-  async seen(hb: Pick<Heartbeat, 'host' | 'bootId' | 'address' | 'criu' | 'memory' | 'workloads'>, isRegistration = false): Promise<void> {
+  /**
+   * Applies a heartbeat (or a registration); returns quickly unless the host is new or back.
+   * Resolves true when the beat carried no workload list and the one known here is not the one
+   * its digest describes: the caller should ask the agent for its list.
+   */
+  async seen(hb: Pick<Heartbeat, 'host' | 'bootId' | 'address' | 'criu' | 'memory' | 'workloads' | 'workloadsDigest'>, isRegistration = false): Promise<boolean> {
     const prev = this.hosts.get(hb.host);
+    const listed = isRegistration ? undefined : hb.workloads;
+    const stale = !isRegistration && listed === undefined && (prev === undefined || prev.bootId !== hb.bootId || prev.digest !== (hb.workloadsDigest ?? ''));
     const entry: HostEntry = {
       name: hb.host,
       address: hb.address,
@@ -105,7 +114,8 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
       cordoned: prev?.cordoned ?? false,
       lastHeartbeatAt: this.now(),
       state: 'alive',
-      workloads: isRegistration ? (prev?.workloads ?? []) : this.withRecentMoves(hb.host, hb.workloads),
+      workloads: listed ? this.withRecentMoves(hb.host, listed) : (prev?.workloads ?? []),
+      digest: listed ? (hb.workloadsDigest ?? '') : (prev?.digest ?? ''),
     };
     this.hosts.set(hb.host, entry);
     if (!prev || prev.state === 'lost' || prev.bootId !== hb.bootId || prev.address !== hb.address) {
@@ -113,6 +123,15 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
       if (!prev || prev.state === 'lost') this.emit('joined', hb.host);
       else if (prev.bootId !== hb.bootId) this.emit('restarted', hb.host);
     }
+    return stale;
+  }
+
+  /** A host's full workload list, fetched from its agent because a heartbeat's digest was unknown here. */
+  setWorkloads(host: string, workloads: WorkloadInfo[], digest: string): void {
+    const e = this.hosts.get(host);
+    if (!e) return;
+    e.workloads = this.withRecentMoves(host, workloads);
+    e.digest = digest;
   }
 
   /** Marks hosts without a recent heartbeat as lost. */

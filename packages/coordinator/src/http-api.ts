@@ -3,6 +3,7 @@
  * /openapi.json and a JSON API under /v1. Every API call is the NATS request the CLI sends
  * (`ferry.v1.coord.<verb>`), so validation, leadership and errors are exactly those of the NATS
  * verbs: whichever coordinator leads answers, even when this one stands by.
+ * The operators' dashboard (`/`) and its event stream (`/v1/events/stream`) are on it too (dashboard.ts).
  * `createHttpServer()` does not listen; `listenHttpServer()` does (tests drive the server in-process).
  */
 import { randomBytes } from 'node:crypto';
@@ -13,6 +14,7 @@ import type { NatsConnection } from 'nats';
 import { z } from 'zod';
 import { CoordVerb, ErrorCode, FerryError, request, subjects, toFerryError, silentLogger, type Logger } from '@ferry/protocol';
 import type { Registry } from 'prom-client';
+import { Dashboard } from './dashboard';
 
 /** Largest accepted request body: API bodies are a few fields. */
 const MAX_BODY_BYTES = 64 * 1024;
@@ -60,6 +62,8 @@ export function createHttpServer(deps: HttpApiDeps): Server {
   const opts = { ...defaultHttpApiOptions(), ...deps.options };
   const log = deps.log ?? silentLogger;
   const openapi = readFileSync(OPENAPI_PATH, 'utf8');
+  // The operators' dashboard at `/` and its event stream (/v1/events/stream), on this same port.
+  const dashboard = new Dashboard(deps.nc, {}, log.child({ part: 'dashboard' }));
   const ask = (verb: CoordVerb, body: Record<string, unknown>, timeoutMs = opts.requestTimeoutMs) =>
     request(deps.nc, subjects.coord(verb), body, Any, { timeoutMs });
 
@@ -94,13 +98,15 @@ export function createHttpServer(deps: HttpApiDeps): Server {
     },
   ];
 
-  return createServer((req, res) => {
+  const server = createServer((req, res) => {
     void handle(req, res).catch((err) => {
       log.warn({ err: (err as Error).message }, 'HTTP request failed');
       if (!res.headersSent) sendError(res, toFerryError(err));
       else res.destroy();
     });
   });
+  server.on('close', () => dashboard.close());
+  return server;
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://localhost');
@@ -111,6 +117,7 @@ export function createHttpServer(deps: HttpApiDeps): Server {
       res.end(text);
       return;
     }
+    if (dashboard.handle(req, res, url.pathname)) return;
     if (url.pathname === '/openapi.json' && method === 'GET') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(openapi);

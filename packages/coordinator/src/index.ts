@@ -15,6 +15,8 @@ export { loadFilesystemsFile, resolveMounts } from './filesystems';
 export { EventJournal, DEFAULT_RECENT_EVENTS_LIMIT } from './lifecycle-events';
 export { CoordinatorMetrics } from './coordinator-metrics';
 export { createHttpServer, listenHttpServer, HTTP_STATUS, OPENAPI_PATH } from './http-api';
+export { Dashboard, DASHBOARD_DIR, defaultDashboardOptions } from './dashboard';
+export type { DashboardOptions, ProgressData } from './dashboard';
 export { KafkaBridge, KafkaRequest, defaultKafkaBridgeOptions } from './kafka-bridge';
 export { startObservability, compileObservabilityOptions, defaultObservabilityOptions, DEFAULT_HTTP_PORT } from './observability';
 export type { ObservabilityOptions, RunningObservability } from './observability';

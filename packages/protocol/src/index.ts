@@ -8,3 +8,4 @@ export { request, serve, parseMessage, encodeError, DEFAULT_REQUEST_TIMEOUT_MS }
 export type { RequestOptions, Handler, ServeOptions } from './rpc';
 export { silentLogger } from './logger';
 export type { Logger } from './logger';
+export { workloadsDigest, DIGEST_RSS_GRANULARITY_BYTES, FULL_HEARTBEAT_EVERY } from './workloads-digest';

@@ -268,7 +268,10 @@ export const Heartbeat = z.object({
   criu: CriuInfo,
   seq: z.number().int().nonnegative(),
   memory: HostMemory,
-  workloads: z.array(WorkloadInfo).max(100_000),
+  /** Omitted when unchanged since the last full beat (same `workloadsDigest`); see workloads-digest.ts. */
+  workloads: z.array(WorkloadInfo).max(100_000).optional(),
+  /** workloadsDigest() of the host's current list. */
+  workloadsDigest: z.string().max(64).optional(),
 });
 export type Heartbeat = z.infer<typeof Heartbeat>;
 

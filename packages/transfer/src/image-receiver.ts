@@ -154,7 +154,10 @@ export class ImageReceiver {
       nc.subscribe(subjects.xferDirect(transferId), {
         callback: (err, msg) => {
           if (err) return receiver.failOnSubscription(err);
-          void receiver.answerDirect(msg.data).then((reply) => msg.respond(encode(reply)));
+          receiver
+            .answerDirect(msg.data)
+            .then((reply) => msg.respond(encode(reply)))
+            .catch((e: unknown) => receiver.log.warn({ transferId, err: toFerryError(e).message }, 'could not answer a direct-path request'));
         },
       }),
     );

@@ -22,7 +22,7 @@ export function registerDev(program: Command): Command {
         process.stdout.write(
           `dev cluster up: ${state.layout.hosts.map((h) => `${h.name} (${h.address})`).join(', ')}\n` +
             `  NATS ${state.natsUrl}, Redis ${state.redisUrl}${opts.kafka ? ', Kafka 127.0.0.1:9092' : ''}\n` +
-            `  metrics and HTTP API http://127.0.0.1:9464 (/metrics, /v1/..., /openapi.json)\n  logs in ${state.layout.logDir}\n`,
+            `  dashboard http://127.0.0.1:9464/, metrics and HTTP API on the same port (/metrics, /v1/..., /openapi.json)\n  logs in ${state.layout.logDir}\n`,
         );
       }),
     );

@@ -31,6 +31,8 @@ export function registerHosts(program: Command): Command {
         );
       }),
     );
+  // `hosts add NAME --json` must give --json to `add`, not to the list command (the program enables it too).
+  hosts.enablePositionalOptions();
   registerHostsAdd(hosts);
   registerHostsRemove(hosts);
   return hosts;
