@@ -13,6 +13,8 @@ export interface AgentOptions {
   address: string;
   /** NATS server URL(s). */
   natsUrl: string;
+  /** This agent's NATS credentials file (see @ferry/protocol nats-credentials.ts); null: anonymous. */
+  natsCredentialsFile: string | null;
   /**
    * Where the agent keeps its inventory (agents/<host>/) and workload logs (workloads/<name>/).
    * Log paths do not name the host, so a restored workload finds its log at the same path.
@@ -38,6 +40,7 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
     host,
     address: '',
     natsUrl: 'nats://127.0.0.1:4222',
+    natsCredentialsFile: null,
     dataDir: '/var/lib/ferry',
     workDir: `/run/ferry/work/${host}`,
     workDirBytes: DEFAULT_MAX_IMAGE_BYTES,

@@ -17,6 +17,7 @@ async function main(): Promise<void> {
       host,
       address: env.FERRY_ADDRESS ?? '',
       natsUrl: env.FERRY_NATS_URL,
+      natsCredentialsFile: env.FERRY_NATS_CREDENTIALS || undefined,
       dataDir: env.FERRY_DATA_DIR,
       workDir: env.FERRY_WORK_DIR,
       heartbeatIntervalMs: num(env.FERRY_HEARTBEAT_INTERVAL_MS),

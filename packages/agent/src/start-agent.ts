@@ -6,7 +6,7 @@ import { compileAgentOptions, type AgentOptions } from './agent-options';
 import { CriuDriver } from './criu-driver';
 import { probeCriu } from './criu-probe';
 import { Inventory } from './inventory';
-import { silentLogger, type Logger } from '@ferry/protocol';
+import { natsAuthOptionsFromFile, silentLogger, type Logger } from '@ferry/protocol';
 import { WorkDirs } from './work-dir';
 import { withFaults } from './fault-injection';
 
@@ -44,6 +44,7 @@ export async function startAgent(partial: Partial<AgentOptions> & { host: string
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     waitOnFirstConnect: true,
+    ...natsAuthOptionsFromFile(opts.natsCredentialsFile),
   });
   const agent = new Agent(opts, { nc: withFaults(nc, opts.faults), syscalls: sys, criu, criuInfo, workDirs, inventory, logger: log });
   await agent.start();

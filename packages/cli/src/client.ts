@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { connect, type NatsConnection } from 'nats';
 import type { z } from 'zod';
-import { ErrorCode, FerryError, request, subjects, type CoordVerb } from '@ferry/protocol';
+import { ErrorCode, FerryError, natsAuthOptionsFromFile, request, subjects, type CoordVerb } from '@ferry/protocol';
 
 /** Where `ferry dev up` records the default cluster, so the CLI finds its NATS port. */
 export const DEFAULT_DEV_STATE_FILE = '/run/ferry/dev/ferry/cluster.json';
@@ -20,10 +20,33 @@ export function resolveNatsUrl(env: NodeJS.ProcessEnv = process.env): string {
   return 'nats://127.0.0.1:4222';
 }
 
-export async function connectCluster(natsUrl = resolveNatsUrl()): Promise<NatsConnection> {
+/**
+ * The operator credentials file: FERRY_NATS_CREDENTIALS, else the dev cluster's CLI credentials
+ * when the URL is the dev cluster's (never another cluster's credentials for a URL given by hand),
+ * else none (anonymous).
+ */
+export function resolveNatsCredentials(env: NodeJS.ProcessEnv = process.env): string | null {
+  if (env.FERRY_NATS_CREDENTIALS) return env.FERRY_NATS_CREDENTIALS;
+  if (!existsSync(DEFAULT_DEV_STATE_FILE)) return null;
   try {
-    return await connect({ servers: natsUrl.split(','), name: 'ferry-cli', timeout: 3_000 });
+    const state = JSON.parse(readFileSync(DEFAULT_DEV_STATE_FILE, 'utf8')) as { natsUrl?: string; credentials?: { cli?: string } };
+    if (env.FERRY_NATS_URL && env.FERRY_NATS_URL !== state.natsUrl) return null;
+    return state.credentials?.cli ?? null;
+  } catch {
+    return null;
+  }
+}
+
+export async function connectCluster(natsUrl = resolveNatsUrl(), credentialsFile = resolveNatsCredentials()): Promise<NatsConnection> {
+  // Outside the try: a missing or unreadable credentials file is its own error, not "cannot reach".
+  const auth = natsAuthOptionsFromFile(credentialsFile);
+  try {
+    return await connect({ servers: natsUrl.split(','), name: 'ferry-cli', timeout: 3_000, ...auth });
   } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'AUTHORIZATION_VIOLATION') {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `NATS at ${natsUrl} refused our credentials (${credentialsFile ?? 'none given; set FERRY_NATS_CREDENTIALS'})`, { cause: err });
+    }
     throw new FerryError(ErrorCode.UNAVAILABLE, `cannot reach NATS at ${natsUrl} (is the cluster up? try \`npx ferry dev up\`)`, { cause: err });
   }
 }

@@ -9,6 +9,8 @@ export interface CoordinatorOptions {
   /** The cluster's shared filesystems, by name (`ferry run --mount NAME:PATH`). */
   filesystems: FilesystemSpec[];
   natsUrl: string;
+  /** The coordinator's NATS credentials file (see @ferry/protocol nats-credentials.ts); null: anonymous. */
+  natsCredentialsFile: string | null;
   redisUrl: string;
   /** Prefix of every Redis key, so several clusters can share one Redis. */
   redisKeyPrefix: string;
@@ -37,6 +39,7 @@ export function defaultCoordinatorOptions(): CoordinatorOptions {
   return {
     filesystems: [],
     natsUrl: 'nats://127.0.0.1:4222',
+    natsCredentialsFile: null,
     redisUrl: 'redis://127.0.0.1:6379',
     redisKeyPrefix: 'ferry:',
     hostLostAfterMs: DEFAULT_HOST_LOST_AFTER_MS,

@@ -11,6 +11,7 @@ async function main(): Promise<void> {
   const running = await startCoordinator(
     {
       natsUrl: env.FERRY_NATS_URL,
+      natsCredentialsFile: env.FERRY_NATS_CREDENTIALS || undefined,
       filesystems: env.FERRY_FILESYSTEMS ? loadFilesystemsFile(env.FERRY_FILESYSTEMS) : undefined,
       redisUrl: env.FERRY_REDIS_URL,
       redisKeyPrefix: env.FERRY_REDIS_PREFIX,

@@ -1,6 +1,6 @@
 import { connect } from 'nats';
 import { Redis } from 'ioredis';
-import { silentLogger, type Logger } from '@ferry/protocol';
+import { natsAuthOptionsFromFile, silentLogger, type Logger } from '@ferry/protocol';
 import { Coordinator } from './coordinator';
 import { compileCoordinatorOptions, type CoordinatorOptions } from './coordinator-options';
 import { compileObservabilityOptions, startObservability, type ObservabilityOptions, type RunningObservability } from './observability';
@@ -28,6 +28,7 @@ export async function startCoordinator(
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     waitOnFirstConnect: true,
+    ...natsAuthOptionsFromFile(opts.natsCredentialsFile),
   });
   const coordinator = new Coordinator(nc, redis, opts, logger);
   await coordinator.start();

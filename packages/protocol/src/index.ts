@@ -9,3 +9,4 @@ export type { RequestOptions, Handler, ServeOptions } from './rpc';
 export { silentLogger } from './logger';
 export type { Logger } from './logger';
 export { workloadsDigest, DIGEST_RSS_GRANULARITY_BYTES, FULL_HEARTBEAT_EVERY } from './workloads-digest';
+export { NatsCredentials, loadNatsCredentials, natsAuthOptions, natsAuthOptionsFromFile } from './nats-credentials';
