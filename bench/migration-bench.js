@@ -25,9 +25,9 @@ const CLUSTER = 'bench';
 /** 198.18.240.0/24: no test uses it. */
 const SUBNET_INDEX = 240;
 const SIZES_MIB = (process.env.BENCH_SIZES_MIB || '64,512,1024').split(',').map(Number);
-/** ferry = `--transport auto` (direct TCP stream, else NATS), ferry-nats, ferry-ps (page-server), criu (by hand). */
+/** ferry = `--transport direct` (ferry's own TCP stream), ferry-nats, ferry-ps (page-server, what `auto` picks), criu (by hand). */
 const METHODS = (process.env.BENCH_METHODS || 'ferry,ferry-ps,criu').split(',');
-const FERRY_TRANSPORTS = { ferry: 'auto', 'ferry-nats': 'nats', 'ferry-ps': 'page-server' };
+const FERRY_TRANSPORTS = { ferry: 'direct', 'ferry-nats': 'nats', 'ferry-ps': 'page-server' };
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
 const MIB = 1024 * 1024;
 /** Bytes of the raw TCP and bare NATS streams. */

@@ -60,6 +60,8 @@ function addArgs(keyFlags: string[]): string[] {
     '--work-dir', join('/run/ferry/work', NAME, 'h2'),
     '--service-manager', 'process',
     '--state-dir', recordsDir,
+    // NATS refuses anonymous clients: h2's agent gets its own credentials (hosts share this filesystem).
+    ...(cluster.credentials ? ['--env', `FERRY_NATS_CREDENTIALS=${cluster.credentials.agents.h2}`] : []),
   ];
 }
 

@@ -23,6 +23,8 @@ let cluster: TestCluster;
 const workloads = new Map<string, CounterWorkload>();
 /** Coordinators this test started itself (the cluster's own one is stopped by cluster.stop()). */
 const coordinators: ChildProcess[] = [];
+/** nats-server / redis-server started again after a simulated crash (not in the cluster's records). */
+const respawned: ChildProcess[] = [];
 
 beforeAll(async () => {
   cluster = await startTestCluster(CLUSTER, 234, {
@@ -36,8 +38,22 @@ afterAll(async () => {
   if (process.env.FERRY_TEST_KEEP_LOGS) await cp(state().layout.logDir, process.env.FERRY_TEST_KEEP_LOGS, { recursive: true }).catch(() => undefined);
   for (const c of coordinators) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   await cluster?.stop();
+  for (const c of respawned) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   for (const w of workloads.values()) await w.remove();
 });
+
+/** SIGKILLs the cluster's nats-server or redis-server and starts it again, same command, after `downMs`. */
+async function crashAndRestart(role: 'nats' | 'redis', downMs: number): Promise<void> {
+  const running = respawned.find((c) => (c as ChildProcess & { role?: string }).role === role && c.exitCode === null && c.signalCode === null);
+  const rec = state().processes.find((p) => p.role === role)!;
+  const pid = running?.pid ?? rec.pid;
+  process.kill(pid, 'SIGKILL');
+  await waitFor(`${role} gone`, async () => !(await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')));
+  await sleep(downMs);
+  const child = spawn(rec.argv[0]!, rec.argv.slice(1), { stdio: 'ignore' }) as ChildProcess & { role?: string };
+  child.role = role;
+  respawned.push(child);
+}
 
 function state() {
   const s = dev.readClusterState(CLUSTER);
@@ -50,7 +66,16 @@ function startCoordinatorProcess(id: string): ChildProcess {
   const s = state();
   const log = openSync(join(s.layout.logDir, `coordinator-${id}.log`), 'a');
   const child = spawn(process.execPath, [join(REPO, 'packages/coordinator/dist/main.js')], {
-    env: { ...process.env, FERRY_NATS_URL: s.natsUrl, FERRY_REDIS_URL: s.redisUrl, FERRY_LEASE_TTL_MS: LEASE_TTL_MS, FERRY_COORDINATOR_ID: id, FERRY_TRANSFER_IDLE_TIMEOUT_MS: '1500' },
+    env: {
+      ...process.env,
+      FERRY_NATS_URL: s.natsUrl,
+      FERRY_REDIS_URL: s.redisUrl,
+      FERRY_LEASE_TTL_MS: LEASE_TTL_MS,
+      FERRY_COORDINATOR_ID: id,
+      FERRY_TRANSFER_IDLE_TIMEOUT_MS: '1500',
+      // The cluster's own coordinator credentials when its NATS requires them.
+      ...(s.credentials ? { FERRY_NATS_CREDENTIALS: s.credentials.coordinator } : {}),
+    },
     stdio: ['ignore', log, log],
   });
   closeSync(log);
@@ -83,6 +108,7 @@ async function restartAgent(host: string): Promise<void> {
       FERRY_NATS_URL: ctx.natsUrl,
       FERRY_DATA_DIR: clusterDataDir(CLUSTER),
       FERRY_WORK_DIR: join('/run/ferry/work', CLUSTER, host),
+      ...(state().credentials ? { FERRY_NATS_CREDENTIALS: state().credentials!.agents[host]! } : {}),
     },
   }, REPO);
   await waitFor(`${host} alive`, async () => {
@@ -161,7 +187,8 @@ test('target agent killed mid-transfer: rolled back, runs once on the source', a
       }
     },
   });
-  const res = await cluster.ferry(['migrate', 'tkill', '--to', 'h2', '--json']);
+  // Over NATS, where the target's progress events show bytes arriving (the faster paths finish too soon to be caught).
+  const res = await cluster.ferry(['migrate', 'tkill', '--to', 'h2', '--transport', 'nats', '--json']);
   unsubStep();
   progress.unsubscribe();
   await killed;
@@ -251,4 +278,48 @@ test('two coordinators: only the lease holder serves; the standby takes over whe
   expect(res.json.state).toBe('succeeded');
   await expectIntactOn('lease', res.json.to);
   expect((await cluster.ferry(['stop', 'lease'])).code).toBe(0);
+});
+
+test('nats-server restarted mid-migration: the migration ends one way or the other, the workload runs once', async () => {
+  await launch('natsrst', 'h1', 64);
+  let restarted: Promise<void> = Promise.resolve();
+  let migrationId = '';
+  const unsub = onStep('natsrst', 'checkpointing', (ev) => {
+    migrationId = ev.migrationId;
+    restarted = crashAndRestart('nats', 1_000);
+  });
+  // Its reply may be lost with the server: follow the migration through `status` instead.
+  void request(cluster.nc, subjects.coord(CoordVerb.MIGRATE), { workload: 'natsrst', to: 'h2' }, z.object({}).passthrough(), { timeoutMs: 120_000 }).catch(() => undefined);
+  await waitFor('migration started', async () => migrationId, 30_000);
+  unsub();
+  await restarted;
+  const m = await finalState(migrationId);
+  expect(['succeeded', 'rolled-back']).toContain(m.state);
+  await expectIntactOn('natsrst', m.state === 'succeeded' ? 'h2' : 'h1');
+  // The cluster works as before: hosts back, the next migration succeeds.
+  const again = await cluster.ferry(['migrate', 'natsrst', '--to', 'h3', '--json']);
+  expect(again.json.state).toBe('succeeded');
+  await expectIntactOn('natsrst', 'h3');
+  expect((await cluster.ferry(['stop', 'natsrst'])).code).toBe(0);
+});
+
+test('Redis restarted (empty): the leader takes its lease again, re-persists hosts and cordons, and migrates', async () => {
+  expect((await cluster.ferry(['cordon', 'h3'])).code).toBe(0);
+  const leader = await leaseHolder();
+  await crashAndRestart('redis', 500);
+  await waitFor('lease held again', async () => (await leaseHolder().catch(() => null)) !== null, 30_000);
+  expect(await leaseHolder()).toBe(leader);
+  const redis = new Redis(state().redisUrl);
+  try {
+    const saved = await waitFor('hosts re-persisted', async () => redis.hget('ferry:hosts', 'h3'), 15_000);
+    expect(JSON.parse(saved).cordoned).toBe(true);
+  } finally {
+    redis.disconnect();
+  }
+  await launch('redisrst', 'h1', 4);
+  const res = await cluster.ferry(['migrate', 'redisrst', '--json']);
+  expect(res.json).toMatchObject({ state: 'succeeded', to: 'h2' });
+  await expectIntactOn('redisrst', 'h2');
+  expect((await cluster.ferry(['uncordon', 'h3'])).code).toBe(0);
+  expect((await cluster.ferry(['stop', 'redisrst'])).code).toBe(0);
 });

@@ -26,7 +26,7 @@ const workloads = new Map<string, CounterWorkload>();
 beforeAll(async () => {
   cluster = await startTestCluster(CLUSTER, 233, {
     hosts: 3,
-    agentEnvFor: (host) => (host === 'h3' ? { FERRY_CRIU_PATH: CRIU_WRAPPER } : {}),
+    agentEnvFor: (host): Record<string, string> => (host === 'h3' ? { FERRY_CRIU_PATH: CRIU_WRAPPER } : {}),
     // One migration into any host at a time: a drain of three must queue.
     coordinatorEnv: { FERRY_MAX_MIGRATIONS_PER_SOURCE: '2', FERRY_MAX_MIGRATIONS_PER_TARGET: '1' },
   });

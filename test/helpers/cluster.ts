@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type NatsConnection } from 'nats';
 import { startLocalCluster, stopLocalCluster, type LocalClusterOptions } from '@ferry/cli';
+import { natsAuthOptionsFromFile } from '@ferry/protocol';
 
 const exec = promisify(execFile);
 export const REPO = join(__dirname, '..', '..');
@@ -39,6 +40,8 @@ export interface TestCluster {
   httpUrl: string;
   /** host:port of the cluster's Kafka broker when started with `kafka: true`. */
   kafkaBrokers: string | null;
+  /** Each role's NATS credentials file (`nc` uses admin's, `ferry()` the CLI's); null with `natsAuth: false`. */
+  credentials: { coordinator: string; cli: string; admin: string; agents: Record<string, string> } | null;
   /** Runs the real `ferry` CLI against this cluster. */
   ferry(args: string[], timeoutMs?: number): Promise<CliResult>;
   stop(): Promise<void>;
@@ -62,17 +65,19 @@ export async function startTestCluster(name: string, subnetIndex: number, opts: 
     ...opts,
     coordinatorEnv: { FERRY_HTTP_PORT: String(httpPort), ...opts.coordinatorEnv },
   });
-  const nc = await connect({ servers: state.natsUrl });
+  const credentials = state.credentials ?? null;
+  const nc = await connect({ servers: state.natsUrl, ...natsAuthOptionsFromFile(credentials?.admin) });
   return {
     name,
     natsUrl: state.natsUrl,
     nc,
     httpUrl: `http://127.0.0.1:${httpPort}`,
     kafkaBrokers: kafkaPort ? `127.0.0.1:${kafkaPort}` : null,
+    credentials,
     async ferry(args, timeoutMs = 120_000) {
       try {
         const { stdout, stderr } = await exec(process.execPath, [FERRY_BIN, ...args], {
-          env: { ...process.env, FERRY_NATS_URL: state.natsUrl },
+          env: { ...process.env, FERRY_NATS_URL: state.natsUrl, ...(credentials ? { FERRY_NATS_CREDENTIALS: credentials.cli } : {}) },
           timeout: timeoutMs,
           maxBuffer: 16 * 1024 * 1024,
         });

@@ -341,6 +341,7 @@ export class Agent {
       maxFileBytes: this.opts.maxImageBytes,
       // The address we registered with is the one the source agent can reach us on.
       directListenAddress: this.opts.address,
+      imageKey: req.imageKey ?? null,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
     // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
@@ -585,6 +586,7 @@ export class Agent {
       // With the page server, only the small images remain: they take the best stream there is.
       // An injected frame fault lives at the NATS edge (fault-injection.ts): such an agent sends over NATS.
       transport: this.opts.faults.corruptImageFrame ? 'nats' : req.transport === 'page-server' ? 'auto' : req.transport,
+      imageKey: req.imageKey ?? null,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
     this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs, transport: sent.transport }, 'image sent');

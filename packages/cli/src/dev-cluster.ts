@@ -5,9 +5,11 @@
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { connect } from 'nats';
-import { CoordVerb, ErrorCode, FerryError, HostInfo, request, subjects } from '@ferry/protocol';
+import { CoordVerb, ErrorCode, FerryError, HostInfo, natsAuthOptionsFromFile, request, subjects } from '@ferry/protocol';
+import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { startDevCluster, stopDevCluster, type DevClusterInput, type DevClusterState, DEV_STATE_ROOT } from './dev';
+import { devCliCredentialsFile } from './dev/nats-security';
 import { startKafkaBroker, stopKafkaBroker } from './kafka-broker';
 import { bootstrapDevHost } from './dev-bootstrap';
 
@@ -34,6 +36,10 @@ export interface LocalClusterOptions {
   agentHosts?: string[];
   /** Run an OpenSSH server in every agent host (implied by `ssh`). */
   hostSshd?: boolean;
+  /** NATS users and subject permissions per role (default true); false: anonymous NATS. */
+  natsAuth?: boolean;
+  /** nats-server requires TLS (`ferry dev up --tls`); needs natsAuth. */
+  natsTls?: boolean;
 }
 
 /** Where a cluster's Kafka broker keeps its log dirs and pid (outside the dev state dir, which `dev up` rewrites). */
@@ -67,9 +73,18 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     readyTimeoutMs: opts.readyTimeoutMs,
     agentHosts: opts.ssh ? [] : opts.agentHosts,
     hostSshd: opts.ssh || opts.hostSshd,
+    natsAuth: opts.natsAuth,
+    natsTls: opts.natsTls,
     coordinatorCommand: (c) => ({
       argv: [process.execPath, programPath('@ferry/coordinator')],
-      env: { FERRY_NATS_URL: c.natsUrl, FERRY_REDIS_URL: c.redisUrl, FERRY_FILESYSTEMS: c.filesystemsFile, ...kafkaEnv, ...opts.coordinatorEnv },
+      env: {
+        FERRY_NATS_URL: c.natsUrl,
+        ...credentialsEnv(c.natsCredentialsFile),
+        FERRY_REDIS_URL: c.redisUrl,
+        FERRY_FILESYSTEMS: c.filesystemsFile,
+        ...kafkaEnv,
+        ...opts.coordinatorEnv,
+      },
     }),
     agentCommand: (h) => ({
       argv: [process.execPath, programPath('@ferry/agent')],
@@ -77,6 +92,7 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
         FERRY_HOST: h.name,
         FERRY_ADDRESS: h.address,
         FERRY_NATS_URL: h.natsUrl,
+        ...credentialsEnv(h.natsCredentialsFile),
         FERRY_DATA_DIR: clusterDataDir(name),
         FERRY_WORK_DIR: join('/run/ferry/work', name, h.name),
         ...opts.agentEnv,
@@ -85,7 +101,7 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     }),
     waitUntilReady: async (hosts) => {
       const natsUrl = `nats://127.0.0.1:${input.natsPort ?? 4222}`;
-      await waitForHosts(natsUrl, hosts, opts.readyTimeoutMs ?? 60_000);
+      await waitForHosts(natsUrl, hosts, opts.readyTimeoutMs ?? 60_000, devCliCredentials(name));
     },
   };
   try {
@@ -107,17 +123,33 @@ async function bootstrapAllHosts(state: DevClusterState, opts: LocalClusterOptio
     await bootstrapDevHost(state, host.name, {
       dataDir: clusterDataDir(state.name),
       workDir: join('/run/ferry/work', state.name, host.name),
-      extraEnv: { ...opts.agentEnv, ...opts.agentEnvFor?.(host.name) },
+      extraEnv: { ...credentialsEnv(state.credentials?.agents[host.name] ?? null), ...opts.agentEnv, ...opts.agentEnvFor?.(host.name) },
       registerTimeoutMs: opts.readyTimeoutMs,
-      waitUntilRegistered: (h, timeoutMs) => waitForHosts(state.natsUrl, [h], timeoutMs),
+      waitUntilRegistered: (h, timeoutMs) => waitForHosts(state.natsUrl, [h], timeoutMs, state.credentials?.cli ?? null),
     });
   }
 }
 
-/** Polls the coordinator until every named host is alive. */
-export async function waitForHosts(natsUrl: string, hosts: string[], timeoutMs: number): Promise<void> {
+function credentialsEnv(file: string | null): Record<string, string> {
+  return file === null ? {} : { FERRY_NATS_CREDENTIALS: file };
+}
+
+/** The dev cluster's operator (CLI) credentials file, or null when it runs NATS without auth. */
+export function devCliCredentials(name: string): string | null {
+  const file = devCliCredentialsFile(join(DEV_STATE_ROOT, name));
+  return existsSync(file) ? file : null;
+}
+
+/** Polls the coordinator until every named host is alive; `credentialsFile`: the CLI's (or null for anonymous NATS). */
+export async function waitForHosts(natsUrl: string, hosts: string[], timeoutMs: number, credentialsFile: string | null = null): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  const nc = await connect({ servers: natsUrl, name: 'ferry-dev-wait', maxReconnectAttempts: -1, waitOnFirstConnect: true });
+  const nc = await connect({
+    servers: natsUrl,
+    name: 'ferry-dev-wait',
+    maxReconnectAttempts: -1,
+    waitOnFirstConnect: true,
+    ...natsAuthOptionsFromFile(credentialsFile),
+  });
   let missing = hosts;
   try {
     while (Date.now() < deadline) {

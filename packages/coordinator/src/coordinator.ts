@@ -76,6 +76,8 @@ export class Coordinator {
     this.registry.writable = false;
     this.lease.on('elected', () => void this.lead());
     this.lease.on('deposed', () => this.standBy());
+    // A Redis that lost its data lost the hosts and their cordons too: write back what we know.
+    this.lease.on('reacquired', () => void this.registry.reloadCordons().catch((err) => this.log.warn({ err: (err as Error).message }, 'hosts not re-persisted')));
     this.registry.on('joined', (h) => this.hostEvent(h, 'joined'));
     this.registry.on('lost', (h) => this.hostEvent(h, 'lost'));
     this.registry.on('restarted', (h) => this.hostEvent(h, 'restarted'));
@@ -177,7 +179,8 @@ export class Coordinator {
    * A frozen copy no running migration accounts for: its source agent was unreachable when the
    * migration ended (or restarted meanwhile; agents never thaw on their own). The migration's
    * final state decides: succeeded -> release (kill) it, rolled back -> resume it. A failed one
-   * is left for the operator unless the workload runs elsewhere, then the frozen copy is released.
+   * is resumed if no restore was ever asked for, released if the workload runs elsewhere, and
+   * otherwise left for the operator.
    */
   private reconcileFrozen(host: string, workload: string): void {
     const key = `${host}/${workload}`;
@@ -185,13 +188,24 @@ export class Coordinator {
     this.reconciling.add(key);
     void (async () => {
       if (await this.store.lockHolder(workload)) return; // a migration in flight owns it
+      // A heartbeat taken before a migration ended may still say "frozen": act only on what the
+      // registry shows now (a recent move hides the source's copy; see HostRegistry.withRecentMoves).
+      if (this.registry.stateOn(host, workload) !== 'frozen') return;
       const m = await this.store.latestFrom(workload, host);
       if (!m || m.state === 'pending' || m.state === 'running') return;
       const runningElsewhere = this.registry.workloads().some((w) => w.name === workload && w.host !== host && w.state === 'running');
-      const verb = m.state === 'succeeded' || runningElsewhere ? AgentVerb.RELEASE : m.state === 'rolled-back' ? AgentVerb.RESUME : null;
+      // A failed migration that never asked for a restore cannot have a copy anywhere else: thawing is safe.
+      const neverRestored = !m.history.some((h) => h.step === 'restoring');
+      const verb =
+        m.state === 'succeeded' || runningElsewhere
+          ? AgentVerb.RELEASE
+          : m.state === 'rolled-back' || (m.state === 'failed' && neverRestored)
+            ? AgentVerb.RESUME
+            : null;
       if (!verb) return;
       this.log.warn({ host, workload, migrationId: m.id, verb }, 'settling a frozen copy left by an earlier migration');
       await request(this.nc, subjects.agent(host, verb), { migrationId: m.id, workload }, z.object({}).passthrough(), { timeoutMs: this.opts.agentRequestTimeoutMs });
+      if (this.registry.stateOn(host, workload) !== 'frozen') return;
       if (verb === AgentVerb.RELEASE) this.registry.removeWorkload(host, workload);
       else this.registry.setWorkloadState(host, workload, 'running');
     })()

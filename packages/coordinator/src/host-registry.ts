@@ -210,6 +210,11 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
     return found;
   }
 
+  /** State of `name` on `host` as the registry shows it now (undefined: not there). */
+  stateOn(host: string, name: string): WorkloadInfo['state'] | undefined {
+    return this.hosts.get(host)?.workloads.find((w) => w.name === name)?.state;
+  }
+
   /** Workloads on one host that are not exited (what a drain must move). */
   workloadsOn(host: string): WorkloadInfo[] {
     return (this.hosts.get(host)?.workloads ?? []).filter((w) => w.state !== 'exited');

@@ -17,6 +17,8 @@ const RELEASE_SCRIPT = `if redis.call('get', KEYS[1]) == ARGV[1] then return red
 export interface LeaderLeaseEvents {
   elected: [];
   deposed: [];
+  /** The key had vanished (Redis restarted empty) and this leader took it again without a gap. */
+  reacquired: [];
 }
 
 export class LeaderLease extends EventEmitter<LeaderLeaseEvents> {
@@ -70,6 +72,8 @@ export class LeaderLease extends EventEmitter<LeaderLeaseEvents> {
         else if ((await this.redis.set(this.key, this.id, 'PX', this.ttlMs, 'NX')) === 'OK') {
           // The key vanished (a Redis restarted without persistence) and nobody else took it.
           this.lastRenewedAt = Date.now();
+          this.log.warn({ coordinatorId: this.id }, 'leader lease had vanished from Redis; taken again');
+          this.emit('reacquired');
         } else {
           this.log.warn({ coordinatorId: this.id }, 'leader lease lost to another coordinator');
           this.setLeading(false);

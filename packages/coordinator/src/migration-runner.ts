@@ -7,6 +7,7 @@
  * never thawed again, only killed. That is what makes the workload run exactly once.
  */
 import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import type { NatsConnection } from 'nats';
 import { z } from 'zod';
 import {
@@ -37,6 +38,9 @@ import { MigrationSlots } from './migration-slots';
 import { memoryNeeded, placeWorkload, type Placement } from './placement';
 import { recoverMigration } from './migration-recovery';
 
+/** AES-256-GCM key of a migration's image frames (@ferry/transfer chunk-cipher.ts). */
+const IMAGE_KEY_BYTES = 32;
+
 const Empty = z.object({}).passthrough();
 
 export interface MigrateParams {
@@ -60,6 +64,8 @@ export class MigrationRunner {
   private readonly log: Logger;
   /** Migrations running now, per source and target host (limits, placement). */
   readonly slots = new MigrationSlots();
+  /** Emits 'disconnect' when the NATS connection drops: replies in flight may never arrive. */
+  private readonly connection = new EventEmitter<{ disconnect: [] }>();
 
   constructor(
     private readonly nc: NatsConnection,
@@ -69,6 +75,10 @@ export class MigrationRunner {
     logger: Logger = silentLogger,
   ) {
     this.log = logger;
+    this.connection.setMaxListeners(0);
+    void (async () => {
+      for await (const s of nc.status()) if (s.type === 'disconnect') this.connection.emit('disconnect');
+    })().catch(() => undefined);
   }
 
   /** Runs a migration to its end and returns the final record. */
@@ -193,6 +203,7 @@ export class MigrationRunner {
     let frozen = false;
     // Set once a restore was asked for: the target may have a running copy even if no reply came.
     let restoreRequested = false;
+    let imageKey: Buffer | undefined;
     try {
       await this.step(m, 'preflight', 'running');
       await this.preflight(m);
@@ -204,7 +215,12 @@ export class MigrationRunner {
       m.restore = m.restore ?? (lazyOk ? 'lazy' : 'eager');
 
       await this.step(m, 'receiving');
+      // `auto` is ferry's own encrypted stream (direct TCP, NATS as fallback). The page server is
+      // faster here (bench/results.md) but sends memory pages in clear, so it is opt-in.
       const transport = m.transportPreference ?? 'auto';
+      // The image key lives only here, for the two requests that need it: never in `m` (Redis),
+      // events or logs. A coordinator that restarts mid-transfer rolls the migration back anyway.
+      imageKey = randomBytes(IMAGE_KEY_BYTES);
       const received = await this.callAgent(m.to, AgentVerb.RECEIVE, {
         migrationId: m.id,
         transferId: m.transferId,
@@ -213,6 +229,7 @@ export class MigrationRunner {
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
         mounts: this.registry.findWorkload(m.workload)?.mounts ?? [],
         pageServer: transport === 'page-server',
+        imageKey,
       }, ReceiveReply, this.opts.agentRequestTimeoutMs);
 
       await this.step(m, 'checkpointing');
@@ -226,7 +243,9 @@ export class MigrationRunner {
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
         transport,
         ...(received.pageServer ? { pageServer: received.pageServer } : {}),
+        imageKey,
       }, CheckpointReply, this.opts.checkpointTimeoutMs, [m.to]);
+      imageKey.fill(0);
       m.frozenAt = cp.frozenAt;
       m.transport = cp.transport;
       m.phases.dumpMs = cp.dumpMs;
@@ -263,6 +282,7 @@ export class MigrationRunner {
       m.state = 'succeeded';
       await this.step(m, 'done');
     } catch (err) {
+      imageKey?.fill(0);
       const fe = toFerryError(err);
       m.error = fe.toBody();
       log.warn({ code: fe.code, details: fe.details }, `migration failed: ${fe.message}`);
@@ -360,8 +380,18 @@ export class MigrationRunner {
         cleanup();
         reject(new FerryError(ErrorCode.UNAVAILABLE, `host ${lost} was lost (no heartbeat) during ${verb}`));
       };
-      const cleanup = () => this.registry.off('lost', onLost);
+      // A reply published while the connection was down is lost for good; a long request (a
+      // checkpoint may take half an hour) must not wait its whole timeout for it.
+      const onDisconnect = () => {
+        cleanup();
+        reject(new FerryError(ErrorCode.UNAVAILABLE, `connection to NATS lost during ${verb} on ${host}`));
+      };
+      const cleanup = () => {
+        this.registry.off('lost', onLost);
+        this.connection.off('disconnect', onDisconnect);
+      };
       this.registry.on('lost', onLost);
+      this.connection.on('disconnect', onDisconnect);
       request(this.nc, subjects.agent(host, verb), body, schema, { timeoutMs }).then(
         (v) => {
           cleanup();

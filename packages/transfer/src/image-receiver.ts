@@ -15,6 +15,7 @@ import {
   subjects,
   toFerryError,
 } from '@ferry/protocol';
+import { assertImageKey, FrameOpener } from './chunk-cipher';
 import { DirectEndpoint } from './direct-path';
 import type { FrameSocket } from './frame-socket';
 import { CtlFrame, DataFrame, DirectRequestFrame } from './frames';
@@ -51,6 +52,8 @@ export interface ImageReceiverOptions {
    * NATS only. The sender decides which path it uses; a receiver takes either.
    */
   directListenAddress?: string;
+  /** Per-migration key: every data frame must be sealed with it (chunk-cipher.ts); null: frames in clear. */
+  imageKey?: Uint8Array | null;
   logger?: Logger;
 }
 
@@ -70,7 +73,8 @@ export function compileImageReceiverOptions(options: Partial<ImageReceiverOption
       throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${key} must be a non-negative integer, got ${String(merged[key])}`);
     }
   }
-  return { ...merged, directListenAddress: merged.directListenAddress ?? '', logger: merged.logger ?? silentLogger };
+  if (merged.imageKey) assertImageKey(merged.imageKey);
+  return { ...merged, directListenAddress: merged.directListenAddress ?? '', imageKey: merged.imageKey ?? null, logger: merged.logger ?? silentLogger };
 }
 
 /**
@@ -103,6 +107,7 @@ export class ImageReceiver {
   private transport: TransferTransport | undefined;
   private endpoint: Promise<DirectEndpoint | undefined> = Promise.resolve(undefined);
   private link: FrameSocket | undefined;
+  private readonly opener: FrameOpener | undefined;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -118,6 +123,7 @@ export class ImageReceiver {
     this.done.catch(() => undefined);
     // No NATS message is larger than the server's max_payload; nothing bigger is worth decoding.
     this.maxFrameBytes = Math.max(nc.info?.max_payload ?? 0, MAX_CONTROL_MESSAGE_BYTES);
+    this.opener = options.imageKey ? new FrameOpener(options.imageKey, transferId) : undefined;
     this.watchdog = new IdleWatchdog(options.idleTimeoutMs, (idleMs) =>
       this.fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `nothing received for transfer ${transferId} for ${Math.round(idleMs)} ms`)),
     );
@@ -260,7 +266,8 @@ export class ImageReceiver {
   }
 
   private async handleData(bytes: Uint8Array): Promise<void> {
-    const frame = parseMessage(DataFrame, decode(bytes, this.maxFrameBytes));
+    const plain = this.opener ? this.opener.open(bytes, this.expectedSeq, this.maxFrameBytes) : bytes;
+    const frame = parseMessage(DataFrame, decode(plain, this.maxFrameBytes));
     if (frame.seq !== this.expectedSeq) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `expected frame ${this.expectedSeq}, got ${frame.seq}: frames were lost or reordered`);
     }

@@ -15,6 +15,7 @@ import {
   toFerryError,
   type ErrorBody,
 } from '@ferry/protocol';
+import { assertImageKey, FrameSealer } from './chunk-cipher';
 import { connectDirect, DIRECT_CONNECT_TIMEOUT_MS, DIRECT_OFFER_TIMEOUT_MS } from './direct-path';
 import type { FrameSocket } from './frame-socket';
 import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES } from './frames';
@@ -65,6 +66,8 @@ export interface ImageSenderOptions {
   transport: TransportPreference;
   /** How long to wait for the receiver's direct offer, and then for the TCP connect, each. */
   directTimeoutMs: number;
+  /** Per-migration key: every data frame is sealed with it (chunk-cipher.ts); null: frames go in clear. */
+  imageKey?: Uint8Array | null;
   logger?: Logger;
 }
 
@@ -99,6 +102,7 @@ export function compileImageSenderOptions(
   if (!['auto', 'direct', 'nats'].includes(merged.transport)) {
     throw new FerryError(ErrorCode.INVALID_ARGUMENT, `transport must be auto, direct or nats, got ${String(merged.transport)}`);
   }
+  if (merged.imageKey) assertImageKey(merged.imageKey);
   const chunkBytes = Math.min(merged.chunkBytes, roomBytes);
   return {
     chunkBytes,
@@ -107,6 +111,7 @@ export function compileImageSenderOptions(
     idleTimeoutMs: merged.idleTimeoutMs,
     transport: merged.transport,
     directTimeoutMs: merged.directTimeoutMs,
+    imageKey: merged.imageKey ?? null,
     logger: merged.logger ?? silentLogger,
   };
 }
@@ -227,11 +232,14 @@ export async function sendImage(
         log.info({ transferId, reason: direct.reason }, 'direct path unavailable, sending over NATS');
       }
     }
-    const publish = link !== undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
+    const send = link !== undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
+    // Sealed at the frame level, so both paths carry only ciphertext.
+    const sealer = options.imageKey ? new FrameSealer(options.imageKey, transferId) : undefined;
+    const publish = (frame: { seq: number; bytes: Uint8Array }) => send(sealer ? sealer.seal(frame.seq, frame.bytes) : frame.bytes);
     log.debug({ transferId, transport, files: files.length, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
     for await (const frame of frames) {
       await waitUntil(() => frame.seq - ackedSeq <= options.windowChunks);
-      publish(frame.bytes);
+      publish(frame);
       lastSentSeq = frame.seq;
       if (!watchdog.running) watchdog.start();
       if (frame.kind === 'chunk') {

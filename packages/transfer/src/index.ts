@@ -23,3 +23,4 @@ export {
 } from './image-receiver';
 export type { ImageReceiverOptions } from './image-receiver';
 export { imagePathProblem, resolveImagePath, MAX_IMAGE_PATH_BYTES } from './image-path';
+export { IMAGE_KEY_BYTES, FrameSealer, FrameOpener } from './chunk-cipher';

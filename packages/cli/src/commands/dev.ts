@@ -14,14 +14,16 @@ export function registerDev(program: Command): Command {
     .option('--hosts <n>', 'number of hosts', (v) => Number(v), 2)
     .option('--kafka', 'also start a single-node Kafka broker (KRaft) on 127.0.0.1:9092; the coordinator produces events to ferry.events and consumes ferry.requests')
     .option('--ssh', "run sshd in every host and install each agent through it, as `ferry hosts add` does (ssh2, host keys checked)")
+    .option('--tls', 'nats-server requires TLS (certificates from a throwaway CA made with openssl; clients trust it through their credentials files)')
+    .option('--no-auth', 'anonymous NATS without subject permissions (default: one user per role, credentials 0600 under /run/ferry/dev/ferry/nats-auth)')
     .option('--json', 'print the cluster state as JSON')
     .action(
-      action(async (opts: { hosts: number; kafka?: boolean; ssh?: boolean; json?: boolean }) => {
-        const state = await startLocalCluster({ name: DEV_CLUSTER, hosts: opts.hosts, kafka: opts.kafka, ssh: opts.ssh });
+      action(async (opts: { hosts: number; kafka?: boolean; ssh?: boolean; tls?: boolean; auth: boolean; json?: boolean }) => {
+        const state = await startLocalCluster({ name: DEV_CLUSTER, hosts: opts.hosts, kafka: opts.kafka, ssh: opts.ssh, natsAuth: opts.auth, natsTls: opts.tls });
         if (opts.json) return printJson(state);
         process.stdout.write(
           `dev cluster up: ${state.layout.hosts.map((h) => `${h.name} (${h.address})`).join(', ')}\n` +
-            `  NATS ${state.natsUrl}, Redis ${state.redisUrl}${opts.kafka ? ', Kafka 127.0.0.1:9092' : ''}\n` +
+            `  NATS ${state.natsUrl}${state.tlsCaFile ? ' (TLS)' : ''}${state.credentials ? `, operator credentials ${state.credentials.cli}` : ''}, Redis ${state.redisUrl}${opts.kafka ? ', Kafka 127.0.0.1:9092' : ''}\n` +
             `  dashboard http://127.0.0.1:9464/, metrics and HTTP API on the same port (/metrics, /v1/..., /openapi.json)\n  logs in ${state.layout.logDir}\n`,
         );
       }),

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { ErrorCode, FerryError } from '@ferry/protocol';
 import { bootstrapAgent, DEFAULT_BOOTSTRAP_STATE_DIR, DEFAULT_CONFIG_DIR, DEFAULT_INSTALL_PREFIX, findBundleRoot, parseSshTarget, type HostKeyPolicy } from '../bootstrap';
-import { resolveNatsUrl } from '../client';
+import { resolveNatsCredentials, resolveNatsUrl } from '../client';
 import { waitForHosts } from '../dev-cluster';
 import { printJson } from '../output';
 import { action } from './action';
@@ -89,7 +89,7 @@ export function registerHostsAdd(hosts: Command): Command {
           repoRoot: findBundleRoot(__dirname),
           stateDir: flags.stateDir,
           registerTimeoutMs: flags.timeout,
-          waitUntilRegistered: (host, timeoutMs) => waitForHosts(cliNatsUrl, [host], timeoutMs),
+          waitUntilRegistered: (host, timeoutMs) => waitForHosts(cliNatsUrl, [host], timeoutMs, resolveNatsCredentials()),
           report: flags.json ? undefined : (line) => process.stderr.write(`ferry: ${line}\n`),
         });
         if (flags.json) {

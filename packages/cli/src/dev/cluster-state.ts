@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { ErrorCode, FerryError } from '@ferry/protocol';
 import { ClusterLayout, DEV_STATE_ROOT, clusterStateDir } from './cluster-layout';
 import { assertClusterName } from './dev-cluster-options';
+import type { DevNatsCredentialFiles } from './nats-security';
 import { ProcessIdentity } from './process-identity';
 
 /** Which part of the cluster a recorded process is. */
@@ -35,6 +36,10 @@ export interface DevClusterState {
   hostNatsUrl: string;
   redisUrl: string;
   hostRedisUrl: string;
+  /** Each role's NATS credentials file; absent or null: NATS without authentication. */
+  credentials?: DevNatsCredentialFiles | null;
+  /** The CA clients trust when nats-server requires TLS; absent or null: plain TCP. */
+  tlsCaFile?: string | null;
   /** The namespace directory is bind-mounted onto itself (needs unmounting). */
   namespaceDirMounted: boolean;
   bridgeCreated: boolean;

@@ -16,6 +16,8 @@ export interface DevCoordinatorContext {
   hostNames: string[];
   /** JSON list of the cluster's shared filesystems (`shared`: sshfs from the storage host). */
   filesystemsFile: string;
+  /** The coordinator's NATS credentials file (FERRY_NATS_CREDENTIALS); null when NATS has no auth. */
+  natsCredentialsFile: string | null;
 }
 
 /** What an agent command is told about the host it runs in. */
@@ -28,6 +30,8 @@ export interface DevHostContext {
   natsUrl: string;
   /** Redis as reached from inside the host (the bridge address). */
   redisUrl: string;
+  /** This host's agent's NATS credentials file (FERRY_NATS_CREDENTIALS); null when NATS has no auth. */
+  natsCredentialsFile: string | null;
 }
 
 export interface DevClusterOptions {
@@ -63,6 +67,10 @@ export interface DevClusterOptions {
   agentHosts: string[] | null;
   /** Run an OpenSSH server in every agent host (keys in `hostSshFiles(layout)`), for bootstrapping agents over SSH. */
   hostSshd: boolean;
+  /** NATS users with subject permissions per role (credentials files 0600 in the state dir); false: anonymous NATS. */
+  natsAuth: boolean;
+  /** nats-server requires TLS (a throwaway CA made with openssl); needs natsAuth (the CA travels in the credentials files). */
+  natsTls: boolean;
 }
 
 /** The cluster name `ferry dev up` uses; it gets the plain netns names h1..hN and bridge `ferry0`. */
@@ -91,6 +99,8 @@ export function defaultDevClusterOptions(): Omit<DevClusterOptions, 'coordinator
     logger: silentDevLogger,
     agentHosts: null,
     hostSshd: false,
+    natsAuth: true,
+    natsTls: false,
   };
 }
 
@@ -138,6 +148,9 @@ export function compileDevClusterOptions(input: DevClusterInput): DevClusterOpti
   }
   assertIntegerInRange('readyTimeoutMs', options.readyTimeoutMs, 1, 3_600_000);
   assertIntegerInRange('stopGraceMs', options.stopGraceMs, 0, 600_000);
+  if (options.natsTls && !options.natsAuth) {
+    throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'natsTls needs natsAuth: clients learn the CA from their credentials files');
+  }
   if (options.agentHosts !== null) {
     const unknown = options.agentHosts.filter((h) => !/^h\d+$/.test(h) || Number(h.slice(1)) < 1 || Number(h.slice(1)) > options.hosts);
     if (unknown.length > 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `agentHosts names hosts the cluster does not have: ${unknown.join(', ')}`);

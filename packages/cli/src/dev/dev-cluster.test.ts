@@ -174,6 +174,8 @@ describe('dev cluster (real namespaces)', () => {
       address: state.layout.hosts[1].address,
       natsUrl: `nats://${state.layout.bridgeAddress}:${state.natsPort}`,
       redisUrl: `redis://${state.layout.bridgeAddress}:${state.redisPort}`,
+      // NATS authentication is on by default: each agent gets its own credentials file.
+      natsCredentialsFile: state.credentials!.agents.h2,
     });
   });
 

@@ -8,6 +8,7 @@ import { assertNetworkFree, createBridge, createHostNetwork } from './host-netwo
 import { createHostMountAndUts, createNamespaceDir } from './host-namespaces';
 import { spawnInHost } from './host-process';
 import { natsServerConfig, redisServerConfig } from './infra-configs';
+import { devNatsPrincipals, makeDevTls, natsAuthorizationConfig, natsTlsConfig, writeDevCredentials, writeSecretFile } from './nats-security';
 import { prepareStorageHost, sshdArgv } from './storage-host';
 import { hostSshdArgv, prepareHostSshd } from './host-sshd';
 import { DevLogger } from './logger';
@@ -68,6 +69,7 @@ export function devHostContexts(state: DevClusterState): DevHostContext[] {
     address: host.address,
     natsUrl: state.hostNatsUrl,
     redisUrl: state.hostRedisUrl,
+    natsCredentialsFile: state.credentials?.agents[host.name] ?? null,
   }));
 }
 
@@ -147,7 +149,17 @@ async function buildCluster(state: DevClusterState, options: DevClusterOptions, 
 
   const natsConfig = path.join(layout.stateDir, 'nats.conf');
   const natsListen = options.natsListenOnAllAddresses ? '0.0.0.0' : layout.bridgeAddress;
-  fs.writeFileSync(natsConfig, natsServerConfig({ listenAddress: natsListen, port: options.natsPort }));
+  let natsSecurity = '';
+  if (options.natsAuth) {
+    const tls = options.natsTls ? await makeDevTls(layout.stateDir, ['127.0.0.1', layout.bridgeAddress]) : null;
+    const principals = devNatsPrincipals(layout.hosts.map((h) => h.name), tls?.caFile ?? null);
+    state.credentials = writeDevCredentials(layout.stateDir, principals);
+    state.tlsCaFile = tls?.caFile ?? null;
+    writeClusterState(state);
+    natsSecurity = natsAuthorizationConfig(principals) + (tls ? natsTlsConfig(tls) : '');
+  }
+  // 0600: the authorization block holds every principal's password.
+  writeSecretFile(natsConfig, natsServerConfig({ listenAddress: natsListen, port: options.natsPort }) + natsSecurity);
   await record(state, 'nats', undefined, spawnLogged([NATS_SERVER_BINARY, '-c', natsConfig], { logPath: logFile(layout, 'nats') }));
 
   const redisDir = path.join(layout.stateDir, 'redis');
@@ -189,6 +201,7 @@ async function buildCluster(state: DevClusterState, options: DevClusterOptions, 
     redisUrl: state.redisUrl,
     hostNames,
     filesystemsFile: storage.filesystemsFile,
+    natsCredentialsFile: state.credentials?.coordinator ?? null,
   });
   await record(
     state,
