@@ -70,6 +70,14 @@ test('a 64 MiB workload migrates h1 -> h2 -> h1 with memory intact, counter cont
     expect(await w.verifyMemory(pid)).toBe('OK');
   }
 
+  // Each agent serves its own metrics on its host address: h2 restored once and dumped once.
+  const hosts = (await cluster.ferry(['hosts', '--json'])).json as Array<{ name: string; address: string }>;
+  const h2 = hosts.find((h) => h.name === 'h2')!;
+  const agentMetrics = await (await fetch(`http://${h2.address}:9465/metrics`)).text();
+  expect(agentMetrics).toContain('ferry_agent_criu_restore_duration_seconds_count{host="h2"} 1');
+  expect(agentMetrics).toContain('ferry_agent_criu_dump_duration_seconds_count{host="h2"} 1');
+  expect(agentMetrics).toMatch(/ferry_agent_transfer_bytes_total\{direction="received",host="h2"\} \d{8,}/);
+
   const status = await cluster.ferry(['status', '--json']);
   expect(status.code).toBe(0);
   expect(status.json.filter((m: { workload: string; state: string }) => m.workload === 'counter' && m.state === 'succeeded')).toHaveLength(2);

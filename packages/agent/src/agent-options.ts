@@ -1,5 +1,6 @@
 import { ErrorCode, FerryError, isValidToken } from '@ferry/protocol';
 import type { AgentFaults } from './fault-injection';
+import { DEFAULT_AGENT_METRICS_PORT } from './agent-metrics';
 
 /** Heartbeats let the coordinator tell a live host from a lost one within a few seconds. */
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000;
@@ -31,6 +32,8 @@ export interface AgentOptions {
   criuPath: string;
   /** Largest unlinked-but-open file CRIU copies into the image (its --ghost-limit). */
   ghostLimitBytes: number;
+  /** Port of the agent's /metrics endpoint on its address (null: none). */
+  metricsPort: number | null;
   /** Faults to inject, for failure tests only. */
   faults: AgentFaults;
 }
@@ -49,6 +52,7 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
     criuPath: 'criu',
     ghostLimitBytes: 64 * 1024 * 1024,
     faults: {},
+    metricsPort: DEFAULT_AGENT_METRICS_PORT,
   };
 }
 

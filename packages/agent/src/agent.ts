@@ -48,6 +48,7 @@ import { silentLogger, type Logger } from '@ferry/protocol';
 import { isAlive, treeRssBytes } from './process-tree';
 import { launchWorkload } from './workload-launcher';
 import { WorkDirs } from './work-dir';
+import type { AgentMetrics } from './agent-metrics';
 import { ensureMounted, unmount } from './shared-mounts';
 import { checkGhostLimit, closeInherited, findUnlinkedFiles, openPins, pinSharedFiles, removePins, type PinnedFile } from './unlinked-files';
 import { listTree } from './process-tree';
@@ -95,6 +96,8 @@ export interface AgentDeps {
   workDirs: WorkDirs;
   inventory: Inventory;
   logger?: Logger;
+  /** Prometheus metrics of this agent, when it serves them. */
+  metrics?: AgentMetrics;
 }
 
 export class Agent {
@@ -133,7 +136,10 @@ export class Agent {
     const on = <S extends z.ZodType>(verb: AgentVerb, schema: S, fn: (req: z.infer<S>) => Promise<Record<string, unknown> | void>) =>
       this.subs.push(
         serve(nc, subjects.agent(this.opts.host, verb), schema, fn, {
-          onError: (err, subject) => this.log.warn({ code: err.code, subject, details: err.details }, err.message),
+          onError: (err, subject) => {
+            this.deps.metrics?.failed(subject, err.code);
+            this.log.warn({ code: err.code, subject, details: err.details }, err.message);
+          },
         }),
       );
     on(AgentVerb.PROBE, EmptyRequest, async () => ({ criu: this.deps.criuInfo, memory: await readHostMemory() }));
@@ -234,6 +240,7 @@ export class Agent {
     await this.refreshInventory();
     const out: WorkloadInfo[] = [];
     for (const r of this.deps.inventory.all()) out.push(await this.describe(r));
+    this.deps.metrics?.inventory(out);
     return out;
   }
 
@@ -345,7 +352,7 @@ export class Agent {
       logger: this.log.child({ migrationId: req.migrationId }),
     });
     // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
-    receiver.done.catch(() => undefined);
+    receiver.done.then((stats) => this.deps.metrics?.received(stats.bytes)).catch(() => undefined);
     const progressTimer = setInterval(() => {
       const p = receiver.progress();
       this.deps.nc.publish(
@@ -403,6 +410,7 @@ export class Agent {
       closeInherited(inherited);
     }
     const resumedAt = Date.now();
+    this.deps.metrics?.restored(resumedAt - started);
     // The restored workload holds its own copies of the pinned files now; the names can go.
     await removePins(manifest.pins ?? []);
     inc.restoredPid = restored.pid;
@@ -556,6 +564,7 @@ export class Agent {
         });
       });
       dumpMs = dumped.durationMs;
+      this.deps.metrics?.dumped(dumpMs);
     } catch (err) {
       // CRIU resumes the tree itself when a dump fails; make sure of it and forget the mark.
       await this.deps.criu.thaw(rec.pid).catch(() => undefined);
@@ -589,6 +598,7 @@ export class Agent {
       imageKey: req.imageKey ?? null,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
+    this.deps.metrics?.sent(sent.bytes, sent.elapsedMs);
     this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs, transport: sent.transport }, 'image sent');
     return {
       dumpMs: Math.round(dumpMs),

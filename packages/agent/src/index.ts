@@ -6,3 +6,4 @@ export { startAgent } from './start-agent';
 export type { RunningAgent } from './start-agent';
 export { CriuDriver } from './criu-driver';
 export { probeCriu } from './criu-probe';
+export { AgentMetrics, serveAgentMetrics, DEFAULT_AGENT_METRICS_PORT } from './agent-metrics';

@@ -24,6 +24,8 @@ async function main(): Promise<void> {
       criuPath: env.FERRY_CRIU_PATH,
       ghostLimitBytes: num(env.FERRY_GHOST_LIMIT_BYTES),
       faults: { corruptImageFrame: num(env.FERRY_FAULT_CORRUPT_IMAGE_FRAME) },
+      // FERRY_METRICS_PORT=off serves no /metrics.
+      metricsPort: env.FERRY_METRICS_PORT === 'off' ? null : num(env.FERRY_METRICS_PORT),
     },
     logger,
   );

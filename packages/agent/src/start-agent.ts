@@ -9,6 +9,7 @@ import { Inventory } from './inventory';
 import { natsAuthOptionsFromFile, silentLogger, type Logger } from '@ferry/protocol';
 import { WorkDirs } from './work-dir';
 import { withFaults } from './fault-injection';
+import { AgentMetrics, serveAgentMetrics } from './agent-metrics';
 
 export interface RunningAgent {
   agent: Agent;
@@ -46,11 +47,21 @@ export async function startAgent(partial: Partial<AgentOptions> & { host: string
     waitOnFirstConnect: true,
     ...natsAuthOptionsFromFile(opts.natsCredentialsFile),
   });
-  const agent = new Agent(opts, { nc: withFaults(nc, opts.faults), syscalls: sys, criu, criuInfo, workDirs, inventory, logger: log });
+  const metrics = new AgentMetrics(opts.host);
+  const agent = new Agent(opts, { nc: withFaults(nc, opts.faults), syscalls: sys, criu, criuInfo, workDirs, inventory, logger: log, metrics });
   await agent.start();
+  // A metrics endpoint that cannot listen (port taken) is logged, not fatal: migrations matter more.
+  const metricsServer =
+    opts.metricsPort === null
+      ? null
+      : await serveAgentMetrics(metrics, opts.address || '0.0.0.0', opts.metricsPort).catch((err: Error) => {
+          log.error({ err: err.message, port: opts.metricsPort }, 'metrics endpoint not served');
+          return null;
+        });
   return {
     agent,
     async stop() {
+      metricsServer?.close();
       await agent.close();
       await nc.drain().catch(() => undefined);
     },

@@ -19,8 +19,10 @@ import {
   FerryError,
   ReceiveReply,
   RestoreReply,
+  WorkloadInfo,
   encode,
   request,
+  workloadsDigest,
   subjects,
   toFerryError,
   silentLogger,
@@ -83,7 +85,7 @@ export class MigrationRunner {
 
   /** Runs a migration to its end and returns the final record. */
   async migrate(params: MigrateParams): Promise<MigrationResult> {
-    const workload = this.registry.findWorkload(params.workload);
+    const workload = await this.findRunningWorkload(params.workload);
     if (params.requestId) {
       // A retry: answer with the first migration, wherever the workload is now.
       const earlier = await this.store.requestHolder(params.requestId);
@@ -146,6 +148,29 @@ export class MigrationRunner {
   /** True while this runner runs (or recovers) migration `id`. */
   isRunning(id: string): boolean {
     return this.slots.has(id);
+  }
+
+  /**
+   * The registry is a cache of heartbeats; one taken just before a migration ended can briefly hide
+   * a workload that runs. Before answering NOT_FOUND, the agents themselves are asked.
+   */
+  private async findRunningWorkload(name: string): Promise<WorkloadInfo | undefined> {
+    const cached = this.registry.findWorkload(name);
+    if (cached && cached.state === 'running') return cached;
+    const alive = this.registry.list().filter((h) => h.state === 'alive');
+    await Promise.all(
+      alive.map(async (h) => {
+        try {
+          const { workloads } = await request(this.nc, subjects.agent(h.name, AgentVerb.PS), {}, z.object({ workloads: z.array(WorkloadInfo) }), {
+            timeoutMs: 2_000,
+          });
+          this.registry.setWorkloads(h.name, workloads, workloadsDigest(workloads));
+        } catch {
+          // An agent that does not answer keeps its cached list.
+        }
+      }),
+    );
+    return this.registry.findWorkload(name);
   }
 
   /** Chooses a target for a running workload now; FAILED_PRECONDITION when no host fits. */
