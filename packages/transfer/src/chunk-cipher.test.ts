@@ -3,18 +3,16 @@
  * paths), a capture of the data subject, forged and replayed frames, and a seeded fuzz of the
  * receiver with random and mutated frames.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { connect, type NatsConnection } from 'nats';
 import { encode, ErrorCode, FerryError, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { FrameOpener, FrameSealer, ImageReceiver, IMAGE_KEY_BYTES, sendImage } from './index';
+import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
 
-const NATS_SERVER_BIN = '/usr/sbin/nats-server';
 const MIB = 1024 * 1024;
 const v = PROTOCOL_VERSION;
 /** Fuzz inputs fed to live receivers; each receiver takes a batch until it fails. */
@@ -69,32 +67,9 @@ describe('FrameSealer / FrameOpener', () => {
   });
 });
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForTcp(port: number, deadlineMs: number): Promise<void> {
-  while (Date.now() < deadlineMs) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const sock = tcpConnect(port, '127.0.0.1');
-      sock.once('connect', () => (sock.destroy(), resolve(true)));
-      sock.once('error', () => (sock.destroy(), resolve(false)));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nats-server did not listen on ${port}`);
-}
 
 describe('sealed transfers over a real nats-server', () => {
-  let server: ChildProcess;
+  let server: TestNatsServer;
   let senderNc: NatsConnection;
   let receiverNc: NatsConnection;
   let spyNc: NatsConnection;
@@ -102,20 +77,14 @@ describe('sealed transfers over a real nats-server', () => {
   let n = 0;
 
   beforeAll(async () => {
-    const port = await freePort();
-    server = spawn(NATS_SERVER_BIN, ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
-    await waitForTcp(port, Date.now() + 10_000);
-    [senderNc, receiverNc, spyNc] = await Promise.all([0, 1, 2].map(() => connect({ servers: `127.0.0.1:${port}` })));
+    server = await startTestNatsServer();
+    [senderNc, receiverNc, spyNc] = await Promise.all([0, 1, 2].map(() => connect({ servers: server.url })));
     scratch = await mkdtemp(join(tmpdir(), 'ferry-cipher-test-'));
   });
 
   afterAll(async () => {
     for (const nc of [senderNc, receiverNc, spyNc]) await nc?.close();
-    if (server?.pid !== undefined && server.exitCode === null) {
-      const exited = new Promise((r) => server.once('exit', r));
-      process.kill(server.pid, 'SIGTERM');
-      await exited;
-    }
+    await server?.stop();
     if (scratch) await rm(scratch, { recursive: true, force: true });
   });
 

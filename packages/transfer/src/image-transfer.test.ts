@@ -2,10 +2,9 @@
  * Image transfer against a real nats-server (started per file on a free port, killed by PID).
  * Sender and receiver use separate connections, as two agents would.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { createServer, connect as tcpConnect } from 'node:net';
+import { connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -13,59 +12,29 @@ import { connect, type NatsConnection } from 'nats';
 import { decode, encode, ErrorCode, FerryError, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { ImageReceiver, sendImage, type ImageReceiverOptions } from './index';
 import { connectDirect } from './direct-path';
+import { freePort, startTestNatsServer, type TestNatsServer } from './test-nats-server';
 
-const NATS_SERVER_BIN = '/usr/sbin/nats-server';
-const SERVER_START_TIMEOUT_MS = 10_000;
 const MIB = 1024 * 1024;
 jest.setTimeout(60_000);
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-async function waitForTcp(port: number, deadlineMs: number): Promise<void> {
-  while (Date.now() < deadlineMs) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const sock = tcpConnect(port, '127.0.0.1');
-      sock.once('connect', () => (sock.destroy(), resolve(true)));
-      sock.once('error', () => (sock.destroy(), resolve(false)));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nats-server did not listen on ${port}`);
-}
-
-let server: ChildProcess;
+let server: TestNatsServer;
 let senderNc: NatsConnection;
 let receiverNc: NatsConnection;
 let scratch: string;
 let transferCounter = 0;
 
 beforeAll(async () => {
-  const port = await freePort();
-  server = spawn(NATS_SERVER_BIN, ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
-  await waitForTcp(port, Date.now() + SERVER_START_TIMEOUT_MS);
-  senderNc = await connect({ servers: `127.0.0.1:${port}` });
-  receiverNc = await connect({ servers: `127.0.0.1:${port}` });
+  server = await startTestNatsServer();
+  senderNc = await connect({ servers: server.url });
+  receiverNc = await connect({ servers: server.url });
   scratch = await mkdtemp(join(tmpdir(), 'ferry-transfer-test-'));
 });
 
 afterAll(async () => {
   await senderNc?.close();
   await receiverNc?.close();
-  if (server?.pid !== undefined && server.exitCode === null) {
-    const exited = new Promise((r) => server.once('exit', r));
-    process.kill(server.pid, 'SIGTERM');
-    await exited;
-  }
+  await server?.stop();
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 

@@ -7,11 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ClusterLayout, HostLayout } from './cluster-layout';
-import { runCommand } from './run-command';
-import { SSHD_BINARY } from './storage-host';
-
-/** sshd's privilege-separation directory; it refuses to start without it. */
-const SSHD_PRIVSEP_DIR = '/run/sshd';
+import { SSHD_BINARY, SSHD_PRIVSEP_DIR, keygen, knownHostsLine, sshdConfigText } from './sshd-config';
 
 /** The client side of the hosts' SSH servers: all derived from the layout. */
 export interface HostSshFiles {
@@ -36,12 +32,6 @@ function sshdConfigFile(files: HostSshFiles, host: HostLayout): string {
   return path.join(files.dir, `sshd_config.${host.name}`);
 }
 
-async function keygen(file: string, comment: string): Promise<void> {
-  fs.rmSync(file, { force: true });
-  fs.rmSync(`${file}.pub`, { force: true });
-  await runCommand('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', file]);
-}
-
 /** Generates the client key, one host key and sshd_config per host, authorized_keys and known_hosts. */
 export async function prepareHostSshd(layout: ClusterLayout, hosts: HostLayout[]): Promise<HostSshFiles> {
   const files = hostSshFiles(layout);
@@ -54,27 +44,8 @@ export async function prepareHostSshd(layout: ClusterLayout, hosts: HostLayout[]
   for (const host of hosts) {
     const hostKey = hostKeyFile(files, host);
     await keygen(hostKey, `ferry-dev-${layout.name}-${host.name}`);
-    known.push(`${host.address} ${fs.readFileSync(`${hostKey}.pub`, 'utf8').trim().split(' ').slice(0, 2).join(' ')}`);
-    fs.writeFileSync(
-      sshdConfigFile(files, host),
-      [
-        `ListenAddress ${host.address}`,
-        'Port 22',
-        `HostKey ${hostKey}`,
-        `AuthorizedKeysFile ${authorizedKeys}`,
-        'PermitRootLogin prohibit-password',
-        'PasswordAuthentication no',
-        'KbdInteractiveAuthentication no',
-        'UsePAM no',
-        // The key files live under /run/ferry, whose modes sshd's StrictModes would question.
-        'StrictModes no',
-        'Subsystem sftp internal-sftp',
-        'PidFile none',
-        'LogLevel VERBOSE',
-        '',
-      ].join('\n'),
-      { mode: 0o600 },
-    );
+    known.push(knownHostsLine(host.address, hostKey));
+    fs.writeFileSync(sshdConfigFile(files, host), sshdConfigText(host.address, hostKey, authorizedKeys), { mode: 0o600 });
   }
   fs.writeFileSync(files.knownHosts, `${known.join('\n')}\n`, { mode: 0o600 });
   return files;

@@ -6,11 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ClusterLayout } from './cluster-layout';
-import { runCommand } from './run-command';
-
-export const SSHD_BINARY = '/usr/sbin/sshd';
-/** sshd's privilege-separation directory; it refuses to start without it. */
-const SSHD_PRIVSEP_DIR = '/run/sshd';
+import { SSHD_BINARY, SSHD_PRIVSEP_DIR, keygen, knownHostsLine, sshdConfigText } from './sshd-config';
 
 /** A filesystem as ferry's cluster configuration describes it (see the coordinator's filesystems option). */
 export interface DevFilesystem {
@@ -37,37 +33,13 @@ export async function prepareStorageHost(layout: ClusterLayout): Promise<Storage
   fs.mkdirSync(SSHD_PRIVSEP_DIR, { recursive: true, mode: 0o755 });
   const hostKey = path.join(dir, 'ssh_host_ed25519_key');
   const clientKey = path.join(dir, 'id_ed25519');
-  for (const key of [hostKey, clientKey]) {
-    fs.rmSync(key, { force: true });
-    fs.rmSync(`${key}.pub`, { force: true });
-    await runCommand('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `ferry-dev-${layout.name}`, '-f', key]);
-  }
+  for (const key of [hostKey, clientKey]) await keygen(key, `ferry-dev-${layout.name}`);
   const authorizedKeys = path.join(dir, 'authorized_keys');
   fs.writeFileSync(authorizedKeys, fs.readFileSync(`${clientKey}.pub`), { mode: 0o600 });
   const knownHosts = path.join(dir, 'known_hosts');
-  const hostPub = fs.readFileSync(`${hostKey}.pub`, 'utf8').trim().split(' ').slice(0, 2).join(' ');
-  fs.writeFileSync(knownHosts, `${layout.storage.address} ${hostPub}\n`, { mode: 0o600 });
+  fs.writeFileSync(knownHosts, `${knownHostsLine(layout.storage.address, hostKey)}\n`, { mode: 0o600 });
   const sshdConfig = path.join(dir, 'sshd_config');
-  fs.writeFileSync(
-    sshdConfig,
-    [
-      `ListenAddress ${layout.storage.address}`,
-      'Port 22',
-      `HostKey ${hostKey}`,
-      `AuthorizedKeysFile ${authorizedKeys}`,
-      'PermitRootLogin prohibit-password',
-      'PasswordAuthentication no',
-      'KbdInteractiveAuthentication no',
-      'UsePAM no',
-      // The key files live under /run/ferry, whose modes sshd's StrictModes would question.
-      'StrictModes no',
-      'Subsystem sftp internal-sftp',
-      'PidFile none',
-      'LogLevel VERBOSE',
-      '',
-    ].join('\n'),
-    { mode: 0o600 },
-  );
+  fs.writeFileSync(sshdConfig, sshdConfigText(layout.storage.address, hostKey, authorizedKeys), { mode: 0o600 });
   const filesystems: DevFilesystem[] = [
     {
       name: 'shared',
