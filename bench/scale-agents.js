@@ -9,7 +9,7 @@
  * Prints "ready" once every agent registered.
  */
 const { connect } = require('nats');
-const { AgentVerb, CoordVerb, FULL_HEARTBEAT_EVERY, encode, decode, subjects, workloadsDigest, PROTOCOL_VERSION } = require('@ferry/protocol');
+const { AgentVerb, FULL_HEARTBEAT_EVERY, encode, decode, subjects, workloadsDigest, PROTOCOL_VERSION } = require('@ferry/protocol');
 
 const [natsUrl, firstArg, countArg, perAgentArg] = process.argv.slice(2);
 const FIRST = Number(firstArg);
@@ -115,7 +115,7 @@ function simulatedAgent(nc, index) {
       for (;;) {
         try {
           const msg = await nc.request(
-            subjects.coord(CoordVerb.REGISTER),
+            subjects.register(host),
             encode({ v: PROTOCOL_VERSION, host, address: '127.0.0.1', criu: CRIU, memory: memory(), agentPid: process.pid, bootId }),
             { timeout: 10_000 },
           );
@@ -134,7 +134,7 @@ function simulatedAgent(nc, index) {
       const full = digest !== lastDigest || n % FULL_HEARTBEAT_EVERY === 0;
       lastDigest = digest;
       nc.publish(
-        subjects.heartbeat(),
+        subjects.heartbeat(host),
         encode({ v: PROTOCOL_VERSION, host, bootId, address: '127.0.0.1', criu: CRIU, seq: n, memory: memory(), workloadsDigest: digest, ...(full ? { workloads: list } : {}) }),
       );
     },

@@ -12,6 +12,7 @@ import { Redis } from 'ioredis';
 import { z } from 'zod';
 import { dev, clusterDataDir } from '@ferry/cli';
 import { CoordVerb, decode, request, subjects } from '@ferry/protocol';
+import { expectIntactOn as expectIntact, launchCounter } from './helpers/checks';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload, sleep, waitFor } from './helpers/workload';
 
@@ -118,30 +119,14 @@ async function restartAgent(host: string): Promise<void> {
 }
 
 async function launch(name: string, host: string, mib: number): Promise<CounterWorkload> {
-  const w = await CounterWorkload.create();
+  const w = await launchCounter(cluster, name, host, mib);
   workloads.set(name, w);
-  const res = await cluster.ferry(['run', '--host', host, '--name', name, '--json', '--', ...w.argv(mib)]);
-  expect(res.code).toBe(0);
-  await w.advancesPast(5, 30_000);
   return w;
 }
 
 /** Runs on `host`, unfrozen, counter moving, started once, exactly one copy, memory intact. */
 async function expectIntactOn(name: string, host: string): Promise<void> {
-  const w = workloads.get(name)!;
-  const entry = await waitFor(`${name} running on ${host}`, async () => {
-    const ps = await cluster.ferry(['ps', '--json']);
-    const entries = (ps.json ?? []).filter((x: { name: string }) => x.name === name);
-    return entries.length === 1 && entries[0].host === host && entries[0].state === 'running' ? entries[0] : undefined;
-  }, 30_000);
-  const c = await w.counter();
-  await w.advancesPast(c + 5);
-  expect(await w.starts()).toBe(1);
-  await waitFor('exactly one copy', async () => {
-    const copies = await w.runningCopies();
-    return copies.length === 1 && copies[0] === entry.pid;
-  }, 20_000);
-  expect(await w.verifyMemory(entry.pid)).toBe('OK');
+  await expectIntact(cluster, workloads.get(name)!, name, host);
 }
 
 /** Calls `fn` once, when the first migration event of `workload` at `step` arrives. */

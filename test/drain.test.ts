@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { CoordVerb, decode, request, subjects, type FerryError } from '@ferry/protocol';
+import { expectIntactOn as expectIntact, launchCounter } from './helpers/checks';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload } from './helpers/workload';
 
@@ -39,26 +40,14 @@ afterAll(async () => {
 });
 
 async function launch(name: string, host: string, mib = 4): Promise<CounterWorkload> {
-  const w = await CounterWorkload.create();
+  const w = await launchCounter(cluster, name, host, mib);
   workloads.set(name, w);
-  const res = await cluster.ferry(['run', '--host', host, '--name', name, '--json', '--', ...w.argv(mib)]);
-  expect(res.code).toBe(0);
-  await w.advancesPast(5, 30_000);
   return w;
 }
 
 /** Runs on `host`, unfrozen, counter moving, started once, exactly one copy, memory intact. */
 async function expectIntactOn(name: string, host: string): Promise<void> {
-  const w = workloads.get(name)!;
-  const ps = await cluster.ferry(['ps', '--json']);
-  const entries = ps.json.filter((x: { name: string }) => x.name === name);
-  expect(entries).toHaveLength(1);
-  expect(entries[0]).toMatchObject({ host, state: 'running' });
-  const c = await w.counter();
-  await w.advancesPast(c + 5);
-  expect(await w.starts()).toBe(1);
-  expect(await w.runningCopies()).toEqual([entries[0].pid]);
-  expect(await w.verifyMemory(entries[0].pid)).toBe('OK');
+  await expectIntact(cluster, workloads.get(name)!, name, host);
 }
 
 async function hosts(): Promise<Array<{ name: string; cordoned: boolean; workloadCount: number }>> {

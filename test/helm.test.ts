@@ -2,10 +2,14 @@
  * The Helm chart (helm/ferry): `helm lint` and `helm template` with several values files, and
  * assertions on the rendered objects. helm is built by the set-up into .tools/bin/helm.
  */
-import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect as tcpConnect } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { connect, type NatsConnection } from 'nats';
+import { natsAuthOptionsFromFile } from '@ferry/protocol';
 import { REPO } from './helpers/cluster';
 
 import * as yaml from 'js-yaml';
@@ -66,15 +70,22 @@ describe('helm chart', () => {
     const agent = pod.containers[0];
     expect(agent.securityContext.privileged).toBe(true);
     const mounts = Object.fromEntries(agent.volumeMounts.map((m: any) => [m.mountPath, m]));
-    expect(Object.keys(mounts).sort()).toEqual(['/dev/fuse', '/run/ferry', '/sys/fs/cgroup', '/var/lib/ferry']);
+    expect(Object.keys(mounts).sort()).toEqual(['/dev/fuse', '/run/ferry', '/run/ferry-nats', '/sys/fs/cgroup', '/var/lib/ferry']);
     expect(mounts['/run/ferry'].mountPropagation).toBe('Bidirectional');
     const volumes = Object.fromEntries(pod.volumes.map((v: any) => [v.name, v.hostPath?.path]));
-    expect(volumes).toEqual({ data: '/var/lib/ferry', 'run-ferry': '/run/ferry', cgroup: '/sys/fs/cgroup', 'dev-fuse': '/dev/fuse' });
+    expect(volumes).toEqual({ data: '/var/lib/ferry', 'run-ferry': '/run/ferry', cgroup: '/sys/fs/cgroup', 'dev-fuse': '/dev/fuse', 'nats-credentials': undefined });
+    // The agent's own credentials file, root-only (the agent runs as root, the file's owner).
+    expect(pod.volumes.find((v: any) => v.name === 'nats-credentials').secret).toEqual({
+      secretName: 'rel-ferry-credentials',
+      defaultMode: 0o400,
+      items: [{ key: 'nats-credentials-agent.json', path: 'credentials.json' }],
+    });
     const agentEnv = envOf(agent);
     expect(agentEnv.FERRY_HOST).toEqual({ fieldRef: { fieldPath: 'spec.nodeName' } });
     expect(agentEnv.FERRY_ADDRESS).toEqual({ fieldRef: { fieldPath: 'status.hostIP' } });
     expect(agentEnv.FERRY_NATS_URL).toEqual({ secretKeyRef: { name: 'rel-ferry-credentials', key: 'nats-url' } });
     expect(agentEnv.FERRY_WORK_DIR).toBe('/run/ferry/work');
+    expect(agentEnv.FERRY_NATS_CREDENTIALS).toBe('/run/ferry-nats/credentials.json');
     expect(pod.nodeSelector).toEqual({ 'kubernetes.io/os': 'linux' });
     expect(pod.tolerations).toBeUndefined();
 
@@ -89,6 +100,15 @@ describe('helm chart', () => {
     expect(coordEnv.FERRY_NATS_URL).toEqual({ secretKeyRef: { name: 'rel-ferry-credentials', key: 'nats-url' } });
     expect(coordEnv.FERRY_REDIS_URL).toEqual({ secretKeyRef: { name: 'rel-ferry-credentials', key: 'redis-url' } });
     expect(coordEnv.FERRY_FILESYSTEMS).toBe('/etc/ferry/filesystems.json');
+    // The coordinator (uid 10001) reads a 0600 copy of its credentials an init container makes in memory.
+    expect(coordEnv.FERRY_NATS_CREDENTIALS).toBe('/run/ferry-nats/credentials.json');
+    const coordPod = deploy.spec.template.spec;
+    expect(coordPod.initContainers[0].command).toEqual([
+      'install', '-m', '0600', '-o', '10001', '-g', '10001', '/run/ferry-nats-secret/credentials.json', '/run/ferry-nats/credentials.json',
+    ]);
+    expect(coordPod.volumes.find((v: any) => v.name === 'nats-credentials').secret.items).toEqual([{ key: 'nats-credentials-coordinator.json', path: 'credentials.json' }]);
+    expect(coordPod.volumes.find((v: any) => v.name === 'nats-credentials-copy').emptyDir.medium).toBe('Memory');
+    expect(coord.volumeMounts.map((m: any) => m.mountPath).sort()).toEqual(['/etc/ferry', '/run/ferry-nats']);
     expect(coordEnv.FERRY_HTTP_ADDRESS).toBe('0.0.0.0');
     expect(coord.envFrom).toEqual([{ configMapRef: { name: 'rel-ferry-config' } }]);
     const config = find(objects, 'ConfigMap', 'rel-ferry-config');
@@ -96,10 +116,19 @@ describe('helm chart', () => {
     expect(config.data.FERRY_KAFKA_BROKERS).toBeUndefined();
     expect(JSON.parse(find(objects, 'ConfigMap', 'rel-ferry-filesystems').data['filesystems.json'])).toEqual([]);
 
-    // The bundled NATS and Redis, reached through URLs in the Secret that carry generated passwords.
+    // The bundled NATS: one user per principal with a generated password, each principal's
+    // credentials file in the Secret, a URL without credentials. Redis: a password in its URL.
     const secret = find(objects, 'Secret', 'rel-ferry-credentials');
-    expect(secret.stringData['nats-password']).toMatch(/^[A-Za-z0-9]{32}$/);
-    expect(secret.stringData['nats-url']).toBe(`nats://ferry:${secret.stringData['nats-password']}@rel-ferry-nats:4222`);
+    expect(secret.stringData['nats-url']).toBe('nats://rel-ferry-nats:4222');
+    const passwords = ['coordinator', 'agent', 'cli'].map((p) => secret.stringData[`nats-${p}-password`]);
+    for (const pw of passwords) expect(pw).toMatch(/^[A-Za-z0-9]{32}$/);
+    expect(new Set(passwords).size).toBe(3);
+    expect(JSON.parse(secret.stringData['nats-credentials-coordinator.json'])).toEqual({ v: 1, user: 'coordinator', password: passwords[0] });
+    expect(JSON.parse(secret.stringData['nats-credentials-agent.json'])).toEqual({ v: 1, user: 'agent', password: passwords[1], inboxPrefix: '_INBOX_agent' });
+    expect(JSON.parse(secret.stringData['nats-credentials-cli.json'])).toEqual({ v: 1, user: 'cli', password: passwords[2], inboxPrefix: '_INBOX_cli' });
+    const natsEnv = envOf(find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec.containers[0]);
+    expect(natsEnv.NATS_AGENT_PASSWORD).toEqual({ secretKeyRef: { name: 'rel-ferry-credentials', key: 'nats-agent-password' } });
+    expect(find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf']).not.toMatch(/tls \{/);
     expect(secret.stringData['redis-url']).toBe(`redis://:${secret.stringData['redis-password']}@rel-ferry-redis:6379/0`);
     expect(find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec.containers[0].image).toMatch(/^nats:/);
     expect(find(objects, 'StatefulSet', 'rel-ferry-redis').spec.volumeClaimTemplates[0].spec.resources.requests.storage).toBe('1Gi');
@@ -112,6 +141,11 @@ describe('helm chart', () => {
     const objects = await render(['external.yaml']);
     const secret = find(objects, 'Secret', 'rel-ferry-credentials');
     expect(secret.stringData).toEqual({ 'nats-url': 'nats://ferry:s3cret@nats.messaging.svc:4222', 'redis-url': 'redis://:pw@redis.db.svc:6379/2' });
+    // No chart-made NATS users: no credentials files, no FERRY_NATS_CREDENTIALS.
+    const agent = find(objects, 'DaemonSet', 'rel-ferry-agent').spec.template.spec;
+    expect(envOf(agent.containers[0]).FERRY_NATS_CREDENTIALS).toBeUndefined();
+    expect(agent.volumes.some((v: any) => v.name.startsWith('nats-'))).toBe(false);
+    expect(find(objects, 'Deployment', 'rel-ferry-coordinator').spec.template.spec.initContainers).toBeUndefined();
     expect(objects.filter((o) => /-(nats|redis)$/.test(o.metadata.name))).toEqual([]);
     expect(find(objects, 'ConfigMap', 'rel-ferry-config').data.FERRY_REDIS_PREFIX).toBe('prod:');
   });
@@ -161,5 +195,113 @@ describe('helm chart', () => {
     const noNats = await helm(['template', 'rel', CHART, '--set', 'nats.enabled=false']);
     expect(noNats.code).not.toBe(0);
     expect(noNats.stderr).toContain('set nats.url');
+    const bundledWithSecret = await helm(['template', 'rel', CHART, '--set', 'nats.existingSecret=mine']);
+    expect(bundledWithSecret.code).not.toBe(0);
+    expect(bundledWithSecret.stderr).toContain('nats.existingSecret is for an external NATS');
+    const externalTls = await helm(['template', 'rel', CHART, '-f', join(CHART, 'ci', 'external.yaml'), '--set', 'nats.tls.existingSecret=x']);
+    expect(externalTls.code).not.toBe(0);
+    for (const set of ['nats.auth.passwords.agent=short', 'nats.auth.user=ferry', 'nats.auth.passwords.admin=aaaaaaaaaaaaaaaaaaaa']) {
+      const r = await helm(['template', 'rel', CHART, '--set', set]);
+      expect({ set, code: r.code }).toEqual({ set, code: 1 });
+    }
+  });
+
+  test('TLS from an existing Secret: nats-server requires it, every pod trusts its ca.crt', async () => {
+    const objects = await render([], ['--set', 'nats.tls.existingSecret=ferry-nats-tls', '--set', 'nats.auth.passwords.cli=operator-chosen-password-1']);
+    const conf = find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf'];
+    expect(conf).toContain('cert_file: "/etc/nats-tls/tls.crt"');
+    expect(conf).toContain('key_file: "/etc/nats-tls/tls.key"');
+    const nats = find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec;
+    expect(nats.volumes.find((v: any) => v.name === 'tls').secret).toEqual({ secretName: 'ferry-nats-tls', defaultMode: 0o400 });
+    expect(nats.containers[0].volumeMounts.find((m: any) => m.name === 'tls').mountPath).toBe('/etc/nats-tls');
+    const secret = find(objects, 'Secret', 'rel-ferry-credentials');
+    for (const p of ['coordinator', 'agent', 'cli']) {
+      expect(JSON.parse(secret.stringData[`nats-credentials-${p}.json`]).tls).toEqual({ caFile: '/run/ferry-nats-tls/ca.crt' });
+    }
+    // A password given in values is used as is.
+    expect(JSON.parse(secret.stringData['nats-credentials-cli.json']).password).toBe('operator-chosen-password-1');
+    for (const pod of [find(objects, 'DaemonSet', 'rel-ferry-agent').spec.template.spec, find(objects, 'Deployment', 'rel-ferry-coordinator').spec.template.spec]) {
+      expect(pod.volumes.find((v: any) => v.name === 'nats-tls-ca').secret).toEqual({ secretName: 'ferry-nats-tls', defaultMode: 0o444, items: [{ key: 'ca.crt', path: 'ca.crt' }] });
+      expect(pod.containers[0].volumeMounts.find((m: any) => m.name === 'nats-tls-ca').mountPath).toBe('/run/ferry-nats-tls');
+    }
+  });
+
+  test("the rendered nats.conf and credentials files on a real nats-server: each principal gets only its subjects", async () => {
+    const objects = await render();
+    const secret = find(objects, 'Secret', 'rel-ferry-credentials').stringData;
+    const port = await new Promise<number>((resolve) => {
+      const srv = createServer().listen(0, '127.0.0.1', () => {
+        const p = (srv.address() as { port: number }).port;
+        srv.close(() => resolve(p));
+      });
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-helm-nats-'));
+    const conf = find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf'].replace(/^port: 4222$/m, `port: ${port}\nhost: 127.0.0.1`).replace(/^http_port: .*$/m, '');
+    writeFileSync(join(dir, 'nats.conf'), conf);
+    const env = { ...process.env, NATS_COORDINATOR_PASSWORD: secret['nats-coordinator-password'], NATS_AGENT_PASSWORD: secret['nats-agent-password'], NATS_CLI_PASSWORD: secret['nats-cli-password'] };
+    const server = spawn('/usr/sbin/nats-server', ['-c', join(dir, 'nats.conf')], { env, stdio: 'ignore' });
+    const connections: NatsConnection[] = [];
+    try {
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const up = await new Promise<boolean>((resolve) => {
+          const s = tcpConnect(port, '127.0.0.1').once('connect', () => (s.destroy(), resolve(true))).once('error', () => resolve(false));
+        });
+        if (up) break;
+        if (Date.now() > deadline) throw new Error('nats-server did not start');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const as = async (principal: string) => {
+        // The credentials reader insists on 0600, as the pods' 0400 Secret files are.
+        const file = join(dir, `${principal}.json`);
+        writeFileSync(file, secret[`nats-credentials-${principal}.json`], { mode: 0o600 });
+        const nc = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false, ...natsAuthOptionsFromFile(file) });
+        connections.push(nc);
+        return nc;
+      };
+      const anonymous = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false }).then(
+        (nc) => (connections.push(nc), 'connected'),
+        (e: { code?: string }) => e.code,
+      );
+      expect(anonymous).toBe('AUTHORIZATION_VIOLATION');
+      const [coordinator, agent, cli] = await Promise.all(['coordinator', 'agent', 'cli'].map(as));
+      /** The first permission error the server reports to `nc` after it publishes on `subject` (null: accepted). */
+      const publishError = async (nc: NatsConnection, subject: string): Promise<string | null> => {
+        const errors: string[] = [];
+        const watching = (async () => {
+          for await (const st of nc.status()) if (st.type === 'error') errors.push(String(st.data));
+        })();
+        nc.publish(subject, new Uint8Array([0x80]));
+        await nc.flush();
+        await new Promise((r) => setTimeout(r, 150));
+        void watching;
+        return errors[0] ?? null;
+      };
+      // The coordinator hears heartbeats of any host; an agent may send them, the CLI may not.
+      const heard: string[] = [];
+      coordinator.subscribe('ferry.v1.coord.heartbeat.*', { callback: (_e, m) => heard.push(m.subject) });
+      await coordinator.flush();
+      expect(await publishError(agent, 'ferry.v1.coord.heartbeat.node-1')).toBeNull();
+      expect(await publishError(cli, 'ferry.v1.coord.heartbeat.node-1')).toBe('PERMISSIONS_VIOLATION');
+      expect(await publishError(cli, 'ferry.v1.agent.node-1.ps')).toBe('PERMISSIONS_VIOLATION');
+      expect(await publishError(agent, 'ferry.v1.coord.migrate')).toBe('PERMISSIONS_VIOLATION');
+      expect(await publishError(agent, 'ferry.v1.agent.node-2.stop')).toBe('PERMISSIONS_VIOLATION');
+      await coordinator.flush();
+      expect(heard).toEqual(['ferry.v1.coord.heartbeat.node-1']);
+      // Request/reply works for each principal on its own inbox: the CLI asks the coordinator, the coordinator an agent.
+      coordinator.subscribe('ferry.v1.coord.hosts', { callback: (_e, m) => m.respond(new TextEncoder().encode('hosts')) });
+      agent.subscribe('ferry.v1.agent.node-1.ps', { callback: (_e, m) => m.respond(new TextEncoder().encode('ps')) });
+      await Promise.all([coordinator.flush(), agent.flush()]);
+      expect(new TextDecoder().decode((await cli.request('ferry.v1.coord.hosts', new Uint8Array(), { timeout: 3_000 })).data)).toBe('hosts');
+      expect(new TextDecoder().decode((await coordinator.request('ferry.v1.agent.node-1.ps', new Uint8Array(), { timeout: 3_000 })).data)).toBe('ps');
+    } finally {
+      for (const nc of connections) await nc.close().catch(() => undefined);
+      if (server.pid !== undefined && server.exitCode === null) {
+        const exited = new Promise((r) => server.once('exit', r));
+        process.kill(server.pid, 'SIGTERM');
+        await exited;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dev } from '@ferry/cli';
 import { decode, encode, subjects } from '@ferry/protocol';
+import { expectIntactOn, launchCounter } from './helpers/checks';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload, waitFor } from './helpers/workload';
 
@@ -40,25 +41,14 @@ afterAll(async () => {
 });
 
 async function launch(name: string, mib = 16, host = 'h1'): Promise<CounterWorkload> {
-  const w = await CounterWorkload.create();
+  const w = await launchCounter(cluster, name, host, mib);
   workloads.push(w);
-  const res = await cluster.ferry(['run', '--host', host, '--name', name, '--json', '--', ...w.argv(mib)]);
-  expect(res.code).toBe(0);
-  await w.advancesPast(10, 30_000);
   return w;
 }
 
-/** After a rollback: still on h1, running (not frozen), counter moving, one copy, memory intact. */
+/** After a rollback: still on the source, running (not frozen), counter moving, one copy, memory intact. */
 async function expectRolledBackIntact(name: string, w: CounterWorkload, host = 'h1'): Promise<void> {
-  const ps = await cluster.ferry(['ps', '--json']);
-  const entries = ps.json.filter((x: { name: string }) => x.name === name);
-  expect(entries).toHaveLength(1);
-  expect(entries[0]).toMatchObject({ host, state: 'running' });
-  const c = await w.counter();
-  await w.advancesPast(c + 20);
-  expect(await w.starts()).toBe(1);
-  expect(await w.runningCopies()).toEqual([entries[0].pid]);
-  expect(await w.verifyMemory(entries[0].pid)).toBe('OK');
+  await expectIntactOn(cluster, w, name, host);
 }
 
 function agentPid(host: string): number {

@@ -141,12 +141,61 @@ test("an agent's credentials cannot command another agent, listen to its command
   // The CLI principal may ask the coordinator but not an agent, and cannot forge heartbeats.
   const cli = await connectAs(creds().cli);
   await refused(cli, subjects.agent('h1', AgentVerb.PS));
-  await refused(cli, subjects.heartbeat());
+  await refused(cli, subjects.heartbeat('h1'));
+  await refused(cli, subjects.register('h1'));
   const ok = decode((await cli.request(subjects.coord(CoordVerb.HOSTS), encode({ v: PROTOCOL_VERSION }), { timeout: 5_000 })).data) as { ok: boolean };
   expect(ok.ok).toBe(true);
   // Its own agent subjects are where the coordinator reaches h1: still answered.
   const ps = decode((await cluster.nc.request(subjects.agent('h1', AgentVerb.PS), encode({ v: PROTOCOL_VERSION }), { timeout: 5_000 })).data) as { ok: boolean };
   expect(ps.ok).toBe(true);
+});
+
+test("an agent's credentials cannot heartbeat or register as another host; a body naming another host than its subject is ignored", async () => {
+  const h1 = await connectAs(creds().agents.h1);
+  const errors: string[] = [];
+  void (async () => {
+    for await (const s of h1.status()) if (s.type === 'error') errors.push(String(s.data));
+  })();
+  // A real heartbeat of h2, to forge from: schema-valid, h2's boot id, plus a workload h2 does not run.
+  const real = await new Promise<Record<string, unknown>>((resolve) => {
+    const sub = cluster.nc.subscribe(subjects.heartbeat('h2'), {
+      callback: (_e, msg) => {
+        sub.unsubscribe();
+        resolve(decode(msg.data) as Record<string, unknown>);
+      },
+    });
+  });
+  const ghost = { name: 'ghost', host: 'h2', state: 'running', pid: 4242, rssBytes: 0, argv: ['/bin/true'], startedAt: new Date().toISOString(), mounts: [] };
+  const forged = encode({ ...real, seq: 1_000_000, workloads: [ghost], workloadsDigest: 'forged' });
+  const ghostListed = async () => ((await cluster.ferry(['ps', '--json'])).json as Array<{ name: string }>).some((w) => w.name === 'ghost');
+
+  // h2's subjects are refused to h1's credentials by nats-server itself.
+  h1.publish(subjects.heartbeat('h2'), forged);
+  const reg = await h1
+    .request(subjects.register('h2'), encode({ v: PROTOCOL_VERSION }), { timeout: 2_000 })
+    .then(() => null, (e: { code?: string; message: string }) => e);
+  expect(reg).toMatchObject({ code: 'PERMISSIONS_VIOLATION' });
+  await h1.flush();
+  await sleep(300);
+  expect(errors).toEqual(['PERMISSIONS_VIOLATION', 'PERMISSIONS_VIOLATION']);
+
+  // On its own subject, a body claiming h2 is dropped by the coordinator, and a registration refused.
+  h1.publish(subjects.heartbeat('h1'), forged);
+  const { address, criu, memory, bootId } = real as { address: string; criu: unknown; memory: unknown; bootId: string };
+  const regReply = decode(
+    (await h1.request(subjects.register('h1'), encode({ v: PROTOCOL_VERSION, host: 'h2', address, criu, memory, agentPid: 1, bootId }), { timeout: 5_000 })).data,
+  ) as { ok: boolean; error?: { code: string; message: string } };
+  expect(regReply).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
+  await sleep(1_500);
+  expect(await ghostListed()).toBe(false);
+
+  // Control: the very same body on h2's subject (published by the admin principal) is taken, so
+  // only the subject check kept it out above. h2's next real heartbeat puts its own list back.
+  cluster.nc.publish(subjects.heartbeat('h2'), forged);
+  await waitFor('forged body on the right subject applied', ghostListed, 5_000);
+  await waitFor('h2 lists its own workloads again', async () => !(await ghostListed()), 15_000);
+  const hosts = await cluster.ferry(['hosts', '--json']);
+  expect(hosts.json.filter((h: { state: string }) => h.state === 'alive').map((h: { name: string }) => h.name).sort()).toEqual(['h1', 'h2']);
 });
 
 test('a migration over NATS with auth and TLS: the captured transfer subjects hold none of the workload memory', async () => {
@@ -285,7 +334,7 @@ test('thousands of random and mutated requests to agents and coordinator: an err
       }),
     );
     // Heartbeats have no reply: garbage there must not disturb the coordinator either.
-    for (let i = 0; i < 5; i++) cluster.nc.publish(subjects.heartbeat(), mutate().body);
+    for (let i = 0; i < 5; i++) cluster.nc.publish(subjects.heartbeat(rand() < 0.5 ? 'h1' : 'h2'), mutate().body);
   }
   const elapsedMs = Date.now() - started;
   process.stdout.write(`fuzz: ${replies} requests in ${elapsedMs} ms, ${errorReplies} error replies ${JSON.stringify(Object.fromEntries(codes))}\n`);

@@ -66,8 +66,61 @@ Call with (dict "ctx" $ "key" "nats-password" "given" .Values.nats.auth.password
 {{- end -}}
 {{- end -}}
 
+{{/*
+A principal's NATS credentials file (JSON, the format of @ferry/protocol nats-credentials.ts).
+Replies come under _INBOX_<user>, the only inbox its permissions let it read (the coordinator keeps _INBOX).
+Call with (dict "user" "agent" "password" $pw "caFile" "" | "/run/ferry-nats-tls/ca.crt").
+*/}}
+{{- define "ferry.natsCredentials" -}}
+{{- $c := dict "v" 1 "user" .user "password" .password -}}
+{{- if ne .user "coordinator" -}}{{- $_ := set $c "inboxPrefix" (printf "_INBOX_%s" .user) -}}{{- end -}}
+{{- if .caFile -}}{{- $_ := set $c "tls" (dict "caFile" .caFile) -}}{{- end -}}
+{{- toJson $c -}}
+{{- end -}}
+
+{{/*
+Volumes of a pod that connects to the bundled NATS with its own credentials: the principal's
+credentials file from the Secret (root-only, as the credentials reader demands) and, with TLS, the CA.
+Call with (dict "ctx" $ "principal" "agent").
+*/}}
+{{- define "ferry.natsCredentialVolumes" -}}
+{{- if .ctx.Values.nats.enabled }}
+- name: nats-credentials
+  secret:
+    secretName: {{ include "ferry.secretName" .ctx }}
+    defaultMode: 256  # 0400, in decimal: YAML parsers disagree on leading-zero octal
+    items:
+      - key: nats-credentials-{{ .principal }}.json
+        path: credentials.json
+{{- if .ctx.Values.nats.tls.existingSecret }}
+- name: nats-tls-ca
+  secret:
+    secretName: {{ .ctx.Values.nats.tls.existingSecret }}
+    defaultMode: 292  # 0444
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Mounts of the CA for NATS TLS (the credentials file is mounted by each pod: see the templates). */}}
+{{- define "ferry.natsTlsMounts" -}}
+{{- if and .Values.nats.enabled .Values.nats.tls.existingSecret }}
+- name: nats-tls-ca
+  mountPath: /run/ferry-nats-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
 {{/* Fails rendering early, with a message, on combinations the schema cannot express. */}}
 {{- define "ferry.validate" -}}
+{{- if and .Values.nats.enabled .Values.nats.existingSecret -}}
+{{- fail "nats.existingSecret is for an external NATS (nats.enabled=false): the bundled NATS uses the users the chart makes (fix their passwords with nats.auth.passwords)" -}}
+{{- end -}}
+{{- if and (not .Values.nats.enabled) .Values.nats.tls.existingSecret -}}
+{{- fail "nats.tls.existingSecret configures the bundled NATS: for an external NATS put TLS in nats.url (tls://) and its CA in the image or extraEnv" -}}
+{{- end -}}
 {{- if and (not .Values.nats.enabled) (not .Values.nats.url) (not .Values.nats.existingSecret) -}}
 {{- fail "nats.enabled is false: set nats.url (or nats.existingSecret) to the NATS ferry should use" -}}
 {{- end -}}
@@ -86,6 +139,10 @@ Call with (dict "ctx" $ "key" "nats-password" "given" .Values.nats.auth.password
     secretKeyRef:
       name: {{ include "ferry.natsSecretName" . }}
       key: nats-url
+{{- if .Values.nats.enabled }}
+- name: FERRY_NATS_CREDENTIALS
+  value: /run/ferry-nats/credentials.json
+{{- end }}
 - name: FERRY_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- end -}}

@@ -11,7 +11,6 @@ import type { NatsConnection, Subscription } from 'nats';
 import {
   AgentVerb,
   CheckpointRequest,
-  CoordVerb,
   CpuinfoCheckRequest,
   EmptyRequest,
   ErrorCode,
@@ -180,7 +179,7 @@ export class Agent {
       if (!this.registered) {
         await request(
           this.deps.nc,
-          subjects.coord(CoordVerb.REGISTER),
+          subjects.register(this.opts.host),
           {
             host: this.opts.host,
             address: this.opts.address,
@@ -212,7 +211,7 @@ export class Agent {
         workloadsDigest: digest,
         ...(full ? { workloads } : {}),
       };
-      this.deps.nc.publish(subjects.heartbeat(), encode(hb));
+      this.deps.nc.publish(subjects.heartbeat(this.opts.host), encode(hb));
     } catch (err) {
       // The coordinator may not be up yet or may be restarting; registration is retried next beat.
       this.log.debug({ err: toFerryError(err).message }, 'coordinator not reachable');

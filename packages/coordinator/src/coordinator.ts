@@ -28,6 +28,7 @@ import {
   request,
   serve,
   subjects,
+  hostOfAgentSubject,
   silentLogger,
   PROTOCOL_VERSION,
   type Logger,
@@ -90,11 +91,17 @@ export class Coordinator {
   async start(): Promise<void> {
     await this.registry.load();
     this.subs.push(
-      this.nc.subscribe(subjects.heartbeat(), {
+      this.nc.subscribe(subjects.allHeartbeats(), {
         callback: (err, msg) => {
           if (err) return;
           try {
             const hb = parseMessage(Heartbeat, decode(msg.data, MAX_HEARTBEAT_BYTES));
+            // NATS permissions hold an agent to its own subject; the body must agree with it, or
+            // one agent's credentials could keep another host alive or rewrite its workloads.
+            if (hb.host !== hostOfAgentSubject(msg.subject)) {
+              this.log.warn({ subject: msg.subject, claimed: hb.host }, 'heartbeat for another host than its subject ignored');
+              return;
+            }
             void this.registry
               .seen(hb)
               .then((stale) => stale && this.fetchWorkloads(hb.host))
@@ -219,10 +226,22 @@ export class Coordinator {
     const on = <S extends z.ZodType>(verb: CoordVerb, schema: S, fn: (req: z.infer<S>) => Promise<Record<string, unknown> | void>) =>
       this.commandSubs.push(serve(this.nc, subjects.coord(verb), schema, fn, { onError }));
 
-    on(CoordVerb.REGISTER, RegisterRequest, async (req) => {
-      await this.registry.register(req);
-      return { heartbeatIntervalMs: 1000 };
-    });
+    this.commandSubs.push(
+      serve(
+        this.nc,
+        subjects.allRegistrations(),
+        RegisterRequest,
+        async (req, msg) => {
+          // Same rule as heartbeats: an agent registers only the host its subject (and its NATS permissions) name.
+          if (req.host !== hostOfAgentSubject(msg.subject)) {
+            throw new FerryError(ErrorCode.INVALID_ARGUMENT, `registration for host ${req.host} refused on ${msg.subject}`);
+          }
+          await this.registry.register(req);
+          return { heartbeatIntervalMs: 1000 };
+        },
+        { onError },
+      ),
+    );
     on(CoordVerb.HOSTS, EmptyRequest, async () => ({ hosts: this.registry.list() }));
     on(CoordVerb.PS, EmptyRequest, async () => ({ workloads: this.registry.workloads() }));
     on(CoordVerb.RUN, CoordRunRequest, async (req) => ({ workload: await this.run(req) }));

@@ -1,7 +1,7 @@
 export { PROTOCOL_VERSION } from './version';
 export * from './errors';
 export { encode, decode, MAX_CONTROL_MESSAGE_BYTES } from './codec';
-export { subjects, AgentVerb, CoordVerb, isValidToken } from './subjects';
+export { subjects, AgentVerb, CoordVerb, isValidToken, hostOfAgentSubject } from './subjects';
 export * from './schemas';
 export { LifecycleEvent, LifecycleStep } from './lifecycle-event';
 export { request, serve, parseMessage, encodeError, DEFAULT_REQUEST_TIMEOUT_MS } from './rpc';

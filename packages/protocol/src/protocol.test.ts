@@ -4,6 +4,7 @@ import {
   EXIT_CODES,
   FerryError,
   Heartbeat,
+  hostOfAgentSubject,
   MigrateRequest,
   PROTOCOL_VERSION,
   RunRequest,
@@ -89,6 +90,18 @@ describe('subjects', () => {
 
   test.each(['h1.>', '*', 'H1', '', 'a b'])('refuse a token that would change the subject: %p', (bad) => {
     expect(() => subjects.agent(bad, 'ps')).toThrow(expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }));
+  });
+
+  test('heartbeat and registration subjects name their host, and only a well-formed one is read back', () => {
+    expect(subjects.heartbeat('h1')).toBe('ferry.v1.coord.heartbeat.h1');
+    expect(subjects.register('h1')).toBe('ferry.v1.coord.register.h1');
+    expect(subjects.allHeartbeats()).toBe('ferry.v1.coord.heartbeat.*');
+    expect(hostOfAgentSubject(subjects.heartbeat('node-7'))).toBe('node-7');
+    expect(hostOfAgentSubject(subjects.register('h2'))).toBe('h2');
+    for (const other of ['ferry.v1.coord.heartbeat', 'ferry.v1.coord.heartbeat.h1.x', 'ferry.v1.coord.ps.h1', 'ferry.v2.coord.heartbeat.h1', 'ferry.v1.coord.heartbeat.H1']) {
+      expect(hostOfAgentSubject(other)).toBeNull();
+    }
+    expect(() => subjects.heartbeat('h1.>')).toThrow(expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }));
   });
 });
 

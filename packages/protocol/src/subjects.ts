@@ -38,7 +38,6 @@ export type AgentVerb = (typeof AgentVerb)[keyof typeof AgentVerb];
 
 /** Requests the coordinator answers. */
 export const CoordVerb = {
-  REGISTER: 'register',
   HOSTS: 'hosts',
   PS: 'ps',
   RUN: 'run',
@@ -66,8 +65,17 @@ function token(kind: string, value: string): string {
 
 export const subjects = {
   agent: (host: string, verb: AgentVerb): string => `${ROOT}.agent.${token('host name', host)}.${verb}`,
-  /** Agents publish heartbeats here (no reply). */
-  heartbeat: (): string => `${ROOT}.coord.heartbeat`,
+  /**
+   * Agent `host` publishes its heartbeats here (no reply). The host is in the subject so NATS
+   * permissions can hold each agent to its own; the coordinator drops a body naming another host.
+   */
+  heartbeat: (host: string): string => `${ROOT}.coord.heartbeat.${token('host name', host)}`,
+  /** What the coordinator subscribes to: every host's heartbeats. */
+  allHeartbeats: (): string => `${ROOT}.coord.heartbeat.*`,
+  /** Agent `host` registers here (request/reply); host in the subject for the same reason as heartbeats. */
+  register: (host: string): string => `${ROOT}.coord.register.${token('host name', host)}`,
+  /** What the coordinator serves: every host's registration. */
+  allRegistrations: (): string => `${ROOT}.coord.register.*`,
   coord: (verb: CoordVerb): string => `${ROOT}.coord.${verb}`,
   event: (kind: string): string => `${ROOT}.events.${kind}`,
   allEvents: (): string => `${ROOT}.events.>`,
@@ -81,4 +89,18 @@ export const subjects = {
 /** True if `value` is usable as one subject token (host, workload, transfer id). */
 export function isValidToken(value: string): boolean {
   return TOKEN.test(value);
+}
+
+/**
+ * The host named by a heartbeat or registration subject (its last token), or null if `subject`
+ * is neither: what the coordinator compares with the host a message's body claims.
+ */
+export function hostOfAgentSubject(subject: string): string | null {
+  for (const prefix of [`${ROOT}.coord.heartbeat.`, `${ROOT}.coord.register.`]) {
+    if (subject.startsWith(prefix)) {
+      const host = subject.slice(prefix.length);
+      return TOKEN.test(host) ? host : null;
+    }
+  }
+  return null;
 }

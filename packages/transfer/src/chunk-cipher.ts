@@ -20,8 +20,8 @@
  *   plaintext, they are bound to the key, transfer and position as well as an AAD would bind them.
  * - The receiver opens frames strictly in order (seq = the next one it expects), so a replayed,
  *   dropped or reordered frame fails the transfer with TRANSFER_FAILED, like a forged one.
- * Acks and ctl frames are not sealed: they carry no image bytes; a forged one can only fail or
- * stall a transfer, which the migration then rolls back (see docs/security.md).
+ * Acks and ctl frames are not sealed (they carry no image bytes) but authenticated with a key
+ * derived from the same one: see control-frame-auth.ts.
  */
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { decode, ErrorCode, FerryError, PROTOCOL_VERSION } from '@ferry/protocol';

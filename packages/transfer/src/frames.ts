@@ -9,8 +9,10 @@
  *                                            crc32 of the file's bytes from 0 through this chunk
  *   eof   {seq, path, crc}                   closes the file; crc32 of its whole content
  *   end   {seq, files, bytes}                the image is complete
- * Ack subject (receiver -> sender): ack {seq}, the highest contiguous seq processed.
- * Ctl subject (both ways): error {code, message} from the receiver, abort {code, message} from the sender.
+ * Ack subject (receiver -> sender): ack {seq, mac?}, the highest contiguous seq processed.
+ * Ctl subject (both ways): error {code, message, mac?} from the receiver, abort {code, message, mac?} from the sender.
+ * With a per-migration key, `mac` authenticates acks and ctl frames (control-frame-auth.ts) and
+ * data frames travel sealed (chunk-cipher.ts).
  * Direct subject (request/reply): direct {} from the sender; offer {host, port, token} or decline {}.
  *
  * One running crc32 per file replaces a crc per chunk plus a sha256 per file: a single pass over
@@ -80,13 +82,20 @@ export type EndFrame = z.infer<typeof EndFrame>;
 export const DataFrame = z.discriminatedUnion('t', [FileFrame, ChunkFrame, EofFrame, EndFrame]);
 export type DataFrame = z.infer<typeof DataFrame>;
 
-export const AckFrame = z.strictObject({ v: Version, t: z.literal('ack'), seq: Seq });
+/** HMAC tag of an ack or ctl frame under the migration's key (control-frame-auth.ts); absent without a key. */
+const Mac = z
+  .instanceof(Uint8Array)
+  .refine((m) => m.byteLength <= 64, 'a mac is at most 64 bytes')
+  .optional();
+
+export const AckFrame = z.strictObject({ v: Version, t: z.literal('ack'), seq: Seq, mac: Mac });
 export type AckFrame = z.infer<typeof AckFrame>;
 
 const CtlBody = {
   v: Version,
   code: z.string().max(64),
   message: z.string().max(64 * 1024),
+  mac: Mac,
 };
 /** Receiver -> sender: the receiver failed; the sender fails with `code`. */
 export const ErrorCtlFrame = z.strictObject({ ...CtlBody, t: z.literal('error') });

@@ -16,6 +16,7 @@ import {
   toFerryError,
 } from '@ferry/protocol';
 import { assertImageKey, FrameOpener } from './chunk-cipher';
+import { ControlFrameAuthenticator } from './control-frame-auth';
 import { DirectEndpoint } from './direct-path';
 import type { FrameSocket } from './frame-socket';
 import { CtlFrame, DataFrame, DirectRequestFrame } from './frames';
@@ -108,6 +109,9 @@ export class ImageReceiver {
   private endpoint: Promise<DirectEndpoint | undefined> = Promise.resolve(undefined);
   private link: FrameSocket | undefined;
   private readonly opener: FrameOpener | undefined;
+  /** With a key: tags our acks and errors, and checks the sender's aborts. */
+  private readonly auth: ControlFrameAuthenticator | undefined;
+  private ignoredControlFrames = 0;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -124,6 +128,7 @@ export class ImageReceiver {
     // No NATS message is larger than the server's max_payload; nothing bigger is worth decoding.
     this.maxFrameBytes = Math.max(nc.info?.max_payload ?? 0, MAX_CONTROL_MESSAGE_BYTES);
     this.opener = options.imageKey ? new FrameOpener(options.imageKey, transferId) : undefined;
+    this.auth = options.imageKey ? new ControlFrameAuthenticator(options.imageKey, transferId) : undefined;
     this.watchdog = new IdleWatchdog(options.idleTimeoutMs, (idleMs) =>
       this.fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `nothing received for transfer ${transferId} for ${Math.round(idleMs)} ms`)),
     );
@@ -311,7 +316,8 @@ export class ImageReceiver {
     }
     if (this.finished) return;
     this.expectedSeq += 1;
-    const ack = encode({ v: PROTOCOL_VERSION, t: 'ack', seq: frame.seq });
+    const ackFields = { t: 'ack' as const, seq: frame.seq };
+    const ack = encode({ v: PROTOCOL_VERSION, ...(this.auth ? this.auth.sign(ackFields) : ackFields) });
     if (this.link !== undefined) this.link.send(ack);
     else this.nc.publish(subjects.xferAck(this.transferId), ack);
     if (frame.t === 'end') this.succeed();
@@ -339,6 +345,22 @@ export class ImageReceiver {
 
   private handleCtl(bytes: Uint8Array): void {
     if (this.finished) return;
+    if (this.auth !== undefined) {
+      // With a key, only the sender's tagged abort counts: anything else on the subject (a
+      // forged abort from another agent, garbage) is ignored rather than failing the transfer.
+      let ctl: CtlFrame | undefined;
+      try {
+        ctl = parseMessage(CtlFrame, decode(bytes));
+      } catch {
+        ctl = undefined;
+      }
+      if (ctl === undefined || !this.auth.verify(ctl)) {
+        if (this.ignoredControlFrames++ === 0) this.log.warn({ transferId: this.transferId }, 'ignored a ctl frame not authenticated with the migration key');
+        return;
+      }
+      if (ctl.t === 'abort') this.fail(new FerryError(ErrorCode.TRANSFER_FAILED, `sender aborted (${ctl.code}): ${ctl.message}`), { notifySender: false });
+      return;
+    }
     try {
       const ctl = parseMessage(CtlFrame, decode(bytes));
       // Our own error frames come back to us when sender and receiver share a connection.
@@ -383,7 +405,8 @@ export class ImageReceiver {
     this.log.warn({ transferId: this.transferId, code: err.code, err: err.message }, 'image receive failed');
     if (notifySender) {
       try {
-        this.nc.publish(subjects.xferCtl(this.transferId), encode({ v: PROTOCOL_VERSION, t: 'error', code: err.code, message: err.message }));
+        const error = { t: 'error' as const, code: err.code, message: err.message };
+        this.nc.publish(subjects.xferCtl(this.transferId), encode({ v: PROTOCOL_VERSION, ...(this.auth ? this.auth.sign(error) : error) }));
       } catch (publishErr) {
         this.log.warn({ transferId: this.transferId, err: publishErr }, 'could not tell the sender that the transfer failed');
       }

@@ -16,6 +16,7 @@ import {
   type ErrorBody,
 } from '@ferry/protocol';
 import { assertImageKey, FrameSealer } from './chunk-cipher';
+import { ControlFrameAuthenticator, type ControlFrameFields } from './control-frame-auth';
 import { connectDirect, DIRECT_CONNECT_TIMEOUT_MS, DIRECT_OFFER_TIMEOUT_MS } from './direct-path';
 import type { FrameSocket } from './frame-socket';
 import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES } from './frames';
@@ -162,9 +163,26 @@ export async function sendImage(
     fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `no ack progress from the receiver of transfer ${transferId} for ${Math.round(idleMs)} ms`)),
   );
 
+  // With a key, only acks and errors the receiver tagged count (control-frame-auth.ts).
+  const auth = options.imageKey ? new ControlFrameAuthenticator(options.imageKey, transferId) : undefined;
+  let ignoredControlFrames = 0;
+  /** With a key: the frame if authentic, else undefined (counted, first one logged); without a key the parser's errors propagate. */
+  const authentic = <T extends ControlFrameFields>(parse: () => T, kind: string): T | undefined => {
+    if (auth === undefined) return parse();
+    try {
+      const frame = parse();
+      if (auth.verify(frame)) return frame;
+    } catch {
+      // Not a frame at all: ignored like a forged one.
+    }
+    if (ignoredControlFrames++ === 0) log.warn({ transferId, kind }, 'ignored a control frame not authenticated with the migration key');
+    return undefined;
+  };
+
   /** Handles one ack, from NATS or the direct connection; throws for a bad one. */
   const onAck = (bytes: Uint8Array): void => {
-    const ack = parseMessage(AckFrame, decode(bytes));
+    const ack = authentic(() => parseMessage(AckFrame, decode(bytes)), 'ack');
+    if (ack === undefined) return;
     if (ack.seq > lastSentSeq) {
       throw new FerryError(ErrorCode.INVALID_ARGUMENT, `ack for frame ${ack.seq}, but only ${lastSentSeq} was sent`);
     }
@@ -189,9 +207,9 @@ export async function sendImage(
     callback: (err, msg) => {
       if (err) return fail(toFerryError(err, ErrorCode.UNAVAILABLE));
       try {
-        const ctl = parseMessage(CtlFrame, decode(msg.data));
+        const ctl = authentic(() => parseMessage(CtlFrame, decode(msg.data)), 'ctl');
         // Our own abort comes back to us when sender and receiver share a connection.
-        if (ctl.t !== 'error') return;
+        if (ctl === undefined || ctl.t !== 'error') return;
         failedByReceiver = true;
         const remote = FerryError.fromBody(ctl as ErrorBody);
         fail(new FerryError(remote.code, `receiver failed: ${remote.message}`, { cause: remote }));
@@ -256,7 +274,8 @@ export async function sendImage(
     const fe = toFerryError(err, ErrorCode.TRANSFER_FAILED);
     if (!failedByReceiver) {
       try {
-        nc.publish(ctlSubject, encode({ v: PROTOCOL_VERSION, t: 'abort', code: fe.code, message: fe.message }));
+        const abort = { t: 'abort' as const, code: fe.code, message: fe.message };
+        nc.publish(ctlSubject, encode({ v: PROTOCOL_VERSION, ...(auth ? auth.sign(abort) : abort) }));
       } catch (publishErr) {
         log.warn({ transferId, err: publishErr }, 'could not tell the receiver that the transfer is aborted');
       }

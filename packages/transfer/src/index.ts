@@ -24,3 +24,4 @@ export {
 export type { ImageReceiverOptions } from './image-receiver';
 export { imagePathProblem, resolveImagePath, MAX_IMAGE_PATH_BYTES } from './image-path';
 export { IMAGE_KEY_BYTES, FrameSealer, FrameOpener } from './chunk-cipher';
+export { ControlFrameAuthenticator, CONTROL_MAC_BYTES } from './control-frame-auth';

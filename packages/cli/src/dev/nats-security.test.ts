@@ -12,7 +12,10 @@ test('each agent may take commands only on its own subjects and reply only under
   expect(p['agent-h1'].publish.allow).not.toContain('ferry.v1.agent.h2.>');
   expect(p['agent-h1'].publish.allow.some((s) => s.startsWith('ferry.v1.agent.'))).toBe(false);
   expect(p['agent-h1'].credentials.inboxPrefix).toBe('_INBOX_h1');
-  expect(p.cli.publish.deny).toEqual(['ferry.v1.coord.heartbeat', 'ferry.v1.coord.register']);
+  expect(p.cli.publish.deny).toEqual(['ferry.v1.coord.heartbeat.>', 'ferry.v1.coord.register.>']);
+  // Registration and heartbeats for its own host only.
+  expect(p['agent-h1'].publish.allow).toEqual(expect.arrayContaining(['ferry.v1.coord.register.h1', 'ferry.v1.coord.heartbeat.h1']));
+  expect(p['agent-h1'].publish.allow.filter((s) => s.startsWith('ferry.v1.coord.'))).toEqual(['ferry.v1.coord.register.h1', 'ferry.v1.coord.heartbeat.h1']);
   expect(p.cli.subscribe.allow).toEqual(['ferry.v1.events.>', '_INBOX_cli.>']);
   expect(p.coordinator.subscribe.allow).toContain('_INBOX.>');
 });
@@ -21,7 +24,7 @@ test('the authorization block names every user once, with response permissions o
   const conf = natsAuthorizationConfig(devNatsPrincipals(['h1'], null, fixedPassword));
   for (const user of ['coordinator', 'cli', 'admin', 'agent-h1']) expect(conf).toContain(`{ user: "${user}"`);
   expect(conf).toContain('allow_responses: { max: 1, expires: "1h" }');
-  expect(conf).toContain('deny: ["ferry.v1.coord.heartbeat", "ferry.v1.coord.register"]');
+  expect(conf).toContain('deny: ["ferry.v1.coord.heartbeat.>", "ferry.v1.coord.register.>"]');
 });
 
 test('credentials files are 0600 in a 0700 directory, readable by loadNatsCredentials, and a group-readable one is refused', () => {

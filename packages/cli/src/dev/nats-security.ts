@@ -4,7 +4,7 @@
  * @ferry/protocol nats-credentials.ts) 0600 in a 0700 directory of the cluster's state dir:
  *
  *   coordinator  everything under ferry.v1.>, replies under _INBOX.>
- *   agent-<host> commands to itself only (ferry.v1.agent.<host>.>), registration and heartbeats,
+ *   agent-<host> commands to itself only (ferry.v1.agent.<host>.>), its own registration and heartbeats,
  *                its progress events, transfer subjects; replies under _INBOX_<host>.>
  *   cli          requests to the coordinator (not heartbeat/register), events; replies under _INBOX_cli.>
  *   admin        everything (tests and debugging; give it to no process of the cluster)
@@ -85,7 +85,7 @@ export function devNatsPrincipals(hosts: string[], tlsCaFile: string | null, pas
     cli: {
       credentials: { v: 1, user: 'cli', password: password(), inboxPrefix: '_INBOX_cli', ...tls },
       // Operators ask the coordinator; only agents register and beat.
-      publish: { allow: [`${ROOT}.coord.>`], deny: [subjects.heartbeat(), subjects.coord('register')] },
+      publish: { allow: [`${ROOT}.coord.>`], deny: [`${ROOT}.coord.heartbeat.>`, `${ROOT}.coord.register.>`] },
       subscribe: { allow: [`${ROOT}.events.>`, '_INBOX_cli.>'] },
       allowResponses: false,
     },
@@ -101,7 +101,8 @@ export function devNatsPrincipals(hosts: string[], tlsCaFile: string | null, pas
     principals[`agent-${host}`] = {
       credentials: { v: 1, user: `agent-${host}`, password: password(), inboxPrefix: inbox, ...tls },
       publish: {
-        allow: [subjects.coord('register'), subjects.heartbeat(), subjects.event('progress'), `${ROOT}.xfer.>`],
+        // Its own host's registration and heartbeat subjects only: it cannot speak for another host.
+        allow: [subjects.register(host), subjects.heartbeat(host), subjects.event('progress'), `${ROOT}.xfer.>`],
       },
       subscribe: { allow: [`${ROOT}.agent.${host}.>`, `${ROOT}.xfer.>`, `${inbox}.>`] },
       allowResponses: true,
