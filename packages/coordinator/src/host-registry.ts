@@ -242,10 +242,12 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   }
 
   /** Applies a finished migration at once, without waiting for the next heartbeats. */
-  moveWorkload(name: string, from: string, to: string, pid: number): void {
+  moveWorkload(name: string, from: string, to: string, pid: number, known?: WorkloadInfo): void {
     const src = this.hosts.get(from);
     const dst = this.hosts.get(to);
-    const moved = src?.workloads.find((w) => w.name === name);
+    // The source's list may already lack it (a heartbeat sent after the release); what the
+    // migration started from stands in then.
+    const moved = src?.workloads.find((w) => w.name === name) ?? known;
     if (src) src.workloads = src.workloads.filter((w) => w.name !== name);
     if (dst && moved) {
       const entry: WorkloadInfo = { ...moved, host: to, pid, state: 'running' };

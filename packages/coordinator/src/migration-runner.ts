@@ -85,7 +85,10 @@ export class MigrationRunner {
 
   /** Runs a migration to its end and returns the final record. */
   async migrate(params: MigrateParams): Promise<MigrationResult> {
-    const workload = await this.findRunningWorkload(params.workload);
+    // No await on the usual path: a drain relies on placement and slot claims happening in the
+    // same turn as its own check (see drain.ts).
+    const cached = this.registry.findWorkload(params.workload);
+    const workload = cached?.state === 'running' ? cached : await this.findRunningWorkload(params.workload);
     if (params.requestId) {
       // A retry: answer with the first migration, wherever the workload is now.
       const earlier = await this.store.requestHolder(params.requestId);
@@ -155,8 +158,6 @@ export class MigrationRunner {
    * a workload that runs. Before answering NOT_FOUND, the agents themselves are asked.
    */
   private async findRunningWorkload(name: string): Promise<WorkloadInfo | undefined> {
-    const cached = this.registry.findWorkload(name);
-    if (cached && cached.state === 'running') return cached;
     const alive = this.registry.list().filter((h) => h.state === 'alive');
     await Promise.all(
       alive.map(async (h) => {
@@ -231,6 +232,7 @@ export class MigrationRunner {
     let imageKey: Buffer | undefined;
     try {
       await this.step(m, 'preflight', 'running');
+      const before = this.registry.findWorkload(m.workload);
       await this.preflight(m);
       // Decided before anything is frozen, from the target's probe.
       const lazyOk = this.registry.describe(m.to).criu.lazyPages;
@@ -303,7 +305,7 @@ export class MigrationRunner {
       await this.callAgent(m.to, AgentVerb.SETTLE, { migrationId: m.id, workload: m.workload }, Empty, this.opts.agentRequestTimeoutMs).catch(
         (err) => log.warn({ err: toFerryError(err).message }, 'target did not settle'),
       );
-      this.registry.moveWorkload(m.workload, m.from, m.to, rs.pid);
+      this.registry.moveWorkload(m.workload, m.from, m.to, rs.pid, before);
       m.state = 'succeeded';
       await this.step(m, 'done');
     } catch (err) {

@@ -154,6 +154,8 @@ describe('corruption', () => {
     const data = randomBytes(1000);
     await publishRaw(id, [fileFrame(0, 'a.img', 1000), chunkFrame(1, 'a.img', 0, data, (crc32(data) + 1) >>> 0)]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
+    // The receiver's error goes out on its own connection: flush that one, then ours, before looking.
+    await receiverNc.flush();
     await senderNc.flush();
     expect(ctl.frames).toContainEqual(expect.objectContaining({ t: 'error', code: ErrorCode.TRANSFER_FAILED }));
     ctl.stop();
@@ -211,6 +213,8 @@ describe('file names', () => {
     await receiver.ready();
     await publishRaw(id, [fileFrame(0, path, 4), chunkFrame(1, path, 0, Buffer.from('evil'))]);
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.INVALID_ARGUMENT);
+    // The receiver's error goes out on its own connection: flush that one, then ours, before looking.
+    await receiverNc.flush();
     await senderNc.flush();
     expect(ctl.frames).toContainEqual(expect.objectContaining({ t: 'error', code: ErrorCode.INVALID_ARGUMENT }));
     ctl.stop();
@@ -261,6 +265,8 @@ describe('malformed frames', () => {
     await publishRaw(id, [frame]);
     const err = await rejection(receiver.done);
     expect(err.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    // The receiver's error goes out on its own connection: flush that one, then ours, before looking.
+    await receiverNc.flush();
     await senderNc.flush();
     expect(ctl.frames).toContainEqual(expect.objectContaining({ t: 'error', code: ErrorCode.INVALID_ARGUMENT }));
     ctl.stop();
