@@ -147,7 +147,8 @@ function onStep(workload: string, step: string, fn: (ev: { migrationId: string }
 async function finalState(id: string): Promise<{ state: string; to: string; from: string; error?: { code: string } }> {
   return waitFor(`migration ${id} final`, async () => {
     const res = await cluster.ferry(['status', id, '--json'], 10_000);
-    return res.json && !['pending', 'running'].includes(res.json.state) ? res.json : undefined;
+    // An error answer (e.g. UNAVAILABLE while the coordinator reconnects to NATS) is not a final state: ask again.
+    return typeof res.json?.state === 'string' && !['pending', 'running'].includes(res.json.state) ? res.json : undefined;
   }, 90_000);
 }
 
