@@ -9,7 +9,7 @@
  * every 10 ms; the longest gap between consecutive lines around the migration is its downtime.
  *
  * Environment (all optional): BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
- * "ferry,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--mode nats").
+ * "ferry-auto,ferry,ferry-nats,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager").
  */
 const { execFile } = require('node:child_process');
 const fs = require('node:fs');
@@ -25,9 +25,13 @@ const CLUSTER = 'bench';
 /** 198.18.240.0/24: no test uses it. */
 const SUBNET_INDEX = 240;
 const SIZES_MIB = (process.env.BENCH_SIZES_MIB || '64,512,1024').split(',').map(Number);
-/** ferry = `--transport direct` (ferry's own TCP stream), ferry-nats, ferry-ps (page-server, what `auto` picks), criu (by hand). */
-const METHODS = (process.env.BENCH_METHODS || 'ferry,ferry-ps,criu').split(',');
-const FERRY_TRANSPORTS = { ferry: 'direct', 'ferry-nats': 'nats', 'ferry-ps': 'page-server' };
+/**
+ * ferry-auto = the default (`--transport auto`: the page server over mutual TLS where both probes
+ * allow it), ferry = `--transport direct` (ferry's own sealed TCP stream), ferry-nats (the same
+ * stream through nats-server), ferry-ps (`--transport page-server`), criu (CRIU's own, by hand).
+ */
+const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry,ferry-nats,criu').split(',');
+const FERRY_TRANSPORTS = { 'ferry-auto': 'auto', ferry: 'direct', 'ferry-nats': 'nats', 'ferry-ps': 'page-server' };
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
 const MIB = 1024 * 1024;
 /** Bytes of the raw TCP and bare NATS streams. */
@@ -58,10 +62,13 @@ async function freePort() {
   });
 }
 
+/** The CLI's NATS credentials file of the bench cluster (the dev cluster turns NATS auth on). */
+let cliCredentials = null;
+
 async function ferry(natsUrl, args, timeoutMs = 10 * 60_000) {
   try {
     const { stdout } = await execFileAsync(process.execPath, [FERRY_BIN, ...args], {
-      env: { ...process.env, FERRY_NATS_URL: natsUrl },
+      env: { ...process.env, FERRY_NATS_URL: natsUrl, ...(cliCredentials ? { FERRY_NATS_CREDENTIALS: cliCredentials } : {}) },
       timeout: timeoutMs,
       maxBuffer: 16 * MIB,
     });
@@ -135,9 +142,9 @@ async function rawTcpStream(hosts) {
   return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms };
 }
 
-async function bareNatsStream(hostNatsUrl) {
+async function bareNatsStream(hostNatsUrl, credentialsFile) {
   const script = path.join(__dirname, 'nats-stream.js');
-  const args = [hostNatsUrl, String(STREAM_BYTES), String(NATS_STREAM_CHUNK_BYTES), String(NATS_STREAM_WINDOW_MSGS)];
+  const args = [hostNatsUrl, String(STREAM_BYTES), String(NATS_STREAM_CHUNK_BYTES), String(NATS_STREAM_WINDOW_MSGS), credentialsFile || ''];
   const [sub] = await Promise.all([
     dev.hostExec(CLUSTER, 'h2', [process.execPath, script, 'sub', ...args], { timeoutMs: 120_000 }),
     dev.hostExec(CLUSTER, 'h1', [process.execPath, script, 'pub', ...args], { timeoutMs: 120_000 }),
@@ -164,7 +171,7 @@ async function ferryMigration(ctx, mib, transport) {
   // With the page server the pages move during the dump: count both phases.
   const transferMs = result.phases.transferMs + (result.transport === 'page-server' ? result.phases.dumpMs : 0);
   return {
-    method: `ferry (${result.transport})`,
+    method: transport === 'auto' ? `ferry default (${result.transport})` : `ferry (${result.transport})`,
     downtimeMs,
     reportedDowntimeMs: result.downtimeMs,
     mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,
@@ -276,6 +283,7 @@ async function main() {
   const startedAt = new Date();
   log(`starting cluster '${CLUSTER}'`);
   const state = await startLocalCluster({ name: CLUSTER, hosts: 2, subnetIndex: SUBNET_INDEX, natsPort, redisPort, readyTimeoutMs: 90_000 });
+  cliCredentials = state.credentials?.cli ?? null;
   try {
     const hostList = await ferry(state.natsUrl, ['hosts', '--json']);
     const hosts = Object.fromEntries(hostList.map((h) => [h.name, h]));
@@ -290,7 +298,7 @@ async function main() {
     log('raw TCP stream');
     const tcp = await rawTcpStream(hosts);
     log(`raw TCP ${fmt(tcp.mbps)} MB/s; bare NATS stream`);
-    const nats = await bareNatsStream(state.hostNatsUrl);
+    const nats = await bareNatsStream(state.hostNatsUrl, state.credentials?.admin);
     log(`bare NATS ${fmt(nats.mbps)} MB/s`);
     const rows = [];
     for (const mib of SIZES_MIB) {

@@ -3,12 +3,15 @@
  * A bare NATS pub/sub stream through the cluster's nats-server: the ceiling for any transfer
  * over NATS on this machine. Raw payloads (no msgpack, no checksums), acknowledged per message so
  * the publisher keeps a bounded window in flight (without one the server cuts off a slow consumer).
- *   node nats-stream.js sub URL BYTES CHUNK WINDOW   prints {"bytes","ms"} once BYTES arrived
- *   node nats-stream.js pub URL BYTES CHUNK WINDOW
+ *   node nats-stream.js sub URL BYTES CHUNK WINDOW [CREDENTIALS]   prints {"bytes","ms"} once BYTES arrived
+ *   node nats-stream.js pub URL BYTES CHUNK WINDOW [CREDENTIALS]
  */
 const { connect } = require('nats');
+const { natsAuthOptionsFromFile } = require('@ferry/protocol');
 
-const [mode, url, bytesText, chunkText, windowText] = process.argv.slice(2);
+const [mode, url, bytesText, chunkText, windowText, credentialsFile] = process.argv.slice(2);
+/** The dev cluster's NATS requires credentials: the admin principal's file, which may use any subject. */
+const auth = natsAuthOptionsFromFile(credentialsFile || null);
 const total = Number(bytesText);
 const chunk = Number(chunkText);
 const windowMsgs = Number(windowText);
@@ -16,7 +19,7 @@ const SUBJECT = 'bench.stream';
 const HELLO_TIMEOUT_MS = 200;
 
 async function sub() {
-  const nc = await connect({ servers: url });
+  const nc = await connect({ servers: url, ...auth });
   let got = 0;
   let count = 0;
   let first = 0;
@@ -39,7 +42,7 @@ async function sub() {
 }
 
 async function pub() {
-  const nc = await connect({ servers: url });
+  const nc = await connect({ servers: url, ...auth });
   for (;;) {
     try {
       await nc.request(`${SUBJECT}.hello`, Buffer.alloc(0), { timeout: HELLO_TIMEOUT_MS });

@@ -3,7 +3,8 @@
  * Transfer-only micro-benchmark (no CRIU, no cluster): a throwaway nats-server on loopback, an
  * ImageReceiver in a child process and sendImage in this one, moving one file of BENCH_MIB MiB
  * from tmpfs to tmpfs. Used to tune chunk size, window and hashing. `node bench/transfer-micro.js`
- * Environment: BENCH_MIB (256), BENCH_CHUNK_KIB, BENCH_WINDOW, BENCH_TRANSPORT (nats|direct).
+ * Environment: BENCH_MIB (256), BENCH_CHUNK_KIB, BENCH_WINDOW, BENCH_TRANSPORT (nats|direct),
+ * BENCH_KEY=1 (seal frames with a per-run key, as migrations do).
  */
 const { spawn, fork } = require('node:child_process');
 const fs = require('node:fs');
@@ -22,9 +23,10 @@ function cpuOf(pid) {
 }
 
 async function receiverChild() {
-  const [url, transferId, dir, direct] = process.argv.slice(3);
+  const [url, transferId, dir, direct, keyHex] = process.argv.slice(3);
   const nc = await connect({ servers: url });
-  const r = transfer.ImageReceiver.start(nc, transferId, dir, direct === 'direct' ? { directListenAddress: '127.0.0.1' } : {});
+  const imageKey = keyHex ? { imageKey: Buffer.from(keyHex, 'hex') } : {};
+  const r = transfer.ImageReceiver.start(nc, transferId, dir, { ...(direct === 'direct' ? { directListenAddress: '127.0.0.1' } : {}), ...imageKey });
   await r.ready();
   process.send({ ready: true });
   const stats = await r.done;
@@ -52,7 +54,9 @@ async function main() {
     await sleep(300);
     const url = `nats://127.0.0.1:${port}`;
     const transferId = `t${Date.now()}`;
-    const child = fork(__filename, ['child', url, transferId, dst, process.env.BENCH_TRANSPORT || 'nats'], { execArgv: process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir=/tmp/xb'] : [] });
+    // BENCH_KEY=1: frames sealed with a per-run AES-256-GCM key, as in a real migration.
+    const key = process.env.BENCH_KEY === '1' ? require('node:crypto').randomBytes(32) : null;
+    const child = fork(__filename, ['child', url, transferId, dst, process.env.BENCH_TRANSPORT || 'nats', key ? key.toString('hex') : ''], { execArgv: process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir=/tmp/xb'] : [] });
     const msgs = [];
     const waitMsg = () => new Promise((r) => child.once('message', r));
     await waitMsg();
@@ -63,6 +67,7 @@ async function main() {
     if (process.env.BENCH_CHUNK_KIB) opts.chunkBytes = Number(process.env.BENCH_CHUNK_KIB) * 1024;
     if (process.env.BENCH_WINDOW) opts.windowChunks = Number(process.env.BENCH_WINDOW);
     if (process.env.BENCH_TRANSPORT === 'nats') opts.transport = 'nats';
+    if (key) opts.imageKey = key;
     const resultP = waitMsg();
     const sent = await transfer.sendImage(nc, transferId, src, opts);
     const got = await resultP;

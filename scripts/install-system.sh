@@ -17,6 +17,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-serve
 command -v sshfs >/dev/null 2>&1 || need+=(sshfs)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# Per-migration certificates for the page server's TLS, and the dev cluster's NATS TLS CA.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The dashboard's tests drive it in headless Chromium (playwright-core with executablePath /usr/bin/chromium).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then

@@ -39,8 +39,8 @@ test.each([
   const res = await cluster.ferry(['migrate', 'tx', '--to', to, '--transport', transport, ...(restore ? ['--restore', restore] : []), '--json']);
   expect(res.stderr).toBe('');
   expect(res.code).toBe(0);
-  // auto finds the hosts reachable from each other: direct; this kernel has userfaultfd: lazy.
-  expect(res.json).toMatchObject({ workload: 'tx', to, state: 'succeeded', transport: transport === 'auto' ? 'direct' : transport, restore: restore ?? 'lazy' });
+  // auto: both probes found CRIU with GnuTLS, so the page server over mutual TLS; this kernel has userfaultfd: lazy.
+  expect(res.json).toMatchObject({ workload: 'tx', to, state: 'succeeded', transport: transport === 'auto' ? 'page-server' : transport, restore: restore ?? 'lazy' });
   expect(res.json.bytesTransferred).toBeGreaterThan(48 * MIB);
   expect(await w.advancesPast(counterBefore)).toBeGreaterThan(counterBefore);
   expect(await w.starts()).toBe(1);

@@ -5,7 +5,7 @@
  * "the workload runs exactly once" a property of one state machine.
  */
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { NatsConnection, Subscription } from 'nats';
 import {
@@ -36,6 +36,7 @@ import {
   type RestoreReply,
   type WorkloadInfo,
   type MountSpec,
+  type PageServerTls,
 } from '@ferry/protocol';
 import { ImageReceiver, sendImage } from '@ferry/transfer';
 import { SEEK_SET, type LinuxSyscalls } from '@ferry/native';
@@ -55,6 +56,7 @@ import { checkCpuinfo, dumpCpuinfo } from './cpu-compat';
 import { SerialLock } from './serial-lock';
 import type { AgentOptions } from './agent-options';
 import { LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
+import { criuTlsArgs, makePageServerTls, writePageServerClientTls, type PageServerTlsFiles } from './page-server-tls';
 
 /** Written next to CRIU's images: what the target needs to adopt the workload. */
 interface WorkloadManifest {
@@ -343,6 +345,7 @@ export class Agent {
     const dir = await this.deps.workDirs.create(req.migrationId);
     const receiver = ImageReceiver.start(this.deps.nc, req.transferId, dir, {
       idleTimeoutMs: req.idleTimeoutMs,
+      ...(req.firstFrameTimeoutMs !== undefined ? { firstFrameTimeoutMs: req.firstFrameTimeoutMs } : {}),
       maxTotalBytes: this.opts.maxImageBytes,
       maxFileBytes: this.opts.maxImageBytes,
       // The address we registered with is the one the source agent can reach us on.
@@ -364,12 +367,19 @@ export class Agent {
     this.incoming.set(req.migrationId, incoming);
     // The source starts sending as soon as we reply; the server must have our subscription first.
     await receiver.ready();
+    let clientTls: PageServerTls | undefined;
     if (req.pageServer) {
-      incoming.pageServer = await PageServer.start(this.deps.criu, dir, this.opts.address, this.log.child({ migrationId: req.migrationId }));
+      let serverTls: PageServerTlsFiles | undefined;
+      if (req.pageServerTls) {
+        const made = await makePageServerTls(this.deps.workDirs.tlsPathFor(req.migrationId), this.opts.address);
+        serverTls = made.server;
+        clientTls = made.client;
+      }
+      incoming.pageServer = await PageServer.start(this.deps.criu, dir, this.opts.address, this.log.child({ migrationId: req.migrationId }), serverTls);
     }
-    this.log.info({ migrationId: req.migrationId, source: req.source, pageServer: req.pageServer }, 'receiving image');
+    this.log.info({ migrationId: req.migrationId, source: req.source, pageServer: req.pageServer, pageServerTls: clientTls !== undefined }, 'receiving image');
     const ps = incoming.pageServer;
-    return ps ? { pageServer: { address: ps.address, port: ps.port } } : {};
+    return ps ? { pageServer: { address: ps.address, port: ps.port, ...(clientTls ? { tls: clientTls } : {}) } } : {};
   }
 
   async restore(req: RestoreRequest): Promise<RestoreReply> {
@@ -436,6 +446,8 @@ export class Agent {
     }
     this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started, lazy: req.lazyPages }, 'workload restored');
     const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : 0;
+    // The memory pages came by the page server, not the stream: they count as received all the same.
+    if (pageBytes > 0) this.deps.metrics?.received(pageBytes);
     return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt, pageBytes };
   }
 
@@ -549,7 +561,10 @@ export class Agent {
     await this.deps.inventory.put(rec);
     let frozenAt = Date.now();
     let dumpMs: number;
+    // The page server's client credentials exist on this host only for the dump (page-server-tls.ts).
+    const tlsDir = this.deps.workDirs.tlsPathFor(req.migrationId);
     try {
+      const tlsArgs = req.pageServer?.tls ? criuTlsArgs(await writePageServerClientTls(tlsDir, req.pageServer.tls)) : [];
       const dumped = await this.dumpLock.run(() => {
         // Downtime starts when CRIU freezes the tree, not while waiting for another dump.
         frozenAt = Date.now();
@@ -559,9 +574,9 @@ export class Agent {
         leaveStopped: true,
         externalFiles: pins.map((p) => p.key),
         // Memory pages go straight to the target's page server; the other images stay here for the stream.
-        extraArgs: req.pageServer ? ['--page-server', '--address', req.pageServer.address, '--port', String(req.pageServer.port)] : [],
+        extraArgs: req.pageServer ? ['--page-server', '--address', req.pageServer.address, '--port', String(req.pageServer.port), ...tlsArgs] : [],
         });
-      });
+      }).finally(() => rm(tlsDir, { recursive: true, force: true }));
       dumpMs = dumped.durationMs;
       this.deps.metrics?.dumped(dumpMs);
     } catch (err) {

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import * as os from 'node:os';
 import { silentLogger, toFerryError, type CriuInfo, type Logger } from '@ferry/protocol';
 import { CriuDriver, MIN_CRIU_MAJOR_VERSION } from './criu-driver';
+import { probePageServerTls } from './page-server-tls';
 import { isAlive, readProcessStat } from './process-tree';
 import { defaultWorkloadLauncherOptions, launchWorkload, waitForWrapperExit, type LaunchedWorkload, type WorkloadLauncherOptions } from './workload-launcher';
 
@@ -139,7 +140,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const driver = new CriuDriver({ criuPath: options.criuPath, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS }, options.logger);
   const unusable = (version: string, checkOk: boolean, problem: string): CriuProbeResult => ({
-    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, problem, durationMs: elapsedMs(),
+    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, problem, durationMs: elapsedMs(),
   });
 
   let version: string;
@@ -154,6 +155,10 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const check = await driver.check().catch((err: unknown) => ({ ok: false, output: describe(err) }));
   // Lazy restore needs userfaultfd with fork/remap events (CRIU's "uffd-noncoop").
   const lazyPages = await driver.run(['check', '--feature', 'uffd-noncoop']).then((r) => r.exitCode === 0, () => false);
+  // The page server can run over mutual TLS (page-server-tls.ts): criu has GnuTLS, openssl issues certificates.
+  const help = await driver.run(['--help']).then((r) => r.stdout + r.stderr, () => '');
+  await fs.mkdir(options.workDir, { recursive: true, mode: 0o700 });
+  const pageServerTls = await probePageServerTls(help, path.join(options.workDir, `criu-probe-tls-${process.pid}`));
   const decision = await decideFaultInjection((faultInjection) => attemptDumpRestore(options, faultInjection));
   const problems = [
     ...(check.ok ? [] : [`criu check failed: ${check.output.split('\n').slice(-5).join(' | ')}`]),
@@ -166,6 +171,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     needsFaultInjection: decision.needsFaultInjection,
     dumpRestoreOk: decision.dumpRestoreOk,
     lazyPages,
+    pageServerTls,
     durationMs: elapsedMs(),
   };
   if (problems.length > 0) result.problem = problems.join('; ').slice(0, 4096);

@@ -1,13 +1,17 @@
 /**
  * The target-side criu helpers against real CRIU: a dump sent to a `criu page-server`, then a lazy
- * restore served by `criu lazy-pages` from those images. Memory intact, counter continuing.
+ * restore served by `criu lazy-pages` from those images. Memory intact, counter continuing. The
+ * page server over mutual TLS with per-migration certificates: a dump with them works, a client
+ * without them is refused.
  */
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import * as tls from 'node:tls';
 import { ErrorCode } from '@ferry/protocol';
 import { CriuDriver } from './criu-driver';
 import { probeCriu } from './criu-probe';
 import { LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
+import { criuTlsArgs, makePageServerTls, writePageServerClientTls } from './page-server-tls';
 import { isAlive, signalProcess } from './process-tree';
 import { launchWorkload, waitForWrapperExit, type LaunchedWorkload } from './workload-launcher';
 import { isConsecutive, livePidsWithArg, memoryCounterArgv, readCounters, readLines, waitFor } from './test-fixtures/workload-fixtures';
@@ -92,4 +96,64 @@ test('a page server that is stopped before any dump fails its done with TRANSFER
   const server = await PageServer.start(driver, dir, '127.0.0.1');
   server.stop();
   await expect(server.done).rejects.toMatchObject({ code: ErrorCode.TRANSFER_FAILED });
+});
+
+describe('page server over mutual TLS (page-server-tls.ts)', () => {
+  test('the probe finds TLS usable here (criu with GnuTLS, openssl)', async () => {
+    const info = await probeCriu();
+    expect(info.pageServerTls).toBe(true);
+  });
+
+  test('a dump with the client credentials fills the page server; the pages on the wire are not the memory', async () => {
+    const counterFile = path.join(dir, 'counter');
+    const verifyFile = path.join(dir, 'verify');
+    workload = await launchWorkload({
+      name: 'fixture',
+      argv: memoryCounterArgv({ mib: 16, seed: 11, intervalMs: 10, counterFile, verifyFile }),
+      env: {},
+      cwd: dir,
+      logPath: path.join(dir, 'workload.log'),
+    });
+    await counters(counterFile, 10);
+    const src = path.join(dir, 'src');
+    const dst = path.join(dir, 'dst');
+    await fs.mkdir(dst, { mode: 0o700 });
+    const made = await makePageServerTls(path.join(dir, 'server-tls'), '127.0.0.1');
+    // Only the CA's certificate and the server's own files stay on the target; the CA key is gone.
+    expect((await fs.readdir(path.join(dir, 'server-tls'))).filter((f) => f.endsWith('.key'))).toEqual(['server.key']);
+    expect((await fs.stat(path.join(dir, 'server-tls'))).mode & 0o777).toBe(0o700);
+    const server = await PageServer.start(driver, dst, '127.0.0.1', undefined, made.server);
+    const clientFiles = await writePageServerClientTls(path.join(dir, 'client-tls'), made.client);
+    await driver.dump({
+      pid: workload.pid,
+      imagesDir: src,
+      leaveStopped: true,
+      extraArgs: ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), ...criuTlsArgs(clientFiles)],
+    });
+    await server.done;
+    expect(await sumPageImageBytes(dst)).toBeGreaterThanOrEqual(16 * MIB);
+    expect(await fs.readFile(path.join(src, 'dump.log'), 'utf8')).toMatch(/TLS handshake completed/);
+  });
+
+  test('a client without a certificate of the migration CA is refused', async () => {
+    const made = await makePageServerTls(path.join(dir, 'server-tls'), '127.0.0.1');
+    const other = await makePageServerTls(path.join(dir, 'other-tls'), '127.0.0.1');
+    for (const creds of [undefined, other.client]) {
+      const dst = path.join(dir, `dst-${creds ? 'other' : 'none'}`);
+      await fs.mkdir(dst, { mode: 0o700 });
+      const server = await PageServer.start(driver, dst, '127.0.0.1', undefined, made.server);
+      const socket = tls.connect({
+        host: '127.0.0.1',
+        port: server.port,
+        ca: made.client.caCert,
+        ...(creds ? { cert: creds.cert, key: creds.key } : {}),
+        checkServerIdentity: () => undefined,
+      });
+      socket.on('error', () => undefined);
+      // The server ends the handshake (no certificate, or one it does not trust) and exits failed.
+      await expect(server.done).rejects.toMatchObject({ code: ErrorCode.TRANSFER_FAILED });
+      socket.destroy();
+      expect(await sumPageImageBytes(dst)).toBe(0);
+    }
+  });
 });

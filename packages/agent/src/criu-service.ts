@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protocol';
 import { CRIU_FAULT_NO_BREAKPOINTS, type CriuDriver } from './criu-driver';
 import { readCriuFailureDetails } from './criu-log';
+import { criuTlsArgs, type PageServerTlsFiles } from './page-server-tls';
 
 /** How long CRIU may take to become ready (listening, or serving lazy pages). */
 export const SERVICE_START_TIMEOUT_MS = 10_000;
@@ -105,12 +106,16 @@ export class PageServer {
     readonly port: number,
   ) {}
 
-  /** Starts `criu page-server` writing into `imagesDir`, listening on `address`; resolves once it listens. */
-  static async start(criu: CriuDriver, imagesDir: string, address: string, logger: Logger = silentLogger): Promise<PageServer> {
+  /**
+   * Starts `criu page-server` writing into `imagesDir`, listening on `address`; resolves once it
+   * listens. With `tls`, it accepts only a client presenting a certificate of that CA and
+   * encrypts the pages (page-server-tls.ts).
+   */
+  static async start(criu: CriuDriver, imagesDir: string, address: string, logger: Logger = silentLogger, tls?: PageServerTlsFiles): Promise<PageServer> {
     const port = await freePort(address);
-    const args = ['page-server', '--images-dir', imagesDir, '--address', address, '--port', String(port)];
+    const args = ['page-server', '--images-dir', imagesDir, '--address', address, '--port', String(port), ...(tls ? criuTlsArgs(tls) : [])];
     const service = await CriuService.start(criu, imagesDir, args, PAGE_SERVER_LOG_NAME, ErrorCode.TRANSFER_FAILED);
-    logger.debug({ address, port }, 'criu page-server listening');
+    logger.debug({ address, port, tls: tls !== undefined }, 'criu page-server listening');
     return new PageServer(service, address, port);
   }
 

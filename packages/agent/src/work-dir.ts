@@ -44,6 +44,14 @@ export class WorkDirs {
     return join(this.root, migrationId);
   }
 
+  /**
+   * Where a migration's page-server TLS credentials live: beside its images dir, not in it (the
+   * image stream sends every file of that dir), and removed with it.
+   */
+  tlsPathFor(migrationId: string): string {
+    return `${this.pathFor(migrationId)}.tls`;
+  }
+
   async create(migrationId: string): Promise<string> {
     const dir = this.pathFor(migrationId);
     await rm(dir, { recursive: true, force: true });
@@ -53,5 +61,6 @@ export class WorkDirs {
 
   async remove(migrationId: string): Promise<void> {
     await rm(this.pathFor(migrationId), { recursive: true, force: true });
+    await rm(this.tlsPathFor(migrationId), { recursive: true, force: true });
   }
 }

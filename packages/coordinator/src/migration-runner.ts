@@ -39,6 +39,7 @@ import type { MigrationRecord, MigrationStore } from './migration-store';
 import { MigrationSlots } from './migration-slots';
 import { memoryNeeded, placeWorkload, type Placement } from './placement';
 import { recoverMigration } from './migration-recovery';
+import { bothPageServerTls, chooseTransport, firstFrameTimeoutMs } from './transport-choice';
 
 /** AES-256-GCM key of a migration's image frames (@ferry/transfer chunk-cipher.ts). */
 const IMAGE_KEY_BYTES = 32;
@@ -242,9 +243,8 @@ export class MigrationRunner {
       m.restore = m.restore ?? (lazyOk ? 'lazy' : 'eager');
 
       await this.step(m, 'receiving');
-      // `auto` is ferry's own encrypted stream (direct TCP, NATS as fallback). The page server is
-      // faster here (bench/results.md) but sends memory pages in clear, so it is opt-in.
-      const transport = m.transportPreference ?? 'auto';
+      const transport = chooseTransport(m.transportPreference ?? 'auto', this.registry.describe(m.from).criu, this.registry.describe(m.to).criu);
+      const pageServerTls = transport === 'page-server' && bothPageServerTls(this.registry.describe(m.from).criu, this.registry.describe(m.to).criu);
       // The image key lives only here, for the two requests that need it: never in `m` (Redis),
       // events or logs. A coordinator that restarts mid-transfer rolls the migration back anyway.
       imageKey = randomBytes(IMAGE_KEY_BYTES);
@@ -254,8 +254,10 @@ export class MigrationRunner {
         workload: m.workload,
         source: m.from,
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
+        firstFrameTimeoutMs: firstFrameTimeoutMs(this.opts.transferIdleTimeoutMs, this.registry.findWorkload(m.workload)?.rssBytes ?? 0, this.opts.checkpointTimeoutMs),
         mounts: this.registry.findWorkload(m.workload)?.mounts ?? [],
         pageServer: transport === 'page-server',
+        pageServerTls,
         imageKey,
       }, ReceiveReply, this.opts.agentRequestTimeoutMs);
 

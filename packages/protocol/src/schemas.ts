@@ -36,6 +36,8 @@ export const CriuInfo = z.object({
   dumpRestoreOk: z.boolean(),
   /** `criu check --feature uffd-noncoop`: restores can be lazy (memory filled after the tree runs). */
   lazyPages: z.boolean().default(false),
+  /** criu was built with GnuTLS and openssl can issue certificates: the page server can run over mutual TLS. */
+  pageServerTls: z.boolean().default(false),
   /** Why it is not usable, when it is not. */
   problem: z.string().max(4096).optional(),
 });
@@ -190,17 +192,36 @@ export const ReceiveRequest = z.object({
   source: HostName,
   /** The target abandons the transfer when nothing arrives for this long. */
   idleTimeoutMs: z.number().int().positive().max(600_000),
+  /** ...and when the first frame takes longer than this (the dump comes first and grows with memory); default idleTimeoutMs. */
+  firstFrameTimeoutMs: z.number().int().positive().max(86_400_000).optional(),
   /** Mounted (unless already there) before anything is frozen: a failure here changes nothing. */
   mounts: z.array(MountSpec).max(32).default([]),
   /** Start a `criu page-server` for the source's dump to send the memory pages to. */
   pageServer: z.boolean().default(false),
+  /** Run that page server over mutual TLS with per-migration certificates (both hosts' probes allow it). */
+  pageServerTls: z.boolean().default(false),
   /** Per-migration AES-256-GCM key; every image frame must come sealed with it (transfer chunk-cipher.ts). */
   imageKey: ImageKey.optional(),
 });
 export type ReceiveRequest = z.infer<typeof ReceiveRequest>;
 
-/** Where a target's `criu page-server` listens. */
-export const PageServerEndpoint = z.object({ address: z.string().min(1).max(64), port: z.number().int().min(1).max(65_535) });
+/** One PEM document (a certificate or an EC key), bounded. */
+const Pem = z.string().min(1).max(8192).refine((t) => t.startsWith('-----BEGIN '), 'not PEM');
+
+/**
+ * The client side of a page server's mutual TLS: the per-migration CA's certificate, and the
+ * certificate and key the source's `criu dump` presents. Travels only in the receive reply and
+ * the checkpoint request, never into Redis, events or logs (like the image key).
+ */
+export const PageServerTls = z.object({ caCert: Pem, cert: Pem, key: Pem });
+export type PageServerTls = z.infer<typeof PageServerTls>;
+
+/** Where a target's `criu page-server` listens, and with `tls` how to connect to it. */
+export const PageServerEndpoint = z.object({
+  address: z.string().min(1).max(64),
+  port: z.number().int().min(1).max(65_535),
+  tls: PageServerTls.optional(),
+});
 export type PageServerEndpoint = z.infer<typeof PageServerEndpoint>;
 
 export const ReceiveReply = z.object({ pageServer: PageServerEndpoint.optional() });

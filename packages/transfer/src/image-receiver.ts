@@ -42,6 +42,12 @@ export const MAX_QUEUED_FRAMES = 1024;
 export interface ImageReceiverOptions {
   /** Fail with DEADLINE_EXCEEDED when no frame arrives (and none is being written) for this long. */
   idleTimeoutMs: number;
+  /**
+   * How long the first frame may take, from start(): the source sends nothing while CRIU dumps
+   * (with a page server, while every memory page goes that way), which grows with the workload's
+   * memory. Default: idleTimeoutMs.
+   */
+  firstFrameTimeoutMs?: number;
   /** Largest declared file size accepted, in bytes. */
   maxFileBytes: number;
   /** Largest sum of declared file sizes accepted, in bytes; a sender cannot fill the disk beyond it. */
@@ -75,7 +81,11 @@ export function compileImageReceiverOptions(options: Partial<ImageReceiverOption
     }
   }
   if (merged.imageKey) assertImageKey(merged.imageKey);
-  return { ...merged, directListenAddress: merged.directListenAddress ?? '', imageKey: merged.imageKey ?? null, logger: merged.logger ?? silentLogger };
+  const firstFrameTimeoutMs = merged.firstFrameTimeoutMs ?? merged.idleTimeoutMs;
+  if (!Number.isSafeInteger(firstFrameTimeoutMs) || firstFrameTimeoutMs < 1) {
+    throw new FerryError(ErrorCode.INVALID_ARGUMENT, `firstFrameTimeoutMs must be a positive integer, got ${String(firstFrameTimeoutMs)}`);
+  }
+  return { ...merged, firstFrameTimeoutMs, directListenAddress: merged.directListenAddress ?? '', imageKey: merged.imageKey ?? null, logger: merged.logger ?? silentLogger };
 }
 
 /**
@@ -102,6 +112,9 @@ export class ImageReceiver {
   private readonly startedMs = performance.now();
   private readonly subscriptions: Subscription[] = [];
   private readonly watchdog: IdleWatchdog;
+  /** Watches for the first frame only; then `watchdog` takes over. */
+  private readonly firstFrameWatchdog: IdleWatchdog;
+  private gotFirstFrame = false;
   private readonly log: Logger;
   private readonly maxFrameBytes: number;
   /** How data arrives: undecided until the first data frame or an authenticated direct connection. */
@@ -131,6 +144,9 @@ export class ImageReceiver {
     this.auth = options.imageKey ? new ControlFrameAuthenticator(options.imageKey, transferId) : undefined;
     this.watchdog = new IdleWatchdog(options.idleTimeoutMs, (idleMs) =>
       this.fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `nothing received for transfer ${transferId} for ${Math.round(idleMs)} ms`)),
+    );
+    this.firstFrameWatchdog = new IdleWatchdog(options.firstFrameTimeoutMs, (idleMs) =>
+      this.fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `no frame of transfer ${transferId} arrived within ${Math.round(idleMs)} ms: the source's dump did not finish or its agent is gone`)),
     );
   }
 
@@ -172,7 +188,7 @@ export class ImageReceiver {
         },
       }),
     );
-    receiver.watchdog.start();
+    receiver.firstFrameWatchdog.start();
     return receiver;
   }
 
@@ -240,6 +256,11 @@ export class ImageReceiver {
 
   private enqueue(bytes: Uint8Array): void {
     if (this.finished) return;
+    if (!this.gotFirstFrame) {
+      this.gotFirstFrame = true;
+      this.firstFrameWatchdog.stop();
+      this.watchdog.start();
+    }
     this.watchdog.touch();
     this.queue.push(bytes);
     if (this.queue.length > MAX_QUEUED_FRAMES) {
@@ -378,6 +399,7 @@ export class ImageReceiver {
   private stop(): void {
     this.finished = true;
     this.watchdog.stop();
+    this.firstFrameWatchdog.stop();
     for (const sub of this.subscriptions) sub.unsubscribe();
     this.queue.length = 0;
     void this.endpoint.then((e) => e?.close());

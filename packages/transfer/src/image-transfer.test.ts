@@ -357,6 +357,31 @@ describe('silence and aborts', () => {
     expect((await rejection(receiver.done)).code).toBe(ErrorCode.DEADLINE_EXCEEDED);
   });
 
+  it('waits firstFrameTimeoutMs for the first frame (the dump comes first), then the idle timeout between frames', async () => {
+    const { id, dst } = await freshTransfer();
+    const startedMs = Date.now();
+    const receiver = ImageReceiver.start(receiverNc, id, dst, { idleTimeoutMs: 300, firstFrameTimeoutMs: 1_200 });
+    await receiver.ready();
+    // Longer than the idle timeout, shorter than the first-frame allowance: still alive.
+    await new Promise((r) => setTimeout(r, 700));
+    await publishRaw(id, [fileFrame(0, 'a.img', 10)]);
+    const lastFrameMs = Date.now();
+    const err = await rejection(receiver.done);
+    expect(err.code).toBe(ErrorCode.DEADLINE_EXCEEDED);
+    expect(err.message).toMatch(/nothing received/);
+    expect(Date.now() - lastFrameMs).toBeLessThan(1_000);
+    expect(lastFrameMs - startedMs).toBeGreaterThanOrEqual(700);
+  });
+
+  it('fails a receiver whose first frame never comes within firstFrameTimeoutMs', async () => {
+    const { id, dst } = await freshTransfer();
+    const receiver = ImageReceiver.start(receiverNc, id, dst, { idleTimeoutMs: 100, firstFrameTimeoutMs: 400 });
+    await receiver.ready();
+    const err = await rejection(receiver.done);
+    expect(err.code).toBe(ErrorCode.DEADLINE_EXCEEDED);
+    expect(err.message).toMatch(/no frame .* arrived within/);
+  });
+
   it('fails the receiver with TRANSFER_FAILED when the sender aborts', async () => {
     const { id, dst } = await freshTransfer();
     const receiver = ImageReceiver.start(receiverNc, id, dst);

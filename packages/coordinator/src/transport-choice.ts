@@ -1,0 +1,41 @@
+/**
+ * Which data path a migration's image takes, decided before anything is frozen from the two
+ * hosts' CRIU probes. Measured by `npm run bench` (bench/results.md): CRIU's page server moves
+ * memory pages with splice at a fraction of the CPU of ferry's msgpack stream, which is what
+ * decides downtime on a 2-core host. It is the default only where it runs over mutual TLS with
+ * per-migration certificates (both hosts' probes say `pageServerTls`), so `auto` never sends a
+ * workload's memory in clear; elsewhere `auto` is ferry's own sealed stream (direct TCP, NATS as
+ * fallback).
+ */
+import type { CriuInfo, TransportPreference } from '@ferry/protocol';
+
+/** Both ends can run the page server over TLS. */
+export function bothPageServerTls(source: Pick<CriuInfo, 'pageServerTls'>, target: Pick<CriuInfo, 'pageServerTls'>): boolean {
+  return source.pageServerTls === true && target.pageServerTls === true;
+}
+
+/** The transport the agents are asked for: `auto` becomes `page-server` where both can encrypt it. */
+export function chooseTransport(
+  wanted: TransportPreference,
+  source: Pick<CriuInfo, 'pageServerTls'>,
+  target: Pick<CriuInfo, 'pageServerTls'>,
+): TransportPreference {
+  if (wanted === 'auto' && bothPageServerTls(source, target)) return 'page-server';
+  return wanted;
+}
+
+/**
+ * A dump rate far below any measured here (tmpfs 0.4-0.5 GB/s, the page server over TLS ~0.3 GB/s):
+ * how slowly a dump may go before the target gives up waiting for the image's first frame.
+ */
+export const MIN_DUMP_BYTES_PER_S = 50 * 1024 * 1024;
+
+/**
+ * How long the target waits for the first frame of the image: the source sends nothing until
+ * CRIU has dumped (with the page server: until every memory page went that way), so the idle
+ * timeout alone would cut off large workloads. Bounded by the checkpoint's own deadline.
+ */
+export function firstFrameTimeoutMs(idleTimeoutMs: number, rssBytes: number, checkpointTimeoutMs: number): number {
+  const dumpAllowanceMs = Math.ceil((Math.max(0, rssBytes) / MIN_DUMP_BYTES_PER_S) * 1000);
+  return Math.max(idleTimeoutMs, Math.min(idleTimeoutMs + dumpAllowanceMs, checkpointTimeoutMs));
+}
