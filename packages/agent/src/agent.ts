@@ -561,6 +561,7 @@ export class Agent {
     await this.deps.inventory.put(rec);
     let frozenAt = Date.now();
     let dumpMs: number;
+    let pageBytes = 0;
     // The page server's client credentials exist on this host only for the dump (page-server-tls.ts).
     const tlsDir = this.deps.workDirs.tlsPathFor(req.migrationId);
     try {
@@ -578,6 +579,8 @@ export class Agent {
         });
       }).finally(() => rm(tlsDir, { recursive: true, force: true }));
       dumpMs = dumped.durationMs;
+      // With a page server the memory left during the dump, by CRIU's connection: part of what this migration moved.
+      pageBytes = req.pageServer ? (dumped.memoryBytesWritten ?? 0) : 0;
       this.deps.metrics?.dumped(dumpMs);
     } catch (err) {
       // CRIU resumes the tree itself when a dump fails; make sure of it and forget the mark.
@@ -612,12 +615,12 @@ export class Agent {
       imageKey: req.imageKey ?? null,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
-    this.deps.metrics?.sent(sent.bytes, sent.elapsedMs);
+    this.deps.metrics?.sent(sent.bytes + pageBytes, sent.elapsedMs + (pageBytes > 0 ? dumpMs : 0));
     this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs, transport: sent.transport }, 'image sent');
     return {
       dumpMs: Math.round(dumpMs),
       transferMs: Math.round(sent.elapsedMs),
-      bytes: sent.bytes,
+      bytes: sent.bytes + pageBytes,
       files: sent.files,
       frozenAt,
       transport: req.pageServer ? 'page-server' : sent.transport,

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ErrorCode, FerryError } from '@ferry/protocol';
-import { compileCriuDriverOptions, CriuDriver, DUMP_LOG_NAME } from './criu-driver';
+import { compileCriuDriverOptions, CriuDriver, DUMP_LOG_NAME, memoryBytesFromDumpStats } from './criu-driver';
 import { probeCriu } from './criu-probe';
 import { isAlive, listTree, readProcessStat, signalProcess, treeRssBytes, waitForExit } from './process-tree';
 import { launchWorkload, waitForWrapperExit, type LaunchedWorkload } from './workload-launcher';
@@ -255,5 +255,13 @@ describe('CriuDriver options', () => {
     expect(() => compileCriuDriverOptions({ ghostLimitBytes: -1 })).toThrow(invalid);
     expect(() => compileCriuDriverOptions({ commandTimeoutMs: 0 })).toThrow(invalid);
     expect(compileCriuDriverOptions({ criuPath: 'criu' }).criuPath).toBe('criu');
+  });
+});
+
+describe('dump statistics', () => {
+  test('memory bytes come from --display-stats "Memory pages written", in 4 KiB pages', () => {
+    const out = 'Displaying dump stats:\nMemory pages scanned: 67352 (0x10718)\nMemory pages written: 67255 (0x106b7)\nLazy memory pages: 0 (0x0)\n';
+    expect(memoryBytesFromDumpStats(out)).toBe(67255 * 4096);
+    expect(memoryBytesFromDumpStats('no stats here')).toBeNull();
   });
 });

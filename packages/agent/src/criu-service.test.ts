@@ -124,7 +124,7 @@ describe('page server over mutual TLS (page-server-tls.ts)', () => {
     expect((await fs.stat(path.join(dir, 'server-tls'))).mode & 0o777).toBe(0o700);
     const server = await PageServer.start(driver, dst, '127.0.0.1', undefined, made.server);
     const clientFiles = await writePageServerClientTls(path.join(dir, 'client-tls'), made.client);
-    await driver.dump({
+    const dumped = await driver.dump({
       pid: workload.pid,
       imagesDir: src,
       leaveStopped: true,
@@ -132,6 +132,8 @@ describe('page server over mutual TLS (page-server-tls.ts)', () => {
     });
     await server.done;
     expect(await sumPageImageBytes(dst)).toBeGreaterThanOrEqual(16 * MIB);
+    // The source learns what it sent from CRIU's stats: exactly what the page server wrote.
+    expect(dumped.memoryBytesWritten).toBe(await sumPageImageBytes(dst));
     expect(await fs.readFile(path.join(src, 'dump.log'), 'utf8')).toMatch(/TLS handshake completed/);
   });
 

@@ -8,11 +8,20 @@ export class ProgressLine {
 
   constructor(private readonly out: NodeJS.WriteStream) {}
 
+  /** Bytes moved of about `total` (a migration's transfer). */
   update(label: string, bytes: number, total: number): void {
-    const frac = total > 0 ? Math.min(1, bytes / total) : 0;
-    const filled = Math.round(frac * BAR_WIDTH);
-    const bar = `[${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}]`;
     const amount = total > 0 ? `${formatBytes(bytes)} / ~${formatBytes(total)}` : formatBytes(bytes);
+    this.draw(label, total > 0 ? bytes / total : 0, amount);
+  }
+
+  /** Items finished of `total` (a drain's workloads). */
+  updateCount(label: string, finished: number, total: number): void {
+    this.draw(label, total > 0 ? finished / total : 1, `${finished}/${total}`);
+  }
+
+  private draw(label: string, fraction: number, amount: string): void {
+    const filled = Math.round(Math.max(0, Math.min(1, fraction)) * BAR_WIDTH);
+    const bar = `[${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}]`;
     this.out.write(`\r\x1b[2K${bar} ${label.padEnd(14)} ${amount}`);
     this.active = true;
   }

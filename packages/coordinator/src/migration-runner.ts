@@ -293,7 +293,6 @@ export class MigrationRunner {
       restoredOnTarget = true;
       m.pid = rs.pid;
       m.phases.restoreMs = rs.restoreMs;
-      m.bytesTransferred += rs.pageBytes;
       m.downtimeMs = Math.max(0, rs.resumedAt - cp.frozenAt);
 
       await this.step(m, 'releasing');

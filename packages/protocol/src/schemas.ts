@@ -246,6 +246,7 @@ export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
 export const CheckpointReply = z.object({
   dumpMs: z.number(),
   transferMs: z.number(),
+  /** Image bytes moved: ferry's stream, plus the memory pages a page server received during the dump. */
   bytes: z.number().int().nonnegative(),
   files: z.number().int().nonnegative(),
   /** Wall-clock time (ms since epoch) the workload was frozen; downtime is measured from it. */

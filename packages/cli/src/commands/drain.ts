@@ -13,6 +13,7 @@ import {
   type DrainSummary,
 } from '@ferry/protocol';
 import { connectCluster } from '../client';
+import { ProgressLine } from '../progress-line';
 import { action } from './action';
 import { publicResult } from './migrate';
 
@@ -37,6 +38,15 @@ export function registerDrain(program: Command): Command {
         const nc = await connectCluster();
         const drainId = `d-${randomBytes(8).toString('hex')}`;
         const line = (v: unknown) => process.stdout.write(`${JSON.stringify(v)}\n`);
+        // On a terminal (not with --json) a bar on stderr counts the workloads done; results print above it.
+        const bar = !opts.json && process.stderr.isTTY ? new ProgressLine(process.stderr) : null;
+        let planned = 0;
+        let finished = 0;
+        const say = (text: string) => {
+          bar?.done();
+          process.stdout.write(`${text}\n`);
+          bar?.updateCount(`drain ${host}`, finished, planned);
+        };
         let failureCode = 0;
         let resolveDone: (s: DrainSummary) => void = () => undefined;
         const done = new Promise<DrainSummary>((r) => (resolveDone = r));
@@ -54,12 +64,14 @@ export function registerDrain(program: Command): Command {
             if (ev.kind === 'result') {
               const m = ev.migration;
               if (m.state !== 'succeeded' && failureCode === 0) failureCode = m.error && isErrorCode(m.error.code) ? EXIT_CODES[m.error.code] : 1;
+              finished += 1;
               if (opts.json) line({ kind: 'result', migration: publicResult(m) });
-              else process.stdout.write(`${m.workload}: ${m.from} -> ${m.to} ${m.state}${m.error ? ` (${m.error.code}: ${m.error.message})` : ` in ${m.totalMs} ms, downtime ${m.downtimeMs} ms`}\n`);
+              else say(`${m.workload}: ${m.from} -> ${m.to} ${m.state}${m.error ? ` (${m.error.code}: ${m.error.message})` : ` in ${m.totalMs} ms, downtime ${m.downtimeMs} ms`}`);
             } else if (ev.kind === 'unplaced') {
               if (failureCode === 0) failureCode = isErrorCode(ev.error.code) ? EXIT_CODES[ev.error.code] : 1;
+              finished += 1;
               if (opts.json) line({ kind: 'unplaced', workload: ev.workload, error: ev.error });
-              else process.stdout.write(`${ev.workload}: not moved (${ev.error.code}: ${ev.error.message})\n`);
+              else say(`${ev.workload}: not moved (${ev.error.code}: ${ev.error.message})`);
             } else {
               if (opts.json) line({ kind: 'done', summary: ev.summary });
               resolveDone(ev.summary);
@@ -69,14 +81,17 @@ export function registerDrain(program: Command): Command {
         try {
           await nc.flush();
           const plan = await request(nc, subjects.coord(CoordVerb.DRAIN), { host, drainId }, DrainReply, { timeoutMs: 15_000 });
-          if (!opts.json) process.stdout.write(`${host} cordoned; moving ${plan.workloads.length} workload(s): ${plan.workloads.join(', ') || '(none)'}\n`);
+          planned = plan.workloads.length;
+          if (!opts.json) say(`${host} cordoned; moving ${plan.workloads.length} workload(s): ${plan.workloads.join(', ') || '(none)'}`);
           const timeout = new Promise<never>((_r, reject) => setTimeout(() => reject(new Error(`drain of ${host} not finished within ${DRAIN_TIMEOUT_MS} ms`)), DRAIN_TIMEOUT_MS).unref());
           const summary = await Promise.race([done, timeout]);
+          bar?.done();
           if (!opts.json) {
             process.stdout.write(`drained ${host}: ${summary.succeeded}/${summary.total} moved, ${summary.failed} failed, ${summary.unplaced} not placed, ${summary.totalMs} ms\n`);
           }
           return summary.succeeded === summary.total ? 0 : failureCode || 1;
         } finally {
+          bar?.done();
           sub.unsubscribe();
           await nc.close();
         }
