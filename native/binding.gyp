@@ -10,7 +10,8 @@
         "src/pidfd.cc",
         "src/files.cc",
         "src/namespaces.cc",
-        "src/process.cc"
+        "src/process.cc",
+        "src/sockets.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],

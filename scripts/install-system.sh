@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system parts ferry needs on a Debian 12 machine. Idempotent: does nothing when all is present.
-# CRIU comes from Debian 13 (trixie) because Debian 12's CRIU 3.17 fails on current kernels
-# ("vdso: Unexpected rt vDSO area bounds"); the pin keeps every other package on bookworm.
+# CRIU: Debian 12's 3.17 fails on current kernels ("vdso: Unexpected rt vDSO area bounds"), and
+# Debian 13's 4.1.1 cannot dump any TCP or UDP socket on Linux >= 6.16 ("sockets: Can't get 1:16 opt:
+# Operation not supported": the kernel restricted SO_PASSCRED/SO_PASSSEC to unix and netlink sockets;
+# CRIU issues #2705/#2718, fixed in 4.2). So: trixie's criu first (it brings the trixie runtime
+# it needs, libc 2.41 and libnftables1), then 4.2.1 from Debian unstable on top of it (four packages:
+# criu, libcompel1, libnet9, libnl-3-200). Pins keep every other package on bookworm: trixie and
+# unstable are used only when asked for with -t.
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -10,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need=()
-command -v criu >/dev/null 2>&1 && criu --version 2>/dev/null | grep -qE 'Version: [4-9]' || need+=(criu)
+command -v criu >/dev/null 2>&1 && criu --version 2>/dev/null | grep -qE 'Version: (4\.([2-9]|[1-9][0-9])|[5-9]\.)' || need+=(criu)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
@@ -19,6 +24,9 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # Per-migration certificates for the page server's TLS, and the dev cluster's NATS TLS CA.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# TCP migration: nft drops CRIU's connection lock after a release or rollback; arping announces a moved service address.
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v arping >/dev/null 2>&1 || need+=(iputils-arping)
 # The dashboard's tests drive it in headless Chromium (playwright-core with executablePath /usr/bin/chromium).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
@@ -45,17 +53,41 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
+sid_pin=/etc/apt/preferences.d/ferry-sid
+if [ ! -f "$sid_pin" ]; then
+  cat >"$sid_pin" <<'PIN'
+# Written by ferry's set-up: Debian unstable packages only when asked for (-t sid: CRIU 4.2), never by default.
+Package: *
+Pin: release n=sid
+Pin-Priority: 50
+PIN
+fi
+sid_src=/etc/apt/sources.list.d/ferry-sid.sources
+if [ ! -f "$sid_src" ]; then
+  cat >"$sid_src" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
 
 export DEBIAN_FRONTEND=noninteractive
 # Third-party lists on the image may be unreachable here; their failure must not stop the set-up.
 apt-get update -o Acquire::Retries=2 || true
 others=()
-for p in "${need[@]}"; do [ "$p" = criu ] || others+=("$p"); done
+for p in "${need[@]}"; do [ "$p" = criu ] || [ "$p" = nftables ] || others+=("$p"); done
 if [ ${#others[@]} -gt 0 ]; then
   apt-get install -y --no-install-recommends "${others[@]}"
 fi
 if printf '%s\n' "${need[@]}" | grep -qx criu; then
   apt-get install -y --no-install-recommends -t trixie criu
+  apt-get install -y --no-install-recommends -t sid criu
+fi
+# After CRIU: its libnftables1 is trixie's, which bookworm's nft cannot use.
+if printf '%s\n' "${need[@]}" | grep -qx nftables; then
+  apt-get install -y --no-install-recommends -t trixie nftables
 fi
 # Debian starts these daemons on install; ferry runs its own instances, so stop the system ones.
 for svc in redis-server nats-server ssh; do

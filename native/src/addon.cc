@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitFiles(env, exports);
   ferry::InitNamespaces(env, exports);
   ferry::InitProcess(env, exports);
+  ferry::InitSockets(env, exports);
   return exports;
 }
 

@@ -46,3 +46,7 @@ export const CLONE_NEWUTS = 0x4000000;
 export const CLONE_NEWIPC = 0x8000000;
 export const CLONE_NEWPID = 0x20000000;
 export const CLONE_NEWNET = 0x40000000;
+
+/** setsockopt(2) level and option of TCP repair mode (CRIU's --tcp-established puts sockets in it). */
+export const IPPROTO_TCP = 6;
+export const TCP_REPAIR = 19;

@@ -19,8 +19,11 @@ export interface NativeBinding {
   setChildSubreaper(on: boolean): void;
   close(fd: number): void;
   lseek(fd: number, offset: number, whence: number): number;
+  setsockoptInt(fd: number, level: number, optname: number, value: number): void;
 
   readonly SEEK_SET: number;
+  readonly IPPROTO_TCP: number;
+  readonly TCP_REPAIR: number;
   readonly SEEK_CUR: number;
   readonly SEEK_END: number;
   readonly MS_RDONLY: number;

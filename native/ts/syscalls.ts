@@ -77,6 +77,8 @@ export interface LinuxSyscalls {
   close(fd: number): void;
   /** lseek(2): sets a descriptor's offset (e.g. a reopened file's, before CRIU inherits it); returns the new offset. */
   lseek(fd: number, offset: number, whence: number): number;
+  /** setsockopt(2) with an int value (e.g. IPPROTO_TCP, TCP_REPAIR, 0: a socket CRIU left in repair mode back to normal). */
+  setsockoptInt(fd: number, level: number, optname: number, value: number): void;
 }
 
 function callSync<T>(call: () => T, context: { path?: string; dest?: string } = {}): T {
@@ -193,6 +195,16 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
       if (!Number.isSafeInteger(offset)) throw new SyscallArgumentError('lseek', 'offset', 'must be a safe integer');
       const checkedWhence = checkIntFlags('lseek', 'whence', whence);
       return callSync(() => native().lseek(checkedFd, offset, checkedWhence));
+    },
+
+    setsockoptInt(fd, level, optname, value) {
+      const checkedFd = checkFd('setsockopt', 'fd', fd);
+      const checkedLevel = checkIntFlags('setsockopt', 'level', level);
+      const checkedOptname = checkIntFlags('setsockopt', 'optname', optname);
+      if (!Number.isInteger(value) || value < -0x80000000 || value > 0x7fffffff) {
+        throw new SyscallArgumentError('setsockopt', 'value', 'must be a 32-bit integer');
+      }
+      callSync(() => native().setsockoptInt(checkedFd, checkedLevel, checkedOptname, value));
     },
   };
 }

@@ -57,6 +57,8 @@ import { SerialLock } from './serial-lock';
 import type { AgentOptions } from './agent-options';
 import { LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls, type PageServerTlsFiles } from './page-server-tls';
+import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from './service-address';
+import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTcpRepair, socketFdsOf, unmigratableSockets } from './tcp-sockets';
 
 /** Written next to CRIU's images: what the target needs to adopt the workload. */
 interface WorkloadManifest {
@@ -70,6 +72,8 @@ interface WorkloadManifest {
   mounts: MountSpec[];
   /** Unlinked files on shared filesystems, pinned on the server, to reopen on the target. */
   pins: PinnedFile[];
+  /** Its service address: the target configures it before restoring the connections bound to it. */
+  address?: string;
 }
 const MANIFEST_FILE = 'ferry-manifest.json';
 const LOG_COPY_FILE = 'ferry-workload.log';
@@ -91,7 +95,7 @@ interface IncomingMigration {
 export interface AgentDeps {
   nc: NatsConnection;
   /** Syscalls Node lacks (lseek of reopened pinned files). */
-  syscalls: Pick<LinuxSyscalls, 'lseek'>;
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'pidfdOpen' | 'pidfdGetfd' | 'setsockoptInt' | 'close'>;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;
@@ -256,6 +260,7 @@ export class Agent {
       startedAt: r.startedAt,
       exitCode: r.exitCode,
       mounts: r.mounts ?? [],
+      ...(r.address ? { address: r.address } : {}),
     };
   }
 
@@ -275,8 +280,18 @@ export class Agent {
     // A new workload starts a new log, even if an earlier one of the same name left one.
     await writeFile(logPath, '', { mode: 0o600 });
     await this.mountAll(req.mounts);
+    if (req.address) {
+      await addServiceAddress(req.address, this.opts.address);
+      await announceServiceAddress(req.address, this.opts.address);
+    }
     const cwd = req.cwd ?? '/';
-    const launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath });
+    let launched: Awaited<ReturnType<typeof launchWorkload>>;
+    try {
+      launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath });
+    } catch (err) {
+      if (req.address) await removeServiceAddress(req.address, this.opts.address).catch(() => undefined);
+      throw err;
+    }
     const rec: WorkloadRecord = {
       name: req.name,
       pid: launched.pid,
@@ -290,9 +305,10 @@ export class Agent {
       exitCode: null,
       migration: null,
       mounts: req.mounts,
+      ...(req.address ? { address: req.address } : {}),
     };
     await this.deps.inventory.put(rec);
-    this.log.info({ workload: req.name, pid: launched.pid }, 'workload launched');
+    this.log.info({ workload: req.name, pid: launched.pid, address: req.address }, 'workload launched');
     return this.describe(rec);
   }
 
@@ -300,6 +316,7 @@ export class Agent {
     const rec = this.requireWorkload(name);
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${name} is being migrated (${rec.migration.id})`);
     if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
+    if (rec.address) await removeServiceAddress(rec.address, this.opts.address);
     await this.deps.inventory.remove(name);
     this.log.info({ workload: name }, 'workload stopped');
   }
@@ -402,17 +419,21 @@ export class Agent {
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
     let lazy: LazyPagesDaemon | undefined;
     try {
+      // Its connections are bound to the service address: it must be here before CRIU repairs them.
+      if (manifest.address) await addServiceAddress(manifest.address, this.opts.address);
       if (req.lazyPages) lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir);
       restored = await this.restoreLock.run(() =>
         this.deps.criu.restore({
           imagesDir: inc.dir,
           pidFile: join(inc.dir, 'restored.pid'),
           inheritFds: inherited,
+          tcpEstablished: manifest.address !== undefined,
           extraArgs: lazy ? ['--lazy-pages'] : [],
         }),
       );
     } catch (err) {
       lazy?.stop();
+      if (manifest.address) await removeServiceAddress(manifest.address, this.opts.address).catch(() => undefined);
       throw err;
     } finally {
       this.restoring.delete(req.migrationId);
@@ -420,6 +441,12 @@ export class Agent {
     }
     const resumedAt = Date.now();
     this.deps.metrics?.restored(resumedAt - started);
+    // CRIU unlocked the connections at the end of the restore; the peers learn the new MAC now.
+    if (manifest.address) {
+      await announceServiceAddress(manifest.address, this.opts.address).catch((err) =>
+        this.log.warn({ migrationId: req.migrationId, err: toFerryError(err).message }, 'gratuitous ARP failed; peers re-learn the address when their ARP entry expires'),
+      );
+    }
     // The restored workload holds its own copies of the pinned files now; the names can go.
     await removePins(manifest.pins ?? []);
     inc.restoredPid = restored.pid;
@@ -436,6 +463,7 @@ export class Agent {
       exitCode: null,
       migration: { id: req.migrationId, role: 'target' },
       mounts: manifest.mounts ?? [],
+      ...(manifest.address ? { address: manifest.address } : {}),
     });
     if (lazy) {
       // Running already, but not confirmed before every page is in: until then the source keeps
@@ -475,11 +503,22 @@ export class Agent {
       this.incoming.delete(req.migrationId);
     }
     const rec = this.deps.inventory.get(req.workload);
+    const address = rec?.address ?? (await this.manifestOf(req.migrationId)).address;
     if (rec?.migration?.id === req.migrationId && rec.migration.role === 'target') {
-      if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
+      if (await isAlive(rec.pid, rec.startTime)) {
+        // The source keeps these connections: closing ours must not reset them, so in repair mode first (silent close).
+        if (rec.address) {
+          const tree = await listTree(rec.pid);
+          const tcp = new Set((await inetSocketsOf(tree)).filter((x) => x.protocol === 'tcp').map((x) => x.inode));
+          setTcpRepair(this.deps.syscalls, await socketFdsOf(tree), tcp, true);
+        }
+        await this.deps.criu.kill(rec.pid);
+      }
       await this.deps.inventory.remove(req.workload);
       this.log.warn({ migrationId: req.migrationId, workload: req.workload }, 'discarded restored copy');
     }
+    // The address goes back with the workload to the source (which announces it).
+    if (address && !this.deps.inventory.all().some((w) => w.address === address)) await removeServiceAddress(address, this.opts.address);
     await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
     if (inc) await this.unmountUnused(inc.mountedPaths);
@@ -487,11 +526,15 @@ export class Agent {
 
   /** Pins a migration's manifest lists (empty when it never got that far). Source and target share them. */
   private async pinsOf(migrationId: string): Promise<PinnedFile[]> {
+    return (await this.manifestOf(migrationId)).pins ?? [];
+  }
+
+  /** What a migration's manifest says, as far as it got written (empty when it never did). */
+  private async manifestOf(migrationId: string): Promise<Partial<WorkloadManifest>> {
     try {
-      const m = JSON.parse(await readFile(join(this.deps.workDirs.pathFor(migrationId), MANIFEST_FILE), 'utf8')) as Partial<WorkloadManifest>;
-      return m.pins ?? [];
+      return JSON.parse(await readFile(join(this.deps.workDirs.pathFor(migrationId), MANIFEST_FILE), 'utf8')) as Partial<WorkloadManifest>;
     } catch {
-      return [];
+      return {};
     }
   }
 
@@ -551,8 +594,19 @@ export class Agent {
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
     // Unlinked-but-open files, decided before anything is frozen: local ones travel as ghost files
     // (bounded), shared ones are pinned on their server and travel by name.
-    const unlinked = await findUnlinkedFiles(await listTree(rec.pid));
+    const tree = await listTree(rec.pid);
+    const unlinked = await findUnlinkedFiles(tree);
     checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
+    // Sockets that cannot move fail the migration here, before the freeze (tcp-sockets.ts).
+    const serviceIp = rec.address ? ipOf(rec.address) : null;
+    const socketProblems = unmigratableSockets(
+      await inetSocketsOf(tree),
+      serviceIp,
+      new Set((await hostAddresses()).map((a) => a.ip).filter((ip) => ip !== serviceIp)),
+    );
+    if (socketProblems.length > 0) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} holds sockets that cannot migrate: ${socketProblems.slice(0, 5).join('; ')}`, { details: socketProblems });
+    }
     const pins = await pinSharedFiles(unlinked, req.migrationId);
     const dir = await this.deps.workDirs.create(req.migrationId);
     // Recorded before freezing: if we crash while it is frozen, the next start knows to ask.
@@ -574,15 +628,26 @@ export class Agent {
         imagesDir: dir,
         leaveStopped: true,
         externalFiles: pins.map((p) => p.key),
+        // Its connections are dumped in TCP repair mode and stay locked (nftables) while it is frozen.
+        tcpEstablished: rec.address !== undefined,
         // Memory pages go straight to the target's page server; the other images stay here for the stream.
         extraArgs: req.pageServer ? ['--page-server', '--address', req.pageServer.address, '--port', String(req.pageServer.port), ...tlsArgs] : [],
         });
       }).finally(() => rm(tlsDir, { recursive: true, force: true }));
       dumpMs = dumped.durationMs;
+      if (rec.address) {
+        // The address follows the workload: off this host now, on the target before its restore.
+        const lockTable = criuLockTableFromDumpLog(await readFile(dumped.logPath, 'utf8').catch(() => ''));
+        rec.migration = { id: req.migrationId, role: 'source', ...(lockTable ? { lockTable } : {}) };
+        await this.deps.inventory.put(rec);
+        await removeServiceAddress(rec.address, this.opts.address);
+      }
       // With a page server the memory left during the dump, by CRIU's connection: part of what this migration moved.
       pageBytes = req.pageServer ? (dumped.memoryBytesWritten ?? 0) : 0;
       this.deps.metrics?.dumped(dumpMs);
     } catch (err) {
+      // A dump that succeeded left connections locked in repair mode (moving the address failed after it): undo that first.
+      if (rec.migration?.lockTable) await this.reviveSourceNetwork(rec).catch((e) => this.log.error({ err: toFerryError(e).message }, 'could not revive the connections'));
       // CRIU resumes the tree itself when a dump fails; make sure of it and forget the mark.
       await this.deps.criu.thaw(rec.pid).catch(() => undefined);
       await removePins(pins);
@@ -605,6 +670,7 @@ export class Agent {
       logBytes,
       mounts: rec.mounts ?? [],
       pins,
+      ...(rec.address ? { address: rec.address } : {}),
     };
     await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
     const sent = await sendImage(this.deps.nc, req.transferId, dir, {
@@ -631,7 +697,9 @@ export class Agent {
   async release(req: MigrationRef): Promise<void> {
     const rec = this.deps.inventory.get(req.workload);
     if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
+      // Its sockets are still in repair mode, so this kill sends the peers nothing; then the lock can go.
       if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
+      if (rec.migration.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
       await this.deps.inventory.remove(req.workload);
       this.log.info({ migrationId: req.migrationId, workload: req.workload }, 'released frozen copy');
       // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.
@@ -639,6 +707,24 @@ export class Agent {
     }
     await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
+  }
+
+  /**
+   * Rollback of a workload with a service address, before the thaw: the address back on this
+   * host (announced), its connections out of repair mode, CRIU's lock dropped. They carry on where
+   * they were; the peers saw a pause.
+   */
+  private async reviveSourceNetwork(rec: WorkloadRecord): Promise<void> {
+    if (rec.address) {
+      await addServiceAddress(rec.address, this.opts.address);
+      await announceServiceAddress(rec.address, this.opts.address);
+    }
+    const tree = await listTree(rec.pid);
+    const sockets = await socketFdsOf(tree);
+    const tcp = new Set((await inetSocketsOf(tree)).filter((s) => s.protocol === 'tcp').map((s) => s.inode));
+    const changed = setTcpRepair(this.deps.syscalls, sockets, tcp, false);
+    if (rec.migration?.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
+    this.log.info({ workload: rec.name, address: rec.address, connections: changed }, 'connections revived on the source');
   }
 
   /** Rollback: thaw the frozen copy so it carries on here. */
@@ -650,6 +736,7 @@ export class Agent {
       if (!(await isAlive(rec.pid, rec.startTime))) {
         throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} died while frozen`);
       }
+      if (rec.address) await this.reviveSourceNetwork(rec);
       await this.deps.criu.thaw(rec.pid);
       rec.migration = null;
       rec.state = 'running';

@@ -79,6 +79,12 @@ export interface CriuDumpRequest {
   imagesDir: string;
   /** Keep the tree stopped after the dump (the migration default), instead of CRIU killing it. */
   leaveStopped?: boolean;
+  /**
+   * Dump established TCP connections in repair mode (`--tcp-established`), locked with nftables
+   * while the tree is frozen (`--network-lock nftables`: CRIU's per-connection table, which ferry
+   * drops after a release or a rollback, tcp-sockets.ts).
+   */
+  tcpEstablished?: boolean;
   /** Arguments for this dump only, after `extraDumpArgs`. */
   extraArgs?: string[];
   /** Files to dump as external (`--external file[<mnt_id>:<ino>]`): a restore must hand them in. */
@@ -107,6 +113,8 @@ export interface CriuRestoreRequest {
   imagesDir: string;
   /** Where CRIU writes the restored root's pid; a stale file is replaced. Default: restore.pid in the images dir. */
   pidFile?: string;
+  /** Restore TCP connections from repair mode (`--tcp-established`); the lock method comes from the dump. */
+  tcpEstablished?: boolean;
   /** Arguments for this restore only, after `extraRestoreArgs`. */
   extraArgs?: string[];
   /** Our open fds CRIU puts in place of external files (`--inherit-fd fd[N]:file[...]`). */
@@ -253,6 +261,7 @@ export class CriuDriver {
       // Its summary says how many memory pages went out: with a page server, nothing else here knows.
       '--display-stats',
       ...(leaveStopped ? ['--leave-stopped'] : []),
+      ...(request.tcpEstablished ? ['--tcp-established', '--network-lock', 'nftables'] : []),
       ...(request.externalFiles ?? []).flatMap((key) => ['--external', key]),
       ...this.options.extraDumpArgs,
       ...(request.extraArgs ?? []),
@@ -295,6 +304,7 @@ export class CriuDriver {
       `-v${this.options.logLevel}`,
       '--pidfile', pidFile,
       ...(request.inheritFds ?? []).flatMap((f, i) => ['--inherit-fd', `fd[${3 + i}]:${f.key}`]),
+      ...(request.tcpEstablished ? ['--tcp-established'] : []),
       ...this.options.extraRestoreArgs,
       ...(request.extraArgs ?? []),
     ];

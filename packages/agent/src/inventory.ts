@@ -10,6 +10,8 @@ export interface MigrationMark {
   id: string;
   /** source: we froze it and may have to thaw or kill it; target: we restored it and may have to discard it. */
   role: 'source' | 'target';
+  /** Source with a service address: CRIU's nftables table locking the frozen connections (tcp-sockets.ts). */
+  lockTable?: string;
 }
 
 export interface WorkloadRecord {
@@ -28,6 +30,8 @@ export interface WorkloadRecord {
   migration: MigrationMark | null;
   /** Shared filesystems it uses (absent in inventories written before mounts existed). */
   mounts?: MountSpec[];
+  /** Its service address (service-address.ts), configured on this host while it runs here. */
+  address?: string;
 }
 
 interface InventoryFile {

@@ -299,6 +299,14 @@ export class Coordinator {
     if (existing && existing.state !== 'exited') {
       throw new FerryError(ErrorCode.CONFLICT, `a workload named ${req.name} already runs on ${existing.host}`);
     }
+    if (req.address !== undefined) {
+      // A service address names one workload in the cluster: two hosts answering for it would split its traffic.
+      const ip = req.address.split('/')[0];
+      const holder = this.registry.workloads().find((w) => w.state !== 'exited' && w.address?.split('/')[0] === ip);
+      if (holder) throw new FerryError(ErrorCode.CONFLICT, `address ${ip} belongs to workload ${holder.name} on ${holder.host}`);
+      const host = this.registry.describe(req.host);
+      if (host.address === ip) throw new FerryError(ErrorCode.CONFLICT, `address ${ip} is ${req.host}'s own address`);
+    }
     const { host, v: _v, mounts, ...rest } = req;
     const body = { ...rest, mounts: resolveMounts(this.opts.filesystems, mounts) };
     const reply = await request(this.nc, subjects.agent(host, AgentVerb.RUN), body, z.object({ workload: WorkloadInfo }), { timeoutMs: 15_000 });

@@ -64,6 +64,22 @@ export type FilesystemSpec = z.infer<typeof FilesystemSpec>;
 export const MountSpec = FilesystemSpec.extend({ path: AbsolutePath });
 export type MountSpec = z.infer<typeof MountSpec>;
 
+/**
+ * A workload's own IPv4 service address, `A.B.C.D/NN`: configured on its host's interface while it
+ * runs there and moved with it on migration, so its TCP connections survive (CRIU's TCP repair).
+ */
+export const ServiceAddress = z
+  .string()
+  .max(18)
+  .refine((s) => {
+    const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(s);
+    if (!m) return false;
+    const octets = m.slice(1, 5).map(Number);
+    const prefix = Number(m[5]);
+    return octets.every((o) => o <= 255) && octets[0] !== 0 && octets[0] !== 127 && octets[0] < 224 && prefix >= 8 && prefix <= 32;
+  }, 'a service address is an IPv4 unicast address with a prefix length, e.g. 198.18.0.100/24');
+export type ServiceAddress = z.infer<typeof ServiceAddress>;
+
 export const WorkloadState = z.enum(['running', 'frozen', 'exited']);
 export type WorkloadState = z.infer<typeof WorkloadState>;
 
@@ -80,6 +96,8 @@ export const WorkloadInfo = z.object({
   exitCode: z.number().int().nullable().optional(),
   /** Shared filesystems the workload uses; a target mounts them before a restore. */
   mounts: z.array(MountSpec).max(32).default([]),
+  /** Its own service address (`ferry run --address`), which moves with it. */
+  address: ServiceAddress.optional(),
 });
 export type WorkloadInfo = z.infer<typeof WorkloadInfo>;
 
@@ -170,6 +188,8 @@ export const RunRequest = z.object({
   env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).max(256), z.string().max(32 * 1024)).default({}),
   cwd: AbsolutePath.optional(),
   mounts: z.array(MountSpec).max(32).default([]),
+  /** A service address to configure on the host for it (see ServiceAddress). */
+  address: ServiceAddress.optional(),
 });
 export type RunRequest = z.infer<typeof RunRequest>;
 

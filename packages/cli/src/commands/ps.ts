@@ -9,16 +9,18 @@ export function registerPs(program: Command): Command {
   return program
     .command('ps')
     .description('list workloads across the cluster')
-    .option('--json', 'print a JSON array of {name, host, state, pid, rssBytes}')
+    .option('--json', 'print a JSON array of {name, host, state, pid, rssBytes, address?} (address: the service address, for workloads run with --address)')
     .action(
       action(async (opts: { json?: boolean }) => {
         const { workloads } = await askCoordinator(CoordVerb.PS, {}, z.object({ workloads: z.array(WorkloadInfo) }));
         if (opts.json) {
-          return printJson(workloads.map((w) => ({ name: w.name, host: w.host, state: w.state, pid: w.pid, rssBytes: w.rssBytes })));
+          return printJson(
+            workloads.map((w) => ({ name: w.name, host: w.host, state: w.state, pid: w.pid, rssBytes: w.rssBytes, ...(w.address ? { address: w.address } : {}) })),
+          );
         }
         printTable(
-          ['NAME', 'HOST', 'STATE', 'PID', 'RSS', 'COMMAND'],
-          workloads.map((w) => [w.name, w.host, w.state, w.pid, formatBytes(w.rssBytes), w.argv.join(' ')]),
+          ['NAME', 'HOST', 'STATE', 'PID', 'RSS', 'ADDRESS', 'COMMAND'],
+          workloads.map((w) => [w.name, w.host, w.state, w.pid, formatBytes(w.rssBytes), w.address ?? '-', w.argv.join(' ')]),
         );
       }),
     );

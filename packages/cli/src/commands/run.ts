@@ -16,10 +16,11 @@ export function registerRun(program: Command): Command {
     .option('--env <K=V>', 'environment variable for the workload (repeatable)', collect, [])
     .option('--cwd <dir>', 'working directory (absolute)')
     .option('--mount <fs:path>', 'mount cluster filesystem FS at PATH in the host first (repeatable), e.g. shared:/data', collect, [])
+    .option('--address <cidr>', "the workload's own IPv4 service address, e.g. 198.18.0.100/24: configured on the host, moved with the workload, so its TCP connections survive a migration")
     .option('--json', 'print the workload as JSON')
     .argument('<command...>', 'command and arguments (after --)')
     .action(
-      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; cwd?: string; json?: boolean }) => {
+      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; cwd?: string; address?: string; json?: boolean }) => {
         const mounts = opts.mount.map((m) => {
           const i = m.indexOf(':');
           if (i <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--mount wants FS:PATH, got ${JSON.stringify(m)}`);
@@ -33,12 +34,12 @@ export function registerRun(program: Command): Command {
         }
         const { workload } = await askCoordinator(
           CoordVerb.RUN,
-          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts },
+          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts, ...(opts.address ? { address: opts.address } : {}) },
           z.object({ workload: WorkloadInfo }),
           20_000,
         );
         if (opts.json) return printJson(workload);
-        process.stdout.write(`${workload.name} running on ${workload.host} (pid ${workload.pid})\n`);
+        process.stdout.write(`${workload.name} running on ${workload.host} (pid ${workload.pid}${workload.address ? `, address ${workload.address}` : ''})\n`);
       }),
     );
 }

@@ -1,0 +1,82 @@
+/**
+ * A workload's service address (`ferry run --address A.B.C.D/NN`): a secondary IPv4 address on the
+ * host's interface while the workload runs there. On migration it leaves the source after the dump
+ * and comes up on the target before the restore, so the restored TCP sockets (bound to it) can be
+ * repaired there; a gratuitous ARP tells the peers on the link which MAC answers for it now.
+ *
+ * Driven with iproute2's `ip` and iputils' `arping`, the tools every host has for this (as the dev
+ * cluster drives `ip` for its namespaces); the interface is the one holding the host's registered
+ * address.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { ErrorCode, FerryError } from '@ferry/protocol';
+
+const execFileAsync = promisify(execFile);
+const COMMAND_TIMEOUT_MS = 10_000;
+/** Unsolicited ARP requests sent per announcement (one can be lost; arping waits 1 s between them). */
+const GRATUITOUS_ARP_COUNT = 1;
+
+interface IpAddrJson {
+  ifname: string;
+  addr_info?: Array<{ family: string; local: string; prefixlen: number }>;
+}
+
+async function run(cmd: string, args: string[]): Promise<string> {
+  try {
+    const { stdout } = await execFileAsync(cmd, args, { timeout: COMMAND_TIMEOUT_MS });
+    return stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new FerryError(ErrorCode.INTERNAL, `${cmd} ${args.join(' ')} failed: ${(e.stderr || e.message).trim()}`, { cause: err });
+  }
+}
+
+/** The IP part of `A.B.C.D/NN`. */
+export function ipOf(cidr: string): string {
+  return cidr.split('/')[0];
+}
+
+/** Every address of this network namespace (loopback included), IPv4 and IPv6, by interface. */
+export async function hostAddresses(): Promise<Array<{ ifname: string; ip: string; prefixlen: number }>> {
+  const list = JSON.parse(await run('ip', ['-j', 'addr', 'show'])) as IpAddrJson[];
+  return list.flatMap((i) => (i.addr_info ?? []).map((a) => ({ ifname: i.ifname, ip: a.local, prefixlen: a.prefixlen })));
+}
+
+/** The interface that holds `hostAddress` (the host's registered address): where service addresses go. */
+export async function interfaceOf(hostAddress: string): Promise<string> {
+  const found = (await hostAddresses()).find((a) => a.ip === hostAddress);
+  if (!found) throw new FerryError(ErrorCode.FAILED_PRECONDITION, `no interface on this host holds its address ${hostAddress}`);
+  return found.ifname;
+}
+
+/**
+ * Configures `cidr` on the host's interface. Already there: nothing to do (a restarted agent or a
+ * retried step). CONFLICT when the host uses that IP otherwise (its own address, or another
+ * interface).
+ */
+export async function addServiceAddress(cidr: string, hostAddress: string): Promise<void> {
+  const ifname = await interfaceOf(hostAddress);
+  const ip = ipOf(cidr);
+  if (ip === hostAddress) throw new FerryError(ErrorCode.CONFLICT, `${ip} is this host's own address`);
+  const present = (await hostAddresses()).filter((a) => a.ip === ip);
+  if (present.some((a) => a.ifname !== ifname)) throw new FerryError(ErrorCode.CONFLICT, `${ip} is already configured on ${present[0].ifname}`);
+  if (present.length === 0) await run('ip', ['addr', 'add', cidr, 'dev', ifname]);
+}
+
+/** Removes `cidr` from the host's interface; gone already: nothing to do. */
+export async function removeServiceAddress(cidr: string, hostAddress: string): Promise<void> {
+  const ifname = await interfaceOf(hostAddress);
+  const ip = ipOf(cidr);
+  if (!(await hostAddresses()).some((a) => a.ip === ip && a.ifname === ifname)) return;
+  await run('ip', ['addr', 'del', cidr, 'dev', ifname]);
+}
+
+/**
+ * Gratuitous ARP for the service address from this host's interface: peers (and the switch or
+ * bridge) learn at once that this host answers for it, instead of after their ARP entry expires.
+ */
+export async function announceServiceAddress(cidr: string, hostAddress: string): Promise<void> {
+  const ifname = await interfaceOf(hostAddress);
+  await run('arping', ['-U', '-c', String(GRATUITOUS_ARP_COUNT), '-I', ifname, ipOf(cidr)]);
+}
