@@ -34,44 +34,18 @@ if [ ${#need[@]} -eq 0 ]; then
 fi
 echo "ferry: installing system packages: ${need[*]}"
 
-pin=/etc/apt/preferences.d/ferry-trixie
-if [ ! -f "$pin" ]; then
-  cat >"$pin" <<'PIN'
-# Written by ferry's set-up: Debian 13 packages only when asked for (-t trixie), never by default.
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-PIN
-fi
-src=/etc/apt/sources.list.d/ferry-trixie.sources
-if [ ! -f "$src" ]; then
-  cat >"$src" <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-fi
-sid_pin=/etc/apt/preferences.d/ferry-sid
-if [ ! -f "$sid_pin" ]; then
-  cat >"$sid_pin" <<'PIN'
-# Written by ferry's set-up: Debian unstable packages only when asked for (-t sid: CRIU 4.2), never by default.
-Package: *
-Pin: release n=sid
-Pin-Priority: 50
-PIN
-fi
-sid_src=/etc/apt/sources.list.d/ferry-sid.sources
-if [ ! -f "$sid_src" ]; then
-  cat >"$sid_src" <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: sid
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-fi
+# add_suite SUITE PRIORITY WHAT: Debian's SUITE as an apt source, pinned below bookworm's 500 so its
+# packages come only when asked for with -t SUITE. Files already there are left as they are.
+add_suite() {
+  local suite=$1 priority=$2 what=$3
+  local pin=/etc/apt/preferences.d/ferry-$suite src=/etc/apt/sources.list.d/ferry-$suite.sources
+  [ -f "$pin" ] || printf '# Written by ferry'"'"'s set-up: %s packages only when asked for (-t %s), never by default.\nPackage: *\nPin: release n=%s\nPin-Priority: %s\n' \
+    "$what" "$suite" "$suite" "$priority" >"$pin"
+  [ -f "$src" ] || printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$suite" >"$src"
+}
+add_suite trixie 100 'Debian 13'
+add_suite sid 50 'Debian unstable (CRIU 4.2)'
 
 export DEBIAN_FRONTEND=noninteractive
 # Third-party lists on the image may be unreachable here; their failure must not stop the set-up.

@@ -53,17 +53,23 @@ async function counters(file: string, count: number): Promise<number[]> {
   });
 }
 
-test('pages go to the page server, the rest stays with the dump; a lazy restore from both carries on intact', async () => {
+/** Launches the memory-counter fixture (`mib` of known memory) and waits for its first `ticks` counters. */
+async function launchFixture(mib: number, seed: number, ticks: number): Promise<{ counterFile: string; verifyFile: string }> {
   const counterFile = path.join(dir, 'counter');
   const verifyFile = path.join(dir, 'verify');
   workload = await launchWorkload({
     name: 'fixture',
-    argv: memoryCounterArgv({ mib: 32, seed: 7, intervalMs: 10, counterFile, verifyFile }),
+    argv: memoryCounterArgv({ mib, seed, intervalMs: 10, counterFile, verifyFile }),
     env: {},
     cwd: dir,
     logPath: path.join(dir, 'workload.log'),
   });
-  await counters(counterFile, 20);
+  await counters(counterFile, ticks);
+  return { counterFile, verifyFile };
+}
+
+test('pages go to the page server, the rest stays with the dump; a lazy restore from both carries on intact', async () => {
+  const { counterFile, verifyFile } = await launchFixture(32, 7, 20);
   const src = path.join(dir, 'src');
   const dst = path.join(dir, 'dst');
   await fs.mkdir(dst, { mode: 0o700 });
@@ -104,17 +110,8 @@ describe('page server over mutual TLS (page-server-tls.ts)', () => {
     expect(info.pageServerTls).toBe(true);
   });
 
-  test('a dump with the client credentials fills the page server; the pages on the wire are not the memory', async () => {
-    const counterFile = path.join(dir, 'counter');
-    const verifyFile = path.join(dir, 'verify');
-    workload = await launchWorkload({
-      name: 'fixture',
-      argv: memoryCounterArgv({ mib: 16, seed: 11, intervalMs: 10, counterFile, verifyFile }),
-      env: {},
-      cwd: dir,
-      logPath: path.join(dir, 'workload.log'),
-    });
-    await counters(counterFile, 10);
+  test('a dump with the client credentials fills the page server over a completed TLS handshake', async () => {
+    await launchFixture(16, 11, 10);
     const src = path.join(dir, 'src');
     const dst = path.join(dir, 'dst');
     await fs.mkdir(dst, { mode: 0o700 });
