@@ -58,7 +58,7 @@ import type { AgentOptions } from './agent-options';
 import { LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls, type PageServerTlsFiles } from './page-server-tls';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from './service-address';
-import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTcpRepair, socketFdsOf, unmigratableSockets } from './tcp-sockets';
+import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets, type RepairSyscalls } from './tcp-sockets';
 
 /** Written next to CRIU's images: what the target needs to adopt the workload. */
 interface WorkloadManifest {
@@ -95,7 +95,7 @@ interface IncomingMigration {
 export interface AgentDeps {
   nc: NatsConnection;
   /** Syscalls Node lacks (lseek of reopened pinned files). */
-  syscalls: Pick<LinuxSyscalls, 'lseek' | 'pidfdOpen' | 'pidfdGetfd' | 'setsockoptInt' | 'close'>;
+  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;
@@ -507,11 +507,7 @@ export class Agent {
     if (rec?.migration?.id === req.migrationId && rec.migration.role === 'target') {
       if (await isAlive(rec.pid, rec.startTime)) {
         // The source keeps these connections: closing ours must not reset them, so in repair mode first (silent close).
-        if (rec.address) {
-          const tree = await listTree(rec.pid);
-          const tcp = new Set((await inetSocketsOf(tree)).filter((x) => x.protocol === 'tcp').map((x) => x.inode));
-          setTcpRepair(this.deps.syscalls, await socketFdsOf(tree), tcp, true);
-        }
+        if (rec.address) await setTreeTcpRepair(this.deps.syscalls, await listTree(rec.pid), true);
         await this.deps.criu.kill(rec.pid);
       }
       await this.deps.inventory.remove(req.workload);
@@ -719,10 +715,7 @@ export class Agent {
       await addServiceAddress(rec.address, this.opts.address);
       await announceServiceAddress(rec.address, this.opts.address);
     }
-    const tree = await listTree(rec.pid);
-    const sockets = await socketFdsOf(tree);
-    const tcp = new Set((await inetSocketsOf(tree)).filter((s) => s.protocol === 'tcp').map((s) => s.inode));
-    const changed = setTcpRepair(this.deps.syscalls, sockets, tcp, false);
+    const changed = await setTreeTcpRepair(this.deps.syscalls, await listTree(rec.pid), false);
     if (rec.migration?.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
     this.log.info({ workload: rec.name, address: rec.address, connections: changed }, 'connections revived on the source');
   }

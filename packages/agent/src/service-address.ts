@@ -68,6 +68,8 @@ export async function addServiceAddress(cidr: string, hostAddress: string): Prom
 export async function removeServiceAddress(cidr: string, hostAddress: string): Promise<void> {
   const ifname = await interfaceOf(hostAddress);
   const ip = ipOf(cidr);
+  // Never the host's own address, whatever a caller was told.
+  if (ip === hostAddress) return;
   if (!(await hostAddresses()).some((a) => a.ip === ip && a.ifname === ifname)) return;
   await run('ip', ['addr', 'del', cidr, 'dev', ifname]);
 }

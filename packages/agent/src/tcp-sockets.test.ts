@@ -1,4 +1,4 @@
-import { criuLockTableFromDumpLog, parseProcNet, parseProcNetAddress, TCP_ESTABLISHED, TCP_LISTEN, unmigratableSockets, type InetSocket } from './tcp-sockets';
+import { criuLockTableFromDumpLog, parseProcNet, parseProcNetAddress, setTcpRepair, TCP_ESTABLISHED, TCP_LISTEN, unmigratableSockets, type InetSocket, type RepairSyscalls } from './tcp-sockets';
 
 // Lines as the kernel prints them (x86-64: each 32-bit word of an address in little-endian hex).
 const TCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -55,4 +55,29 @@ test("CRIU's lock table is named after its run id, cut as nftables names are", (
   const log = '(00.000000) CRIU run id = 299d627f-7216-4835-962e-67122bf61b5e\n(00.001) other';
   expect(criuLockTableFromDumpLog(log)).toBe('CRIU-299d627f-7216-4835-96');
   expect(criuLockTableFromDumpLog('no id')).toBeNull();
+});
+
+test('repair mode is set through a copy of each TCP socket fd; refusals for listeners are skipped; every fd is closed', () => {
+  const calls: string[] = [];
+  const open = new Set<number>();
+  let next = 100;
+  const sys: RepairSyscalls = {
+    pidfdOpen: (pid) => (calls.push(`pidfd ${pid}`), open.add(next), next++),
+    pidfdGetfd: (_pidfd, fd) => (calls.push(`getfd ${fd}`), open.add(next), next++),
+    setsockoptInt: (fd, _level, _opt, value) => {
+      calls.push(`repair ${fd}=${value}`);
+      // fd 104 is the copy of the listener's fd 6 (pid 8's pidfd is 102, its fd 5 copy 103).
+      if (fd === 104) throw Object.assign(new Error('listener'), { code: 'EPERM' });
+    },
+    close: (fd) => void open.delete(fd),
+  };
+  const sockets = [
+    { pid: 7, fd: 3, inode: 1 },
+    { pid: 7, fd: 4, inode: 2 }, // a UDP socket: not in the TCP set
+    { pid: 8, fd: 5, inode: 3 },
+    { pid: 8, fd: 6, inode: 4 }, // a listener: EPERM, skipped
+  ];
+  expect(setTcpRepair(sys, sockets, new Set([1, 3, 4]), false)).toBe(2);
+  expect(calls).toEqual(['pidfd 7', 'getfd 3', 'repair 101=0', 'pidfd 8', 'getfd 5', 'repair 103=0', 'getfd 6', 'repair 104=0']);
+  expect(open.size).toBe(0);
 });

@@ -101,7 +101,12 @@ export async function socketFdsOf(pids: number[]): Promise<SocketFd[]> {
 
 /** The inet sockets the processes hold, from the host's tables (the agent shares the host's network namespace with its workloads). */
 export async function inetSocketsOf(pids: number[]): Promise<InetSocket[]> {
-  const inodes = new Set((await socketFdsOf(pids)).map((s) => s.inode));
+  return inetSocketsAmong(await socketFdsOf(pids));
+}
+
+/** The inet sockets among these socket fds. */
+async function inetSocketsAmong(fds: SocketFd[]): Promise<InetSocket[]> {
+  const inodes = new Set(fds.map((s) => s.inode));
   if (inodes.size === 0) return [];
   const tables: Array<[string, SocketProtocol]> = [
     ['/proc/net/tcp', 'tcp'],
@@ -153,7 +158,17 @@ export function unmigratableSockets(sockets: InetSocket[], serviceIp: string | n
  * nothing to the peer (a discarded target copy must not reset a connection the source still owns).
  * Listening and other sockets the kernel refuses repair for are left alone.
  */
-export function setTcpRepair(sys: Pick<LinuxSyscalls, 'pidfdOpen' | 'pidfdGetfd' | 'setsockoptInt' | 'close'>, sockets: SocketFd[], tcpInodes: Set<number>, on: boolean): number {
+export async function setTreeTcpRepair(sys: RepairSyscalls, pids: number[], on: boolean): Promise<number> {
+  const fds = await socketFdsOf(pids);
+  const tcp = new Set((await inetSocketsAmong(fds)).filter((s) => s.protocol === 'tcp').map((s) => s.inode));
+  return setTcpRepair(sys, fds, tcp, on);
+}
+
+/** The syscalls setting TCP repair needs. */
+export type RepairSyscalls = Pick<LinuxSyscalls, 'pidfdOpen' | 'pidfdGetfd' | 'setsockoptInt' | 'close'>;
+
+/** setTreeTcpRepair for sockets already listed: those of `sockets` whose inode is in `tcpInodes`. */
+export function setTcpRepair(sys: RepairSyscalls, sockets: SocketFd[], tcpInodes: Set<number>, on: boolean): number {
   let changed = 0;
   const pidfds = new Map<number, number>();
   try {
