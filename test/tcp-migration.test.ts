@@ -167,7 +167,10 @@ test('what cannot move fails before anything is frozen: a peer on the same host,
   expect(server.code).toBe(4);
   expect(server.json).toMatchObject({ state: 'rolled-back', error: { code: 'FAILED_PRECONDITION' } });
   expect(server.json.error.message).toMatch(/peer on the same host/);
+  // Refused by the pre-flight: never frozen, nothing dumped or sent.
   expect(server.json.downtimeMs).toBe(0);
+  expect(server.json.phases.dumpMs).toBe(0);
+  expect(server.json.bytesTransferred).toBe(0);
 
   // The client on h3 has no service address: its end of the connection is h3's own address, which stays.
   const client = await cluster.ferry(['migrate', 'client', '--to', 'h1', '--json']);

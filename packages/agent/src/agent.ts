@@ -159,6 +159,10 @@ export class Agent {
     on(AgentVerb.DISCARD, MigrationRef, async (req) => this.discard(req));
     on(AgentVerb.SETTLE, MigrationRef, async (req) => this.settle(req));
     on(AgentVerb.CPUINFO, EmptyRequest, async () => ({ image: await dumpCpuinfo(this.deps.criu, this.deps.workDirs) }));
+    on(AgentVerb.MIGRATABLE, NameRequest, async (req) => {
+      await this.assertMigratable(this.requireWorkload(req.name));
+      return {};
+    });
     on(AgentVerb.CPUINFO_CHECK, CpuinfoCheckRequest, async (req) => ({ ...(await checkCpuinfo(this.deps.criu, this.deps.workDirs, req.image)) }));
     on(AgentVerb.MIGRATION_RECORD, MigrationRef, async (req) => ({ ...(await this.migrationRecord(req)) }));
     await nc.flush();
@@ -588,21 +592,8 @@ export class Agent {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} is not running (${rec.state})`);
     }
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
-    // Unlinked-but-open files, decided before anything is frozen: local ones travel as ghost files
-    // (bounded), shared ones are pinned on their server and travel by name.
-    const tree = await listTree(rec.pid);
-    const unlinked = await findUnlinkedFiles(tree);
-    checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
-    // Sockets that cannot move fail the migration here, before the freeze (tcp-sockets.ts).
-    const serviceIp = rec.address ? ipOf(rec.address) : null;
-    const socketProblems = unmigratableSockets(
-      await inetSocketsOf(tree),
-      serviceIp,
-      new Set((await hostAddresses()).map((a) => a.ip).filter((ip) => ip !== serviceIp)),
-    );
-    if (socketProblems.length > 0) {
-      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} holds sockets that cannot migrate: ${socketProblems.slice(0, 5).join('; ')}`, { details: socketProblems });
-    }
+    // Checked in the pre-flight already, and again here: the workload ran on since.
+    const unlinked = await this.assertMigratable(rec);
     const pins = await pinSharedFiles(unlinked, req.migrationId);
     const dir = await this.deps.workDirs.create(req.migrationId);
     // Recorded before freezing: if we crash while it is frozen, the next start knows to ask.
@@ -687,6 +678,27 @@ export class Agent {
       frozenAt,
       transport: req.pageServer ? 'page-server' : sent.transport,
     };
+  }
+
+  /**
+   * What must hold before a workload is frozen, else FAILED_PRECONDITION: its unlinked-but-open
+   * local files fit the ghost limit (shared ones are pinned and travel by name), and every inet
+   * socket can move (tcp-sockets.ts). Returns the unlinked files found, for the pins.
+   */
+  private async assertMigratable(rec: WorkloadRecord): Promise<Awaited<ReturnType<typeof findUnlinkedFiles>>> {
+    const tree = await listTree(rec.pid);
+    const unlinked = await findUnlinkedFiles(tree);
+    checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
+    const serviceIp = rec.address ? ipOf(rec.address) : null;
+    const socketProblems = unmigratableSockets(
+      await inetSocketsOf(tree),
+      serviceIp,
+      new Set((await hostAddresses()).map((a) => a.ip).filter((ip) => ip !== serviceIp)),
+    );
+    if (socketProblems.length > 0) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${rec.name} holds sockets that cannot migrate: ${socketProblems.slice(0, 5).join('; ')}`, { details: socketProblems });
+    }
+    return unlinked;
   }
 
   /** Target confirmed: the frozen copy must never run again. */

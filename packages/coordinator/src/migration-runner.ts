@@ -387,6 +387,8 @@ export class MigrationRunner {
     if (!check.compatible) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the CPU of ${m.to} is not compatible with ${m.from}'s: ${check.problem ?? 'criu cpuinfo check failed'}`);
     }
+    // Its sockets and unlinked files can move (a connection to a peer on the same host cannot).
+    await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload }, Empty, this.opts.agentRequestTimeoutMs);
   }
 
   /**

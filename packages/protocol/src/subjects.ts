@@ -33,6 +33,8 @@ export const AgentVerb = {
   CPUINFO_CHECK: 'cpuinfo-check',
   /** What this agent's own record says of one migration (reconciliation after a coordinator restart). */
   MIGRATION_RECORD: 'migration-record',
+  /** Source, pre-flight: can the workload's state move (its sockets, its unlinked files within the ghost limit)? */
+  MIGRATABLE: 'migratable',
 } as const;
 export type AgentVerb = (typeof AgentVerb)[keyof typeof AgentVerb];
 
