@@ -15,14 +15,11 @@
  * Node can parse X.509 but not issue it. EC P-256 keys: generated in milliseconds, and GnuTLS
  * accepts them. All of it happens in the receive step, before the source freezes anything.
  */
-import { execFile } from 'node:child_process';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { ErrorCode, FerryError, type PageServerTls } from '@ferry/protocol';
-
-const execFileAsync = promisify(execFile);
+import { runTool } from './run-tool';
 
 /** A migration lasts minutes; a day covers clock skew between hosts without outliving much. */
 const CERT_VALIDITY_DAYS = 1;
@@ -42,12 +39,7 @@ export function criuTlsArgs(files: PageServerTlsFiles): string[] {
 }
 
 async function openssl(args: string[]): Promise<void> {
-  try {
-    await execFileAsync('openssl', args, { timeout: OPENSSL_TIMEOUT_MS });
-  } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new FerryError(ErrorCode.FAILED_PRECONDITION, `openssl ${args[0]} failed: ${(e.stderr || e.message).trim().slice(-500)}`, { cause: err });
-  }
+  await runTool('openssl', args, { timeoutMs: OPENSSL_TIMEOUT_MS, code: ErrorCode.FAILED_PRECONDITION, failure: `openssl ${args[0]} failed`, tailChars: 500 });
 }
 
 /**

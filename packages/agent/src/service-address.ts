@@ -8,11 +8,9 @@
  * cluster drives `ip` for its namespaces); the interface is the one holding the host's registered
  * address.
  */
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { ErrorCode, FerryError } from '@ferry/protocol';
+import { runTool } from './run-tool';
 
-const execFileAsync = promisify(execFile);
 const COMMAND_TIMEOUT_MS = 10_000;
 /** Unsolicited ARP requests sent per announcement (one can be lost; arping waits 1 s between them). */
 const GRATUITOUS_ARP_COUNT = 1;
@@ -22,14 +20,8 @@ interface IpAddrJson {
   addr_info?: Array<{ family: string; local: string; prefixlen: number }>;
 }
 
-async function run(cmd: string, args: string[]): Promise<string> {
-  try {
-    const { stdout } = await execFileAsync(cmd, args, { timeout: COMMAND_TIMEOUT_MS });
-    return stdout;
-  } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new FerryError(ErrorCode.INTERNAL, `${cmd} ${args.join(' ')} failed: ${(e.stderr || e.message).trim()}`, { cause: err });
-  }
+function run(cmd: string, args: string[]): Promise<string> {
+  return runTool(cmd, args, { timeoutMs: COMMAND_TIMEOUT_MS, code: ErrorCode.INTERNAL, failure: `${cmd} ${args.join(' ')} failed` });
 }
 
 /** The IP part of `A.B.C.D/NN`. */

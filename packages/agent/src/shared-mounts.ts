@@ -7,6 +7,7 @@ import { execFile } from 'node:child_process';
 import { mkdir, readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { ErrorCode, FerryError, type MountSpec } from '@ferry/protocol';
+import { runTool } from './run-tool';
 
 const exec = promisify(execFile);
 /** sshfs waits for the SSH handshake and the first SFTP round trip; a dead server fails within this. */
@@ -115,14 +116,11 @@ export async function ensureMounted(spec: MountSpec): Promise<MountResult> {
   }
   await mkdir(spec.path, { recursive: true });
   const { file, args } = mountCommand(spec);
-  try {
-    await exec(file, args, { timeout: MOUNT_TIMEOUT_MS });
-  } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    throw new FerryError(ErrorCode.FAILED_PRECONDITION, `cannot mount filesystem ${spec.name} (${spec.type} ${spec.source}) at ${spec.path}: ${(e.stderr || e.message).trim()}`, {
-      cause: err,
-    });
-  }
+  await runTool(file, args, {
+    timeoutMs: MOUNT_TIMEOUT_MS,
+    code: ErrorCode.FAILED_PRECONDITION,
+    failure: `cannot mount filesystem ${spec.name} (${spec.type} ${spec.source}) at ${spec.path}`,
+  });
   return { mounted: true };
 }
 

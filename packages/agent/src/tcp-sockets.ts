@@ -16,12 +16,9 @@
  * lock, and the connections carry on where they were.
  */
 import { readdir, readFile, readlink } from 'node:fs/promises';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { ErrorCode, FerryError } from '@ferry/protocol';
 import { IPPROTO_TCP, TCP_REPAIR, type LinuxSyscalls } from '@ferry/native';
-
-const execFileAsync = promisify(execFile);
+import { runTool } from './run-tool';
 
 export type SocketProtocol = 'tcp' | 'udp';
 
@@ -206,10 +203,10 @@ export function criuLockTableFromDumpLog(log: string): string | null {
 export async function dropCriuNetworkLock(table: string): Promise<void> {
   if (!/^CRIU-[0-9a-f-]{1,21}$/.test(table)) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `not a CRIU lock table: ${table}`);
   try {
-    await execFileAsync('nft', ['delete', 'table', 'inet', table], { timeout: 10_000 });
+    await runTool('nft', ['delete', 'table', 'inet', table], { timeoutMs: 10_000, code: ErrorCode.INTERNAL, failure: `nft delete table inet ${table} failed` });
   } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    if (/No such file or directory/.test(e.stderr ?? '')) return;
-    throw new FerryError(ErrorCode.INTERNAL, `nft delete table inet ${table} failed: ${(e.stderr || e.message).trim()}`, { cause: err });
+    // nft's word for a table that is gone already.
+    if ((err as FerryError).details.some((line) => /No such file or directory/.test(line))) return;
+    throw err;
   }
 }
