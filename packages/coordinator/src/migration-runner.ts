@@ -243,8 +243,11 @@ export class MigrationRunner {
       m.restore = m.restore ?? (lazyOk ? 'lazy' : 'eager');
 
       await this.step(m, 'receiving');
-      const transport = chooseTransport(m.transportPreference ?? 'auto', this.registry.describe(m.from).criu, this.registry.describe(m.to).criu);
-      const pageServerTls = transport === 'page-server' && bothPageServerTls(this.registry.describe(m.from).criu, this.registry.describe(m.to).criu);
+      const sourceCriu = this.registry.describe(m.from).criu;
+      const targetCriu = this.registry.describe(m.to).criu;
+      const transport = chooseTransport(m.transportPreference ?? 'auto', sourceCriu, targetCriu);
+      const pageServerTls = transport === 'page-server' && bothPageServerTls(sourceCriu, targetCriu);
+      const workload = this.registry.findWorkload(m.workload);
       // The image key lives only here, for the two requests that need it: never in `m` (Redis),
       // events or logs. A coordinator that restarts mid-transfer rolls the migration back anyway.
       imageKey = randomBytes(IMAGE_KEY_BYTES);
@@ -254,8 +257,8 @@ export class MigrationRunner {
         workload: m.workload,
         source: m.from,
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
-        firstFrameTimeoutMs: firstFrameTimeoutMs(this.opts.transferIdleTimeoutMs, this.registry.findWorkload(m.workload)?.rssBytes ?? 0, this.opts.checkpointTimeoutMs),
-        mounts: this.registry.findWorkload(m.workload)?.mounts ?? [],
+        firstFrameTimeoutMs: firstFrameTimeoutMs(this.opts.transferIdleTimeoutMs, workload?.rssBytes ?? 0, this.opts.checkpointTimeoutMs),
+        mounts: workload?.mounts ?? [],
         pageServer: transport === 'page-server',
         pageServerTls,
         imageKey,
