@@ -28,10 +28,18 @@ const SIZES_MIB = (process.env.BENCH_SIZES_MIB || '64,512,1024').split(',').map(
 /**
  * ferry-auto = the default (`--transport auto`: the page server over mutual TLS where both probes
  * allow it), ferry = `--transport direct` (ferry's own sealed TCP stream), ferry-nats (the same
- * stream through nats-server), ferry-ps (`--transport page-server`), criu (CRIU's own, by hand).
+ * stream through nats-server), ferry-ps (`--transport page-server`), ferry-postcopy (`--restore post-copy`:
+ * the workload resumes before its memory moves; the memory follows from the source, direct path),
+ * criu (CRIU's own, by hand).
  */
-const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry,ferry-nats,criu').split(',');
-const FERRY_TRANSPORTS = { 'ferry-auto': 'auto', ferry: 'direct', 'ferry-nats': 'nats', 'ferry-ps': 'page-server' };
+const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry,ferry-nats,ferry-postcopy,criu').split(',');
+const FERRY_METHODS = {
+  'ferry-auto': { transport: 'auto', args: [] },
+  ferry: { transport: 'direct', args: [] },
+  'ferry-nats': { transport: 'nats', args: [] },
+  'ferry-ps': { transport: 'page-server', args: [] },
+  'ferry-postcopy': { transport: 'auto', args: ['--restore', 'post-copy'] },
+};
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
 const MIB = 1024 * 1024;
 /** Bytes of the raw TCP and bare NATS streams. */
@@ -155,23 +163,27 @@ async function bareNatsStream(hostNatsUrl, credentialsFile) {
 
 // ---- the two methods ----
 
-async function ferryMigration(ctx, mib, transport) {
-  const name = `bf${mib}${transport.slice(0, 2)}`;
+async function ferryMigration(ctx, mib, { transport, args }) {
+  const postCopy = args.includes('post-copy');
+  const name = `bf${mib}${transport.slice(0, 2)}${postCopy ? 'pc' : ''}`;
   const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
   await launch(ctx.natsUrl, name, mib, heartbeatFile);
   const cpuBefore = ctx.clusterCpu();
   const startS = Date.now() / 1000;
-  const result = await ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', '--transport', transport, ...MIGRATE_ARGS]);
+  const result = await ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', '--transport', transport, ...args, ...MIGRATE_ARGS]);
   const totalMs = Date.now() - startS * 1000;
   const cpu = ctx.clusterCpu() - cpuBefore;
   await sleep(SETTLE_MS);
   if (result.state !== 'succeeded') throw new Error(`ferry migration of ${name} ended ${result.state}: ${JSON.stringify(result.error)}`);
   const downtimeMs = maxGapMs(heartbeatFile, startS);
   await ferry(ctx.natsUrl, ['stop', name]);
-  // With the page server the pages move during the dump: count both phases.
-  const transferMs = result.phases.transferMs + (result.transport === 'page-server' ? result.phases.dumpMs : 0);
+  // With the page server the pages move during the dump: count both phases. In post-copy they move
+  // after the resume, until the migration ends: everything after the dump and the restore.
+  const transferMs = postCopy
+    ? result.totalMs - result.phases.dumpMs - result.phases.restoreMs
+    : result.phases.transferMs + (result.transport === 'page-server' ? result.phases.dumpMs : 0);
   return {
-    method: transport === 'auto' ? `ferry default (${result.transport})` : `ferry (${result.transport})`,
+    method: postCopy ? `ferry post-copy (${result.transport})` : transport === 'auto' ? `ferry default (${result.transport})` : `ferry (${result.transport})`,
     downtimeMs,
     reportedDowntimeMs: result.downtimeMs,
     mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,
@@ -306,7 +318,7 @@ async function main() {
         log(`${mib} MiB: ${method}`);
         let r;
         try {
-          r = method === 'criu' ? await criuPageServerMigration(ctx, mib) : await ferryMigration(ctx, mib, FERRY_TRANSPORTS[method]);
+          r = method === 'criu' ? await criuPageServerMigration(ctx, mib) : await ferryMigration(ctx, mib, FERRY_METHODS[method]);
         } catch (err) {
           // One failed migration (e.g. CRIU losing a race with another dump on a shared machine) is a row, not the end of the run.
           const message = String(err.message).replace(/\s+/g, ' ').slice(0, 600);

@@ -27,9 +27,14 @@ beforeAll(async () => {
   cluster = await startTestCluster(CLUSTER, 202, {
     hosts: 3,
     // h2 restores through a CRIU wrapper that damages the image while the trigger file exists.
-    // h3 sends its 3rd large image frame with one byte flipped (once in its life).
+    // h3 sends its 3rd large image frame with one byte flipped (once in its life), and as a
+    // post-copy source answers 20 page requests, then refuses every later one.
     agentEnvFor: (host) =>
-      host === 'h2' ? { FERRY_CRIU_PATH: CRIU_WRAPPER } : host === 'h3' ? { FERRY_FAULT_CORRUPT_IMAGE_FRAME: '3' } : {},
+      host === 'h2'
+        ? { FERRY_CRIU_PATH: CRIU_WRAPPER }
+        : host === 'h3'
+          ? { FERRY_FAULT_CORRUPT_IMAGE_FRAME: '3', FERRY_FAULT_REFUSE_PAGE_REQUESTS_AFTER: '20' }
+          : {},
     coordinatorEnv: { FERRY_TRANSFER_IDLE_TIMEOUT_MS: '1500' },
   });
 });
@@ -119,6 +124,19 @@ test('a corrupted image chunk fails its checksum: TRANSFER_FAILED, rolled back, 
   const again = await cluster.ferry(['migrate', 'corrupt', '--to', 'h1', '--json']);
   expect(again.json.state).toBe('succeeded');
   expect((await cluster.ferry(['stop', 'corrupt'])).code).toBe(0);
+});
+
+test('post-copy: a source that stops serving pages after the workload resumed on the target rolls back to the source', async () => {
+  const w = await launch('postfail', 32, 'h3');
+  const res = await cluster.ferry(['migrate', 'postfail', '--to', 'h1', '--restore', 'post-copy', '--json']);
+  expect(res.json.state).toBe('rolled-back');
+  expect(res.json.error.code).toBe('RESTORE_FAILED');
+  expect(res.json.error.message).toMatch(/page requests refused/);
+  // The copy that ran on h1 for a moment is gone; the frozen source copy carries on, memory intact.
+  await expectRolledBackIntact('postfail', w, 'h3');
+  await waitFor('target work dir emptied', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h1`)).filter((d) => d.startsWith('m-')).length === 0);
+  await waitFor('source lazy dir removed', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h3`)).filter((d) => d.startsWith('m-')).length === 0);
+  expect((await cluster.ferry(['stop', 'postfail'])).code).toBe(0);
 });
 
 test('malformed and hostile requests to an agent get clear errors and change nothing', async () => {

@@ -1,8 +1,9 @@
 /**
  * Each image data path (`ferry migrate --transport`) and restore mode (`--restore`) moves a live
  * workload intact: ferry's chunk stream over a direct TCP connection between the agents, the same
- * stream through nats-server, CRIU's page server for the memory pages; restores eager and lazy
- * (the default where the probe allows it). Real CRIU, NATS, Redis, two namespace hosts.
+ * stream through nats-server, CRIU's page server for the memory pages; restores eager, lazy
+ * (the default where the probe allows it) and post-copy (the memory fetched from the source after
+ * the workload resumed). Real CRIU, NATS, Redis, two namespace hosts.
  */
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload } from './helpers/workload';
@@ -27,6 +28,8 @@ test.each([
   ['nats', 'eager', 'h1'],
   ['direct', 'lazy', 'h2'],
   ['auto', undefined, 'h1'],
+  ['auto', 'post-copy', 'h2'],
+  ['nats', 'post-copy', 'h1'],
 ])('--transport %s --restore %s migrates the workload to %s with memory intact, counter continuing, exactly one copy', async (transport, restore, to) => {
   if (workload === undefined) {
     workload = await CounterWorkload.create();
@@ -40,7 +43,9 @@ test.each([
   expect(res.stderr).toBe('');
   expect(res.code).toBe(0);
   // auto: both probes found CRIU with GnuTLS, so the page server over mutual TLS; this kernel has userfaultfd: lazy.
-  expect(res.json).toMatchObject({ workload: 'tx', to, state: 'succeeded', transport: transport === 'auto' ? 'page-server' : transport, restore: restore ?? 'lazy' });
+  // Post-copy never takes the page server (it would carry all the memory during the dump): auto is the direct path.
+  const expectedTransport = transport !== 'auto' ? transport : restore === 'post-copy' ? 'direct' : 'page-server';
+  expect(res.json).toMatchObject({ workload: 'tx', to, state: 'succeeded', transport: expectedTransport, restore: restore ?? 'lazy' });
   expect(res.json.bytesTransferred).toBeGreaterThan(48 * MIB);
   expect(await w.advancesPast(counterBefore)).toBeGreaterThan(counterBefore);
   expect(await w.starts()).toBe(1);
@@ -50,6 +55,14 @@ test.each([
   expect(entries[0].host).toBe(to);
   expect(await w.runningCopies()).toEqual([entries[0].pid]);
   expect(await w.verifyMemory(entries[0].pid)).toBe('OK');
+});
+
+test('post-copy with the page-server transport is refused before anything is frozen', async () => {
+  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h2', '--transport', 'page-server', '--restore', 'post-copy', '--json']);
+  expect(res.code).toBe(2);
+  expect(res.json.error.code).toBe('INVALID_ARGUMENT');
+  const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; state: string }>;
+  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h1', state: 'running' })]);
 });
 
 test('an unknown transport is refused with INVALID_ARGUMENT and the workload keeps running where it was', async () => {

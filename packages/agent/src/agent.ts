@@ -5,7 +5,7 @@
  * "the workload runs exactly once" a property of one state machine.
  */
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { NatsConnection, Subscription } from 'nats';
 import {
@@ -38,7 +38,7 @@ import {
   type MountSpec,
   type PageServerTls,
 } from '@ferry/protocol';
-import { ImageReceiver, sendImage } from '@ferry/transfer';
+import { ImageReceiver, pageRequestKey, requestPages, sendImage } from '@ferry/transfer';
 import { SEEK_SET, type LinuxSyscalls } from '@ferry/native';
 import { z } from 'zod';
 import { CriuDriver } from './criu-driver';
@@ -56,6 +56,10 @@ import { checkCpuinfo, dumpCpuinfo } from './cpu-compat';
 import { SerialLock } from './serial-lock';
 import type { AgentOptions } from './agent-options';
 import { LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
+import { LazyPageRelay } from './lazy-page-relay';
+import { LazyMemorySource } from './post-copy-source';
+import { lazyRunsOf } from './pagemap-image';
+import { PagePrefetcher } from './page-prefetch';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls, type PageServerTlsFiles } from './page-server-tls';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from './service-address';
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets, type RepairSyscalls } from './tcp-sockets';
@@ -90,6 +94,11 @@ interface IncomingMigration {
   mountedPaths: string[];
   /** With the page-server transport: CRIU's page server writing the memory pages into `dir`. */
   pageServer?: PageServer;
+  /** Post-copy: where the lazy pages are asked for, and the key their replies are sealed with. */
+  transferId: string;
+  pagesKey: Buffer | null;
+  /** Post-copy, during the restore and until the last page: the page server CRIU's lazy-pages daemon asks. */
+  relay?: LazyPageRelay;
 }
 
 export interface AgentDeps {
@@ -113,6 +122,8 @@ export class Agent {
   private readonly restoring = new Set<string>();
   /** Checkpoints running now: a rollback's resume waits for the dump/send to end before thawing. */
   private readonly checkpoints = new Map<string, Promise<CheckpointReply>>();
+  /** Post-copy, source side: lazy memory kept for the target until release or rollback. */
+  private readonly lazySources = new Map<string, LazyMemorySource>();
   /** One CRIU dump at a time on this host, and one restore (see serial-lock.ts). */
   private readonly dumpLock = new SerialLock();
   private readonly restoreLock = new SerialLock();
@@ -384,7 +395,17 @@ export class Agent {
       );
     }, PROGRESS_INTERVAL_MS);
     receiver.done.finally(() => clearInterval(progressTimer)).catch(() => undefined);
-    const incoming: IncomingMigration = { migrationId: req.migrationId, workload: req.workload, dir, receiver, restoredPid: null, progressTimer, mountedPaths };
+    const incoming: IncomingMigration = {
+      migrationId: req.migrationId,
+      workload: req.workload,
+      dir,
+      receiver,
+      restoredPid: null,
+      progressTimer,
+      mountedPaths,
+      transferId: req.transferId,
+      pagesKey: req.imageKey ? pageRequestKey(req.imageKey) : null,
+    };
     this.incoming.set(req.migrationId, incoming);
     // The source starts sending as soon as we reply; the server must have our subscription first.
     await receiver.ready();
@@ -422,10 +443,22 @@ export class Agent {
     const inherited = openPins(manifest.pins ?? [], (fd, pos) => sys.lseek(fd, pos, SEEK_SET));
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
     let lazy: LazyPagesDaemon | undefined;
+    let prefetch: PagePrefetcher | undefined;
     try {
       // Its connections are bound to the service address: it must be here before CRIU repairs them.
       if (manifest.address) await addServiceAddress(manifest.address, this.opts.address);
-      if (req.lazyPages) lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir);
+      if (req.postCopy) {
+        // The lazy memory is still on the source: CRIU's daemon asks the relay, the relay asks the source.
+        const { transferId, pagesKey } = inc;
+        prefetch = new PagePrefetcher(
+          (pid, vaddr, nr) => requestPages(this.deps.nc, transferId, { pid, vaddr, nr }, { key: pagesKey ?? undefined }),
+          await lazyRunsOf(inc.dir, await readdir(inc.dir)),
+        );
+        const pages = prefetch;
+        inc.relay = await LazyPageRelay.start((pid, vaddr, nr) => pages.get(pid, vaddr, nr), this.log.child({ migrationId: req.migrationId }));
+        inc.relay.done.finally(() => pages.stop()).catch(() => undefined);
+        lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir, { address: '127.0.0.1', port: inc.relay.port });
+      } else if (req.lazyPages) lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir);
       restored = await this.restoreLock.run(() =>
         this.deps.criu.restore({
           imagesDir: inc.dir,
@@ -437,6 +470,7 @@ export class Agent {
       );
     } catch (err) {
       lazy?.stop();
+      inc.relay?.stop('the restore failed');
       if (manifest.address) await removeServiceAddress(manifest.address, this.opts.address).catch(() => undefined);
       throw err;
     } finally {
@@ -444,6 +478,8 @@ export class Agent {
       closeInherited(inherited);
     }
     const resumedAt = Date.now();
+    // Running: from now on the memory is pulled ahead of its faults (not before, to leave the CPU to the restore).
+    prefetch?.start();
     this.deps.metrics?.restored(resumedAt - started);
     // CRIU unlocked the connections at the end of the restore; the peers learn the new MAC now.
     if (manifest.address) {
@@ -472,12 +508,18 @@ export class Agent {
     if (lazy) {
       // Running already, but not confirmed before every page is in: until then the source keeps
       // its frozen copy, and a failure here rolls back (discard kills this copy, the source thaws).
-      await lazy.done.catch((err) => {
-        throw new FerryError(ErrorCode.RESTORE_FAILED, `lazy restore of ${req.workload} could not fill its memory: ${toFerryError(err).message}`, { cause: err });
+      // Post-copy: the relay's error says why (the source's answer), CRIU's only that it gave up.
+      const filled = inc.relay ? Promise.all([lazy.done, inc.relay.done]) : lazy.done;
+      await filled.catch(async (err) => {
+        lazy?.stop();
+        const why = inc.relay ? await inc.relay.done.then(() => err, (relayErr: unknown) => relayErr) : err;
+        inc.relay?.stop('the lazy restore failed');
+        throw new FerryError(ErrorCode.RESTORE_FAILED, `lazy restore of ${req.workload} could not fill its memory: ${toFerryError(why).message}`, { cause: why });
       });
     }
+    const fetched = inc.relay ? (await inc.relay.done).pages * 4096 : 0;
     this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started, lazy: req.lazyPages }, 'workload restored');
-    const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : 0;
+    const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : fetched;
     // The memory pages came by the page server, not the stream: they count as received all the same.
     if (pageBytes > 0) this.deps.metrics?.received(pageBytes);
     return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt, pageBytes };
@@ -504,6 +546,7 @@ export class Agent {
       clearInterval(inc.progressTimer);
       inc.receiver.abort('migration rolled back');
       inc.pageServer?.stop();
+      inc.relay?.stop('migration rolled back');
       this.incoming.delete(req.migrationId);
     }
     const rec = this.deps.inventory.get(req.workload);
@@ -660,6 +703,20 @@ export class Agent {
       ...(rec.address ? { address: rec.address } : {}),
     };
     await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
+    let lazyBytes = 0;
+    if (req.postCopy) {
+      // Kept until release or rollback, which close it; the images sent below are what remains.
+      const source = await LazyMemorySource.prepare(
+        this.deps.nc,
+        req.transferId,
+        dir,
+        this.deps.workDirs.lazyPathFor(req.migrationId),
+        req.imageKey ?? null,
+        this.log.child({ migrationId: req.migrationId }),
+      );
+      this.lazySources.set(req.migrationId, source);
+      lazyBytes = source.lazyBytes;
+    }
     const sent = await sendImage(this.deps.nc, req.transferId, dir, {
       idleTimeoutMs: req.idleTimeoutMs,
       // With the page server, only the small images remain: they take the best stream there is.
@@ -677,6 +734,7 @@ export class Agent {
       files: sent.files,
       frozenAt,
       transport: req.pageServer ? 'page-server' : sent.transport,
+      lazyBytes,
     };
   }
 
@@ -713,8 +771,18 @@ export class Agent {
       // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.
       await this.unmountUnused((rec.mounts ?? []).map((m) => m.path));
     }
+    await this.closeLazySource(req.migrationId);
     await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
+  }
+
+  /** Post-copy: the target has every page (release) or gave up (rollback); nobody asks for more. */
+  private async closeLazySource(migrationId: string): Promise<void> {
+    const source = this.lazySources.get(migrationId);
+    if (!source) return;
+    this.lazySources.delete(migrationId);
+    this.log.info({ migrationId, bytesServed: source.bytesServed, lazyBytes: source.lazyBytes }, 'post-copy source closed');
+    await source.close();
   }
 
   /**
@@ -748,6 +816,7 @@ export class Agent {
       await this.deps.inventory.put(rec);
       this.log.warn({ migrationId: req.migrationId, workload: req.workload }, 'thawed after rollback');
     }
+    await this.closeLazySource(req.migrationId);
     await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
   }

@@ -12,6 +12,7 @@
  *   page has been copied in.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { setPriority } from 'node:os';
 import { readdir, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -24,6 +25,8 @@ import { criuTlsArgs, type PageServerTlsFiles } from './page-server-tls';
 export const SERVICE_START_TIMEOUT_MS = 10_000;
 const PAGE_SERVER_LOG_NAME = 'page-server.log';
 const LAZY_PAGES_LOG_NAME = 'lazy-pages.log';
+/** The post-copy lazy-pages daemon's niceness (see LazyPagesDaemon.start). */
+const LAZY_DAEMON_NICENESS = 10;
 /** PATH for criu, as the driver sets it. */
 const CRIU_PATH_ENV = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** CRIU's --status-fd: it writes one byte there once its socket listens. */
@@ -59,11 +62,20 @@ export class CriuService {
     args: string[],
     logName: string,
     failCode: ErrorCode,
+    /** setpriority(2) value for the process, if not the agent's own. */
+    niceness?: number,
   ): Promise<CriuService> {
     const env: Record<string, string> = { PATH: CRIU_PATH_ENV };
     if (criu.options.faultInjection) env.CRIU_FAULT = CRIU_FAULT_NO_BREAKPOINTS;
     const fullArgs = [...args, '--status-fd', String(STATUS_FD), '--log-file', logName, `-v${criu.options.logLevel}`];
     const child = spawn(criu.options.criuPath, fullArgs, { cwd: imagesDir, env, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+    if (niceness !== undefined && child.pid !== undefined) {
+      try {
+        setPriority(child.pid, niceness);
+      } catch {
+        // Only a scheduling preference: the service works without it.
+      }
+    }
     const stderr: Buffer[] = [];
     child.stderr?.on('data', (c: Buffer) => stderr.push(c));
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -133,9 +145,23 @@ export class PageServer {
 export class LazyPagesDaemon {
   private constructor(private readonly service: CriuService) {}
 
-  /** Starts it; resolves once its socket for the restore is ready. */
-  static async start(criu: CriuDriver, imagesDir: string): Promise<LazyPagesDaemon> {
-    const service = await CriuService.start(criu, imagesDir, ['lazy-pages', '--images-dir', imagesDir], LAZY_PAGES_LOG_NAME, ErrorCode.RESTORE_FAILED);
+  /**
+   * Starts it; resolves once its socket for the restore is ready. With `pageServer` (post-copy)
+   * it asks that page server for the lazy pages instead of reading them from the images.
+   */
+  static async start(criu: CriuDriver, imagesDir: string, pageServer?: { address: string; port: number }): Promise<LazyPagesDaemon> {
+    const remote = pageServer ? ['--page-server', '--address', pageServer.address, '--port', String(pageServer.port)] : [];
+    // With a remote page server the daemon polls without sleeping while a request is out
+    // (criu/uffd.c, handle_requests): at a lower priority that spin yields the core to the agents
+    // and nats-server that are fetching the very pages it waits for.
+    const service = await CriuService.start(
+      criu,
+      imagesDir,
+      ['lazy-pages', '--images-dir', imagesDir, ...remote],
+      LAZY_PAGES_LOG_NAME,
+      ErrorCode.RESTORE_FAILED,
+      pageServer ? LAZY_DAEMON_NICENESS : undefined,
+    );
     return new LazyPagesDaemon(service);
   }
 

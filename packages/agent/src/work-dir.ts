@@ -52,6 +52,15 @@ export class WorkDirs {
     return `${this.pathFor(migrationId)}.tls`;
   }
 
+  /**
+   * Post-copy, source side: where a migration's lazy memory (the original pagemap and pages
+   * images) waits for the target's requests. Beside the images dir so the stream leaves it out,
+   * on the same tmpfs so moving the pages there is a rename.
+   */
+  lazyPathFor(migrationId: string): string {
+    return `${this.pathFor(migrationId)}.lazy`;
+  }
+
   async create(migrationId: string): Promise<string> {
     const dir = this.pathFor(migrationId);
     await rm(dir, { recursive: true, force: true });
@@ -62,5 +71,6 @@ export class WorkDirs {
   async remove(migrationId: string): Promise<void> {
     await rm(this.pathFor(migrationId), { recursive: true, force: true });
     await rm(this.tlsPathFor(migrationId), { recursive: true, force: true });
+    await rm(this.lazyPathFor(migrationId), { recursive: true, force: true });
   }
 }

@@ -237,15 +237,20 @@ export class MigrationRunner {
       await this.preflight(m);
       // Decided before anything is frozen, from the target's probe.
       const lazyOk = this.registry.describe(m.to).criu.lazyPages;
-      if (m.restore === 'lazy' && !lazyOk) {
+      if ((m.restore === 'lazy' || m.restore === 'post-copy') && !lazyOk) {
         throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${m.to} cannot restore lazily (its CRIU probe found no userfaultfd support)`);
+      }
+      if (m.restore === 'post-copy' && m.transportPreference === 'page-server') {
+        // CRIU's page server would carry every page during the dump, which is what post-copy avoids.
+        throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'post-copy keeps the memory on the source; it cannot go with the page-server transport');
       }
       m.restore = m.restore ?? (lazyOk ? 'lazy' : 'eager');
 
       await this.step(m, 'receiving');
       const sourceCriu = this.registry.describe(m.from).criu;
       const targetCriu = this.registry.describe(m.to).criu;
-      const transport = chooseTransport(m.transportPreference ?? 'auto', sourceCriu, targetCriu);
+      const postCopy = m.restore === 'post-copy';
+      const transport = chooseTransport(m.transportPreference ?? 'auto', sourceCriu, targetCriu, { postCopy });
       const pageServerTls = transport === 'page-server' && bothPageServerTls(sourceCriu, targetCriu);
       const workload = this.registry.findWorkload(m.workload);
       // The image key lives only here, for the two requests that need it: never in `m` (Redis),
@@ -276,6 +281,7 @@ export class MigrationRunner {
         transport,
         ...(received.pageServer ? { pageServer: received.pageServer } : {}),
         imageKey,
+        postCopy,
       }, CheckpointReply, this.opts.checkpointTimeoutMs, [m.to]);
       imageKey.fill(0);
       m.frozenAt = cp.frozenAt;
@@ -289,7 +295,7 @@ export class MigrationRunner {
       const rs = await this.callAgent(
         m.to,
         AgentVerb.RESTORE,
-        { migrationId: m.id, workload: m.workload, lazyPages: m.restore === 'lazy' },
+        { migrationId: m.id, workload: m.workload, lazyPages: m.restore !== 'eager', postCopy },
         RestoreReply,
         this.opts.restoreTimeoutMs,
       );
@@ -297,6 +303,8 @@ export class MigrationRunner {
       m.pid = rs.pid;
       m.phases.restoreMs = rs.restoreMs;
       m.downtimeMs = Math.max(0, rs.resumedAt - cp.frozenAt);
+      // Post-copy: the pages fetched after the resume crossed too (with the page server they are in cp.bytes already).
+      if (postCopy) m.bytesTransferred += rs.pageBytes;
 
       await this.step(m, 'releasing');
       try {

@@ -14,13 +14,17 @@ export function bothPageServerTls(source: Pick<CriuInfo, 'pageServerTls'>, targe
   return source.pageServerTls === true && target.pageServerTls === true;
 }
 
-/** The transport the agents are asked for: `auto` becomes `page-server` where both can encrypt it. */
+/**
+ * The transport the agents are asked for: `auto` becomes `page-server` where both can encrypt it,
+ * except in post-copy, where the memory stays on the source and only the small images travel.
+ */
 export function chooseTransport(
   wanted: TransportPreference,
   source: Pick<CriuInfo, 'pageServerTls'>,
   target: Pick<CriuInfo, 'pageServerTls'>,
+  { postCopy = false }: { postCopy?: boolean } = {},
 ): TransportPreference {
-  if (wanted === 'auto' && bothPageServerTls(source, target)) return 'page-server';
+  if (wanted === 'auto' && !postCopy && bothPageServerTls(source, target)) return 'page-server';
   return wanted;
 }
 

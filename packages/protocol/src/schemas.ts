@@ -146,7 +146,13 @@ export const TransportPreference = z.enum(['auto', 'direct', 'nats', 'page-serve
 export type TransportPreference = z.infer<typeof TransportPreference>;
 
 /** How the target restores: all memory first (eager), or running first, memory filled behind (lazy). */
-export const RestoreMode = z.enum(['eager', 'lazy']);
+/**
+ * eager: all memory in place before the workload runs. lazy: the workload runs once the image has
+ * arrived, its memory filled behind it from the received images. post-copy: the workload runs on
+ * the target once everything but its lazy memory has arrived; that memory stays on the source and
+ * is fetched as the workload touches it and in the background (see docs/performance.md).
+ */
+export const RestoreMode = z.enum(['eager', 'lazy', 'post-copy']);
 export type RestoreMode = z.infer<typeof RestoreMode>;
 
 export const MigrationResult = z.object({
@@ -260,6 +266,11 @@ export const CheckpointRequest = z.object({
   pageServer: PageServerEndpoint.optional(),
   /** Per-migration AES-256-GCM key the image frames are sealed with (the target got the same one). */
   imageKey: ImageKey.optional(),
+  /**
+   * Post-copy: keep the workload's lazy memory here and send only the rest; serve the lazy pages
+   * to the target on request until the migration is released or rolled back.
+   */
+  postCopy: z.boolean().default(false),
 });
 export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
 
@@ -272,6 +283,8 @@ export const CheckpointReply = z.object({
   /** Wall-clock time (ms since epoch) the workload was frozen; downtime is measured from it. */
   frozenAt: z.number(),
   transport: Transport.default('nats'),
+  /** Post-copy: memory bytes left on the source for the target to fetch. */
+  lazyBytes: z.number().int().nonnegative().default(0),
 });
 export type CheckpointReply = z.infer<typeof CheckpointReply>;
 
@@ -285,6 +298,8 @@ export const RestoreRequest = MigrationRef.extend({
    * still waits for the last page (the source keeps its frozen copy until then).
    */
   lazyPages: z.boolean().default(false),
+  /** Post-copy (implies lazyPages): the lazy memory is fetched from the source, which still holds it. */
+  postCopy: z.boolean().default(false),
 });
 export type RestoreRequest = z.infer<typeof RestoreRequest>;
 

@@ -86,6 +86,8 @@ export const subjects = {
   xferCtl: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.ctl`,
   /** Request/reply: the sender asks the receiver for a direct TCP endpoint (see @ferry/transfer). */
   xferDirect: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.direct`,
+  /** Request/reply, post-copy: the target asks the source for memory pages still on the source (see @ferry/transfer). */
+  xferPages: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.pages`,
 };
 
 /** True if `value` is usable as one subject token (host, workload, transfer id). */

@@ -25,3 +25,12 @@ export type { ImageReceiverOptions } from './image-receiver';
 export { imagePathProblem, resolveImagePath, MAX_IMAGE_PATH_BYTES } from './image-path';
 export { IMAGE_KEY_BYTES, FrameSealer, FrameOpener } from './chunk-cipher';
 export { ControlFrameAuthenticator, CONTROL_MAC_BYTES } from './control-frame-auth';
+export {
+  servePageRequests,
+  requestPages,
+  pageRequestKey,
+  maxPagesPerReply,
+  MEMORY_PAGE_BYTES,
+  DEFAULT_PAGE_REQUEST_TIMEOUT_MS,
+} from './page-requests';
+export type { PageLookup, PageRun, PageResponder } from './page-requests';

@@ -48,7 +48,11 @@ export function registerMigrate(program: Command): Command {
     .description('live-migrate a workload to another host; waits for the end (exit 0 only when it succeeded)')
     .argument('<name>', 'workload name')
     .option('--to <host>', 'target host; without it the coordinator picks one and says why (placement: {host, reason})')
-    .option('--restore <mode>', 'eager (all memory in place before the workload runs) or lazy (runs first, memory filled behind it); default lazy where the target supports it')
+    .option(
+      '--restore <mode>',
+      'eager (all memory in place before the workload runs), lazy (runs first, memory filled behind it from the received image) or ' +
+        'post-copy (runs as soon as all but its memory has arrived; the memory follows from the source, which keeps its frozen copy until the last page); default lazy where the target supports it',
+    )
     .option('--transport <mode>', 'image data path: auto (direct TCP between the agents when reachable, else NATS), direct, or nats', 'auto')
     .option('--request-id <id>', 'idempotency key: retrying with the same id never starts a second migration')
     .option('--json', 'print {id, workload, from, to, state, downtimeMs, totalMs, bytesTransferred, phases, ...}')
