@@ -45,6 +45,8 @@ export class LazyMemorySource {
       throw err;
     }
     source.responder = servePageRequests(nc, transferId, (pid, vaddr, nr) => source.read(pid, vaddr, nr), { imageKey, logger: log });
+    // Registered with the server before the image (and so the target's first request) can go.
+    await nc.flush();
     log.info({ transferId, lazyBytes: split.lazyBytes, eagerBytes: split.eagerBytes, tasks: split.indexes.size }, 'lazy memory kept for post-copy');
     return source;
   }

@@ -35,6 +35,8 @@ const lookup = async (pid: number, vaddr: number, nr: number) => {
 test('sealed pages arrive intact, cut at the end of the source\'s run', async () => {
   const key = randomBytes(32);
   const responder = servePageRequests(source, 'x-pages-1', lookup, { imageKey: key });
+  // The subscription reaches the server before the other connection asks.
+  await source.flush();
   try {
     const run = await requestPages(target, 'x-pages-1', { pid: 1, vaddr: 6 * MEMORY_PAGE_BYTES, nr: 5 }, { key: pageRequestKey(key) });
     expect(run).toMatchObject({ vaddr: 6 * MEMORY_PAGE_BYTES, nr: 2 });
@@ -47,6 +49,7 @@ test('sealed pages arrive intact, cut at the end of the source\'s run', async ()
 
 test('the source\'s refusal comes back with its code; a reply under another key does not open', async () => {
   const responder = servePageRequests(source, 'x-pages-2', lookup, { imageKey: randomBytes(32) });
+  await source.flush();
   try {
     await expect(requestPages(target, 'x-pages-2', { pid: 9, vaddr: 0, nr: 1 }, { imageKey: randomBytes(32) })).rejects.toMatchObject({ code: ErrorCode.NOT_FOUND });
     await expect(requestPages(target, 'x-pages-2', { pid: 1, vaddr: 0, nr: 1 }, { imageKey: randomBytes(32) })).rejects.toMatchObject({
