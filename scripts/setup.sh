@@ -11,6 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 bash scripts/install-system.sh
+bash scripts/host-sysctl.sh
 # helm for the chart tests (built from its Go module once, then cached in .tools/).
 bash scripts/install-helm.sh
 # A Kafka broker's jars for `ferry dev up --kafka` and the Kafka tests (fetched once, cached in .tools/kafka).

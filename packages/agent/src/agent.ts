@@ -55,9 +55,9 @@ import { listTree } from './process-tree';
 import { checkCpuinfo, dumpCpuinfo } from './cpu-compat';
 import { SerialLock } from './serial-lock';
 import type { AgentOptions } from './agent-options';
-import { LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
+import { LazyDump, LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
 import { LazyPageRelay } from './lazy-page-relay';
-import { LazyMemorySource } from './post-copy-source';
+import { CriuLazySource, LazyMemorySource, type PostCopySource } from './post-copy-source';
 import { lazyRunsOf } from './pagemap-image';
 import { PagePrefetcher } from './page-prefetch';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls, type PageServerTlsFiles } from './page-server-tls';
@@ -123,7 +123,7 @@ export class Agent {
   /** Checkpoints running now: a rollback's resume waits for the dump/send to end before thawing. */
   private readonly checkpoints = new Map<string, Promise<CheckpointReply>>();
   /** Post-copy, source side: lazy memory kept for the target until release or rollback. */
-  private readonly lazySources = new Map<string, LazyMemorySource>();
+  private readonly lazySources = new Map<string, PostCopySource>();
   /** One CRIU dump at a time on this host, and one restore (see serial-lock.ts). */
   private readonly dumpLock = new SerialLock();
   private readonly restoreLock = new SerialLock();
@@ -648,12 +648,14 @@ export class Agent {
     let pageBytes = 0;
     // The page server's client credentials exist on this host only for the dump (page-server-tls.ts).
     const tlsDir = this.deps.workDirs.tlsPathFor(req.migrationId);
+    // Post-copy by CRIU's own lazy dump where this host allows it (CriuInfo.lazyDump): the memory is
+    // never written, CRIU serves it from its pipes. Not for workloads with TCP connections: their
+    // network lock's life around a lazy dump is untested, so those take the rewritten dump.
+    const lazyDir = this.deps.workDirs.lazyPathFor(req.migrationId);
+    let lazyDump: LazyDump | undefined;
     try {
       const tlsArgs = req.pageServer?.tls ? criuTlsArgs(await writePageServerClientTls(tlsDir, req.pageServer.tls)) : [];
-      const dumped = await this.dumpLock.run(() => {
-        // Downtime starts when CRIU freezes the tree, not while waiting for another dump.
-        frozenAt = Date.now();
-        return this.deps.criu.dump({
+      const dumpRequest = {
         pid: rec.pid,
         imagesDir: dir,
         leaveStopped: true,
@@ -662,7 +664,16 @@ export class Agent {
         tcpEstablished: rec.address !== undefined,
         // Memory pages go straight to the target's page server; the other images stay here for the stream.
         extraArgs: req.pageServer ? ['--page-server', '--address', req.pageServer.address, '--port', String(req.pageServer.port), ...tlsArgs] : [],
-        });
+      };
+      const native = req.postCopy && this.deps.criuInfo.lazyDump && rec.address === undefined;
+      if (req.postCopy) await mkdir(lazyDir, { mode: 0o700 });
+      const dumped = await this.dumpLock.run(async () => {
+        // Downtime starts when CRIU freezes the tree, not while waiting for another dump.
+        frozenAt = Date.now();
+        if (!native) return this.deps.criu.dump(dumpRequest);
+        // Held only until the images are written: CRIU's parasite is gone by then, another dump may start.
+        lazyDump = await LazyDump.start(this.deps.criu, dumpRequest, join(lazyDir, 'dump.log'));
+        return { durationMs: lazyDump.durationMs, logPath: join(lazyDir, 'dump.log'), memoryBytesWritten: 0 };
       }).finally(() => rm(tlsDir, { recursive: true, force: true }));
       dumpMs = dumped.durationMs;
       if (rec.address) {
@@ -706,14 +717,10 @@ export class Agent {
     let lazyBytes = 0;
     if (req.postCopy) {
       // Kept until release or rollback, which close it; the images sent below are what remains.
-      const source = await LazyMemorySource.prepare(
-        this.deps.nc,
-        req.transferId,
-        dir,
-        this.deps.workDirs.lazyPathFor(req.migrationId),
-        req.imageKey ?? null,
-        this.log.child({ migrationId: req.migrationId }),
-      );
+      const log = this.log.child({ migrationId: req.migrationId });
+      const source: PostCopySource = lazyDump
+        ? await CriuLazySource.start(this.deps.nc, req.transferId, lazyDump, dir, req.imageKey ?? null, log)
+        : await LazyMemorySource.prepare(this.deps.nc, req.transferId, dir, lazyDir, req.imageKey ?? null, log);
       this.lazySources.set(req.migrationId, source);
       lazyBytes = source.lazyBytes;
     }
@@ -761,6 +768,8 @@ export class Agent {
 
   /** Target confirmed: the frozen copy must never run again. */
   async release(req: MigrationRef): Promise<void> {
+    // A lazy dump still holds the tree until its page session ends.
+    await this.closeLazySource(req.migrationId);
     const rec = this.deps.inventory.get(req.workload);
     if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
       // Its sockets are still in repair mode, so this kill sends the peers nothing; then the lock can go.
@@ -771,7 +780,6 @@ export class Agent {
       // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.
       await this.unmountUnused((rec.mounts ?? []).map((m) => m.path));
     }
-    await this.closeLazySource(req.migrationId);
     await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
   }
@@ -804,6 +812,8 @@ export class Agent {
   async resume(req: MigrationRef): Promise<void> {
     // Thawing under a dump still writing would corrupt it; CRIU ends it soon once the target discards.
     await this.checkpoints.get(req.migrationId)?.catch(() => undefined);
+    // A lazy dump holds the tree (ptrace) until its page session ends: only then can it thaw.
+    await this.closeLazySource(req.migrationId);
     const rec = this.deps.inventory.get(req.workload);
     if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
       if (!(await isAlive(rec.pid, rec.startTime))) {
@@ -816,7 +826,6 @@ export class Agent {
       await this.deps.inventory.put(rec);
       this.log.warn({ migrationId: req.migrationId, workload: req.workload }, 'thawed after rollback');
     }
-    await this.closeLazySource(req.migrationId);
     await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
   }

@@ -242,30 +242,9 @@ export class CriuDriver {
    */
   async dump(request: CriuDumpRequest): Promise<CriuDumpResult> {
     const { pid, leaveStopped = true } = request;
-    await this.ensureSupportedVersion();
-    const imagesDir = path.resolve(request.imagesDir);
-    const root = await readProcessStat(pid);
-    if (root === undefined || !(await isAlive(pid))) {
-      throw new FerryError(ErrorCode.NOT_FOUND, `no process ${pid} to dump`);
-    }
-    await fs.mkdir(imagesDir, { recursive: true, mode: 0o700 });
-    await fs.chmod(imagesDir, 0o700); // mkdir's mode is masked by umask and ignored for an existing dir
+    const { imagesDir, root, args: dumpArgs } = await this.prepareDump(request);
     const logPath = path.join(imagesDir, DUMP_LOG_NAME);
-    const args = [
-      'dump',
-      '--tree', String(pid),
-      '--images-dir', imagesDir,
-      '--log-file', DUMP_LOG_NAME,
-      `-v${this.options.logLevel}`,
-      '--ghost-limit', String(this.options.ghostLimitBytes),
-      // Its summary says how many memory pages went out: with a page server, nothing else here knows.
-      '--display-stats',
-      ...(leaveStopped ? ['--leave-stopped'] : []),
-      ...(request.tcpEstablished ? ['--tcp-established', '--network-lock', 'nftables'] : []),
-      ...(request.externalFiles ?? []).flatMap((key) => ['--external', key]),
-      ...this.options.extraDumpArgs,
-      ...(request.extraArgs ?? []),
-    ];
+    const args = [...dumpArgs, '--log-file', DUMP_LOG_NAME, `-v${this.options.logLevel}`];
     this.logger.debug({ pid, imagesDir, args }, 'criu dump');
     const run = await this.run(args, imagesDir);
     if (run.exitCode !== 0) {
@@ -281,6 +260,36 @@ export class CriuDriver {
     }
     this.logger.info({ pid, imagesDir, durationMs: run.durationMs }, 'criu dump done');
     return { durationMs: run.durationMs, logPath, memoryBytesWritten: memoryBytesFromDumpStats(run.stdout + run.stderr) };
+  }
+
+  /**
+   * Checks the tree is there, makes the images dir and returns `criu dump`'s arguments for it, bar
+   * the log options (the lazy dump's log lives elsewhere, see LazyDump in criu-service.ts).
+   */
+  async prepareDump(request: CriuDumpRequest): Promise<{ imagesDir: string; root: { startTime: number }; args: string[] }> {
+    const { pid, leaveStopped = true } = request;
+    await this.ensureSupportedVersion();
+    const imagesDir = path.resolve(request.imagesDir);
+    const root = await readProcessStat(pid);
+    if (root === undefined || !(await isAlive(pid))) {
+      throw new FerryError(ErrorCode.NOT_FOUND, `no process ${pid} to dump`);
+    }
+    await fs.mkdir(imagesDir, { recursive: true, mode: 0o700 });
+    await fs.chmod(imagesDir, 0o700); // mkdir's mode is masked by umask and ignored for an existing dir
+    const args = [
+      'dump',
+      '--tree', String(pid),
+      '--images-dir', imagesDir,
+      '--ghost-limit', String(this.options.ghostLimitBytes),
+      // Its summary says how many memory pages went out: with a page server, nothing else here knows.
+      '--display-stats',
+      ...(leaveStopped ? ['--leave-stopped'] : []),
+      ...(request.tcpEstablished ? ['--tcp-established', '--network-lock', 'nftables'] : []),
+      ...(request.externalFiles ?? []).flatMap((key) => ['--external', key]),
+      ...this.options.extraDumpArgs,
+      ...(request.extraArgs ?? []),
+    ];
+    return { imagesDir, root, args };
   }
 
   /**

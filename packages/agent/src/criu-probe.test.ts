@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { CriuInfo } from '@ferry/protocol';
-import { decideFaultInjection, probeCriu, type DumpRestoreAttempt } from './criu-probe';
+import { decideFaultInjection, lazyDumpPipesAllowed, probeCriu, type DumpRestoreAttempt } from './criu-probe';
 import { readProcessStat, signalProcess, waitForExit } from './process-tree';
 import { launchWorkload, waitForWrapperExit } from './workload-launcher';
 import { livePidsWithArg } from './test-fixtures/workload-fixtures';
@@ -115,5 +115,16 @@ describe('decideFaultInjection', () => {
     const decision = await decideFaultInjection(attempt);
     expect(decision).toMatchObject({ dumpRestoreOk: false, needsFaultInjection: false });
     expect(decision.problem).toMatch(/plain broke.*fault broke/);
+  });
+});
+
+describe('lazyDumpPipesAllowed', () => {
+  const files = (capEff: string, pipeMax: string) => async (file: string) => (file === '/proc/self/status' ? `Name:\tnode\nCapEff:\t${capEff}\n` : `${pipeMax}\n`);
+  test('CAP_SYS_RESOURCE lets CRIU make its 4 MiB pipe whatever the limit', async () => {
+    expect(await lazyDumpPipesAllowed(files('000001ffffffffff', '1048576'))).toBe(true);
+  });
+  test('without it (root in this VM kind: bit 24 clear), fs.pipe-max-size decides', async () => {
+    expect(await lazyDumpPipesAllowed(files('000001fffeffffff', '1048576'))).toBe(false);
+    expect(await lazyDumpPipesAllowed(files('000001fffeffffff', '4194304'))).toBe(true);
   });
 });

@@ -128,6 +128,25 @@ export async function attemptDumpRestore(options: CriuProbeOptions, faultInjecti
   }
 }
 
+/** Bytes of the pipe CRIU's lazy-dump page server makes to copy pages out of its page pipes (criu/page-pipe.c). */
+export const CRIU_LAZY_PIPE_BYTES = 4 * 1024 * 1024;
+const CAP_SYS_RESOURCE = 24;
+
+/**
+ * Whether CRIU may size a pipe to CRIU_LAZY_PIPE_BYTES: it fails the lazy dump's first page request
+ * otherwise ("page-pipe: tee: 65536: Operation not permitted": its F_SETPIPE_SZ was refused, the
+ * pipe stayed 64 KiB). Root without CAP_SYS_RESOURCE (this VM kind) is held to fs.pipe-max-size.
+ */
+export async function lazyDumpPipesAllowed(
+  read: (file: string) => Promise<string> = (file) => fs.readFile(file, 'utf8'),
+): Promise<boolean> {
+  const status = await read('/proc/self/status').catch(() => '');
+  const capEff = /^CapEff:\s*([0-9a-f]+)/m.exec(status)?.[1];
+  if (capEff !== undefined && (BigInt(`0x${capEff}`) >> BigInt(CAP_SYS_RESOURCE)) & BigInt(1)) return true;
+  const max = Number((await read('/proc/sys/fs/pipe-max-size').catch(() => '0')).trim());
+  return max >= CRIU_LAZY_PIPE_BYTES;
+}
+
 /**
  * Finds out whether this host can checkpoint and restore, and how: `criu --version` (at least
  * MIN_CRIU_MAJOR_VERSION), `criu check`, then a real dump and restore of a throwaway workload, plain
@@ -140,7 +159,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const driver = new CriuDriver({ criuPath: options.criuPath, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS }, options.logger);
   const unusable = (version: string, checkOk: boolean, problem: string): CriuProbeResult => ({
-    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, problem, durationMs: elapsedMs(),
+    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, problem, durationMs: elapsedMs(),
   });
 
   let version: string;
@@ -155,6 +174,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const check = await driver.check().catch((err: unknown) => ({ ok: false, output: describe(err) }));
   // Lazy restore needs userfaultfd with fork/remap events (CRIU's "uffd-noncoop").
   const lazyPages = await driver.run(['check', '--feature', 'uffd-noncoop']).then((r) => r.exitCode === 0, () => false);
+  const lazyDump = lazyPages && (await lazyDumpPipesAllowed());
   // The page server can run over mutual TLS (page-server-tls.ts): criu has GnuTLS, openssl issues certificates.
   const help = await driver.run(['--help']).then((r) => r.stdout + r.stderr, () => '');
   await fs.mkdir(options.workDir, { recursive: true, mode: 0o700 });
@@ -172,6 +192,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     dumpRestoreOk: decision.dumpRestoreOk,
     lazyPages,
     pageServerTls,
+    lazyDump,
     durationMs: elapsedMs(),
   };
   if (problems.length > 0) result.problem = problems.join('; ').slice(0, 4096);

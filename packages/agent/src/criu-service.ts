@@ -15,9 +15,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { setPriority } from 'node:os';
 import { readdir, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protocol';
-import { CRIU_FAULT_NO_BREAKPOINTS, type CriuDriver } from './criu-driver';
+import { CRIU_FAULT_NO_BREAKPOINTS, type CriuDriver, type CriuDumpRequest } from './criu-driver';
 import { readCriuFailureDetails } from './criu-log';
 import { criuTlsArgs, type PageServerTlsFiles } from './page-server-tls';
 
@@ -64,6 +64,7 @@ export class CriuService {
     failCode: ErrorCode,
     /** setpriority(2) value for the process, if not the agent's own. */
     niceness?: number,
+    readyTimeoutMs = SERVICE_START_TIMEOUT_MS,
   ): Promise<CriuService> {
     const env: Record<string, string> = { PATH: CRIU_PATH_ENV };
     if (criu.options.faultInjection) env.CRIU_FAULT = CRIU_FAULT_NO_BREAKPOINTS;
@@ -83,7 +84,7 @@ export class CriuService {
       child.once('error', () => resolve({ code: null, signal: null }));
     });
     const failure = async (what: string, code: ErrorCode): Promise<FerryError> => {
-      const details = await readCriuFailureDetails(join(imagesDir, logName), Buffer.concat(stderr).toString('utf8'));
+      const details = await readCriuFailureDetails(resolve(imagesDir, logName), Buffer.concat(stderr).toString('utf8'));
       return new FerryError(code, `criu ${args[0]} ${what}`, { details });
     };
     const done = exited.then(async ({ code, signal }) => {
@@ -95,7 +96,7 @@ export class CriuService {
     const ready = await Promise.race([
       new Promise<boolean>((resolve) => status.once('data', () => resolve(true))),
       exited.then(() => false),
-      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), SERVICE_START_TIMEOUT_MS))),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), readyTimeoutMs))),
     ]);
     clearTimeout(timer);
     if (!ready) {
@@ -136,6 +137,52 @@ export class PageServer {
     return this.service.done;
   }
 
+  stop(): void {
+    this.service.stop();
+  }
+}
+
+/**
+ * Post-copy's source side where the probe allows it (CriuInfo.lazyDump): `criu dump --lazy-pages`.
+ * CRIU freezes the tree, writes every image but the lazy memory, and then serves that memory
+ * straight from the pipes it spliced it into, to whoever connects to `127.0.0.1:port` speaking
+ * its page-server protocol (post-copy-source.ts, for the target). Nothing of the lazy memory is
+ * written: the freeze lasts as long as dumping the rest, whatever the memory size.
+ *
+ * `ready` resolves when the images are written and the page server listens; `done` when the client
+ * closed the session (PS_IOV_CLOSE) and criu exited 0, the tree left stopped (--leave-stopped) for
+ * the agent to kill (release) or thaw (rollback). The log is written outside the images dir, which
+ * is streamed while criu still writes to its log.
+ */
+export class LazyDump {
+  private constructor(
+    private readonly service: CriuService,
+    readonly port: number,
+    readonly durationMs: number,
+  ) {}
+
+  static async start(criu: CriuDriver, request: CriuDumpRequest, logPath: string): Promise<LazyDump> {
+    const started = performance.now();
+    const { imagesDir, args } = await criu.prepareDump(request);
+    const port = await freePort('127.0.0.1');
+    const service = await CriuService.start(
+      criu,
+      imagesDir,
+      [...args, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port)],
+      logPath,
+      ErrorCode.CHECKPOINT_FAILED,
+      undefined,
+      // Ready means dumped: as long as a plain dump may take.
+      criu.options.commandTimeoutMs,
+    );
+    return new LazyDump(service, port, performance.now() - started);
+  }
+
+  get done(): Promise<void> {
+    return this.service.done;
+  }
+
+  /** Kills it: the tree is left as CRIU leaves it when it dies (stopped, traced by nobody). */
   stop(): void {
     this.service.stop();
   }

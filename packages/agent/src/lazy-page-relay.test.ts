@@ -1,6 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import { ErrorCode, FerryError, silentLogger } from '@ferry/protocol';
-import { decodeIov, encodeIov, LazyPageRelay, PAGE_SERVER_IOV_BYTES, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_GET } from './lazy-page-relay';
+import { decodeIov, encodeIov, PAGE_SERVER_IOV_BYTES, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_GET } from './criu-page-protocol';
+import { LazyPageRelay } from './lazy-page-relay';
 
 const PAGE = 4096;
 

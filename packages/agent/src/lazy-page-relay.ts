@@ -18,44 +18,10 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode, FerryError, toFerryError } from '@ferry/protocol';
 import type { PageRun } from '@ferry/transfer';
 import type { Logger } from '@ferry/protocol';
+import { decodeIov, encodeIov, PAGE_SERVER_IOV_BYTES, PE_PRESENT, PS_CMD_BITS, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET, type PageServerIov } from './criu-page-protocol';
 
-/** The header's size in CRIU 4.2: nr_pages became a u64 (after 4 bytes of padding). */
-export const PAGE_SERVER_IOV_BYTES = 32;
-export const PS_IOV_ADD_F = 6;
-export const PS_IOV_GET = 7;
-export const PS_IOV_CLOSE = 0x1023;
-export const PS_IOV_FORCE_CLOSE = 0x1024;
-const PS_CMD_BITS = 16;
-const PE_PRESENT = 1 << 2;
-const PAGE_SIZE = 4096;
 /** More than this many requests unanswered is not CRIU (it has one background run and the faults of a few threads). */
 const MAX_PENDING_REQUESTS = 1024;
-
-export interface PageServerIov {
-  cmd: number;
-  nrPages: number;
-  vaddr: number;
-  dstId: number;
-}
-
-function readU64(buf: Buffer, at: number): number {
-  const value = buf.readBigUInt64LE(at);
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `page server request field ${value} out of range`);
-  return Number(value);
-}
-
-export function decodeIov(buf: Buffer): PageServerIov {
-  return { cmd: buf.readUInt32LE(0), nrPages: readU64(buf, 8), vaddr: readU64(buf, 16), dstId: readU64(buf, 24) };
-}
-
-export function encodeIov(iov: PageServerIov): Buffer {
-  const buf = Buffer.alloc(PAGE_SERVER_IOV_BYTES);
-  buf.writeUInt32LE(iov.cmd, 0);
-  buf.writeBigUInt64LE(BigInt(iov.nrPages), 8);
-  buf.writeBigUInt64LE(BigInt(iov.vaddr), 16);
-  buf.writeBigUInt64LE(BigInt(iov.dstId), 24);
-  return buf;
-}
 
 /** Fetches up to `nr` pages of task `pid` from `vaddr` (from the source). */
 export type PageFetcher = (pid: number, vaddr: number, nr: number) => Promise<PageRun>;
@@ -184,5 +150,3 @@ export class LazyPageRelay {
     this.rejectDone(err);
   }
 }
-
-export { PAGE_SIZE as LAZY_PAGE_SIZE };

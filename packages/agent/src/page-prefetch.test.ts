@@ -2,7 +2,7 @@ import { ErrorCode, FerryError } from '@ferry/protocol';
 import { PagePrefetcher, type PrefetchOptions } from './page-prefetch';
 
 const PAGE = 4096;
-const OPTS: PrefetchOptions = { chunkPages: 4, inFlight: 2, bulkInFlight: 2, calmMs: 0, maxCachedBytes: 8 * PAGE, faultPages: 2, quietMs: 0 };
+const OPTS: PrefetchOptions = { chunkPages: 4, inFlight: 2, bulkInFlight: 2, bulkChunks: 1, calmMs: 0, maxCachedBytes: 8 * PAGE, faultPages: 2, quietMs: 0 };
 
 /** A source holding pages whose bytes are their page number; records what was asked. */
 function source() {
@@ -60,5 +60,17 @@ test('a failed fetch fails the request waiting for it', async () => {
   }, [{ pid: 1, vaddr: 0, nrPages: 8 }], { ...OPTS, quietMs: 60_000 });
   p.start();
   await expect(p.get(1, 0, 4)).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE });
+  p.stop();
+});
+
+test('once faults are calm, one request brings several consecutive chunks', async () => {
+  const src = source();
+  const p = new PagePrefetcher(src.fetch, [{ pid: 1, vaddr: 0, nrPages: 12 }, { pid: 1, vaddr: 100 * PAGE, nrPages: 4 }], { ...OPTS, bulkChunks: 2, maxCachedBytes: 64 * PAGE });
+  p.start();
+  await settle();
+  // Chunks 0-3 and 4-7 in one request; 8-11 alone (no consecutive pending chunk in its run after it); the other run apart.
+  expect(src.asked).toEqual([[0, 8], [8, 4], [100, 4]]);
+  const run = await p.get(1, 4 * PAGE, 4);
+  expect(run.data[0]).toBe(4);
   p.stop();
 });

@@ -205,6 +205,11 @@ export class LazyPageIndex {
     return new LazyPageIndex(pid, pagesFile, runs);
   }
 
+  /** Runs with no pages file behind them (a lazy dump's, where CRIU holds the pages): offsets are meaningless. */
+  static fromRuns(pid: number, runs: { vaddr: number; nrPages: number }[]): LazyPageIndex {
+    return new LazyPageIndex(pid, '', runs.map((r) => ({ vaddr: r.vaddr, nrPages: r.nrPages, offset: 0 })).sort((a, b) => a.vaddr - b.vaddr));
+  }
+
   get lazyPages(): number {
     return this.runs.reduce((n, r) => n + r.nrPages, 0);
   }

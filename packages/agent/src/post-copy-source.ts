@@ -6,12 +6,15 @@
  * before the target has every page rolls back to an intact source.
  */
 import { mkdir, open, readdir, type FileHandle } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
 import type { NatsConnection } from 'nats';
 import { ErrorCode, FerryError, type Logger } from '@ferry/protocol';
 import { MEMORY_PAGE_BYTES, servePageRequests, type PageResponder, type PageRun } from '@ferry/transfer';
-import { splitForPostCopy, type LazyPageIndex } from './pagemap-image';
+import { decodeIov, encodeIov, PAGE_SERVER_IOV_BYTES, PS_IOV_CLOSE, PS_IOV_GET, type PageServerIov } from './criu-page-protocol';
+import type { LazyDump } from './criu-service';
+import { LazyPageIndex, lazyRunsOf, splitForPostCopy } from './pagemap-image';
 
-export class LazyMemorySource {
+export class LazyMemorySource implements PostCopySource {
   private constructor(
     private readonly indexes: Map<number, LazyPageIndex>,
     private readonly files: Map<number, FileHandle>,
@@ -75,5 +78,176 @@ export class LazyMemorySource {
     this.responder = undefined;
     for (const fh of this.files.values()) await fh.close().catch(() => undefined);
     this.files.clear();
+  }
+}
+
+/** What a migration's source keeps for post-copy until release or rollback. */
+export interface PostCopySource {
+  /** Bytes kept here for the target to fetch. */
+  readonly lazyBytes: number;
+  /** Page bytes sent to the target so far. */
+  readonly bytesServed: number;
+  /** Stops serving; afterwards the frozen tree is the agent's to kill or thaw. */
+  close(): Promise<void>;
+}
+
+/**
+ * A client of `criu dump --lazy-pages`'s page server (LazyDump in criu-service.ts), speaking to it
+ * as CRIU's own lazy-pages daemon would: PS_IOV_GET requests pipelined on one connection, replies
+ * read back in request order.
+ */
+export class CriuPageClient {
+  /** Received and not yet parsed, in arrival order (joined only once a whole reply is there). */
+  private chunks: Buffer[] = [];
+  private chunkBytes = 0;
+  private readonly pending: Array<{ resolve: (r: PageRun) => void; reject: (e: FerryError) => void; closing?: boolean }> = [];
+  private current: { iov: PageServerIov; need: number } | undefined;
+  private failure: FerryError | undefined;
+
+  private constructor(private readonly sock: Socket) {
+    sock.setNoDelay(true);
+    sock.on('data', (chunk: Buffer) => this.onData(chunk));
+    sock.on('error', (err) => this.fail(new FerryError(ErrorCode.UNAVAILABLE, `CRIU's lazy-dump page server: ${err.message}`, { cause: err })));
+    sock.on('close', () => this.fail(new FerryError(ErrorCode.UNAVAILABLE, "CRIU's lazy-dump page server closed the connection")));
+  }
+
+  static async connect(port: number): Promise<CriuPageClient> {
+    const sock = connect(port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => {
+      sock.once('connect', () => resolve());
+      sock.once('error', (err) => reject(new FerryError(ErrorCode.UNAVAILABLE, `cannot reach CRIU's lazy-dump page server: ${err.message}`, { cause: err })));
+    });
+    return new CriuPageClient(sock);
+  }
+
+  /** Up to `nr` pages of task `pid` from `vaddr` (only ever asked for pages CRIU left lazy: it ends the session otherwise). */
+  get(pid: number, vaddr: number, nr: number): Promise<PageRun> {
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise<PageRun>((resolve, reject) => {
+      this.pending.push({ resolve, reject });
+      this.sock.write(encodeIov({ cmd: PS_IOV_GET, nrPages: nr, vaddr, dstId: pid }));
+    });
+  }
+
+  /** Ends the session (PS_IOV_CLOSE, after the requests before it): CRIU then finishes its dump. */
+  async close(): Promise<void> {
+    if (this.failure) return;
+    await new Promise<void>((resolve) => {
+      this.pending.push({ resolve: () => resolve(), reject: () => resolve(), closing: true });
+      this.sock.write(encodeIov({ cmd: PS_IOV_CLOSE, nrPages: 0, vaddr: 0, dstId: 0 }));
+    });
+    this.failure = new FerryError(ErrorCode.UNAVAILABLE, 'page session closed');
+    this.sock.end();
+  }
+
+  /** The first `n` received bytes, removed from the buffer (a copy only when they span reads). */
+  private take(n: number): Buffer {
+    const first = this.chunks[0];
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let at = 0;
+      while (at < n) {
+        const c = this.chunks[0];
+        const part = Math.min(c.length, n - at);
+        c.copy(out, at, 0, part);
+        at += part;
+        if (part === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(part);
+      }
+    }
+    this.chunkBytes -= n;
+    return out;
+  }
+
+  private onData(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.chunkBytes += chunk.length;
+    for (;;) {
+      const head = this.pending[0];
+      if (head === undefined) return;
+      if (head.closing) {
+        if (this.chunkBytes < 4) return;
+        this.take(4);
+        this.pending.shift();
+        head.resolve({ vaddr: 0, nr: 0, data: Buffer.alloc(0) });
+        continue;
+      }
+      if (this.current === undefined) {
+        if (this.chunkBytes < PAGE_SERVER_IOV_BYTES) return;
+        const iov = decodeIov(this.take(PAGE_SERVER_IOV_BYTES));
+        this.current = { iov, need: iov.nrPages * MEMORY_PAGE_BYTES };
+      }
+      if (this.chunkBytes < this.current.need) return;
+      const data = this.take(this.current.need);
+      const { iov } = this.current;
+      this.current = undefined;
+      this.pending.shift();
+      head.resolve({ vaddr: iov.vaddr, nr: iov.nrPages, data });
+    }
+  }
+
+  private fail(err: FerryError): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const p of this.pending.splice(0)) p.reject(err);
+  }
+}
+
+/**
+ * Post-copy source over `criu dump --lazy-pages`: the target's page requests go to CRIU's page
+ * server, which holds the lazy memory in the pipes it spliced it into (never written anywhere).
+ * Requests are checked against the lazy runs of the dump's pagemaps first: CRIU ends the whole
+ * session on a request for a page it does not hold.
+ */
+export class CriuLazySource implements PostCopySource {
+  private constructor(
+    private readonly dump: LazyDump,
+    private readonly client: CriuPageClient,
+    private readonly responder: PageResponder,
+    readonly lazyBytes: number,
+  ) {}
+
+  static async start(
+    nc: NatsConnection,
+    transferId: string,
+    dump: LazyDump,
+    imagesDir: string,
+    imageKey: Uint8Array | null,
+    log: Logger,
+  ): Promise<CriuLazySource> {
+    const runs = await lazyRunsOf(imagesDir, await readdir(imagesDir));
+    const byPid = new Map<number, LazyPageIndex>();
+    for (const pid of new Set(runs.map((r) => r.pid))) byPid.set(pid, LazyPageIndex.fromRuns(pid, runs.filter((r) => r.pid === pid)));
+    const client = await CriuPageClient.connect(dump.port);
+    const responder = servePageRequests(
+      nc,
+      transferId,
+      async (pid, vaddr, nr) => {
+        const run = byPid.get(pid)?.locate(vaddr, nr);
+        if (run === undefined) throw new FerryError(ErrorCode.NOT_FOUND, `no lazy page at ${vaddr.toString(16)} of task ${pid}`);
+        return client.get(pid, vaddr, run.nrPages);
+      },
+      { imageKey, logger: log },
+    );
+    await nc.flush();
+    const lazyBytes = runs.reduce((n, r) => n + r.nrPages * MEMORY_PAGE_BYTES, 0);
+    log.info({ transferId, lazyBytes, tasks: byPid.size, port: dump.port }, 'lazy memory left in CRIU for post-copy');
+    return new CriuLazySource(dump, client, responder, lazyBytes);
+  }
+
+  get bytesServed(): number {
+    return this.responder.stats().bytes;
+  }
+
+  async close(): Promise<void> {
+    this.responder.close();
+    await this.client.close();
+    // CRIU finishes the dump once the session is over; the tree stays stopped (--leave-stopped).
+    await this.dump.done.catch(() => this.dump.stop());
   }
 }

@@ -38,6 +38,12 @@ export const CriuInfo = z.object({
   lazyPages: z.boolean().default(false),
   /** criu was built with GnuTLS and openssl can issue certificates: the page server can run over mutual TLS. */
   pageServerTls: z.boolean().default(false),
+  /**
+   * `criu dump --lazy-pages` can serve the pages it leaves in its pipes: lazyPages, and CRIU may
+   * make a 4 MiB pipe (CAP_SYS_RESOURCE, or fs.pipe-max-size at least that). Post-copy then dumps
+   * without writing the memory at all.
+   */
+  lazyDump: z.boolean().default(false),
   /** Why it is not usable, when it is not. */
   problem: z.string().max(4096).optional(),
 });

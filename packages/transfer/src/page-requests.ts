@@ -90,6 +90,20 @@ function aad(transferId: string, pid: number, vaddr: number, nr: number): Buffer
   return Buffer.concat([Buffer.from(LABEL), Buffer.from(transferId), fixed]);
 }
 
+const MSGPACK_BIN32 = 0xc6;
+
+/** encode({...head, nonce, box: body || tag}) with one copy of the body. */
+function sealedReply(head: Record<string, unknown>, nonce: Buffer, body: Buffer, tag: Buffer): Buffer {
+  // A map of the head's fields + nonce + box: encode it with a placeholder box, then splice the real one in.
+  const withoutBox = Buffer.from(encode({ ...head, nonce, box: new Uint8Array(0) }));
+  // The placeholder is the last 5 bytes msgpackr wrote for the empty bin ("box" key, then c4 00).
+  const prefix = withoutBox.subarray(0, withoutBox.length - 2);
+  const len = Buffer.allocUnsafe(5);
+  len[0] = MSGPACK_BIN32;
+  len.writeUInt32BE(body.length + tag.length, 1);
+  return Buffer.concat([prefix, len, body, tag]);
+}
+
 /** Most pages one reply can carry through a server with this max_payload. */
 export function maxPagesPerReply(maxPayloadBytes: number): number {
   return Math.max(1, Math.floor((maxPayloadBytes - REPLY_OVERHEAD_BYTES - TAG_BYTES) / MEMORY_PAGE_BYTES));
@@ -130,8 +144,10 @@ export function servePageRequests(
       const nonce = randomBytes(NONCE_BYTES);
       const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES });
       cipher.setAAD(aad(transferId, req.pid, run.vaddr, run.nr));
-      const box = Buffer.concat([cipher.update(run.data), cipher.final(), cipher.getAuthTag()]);
-      return encode({ ...head, nonce, box });
+      const body = cipher.update(run.data);
+      cipher.final();
+      // The map laid out by hand around the ciphertext, so it is copied once (not by the encoder too).
+      return sealedReply(head, nonce, body, cipher.getAuthTag());
     } catch (err) {
       const fe = toFerryError(err, ErrorCode.INTERNAL);
       log.warn({ transferId, code: fe.code, err: fe.message }, 'page request refused');
@@ -194,7 +210,9 @@ export async function requestPages(
     decipher.setAAD(aad(transferId, reply.pid, reply.vaddr, reply.nr));
     decipher.setAuthTag(box.subarray(box.length - TAG_BYTES));
     try {
-      data = Buffer.concat([decipher.update(box.subarray(0, box.length - TAG_BYTES)), decipher.final()]);
+      data = decipher.update(box.subarray(0, box.length - TAG_BYTES));
+      // GCM releases nothing at final(); it throws unless the tag matches, before `data` is used.
+      decipher.final();
     } catch (err) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `page reply at ${want.vaddr.toString(16)} failed authentication`, { cause: err });
     }

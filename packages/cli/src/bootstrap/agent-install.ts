@@ -98,6 +98,8 @@ export function renderAgentUnit(layout: AgentInstallLayout, nodePath: string): s
     '[Service]',
     'Type=simple',
     `EnvironmentFile=${layout.envFile}`,
+    // CRIU's lazy dump needs 4 MiB pipes (scripts/host-sysctl.sh); '-': the agent runs without it.
+    `ExecStartPre=-/bin/sh -c 'test "$(cat /proc/sys/fs/pipe-max-size)" -ge 4194304 || echo 4194304 > /proc/sys/fs/pipe-max-size'`,
     `ExecStart=${nodePath} ${path.posix.join(layout.prefix, AGENT_MAIN_IN_BUNDLE)}`,
     'Restart=on-failure',
     'RestartSec=2s',
@@ -127,6 +129,8 @@ export function renderSupervisorScript(layout: AgentInstallLayout, nodePath: str
     'child=',
     'stopping=',
     `trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT`,
+    // CRIU's lazy dump needs 4 MiB pipes (scripts/host-sysctl.sh); the agent runs without it.
+    `test "$(cat /proc/sys/fs/pipe-max-size)" -ge 4194304 || echo 4194304 > /proc/sys/fs/pipe-max-size 2>/dev/null || true`,
     'while :; do',
     `  ${q(nodePath)} ${q(path.posix.join(layout.prefix, AGENT_MAIN_IN_BUNDLE))} &`,
     '  child=$!',
