@@ -34,6 +34,11 @@ export interface AgentOptions {
   ghostLimitBytes: number;
   /** Port of the agent's /metrics endpoint on its address (null: none). */
   metricsPort: number | null;
+  /**
+   * Post-copy by CRIU's own lazy dump where the probe allows it (CriuInfo.lazyDump); false: always
+   * the rewritten full dump (FERRY_LAZY_DUMP=off), e.g. to compare the two.
+   */
+  lazyDump: boolean;
   /** Faults to inject, for failure tests only. */
   faults: AgentFaults;
 }
@@ -51,6 +56,7 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
     maxImageBytes: DEFAULT_MAX_IMAGE_BYTES,
     criuPath: 'criu',
     ghostLimitBytes: 64 * 1024 * 1024,
+    lazyDump: true,
     faults: {},
     metricsPort: DEFAULT_AGENT_METRICS_PORT,
   };

@@ -665,7 +665,7 @@ export class Agent {
         // Memory pages go straight to the target's page server; the other images stay here for the stream.
         extraArgs: req.pageServer ? ['--page-server', '--address', req.pageServer.address, '--port', String(req.pageServer.port), ...tlsArgs] : [],
       };
-      const native = req.postCopy && this.deps.criuInfo.lazyDump && rec.address === undefined;
+      const native = req.postCopy && this.opts.lazyDump && this.deps.criuInfo.lazyDump && rec.address === undefined;
       if (req.postCopy) await mkdir(lazyDir, { mode: 0o700 });
       const dumped = await this.dumpLock.run(async () => {
         // Downtime starts when CRIU freezes the tree, not while waiting for another dump.

@@ -37,7 +37,8 @@ export class LazyMemorySource implements PostCopySource {
     imageKey: Uint8Array | null,
     log: Logger,
   ): Promise<LazyMemorySource> {
-    await mkdir(lazyDir, { mode: 0o700 });
+    // The checkpoint may have made it already.
+    await mkdir(lazyDir, { recursive: true, mode: 0o700 });
     const split = await splitForPostCopy(imagesDir, lazyDir, await readdir(imagesDir));
     const files = new Map<number, FileHandle>();
     const source = new LazyMemorySource(split.indexes, files, undefined, split.lazyBytes, split.eagerBytes);
