@@ -38,7 +38,7 @@ import {
   type MountSpec,
   type PageServerTls,
 } from '@ferry/protocol';
-import { ImageReceiver, pageRequestKey, requestPages, sendImage } from '@ferry/transfer';
+import { ImageReceiver, MEMORY_PAGE_BYTES, pageRequestKey, requestPages, sendImage } from '@ferry/transfer';
 import { SEEK_SET, type LinuxSyscalls } from '@ferry/native';
 import { z } from 'zod';
 import { CriuDriver } from './criu-driver';
@@ -517,7 +517,7 @@ export class Agent {
         throw new FerryError(ErrorCode.RESTORE_FAILED, `lazy restore of ${req.workload} could not fill its memory: ${toFerryError(why).message}`, { cause: why });
       });
     }
-    const fetched = inc.relay ? (await inc.relay.done).pages * 4096 : 0;
+    const fetched = inc.relay ? (await inc.relay.done).pages * MEMORY_PAGE_BYTES : 0;
     this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started, lazy: req.lazyPages }, 'workload restored');
     const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : fetched;
     // The memory pages came by the page server, not the stream: they count as received all the same.
@@ -718,8 +718,13 @@ export class Agent {
     if (req.postCopy) {
       // Kept until release or rollback, which close it; the images sent below are what remains.
       const log = this.log.child({ migrationId: req.migrationId });
-      const source: PostCopySource = lazyDump
-        ? await CriuLazySource.start(this.deps.nc, req.transferId, lazyDump, dir, req.imageKey ?? null, log)
+      const running = lazyDump;
+      const source: PostCopySource = running
+        ? await CriuLazySource.start(this.deps.nc, req.transferId, running, dir, req.imageKey ?? null, log).catch((err: unknown) => {
+            // Nobody would end its page session: CRIU dies with the tree left stopped, for the rollback to thaw.
+            running.stop();
+            throw err;
+          })
         : await LazyMemorySource.prepare(this.deps.nc, req.transferId, dir, lazyDir, req.imageKey ?? null, log);
       this.lazySources.set(req.migrationId, source);
       lazyBytes = source.lazyBytes;
