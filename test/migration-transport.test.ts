@@ -15,8 +15,8 @@ let cluster: TestCluster;
 let workload: CounterWorkload | undefined;
 
 beforeAll(async () => {
-  // h1 as a post-copy source rewrites a full dump (FERRY_LAZY_DUMP=off); h2 uses CRIU's lazy dump.
-  cluster = await startTestCluster('txport', 241, { agentEnvFor: (host) => (host === 'h1' ? { FERRY_LAZY_DUMP: 'off' } : {}) });
+  // h2 as a post-copy source rewrites a full dump (FERRY_LAZY_DUMP=off); h1 uses CRIU's lazy dump.
+  cluster = await startTestCluster('txport', 241, { agentEnvFor: (host) => (host === 'h2' ? { FERRY_LAZY_DUMP: 'off' } : {}) });
 });
 
 afterAll(async () => {
@@ -29,9 +29,11 @@ test.each([
   ['nats', 'eager', 'h1'],
   ['direct', 'lazy', 'h2'],
   ['auto', undefined, 'h1'],
-  // From h1: the rewritten full dump; from h2: CRIU's lazy dump.
+  // From h1, CRIU's lazy dump: h2's CRIU fetches from h1's directly (TLS), then through NATS via
+  // both agents; from h2, the rewritten full dump served by its agent.
   ['auto', 'post-copy', 'h2'],
   ['nats', 'post-copy', 'h1'],
+  ['nats', 'post-copy', 'h2'],
 ])('--transport %s --restore %s migrates the workload to %s with memory intact, counter continuing, exactly one copy', async (transport, restore, to) => {
   if (workload === undefined) {
     workload = await CounterWorkload.create();
@@ -60,17 +62,17 @@ test.each([
 });
 
 test('post-copy with the page-server transport is refused before anything is frozen', async () => {
-  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h2', '--transport', 'page-server', '--restore', 'post-copy', '--json']);
+  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h1', '--transport', 'page-server', '--restore', 'post-copy', '--json']);
   expect(res.code).toBe(2);
   expect(res.json.error.code).toBe('INVALID_ARGUMENT');
   const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; state: string }>;
-  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h1', state: 'running' })]);
+  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h2', state: 'running' })]);
 });
 
 test('an unknown transport is refused with INVALID_ARGUMENT and the workload keeps running where it was', async () => {
-  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h2', '--transport', 'carrier-pigeon', '--json']);
+  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h1', '--transport', 'carrier-pigeon', '--json']);
   expect(res.code).toBe(2);
   expect(res.json.error.code).toBe('INVALID_ARGUMENT');
   const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; state: string }>;
-  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h1', state: 'running' })]);
+  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h2', state: 'running' })]);
 });

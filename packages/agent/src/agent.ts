@@ -36,6 +36,7 @@ import {
   type RestoreReply,
   type WorkloadInfo,
   type MountSpec,
+  type PageServerEndpoint,
   type PageServerTls,
 } from '@ferry/protocol';
 import { ImageReceiver, MEMORY_PAGE_BYTES, pageRequestKey, requestPages, sendImage } from '@ferry/transfer';
@@ -57,7 +58,7 @@ import { SerialLock } from './serial-lock';
 import type { AgentOptions } from './agent-options';
 import { LazyDump, LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
 import { LazyPageRelay } from './lazy-page-relay';
-import { CriuLazySource, LazyMemorySource, type PostCopySource } from './post-copy-source';
+import { CriuDirectLazySource, CriuLazySource, LazyMemorySource, type PostCopySource } from './post-copy-source';
 import { lazyRunsOf } from './pagemap-image';
 import { PagePrefetcher } from './page-prefetch';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls, type PageServerTlsFiles } from './page-server-tls';
@@ -447,7 +448,12 @@ export class Agent {
     try {
       // Its connections are bound to the service address: it must be here before CRIU repairs them.
       if (manifest.address) await addServiceAddress(manifest.address, this.opts.address);
-      if (req.postCopy) {
+      if (req.postCopy && req.lazyPageServer) {
+        // The lazy memory is in the source's CRIU: ours fetches it from there, over mutual TLS.
+        const ps = req.lazyPageServer;
+        const tls = ps.tls ? await writePageServerClientTls(this.deps.workDirs.tlsPathFor(req.migrationId), ps.tls) : undefined;
+        lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir, { address: ps.address, port: ps.port, ...(tls ? { tls } : {}) });
+      } else if (req.postCopy) {
         // The lazy memory is still on the source: CRIU's daemon asks the relay, the relay asks the source.
         const { transferId, pagesKey } = inc;
         prefetch = new PagePrefetcher(
@@ -456,8 +462,13 @@ export class Agent {
         );
         const pages = prefetch;
         inc.relay = await LazyPageRelay.start((pid, vaddr, nr) => pages.get(pid, vaddr, nr), this.log.child({ migrationId: req.migrationId }));
-        inc.relay.done.finally(() => pages.stop()).catch(() => undefined);
-        lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir, { address: '127.0.0.1', port: inc.relay.port });
+        inc.relay.done
+          .finally(() => {
+            pages.stop();
+            this.log.info({ migrationId: req.migrationId, ...pages.stats, fetchMs: Math.round(pages.stats.fetchMs) }, 'post-copy prefetch done');
+          })
+          .catch(() => undefined);
+        lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir, { address: '127.0.0.1', port: inc.relay.port, relay: true });
       } else if (req.lazyPages) lazy = await LazyPagesDaemon.start(this.deps.criu, inc.dir);
       restored = await this.restoreLock.run(() =>
         this.deps.criu.restore({
@@ -511,13 +522,21 @@ export class Agent {
       // Post-copy: the relay's error says why (the source's answer), CRIU's only that it gave up.
       const filled = inc.relay ? Promise.all([lazy.done, inc.relay.done]) : lazy.done;
       await filled.catch(async (err) => {
+        // This copy dies first: a source CRIU whose session ends abruptly lets its own copy run on.
+        await this.deps.criu.kill(restored.pid).catch(() => undefined);
         lazy?.stop();
         const why = inc.relay ? await inc.relay.done.then(() => err, (relayErr: unknown) => relayErr) : err;
         inc.relay?.stop('the lazy restore failed');
         throw new FerryError(ErrorCode.RESTORE_FAILED, `lazy restore of ${req.workload} could not fill its memory: ${toFerryError(why).message}`, { cause: why });
       });
     }
-    const fetched = inc.relay ? (await inc.relay.done).pages * MEMORY_PAGE_BYTES : 0;
+    // Pages that came after the resume: counted by the relay, or (CRIU fetching them itself) every
+    // lazy page the images name, all of which CRIU's daemon had before it exited 0.
+    const fetched = inc.relay
+      ? (await inc.relay.done).pages * MEMORY_PAGE_BYTES
+      : req.postCopy && req.lazyPageServer
+        ? (await lazyRunsOf(inc.dir, await readdir(inc.dir))).reduce((n, r) => n + r.nrPages * MEMORY_PAGE_BYTES, 0)
+        : 0;
     this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started, lazy: req.lazyPages }, 'workload restored');
     const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : fetched;
     // The memory pages came by the page server, not the stream: they count as received all the same.
@@ -653,6 +672,7 @@ export class Agent {
     // network lock's life around a lazy dump is untested, so those take the rewritten dump.
     const lazyDir = this.deps.workDirs.lazyPathFor(req.migrationId);
     let lazyDump: LazyDump | undefined;
+    let lazyTls: Awaited<ReturnType<typeof makePageServerTls>> | undefined;
     try {
       const tlsArgs = req.pageServer?.tls ? criuTlsArgs(await writePageServerClientTls(tlsDir, req.pageServer.tls)) : [];
       const dumpRequest = {
@@ -672,7 +692,10 @@ export class Agent {
         frozenAt = Date.now();
         if (!native) return this.deps.criu.dump(dumpRequest);
         // Held only until the images are written: CRIU's parasite is gone by then, another dump may start.
-        lazyDump = await LazyDump.start(this.deps.criu, dumpRequest, join(lazyDir, 'dump.log'));
+        // With TLS its page server listens on this host's address, for the target's CRIU to connect
+        // to (the roles of page-server-tls.ts swapped); else on loopback, for this agent only.
+        lazyTls = this.deps.criuInfo.pageServerTls ? await makePageServerTls(join(lazyDir, 'tls'), this.opts.address) : undefined;
+        lazyDump = await LazyDump.start(this.deps.criu, dumpRequest, join(lazyDir, 'dump.log'), lazyTls ? this.opts.address : '127.0.0.1', lazyTls?.server);
         return { durationMs: lazyDump.durationMs, logPath: join(lazyDir, 'dump.log'), memoryBytesWritten: 0 };
       }).finally(() => rm(tlsDir, { recursive: true, force: true }));
       dumpMs = dumped.durationMs;
@@ -715,17 +738,15 @@ export class Agent {
     };
     await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
     let lazyBytes = 0;
-    if (req.postCopy) {
-      // Kept until release or rollback, which close it; the images sent below are what remains.
-      const log = this.log.child({ migrationId: req.migrationId });
-      const running = lazyDump;
-      const source: PostCopySource = running
-        ? await CriuLazySource.start(this.deps.nc, req.transferId, running, dir, req.imageKey ?? null, log).catch((err: unknown) => {
-            // Nobody would end its page session: CRIU dies with the tree left stopped, for the rollback to thaw.
-            running.stop();
-            throw err;
-          })
-        : await LazyMemorySource.prepare(this.deps.nc, req.transferId, dir, lazyDir, req.imageKey ?? null, log);
+    const log = this.log.child({ migrationId: req.migrationId });
+    // Kept until release or rollback, which close it. A lazy dump is registered at once (as a
+    // direct source: closing it waits for CRIU to end), so a failed send still ends it.
+    if (lazyDump) {
+      lazyBytes = await CriuDirectLazySource.lazyBytesOf(dir);
+      this.lazySources.set(req.migrationId, new CriuDirectLazySource(lazyDump, lazyBytes));
+    } else if (req.postCopy) {
+      // The images sent below are what the rewrite leaves.
+      const source = await LazyMemorySource.prepare(this.deps.nc, req.transferId, dir, lazyDir, req.imageKey ?? null, log);
       this.lazySources.set(req.migrationId, source);
       lazyBytes = source.lazyBytes;
     }
@@ -737,6 +758,22 @@ export class Agent {
       imageKey: req.imageKey ?? null,
       logger: this.log.child({ migrationId: req.migrationId }),
     });
+    let lazyPageServer: PageServerEndpoint | undefined;
+    if (lazyDump) {
+      if (lazyTls && sent.transport === 'direct') {
+        // The hosts reach each other: the target's CRIU fetches straight from ours, over mutual TLS.
+        lazyPageServer = { address: lazyDump.address, port: lazyDump.port, tls: lazyTls.client };
+      } else {
+        // Through NATS: this agent is CRIU's client and answers the target's page requests.
+        const running = lazyDump;
+        const relay = await CriuLazySource.start(this.deps.nc, req.transferId, running, dir, req.imageKey ?? null, log, lazyTls?.client).catch((err: unknown) => {
+          // Nobody would end its page session: CRIU dies, the tree for the rollback to thaw.
+          running.stop();
+          throw err;
+        });
+        this.lazySources.set(req.migrationId, relay);
+      }
+    }
     this.deps.metrics?.sent(sent.bytes + pageBytes, sent.elapsedMs + (pageBytes > 0 ? dumpMs : 0));
     this.log.info({ migrationId: req.migrationId, bytes: sent.bytes, dumpMs, transferMs: sent.elapsedMs, transport: sent.transport }, 'image sent');
     return {
@@ -747,6 +784,7 @@ export class Agent {
       frozenAt,
       transport: req.pageServer ? 'page-server' : sent.transport,
       lazyBytes,
+      ...(lazyPageServer ? { lazyPageServer } : {}),
     };
   }
 
@@ -773,18 +811,19 @@ export class Agent {
 
   /** Target confirmed: the frozen copy must never run again. */
   async release(req: MigrationRef): Promise<void> {
-    // A lazy dump still holds the tree until its page session ends.
-    await this.closeLazySource(req.migrationId);
     const rec = this.deps.inventory.get(req.workload);
     if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
       // Its sockets are still in repair mode, so this kill sends the peers nothing; then the lock can go.
+      // Killed before a lazy dump's end: CRIU dying first would leave the tree to run on.
       if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
+      await this.closeLazySource(req.migrationId);
       if (rec.migration.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
       await this.deps.inventory.remove(req.workload);
       this.log.info({ migrationId: req.migrationId, workload: req.workload }, 'released frozen copy');
       // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.
       await this.unmountUnused((rec.mounts ?? []).map((m) => m.path));
     }
+    await this.closeLazySource(req.migrationId);
     await removePins(await this.pinsOf(req.migrationId));
     await this.deps.workDirs.remove(req.migrationId);
   }

@@ -157,25 +157,30 @@ export class PageServer {
 export class LazyDump {
   private constructor(
     private readonly service: CriuService,
+    readonly address: string,
     readonly port: number,
     readonly durationMs: number,
   ) {}
 
-  static async start(criu: CriuDriver, request: CriuDumpRequest, logPath: string): Promise<LazyDump> {
+  /**
+   * Dumps and listens on `address` (127.0.0.1 when only this agent will connect; the host's own
+   * address when the target's CRIU may, then with `tls`: page-server-tls.ts, the roles swapped).
+   */
+  static async start(criu: CriuDriver, request: CriuDumpRequest, logPath: string, address = '127.0.0.1', tls?: PageServerTlsFiles): Promise<LazyDump> {
     const started = performance.now();
     const { imagesDir, args } = await criu.prepareDump(request);
-    const port = await freePort('127.0.0.1');
+    const port = await freePort(address);
     const service = await CriuService.start(
       criu,
       imagesDir,
-      [...args, '--lazy-pages', '--address', '127.0.0.1', '--port', String(port)],
+      [...args, '--lazy-pages', '--address', address, '--port', String(port), ...(tls ? criuTlsArgs(tls) : [])],
       logPath,
       ErrorCode.CHECKPOINT_FAILED,
       undefined,
       // Ready means dumped: as long as a plain dump may take.
       criu.options.commandTimeoutMs,
     );
-    return new LazyDump(service, port, performance.now() - started);
+    return new LazyDump(service, address, port, performance.now() - started);
   }
 
   get done(): Promise<void> {
@@ -196,18 +201,20 @@ export class LazyPagesDaemon {
    * Starts it; resolves once its socket for the restore is ready. With `pageServer` (post-copy)
    * it asks that page server for the lazy pages instead of reading them from the images.
    */
-  static async start(criu: CriuDriver, imagesDir: string, pageServer?: { address: string; port: number }): Promise<LazyPagesDaemon> {
-    const remote = pageServer ? ['--page-server', '--address', pageServer.address, '--port', String(pageServer.port)] : [];
-    // With a remote page server the daemon polls without sleeping while a request is out
-    // (criu/uffd.c, handle_requests): at a lower priority that spin yields the core to the agents
-    // and nats-server that are fetching the very pages it waits for.
+  static async start(criu: CriuDriver, imagesDir: string, pageServer?: { address: string; port: number; tls?: PageServerTlsFiles; relay?: boolean }): Promise<LazyPagesDaemon> {
+    const remote = pageServer
+      ? ['--page-server', '--address', pageServer.address, '--port', String(pageServer.port), ...(pageServer.tls ? criuTlsArgs(pageServer.tls) : [])]
+      : [];
+    // The daemon polls without sleeping while a request to its page server is out (criu/uffd.c,
+    // handle_requests). Against ferry's relay (pages fetched over NATS, ms each) it does so most of
+    // the time: at a lower priority that spin yields the core to the agents fetching those pages.
     const service = await CriuService.start(
       criu,
       imagesDir,
       ['lazy-pages', '--images-dir', imagesDir, ...remote],
       LAZY_PAGES_LOG_NAME,
       ErrorCode.RESTORE_FAILED,
-      pageServer ? LAZY_DAEMON_NICENESS : undefined,
+      pageServer?.relay ? LAZY_DAEMON_NICENESS : undefined,
     );
     return new LazyPagesDaemon(service);
   }

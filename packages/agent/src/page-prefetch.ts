@@ -74,7 +74,7 @@ export class PagePrefetcher {
   private stopped = false;
   private failure: FerryError | undefined;
   /** Pages served from prefetched chunks, and requests that had to go to the source themselves. */
-  readonly stats = { prefetchedPages: 0, servedFromCache: 0, direct: 0 };
+  readonly stats = { prefetchedPages: 0, servedFromCache: 0, direct: 0, fetches: 0, fetchMs: 0 };
 
   constructor(
     private readonly fetch: PageFetcher,
@@ -207,7 +207,10 @@ export class PagePrefetcher {
 
   /** `nrPages` pages from `vaddr`: the source may answer in several parts (a run boundary, its message size). */
   private async fetchRange(pid: number, vaddr: number, nrPages: number): Promise<Buffer> {
+    const asked = performance.now();
     const first = await this.fetch(pid, vaddr, nrPages);
+    this.stats.fetches += 1;
+    this.stats.fetchMs += performance.now() - asked;
     // Nearly always the whole range in one reply: no copy then.
     if (first.nr === nrPages) return first.data;
     if (first.nr < 1) throw new FerryError(ErrorCode.TRANSFER_FAILED, `source sent no pages at ${vaddr.toString(16)}`);

@@ -7,8 +7,9 @@
  */
 import { mkdir, open, readdir, type FileHandle } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import type { NatsConnection } from 'nats';
-import { ErrorCode, FerryError, type Logger } from '@ferry/protocol';
+import { ErrorCode, FerryError, type Logger, type PageServerTls } from '@ferry/protocol';
 import { MEMORY_PAGE_BYTES, servePageRequests, type PageResponder, type PageRun } from '@ferry/transfer';
 import { decodeIov, encodeIov, PAGE_SERVER_IOV_BYTES, PS_IOV_CLOSE, PS_IOV_GET, type PageServerIov } from './criu-page-protocol';
 import type { LazyDump } from './criu-service';
@@ -112,10 +113,11 @@ export class CriuPageClient {
     sock.on('close', () => this.fail(new FerryError(ErrorCode.UNAVAILABLE, "CRIU's lazy-dump page server closed the connection")));
   }
 
-  static async connect(port: number): Promise<CriuPageClient> {
-    const sock = connect(port, '127.0.0.1');
+  /** Connects to it at `address:port`, with TLS when it listens with TLS (the target's client credentials serve here too). */
+  static async connect(address: string, port: number, tls?: PageServerTls): Promise<CriuPageClient> {
+    const sock: Socket = tls ? tlsConnect({ host: address, port, ca: tls.caCert, cert: tls.cert, key: tls.key }) : connect(port, address);
     await new Promise<void>((resolve, reject) => {
-      sock.once('connect', () => resolve());
+      sock.once(tls ? 'secureConnect' : 'connect', () => resolve());
       sock.once('error', (err) => reject(new FerryError(ErrorCode.UNAVAILABLE, `cannot reach CRIU's lazy-dump page server: ${err.message}`, { cause: err })));
     });
     return new CriuPageClient(sock);
@@ -220,11 +222,12 @@ export class CriuLazySource implements PostCopySource {
     imagesDir: string,
     imageKey: Uint8Array | null,
     log: Logger,
+    tls?: PageServerTls,
   ): Promise<CriuLazySource> {
     const runs = await lazyRunsOf(imagesDir, await readdir(imagesDir));
     const byPid = new Map<number, LazyPageIndex>();
     for (const pid of new Set(runs.map((r) => r.pid))) byPid.set(pid, LazyPageIndex.fromRuns(pid, runs.filter((r) => r.pid === pid)));
-    const client = await CriuPageClient.connect(dump.port);
+    const client = await CriuPageClient.connect(dump.address, dump.port, tls);
     const responder = servePageRequests(
       nc,
       transferId,
@@ -249,6 +252,51 @@ export class CriuLazySource implements PostCopySource {
     this.responder.close();
     await this.client.close();
     // CRIU finishes the dump once the session is over; the tree stays stopped (--leave-stopped).
-    await this.dump.done.catch(() => this.dump.stop());
+    await awaitDumpEnd(this.dump);
   }
+}
+
+/** How long a lazy dump may take to finish once its page session is over (or its client gone). */
+const LAZY_DUMP_END_TIMEOUT_MS = 10_000;
+
+/**
+ * Post-copy source where the target's `criu lazy-pages` connects to the lazy dump's page server
+ * itself (over mutual TLS, the hosts reaching each other): no ferry code in the pages' path. The
+ * session ends when the target's daemon has every page (PS_IOV_CLOSE) or goes away; then CRIU
+ * finishes its dump and leaves the tree stopped.
+ */
+export class CriuDirectLazySource implements PostCopySource {
+  constructor(
+    private readonly dump: LazyDump,
+    readonly lazyBytes: number,
+  ) {}
+
+  /** CRIU's own session: not counted here (the target's restore reply says what it received). */
+  get bytesServed(): number {
+    return 0;
+  }
+
+  static async lazyBytesOf(imagesDir: string): Promise<number> {
+    const runs = await lazyRunsOf(imagesDir, await readdir(imagesDir));
+    return runs.reduce((n, r) => n + r.nrPages * MEMORY_PAGE_BYTES, 0);
+  }
+
+  async close(): Promise<void> {
+    await awaitDumpEnd(this.dump);
+  }
+}
+
+/**
+ * Waits for a lazy dump to exit once its session is over. If nobody ends the session (the target's
+ * host is gone), CRIU is killed: its tree, no longer traced, runs on, which is what a rollback
+ * wants (a release kills the tree before it gets here).
+ */
+async function awaitDumpEnd(dump: LazyDump): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const ended = await Promise.race([
+    dump.done.then(() => true, () => true),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), LAZY_DUMP_END_TIMEOUT_MS))),
+  ]);
+  clearTimeout(timer);
+  if (!ended) dump.stop();
 }

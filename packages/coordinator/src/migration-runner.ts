@@ -295,7 +295,14 @@ export class MigrationRunner {
       const rs = await this.callAgent(
         m.to,
         AgentVerb.RESTORE,
-        { migrationId: m.id, workload: m.workload, lazyPages: m.restore !== 'eager', postCopy },
+        {
+          migrationId: m.id,
+          workload: m.workload,
+          lazyPages: m.restore !== 'eager',
+          postCopy,
+          // Its TLS credentials pass through here in memory only, like the page server's.
+          ...(cp.lazyPageServer ? { lazyPageServer: cp.lazyPageServer } : {}),
+        },
         RestoreReply,
         this.opts.restoreTimeoutMs,
       );

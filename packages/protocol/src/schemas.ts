@@ -291,6 +291,12 @@ export const CheckpointReply = z.object({
   transport: Transport.default('nats'),
   /** Post-copy: memory bytes left on the source for the target to fetch. */
   lazyBytes: z.number().int().nonnegative().default(0),
+  /**
+   * Post-copy by CRIU's lazy dump, the hosts reaching each other: its page server, for the target's
+   * `criu lazy-pages` to connect to straight, with the client's TLS credentials. Absent: the target
+   * asks the source agent over NATS.
+   */
+  lazyPageServer: PageServerEndpoint.optional(),
 });
 export type CheckpointReply = z.infer<typeof CheckpointReply>;
 
@@ -306,6 +312,8 @@ export const RestoreRequest = MigrationRef.extend({
   lazyPages: z.boolean().default(false),
   /** Post-copy (implies lazyPages): the lazy memory is fetched from the source, which still holds it. */
   postCopy: z.boolean().default(false),
+  /** Post-copy: the source's CRIU page server to fetch from directly (CheckpointReply.lazyPageServer). */
+  lazyPageServer: PageServerEndpoint.optional(),
 });
 export type RestoreRequest = z.infer<typeof RestoreRequest>;
 
