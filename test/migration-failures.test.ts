@@ -3,7 +3,7 @@
  * unfrozen, exactly once, and the target keeps nothing.
  */
 import { copyFileSync, mkdtempSync } from 'node:fs';
-import { readdir, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dev } from '@ferry/cli';
@@ -137,6 +137,40 @@ test('post-copy: a source that stops serving pages after the workload resumed on
   await waitFor('target work dir emptied', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h1`)).filter((d) => d.startsWith('m-')).length === 0);
   await waitFor('source lazy dir removed', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h3`)).filter((d) => d.startsWith('m-')).length === 0);
   expect((await cluster.ferry(['stop', 'postfail'])).code).toBe(0);
+});
+
+/** Pids of processes whose command line holds every one of `parts`. */
+async function pidsWith(...parts: string[]): Promise<number[]> {
+  const out: number[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
+    if (parts.every((p) => cmdline.includes(p))) out.push(Number(name));
+  }
+  return out;
+}
+
+test('post-copy: the source\'s CRIU dying while the target pulls pages rolls back, the frozen copy intact', async () => {
+  const w = await launch('lazydie', 256);
+  const migrating = cluster.ferry(['migrate', 'lazydie', '--to', 'h3', '--restore', 'post-copy', '--json']);
+  // Once h3's lazy-pages daemon runs, the workload runs there and pulls its memory from h1's lazy dump.
+  let killed = false;
+  const deadline = Date.now() + 60_000;
+  while ((await pidsWith('lazy-pages', `/work/${CLUSTER}/h3/`)).length === 0) {
+    if (Date.now() > deadline) throw new Error('the target never started pulling pages');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  for (const pid of await pidsWith('dump', '--lazy-pages', `/work/${CLUSTER}/h1/`)) {
+    process.kill(pid, 'SIGKILL');
+    killed = true;
+  }
+  expect(killed).toBe(true);
+  const res = await migrating;
+  expect(res.json.state).toBe('rolled-back');
+  expect(res.json.error.code).toBe('RESTORE_FAILED');
+  // Held stopped when its CRIU died (never two copies running), thawed by the rollback.
+  await expectRolledBackIntact('lazydie', w, 'h1');
+  expect((await cluster.ferry(['stop', 'lazydie'])).code).toBe(0);
 });
 
 test('malformed and hostile requests to an agent get clear errors and change nothing', async () => {

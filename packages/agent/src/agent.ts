@@ -522,7 +522,7 @@ export class Agent {
       // Post-copy: the relay's error says why (the source's answer), CRIU's only that it gave up.
       const filled = inc.relay ? Promise.all([lazy.done, inc.relay.done]) : lazy.done;
       await filled.catch(async (err) => {
-        // This copy dies first: a source CRIU whose session ends abruptly lets its own copy run on.
+        // This copy dies before its daemon: nothing of it may run once the source may thaw.
         await this.deps.criu.kill(restored.pid).catch(() => undefined);
         lazy?.stop();
         const why = inc.relay ? await inc.relay.done.then(() => err, (relayErr: unknown) => relayErr) : err;
@@ -696,6 +696,8 @@ export class Agent {
         // to (the roles of page-server-tls.ts swapped); else on loopback, for this agent only.
         lazyTls = this.deps.criuInfo.pageServerTls ? await makePageServerTls(join(lazyDir, 'tls'), this.opts.address) : undefined;
         lazyDump = await LazyDump.start(this.deps.criu, dumpRequest, join(lazyDir, 'dump.log'), lazyTls ? this.opts.address : '127.0.0.1', lazyTls?.server);
+        // While CRIU serves the pages it holds the tree; if it dies, this keeps the tree stopped.
+        await this.deps.criu.holdStopped(rec.pid);
         return { durationMs: lazyDump.durationMs, logPath: join(lazyDir, 'dump.log'), memoryBytesWritten: 0 };
       }).finally(() => rm(tlsDir, { recursive: true, force: true }));
       dumpMs = dumped.durationMs;
@@ -710,6 +712,8 @@ export class Agent {
       pageBytes = req.pageServer ? (dumped.memoryBytesWritten ?? 0) : 0;
       this.deps.metrics?.dumped(dumpMs);
     } catch (err) {
+      // A lazy dump that started holds the tree: it goes first (the tree stays stopped, then thawed below).
+      (lazyDump as LazyDump | undefined)?.stop();
       // A dump that succeeded left connections locked in repair mode (moving the address failed after it): undo that first.
       if (rec.migration?.lockTable) await this.reviveSourceNetwork(rec).catch((e) => this.log.error({ err: toFerryError(e).message }, 'could not revive the connections'));
       // CRIU resumes the tree itself when a dump fails; make sure of it and forget the mark.
@@ -814,7 +818,6 @@ export class Agent {
     const rec = this.deps.inventory.get(req.workload);
     if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
       // Its sockets are still in repair mode, so this kill sends the peers nothing; then the lock can go.
-      // Killed before a lazy dump's end: CRIU dying first would leave the tree to run on.
       if (await isAlive(rec.pid, rec.startTime)) await this.deps.criu.kill(rec.pid);
       await this.closeLazySource(req.migrationId);
       if (rec.migration.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);

@@ -337,6 +337,16 @@ export class CriuDriver {
   }
 
   /** Resumes a tree left stopped by `dump({ leaveStopped: true })`: SIGCONT to every process. Returns the pids resumed. */
+  /**
+   * SIGSTOP to every process of a tree CRIU holds (a lazy dump serving its pages): queued behind
+   * CRIU's ptrace stop, it keeps the tree stopped if CRIU exits without stopping it itself (killed,
+   * or failing, when CRIU would let it run on). thaw() undoes it.
+   */
+  async holdStopped(rootPid: number): Promise<number[]> {
+    if (!(await isAlive(rootPid))) throw new FerryError(ErrorCode.NOT_FOUND, `no process ${rootPid} to hold`);
+    return signalTree(rootPid, 'SIGSTOP');
+  }
+
   async thaw(rootPid: number): Promise<number[]> {
     if (!(await isAlive(rootPid))) throw new FerryError(ErrorCode.NOT_FOUND, `no process ${rootPid} to thaw`);
     const pids = await signalTree(rootPid, 'SIGCONT');

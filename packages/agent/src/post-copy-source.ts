@@ -288,8 +288,8 @@ export class CriuDirectLazySource implements PostCopySource {
 
 /**
  * Waits for a lazy dump to exit once its session is over. If nobody ends the session (the target's
- * host is gone), CRIU is killed: its tree, no longer traced, runs on, which is what a rollback
- * wants (a release kills the tree before it gets here).
+ * host is gone), CRIU is killed; the tree stays stopped (the agent's SIGSTOP, holdStopped in
+ * criu-driver.ts) for the release to kill or the rollback to thaw.
  */
 async function awaitDumpEnd(dump: LazyDump): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
