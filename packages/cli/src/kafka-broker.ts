@@ -112,7 +112,8 @@ export async function startKafkaBroker(partial: Partial<KafkaBrokerOptions> = {}
   // A KRaft cluster id is 16 random bytes, base64url without padding (what `kafka-storage.sh random-uuid` prints).
   const clusterId = randomBytes(16).toString('base64url');
   try {
-    await exec(o.java, [...jvm, 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', config], { timeout: 60_000 });
+    // `--cluster-id=ID`, not `-t ID`: a base64url id starting with '-' (1 in 64) reads as an option otherwise.
+    await exec(o.java, [...jvm, 'kafka.tools.StorageTool', 'format', `--cluster-id=${clusterId}`, '-c', config], { timeout: 60_000 });
   } catch (err) {
     throw new FerryError(ErrorCode.INTERNAL, `kafka-storage format failed: ${(err as { stderr?: string }).stderr ?? (err as Error).message}`, { cause: err });
   }
