@@ -59,7 +59,7 @@ import type { AgentOptions } from './agent-options';
 import { LazyDump, LazyPagesDaemon, PageServer, sumPageImageBytes } from './criu-service';
 import { LazyPageRelay } from './lazy-page-relay';
 import { CriuDirectLazySource, CriuLazySource, LazyMemorySource, type PostCopySource } from './post-copy-source';
-import { lazyRunsOf } from './pagemap-image';
+import { lazyRunBytes, lazyRunsOf } from './pagemap-image';
 import { PagePrefetcher } from './page-prefetch';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls, type PageServerTlsFiles } from './page-server-tls';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from './service-address';
@@ -535,7 +535,7 @@ export class Agent {
     const fetched = inc.relay
       ? (await inc.relay.done).pages * MEMORY_PAGE_BYTES
       : req.postCopy && req.lazyPageServer
-        ? (await lazyRunsOf(inc.dir, await readdir(inc.dir))).reduce((n, r) => n + r.nrPages * MEMORY_PAGE_BYTES, 0)
+        ? lazyRunBytes(await lazyRunsOf(inc.dir, await readdir(inc.dir)))
         : 0;
     this.log.info({ migrationId: req.migrationId, workload: req.workload, pid: restored.pid, ms: resumedAt - started, lazy: req.lazyPages }, 'workload restored');
     const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : fetched;
@@ -745,8 +745,9 @@ export class Agent {
     const log = this.log.child({ migrationId: req.migrationId });
     // Kept until release or rollback, which close it. A lazy dump is registered at once (as a
     // direct source: closing it waits for CRIU to end), so a failed send still ends it.
+    const lazyRuns = lazyDump ? await lazyRunsOf(dir, await readdir(dir)) : [];
     if (lazyDump) {
-      lazyBytes = await CriuDirectLazySource.lazyBytesOf(dir);
+      lazyBytes = lazyRunBytes(lazyRuns);
       this.lazySources.set(req.migrationId, new CriuDirectLazySource(lazyDump, lazyBytes));
     } else if (req.postCopy) {
       // The images sent below are what the rewrite leaves.
@@ -770,7 +771,7 @@ export class Agent {
       } else {
         // Through NATS: this agent is CRIU's client and answers the target's page requests.
         const running = lazyDump;
-        const relay = await CriuLazySource.start(this.deps.nc, req.transferId, running, dir, req.imageKey ?? null, log, lazyTls?.client).catch((err: unknown) => {
+        const relay = await CriuLazySource.start(this.deps.nc, req.transferId, running, lazyRuns, req.imageKey ?? null, log, lazyTls?.client).catch((err: unknown) => {
           // Nobody would end its page session: CRIU dies, the tree for the rollback to thaw.
           running.stop();
           throw err;

@@ -17,13 +17,7 @@
 import { ErrorCode, FerryError } from '@ferry/protocol';
 import type { PageRun } from '@ferry/transfer';
 import type { PageFetcher } from './lazy-page-relay';
-import { PAGE_SIZE } from './pagemap-image';
-
-export interface LazyRun {
-  pid: number;
-  vaddr: number;
-  nrPages: number;
-}
+import { PAGE_SIZE, type LazyRun } from './pagemap-image';
 
 export interface PrefetchOptions {
   /** Pages per prefetch request (1024: 4 MiB, the most CRIU itself asks for at once). */

@@ -249,12 +249,24 @@ export interface PostCopySplit {
 
 const TASK_PAGEMAP = /^pagemap-(\d+)\.img$/;
 
+/** A run of a task's lazy pages. */
+export interface LazyRun {
+  pid: number;
+  vaddr: number;
+  nrPages: number;
+}
+
+/** Their bytes. */
+export function lazyRunBytes(runs: LazyRun[]): number {
+  return runs.reduce((n, r) => n + r.nrPages * PAGE_SIZE, 0);
+}
+
 /**
- * Target side: the runs a post-copy image left on the source (PE_LAZY without PE_PRESENT in each
+ * The runs a post-copy image left on the source (PE_LAZY without PE_PRESENT in each
  * task's pagemap), i.e. what the target will fetch.
  */
-export async function lazyRunsOf(imagesDir: string, names: string[]): Promise<{ pid: number; vaddr: number; nrPages: number }[]> {
-  const runs: { pid: number; vaddr: number; nrPages: number }[] = [];
+export async function lazyRunsOf(imagesDir: string, names: string[]): Promise<LazyRun[]> {
+  const runs: LazyRun[] = [];
   for (const name of names) {
     const m = TASK_PAGEMAP.exec(name);
     if (!m) continue;

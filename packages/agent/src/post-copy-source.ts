@@ -1,9 +1,13 @@
 /**
- * Source side of post-copy: after the dump, the workload's lazy memory (private anonymous pages,
- * nearly all of a big workload) moves out of the images dir into the migration's lazy dir, and
- * this agent answers the target's requests for it over NATS until the migration is released or
- * rolled back. The frozen tree and these pages stay here until then, so a failure at any point
- * before the target has every page rolls back to an intact source.
+ * Source side of post-copy: the workload's lazy memory (private anonymous pages, nearly all of a
+ * big workload) stays here, with the frozen tree, until the migration is released or rolled back,
+ * so a failure at any point before the target has every page rolls back to an intact source. Three
+ * ways to hand it out (docs/architecture.md):
+ * - CriuDirectLazySource: CRIU's lazy dump holds it in its pipes and the target's CRIU fetches it
+ *   straight, over mutual TLS;
+ * - CriuLazySource: the same dump, this agent its client, answering the target's requests over NATS;
+ * - LazyMemorySource: a full dump rewritten to a lazy dump's layout, the pages served from the
+ *   original pages file over NATS (hosts without CriuInfo.lazyDump).
  */
 import { mkdir, open, readdir, type FileHandle } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
@@ -13,7 +17,7 @@ import { ErrorCode, FerryError, type Logger, type PageServerTls } from '@ferry/p
 import { MEMORY_PAGE_BYTES, servePageRequests, type PageResponder, type PageRun } from '@ferry/transfer';
 import { decodeIov, encodeIov, PAGE_SERVER_IOV_BYTES, PS_IOV_CLOSE, PS_IOV_GET, type PageServerIov } from './criu-page-protocol';
 import type { LazyDump } from './criu-service';
-import { LazyPageIndex, lazyRunsOf, splitForPostCopy } from './pagemap-image';
+import { LazyPageIndex, lazyRunBytes, splitForPostCopy, type LazyRun } from './pagemap-image';
 
 export class LazyMemorySource implements PostCopySource {
   private constructor(
@@ -215,16 +219,16 @@ export class CriuLazySource implements PostCopySource {
     readonly lazyBytes: number,
   ) {}
 
+  /** `runs`: the lazy runs of the dump's pagemaps (lazyRunsOf). */
   static async start(
     nc: NatsConnection,
     transferId: string,
     dump: LazyDump,
-    imagesDir: string,
+    runs: LazyRun[],
     imageKey: Uint8Array | null,
     log: Logger,
     tls?: PageServerTls,
   ): Promise<CriuLazySource> {
-    const runs = await lazyRunsOf(imagesDir, await readdir(imagesDir));
     const byPid = new Map<number, LazyPageIndex>();
     for (const pid of new Set(runs.map((r) => r.pid))) byPid.set(pid, LazyPageIndex.fromRuns(pid, runs.filter((r) => r.pid === pid)));
     const client = await CriuPageClient.connect(dump.address, dump.port, tls);
@@ -239,7 +243,7 @@ export class CriuLazySource implements PostCopySource {
       { imageKey, logger: log },
     );
     await nc.flush();
-    const lazyBytes = runs.reduce((n, r) => n + r.nrPages * MEMORY_PAGE_BYTES, 0);
+    const lazyBytes = lazyRunBytes(runs);
     log.info({ transferId, lazyBytes, tasks: byPid.size, port: dump.port }, 'lazy memory left in CRIU for post-copy');
     return new CriuLazySource(dump, client, responder, lazyBytes);
   }
@@ -274,11 +278,6 @@ export class CriuDirectLazySource implements PostCopySource {
   /** CRIU's own session: not counted here (the target's restore reply says what it received). */
   get bytesServed(): number {
     return 0;
-  }
-
-  static async lazyBytesOf(imagesDir: string): Promise<number> {
-    const runs = await lazyRunsOf(imagesDir, await readdir(imagesDir));
-    return runs.reduce((n, r) => n + r.nrPages * MEMORY_PAGE_BYTES, 0);
   }
 
   async close(): Promise<void> {
