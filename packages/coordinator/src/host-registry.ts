@@ -38,6 +38,8 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   private readonly hosts = new Map<string, HostEntry>();
   /** Migrations that just finished, by workload (see withRecentMoves). */
   private readonly recentMoves = new Map<string, { from: string; to: string; entry: WorkloadInfo; until: number }>();
+  /** Workloads the coordinator saw stopped or released, by host/name (see withRecentMoves). */
+  private readonly recentRemovals = new Map<string, { host: string; name: string; pid: number; until: number }>();
   /**
    * Only the leading coordinator writes hosts to Redis: a standby's view of `cordoned` may be
    * stale and must never overwrite the leader's.
@@ -262,9 +264,15 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
    * frozen copy. Until the target reports the workload itself (or the move is old), the move wins.
    */
   private withRecentMoves(host: string, workloads: WorkloadInfo[]): WorkloadInfo[] {
-    if (this.recentMoves.size === 0) return workloads;
+    if (this.recentMoves.size === 0 && this.recentRemovals.size === 0) return workloads;
     const now = this.now();
     let out = workloads;
+    // Likewise a list taken before a stop must not bring the stopped workload back (same pid:
+    // a new workload of that name is another process).
+    for (const [key, rm] of this.recentRemovals) {
+      if (rm.until < now) this.recentRemovals.delete(key);
+      else if (rm.host === host) out = out.filter((w) => !(w.name === rm.name && w.pid === rm.pid));
+    }
     for (const [name, mv] of this.recentMoves) {
       if (mv.until < now) {
         this.recentMoves.delete(name);
@@ -294,7 +302,10 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
 
   removeWorkload(host: string, name: string): void {
     const e = this.hosts.get(host);
-    if (e) e.workloads = e.workloads.filter((w) => w.name !== name);
+    if (!e) return;
+    const gone = e.workloads.find((w) => w.name === name);
+    e.workloads = e.workloads.filter((w) => w.name !== name);
+    if (gone) this.recentRemovals.set(`${host}/${name}`, { host, name, pid: gone.pid, until: this.now() + RECENT_MOVE_MS });
   }
 }
 

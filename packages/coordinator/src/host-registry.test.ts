@@ -1,0 +1,32 @@
+import type { Redis } from 'ioredis';
+import type { CriuInfo, WorkloadInfo } from '@ferry/protocol';
+import { HostRegistry } from './host-registry';
+
+/** Only what the registry calls on Redis, in memory (persistence is the integration tests' business). */
+function fakeRedis(): Redis {
+  const hash = new Map<string, string>();
+  return { hset: async (_k: string, f: string, v: string) => void hash.set(f, v), hgetall: async () => Object.fromEntries(hash) } as unknown as Redis;
+}
+
+const criu = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true } as CriuInfo;
+const workload = (pid: number): WorkloadInfo => ({ name: 'w', host: 'h1', state: 'running', pid, rssBytes: 1, argv: ['sleep'], startedAt: '', mounts: [] });
+const beat = (workloads: WorkloadInfo[]) => ({ host: 'h1', bootId: 'b1', address: '198.18.0.1', criu, memory: { totalBytes: 1, availableBytes: 1 }, workloads, workloadsDigest: `d${workloads.length}` });
+
+test('a workload list taken before a stop does not bring the stopped workload back; a new one of that name shows', async () => {
+  let now = 1_000;
+  const registry = new HostRegistry(fakeRedis(), 'test:', 10_000, () => now);
+  await registry.seen(beat([workload(10)]));
+  registry.removeWorkload('h1', 'w');
+  // The agent's list, fetched before its stop: still has pid 10.
+  registry.setWorkloads('h1', [workload(10)], 'd1');
+  expect(registry.findWorkload('w')).toBeUndefined();
+  await registry.seen(beat([workload(10)]));
+  expect(registry.findWorkload('w')).toBeUndefined();
+  // Started again: another process.
+  registry.setWorkloads('h1', [workload(11)], 'd1');
+  expect(registry.findWorkload('w')).toMatchObject({ pid: 11 });
+  // Long after, the host's own word stands again.
+  now += 60_000;
+  registry.setWorkloads('h1', [workload(10)], 'd1');
+  expect(registry.findWorkload('w')).toMatchObject({ pid: 10 });
+});
