@@ -171,3 +171,19 @@ test('drain moves each of three workloads to another host, intact and exactly on
   expect(back.json.to).not.toBe('h1');
   for (const name of ['dra', 'drb', 'drc']) expect((await cluster.ferry(['stop', name])).code).toBe(0);
 });
+
+test('drain --restore post-copy moves every workload with post-copy, intact and exactly once', async () => {
+  for (const name of ['drp', 'drq']) await launch(name, 'h2', 16);
+  const res = await cluster.ferry(['drain', 'h2', '--restore', 'post-copy', '--json']);
+  expect(res.stderr).toBe('');
+  expect(res.code).toBe(0);
+  const results = res.stdout.trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.kind === 'result');
+  expect(results.map((r) => r.migration.workload).sort()).toEqual(['drp', 'drq']);
+  for (const r of results) {
+    expect(r.migration).toMatchObject({ from: 'h2', state: 'succeeded', restore: 'post-copy' });
+    expect(r.migration.to).not.toBe('h2');
+    expect(r.migration.bytesTransferred).toBeGreaterThan(16 * 1024 * 1024);
+    await expectIntactOn(r.migration.workload, r.migration.to);
+  }
+  for (const name of ['drp', 'drq']) expect((await cluster.ferry(['stop', name])).code).toBe(0);
+});

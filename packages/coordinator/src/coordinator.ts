@@ -280,6 +280,9 @@ export class Coordinator {
       limits: { maxMigrationsPerSource: this.opts.maxMigrationsPerSource, maxMigrationsPerTarget: this.opts.maxMigrationsPerTarget },
       publish,
       log: this.log.child({ drainId: req.drainId }),
+    }, {
+      ...(req.transport ? { transport: req.transport } : {}),
+      ...(req.restore ? { restore: req.restore } : {}),
     }).finally(() => this.draining.delete(req.host));
     return plan;
   }

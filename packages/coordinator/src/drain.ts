@@ -15,7 +15,7 @@ import {
   type MigrationResult,
 } from '@ferry/protocol';
 import type { HostRegistry } from './host-registry';
-import type { MigrationRunner } from './migration-runner';
+import type { MigrateParams, MigrationRunner } from './migration-runner';
 import { placeWorkload } from './placement';
 
 /** How long a drain waiting for a free slot sleeps at most before looking at the hosts again. */
@@ -45,7 +45,13 @@ export function drainPlan(registry: HostRegistry, host: string): string[] {
 }
 
 /** Runs a drain to its end (the host must already be cordoned); never throws, every outcome is an event. */
-export async function runDrain(host: string, drainId: string, workloads: string[], deps: DrainDeps): Promise<DrainSummary> {
+export async function runDrain(
+  host: string,
+  drainId: string,
+  workloads: string[],
+  deps: DrainDeps,
+  how: Pick<MigrateParams, 'transport' | 'restore'> = {},
+): Promise<DrainSummary> {
   const started = Date.now();
   const { runner, limits, log } = deps;
   const pending = workloads.map((name) => ({ name, exclude: new Set<string>(), attempts: 0 }));
@@ -82,7 +88,7 @@ export async function runDrain(host: string, drainId: string, workloads: string[
       item.attempts++;
       startedOne = true;
       const p: Promise<void> = runner
-        .migrate({ workload: item.name, exclude: item.exclude })
+        .migrate({ workload: item.name, exclude: item.exclude, ...how })
         .then((m: MigrationResult) => {
           // A pre-flight refusal (e.g. an incompatible CPU) changed nothing: try another host.
           if (m.state === 'rolled-back' && m.error?.code === ErrorCode.FAILED_PRECONDITION && item.attempts < MAX_ATTEMPTS_PER_WORKLOAD) {

@@ -442,6 +442,9 @@ export const DrainRequest = z.object({
   host: HostName,
   /** Chosen by the caller so it can subscribe to `events.drain` before asking. */
   drainId: Id,
+  /** For every migration of the drain, as in MigrateRequest (e.g. post-copy to empty a host fast). */
+  transport: TransportPreference.optional(),
+  restore: RestoreMode.optional(),
 });
 export type DrainRequest = z.infer<typeof DrainRequest>;
 

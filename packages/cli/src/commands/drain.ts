@@ -32,9 +32,11 @@ export function registerDrain(program: Command): Command {
     .command('drain')
     .description('cordon a host and live-migrate every workload off it; prints each result as it completes')
     .argument('<host>', 'host to empty')
+    .option('--restore <mode>', 'for every migration, as in `ferry migrate`: eager, lazy or post-copy (fastest; the workloads depend on this host until their memory has moved)')
+    .option('--transport <mode>', 'for every migration, as in `ferry migrate`: auto, direct, nats or page-server', 'auto')
     .option('--json', 'one JSON line per result ({kind: "result", migration} or {kind: "unplaced", workload, error}), then {kind: "done", summary}')
     .action(
-      action(async (host: string, opts: { json?: boolean }) => {
+      action(async (host: string, opts: { json?: boolean; restore?: string; transport: string }) => {
         const nc = await connectCluster();
         const drainId = `d-${randomBytes(8).toString('hex')}`;
         const line = (v: unknown) => process.stdout.write(`${JSON.stringify(v)}\n`);
@@ -80,7 +82,7 @@ export function registerDrain(program: Command): Command {
         });
         try {
           await nc.flush();
-          const plan = await request(nc, subjects.coord(CoordVerb.DRAIN), { host, drainId }, DrainReply, { timeoutMs: 15_000 });
+          const plan = await request(nc, subjects.coord(CoordVerb.DRAIN), { host, drainId, transport: opts.transport, ...(opts.restore ? { restore: opts.restore } : {}) }, DrainReply, { timeoutMs: 15_000 });
           planned = plan.workloads.length;
           if (!opts.json) say(`${host} cordoned; moving ${plan.workloads.length} workload(s): ${plan.workloads.join(', ') || '(none)'}`);
           const timeout = new Promise<never>((_r, reject) => setTimeout(() => reject(new Error(`drain of ${host} not finished within ${DRAIN_TIMEOUT_MS} ms`)), DRAIN_TIMEOUT_MS).unref());
