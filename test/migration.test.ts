@@ -99,6 +99,21 @@ test('a parent and child joined by a pipe migrate together', async () => {
   expect((await cluster.ferry(['stop', 'family'])).code).toBe(0);
 });
 
+test('post-copy: a parent and child joined by a pipe come back together, memory intact', async () => {
+  const w = await launch('family2', 24, true);
+  const counterBefore = await w.counter();
+  const res = await cluster.ferry(['migrate', 'family2', '--to', 'h2', '--restore', 'post-copy', '--json']);
+  expect(res.code).toBe(0);
+  expect(res.json).toMatchObject({ state: 'succeeded', restore: 'post-copy' });
+  await w.advancesPast(counterBefore + 50);
+  expect(await w.starts()).toBe(1);
+  const [entry] = await psEntry('family2');
+  expect(entry.host).toBe('h2');
+  expect(await w.runningCopies()).toEqual([entry.pid]);
+  expect(await w.verifyMemory(entry.pid)).toBe('OK');
+  expect((await cluster.ferry(['stop', 'family2'])).code).toBe(0);
+});
+
 test('a migration to an unknown host is refused with NOT_FOUND and the workload keeps running', async () => {
   const w = await launch('stay', 4);
   const res = await cluster.ferry(['migrate', 'stay', '--to', 'h9', '--json']);

@@ -154,6 +154,28 @@ test('a rollback (the restore fails on h1) leaves address and connection on h2, 
   expect(await udpEcho('after-rollback')).toBe('after-rollback');
 });
 
+test('post-copy: the echo server moves h2 -> h1 and back under the streaming client, its memory after it: never reset, nothing lost or repeated', async () => {
+  const status = join(scratch, 'a', 'client.status');
+  const res = await cluster.ferry(['migrate', 'echo', '--to', 'h1', '--restore', 'post-copy', '--json']);
+  expect(res.stderr).toBe('');
+  expect(res.json).toMatchObject({ workload: 'echo', from: 'h2', to: 'h1', state: 'succeeded', restore: 'post-copy' });
+  const after = await clientAdvances(status);
+  expect(after.ok).toBe(true);
+  expect(after.sent - after.echoed).toBeLessThan(5);
+  expect((await readFile(join(scratch, 'a', 'server.log'), 'utf8')).match(/^accepted /gm)).toHaveLength(1);
+  expect(await hostOf('echo')).toBe('h1');
+  expect(await addressesOf('h1')).toContain(serviceIp);
+  expect(await addressesOf('h2')).not.toContain(serviceIp);
+  expect(await nftTables('h1')).toBe('');
+  expect(await nftTables('h2')).toBe('');
+  expect(await udpEcho('after-post-copy')).toBe('after-post-copy');
+  // And back, where the tests after this one expect it.
+  const back = await cluster.ferry(['migrate', 'echo', '--to', 'h2', '--restore', 'post-copy', '--json']);
+  expect(back.json).toMatchObject({ from: 'h1', to: 'h2', state: 'succeeded' });
+  expect((await clientAdvances(status)).ok).toBe(true);
+  expect(await hostOf('echo')).toBe('h2');
+});
+
 test('what cannot move fails before anything is frozen: a peer on the same host, a connection without a service address', async () => {
   const dir = join(scratch, 'b');
   await mkdir(dir, { mode: 0o755 });
