@@ -178,9 +178,9 @@ async function ferryMigration(ctx, mib, { transport, args }) {
   const downtimeMs = maxGapMs(heartbeatFile, startS);
   await ferry(ctx.natsUrl, ['stop', name]);
   // With the page server the pages move during the dump: count both phases. In post-copy they move
-  // after the resume, until the migration ends: everything after the dump and the restore.
+  // after the resume: the small image's transfer, then the pull until the last page (phases.pullMs).
   const transferMs = postCopy
-    ? result.totalMs - result.phases.dumpMs - result.phases.restoreMs
+    ? result.phases.transferMs + (result.phases.pullMs ?? 0)
     : result.phases.transferMs + (result.transport === 'page-server' ? result.phases.dumpMs : 0);
   return {
     method: postCopy ? `ferry post-copy (${result.transport})` : transport === 'auto' ? `ferry default (${result.transport})` : `ferry (${result.transport})`,
@@ -189,7 +189,9 @@ async function ferryMigration(ctx, mib, { transport, args }) {
     mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,
     totalMs,
     cpu,
-    detail: `dump ${result.phases.dumpMs} ms, transfer ${result.phases.transferMs} ms, restore ${result.phases.restoreMs} ms, ${(result.bytesTransferred / MIB).toFixed(0)} MiB`,
+    detail:
+      `dump ${result.phases.dumpMs} ms, transfer ${result.phases.transferMs} ms, restore ${result.phases.restoreMs} ms` +
+      `${postCopy ? `, pages pulled in ${result.phases.pullMs} ms after the resume` : ''}, ${(result.bytesTransferred / MIB).toFixed(0)} MiB`,
   };
 }
 

@@ -51,6 +51,9 @@ test.each([
   const expectedTransport = transport !== 'auto' ? transport : restore === 'post-copy' ? 'direct' : 'page-server';
   expect(res.json).toMatchObject({ workload: 'tx', to, state: 'succeeded', transport: expectedTransport, restore: restore ?? 'lazy' });
   expect(res.json.bytesTransferred).toBeGreaterThan(48 * MIB);
+  // Lazy and post-copy restores say how long after the resume the memory was all in place.
+  if (restore !== 'eager') expect(res.json.phases.pullMs).toBeGreaterThan(0);
+  else expect(res.json.phases.pullMs).toBeUndefined();
   expect(await w.advancesPast(counterBefore)).toBeGreaterThan(counterBefore);
   expect(await w.starts()).toBe(1);
   const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; pid: number }>;

@@ -541,7 +541,7 @@ export class Agent {
     const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : fetched;
     // The memory pages came by the page server, not the stream: they count as received all the same.
     if (pageBytes > 0) this.deps.metrics?.received(pageBytes);
-    return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt, pageBytes };
+    return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt, pageBytes, pullMs: lazy ? Date.now() - resumedAt : 0 };
   }
 
   /** The coordinator confirmed the whole migration: the restored copy is ours for good. */

@@ -309,6 +309,7 @@ export class MigrationRunner {
       restoredOnTarget = true;
       m.pid = rs.pid;
       m.phases.restoreMs = rs.restoreMs;
+      if (rs.pullMs > 0) m.phases.pullMs = rs.pullMs;
       m.downtimeMs = Math.max(0, rs.resumedAt - cp.frozenAt);
       // Post-copy: the pages fetched after the resume crossed too (with the page server they are in cp.bytes already).
       if (postCopy) m.bytesTransferred += rs.pageBytes;

@@ -182,6 +182,8 @@ export const MigrationResult = z.object({
     dumpMs: z.number().nonnegative(),
     transferMs: z.number().nonnegative(),
     restoreMs: z.number().nonnegative(),
+    /** Lazy and post-copy restores: from the resume until the last page was in place (the workload running meanwhile). */
+    pullMs: z.number().nonnegative().optional(),
   }),
   /** Pid on the target after success. */
   pid: z.number().int().nullable(),
@@ -322,8 +324,10 @@ export const RestoreReply = z.object({
   restoreMs: z.number(),
   /** Wall-clock time (ms since epoch) the restored workload was running again. */
   resumedAt: z.number(),
-  /** Memory-page bytes a page server received for this restore (page-server transport), else 0. */
+  /** Memory-page bytes a page server received for this restore (page-server transport) or fetched after the resume (post-copy), else 0. */
   pageBytes: z.number().int().nonnegative().default(0),
+  /** Lazy restores: ms from the resume until every page was in place. */
+  pullMs: z.number().nonnegative().default(0),
 });
 export type RestoreReply = z.infer<typeof RestoreReply>;
 

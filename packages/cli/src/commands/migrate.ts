@@ -113,7 +113,8 @@ export function registerMigrate(program: Command): Command {
             process.stdout.write(
               `${m.workload}: ${m.from} -> ${m.to} ${m.state} (id ${m.id})\n` +
                 `  downtime ${m.downtimeMs} ms, total ${m.totalMs} ms, ${formatBytes(m.bytesTransferred)} over ${m.transport}\n` +
-                `  dump ${m.phases.dumpMs} ms, transfer ${m.phases.transferMs} ms, restore ${m.phases.restoreMs} ms\n` +
+                `  dump ${m.phases.dumpMs} ms, transfer ${m.phases.transferMs} ms, restore ${m.phases.restoreMs} ms` +
+                `${m.phases.pullMs ? `, memory in place ${m.phases.pullMs} ms after the resume` : ''}\n` +
                 (m.placement ? `  placed on ${m.placement.reason}\n` : '') +
                 (m.error ? `  error ${m.error.code}: ${m.error.message}\n` : ''),
             );
