@@ -159,6 +159,17 @@ describe('helm chart', () => {
     });
   });
 
+  test('a default restore mode reaches the coordinator; the agent raises the pipe limit CRIU\'s lazy dump needs', async () => {
+    expect(find(await render([]), 'ConfigMap', 'rel-ferry-config').data.FERRY_DEFAULT_RESTORE).toBeUndefined();
+    const objects = await render([], ['--set', 'cluster.defaultRestore=post-copy']);
+    expect(find(objects, 'ConfigMap', 'rel-ferry-config').data).toMatchObject({ FERRY_DEFAULT_RESTORE: 'post-copy' });
+    const init = find(objects, 'DaemonSet', 'rel-ferry-agent').spec.template.spec.initContainers;
+    expect(init).toEqual([expect.objectContaining({ name: 'pipe-max-size', securityContext: expect.objectContaining({ privileged: true }) })]);
+    expect(init[0].command.join(' ')).toContain('4194304 > /proc/sys/fs/pipe-max-size');
+    // The schema refuses a mode that does not exist.
+    await expect(render([], ['--set', 'cluster.defaultRestore=teleport'])).rejects.toThrow(/defaultRestore/);
+  });
+
   test('scheduling, replicas, filesystems and a ServiceMonitor when the operator API is served', async () => {
     const objects = await render(['scheduling.yaml'], ['--api-versions', SERVICE_MONITOR_API]);
     const pod = find(objects, 'DaemonSet', 'rel-ferry-agent').spec.template.spec;

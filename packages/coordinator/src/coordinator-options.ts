@@ -1,4 +1,4 @@
-import { ErrorCode, FerryError, type FilesystemSpec } from '@ferry/protocol';
+import { ErrorCode, FerryError, RestoreMode, type FilesystemSpec } from '@ferry/protocol';
 
 /** A host that has not sent a heartbeat for this long is lost (three missed 1 s beats). */
 export const DEFAULT_HOST_LOST_AFTER_MS = 3_000;
@@ -33,6 +33,11 @@ export interface CoordinatorOptions {
   coordinatorId: string;
   /** How often a restarted leader retries in-flight migrations it could not settle yet. */
   recoveryRetryMs: number;
+  /**
+   * Restore mode of a migration that names none (FERRY_DEFAULT_RESTORE), where the hosts allow it
+   * (transport-choice.ts); null: lazy where the target allows it, else eager.
+   */
+  defaultRestore: RestoreMode | null;
 }
 
 export function defaultCoordinatorOptions(): CoordinatorOptions {
@@ -52,6 +57,7 @@ export function defaultCoordinatorOptions(): CoordinatorOptions {
     leaseTtlMs: 5_000,
     coordinatorId: `c-${process.pid}-${Date.now().toString(36)}`,
     recoveryRetryMs: 2_000,
+    defaultRestore: null,
   };
 }
 
@@ -73,6 +79,9 @@ export function compileCoordinatorOptions(partial: Partial<CoordinatorOptions> =
   }
   for (const k of ['maxMigrationsPerSource', 'maxMigrationsPerTarget'] as const) {
     if (!Number.isInteger(o[k])) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${k} must be a whole number`);
+  }
+  if (o.defaultRestore !== null && !RestoreMode.safeParse(o.defaultRestore).success) {
+    throw new FerryError(ErrorCode.INVALID_ARGUMENT, `defaultRestore must be eager, lazy or post-copy, got ${String(o.defaultRestore)}`);
   }
   // A lease renewed every third of its life survives two missed renewals.
   if (o.leaseTtlMs < 300) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'leaseTtlMs must be at least 300');

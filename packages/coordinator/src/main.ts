@@ -1,6 +1,6 @@
 /** ferry-coordinator: configuration from the environment, everything else in startCoordinator(). */
 import pino from 'pino';
-import { toFerryError } from '@ferry/protocol';
+import { toFerryError, type RestoreMode } from '@ferry/protocol';
 import { startCoordinator } from './start-coordinator';
 import { loadFilesystemsFile } from './filesystems';
 
@@ -21,6 +21,7 @@ async function main(): Promise<void> {
       maxMigrationsPerTarget: num(env.FERRY_MAX_MIGRATIONS_PER_TARGET),
       leaseTtlMs: num(env.FERRY_LEASE_TTL_MS),
       coordinatorId: env.FERRY_COORDINATOR_ID || undefined,
+      defaultRestore: (env.FERRY_DEFAULT_RESTORE || undefined) as RestoreMode | undefined,
     },
     logger,
     {

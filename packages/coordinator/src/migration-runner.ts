@@ -39,7 +39,7 @@ import type { MigrationRecord, MigrationStore } from './migration-store';
 import { MigrationSlots } from './migration-slots';
 import { memoryNeeded, placeWorkload, type Placement } from './placement';
 import { recoverMigration } from './migration-recovery';
-import { bothPageServerTls, chooseTransport, firstFrameTimeoutMs } from './transport-choice';
+import { bothPageServerTls, chooseRestoreMode, chooseTransport, firstFrameTimeoutMs } from './transport-choice';
 
 /** AES-256-GCM key of a migration's image frames (@ferry/transfer chunk-cipher.ts). */
 const IMAGE_KEY_BYTES = 32;
@@ -236,15 +236,7 @@ export class MigrationRunner {
       const before = this.registry.findWorkload(m.workload);
       await this.preflight(m);
       // Decided before anything is frozen, from the target's probe.
-      const lazyOk = this.registry.describe(m.to).criu.lazyPages;
-      if ((m.restore === 'lazy' || m.restore === 'post-copy') && !lazyOk) {
-        throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${m.to} cannot restore lazily (its CRIU probe found no userfaultfd support)`);
-      }
-      if (m.restore === 'post-copy' && m.transportPreference === 'page-server') {
-        // CRIU's page server would carry every page during the dump, which is what post-copy avoids.
-        throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'post-copy keeps the memory on the source; it cannot go with the page-server transport');
-      }
-      m.restore = m.restore ?? (lazyOk ? 'lazy' : 'eager');
+      m.restore = chooseRestoreMode(m.restore, this.opts.defaultRestore, this.registry.describe(m.to).criu, m.to, m.transportPreference ?? 'auto');
 
       await this.step(m, 'receiving');
       const sourceCriu = this.registry.describe(m.from).criu;

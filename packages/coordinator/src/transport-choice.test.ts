@@ -1,4 +1,4 @@
-import { bothPageServerTls, chooseTransport, firstFrameTimeoutMs, MIN_DUMP_BYTES_PER_S } from './transport-choice';
+import { bothPageServerTls, chooseRestoreMode, chooseTransport, firstFrameTimeoutMs, MIN_DUMP_BYTES_PER_S } from './transport-choice';
 
 const tls = { pageServerTls: true };
 const clear = { pageServerTls: false };
@@ -29,4 +29,25 @@ test('the first frame may take the idle timeout plus a slow dump of the workload
   expect(firstFrameTimeoutMs(5000, MIN_DUMP_BYTES_PER_S * 100_000, 1_800_000)).toBe(1_800_000);
   // Never below the idle timeout, even with a tiny checkpoint deadline.
   expect(firstFrameTimeoutMs(5000, MIN_DUMP_BYTES_PER_S * 100, 1000)).toBe(5000);
+});
+
+describe('chooseRestoreMode', () => {
+  const lazy = { lazyPages: true };
+  const noUffd = { lazyPages: false };
+  test('an explicit mode is that mode, or an error before anything is frozen', () => {
+    expect(chooseRestoreMode('post-copy', null, lazy, 'h2', 'auto')).toBe('post-copy');
+    expect(chooseRestoreMode('eager', 'post-copy', lazy, 'h2', 'auto')).toBe('eager');
+    expect(() => chooseRestoreMode('lazy', null, noUffd, 'h2', 'auto')).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION' }));
+    expect(() => chooseRestoreMode('post-copy', null, lazy, 'h2', 'page-server')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+  });
+  test('without one: lazy where the target allows it; never post-copy unless the cluster says so', () => {
+    expect(chooseRestoreMode(undefined, null, lazy, 'h2', 'auto')).toBe('lazy');
+    expect(chooseRestoreMode(undefined, null, noUffd, 'h2', 'auto')).toBe('eager');
+    expect(chooseRestoreMode(undefined, 'eager', lazy, 'h2', 'auto')).toBe('eager');
+  });
+  test('a cluster default of post-copy steps down where it cannot be had', () => {
+    expect(chooseRestoreMode(undefined, 'post-copy', lazy, 'h2', 'auto')).toBe('post-copy');
+    expect(chooseRestoreMode(undefined, 'post-copy', lazy, 'h2', 'page-server')).toBe('lazy');
+    expect(chooseRestoreMode(undefined, 'post-copy', noUffd, 'h2', 'auto')).toBe('eager');
+  });
 });

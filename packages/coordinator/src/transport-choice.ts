@@ -7,7 +7,37 @@
  * workload's memory in clear; elsewhere `auto` is ferry's own sealed stream (direct TCP, NATS as
  * fallback).
  */
-import type { CriuInfo, TransportPreference } from '@ferry/protocol';
+import { ErrorCode, FerryError, type CriuInfo, type RestoreMode, type TransportPreference } from '@ferry/protocol';
+
+/**
+ * The restore mode of a migration. Asked for explicitly, it is that or an error (before anything
+ * is frozen); else the cluster's default (FERRY_DEFAULT_RESTORE) where the target's probe and the
+ * transport allow it, stepping down post-copy -> lazy -> eager. Without a default: lazy where
+ * allowed. Post-copy is never the built-in default: until the last page has moved the workload
+ * depends on its source host, and a source that dies then takes it along.
+ */
+export function chooseRestoreMode(
+  explicit: RestoreMode | undefined,
+  clusterDefault: RestoreMode | null,
+  target: Pick<CriuInfo, 'lazyPages'>,
+  targetName: string,
+  transport: TransportPreference,
+): RestoreMode {
+  const lazyOk = target.lazyPages === true;
+  if (explicit !== undefined) {
+    if ((explicit === 'lazy' || explicit === 'post-copy') && !lazyOk) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${targetName} cannot restore lazily (its CRIU probe found no userfaultfd support)`);
+    }
+    if (explicit === 'post-copy' && transport === 'page-server') {
+      // CRIU's page server would carry every page during the dump, which is what post-copy avoids.
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'post-copy keeps the memory on the source; it cannot go with the page-server transport');
+    }
+    return explicit;
+  }
+  if (clusterDefault === 'post-copy' && lazyOk && transport !== 'page-server') return 'post-copy';
+  if (clusterDefault === 'eager') return 'eager';
+  return lazyOk ? 'lazy' : 'eager';
+}
 
 /** Both ends can run the page server over TLS. */
 export function bothPageServerTls(source: Pick<CriuInfo, 'pageServerTls'>, target: Pick<CriuInfo, 'pageServerTls'>): boolean {
