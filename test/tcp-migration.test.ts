@@ -100,6 +100,20 @@ async function hostOf(name: string): Promise<string> {
   return entries[0].host;
 }
 
+/**
+ * The echo server runs on `host` alone: its address there and not on `other`, CRIU's network lock
+ * gone from both hosts, still the one connection it ever accepted, its UDP socket answering.
+ */
+async function expectEchoServerOn(host: string, other: string, udpPayload: string): Promise<void> {
+  expect(await hostOf('echo')).toBe(host);
+  expect(await addressesOf(host)).toContain(serviceIp);
+  expect(await addressesOf(other)).not.toContain(serviceIp);
+  expect(await nftTables('h1')).toBe('');
+  expect(await nftTables('h2')).toBe('');
+  expect((await readFile(join(scratch, 'a', 'server.log'), 'utf8')).match(/^accepted /gm)).toHaveLength(1);
+  expect(await udpEcho(udpPayload)).toBe(udpPayload);
+}
+
 test('an echo server migrates h1 -> h2 under a streaming client: never reset, nothing lost or repeated', async () => {
   const dir = join(scratch, 'a');
   await mkdir(dir, { mode: 0o755 });
@@ -123,15 +137,8 @@ test('an echo server migrates h1 -> h2 under a streaming client: never reset, no
   const after = await clientAdvances(status);
   expect(after.ok).toBe(true);
   expect(after.sent - after.echoed).toBeLessThan(5);
-  expect((await readFile(serverLog, 'utf8')).match(/^accepted /gm)).toHaveLength(1);
-  expect(await hostOf('echo')).toBe('h2');
-  // The address moved; CRIU's network lock is gone from both hosts.
-  expect(await addressesOf('h2')).toContain(serviceIp);
-  expect(await addressesOf('h1')).not.toContain(serviceIp);
-  expect(await nftTables('h1')).toBe('');
-  expect(await nftTables('h2')).toBe('');
-  // Its UDP socket came along too.
-  expect(await udpEcho('after-migration')).toBe('after-migration');
+  // The address moved, CRIU's network lock is gone from both hosts, its UDP socket came along too.
+  await expectEchoServerOn('h2', 'h1', 'after-migration');
 });
 
 test('a rollback (the restore fails on h1) leaves address and connection on h2, intact', async () => {
@@ -145,13 +152,7 @@ test('a rollback (the restore fails on h1) leaves address and connection on h2, 
   }
   const after = await clientAdvances(status);
   expect(after.ok).toBe(true);
-  expect(await hostOf('echo')).toBe('h2');
-  expect(await addressesOf('h2')).toContain(serviceIp);
-  expect(await addressesOf('h1')).not.toContain(serviceIp);
-  expect(await nftTables('h1')).toBe('');
-  expect(await nftTables('h2')).toBe('');
-  expect((await readFile(join(scratch, 'a', 'server.log'), 'utf8')).match(/^accepted /gm)).toHaveLength(1);
-  expect(await udpEcho('after-rollback')).toBe('after-rollback');
+  await expectEchoServerOn('h2', 'h1', 'after-rollback');
 });
 
 test('post-copy: the echo server moves h2 -> h1 and back under the streaming client, its memory after it: never reset, nothing lost or repeated', async () => {
@@ -162,18 +163,12 @@ test('post-copy: the echo server moves h2 -> h1 and back under the streaming cli
   const after = await clientAdvances(status);
   expect(after.ok).toBe(true);
   expect(after.sent - after.echoed).toBeLessThan(5);
-  expect((await readFile(join(scratch, 'a', 'server.log'), 'utf8')).match(/^accepted /gm)).toHaveLength(1);
-  expect(await hostOf('echo')).toBe('h1');
-  expect(await addressesOf('h1')).toContain(serviceIp);
-  expect(await addressesOf('h2')).not.toContain(serviceIp);
-  expect(await nftTables('h1')).toBe('');
-  expect(await nftTables('h2')).toBe('');
-  expect(await udpEcho('after-post-copy')).toBe('after-post-copy');
+  await expectEchoServerOn('h1', 'h2', 'after-post-copy');
   // And back, where the tests after this one expect it.
   const back = await cluster.ferry(['migrate', 'echo', '--to', 'h2', '--restore', 'post-copy', '--json']);
   expect(back.json).toMatchObject({ from: 'h1', to: 'h2', state: 'succeeded' });
   expect((await clientAdvances(status)).ok).toBe(true);
-  expect(await hostOf('echo')).toBe('h2');
+  await expectEchoServerOn('h2', 'h1', 'after-post-copy-back');
 });
 
 test('what cannot move fails before anything is frozen: a peer on the same host, a connection without a service address', async () => {
