@@ -145,8 +145,9 @@ export class PageServer {
 /**
  * Post-copy's source side where the probe allows it (CriuInfo.lazyDump): `criu dump --lazy-pages`.
  * CRIU freezes the tree, writes every image but the lazy memory, and then serves that memory
- * straight from the pipes it spliced it into, to whoever connects to `127.0.0.1:port` speaking
- * its page-server protocol (post-copy-source.ts, for the target). Nothing of the lazy memory is
+ * straight from the pipes it spliced it into, to the one client that connects to `address:port`
+ * speaking its page-server protocol: the target's `criu lazy-pages`, or this agent relaying for it
+ * (post-copy-source.ts). Nothing of the lazy memory is
  * written: the freeze lasts as long as dumping the rest, whatever the memory size.
  *
  * `ready` resolves when the images are written and the page server listens; `done` when the client
@@ -187,7 +188,7 @@ export class LazyDump {
     return this.service.done;
   }
 
-  /** Kills it: the tree is left as CRIU leaves it when it dies (stopped, traced by nobody). */
+  /** Kills it. Its tree, no longer traced, stays stopped only by the agent's SIGSTOP (CriuDriver.holdStopped). */
   stop(): void {
     this.service.stop();
   }
