@@ -745,7 +745,14 @@ export class Agent {
     const log = this.log.child({ migrationId: req.migrationId });
     // Kept until release or rollback, which close it. A lazy dump is registered at once (as a
     // direct source: closing it waits for CRIU to end), so a failed send still ends it.
-    const lazyRuns = lazyDump ? await lazyRunsOf(dir, await readdir(dir)) : [];
+    const holding = lazyDump;
+    const lazyRuns = holding
+      ? await lazyRunsOf(dir, await readdir(dir)).catch((err: unknown) => {
+          // Not registered yet, so nothing else would end it: CRIU dies, the tree for the rollback to thaw.
+          holding.stop();
+          throw err;
+        })
+      : [];
     if (lazyDump) {
       lazyBytes = lazyRunBytes(lazyRuns);
       this.lazySources.set(req.migrationId, new CriuDirectLazySource(lazyDump, lazyBytes));
