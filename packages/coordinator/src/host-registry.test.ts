@@ -30,3 +30,16 @@ test('a workload list taken before a stop does not bring the stopped workload ba
   registry.setWorkloads('h1', [workload(10)], 'd1');
   expect(registry.findWorkload('w')).toMatchObject({ pid: 10 });
 });
+
+test('a workload stopped right after a migration onto its host stays gone, whatever list comes late', async () => {
+  const registry = new HostRegistry(fakeRedis(), 'test:', 10_000, () => 1_000);
+  await registry.seen(beat([workload(10)]));
+  await registry.seen({ ...beat([]), host: 'h2', bootId: 'b2', address: '198.18.0.2' });
+  registry.moveWorkload('w', 'h1', 'h2', 20);
+  expect(registry.findWorkload('w')).toMatchObject({ host: 'h2', pid: 20 });
+  registry.removeWorkload('h2', 'w');
+  // h2's list from before the restore (without it) and h1's from before the freeze (with it).
+  registry.setWorkloads('h2', [], 'd0');
+  registry.setWorkloads('h1', [workload(10)], 'd1');
+  expect(registry.findWorkload('w')).toBeUndefined();
+});

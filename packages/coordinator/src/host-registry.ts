@@ -37,7 +37,7 @@ export interface HostRegistryEvents {
 export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   private readonly hosts = new Map<string, HostEntry>();
   /** Migrations that just finished, by workload (see withRecentMoves). */
-  private readonly recentMoves = new Map<string, { from: string; to: string; entry: WorkloadInfo; until: number }>();
+  private readonly recentMoves = new Map<string, { from: string; to: string; entry: WorkloadInfo; until: number; stopped?: boolean }>();
   /** Workloads the coordinator saw stopped or released, by host/name (see withRecentMoves). */
   private readonly recentRemovals = new Map<string, { host: string; name: string; pid: number; until: number }>();
   /**
@@ -279,6 +279,8 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
         continue;
       }
       if (host === mv.to) {
+        // Stopped there since: the removal above has the say on this host.
+        if (mv.stopped) continue;
         if (out.some((w) => w.name === name && w.pid === mv.entry.pid)) this.recentMoves.delete(name);
         else out = [...out.filter((w) => w.name !== name), mv.entry];
       } else if (host === mv.from) {
@@ -306,6 +308,10 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
     const gone = e.workloads.find((w) => w.name === name);
     e.workloads = e.workloads.filter((w) => w.name !== name);
     if (gone) this.recentRemovals.set(`${host}/${name}`, { host, name, pid: gone.pid, until: this.now() + RECENT_MOVE_MS });
+    // A migration onto this host just before must not bring it back either (it still keeps the
+    // source's late lists from bringing back the frozen copy).
+    const mv = this.recentMoves.get(name);
+    if (mv?.to === host) mv.stopped = true;
   }
 }
 
