@@ -26,8 +26,6 @@ export class LazyMemorySource implements PostCopySource {
     private responder: PageResponder | undefined,
     /** Bytes kept here for the target to fetch. */
     readonly lazyBytes: number,
-    /** Bytes left in the images for the restore itself. */
-    readonly eagerBytes: number,
   ) {}
 
   /**
@@ -46,7 +44,7 @@ export class LazyMemorySource implements PostCopySource {
     await mkdir(lazyDir, { recursive: true, mode: 0o700 });
     const split = await splitForPostCopy(imagesDir, lazyDir, await readdir(imagesDir));
     const files = new Map<number, FileHandle>();
-    const source = new LazyMemorySource(split.indexes, files, undefined, split.lazyBytes, split.eagerBytes);
+    const source = new LazyMemorySource(split.indexes, files, undefined, split.lazyBytes);
     try {
       for (const [pid, index] of split.indexes) files.set(pid, await open(index.pagesFile, 'r'));
     } catch (err) {

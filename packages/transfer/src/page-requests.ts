@@ -76,7 +76,8 @@ export interface PageRun {
 /** The source's side: the bytes of up to `nr` pages from `vaddr` of task `pid`; NOT_FOUND when it has none there. */
 export type PageLookup = (pid: number, vaddr: number, nr: number) => Promise<PageRun>;
 
-function pagesKey(imageKey: Uint8Array): Buffer {
+/** The key replies are sealed with, derived from the migration's image key (once per migration, not per request). */
+export function pageRequestKey(imageKey: Uint8Array): Buffer {
   assertImageKey(imageKey);
   return Buffer.from(hkdfSync('sha256', imageKey, Buffer.alloc(0), LABEL, 32));
 }
@@ -125,7 +126,7 @@ export function servePageRequests(
   lookup: PageLookup,
   opts: { imageKey?: Uint8Array | null; logger?: Logger } = {},
 ): PageResponder {
-  const key = opts.imageKey ? pagesKey(opts.imageKey) : null;
+  const key = opts.imageKey ? pageRequestKey(opts.imageKey) : null;
   const log = opts.logger ?? silentLogger;
   const maxPages = maxPagesPerReply(nc.info?.max_payload ?? 1024 * 1024);
   let requests = 0;
@@ -180,7 +181,7 @@ export async function requestPages(
   want: { pid: number; vaddr: number; nr: number },
   opts: { imageKey?: Uint8Array | null; timeoutMs?: number; key?: Buffer } = {},
 ): Promise<PageRun> {
-  const key = opts.key ?? (opts.imageKey ? pagesKey(opts.imageKey) : null);
+  const key = opts.key ?? (opts.imageKey ? pageRequestKey(opts.imageKey) : null);
   const nr = Math.min(want.nr, maxPagesPerReply(nc.info?.max_payload ?? 1024 * 1024));
   let raw: Uint8Array;
   try {
@@ -224,9 +225,4 @@ export async function requestPages(
     throw new FerryError(ErrorCode.TRANSFER_FAILED, `page reply holds ${data.byteLength} bytes for ${reply.nr} pages`);
   }
   return { vaddr: reply.vaddr, nr: reply.nr, data };
-}
-
-/** The derived key, once per migration instead of once per request. */
-export function pageRequestKey(imageKey: Uint8Array): Buffer {
-  return pagesKey(imageKey);
 }
