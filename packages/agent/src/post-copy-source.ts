@@ -184,7 +184,15 @@ export class CriuPageClient {
       }
       if (this.current === undefined) {
         if (this.chunkBytes < PAGE_SERVER_IOV_BYTES) return;
-        const iov = decodeIov(this.take(PAGE_SERVER_IOV_BYTES));
+        let iov: PageServerIov;
+        try {
+          iov = decodeIov(this.take(PAGE_SERVER_IOV_BYTES));
+        } catch (err) {
+          // Thrown in a socket event it would take the agent down: the session fails instead.
+          this.fail(err instanceof FerryError ? err : new FerryError(ErrorCode.INVALID_ARGUMENT, String(err)));
+          this.sock.destroy();
+          return;
+        }
         this.current = { iov, need: iov.nrPages * MEMORY_PAGE_BYTES };
       }
       if (this.chunkBytes < this.current.need) return;
