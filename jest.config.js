@@ -2,7 +2,7 @@
 // under test/. Both import packages by name, mapped to their sources so no build is needed first
 // (the native addon is the exception: it must be compiled by `npm run build`).
 const moduleNameMapper = {
-  '^@ferry/(protocol|transfer|agent|coordinator|cli)$': '<rootDir>/packages/$1/src/index.ts',
+  '^@ferry/(protocol|transfer|agent|coordinator|dev-cluster|cli)$': '<rootDir>/packages/$1/src/index.ts',
   '^@ferry/native$': '<rootDir>/native/ts/index.ts',
 };
 const transform = { '^.+\\.ts$': ['ts-jest', { tsconfig: '<rootDir>/tsconfig.test.json', diagnostics: false }] };

@@ -17,7 +17,7 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const { promisify } = require('node:util');
-const { startLocalCluster, stopLocalCluster, dev } = require('@ferry/cli');
+const { startLocalCluster, stopLocalCluster, dev } = require('@ferry/dev-cluster');
 
 const execFileAsync = promisify(execFile);
 

@@ -8,7 +8,6 @@
  */
 const { spawn, fork } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const path = require('node:path');
 const { connect } = require('nats');
 const transfer = require('@ferry/transfer');
@@ -57,7 +56,6 @@ async function main() {
     // BENCH_KEY=1: frames sealed with a per-run AES-256-GCM key, as in a real migration.
     const key = process.env.BENCH_KEY === '1' ? require('node:crypto').randomBytes(32) : null;
     const child = fork(__filename, ['child', url, transferId, dst, process.env.BENCH_TRANSPORT || 'nats', key ? key.toString('hex') : ''], { execArgv: process.env.BENCH_PROF ? ['--cpu-prof', '--cpu-prof-dir=/tmp/xb'] : [] });
-    const msgs = [];
     const waitMsg = () => new Promise((r) => child.once('message', r));
     await waitMsg();
     const nc = await connect({ servers: url });

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
-  echo "ferry: please run as root (sudo npm start / sudo npm test): ferry installs system packages, creates" >&2
+  echo "ferry: run npm start / npm test as root (from a root shell): ferry installs system packages, creates" >&2
   echo "       network namespaces and runs CRIU, which all need root." >&2
   exit 1
 fi

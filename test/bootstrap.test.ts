@@ -7,7 +7,8 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { bootstrap, clusterDataDir, dev } from '@ferry/cli';
+import { bootstrap } from '@ferry/cli';
+import { clusterDataDir, dev } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload, waitFor } from './helpers/workload';
 

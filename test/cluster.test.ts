@@ -4,8 +4,8 @@
  * leaves nothing behind.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { dev } from '@ferry/cli';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dev, startLocalHost } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { waitFor } from './helpers/workload';
 
@@ -83,6 +83,33 @@ test('a killed agent is reported lost within a few seconds; its workloads keep r
   // A command for the lost host is refused, not hung.
   const run = await cluster.ferry(['run', '--host', 'h2', '--name', 'z', '--json', '--', 'true']);
   expect(run.json.error.code).toBe('UNAVAILABLE');
+});
+
+test('a killed host started again (`ferry dev start`) is alive in its namespaces and runs workloads', async () => {
+  // The previous test killed h2's agent; kill it here if run alone.
+  const before = dev.readClusterState(CLUSTER)!.processes.find((p) => p.role === 'agent' && p.host === 'h2')!;
+  if (alive(before.pid)) await dev.killHost(CLUSTER, 'h2');
+  const started = await startLocalHost(CLUSTER, 'h2');
+  expect(started.pid).not.toBe(before.pid);
+  expect(alive(started.pid)).toBe(true);
+  // Started as `dev up` starts agents: in h2's network, mount and UTS namespaces, recorded in the cluster state.
+  const state = dev.readClusterState(CLUSTER)!;
+  const h2 = state.layout.hosts.find((h) => h.name === 'h2')!;
+  const nsInode = (pid: number, kind: string) => statSync(`/proc/${pid}/ns/${kind}`).ino;
+  expect(nsInode(started.pid, 'net')).toBe(statSync(`/run/netns/${h2.netns}`).ino);
+  expect(nsInode(started.pid, 'mnt')).toBe(statSync(h2.mountNsFile).ino);
+  expect(nsInode(started.pid, 'uts')).toBe(statSync(h2.utsNsFile).ino);
+  expect(state.processes.filter((p) => p.role === 'agent' && p.host === 'h2')).toEqual([started]);
+  const hosts = (await cluster.ferry(['hosts', '--json'])).json;
+  expect(hosts.find((h: { name: string }) => h.name === 'h2')).toMatchObject({ state: 'alive' });
+  // A second start while it runs is refused.
+  expect(await startLocalHost(CLUSTER, 'h2').catch((e: { code?: string }) => e.code)).toBe('FAILED_PRECONDITION');
+  const run = await cluster.ferry(['run', '--host', 'h2', '--name', 'back', '--json', '--', 'sleep', '1000']);
+  expect(run.code).toBe(0);
+  const back = (await cluster.ferry(['ps', '--json'])).json.find((w: { name: string }) => w.name === 'back');
+  expect(back).toMatchObject({ host: 'h2', state: 'running' });
+  expect(alive(back.pid)).toBe(true);
+  expect(nsInode(back.pid, 'net')).toBe(nsInode(started.pid, 'net'));
 });
 
 test('down removes every process, namespace, link and mount it made', async () => {

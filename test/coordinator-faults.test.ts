@@ -10,7 +10,7 @@ import { cp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { z } from 'zod';
-import { dev, clusterDataDir } from '@ferry/cli';
+import { dev, startLocalHost } from '@ferry/dev-cluster';
 import { CoordVerb, decode, request, subjects } from '@ferry/protocol';
 import { expectIntactOn as expectIntact, launchCounter } from './helpers/checks';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
@@ -99,23 +99,9 @@ async function leaseHolder(): Promise<string | null> {
   }
 }
 
+/** The host comes back: its agent started again as the cluster started it (`ferry dev start`), registered. */
 async function restartAgent(host: string): Promise<void> {
-  const ctx = dev.devHostContexts(state()).find((h) => h.name === host)!;
-  await dev.restartAgent(CLUSTER, host, {
-    argv: [process.execPath, join(REPO, 'packages/agent/dist/main.js')],
-    env: {
-      FERRY_HOST: ctx.name,
-      FERRY_ADDRESS: ctx.address,
-      FERRY_NATS_URL: ctx.natsUrl,
-      FERRY_DATA_DIR: clusterDataDir(CLUSTER),
-      FERRY_WORK_DIR: join('/run/ferry/work', CLUSTER, host),
-      ...(state().credentials ? { FERRY_NATS_CREDENTIALS: state().credentials!.agents[host]! } : {}),
-    },
-  }, REPO);
-  await waitFor(`${host} alive`, async () => {
-    const hosts = (await cluster.ferry(['hosts', '--json'])).json as Array<{ name: string; state: string }> | undefined;
-    return hosts?.find((h) => h.name === host)?.state === 'alive';
-  }, 60_000);
+  await startLocalHost(CLUSTER, host);
 }
 
 async function launch(name: string, host: string, mib: number): Promise<CounterWorkload> {

@@ -11,6 +11,7 @@ import { promisify } from 'node:util';
 import { connect, type NatsConnection } from 'nats';
 import { natsAuthOptionsFromFile } from '@ferry/protocol';
 import { REPO } from './helpers/cluster';
+import type { JsonDoc } from './helpers/json-doc';
 
 import * as yaml from 'js-yaml';
 
@@ -20,7 +21,7 @@ const HELM = join(REPO, '.tools', 'bin', 'helm');
 const CHART = join(REPO, 'helm', 'ferry');
 const SERVICE_MONITOR_API = 'monitoring.coreos.com/v1';
 
-type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; [k: string]: any };
+type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; [k: string]: JsonDoc };
 
 async function helm(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
@@ -45,8 +46,8 @@ function find(objects: K8sObject[], kind: string, name: string): K8sObject {
   return o;
 }
 
-function envOf(container: any): Record<string, any> {
-  return Object.fromEntries((container.env as any[]).map((e) => [e.name, e.value ?? e.valueFrom]));
+function envOf(container: JsonDoc): Record<string, JsonDoc> {
+  return Object.fromEntries((container.env as JsonDoc[]).map((e) => [e.name, e.value ?? e.valueFrom]));
 }
 
 beforeAll(() => {
@@ -69,13 +70,13 @@ describe('helm chart', () => {
     expect(pod.hostNetwork).toBe(true);
     const agent = pod.containers[0];
     expect(agent.securityContext.privileged).toBe(true);
-    const mounts = Object.fromEntries(agent.volumeMounts.map((m: any) => [m.mountPath, m]));
+    const mounts = Object.fromEntries(agent.volumeMounts.map((m: JsonDoc) => [m.mountPath, m]));
     expect(Object.keys(mounts).sort()).toEqual(['/dev/fuse', '/run/ferry', '/run/ferry-nats', '/sys/fs/cgroup', '/var/lib/ferry']);
     expect(mounts['/run/ferry'].mountPropagation).toBe('Bidirectional');
-    const volumes = Object.fromEntries(pod.volumes.map((v: any) => [v.name, v.hostPath?.path]));
+    const volumes = Object.fromEntries(pod.volumes.map((v: JsonDoc) => [v.name, v.hostPath?.path]));
     expect(volumes).toEqual({ data: '/var/lib/ferry', 'run-ferry': '/run/ferry', cgroup: '/sys/fs/cgroup', 'dev-fuse': '/dev/fuse', 'nats-credentials': undefined });
     // The agent's own credentials file, root-only (the agent runs as root, the file's owner).
-    expect(pod.volumes.find((v: any) => v.name === 'nats-credentials').secret).toEqual({
+    expect(pod.volumes.find((v: JsonDoc) => v.name === 'nats-credentials').secret).toEqual({
       secretName: 'rel-ferry-credentials',
       defaultMode: 0o400,
       items: [{ key: 'nats-credentials-agent.json', path: 'credentials.json' }],
@@ -106,9 +107,9 @@ describe('helm chart', () => {
     expect(coordPod.initContainers[0].command).toEqual([
       'install', '-m', '0600', '-o', '10001', '-g', '10001', '/run/ferry-nats-secret/credentials.json', '/run/ferry-nats/credentials.json',
     ]);
-    expect(coordPod.volumes.find((v: any) => v.name === 'nats-credentials').secret.items).toEqual([{ key: 'nats-credentials-coordinator.json', path: 'credentials.json' }]);
-    expect(coordPod.volumes.find((v: any) => v.name === 'nats-credentials-copy').emptyDir.medium).toBe('Memory');
-    expect(coord.volumeMounts.map((m: any) => m.mountPath).sort()).toEqual(['/etc/ferry', '/run/ferry-nats']);
+    expect(coordPod.volumes.find((v: JsonDoc) => v.name === 'nats-credentials').secret.items).toEqual([{ key: 'nats-credentials-coordinator.json', path: 'credentials.json' }]);
+    expect(coordPod.volumes.find((v: JsonDoc) => v.name === 'nats-credentials-copy').emptyDir.medium).toBe('Memory');
+    expect(coord.volumeMounts.map((m: JsonDoc) => m.mountPath).sort()).toEqual(['/etc/ferry', '/run/ferry-nats']);
     expect(coordEnv.FERRY_HTTP_ADDRESS).toBe('0.0.0.0');
     expect(coord.envFrom).toEqual([{ configMapRef: { name: 'rel-ferry-config' } }]);
     const config = find(objects, 'ConfigMap', 'rel-ferry-config');
@@ -144,7 +145,7 @@ describe('helm chart', () => {
     // No chart-made NATS users: no credentials files, no FERRY_NATS_CREDENTIALS.
     const agent = find(objects, 'DaemonSet', 'rel-ferry-agent').spec.template.spec;
     expect(envOf(agent.containers[0]).FERRY_NATS_CREDENTIALS).toBeUndefined();
-    expect(agent.volumes.some((v: any) => v.name.startsWith('nats-'))).toBe(false);
+    expect(agent.volumes.some((v: JsonDoc) => v.name.startsWith('nats-'))).toBe(false);
     expect(find(objects, 'Deployment', 'rel-ferry-coordinator').spec.template.spec.initContainers).toBeUndefined();
     expect(objects.filter((o) => /-(nats|redis)$/.test(o.metadata.name))).toEqual([]);
     expect(find(objects, 'ConfigMap', 'rel-ferry-config').data.FERRY_REDIS_PREFIX).toBe('prod:');
@@ -223,8 +224,8 @@ describe('helm chart', () => {
     expect(conf).toContain('cert_file: "/etc/nats-tls/tls.crt"');
     expect(conf).toContain('key_file: "/etc/nats-tls/tls.key"');
     const nats = find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec;
-    expect(nats.volumes.find((v: any) => v.name === 'tls').secret).toEqual({ secretName: 'ferry-nats-tls', defaultMode: 0o400 });
-    expect(nats.containers[0].volumeMounts.find((m: any) => m.name === 'tls').mountPath).toBe('/etc/nats-tls');
+    expect(nats.volumes.find((v: JsonDoc) => v.name === 'tls').secret).toEqual({ secretName: 'ferry-nats-tls', defaultMode: 0o400 });
+    expect(nats.containers[0].volumeMounts.find((m: JsonDoc) => m.name === 'tls').mountPath).toBe('/etc/nats-tls');
     const secret = find(objects, 'Secret', 'rel-ferry-credentials');
     for (const p of ['coordinator', 'agent', 'cli']) {
       expect(JSON.parse(secret.stringData[`nats-credentials-${p}.json`]).tls).toEqual({ caFile: '/run/ferry-nats-tls/ca.crt' });
@@ -232,8 +233,8 @@ describe('helm chart', () => {
     // A password given in values is used as is.
     expect(JSON.parse(secret.stringData['nats-credentials-cli.json']).password).toBe('operator-chosen-password-1');
     for (const pod of [find(objects, 'DaemonSet', 'rel-ferry-agent').spec.template.spec, find(objects, 'Deployment', 'rel-ferry-coordinator').spec.template.spec]) {
-      expect(pod.volumes.find((v: any) => v.name === 'nats-tls-ca').secret).toEqual({ secretName: 'ferry-nats-tls', defaultMode: 0o444, items: [{ key: 'ca.crt', path: 'ca.crt' }] });
-      expect(pod.containers[0].volumeMounts.find((m: any) => m.name === 'nats-tls-ca').mountPath).toBe('/run/ferry-nats-tls');
+      expect(pod.volumes.find((v: JsonDoc) => v.name === 'nats-tls-ca').secret).toEqual({ secretName: 'ferry-nats-tls', defaultMode: 0o444, items: [{ key: 'ca.crt', path: 'ca.crt' }] });
+      expect(pod.containers[0].volumeMounts.find((m: JsonDoc) => m.name === 'nats-tls-ca').mountPath).toBe('/run/ferry-nats-tls');
     }
   });
 

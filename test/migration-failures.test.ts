@@ -6,7 +6,7 @@ import { copyFileSync, mkdtempSync } from 'node:fs';
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dev } from '@ferry/cli';
+import { dev } from '@ferry/dev-cluster';
 import { decode, encode, subjects } from '@ferry/protocol';
 import { expectIntactOn, launchCounter } from './helpers/checks';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
@@ -128,7 +128,8 @@ test('a corrupted image chunk fails its checksum: TRANSFER_FAILED, rolled back, 
 
 test('post-copy: a source that stops serving pages after the workload resumed on the target rolls back to the source', async () => {
   const w = await launch('postfail', 32, 'h3');
-  const res = await cluster.ferry(['migrate', 'postfail', '--to', 'h1', '--restore', 'post-copy', '--json']);
+  // The fault sits on the NATS path (the relayed page requests), so this migration is asked to take it.
+  const res = await cluster.ferry(['migrate', 'postfail', '--to', 'h1', '--restore', 'post-copy', '--transport', 'nats', '--json']);
   expect(res.json.state).toBe('rolled-back');
   expect(res.json.error.code).toBe('RESTORE_FAILED');
   expect(res.json.error.message).toMatch(/page requests refused/);

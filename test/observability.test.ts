@@ -2,7 +2,7 @@
  * Metrics, the HTTP API and lifecycle events, against a real cluster: a migration and a drain
  * driven over HTTP, then what /metrics, `ferry events` and a lost host show.
  */
-import { dev } from '@ferry/cli';
+import { dev } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload, waitFor } from './helpers/workload';
 

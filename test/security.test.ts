@@ -10,7 +10,7 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from 'nats';
-import { dev } from '@ferry/cli';
+import { dev } from '@ferry/dev-cluster';
 import { AgentVerb, CoordVerb, decode, encode, natsAuthOptionsFromFile, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { sleep, waitFor } from './helpers/workload';

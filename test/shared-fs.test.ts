@@ -7,7 +7,7 @@ import { copyFileSync, mkdtempSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dev } from '@ferry/cli';
+import { dev } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload, waitFor } from './helpers/workload';
 

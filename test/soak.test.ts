@@ -4,7 +4,7 @@
  */
 import { cp } from 'node:fs/promises';
 import { z } from 'zod';
-import { dev } from '@ferry/cli';
+import { dev } from '@ferry/dev-cluster';
 import { CoordVerb, MigrationResult, request, subjects } from '@ferry/protocol';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload } from './helpers/workload';

@@ -11,7 +11,7 @@ import { copyFileSync, mkdtempSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { dev } from '@ferry/cli';
+import { dev } from '@ferry/dev-cluster';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
 import { sleep, waitFor } from './helpers/workload';
 

@@ -12,7 +12,7 @@ import { NATIVE_ADDON_PATH } from './native-binding';
 const CHILD_TIMEOUT_MS = 10_000;
 
 /** Runs `body` in a fresh node process with `native` bound to the addon; returns what it prints as JSON. */
-async function inChildNode(body: string): Promise<any> {
+async function inChildNode(body: string): Promise<Record<string, unknown>> {
   const script = `const native = require(${JSON.stringify(NATIVE_ADDON_PATH)});
 const cp = require('node:child_process'); const fs = require('node:fs'); const os = require('node:os');
 const errorOf = (call) => { try { call(); return null; } catch (e) { return { errno: e.errno, code: e.code, syscall: e.syscall }; } };

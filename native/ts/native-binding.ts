@@ -94,7 +94,7 @@ let cached: NativeBinding | undefined;
 export function loadNativeBinding(): NativeBinding {
   if (cached === undefined) {
     try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- a compiled .node addon, found at run time, loads only through require()
       cached = require(NATIVE_ADDON_PATH) as NativeBinding;
     } catch (err) {
       throw new Error(`cannot load ${NATIVE_ADDON_PATH}; build it with 'npm run build -w @ferry/native'`, {

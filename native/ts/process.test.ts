@@ -9,7 +9,7 @@ import { NATIVE_ADDON_PATH } from './native-binding';
 
 const CHILD_TIMEOUT_MS = 10_000;
 
-async function inChildNode(body: string): Promise<any> {
+async function inChildNode(body: string): Promise<Record<string, unknown>> {
   const script = `const native = require(${JSON.stringify(NATIVE_ADDON_PATH)});
 const cp = require('node:child_process'); const fs = require('node:fs');
 const ppidOf = (pid) => Number(fs.readFileSync('/proc/' + pid + '/stat', 'utf8').split(') ')[1].split(' ')[1]);

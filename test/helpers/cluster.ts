@@ -7,8 +7,9 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type NatsConnection } from 'nats';
-import { startLocalCluster, stopLocalCluster, type LocalClusterOptions } from '@ferry/cli';
+import { startLocalCluster, stopLocalCluster, type LocalClusterOptions } from '@ferry/dev-cluster';
 import { natsAuthOptionsFromFile } from '@ferry/protocol';
+import type { JsonDoc } from './json-doc';
 
 const exec = promisify(execFile);
 export const REPO = join(__dirname, '..', '..');
@@ -29,7 +30,7 @@ export interface CliResult {
   code: number;
   stdout: string;
   stderr: string;
-  json: any;
+  json: JsonDoc;
 }
 
 export interface TestCluster {
@@ -94,7 +95,7 @@ export async function startTestCluster(name: string, subnetIndex: number, opts: 
   };
 }
 
-function parseJson(text: string): any {
+function parseJson(text: string): JsonDoc {
   try {
     return JSON.parse(text);
   } catch {

@@ -1,6 +1,7 @@
 import { ErrorCode, FerryError, isValidToken } from '@ferry/protocol';
 import type { AgentFaults } from './fault-injection';
 import { DEFAULT_AGENT_METRICS_PORT } from './agent-metrics';
+import { DEFAULT_CRIU_PATH } from './criu/criu-driver';
 
 /** Heartbeats let the coordinator tell a live host from a lost one within a few seconds. */
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000;
@@ -54,7 +55,7 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
     workDirBytes: DEFAULT_MAX_IMAGE_BYTES,
     heartbeatIntervalMs: DEFAULT_HEARTBEAT_INTERVAL_MS,
     maxImageBytes: DEFAULT_MAX_IMAGE_BYTES,
-    criuPath: 'criu',
+    criuPath: DEFAULT_CRIU_PATH,
     ghostLimitBytes: 64 * 1024 * 1024,
     lazyDump: true,
     faults: {},

@@ -4,6 +4,6 @@ export { compileAgentOptions, defaultAgentOptions, DEFAULT_HEARTBEAT_INTERVAL_MS
 export type { AgentOptions } from './agent-options';
 export { startAgent } from './start-agent';
 export type { RunningAgent } from './start-agent';
-export { CriuDriver } from './criu-driver';
-export { probeCriu } from './criu-probe';
+export { CriuDriver } from './criu/criu-driver';
+export { probeCriu } from './criu/criu-probe';
 export { AgentMetrics, serveAgentMetrics, DEFAULT_AGENT_METRICS_PORT } from './agent-metrics';

@@ -3,11 +3,11 @@ import { connect } from 'nats';
 import { createLinuxSyscalls } from '@ferry/native';
 import { Agent } from './agent';
 import { compileAgentOptions, type AgentOptions } from './agent-options';
-import { CriuDriver } from './criu-driver';
-import { probeCriu } from './criu-probe';
-import { Inventory } from './inventory';
+import { CriuDriver } from './criu/criu-driver';
+import { probeCriu } from './criu/criu-probe';
+import { Inventory } from './workloads/inventory';
 import { natsAuthOptionsFromFile, silentLogger, type Logger } from '@ferry/protocol';
-import { WorkDirs } from './work-dir';
+import { WorkDirs } from './host/work-dir';
 import { withFaults } from './fault-injection';
 import { AgentMetrics, serveAgentMetrics } from './agent-metrics';
 
@@ -28,13 +28,18 @@ export async function startAgent(partial: Partial<AgentOptions> & { host: string
   await workDirs.prepare((s, t, f, fl, d) => sys.mount(s, t, f, fl, d), opts.workDirBytes);
 
   const probeStarted = Date.now();
-  const criuInfo = await probeCriu({ criuPath: opts.criuPath, workDir: join(opts.workDir, 'probe') });
+  const probed = await probeCriu({ criuPath: opts.criuPath, workDir: join(opts.workDir, 'probe') });
+  // What the coordinator plans migrations from: a lazy dump switched off here (FERRY_LAZY_DUMP=off) is one this host cannot do.
+  const criuInfo = { ...probed, lazyDump: probed.lazyDump && opts.lazyDump };
   log.info({ criu: criuInfo, ms: Date.now() - probeStarted }, 'CRIU probed');
-  const criu = new CriuDriver({
-    criuPath: opts.criuPath,
-    faultInjection: criuInfo.needsFaultInjection,
-    ghostLimitBytes: opts.ghostLimitBytes,
-  });
+  const criu = new CriuDriver(
+    {
+      criuPath: opts.criuPath,
+      faultInjection: criuInfo.needsFaultInjection,
+      ghostLimitBytes: opts.ghostLimitBytes,
+    },
+    log.child({ component: 'criu' }),
+  );
 
   const inventory = new Inventory(join(opts.dataDir, 'agents', opts.host, 'inventory.json'));
   await inventory.load();

@@ -1,8 +1,8 @@
 /** The CLI's connection to the cluster: NATS, found from the environment or the local dev cluster. */
 import { existsSync, readFileSync } from 'node:fs';
 import { connect, type NatsConnection } from 'nats';
-import type { z } from 'zod';
-import { ErrorCode, FerryError, natsAuthOptionsFromFile, request, subjects, type CoordVerb } from '@ferry/protocol';
+import { z } from 'zod';
+import { CoordVerb, ErrorCode, FerryError, HostInfo, natsAuthOptionsFromFile, request, subjects } from '@ferry/protocol';
 
 /** Where `ferry dev up` records the default cluster, so the CLI finds its NATS port. */
 export const DEFAULT_DEV_STATE_FILE = '/run/ferry/dev/ferry/cluster.json';
@@ -69,4 +69,37 @@ export async function askCoordinator<S extends z.ZodType>(
   } finally {
     await nc.close();
   }
+}
+
+/**
+ * Polls the coordinator until every named host is alive (`hosts add` waits so for the agent it
+ * started); `credentialsFile`: the CLI's, or null for anonymous NATS. Unlike `connectCluster` it
+ * keeps trying while NATS or the coordinator cannot be reached, until the deadline.
+ */
+export async function waitForHosts(natsUrl: string, hosts: string[], timeoutMs: number, credentialsFile: string | null): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const nc = await connect({
+    servers: natsUrl,
+    name: 'ferry-cli-wait',
+    maxReconnectAttempts: -1,
+    waitOnFirstConnect: true,
+    ...natsAuthOptionsFromFile(credentialsFile),
+  });
+  let missing = hosts;
+  try {
+    while (Date.now() < deadline) {
+      try {
+        const { hosts: known } = await request(nc, subjects.coord(CoordVerb.HOSTS), {}, z.object({ hosts: z.array(HostInfo) }), { timeoutMs: 1_000 });
+        const alive = new Set(known.filter((h) => h.state === 'alive').map((h) => h.name));
+        missing = hosts.filter((h) => !alive.has(h));
+        if (missing.length === 0) return;
+      } catch {
+        // The coordinator may be restarting or not elected yet.
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } finally {
+    await nc.close();
+  }
+  throw new FerryError(ErrorCode.DEADLINE_EXCEEDED, `hosts not registered within ${timeoutMs} ms: ${missing.join(', ')}`);
 }

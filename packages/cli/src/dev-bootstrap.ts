@@ -2,18 +2,20 @@
  * The dev cluster's SSH path: installs a host's agent through the sshd running in that host
  * (`ferry dev up --ssh`), exactly as `ferry hosts add` does for a real host. Hosts share the
  * machine's filesystem, so each gets its own install directory under the cluster's state dir.
+ * It lives with the CLI, whose bootstrap it drives; @ferry/dev-cluster knows nothing of SSH installs.
  */
 import { join } from 'node:path';
+import { agentWorkDir, clusterDataDir, dev } from '@ferry/dev-cluster';
 import { bootstrapAgent, findBundleRoot, type BootstrapResult } from './bootstrap';
-import { hostSshFiles, type DevClusterState } from './dev';
+import { waitForHosts } from './client';
 
 /** The install prefix (and config dir) of a host's bootstrapped agent in a dev cluster. */
-export function devBootstrapPrefix(state: DevClusterState, host: string): string {
+export function devBootstrapPrefix(state: dev.DevClusterState, host: string): string {
   return join(state.layout.stateDir, 'bootstrap', host);
 }
 
 /** Where the dev cluster's `hosts add` records live (removed with the cluster). */
-export function devBootstrapStateDir(state: DevClusterState): string {
+export function devBootstrapStateDir(state: dev.DevClusterState): string {
   return join(state.layout.stateDir, 'bootstrap', 'records');
 }
 
@@ -28,10 +30,10 @@ export interface DevBootstrapOptions {
 }
 
 /** Bootstraps the agent of one dev host over SSH (as root, host key checked against the cluster's known_hosts). */
-export function bootstrapDevHost(state: DevClusterState, hostName: string, options: DevBootstrapOptions): Promise<BootstrapResult> {
+export function bootstrapDevHost(state: dev.DevClusterState, hostName: string, options: DevBootstrapOptions): Promise<BootstrapResult> {
   const host = state.layout.hosts.find((h) => h.name === hostName);
   if (host === undefined) throw new Error(`dev cluster '${state.name}' has no host ${hostName}`);
-  const ssh = hostSshFiles(state.layout);
+  const ssh = dev.hostSshFiles(state.layout);
   const prefix = devBootstrapPrefix(state, hostName);
   return bootstrapAgent({
     name: hostName,
@@ -52,4 +54,18 @@ export function bootstrapDevHost(state: DevClusterState, hostName: string, optio
     registerTimeoutMs: options.registerTimeoutMs,
     waitUntilRegistered: options.waitUntilRegistered,
   });
+}
+
+/** `dev up --ssh`: every host's agent installed through its sshd, one host after another. */
+export async function bootstrapDevHosts(state: dev.DevClusterState): Promise<void> {
+  const cliCredentials = state.credentials?.cli ?? null;
+  for (const host of state.layout.hosts) {
+    const agentCredentials = state.credentials?.agents[host.name];
+    await bootstrapDevHost(state, host.name, {
+      dataDir: clusterDataDir(state.name),
+      workDir: agentWorkDir(state.name, host.name),
+      extraEnv: agentCredentials === undefined ? {} : { FERRY_NATS_CREDENTIALS: agentCredentials },
+      waitUntilRegistered: (h, timeoutMs) => waitForHosts(state.natsUrl, [h], timeoutMs, cliCredentials),
+    });
+  }
 }

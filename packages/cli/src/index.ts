@@ -1,9 +1,5 @@
-/** The CLI as a library: what tests and the benchmark use to drive a local cluster in-process. */
-export { startLocalCluster, stopLocalCluster, waitForHosts, clusterDataDir, kafkaDataDir } from './dev-cluster';
-export { startKafkaBroker, stopKafkaBroker, defaultKafkaBrokerOptions, DEFAULT_KAFKA_LIBS_DIR } from './kafka-broker';
-export type { KafkaBrokerOptions, RunningKafkaBroker } from './kafka-broker';
-export type { LocalClusterOptions } from './dev-cluster';
-export { resolveNatsUrl, connectCluster } from './client';
-export { publicResult } from './commands/migrate';
-export * as dev from './dev';
+/**
+ * The CLI as a library: its SSH bootstrap, for tests that check what `ferry hosts add` installed.
+ * The local cluster that tests and benchmarks drive is @ferry/dev-cluster.
+ */
 export * as bootstrap from './bootstrap';

@@ -11,6 +11,10 @@ import { registerPs } from './commands/ps';
 import { registerRun } from './commands/run';
 import { registerStatus } from './commands/status';
 import { registerStop } from './commands/stop';
+import { exitOnClosedPipe } from './output';
+
+exitOnClosedPipe(process.stdout);
+exitOnClosedPipe(process.stderr);
 
 const program = new Command()
   .name('ferry')

@@ -1,6 +1,18 @@
 /** How commands print results and failures: JSON for scripts, tables for people, exit codes from error codes. */
 import { EXIT_CODES, toFerryError, type FerryError } from '@ferry/protocol';
 
+/**
+ * Ends the CLI quietly when the reader of `stream` went away (`ferry ps --json | head -1`), as
+ * SIGPIPE ends other unix tools: Node ignores SIGPIPE, so the write fails with EPIPE instead, an
+ * error that would otherwise crash with a stack trace. Any other write error still throws.
+ */
+export function exitOnClosedPipe(stream: NodeJS.WritableStream, exit: (code: number) => void = process.exit): void {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    exit(0);
+  });
+}
+
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }

@@ -4,29 +4,24 @@
  */
 import type { NatsConnection, Subscription } from 'nats';
 import type { Redis } from 'ioredis';
-import { z } from 'zod';
 import {
   AgentVerb,
-  CoordRunRequest,
   CoordVerb,
-  DrainRequest,
-  EmptyRequest,
-  HostRequest,
+  type CoordRunRequest,
+  type CoordVerbHandler,
   type DrainEvent,
+  type DrainRequest,
   ErrorCode,
   FerryError,
   Heartbeat,
-  MigrateRequest,
-  NameRequest,
-  RegisterRequest,
-  StatusRequest,
-  WorkloadInfo,
+  type WorkloadInfo,
   workloadsDigest,
   decode,
   encode,
   parseMessage,
-  request,
-  serve,
+  requestAgentVerb,
+  serveCoordVerb,
+  serveRegistrations,
   subjects,
   hostOfAgentSubject,
   silentLogger,
@@ -173,7 +168,7 @@ export class Coordinator {
   private fetchWorkloads(host: string): void {
     if (this.fetching.has(host)) return;
     this.fetching.add(host);
-    void request(this.nc, subjects.agent(host, AgentVerb.PS), {}, z.object({ workloads: z.array(WorkloadInfo) }), { timeoutMs: this.opts.agentRequestTimeoutMs })
+    void requestAgentVerb(this.nc, host, AgentVerb.PS, {}, { timeoutMs: this.opts.agentRequestTimeoutMs })
       .then(({ workloads }) => {
         this.registry.setWorkloads(host, workloads, workloadsDigest(workloads));
         for (const w of workloads) if (w.state === 'frozen') this.reconcileFrozen(host, w.name);
@@ -211,7 +206,7 @@ export class Coordinator {
             : null;
       if (!verb) return;
       this.log.warn({ host, workload, migrationId: m.id, verb }, 'settling a frozen copy left by an earlier migration');
-      await request(this.nc, subjects.agent(host, verb), { migrationId: m.id, workload }, z.object({}).passthrough(), { timeoutMs: this.opts.agentRequestTimeoutMs });
+      await requestAgentVerb(this.nc, host, verb, { migrationId: m.id, workload }, { timeoutMs: this.opts.agentRequestTimeoutMs });
       if (this.registry.stateOn(host, workload) !== 'frozen') return;
       if (verb === AgentVerb.RELEASE) this.registry.removeWorkload(host, workload);
       else this.registry.setWorkloadState(host, workload, 'running');
@@ -223,14 +218,11 @@ export class Coordinator {
   private serveCommands(): void {
     if (this.commandSubs.length > 0) return;
     const onError = (err: FerryError, subject: string) => this.log.warn({ code: err.code, subject }, err.message);
-    const on = <S extends z.ZodType>(verb: CoordVerb, schema: S, fn: (req: z.infer<S>) => Promise<Record<string, unknown> | void>) =>
-      this.commandSubs.push(serve(this.nc, subjects.coord(verb), schema, fn, { onError }));
+    const on = <V extends CoordVerb>(verb: V, fn: CoordVerbHandler<V>) => this.commandSubs.push(serveCoordVerb(this.nc, verb, fn, { onError }));
 
     this.commandSubs.push(
-      serve(
+      serveRegistrations(
         this.nc,
-        subjects.allRegistrations(),
-        RegisterRequest,
         async (req, msg) => {
           // Same rule as heartbeats: an agent registers only the host its subject (and its NATS permissions) name.
           if (req.host !== hostOfAgentSubject(msg.subject)) {
@@ -242,12 +234,12 @@ export class Coordinator {
         { onError },
       ),
     );
-    on(CoordVerb.HOSTS, EmptyRequest, async () => ({ hosts: this.registry.list() }));
-    on(CoordVerb.PS, EmptyRequest, async () => ({ workloads: this.registry.workloads() }));
-    on(CoordVerb.RUN, CoordRunRequest, async (req) => ({ workload: await this.run(req) }));
-    on(CoordVerb.STOP, NameRequest, async (req) => this.stop(req.name));
-    on(CoordVerb.MIGRATE, MigrateRequest, async (req) => ({ migration: await this.runner.migrate(req) }));
-    on(CoordVerb.STATUS, StatusRequest, async (req) => {
+    on(CoordVerb.HOSTS, async () => ({ hosts: this.registry.list() }));
+    on(CoordVerb.PS, async () => ({ workloads: this.registry.workloads() }));
+    on(CoordVerb.RUN, async (req) => ({ workload: await this.run(req) }));
+    on(CoordVerb.STOP, async (req) => this.stop(req.name));
+    on(CoordVerb.MIGRATE, async (req) => ({ migration: await this.runner.migrate(req) }));
+    on(CoordVerb.STATUS, async (req) => {
       if (req.id) {
         const m = await this.store.get(req.id);
         if (!m) throw new FerryError(ErrorCode.NOT_FOUND, `no migration ${req.id}`);
@@ -255,15 +247,15 @@ export class Coordinator {
       }
       return { migrations: (await this.store.list()).map(strip) };
     });
-    on(CoordVerb.CORDON, HostRequest, async (req) => {
+    on(CoordVerb.CORDON, async (req) => {
       await this.registry.setCordoned(req.host, true);
       return { host: this.registry.describe(req.host) };
     });
-    on(CoordVerb.UNCORDON, HostRequest, async (req) => {
+    on(CoordVerb.UNCORDON, async (req) => {
       await this.registry.setCordoned(req.host, false);
       return { host: this.registry.describe(req.host) };
     });
-    on(CoordVerb.DRAIN, DrainRequest, async (req) => ({ drainId: req.drainId, workloads: await this.drain(req) }));
+    on(CoordVerb.DRAIN, async (req) => ({ drainId: req.drainId, workloads: await this.drain(req) }));
   }
 
   /** Cordons the host, replies with the plan, and runs the drain in the background (results as events). */
@@ -312,7 +304,7 @@ export class Coordinator {
     }
     const { host, v: _v, mounts, ...rest } = req;
     const body = { ...rest, mounts: resolveMounts(this.opts.filesystems, mounts) };
-    const reply = await request(this.nc, subjects.agent(host, AgentVerb.RUN), body, z.object({ workload: WorkloadInfo }), { timeoutMs: 15_000 });
+    const reply = await requestAgentVerb(this.nc, host, AgentVerb.RUN, body, { timeoutMs: 15_000 });
     this.registry.addWorkload(reply.workload);
     return reply.workload;
   }
@@ -320,7 +312,7 @@ export class Coordinator {
   private async stop(name: string): Promise<void> {
     const w = this.registry.findWorkload(name);
     if (!w) throw new FerryError(ErrorCode.NOT_FOUND, `no workload named ${name}`);
-    await request(this.nc, subjects.agent(w.host, AgentVerb.STOP), { name }, z.object({}).passthrough(), { timeoutMs: 10_000 });
+    await requestAgentVerb(this.nc, w.host, AgentVerb.STOP, { name }, { timeoutMs: 10_000 });
     this.registry.removeWorkload(w.host, name);
   }
 

@@ -6,7 +6,6 @@
 import { join } from 'node:path';
 import { DASHBOARD_DIR } from './dashboard';
 
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const VM = require(join(DASHBOARD_DIR, 'view-model.js'));
 
 const criu = { version: '4.1.1', usable: true, checkOk: true, needsFaultInjection: true, dumpRestoreOk: true, lazyPages: false };

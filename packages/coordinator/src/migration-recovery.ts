@@ -7,24 +7,26 @@
  *    a restore still running there, or no answer, means "not yet" (retry later, source stays frozen);
  *  - releasing was reached: release again (idempotent on the agent) and settle.
  */
-import type { z } from 'zod';
 import {
   AgentVerb,
   ErrorCode,
-  MigrationRecordReply,
   isFailedPrecondition,
   toFerryError,
+  type AgentReply,
+  type AgentRequestBody,
   type Logger,
+  type MigrationRecordReply,
   type MigrationState,
   type MigrationStep,
 } from '@ferry/protocol';
-import { z as zod } from 'zod';
 import type { MigrationRecord } from './migration-store';
 
-const Empty = zod.object({}).passthrough();
+/** The migration as recovery names it to an agent (release, resume, discard, settle, migration-record). */
+type MigrationRefBody = AgentRequestBody<typeof AgentVerb.RELEASE>;
 
 export interface RecoveryDeps {
-  ask<S extends z.ZodType>(host: string, verb: AgentVerb, body: Record<string, unknown>, schema: S, timeoutMs: number): Promise<z.infer<S>>;
+  /** Asks agent `host` for `verb`; the reply is checked against the protocol's verb table. */
+  ask<V extends AgentVerb>(host: string, verb: V, body: AgentRequestBody<V>, timeoutMs: number): Promise<AgentReply<V>>;
   /** Persists a step (and state) before it is carried out. */
   step(step: MigrationStep, state?: MigrationState): Promise<void>;
   timeoutMs: number;
@@ -39,7 +41,7 @@ export async function recoverMigration(m: MigrationRecord, deps: RecoveryDeps): 
   if (reached.has('restoring')) {
     let record: MigrationRecordReply;
     try {
-      record = await deps.ask(m.to, AgentVerb.MIGRATION_RECORD, ref, MigrationRecordReply, deps.timeoutMs);
+      record = await deps.ask(m.to, AgentVerb.MIGRATION_RECORD, ref, deps.timeoutMs);
     } catch (err) {
       deps.log.warn({ err: toFerryError(err).message }, 'target does not answer; the source stays frozen until it does');
       return false;
@@ -57,12 +59,12 @@ async function goForward(m: MigrationRecord, deps: RecoveryDeps, reached: Set<Mi
   const ref = { migrationId: m.id, workload: m.workload };
   if (!reached.has('releasing')) await deps.step('releasing');
   try {
-    await deps.ask(m.from, AgentVerb.RELEASE, ref, Empty, deps.timeoutMs);
+    await deps.ask(m.from, AgentVerb.RELEASE, ref, deps.timeoutMs);
   } catch (err) {
     // As in a live run: the frozen copy stays frozen (never thawed) and is released later.
     deps.log.error({ err: toFerryError(err).message }, 'source did not release its frozen copy');
   }
-  await deps.ask(m.to, AgentVerb.SETTLE, ref, Empty, deps.timeoutMs).catch((err) =>
+  await deps.ask(m.to, AgentVerb.SETTLE, ref, deps.timeoutMs).catch((err) =>
     deps.log.warn({ err: toFerryError(err).message }, 'target did not settle'),
   );
   m.state = 'succeeded';
@@ -71,11 +73,11 @@ async function goForward(m: MigrationRecord, deps: RecoveryDeps, reached: Set<Mi
   return true;
 }
 
-async function rollBack(m: MigrationRecord, deps: RecoveryDeps, reached: Set<MigrationStep>, ref: Record<string, unknown>): Promise<boolean> {
+async function rollBack(m: MigrationRecord, deps: RecoveryDeps, reached: Set<MigrationStep>, ref: MigrationRefBody): Promise<boolean> {
   const interrupted = [...reached].filter((s) => s !== 'rolling-back').pop() ?? m.step;
   if (!reached.has('rolling-back')) await deps.step('rolling-back');
   try {
-    await deps.ask(m.to, AgentVerb.DISCARD, ref, Empty, deps.timeoutMs);
+    await deps.ask(m.to, AgentVerb.DISCARD, ref, deps.timeoutMs);
   } catch (err) {
     if (reached.has('restoring')) {
       deps.log.warn({ err: toFerryError(err).message }, 'target did not confirm its discard; retrying later');
@@ -85,7 +87,7 @@ async function rollBack(m: MigrationRecord, deps: RecoveryDeps, reached: Set<Mig
   }
   if (reached.has('checkpointing')) {
     try {
-      await deps.ask(m.from, AgentVerb.RESUME, ref, Empty, deps.timeoutMs);
+      await deps.ask(m.from, AgentVerb.RESUME, ref, deps.timeoutMs);
     } catch (err) {
       if (!isFailedPrecondition(err)) {
         deps.log.warn({ err: toFerryError(err).message }, 'source did not thaw; retrying later');

@@ -9,29 +9,26 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { NatsConnection } from 'nats';
-import { z } from 'zod';
 import {
   AgentVerb,
-  CheckpointReply,
-  CpuinfoCheckReply,
-  CpuinfoReply,
   ErrorCode,
   FerryError,
-  ReceiveReply,
-  RestoreReply,
-  WorkloadInfo,
+  IMAGE_KEY_BYTES,
   encode,
-  request,
+  requestAgentVerb,
   workloadsDigest,
   subjects,
   toFerryError,
   silentLogger,
   PROTOCOL_VERSION,
+  type AgentReply,
+  type AgentRequestBody,
   type Logger,
   type MigrationEvent,
   type MigrationResult,
   type RestoreMode,
   type TransportPreference,
+  type WorkloadInfo,
 } from '@ferry/protocol';
 import type { CoordinatorOptions } from './coordinator-options';
 import type { HostRegistry } from './host-registry';
@@ -39,12 +36,7 @@ import type { MigrationRecord, MigrationStore } from './migration-store';
 import { MigrationSlots } from './migration-slots';
 import { memoryNeeded, placeWorkload, type Placement } from './placement';
 import { recoverMigration } from './migration-recovery';
-import { bothPageServerTls, chooseRestoreMode, chooseTransport, firstFrameTimeoutMs } from './transport-choice';
-
-/** AES-256-GCM key of a migration's image frames (@ferry/transfer chunk-cipher.ts). */
-const IMAGE_KEY_BYTES = 32;
-
-const Empty = z.object({}).passthrough();
+import { chooseRestoreMode, firstFrameTimeoutMs, planDataPath } from './migration-plan';
 
 export interface MigrateParams {
   workload: string;
@@ -163,9 +155,7 @@ export class MigrationRunner {
     await Promise.all(
       alive.map(async (h) => {
         try {
-          const { workloads } = await request(this.nc, subjects.agent(h.name, AgentVerb.PS), {}, z.object({ workloads: z.array(WorkloadInfo) }), {
-            timeoutMs: 2_000,
-          });
+          const { workloads } = await requestAgentVerb(this.nc, h.name, AgentVerb.PS, {}, { timeoutMs: 2_000 });
           this.registry.setWorkloads(h.name, workloads, workloadsDigest(workloads));
         } catch {
           // An agent that does not answer keeps its cached list.
@@ -196,7 +186,7 @@ export class MigrationRunner {
     const log = this.log.child({ migrationId: m.id, workload: m.workload });
     try {
       const settled = await recoverMigration(m, {
-        ask: (host, verb, body, schema, timeoutMs) => this.callAgent(host, verb, body, schema, timeoutMs),
+        ask: (host, verb, body, timeoutMs) => this.callAgent(host, verb, body, timeoutMs),
         step: (step, state) => this.step(m, step, state),
         timeoutMs: this.opts.agentRequestTimeoutMs,
         log,
@@ -239,12 +229,12 @@ export class MigrationRunner {
       m.restore = chooseRestoreMode(m.restore, this.opts.defaultRestore, this.registry.describe(m.to).criu, m.to, m.transportPreference ?? 'auto');
 
       await this.step(m, 'receiving');
-      const sourceCriu = this.registry.describe(m.from).criu;
-      const targetCriu = this.registry.describe(m.to).criu;
-      const postCopy = m.restore === 'post-copy';
-      const transport = chooseTransport(m.transportPreference ?? 'auto', sourceCriu, targetCriu, { postCopy });
-      const pageServerTls = transport === 'page-server' && bothPageServerTls(sourceCriu, targetCriu);
       const workload = this.registry.findWorkload(m.workload);
+      // The one decision of how the memory moves; the agents carry it out.
+      const plan = planDataPath(m.transportPreference ?? 'auto', m.restore, this.registry.describe(m.from).criu, this.registry.describe(m.to).criu, {
+        address: workload?.address,
+      });
+      const postCopy = m.restore === 'post-copy';
       // The image key lives only here, for the two requests that need it: never in `m` (Redis),
       // events or logs. A coordinator that restarts mid-transfer rolls the migration back anyway.
       imageKey = randomBytes(IMAGE_KEY_BYTES);
@@ -256,10 +246,10 @@ export class MigrationRunner {
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
         firstFrameTimeoutMs: firstFrameTimeoutMs(this.opts.transferIdleTimeoutMs, workload?.rssBytes ?? 0, this.opts.checkpointTimeoutMs),
         mounts: workload?.mounts ?? [],
-        pageServer: transport === 'page-server',
-        pageServerTls,
+        pageServer: plan.pageServer,
+        pageServerTls: plan.pageServerTls,
         imageKey,
-      }, ReceiveReply, this.opts.agentRequestTimeoutMs);
+      }, this.opts.agentRequestTimeoutMs);
 
       await this.step(m, 'checkpointing');
       frozen = true;
@@ -270,11 +260,11 @@ export class MigrationRunner {
         workload: m.workload,
         target: m.to,
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
-        transport,
+        memory: plan.memory,
+        transport: plan.stream,
         ...(received.pageServer ? { pageServer: received.pageServer } : {}),
         imageKey,
-        postCopy,
-      }, CheckpointReply, this.opts.checkpointTimeoutMs, [m.to]);
+      }, this.opts.checkpointTimeoutMs, [m.to]);
       imageKey.fill(0);
       m.frozenAt = cp.frozenAt;
       m.transport = cp.transport;
@@ -290,12 +280,10 @@ export class MigrationRunner {
         {
           migrationId: m.id,
           workload: m.workload,
-          lazyPages: m.restore !== 'eager',
-          postCopy,
+          mode: m.restore,
           // Its TLS credentials pass through here in memory only, like the page server's.
           ...(cp.lazyPageServer ? { lazyPageServer: cp.lazyPageServer } : {}),
         },
-        RestoreReply,
         this.opts.restoreTimeoutMs,
       );
       restoredOnTarget = true;
@@ -308,13 +296,13 @@ export class MigrationRunner {
 
       await this.step(m, 'releasing');
       try {
-        await this.callAgent(m.from, AgentVerb.RELEASE, { migrationId: m.id, workload: m.workload }, Empty, this.opts.agentRequestTimeoutMs);
+        await this.callAgent(m.from, AgentVerb.RELEASE, { migrationId: m.id, workload: m.workload }, this.opts.agentRequestTimeoutMs);
       } catch (err) {
         // The workload runs on the target; the source's frozen copy stays frozen (never thawed)
         // and is killed when that agent is reachable again.
         log.error({ err: toFerryError(err).message }, 'source did not release its frozen copy');
       }
-      await this.callAgent(m.to, AgentVerb.SETTLE, { migrationId: m.id, workload: m.workload }, Empty, this.opts.agentRequestTimeoutMs).catch(
+      await this.callAgent(m.to, AgentVerb.SETTLE, { migrationId: m.id, workload: m.workload }, this.opts.agentRequestTimeoutMs).catch(
         (err) => log.warn({ err: toFerryError(err).message }, 'target did not settle'),
       );
       this.registry.moveWorkload(m.workload, m.from, m.to, rs.pid, before);
@@ -347,7 +335,7 @@ export class MigrationRunner {
     const ref = { migrationId: m.id, workload: m.workload };
     if (this.registry.has(m.to)) {
       try {
-        await this.callAgent(m.to, AgentVerb.DISCARD, ref, Empty, this.opts.agentRequestTimeoutMs);
+        await this.callAgent(m.to, AgentVerb.DISCARD, ref, this.opts.agentRequestTimeoutMs);
       } catch (err) {
         if (restoreRequested) {
           // The target may run a restored copy we cannot see: thawing the source now could make
@@ -364,7 +352,7 @@ export class MigrationRunner {
     }
     if (!frozen) return true;
     try {
-      await this.callAgent(m.from, AgentVerb.RESUME, ref, Empty, this.opts.agentRequestTimeoutMs);
+      await this.callAgent(m.from, AgentVerb.RESUME, ref, this.opts.agentRequestTimeoutMs);
       this.registry.setWorkloadState(m.from, m.workload, 'running');
       return true;
     } catch (err) {
@@ -390,30 +378,28 @@ export class MigrationRunner {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `host ${m.to} has ${target.memory.availableBytes} bytes available, ${m.workload} needs ${need}`);
     }
     // A live answer from both agents now, rather than a dead one discovered after the freeze.
-    const ping = z.object({}).passthrough();
-    await Promise.all([m.from, m.to].map((h) => this.callAgent(h, AgentVerb.PROBE, {}, ping, 2_000)));
+    await Promise.all([m.from, m.to].map((h) => this.callAgent(h, AgentVerb.PROBE, {}, 2_000)));
     // CRIU restores only onto a CPU with the features the dumped tasks may use (criu cpuinfo check).
-    const cpu = await this.callAgent(m.from, AgentVerb.CPUINFO, {}, CpuinfoReply, this.opts.agentRequestTimeoutMs);
-    const check = await this.callAgent(m.to, AgentVerb.CPUINFO_CHECK, { source: m.from, image: cpu.image }, CpuinfoCheckReply, this.opts.agentRequestTimeoutMs);
+    const cpu = await this.callAgent(m.from, AgentVerb.CPUINFO, {}, this.opts.agentRequestTimeoutMs);
+    const check = await this.callAgent(m.to, AgentVerb.CPUINFO_CHECK, { source: m.from, image: cpu.image }, this.opts.agentRequestTimeoutMs);
     if (!check.compatible) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the CPU of ${m.to} is not compatible with ${m.from}'s: ${check.problem ?? 'criu cpuinfo check failed'}`);
     }
     // Its sockets and unlinked files can move (a connection to a peer on the same host cannot).
-    await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload }, Empty, this.opts.agentRequestTimeoutMs);
+    await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload }, this.opts.agentRequestTimeoutMs);
   }
 
   /**
    * A request to an agent that fails fast when that host (or any of `alsoWatch`) is declared lost,
    * instead of waiting out a long timeout.
    */
-  private callAgent<S extends z.ZodType>(
+  private callAgent<V extends AgentVerb>(
     host: string,
-    verb: AgentVerb,
-    body: Record<string, unknown>,
-    schema: S,
+    verb: V,
+    body: AgentRequestBody<V>,
     timeoutMs: number,
     alsoWatch: string[] = [],
-  ): Promise<z.infer<S>> {
+  ): Promise<AgentReply<V>> {
     const watched = new Set([host, ...alsoWatch]);
     return new Promise((resolve, reject) => {
       const onLost = (lost: string) => {
@@ -433,7 +419,7 @@ export class MigrationRunner {
       };
       this.registry.on('lost', onLost);
       this.connection.on('disconnect', onDisconnect);
-      request(this.nc, subjects.agent(host, verb), body, schema, { timeoutMs }).then(
+      requestAgentVerb(this.nc, host, verb, body, { timeoutMs }).then(
         (v) => {
           cleanup();
           resolve(v);

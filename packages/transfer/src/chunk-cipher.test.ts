@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { connect, type NatsConnection } from 'nats';
-import { encode, ErrorCode, FerryError, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
-import { FrameOpener, FrameSealer, ImageReceiver, IMAGE_KEY_BYTES, sendImage } from './index';
+import { encode, ErrorCode, FerryError, IMAGE_KEY_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
+import { FrameOpener, FrameSealer, ImageReceiver, sendImage } from './index';
 import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
 
 const MIB = 1024 * 1024;

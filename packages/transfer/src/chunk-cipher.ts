@@ -24,12 +24,10 @@
  * derived from the same one: see control-frame-auth.ts.
  */
 import { createCipheriv, createDecipheriv } from 'node:crypto';
-import { decode, ErrorCode, FerryError, PROTOCOL_VERSION } from '@ferry/protocol';
+import { decode, ErrorCode, FerryError, IMAGE_KEY_BYTES, PROTOCOL_VERSION } from '@ferry/protocol';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 
-/** AES-256: the key the coordinator generates per migration. */
-export const IMAGE_KEY_BYTES = 32;
 const ALGORITHM = 'aes-256-gcm';
 const SALT_BYTES = 4;
 const TAG_BYTES = 16;

@@ -8,8 +8,8 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from 'nats';
-import { decode, encode, ErrorCode, FerryError, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
-import { CONTROL_MAC_BYTES, ControlFrameAuthenticator, ImageReceiver, IMAGE_KEY_BYTES, sendImage } from './index';
+import { decode, encode, ErrorCode, FerryError, IMAGE_KEY_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
+import { CONTROL_MAC_BYTES, ControlFrameAuthenticator, ImageReceiver, sendImage } from './index';
 import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
 
 const MIB = 1024 * 1024;

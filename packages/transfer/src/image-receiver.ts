@@ -12,8 +12,10 @@ import {
   MAX_CONTROL_MESSAGE_BYTES,
   parseMessage,
   PROTOCOL_VERSION,
+  silentLogger,
   subjects,
   toFerryError,
+  type Logger,
 } from '@ferry/protocol';
 import { assertImageKey, FrameOpener } from './chunk-cipher';
 import { ControlFrameAuthenticator } from './control-frame-auth';
@@ -22,7 +24,6 @@ import type { FrameSocket } from './frame-socket';
 import { CtlFrame, DataFrame, DirectRequestFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
 import { IncomingFile } from './incoming-file';
-import { silentLogger, type Logger } from './logger';
 import type { TransferStats, TransferTransport } from './transfer-stats';
 
 /** The sender is considered gone when no frame arrives for this long. */

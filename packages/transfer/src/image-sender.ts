@@ -11,9 +11,12 @@ import {
   FerryError,
   parseMessage,
   PROTOCOL_VERSION,
+  silentLogger,
+  StreamTransport,
   subjects,
   toFerryError,
   type ErrorBody,
+  type Logger,
 } from '@ferry/protocol';
 import { assertImageKey, FrameSealer } from './chunk-cipher';
 import { ControlFrameAuthenticator, type ControlFrameFields } from './control-frame-auth';
@@ -23,7 +26,6 @@ import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
 import { imageFrames } from './image-frames';
 import { listImageFiles } from './list-image-files';
-import { silentLogger, type Logger } from './logger';
 import { readAhead } from './read-ahead';
 import type { TransferStats, TransferTransport } from './transfer-stats';
 
@@ -50,12 +52,6 @@ const MAX_ACK_FRAME_BYTES = 1024;
 /** Chunks read from disk ahead of the one waiting for room in the window. */
 export const READ_AHEAD_FRAMES = 4;
 
-/**
- * Which path the bytes take. `auto`: direct when the receiver offers one and it can be reached,
- * else NATS. `direct`: direct or fail (UNAVAILABLE). `nats`: never try the direct path.
- */
-export type TransportPreference = 'auto' | 'direct' | 'nats';
-
 export interface ImageSenderOptions {
   /** Largest file payload per chunk frame, in bytes; lowered to fit the server's max_payload. */
   chunkBytes: number;
@@ -63,8 +59,11 @@ export interface ImageSenderOptions {
   windowChunks: number;
   /** Fail with DEADLINE_EXCEEDED when frames are in flight and acks make no progress for this long. */
   idleTimeoutMs: number;
-  /** Direct TCP path, NATS, or the first that works. */
-  transport: TransportPreference;
+  /**
+   * Which path the bytes take. `auto`: direct when the receiver offers one and it can be reached,
+   * else NATS. `direct`: direct or fail (UNAVAILABLE). `nats`: never try the direct path.
+   */
+  transport: StreamTransport;
   /** How long to wait for the receiver's direct offer, and then for the TCP connect, each. */
   directTimeoutMs: number;
   /** Per-migration key: every data frame is sealed with it (chunk-cipher.ts); null: frames go in clear. */
@@ -100,7 +99,7 @@ export function compileImageSenderOptions(
   if (roomBytes < FRAME_OVERHEAD_BYTES) {
     throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the NATS server's max_payload of ${maxPayloadBytes} bytes is too small for image chunks`);
   }
-  if (!['auto', 'direct', 'nats'].includes(merged.transport)) {
+  if (!StreamTransport.safeParse(merged.transport).success) {
     throw new FerryError(ErrorCode.INVALID_ARGUMENT, `transport must be auto, direct or nats, got ${String(merged.transport)}`);
   }
   if (merged.imageKey) assertImageKey(merged.imageKey);

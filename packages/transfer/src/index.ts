@@ -1,5 +1,3 @@
-export type { Logger } from './logger';
-export { silentLogger } from './logger';
 export type { TransferStats, TransferTransport } from './transfer-stats';
 export {
   sendImage,
@@ -10,7 +8,7 @@ export {
   DEFAULT_WINDOW_BYTES,
   DEFAULT_IDLE_TIMEOUT_MS,
 } from './image-sender';
-export type { ImageSenderOptions, TransportPreference } from './image-sender';
+export type { ImageSenderOptions } from './image-sender';
 export { DIRECT_OFFER_TIMEOUT_MS, DIRECT_CONNECT_TIMEOUT_MS } from './direct-path';
 export {
   ImageReceiver,
@@ -23,14 +21,13 @@ export {
 } from './image-receiver';
 export type { ImageReceiverOptions } from './image-receiver';
 export { imagePathProblem, resolveImagePath, MAX_IMAGE_PATH_BYTES } from './image-path';
-export { IMAGE_KEY_BYTES, FrameSealer, FrameOpener } from './chunk-cipher';
+export { FrameSealer, FrameOpener } from './chunk-cipher';
 export { ControlFrameAuthenticator, CONTROL_MAC_BYTES } from './control-frame-auth';
 export {
   servePageRequests,
   requestPages,
   pageRequestKey,
   maxPagesPerReply,
-  MEMORY_PAGE_BYTES,
   DEFAULT_PAGE_REQUEST_TIMEOUT_MS,
 } from './page-requests';
 export type { PageLookup, PageRun, PageResponder } from './page-requests';

@@ -1,8 +1,8 @@
 /** Post-copy page requests against a real nats-server: source and target on their own connections. */
 import { randomBytes } from 'node:crypto';
 import { connect, type NatsConnection } from 'nats';
-import { encode, ErrorCode, FerryError, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
-import { MEMORY_PAGE_BYTES, pageRequestKey, requestPages, servePageRequests } from './page-requests';
+import { encode, ErrorCode, FerryError, PAGE_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
+import { pageRequestKey, requestPages, servePageRequests } from './page-requests';
 import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
 
 jest.setTimeout(30_000);
@@ -25,10 +25,10 @@ afterAll(async () => {
 /** Pages whose bytes are their page number (mod 256); runs end every 8 pages. */
 const lookup = async (pid: number, vaddr: number, nr: number) => {
   if (pid !== 1) throw new FerryError(ErrorCode.NOT_FOUND, `no task ${pid}`);
-  const first = vaddr / MEMORY_PAGE_BYTES;
+  const first = vaddr / PAGE_BYTES;
   const n = Math.min(nr, 8 - (first % 8));
-  const data = Buffer.alloc(n * MEMORY_PAGE_BYTES);
-  for (let i = 0; i < n; i++) data.fill((first + i) % 256, i * MEMORY_PAGE_BYTES, (i + 1) * MEMORY_PAGE_BYTES);
+  const data = Buffer.alloc(n * PAGE_BYTES);
+  for (let i = 0; i < n; i++) data.fill((first + i) % 256, i * PAGE_BYTES, (i + 1) * PAGE_BYTES);
   return { vaddr, nr: n, data };
 };
 
@@ -38,10 +38,10 @@ test('sealed pages arrive intact, cut at the end of the source\'s run', async ()
   // The subscription reaches the server before the other connection asks.
   await source.flush();
   try {
-    const run = await requestPages(target, 'x-pages-1', { pid: 1, vaddr: 6 * MEMORY_PAGE_BYTES, nr: 5 }, { key: pageRequestKey(key) });
-    expect(run).toMatchObject({ vaddr: 6 * MEMORY_PAGE_BYTES, nr: 2 });
-    expect([run.data[0], run.data[MEMORY_PAGE_BYTES]]).toEqual([6, 7]);
-    expect(responder.stats()).toEqual({ requests: 1, bytes: 2 * MEMORY_PAGE_BYTES });
+    const run = await requestPages(target, 'x-pages-1', { pid: 1, vaddr: 6 * PAGE_BYTES, nr: 5 }, { key: pageRequestKey(key) });
+    expect(run).toMatchObject({ vaddr: 6 * PAGE_BYTES, nr: 2 });
+    expect([run.data[0], run.data[PAGE_BYTES]]).toEqual([6, 7]);
+    expect(responder.stats()).toEqual({ requests: 1, bytes: 2 * PAGE_BYTES });
   } finally {
     responder.close();
   }

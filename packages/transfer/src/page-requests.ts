@@ -28,15 +28,16 @@ import {
   ErrorCode,
   FerryError,
   parseMessage,
+  PAGE_BYTES,
   PROTOCOL_VERSION,
+  silentLogger,
   subjects,
   toFerryError,
   type ErrorBody,
+  type Logger,
 } from '@ferry/protocol';
 import { assertImageKey } from './chunk-cipher';
-import { silentLogger, type Logger } from './logger';
 
-export const MEMORY_PAGE_BYTES = 4096;
 const LABEL = 'ferry-pages-v1';
 const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
@@ -107,7 +108,7 @@ function sealedReply(head: Record<string, unknown>, nonce: Buffer, body: Buffer,
 
 /** Most pages one reply can carry through a server with this max_payload. */
 export function maxPagesPerReply(maxPayloadBytes: number): number {
-  return Math.max(1, Math.floor((maxPayloadBytes - REPLY_OVERHEAD_BYTES - TAG_BYTES) / MEMORY_PAGE_BYTES));
+  return Math.max(1, Math.floor((maxPayloadBytes - REPLY_OVERHEAD_BYTES - TAG_BYTES) / PAGE_BYTES));
 }
 
 export interface PageResponder {
@@ -135,7 +136,7 @@ export function servePageRequests(
     try {
       const req = parseMessage(PagesRequest, decode(data));
       const run = await lookup(req.pid, req.vaddr, Math.min(req.nr, maxPages));
-      if (run.vaddr !== req.vaddr || run.nr < 1 || run.nr > req.nr || run.data.byteLength !== run.nr * MEMORY_PAGE_BYTES) {
+      if (run.vaddr !== req.vaddr || run.nr < 1 || run.nr > req.nr || run.data.byteLength !== run.nr * PAGE_BYTES) {
         throw new FerryError(ErrorCode.INTERNAL, `page lookup returned ${run.nr} pages at ${run.vaddr} for ${req.nr} at ${req.vaddr}`);
       }
       requests += 1;
@@ -221,7 +222,7 @@ export async function requestPages(
     if (!reply.data) throw new FerryError(ErrorCode.TRANSFER_FAILED, 'page reply without data');
     data = Buffer.from(reply.data.buffer, reply.data.byteOffset, reply.data.byteLength);
   }
-  if (data.byteLength !== reply.nr * MEMORY_PAGE_BYTES) {
+  if (data.byteLength !== reply.nr * PAGE_BYTES) {
     throw new FerryError(ErrorCode.TRANSFER_FAILED, `page reply holds ${data.byteLength} bytes for ${reply.nr} pages`);
   }
   return { vaddr: reply.vaddr, nr: reply.nr, data };

@@ -4,7 +4,7 @@
  */
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { isAlive } from '../process-tree';
+import { isAlive } from '../host/process-tree';
 
 /** python3 from the distribution: the fixtures need nothing beyond its standard library. */
 export const FIXTURE_PYTHON = '/usr/bin/python3';

@@ -3,9 +3,8 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { CoordVerb, MigrationResult, WorkloadInfo } from '@ferry/protocol';
+import { clusterDataDir, dev, startLocalCluster } from '@ferry/dev-cluster';
 import { askCoordinator } from '../client';
-import { isProcessAlive, readClusterState } from '../dev';
-import { clusterDataDir, startLocalCluster } from '../dev-cluster';
 import { formatBytes } from '../output';
 import { action } from './action';
 import { publicResult } from './migrate';
@@ -28,8 +27,8 @@ export function registerDemo(program: Command): Command {
     .option('--json', 'print the migration result as JSON')
     .action(
       action(async (opts: { json?: boolean }) => {
-        const state = readClusterState('ferry');
-        if (!state || state.status !== 'running' || !state.processes.some(isProcessAlive)) {
+        const state = dev.readClusterState('ferry');
+        if (!state || state.status !== 'running' || !state.processes.some(dev.isProcessAlive)) {
           say('ferry: starting the local cluster (2 hosts)...');
           await startLocalCluster({ name: 'ferry', hosts: 2 });
         } else {

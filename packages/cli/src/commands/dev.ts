@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { killHost, readClusterState } from '../dev';
-import { startLocalCluster, stopLocalCluster } from '../dev-cluster';
+import { dev as devCluster, startLocalCluster, startLocalHost, stopLocalCluster } from '@ferry/dev-cluster';
+import { bootstrapDevHosts } from '../dev-bootstrap';
 import { printJson } from '../output';
 import { action } from './action';
 
@@ -19,7 +19,22 @@ export function registerDev(program: Command): Command {
     .option('--json', 'print the cluster state as JSON')
     .action(
       action(async (opts: { hosts: number; kafka?: boolean; ssh?: boolean; tls?: boolean; auth: boolean; json?: boolean }) => {
-        const state = await startLocalCluster({ name: DEV_CLUSTER, hosts: opts.hosts, kafka: opts.kafka, ssh: opts.ssh, natsAuth: opts.auth, natsTls: opts.tls });
+        // --ssh: no agent started directly; each is installed through its host's sshd instead.
+        const state = await startLocalCluster({
+          name: DEV_CLUSTER,
+          hosts: opts.hosts,
+          kafka: opts.kafka,
+          agentHosts: opts.ssh ? [] : undefined,
+          hostSshd: opts.ssh,
+          natsAuth: opts.auth,
+          natsTls: opts.tls,
+        });
+        if (opts.ssh) {
+          await bootstrapDevHosts(state).catch(async (err: unknown) => {
+            await stopLocalCluster(DEV_CLUSTER).catch(() => undefined);
+            throw err;
+          });
+        }
         if (opts.json) return printJson(state);
         process.stdout.write(
           `dev cluster up: ${state.layout.hosts.map((h) => `${h.name} (${h.address})`).join(', ')}\n` +
@@ -46,9 +61,21 @@ export function registerDev(program: Command): Command {
     .option('--json', 'print {killed: HOST, pid}')
     .action(
       action(async (host: string, opts: { json?: boolean }) => {
-        const rec = await killHost(DEV_CLUSTER, host);
+        const rec = await devCluster.killHost(DEV_CLUSTER, host);
         if (opts.json) return printJson({ killed: host, pid: rec.pid });
         process.stdout.write(`killed the agent of ${host} (pid ${rec.pid})\n`);
+      }),
+    );
+  dev
+    .command('start')
+    .description("start a killed host's agent again in that host, as `dev up` did (the host comes back); returns once it registered")
+    .argument('<host>', 'host name, e.g. h2')
+    .option('--json', 'print {started: HOST, pid}')
+    .action(
+      action(async (host: string, opts: { json?: boolean }) => {
+        const rec = await startLocalHost(DEV_CLUSTER, host);
+        if (opts.json) return printJson({ started: host, pid: rec.pid });
+        process.stdout.write(`started the agent of ${host} (pid ${rec.pid}); it registered\n`);
       }),
     );
   dev
@@ -57,7 +84,7 @@ export function registerDev(program: Command): Command {
     .option('--json', 'print JSON')
     .action(
       action(async () => {
-        printJson(readClusterState(DEV_CLUSTER));
+        printJson(devCluster.readClusterState(DEV_CLUSTER));
       }),
     );
   return dev;

@@ -1,8 +1,7 @@
 import type { Command } from 'commander';
 import { ErrorCode, FerryError } from '@ferry/protocol';
 import { bootstrapAgent, DEFAULT_BOOTSTRAP_STATE_DIR, DEFAULT_CONFIG_DIR, DEFAULT_INSTALL_PREFIX, findBundleRoot, parseSshTarget, type HostKeyPolicy } from '../bootstrap';
-import { resolveNatsCredentials, resolveNatsUrl } from '../client';
-import { waitForHosts } from '../dev-cluster';
+import { resolveNatsCredentials, resolveNatsUrl, waitForHosts } from '../client';
 import { printJson } from '../output';
 import { action } from './action';
 

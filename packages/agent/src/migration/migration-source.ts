@@ -1,0 +1,264 @@
+/**
+ * The source half of a migration: checks the workload can move, freezes and dumps it through the
+ * data path the coordinator chose, streams the image, and then, on the coordinator's word only,
+ * kills the frozen copy (release) or thaws it (resume). It never decides a migration's fate.
+ */
+import { readFile } from 'node:fs/promises';
+import type { NatsConnection } from 'nats';
+import {
+  ErrorCode,
+  FerryError,
+  toFerryError,
+  type CheckpointReply,
+  type CheckpointRequest,
+  type CriuInfo,
+  type Logger,
+  type MigrationRef,
+  type PageServerEndpoint,
+} from '@ferry/protocol';
+import { sendImage } from '@ferry/transfer';
+import type { AgentMetrics } from '../agent-metrics';
+import type { CriuDriver } from '../criu/criu-driver';
+import { isAlive, listTree } from '../host/process-tree';
+import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
+import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets, type RepairSyscalls } from '../host/tcp-sockets';
+import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
+import type { WorkDirs } from '../host/work-dir';
+import type { PostCopySource } from '../post-copy/post-copy-source';
+import type { WorkloadRecord } from '../workloads/inventory';
+import type { Workloads } from '../workloads/workloads';
+import { manifestIn, writeManifest } from './manifest-file';
+import { SerialLock } from './serial-lock';
+import { sourceDataPath, type DumpedImage } from './source-data-paths';
+
+export interface MigrationSourceDeps {
+  nc: NatsConnection;
+  syscalls: RepairSyscalls;
+  criu: CriuDriver;
+  criuInfo: CriuInfo;
+  workDirs: WorkDirs;
+  workloads: Workloads;
+  metrics?: AgentMetrics;
+  log: Logger;
+}
+
+export interface MigrationSourceOptions {
+  /** This host's registered address (service addresses live on its interface). */
+  address: string;
+  /** Largest unlinked-but-open local file the image may carry. */
+  ghostLimitBytes: number;
+}
+
+export class MigrationSource {
+  /** Checkpoints running now: a rollback's resume waits for the dump/send to end before thawing. */
+  private readonly checkpoints = new Map<string, Promise<CheckpointReply>>();
+  /** Post-copy: lazy memory kept for the target until release or rollback. */
+  private readonly lazySources = new Map<string, PostCopySource>();
+  /** One CRIU dump at a time on this host (see serial-lock.ts). */
+  private readonly dumpLock = new SerialLock();
+
+  constructor(
+    private readonly opts: MigrationSourceOptions,
+    private readonly deps: MigrationSourceDeps,
+  ) {}
+
+  async checkpoint(req: CheckpointRequest): Promise<CheckpointReply> {
+    const running = this.checkpointNow(req);
+    this.checkpoints.set(req.migrationId, running);
+    try {
+      return await running;
+    } finally {
+      this.checkpoints.delete(req.migrationId);
+    }
+  }
+
+  /**
+   * What must hold before a workload is frozen, else FAILED_PRECONDITION: its unlinked-but-open
+   * local files fit the ghost limit (shared ones are pinned and travel by name), and every inet
+   * socket can move (tcp-sockets.ts). Returns the unlinked files found, for the pins.
+   */
+  async assertMigratable(rec: WorkloadRecord): Promise<UnlinkedFile[]> {
+    const tree = await listTree(rec.pid);
+    const unlinked = await findUnlinkedFiles(tree);
+    checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
+    const serviceIp = rec.address ? ipOf(rec.address) : null;
+    const socketProblems = unmigratableSockets(
+      await inetSocketsOf(tree),
+      serviceIp,
+      new Set((await hostAddresses()).map((a) => a.ip).filter((ip) => ip !== serviceIp)),
+    );
+    if (socketProblems.length > 0) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${rec.name} holds sockets that cannot migrate: ${socketProblems.slice(0, 5).join('; ')}`, { details: socketProblems });
+    }
+    return unlinked;
+  }
+
+  private async checkpointNow(req: CheckpointRequest): Promise<CheckpointReply> {
+    const { workloads, workDirs, criu, metrics } = this.deps;
+    const rec = workloads.require(req.workload);
+    if (rec.state !== 'running' || !(await isAlive(rec.pid, rec.startTime))) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} is not running (${rec.state})`);
+    }
+    if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
+    // Checked in the pre-flight already, and again here: the workload ran on since.
+    const pins = await pinSharedFiles(await this.assertMigratable(rec), req.migrationId);
+    const dir = await workDirs.create(req.migrationId);
+    const log = this.deps.log.child({ migrationId: req.migrationId });
+    const path = sourceDataPath(
+      req.memory,
+      { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey: req.imageKey ?? null, dir, log },
+      req.pageServer,
+    );
+    // Recorded before freezing: if we crash while it is frozen, the next start knows to ask.
+    rec.migration = { id: req.migrationId, role: 'source' };
+    rec.state = 'frozen';
+    await workloads.inventory.put(rec);
+    let frozenAt = Date.now();
+    let dumped: DumpedImage;
+    try {
+      dumped = await this.dumpLock.run(async () => {
+        // Downtime starts when CRIU freezes the tree, not while waiting for another dump.
+        frozenAt = Date.now();
+        return path.dump({
+          pid: rec.pid,
+          imagesDir: dir,
+          leaveStopped: true,
+          externalFiles: pins.map((p) => p.key),
+          // Its connections are dumped in TCP repair mode and stay locked (nftables) while it is frozen.
+          tcpEstablished: rec.address !== undefined,
+          extraArgs: [],
+        });
+      });
+      if (rec.address) {
+        // The address follows the workload: off this host now, on the target before its restore.
+        const lockTable = criuLockTableFromDumpLog(await readFile(dumped.logPath, 'utf8').catch(() => ''));
+        rec.migration = { id: req.migrationId, role: 'source', ...(lockTable ? { lockTable } : {}) };
+        await workloads.inventory.put(rec);
+        await removeServiceAddress(rec.address, this.opts.address);
+      }
+      metrics?.dumped(dumped.durationMs);
+    } catch (err) {
+      path.abort();
+      // A dump that succeeded left connections locked in repair mode (moving the address failed after it): undo that first.
+      if (rec.migration?.lockTable) await this.reviveNetwork(rec).catch((e) => log.error({ err: toFerryError(e).message }, 'could not revive the connections'));
+      // CRIU resumes the tree itself when a dump fails; make sure of it and forget the mark.
+      await criu.thaw(rec.pid).catch(() => undefined);
+      await removePins(pins);
+      rec.migration = null;
+      rec.state = (await isAlive(rec.pid, rec.startTime)) ? 'running' : 'exited';
+      await workloads.inventory.put(rec);
+      await workDirs.remove(req.migrationId);
+      throw err;
+    }
+    // From here the tree stays frozen on any failure: the coordinator's rollback (resume) thaws it.
+    let lazyPageServer: PageServerEndpoint | undefined;
+    let lazyBytes = 0;
+    let sent: Awaited<ReturnType<typeof sendImage>>;
+    try {
+      await writeManifest(dir, rec, pins);
+      const kept = await path.keepLazyMemory();
+      if (kept) {
+        // Kept until release or rollback, which close it.
+        this.lazySources.set(req.migrationId, kept);
+        lazyBytes = kept.lazyBytes;
+      }
+      sent = await sendImage(this.deps.nc, req.transferId, dir, {
+        idleTimeoutMs: req.idleTimeoutMs,
+        transport: req.transport,
+        imageKey: req.imageKey ?? null,
+        logger: log,
+      });
+      const after = await path.afterSend(sent);
+      lazyPageServer = after.lazyPageServer;
+      if (after.source) this.lazySources.set(req.migrationId, after.source);
+    } catch (err) {
+      // Whatever serves the kept memory goes now; the tree stays stopped for the rollback to thaw.
+      path.abort();
+      throw err;
+    }
+    const wireBytes = dumped.bytesOnWire;
+    metrics?.sent(sent.bytes + wireBytes, sent.elapsedMs + (wireBytes > 0 ? dumped.durationMs : 0));
+    log.info({ bytes: sent.bytes, dumpMs: dumped.durationMs, transferMs: sent.elapsedMs, transport: sent.transport, memory: req.memory }, 'image sent');
+    return {
+      dumpMs: Math.round(dumped.durationMs),
+      transferMs: Math.round(sent.elapsedMs),
+      // With a page server the memory left during the dump, by CRIU's connection: part of what this migration moved.
+      bytes: sent.bytes + wireBytes,
+      files: sent.files,
+      frozenAt,
+      transport: path.transportName ?? sent.transport,
+      lazyBytes,
+      ...(lazyPageServer ? { lazyPageServer } : {}),
+    };
+  }
+
+  /** Target confirmed: the frozen copy must never run again. */
+  async release(req: MigrationRef): Promise<void> {
+    const { workloads, criu } = this.deps;
+    const rec = workloads.inventory.get(req.workload);
+    if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
+      // Its sockets are still in repair mode, so this kill sends the peers nothing; then the lock can go.
+      if (await isAlive(rec.pid, rec.startTime)) await criu.kill(rec.pid);
+      await this.closeLazySource(req.migrationId);
+      if (rec.migration.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
+      await workloads.inventory.remove(req.workload);
+      this.deps.log.info({ migrationId: req.migrationId, workload: req.workload }, 'released frozen copy');
+      // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.
+      await workloads.unmountUnused((rec.mounts ?? []).map((m) => m.path));
+    }
+    await this.closeLazySource(req.migrationId);
+    await this.cleanUp(req.migrationId);
+  }
+
+  /** Rollback: thaw the frozen copy so it carries on here. */
+  async resume(req: MigrationRef): Promise<void> {
+    // Thawing under a dump still writing would corrupt it; CRIU ends it soon once the target discards.
+    await this.checkpoints.get(req.migrationId)?.catch(() => undefined);
+    // A lazy dump holds the tree (ptrace) until its page session ends: only then can it thaw.
+    await this.closeLazySource(req.migrationId);
+    const { workloads, criu } = this.deps;
+    const rec = workloads.inventory.get(req.workload);
+    if (rec && rec.migration?.id === req.migrationId && rec.migration.role === 'source') {
+      if (!(await isAlive(rec.pid, rec.startTime))) {
+        throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${req.workload} died while frozen`);
+      }
+      if (rec.address) await this.reviveNetwork(rec);
+      await criu.thaw(rec.pid);
+      rec.migration = null;
+      rec.state = 'running';
+      await workloads.inventory.put(rec);
+      this.deps.log.warn({ migrationId: req.migrationId, workload: req.workload }, 'thawed after rollback');
+    }
+    await this.cleanUp(req.migrationId);
+  }
+
+  /** The migration's pins and work dir go (the pins' names are listed in its manifest). */
+  private async cleanUp(migrationId: string): Promise<void> {
+    await removePins((await manifestIn(this.deps.workDirs.pathFor(migrationId))).pins ?? []);
+    await this.deps.workDirs.remove(migrationId);
+  }
+
+  /** Post-copy: the target has every page (release) or gave up (rollback); nobody asks for more. */
+  private async closeLazySource(migrationId: string): Promise<void> {
+    const source = this.lazySources.get(migrationId);
+    if (!source) return;
+    this.lazySources.delete(migrationId);
+    this.deps.log.info({ migrationId, bytesServed: source.bytesServed, lazyBytes: source.lazyBytes }, 'post-copy source closed');
+    await source.close();
+  }
+
+  /**
+   * Rollback of a workload with a service address, before the thaw: the address back on this
+   * host (announced), its connections out of repair mode, CRIU's lock dropped. They carry on where
+   * they were; the peers saw a pause.
+   */
+  private async reviveNetwork(rec: WorkloadRecord): Promise<void> {
+    if (rec.address) {
+      await addServiceAddress(rec.address, this.opts.address);
+      await announceServiceAddress(rec.address, this.opts.address);
+    }
+    const changed = await setTreeTcpRepair(this.deps.syscalls, await listTree(rec.pid), false);
+    if (rec.migration?.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
+    this.deps.log.info({ workload: rec.name, address: rec.address, connections: changed }, 'connections revived on the source');
+  }
+}

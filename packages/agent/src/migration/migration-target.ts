@@ -1,0 +1,322 @@
+/**
+ * The target half of a migration: receives the image (and with the page-server path runs CRIU's
+ * page server for the memory), restores the workload eagerly, lazily or by post-copy as the
+ * coordinator asked, and then keeps it (settle) or kills it (discard) on the coordinator's word.
+ */
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { NatsConnection } from 'nats';
+import {
+  encode,
+  ErrorCode,
+  FerryError,
+  PAGE_BYTES,
+  PROTOCOL_VERSION,
+  subjects,
+  toFerryError,
+  type CriuInfo,
+  type Logger,
+  type MigrationRecordReply,
+  type MigrationRef,
+  type PageServerTls,
+  type ReceiveReply,
+  type ReceiveRequest,
+  type RestoreReply,
+  type RestoreRequest,
+} from '@ferry/protocol';
+import { ImageReceiver, pageRequestKey } from '@ferry/transfer';
+import { SEEK_SET, type LinuxSyscalls } from '@ferry/native';
+import type { AgentMetrics } from '../agent-metrics';
+import type { CriuDriver } from '../criu/criu-driver';
+import { PageServer, sumPageImageBytes } from '../criu/criu-service';
+import { lazyRunBytes, lazyRunsOf } from '../criu/pagemap-image';
+import { makePageServerTls, type PageServerTlsFiles } from '../criu/page-server-tls';
+import { isAlive, listTree } from '../host/process-tree';
+import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
+import { setTreeTcpRepair, type RepairSyscalls } from '../host/tcp-sockets';
+import { closeInherited, openPins, removePins } from '../host/unlinked-files';
+import type { WorkDirs } from '../host/work-dir';
+import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed } from '../post-copy/lazy-memory-feed';
+import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
+import type { Workloads } from '../workloads/workloads';
+import { manifestIn, placeWorkloadLog, readManifest } from './manifest-file';
+import { SerialLock } from './serial-lock';
+
+/** How often the target reports the bytes received so far (progress events, dashboard). */
+const PROGRESS_INTERVAL_MS = 250;
+
+interface IncomingMigration {
+  migrationId: string;
+  workload: string;
+  dir: string;
+  receiver: ImageReceiver;
+  progressTimer: NodeJS.Timeout;
+  /** Mount points receive() mounted for this migration (unmounted again on discard). */
+  mountedPaths: string[];
+  /** With the page-server path: CRIU's page server writing the memory pages into `dir`. */
+  pageServer?: PageServer;
+  /** Post-copy: where the lazy pages are asked for, and the key their replies are sealed with. */
+  transferId: string;
+  pagesKey: Buffer | null;
+  /** Post-copy, during the restore and until the last page: the page server CRIU's lazy-pages daemon asks. */
+  relay?: LazyPageRelay;
+}
+
+export interface MigrationTargetDeps {
+  nc: NatsConnection;
+  /** lseek of reopened pinned files; TCP repair of a discarded copy's sockets. */
+  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls;
+  criu: CriuDriver;
+  criuInfo: CriuInfo;
+  workDirs: WorkDirs;
+  workloads: Workloads;
+  metrics?: AgentMetrics;
+  log: Logger;
+}
+
+export interface MigrationTargetOptions {
+  /** This host's name (for messages). */
+  host: string;
+  /** This host's registered address: where the source reaches it, and where service addresses go. */
+  address: string;
+  /** Largest image this host accepts. */
+  maxImageBytes: number;
+}
+
+export class MigrationTarget {
+  private readonly incoming = new Map<string, IncomingMigration>();
+  /** Migrations whose CRIU restore runs now (a coordinator reconciling must wait for its end). */
+  private readonly restoring = new Set<string>();
+  /** One CRIU restore at a time on this host (see serial-lock.ts). */
+  private readonly restoreLock = new SerialLock();
+
+  constructor(
+    private readonly opts: MigrationTargetOptions,
+    private readonly deps: MigrationTargetDeps,
+  ) {}
+
+  /** receiving / restoring / neither, for the coordinator's reconciliation. */
+  inProgress(migrationId: string): MigrationRecordReply['inProgress'] {
+    return this.restoring.has(migrationId) ? 'restoring' : this.incoming.has(migrationId) ? 'receiving' : null;
+  }
+
+  async receive(req: ReceiveRequest): Promise<ReceiveReply> {
+    const { workloads, workDirs, nc, log } = this.deps;
+    if (this.incoming.has(req.migrationId)) throw new FerryError(ErrorCode.CONFLICT, `migration ${req.migrationId} is already being received`);
+    const existing = workloads.inventory.get(req.workload);
+    if (existing && existing.state !== 'exited') {
+      throw new FerryError(ErrorCode.CONFLICT, `a workload named ${req.workload} already runs on ${this.opts.host}`);
+    }
+    // Before the source freezes anything: a filesystem this host cannot mount fails the migration here.
+    const mountedPaths = await workloads.mountAll(req.mounts);
+    const dir = await workDirs.create(req.migrationId);
+    const receiver = ImageReceiver.start(nc, req.transferId, dir, {
+      idleTimeoutMs: req.idleTimeoutMs,
+      ...(req.firstFrameTimeoutMs !== undefined ? { firstFrameTimeoutMs: req.firstFrameTimeoutMs } : {}),
+      maxTotalBytes: this.opts.maxImageBytes,
+      maxFileBytes: this.opts.maxImageBytes,
+      // The address we registered with is the one the source agent can reach us on.
+      directListenAddress: this.opts.address,
+      imageKey: req.imageKey ?? null,
+      logger: log.child({ migrationId: req.migrationId }),
+    });
+    // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
+    receiver.done.then((stats) => this.deps.metrics?.received(stats.bytes)).catch(() => undefined);
+    const progressTimer = setInterval(() => {
+      const p = receiver.progress();
+      nc.publish(subjects.event('progress'), encode({ v: PROTOCOL_VERSION, migrationId: req.migrationId, bytes: p.bytes, files: p.files }));
+    }, PROGRESS_INTERVAL_MS);
+    receiver.done.finally(() => clearInterval(progressTimer)).catch(() => undefined);
+    const incoming: IncomingMigration = {
+      migrationId: req.migrationId,
+      workload: req.workload,
+      dir,
+      receiver,
+      progressTimer,
+      mountedPaths,
+      transferId: req.transferId,
+      pagesKey: req.imageKey ? pageRequestKey(req.imageKey) : null,
+    };
+    this.incoming.set(req.migrationId, incoming);
+    // The source starts sending as soon as we reply; the server must have our subscription first.
+    await receiver.ready();
+    let clientTls: PageServerTls | undefined;
+    if (req.pageServer) {
+      let serverTls: PageServerTlsFiles | undefined;
+      if (req.pageServerTls) {
+        const made = await makePageServerTls(workDirs.tlsPathFor(req.migrationId), this.opts.address);
+        serverTls = made.server;
+        clientTls = made.client;
+      }
+      incoming.pageServer = await PageServer.start(this.deps.criu, dir, this.opts.address, log.child({ migrationId: req.migrationId }), serverTls);
+    }
+    log.info({ migrationId: req.migrationId, source: req.source, pageServer: req.pageServer, pageServerTls: clientTls !== undefined }, 'receiving image');
+    const ps = incoming.pageServer;
+    return ps ? { pageServer: { address: ps.address, port: ps.port, ...(clientTls ? { tls: clientTls } : {}) } } : {};
+  }
+
+  async restore(req: RestoreRequest): Promise<RestoreReply> {
+    const { criu, workloads, workDirs, log, metrics } = this.deps;
+    const inc = this.incoming.get(req.migrationId);
+    if (!inc) throw new FerryError(ErrorCode.NOT_FOUND, `no image received for migration ${req.migrationId}`);
+    if (inc.workload !== req.workload) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `migration ${req.migrationId} carries ${inc.workload}, not ${req.workload}`);
+    await inc.receiver.done.catch((err) => {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `image for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
+    });
+    // The page server exits 0 only once the dump sent every page.
+    await inc.pageServer?.done.catch((err) => {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `memory pages for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
+    });
+    const manifest = await readManifest(inc.dir, req.workload);
+    await placeWorkloadLog(inc.dir, manifest);
+    const started = Date.now();
+    this.restoring.add(req.migrationId);
+    const sys = this.deps.syscalls;
+    const inherited = openPins(manifest.pins, (fd, pos) => sys.lseek(fd, pos, SEEK_SET));
+    const migrationLog = log.child({ migrationId: req.migrationId });
+    let restored: Awaited<ReturnType<CriuDriver['restore']>>;
+    let feed: LazyMemoryFeed | undefined;
+    try {
+      // Its connections are bound to the service address: it must be here before CRIU repairs them.
+      if (manifest.address) await addServiceAddress(manifest.address, this.opts.address);
+      if (req.mode === 'post-copy') {
+        feed = await startPostCopyMemory(
+          criu,
+          inc.dir,
+          { nc: this.deps.nc, transferId: inc.transferId, pagesKey: inc.pagesKey, lazyPageServer: req.lazyPageServer, tlsDir: workDirs.tlsPathFor(req.migrationId) },
+          migrationLog,
+        );
+        inc.relay = feed.relay;
+      } else if (req.mode === 'lazy') feed = await startLocalLazyMemory(criu, inc.dir);
+      const lazy = feed !== undefined;
+      restored = await this.restoreLock.run(() =>
+        criu.restore({
+          imagesDir: inc.dir,
+          pidFile: join(inc.dir, 'restored.pid'),
+          inheritFds: inherited,
+          tcpEstablished: manifest.address !== undefined,
+          extraArgs: lazy ? ['--lazy-pages'] : [],
+        }),
+      );
+    } catch (err) {
+      feed?.daemon.stop();
+      inc.relay?.stop('the restore failed');
+      if (manifest.address) await removeServiceAddress(manifest.address, this.opts.address).catch(() => undefined);
+      throw err;
+    } finally {
+      this.restoring.delete(req.migrationId);
+      closeInherited(inherited);
+    }
+    const resumedAt = Date.now();
+    // Running: from now on the memory is pulled ahead of its faults (not before, to leave the CPU to the restore).
+    feed?.prefetch?.start();
+    metrics?.restored(resumedAt - started);
+    // CRIU unlocked the connections at the end of the restore; the peers learn the new MAC now.
+    if (manifest.address) {
+      await announceServiceAddress(manifest.address, this.opts.address).catch((err) =>
+        migrationLog.warn({ err: toFerryError(err).message }, 'gratuitous ARP failed; peers re-learn the address when their ARP entry expires'),
+      );
+    }
+    // The restored workload holds its own copies of the pinned files now; the names can go.
+    await removePins(manifest.pins);
+    await workloads.inventory.put({
+      name: manifest.name,
+      pid: restored.pid,
+      startTime: restored.startTime,
+      argv: manifest.argv,
+      env: manifest.env,
+      cwd: manifest.cwd,
+      logPath: manifest.logPath,
+      state: 'running',
+      startedAt: manifest.startedAt,
+      exitCode: null,
+      migration: { id: req.migrationId, role: 'target' },
+      mounts: manifest.mounts,
+      ...(manifest.address ? { address: manifest.address } : {}),
+    });
+    if (feed) await this.awaitLastPage(feed, inc, restored.pid, req.workload);
+    // Pages that came after the resume: counted by the relay, or (CRIU fetching them itself) every
+    // lazy page the images name, all of which CRIU's daemon had before it exited 0.
+    const fetched = inc.relay
+      ? (await inc.relay.done).pages * PAGE_BYTES
+      : req.mode === 'post-copy' && req.lazyPageServer
+        ? lazyRunBytes(await lazyRunsOf(inc.dir, await readdir(inc.dir)))
+        : 0;
+    migrationLog.info({ workload: req.workload, pid: restored.pid, ms: resumedAt - started, mode: req.mode }, 'workload restored');
+    const pageBytes = inc.pageServer ? await sumPageImageBytes(inc.dir) : fetched;
+    // The memory pages came by the page server, not the stream: they count as received all the same.
+    if (pageBytes > 0) metrics?.received(pageBytes);
+    return { pid: restored.pid, restoreMs: resumedAt - started, resumedAt, pageBytes, pullMs: feed ? Date.now() - resumedAt : 0 };
+  }
+
+  /**
+   * A lazy restore runs already, but is not confirmed before every page is in: until then the
+   * source keeps its frozen copy, and a failure here rolls back (discard kills this copy, the
+   * source thaws). Post-copy: the relay's error says why (the source's answer), CRIU's only that it gave up.
+   */
+  private async awaitLastPage(feed: LazyMemoryFeed, inc: IncomingMigration, pid: number, workload: string): Promise<void> {
+    const filled = inc.relay ? Promise.all([feed.daemon.done, inc.relay.done]) : feed.daemon.done;
+    await filled.catch(async (err) => {
+      // This copy dies before its daemon: nothing of it may run once the source may thaw.
+      await this.deps.criu.kill(pid).catch(() => undefined);
+      feed.daemon.stop();
+      const why = inc.relay ? await inc.relay.done.then(() => err, (relayErr: unknown) => relayErr) : err;
+      inc.relay?.stop('the lazy restore failed');
+      throw new FerryError(ErrorCode.RESTORE_FAILED, `lazy restore of ${workload} could not fill its memory: ${toFerryError(why).message}`, { cause: why });
+    });
+  }
+
+  /** The coordinator confirmed the whole migration: the restored copy is ours for good. */
+  async settle(req: MigrationRef): Promise<void> {
+    const { workloads, workDirs } = this.deps;
+    const rec = workloads.inventory.get(req.workload);
+    if (rec?.migration?.id === req.migrationId) {
+      rec.migration = null;
+      await workloads.inventory.put(rec);
+    }
+    const inc = this.incoming.get(req.migrationId);
+    if (inc) {
+      clearInterval(inc.progressTimer);
+      this.incoming.delete(req.migrationId);
+    }
+    await workDirs.remove(req.migrationId);
+  }
+
+  async discard(req: MigrationRef): Promise<void> {
+    const { workloads, workDirs, criu, log } = this.deps;
+    const inc = this.incoming.get(req.migrationId);
+    if (inc) {
+      this.stopIncoming(inc, 'migration rolled back');
+      this.incoming.delete(req.migrationId);
+    }
+    const rec = workloads.inventory.get(req.workload);
+    const manifest = await manifestIn(workDirs.pathFor(req.migrationId));
+    const address = rec?.address ?? manifest.address;
+    if (rec?.migration?.id === req.migrationId && rec.migration.role === 'target') {
+      if (await isAlive(rec.pid, rec.startTime)) {
+        // The source keeps these connections: closing ours must not reset them, so in repair mode first (silent close).
+        if (rec.address) await setTreeTcpRepair(this.deps.syscalls, await listTree(rec.pid), true);
+        await criu.kill(rec.pid);
+      }
+      await workloads.inventory.remove(req.workload);
+      log.warn({ migrationId: req.migrationId, workload: req.workload }, 'discarded restored copy');
+    }
+    // The address goes back with the workload to the source (which announces it).
+    if (address && !workloads.inventory.all().some((w) => w.address === address)) await removeServiceAddress(address, this.opts.address);
+    await removePins(manifest.pins ?? []);
+    await workDirs.remove(req.migrationId);
+    if (inc) await workloads.unmountUnused(inc.mountedPaths);
+  }
+
+  /** At agent shutdown: every transfer in progress ends. */
+  close(): void {
+    for (const inc of this.incoming.values()) this.stopIncoming(inc, 'agent shutting down');
+  }
+
+  private stopIncoming(inc: IncomingMigration, why: string): void {
+    clearInterval(inc.progressTimer);
+    inc.receiver.abort(why);
+    inc.pageServer?.stop();
+    inc.relay?.stop(why);
+  }
+}

@@ -1,0 +1,190 @@
+/**
+ * The source side's data paths: how a frozen workload's memory leaves this host. The coordinator
+ * chooses one per migration (CheckpointRequest.memory); the checkpoint runs the same steps for
+ * every path and each path fills them in:
+ * - `image`: CRIU dumps everything into the work dir and ferry's sealed stream carries it all;
+ * - `page-server`: CRIU's dump sends the memory pages to the target's `criu page-server` (mutual
+ *   TLS where both hosts have it) while it dumps; the stream carries the rest;
+ * - `lazy-dump` (post-copy): `criu dump --lazy-pages` keeps the memory in its pipes and serves it,
+ *   to the target's CRIU straight over mutual TLS when the hosts reach each other, else through
+ *   this agent over NATS;
+ * - `lazy-rewrite` (post-copy where CRIU cannot lazy-dump): a full dump rewritten to a lazy dump's
+ *   layout, the lazy pages served by this agent over NATS from the pages file.
+ */
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { NatsConnection } from 'nats';
+import { ErrorCode, FerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerEndpoint } from '@ferry/protocol';
+import type { TransferStats } from '@ferry/transfer';
+import type { CriuDriver, CriuDumpRequest } from '../criu/criu-driver';
+import { LazyDump } from '../criu/criu-service';
+import { lazyRunBytes, lazyRunsOf, type LazyRun } from '../criu/pagemap-image';
+import { criuTlsArgs, makePageServerTls, writePageServerClientTls } from '../criu/page-server-tls';
+import type { WorkDirs } from '../host/work-dir';
+import { CriuDirectLazySource, CriuLazySource, LazyMemorySource, type PostCopySource } from '../post-copy/post-copy-source';
+
+/** What one checkpoint's data path needs to know. */
+export interface DataPathContext {
+  nc: NatsConnection;
+  criu: CriuDriver;
+  criuInfo: CriuInfo;
+  workDirs: WorkDirs;
+  /** This host's registered address: where a lazy dump listens for the target's CRIU. */
+  hostAddress: string;
+  migrationId: string;
+  transferId: string;
+  imageKey: Uint8Array | null;
+  /** Images dir of this migration (the stream sends what it holds). */
+  dir: string;
+  log: Logger;
+}
+
+export interface DumpedImage {
+  durationMs: number;
+  /** CRIU's dump log (its network-lock table is read from it). */
+  logPath: string;
+  /** Memory bytes that already left the host during the dump (page server), else 0. */
+  bytesOnWire: number;
+}
+
+/** One way a checkpoint's memory leaves this host. */
+export interface SourceDataPath {
+  /** What the migration's result calls it: the page server, or whatever the stream used. */
+  readonly transportName: 'page-server' | null;
+  /** Freezes and dumps the tree (the caller holds the host's dump lock). */
+  dump(request: CriuDumpRequest): Promise<DumpedImage>;
+  /** After the dump, before the stream: what post-copy keeps on this host for the target, if anything. */
+  keepLazyMemory(): Promise<PostCopySource | undefined>;
+  /**
+   * After the stream: how the target's restore reaches the kept memory. Either an endpoint for its
+   * CRIU, or a replacement source this agent serves (which the caller registers instead).
+   */
+  afterSend(sent: TransferStats): Promise<{ lazyPageServer?: PageServerEndpoint; source?: PostCopySource }>;
+  /** The checkpoint failed: stop whatever holds the tree (the caller then thaws it). */
+  abort(): void;
+}
+
+/**
+ * The data path the coordinator chose. A choice this host's probe ruled out is refused (the
+ * coordinator decides from the probe it was sent, so this means the two disagree).
+ */
+export function sourceDataPath(memory: MemoryPath, ctx: DataPathContext, pageServer?: PageServerEndpoint): SourceDataPath {
+  switch (memory) {
+    case 'image':
+      return new ImageDumpPath(ctx);
+    case 'page-server':
+      if (!pageServer) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page-server data path needs the target page server endpoint');
+      return new PageServerDumpPath(ctx, pageServer);
+    case 'lazy-dump':
+      if (!ctx.criuInfo.lazyDump) throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'this host cannot lazy-dump (its CRIU probe says no)');
+      return new CriuLazyDumpPath(ctx);
+    case 'lazy-rewrite':
+      return new LazyRewritePath(ctx);
+  }
+}
+
+/** Everything into the work dir; the stream carries it. */
+class ImageDumpPath implements SourceDataPath {
+  readonly transportName: 'page-server' | null = null;
+  constructor(protected readonly ctx: DataPathContext) {}
+
+  async dump(request: CriuDumpRequest): Promise<DumpedImage> {
+    const dumped = await this.ctx.criu.dump(request);
+    return { durationMs: dumped.durationMs, logPath: dumped.logPath, bytesOnWire: 0 };
+  }
+
+  async keepLazyMemory(): Promise<PostCopySource | undefined> {
+    return undefined;
+  }
+
+  async afterSend(): Promise<{ lazyPageServer?: PageServerEndpoint; source?: PostCopySource }> {
+    return {};
+  }
+
+  abort(): void {}
+}
+
+/** Memory pages to the target's `criu page-server` during the dump; the rest by the stream. */
+class PageServerDumpPath extends ImageDumpPath {
+  override readonly transportName = 'page-server' as const;
+  constructor(
+    ctx: DataPathContext,
+    private readonly endpoint: PageServerEndpoint,
+  ) {
+    super(ctx);
+  }
+
+  override async dump(request: CriuDumpRequest): Promise<DumpedImage> {
+    // The page server's client credentials exist on this host only for the dump (page-server-tls.ts).
+    const tlsDir = this.ctx.workDirs.tlsPathFor(this.ctx.migrationId);
+    try {
+      const tlsArgs = this.endpoint.tls ? criuTlsArgs(await writePageServerClientTls(tlsDir, this.endpoint.tls)) : [];
+      const pageServerArgs = ['--page-server', '--address', this.endpoint.address, '--port', String(this.endpoint.port), ...tlsArgs];
+      const dumped = await this.ctx.criu.dump({ ...request, extraArgs: [...(request.extraArgs ?? []), ...pageServerArgs] });
+      return { durationMs: dumped.durationMs, logPath: dumped.logPath, bytesOnWire: dumped.memoryBytesWritten ?? 0 };
+    } finally {
+      await rm(tlsDir, { recursive: true, force: true });
+    }
+  }
+}
+
+/** A full dump, its lazy memory split off and served by this agent over NATS. */
+class LazyRewritePath extends ImageDumpPath {
+  override async keepLazyMemory(): Promise<PostCopySource> {
+    const { nc, transferId, dir, workDirs, migrationId, imageKey, log } = this.ctx;
+    // The images the stream sends are what the rewrite leaves.
+    return LazyMemorySource.prepare(nc, transferId, dir, workDirs.lazyPathFor(migrationId), imageKey, log);
+  }
+}
+
+/** `criu dump --lazy-pages`: the memory never written, served from CRIU's pipes. */
+class CriuLazyDumpPath implements SourceDataPath {
+  readonly transportName = null;
+  private lazyDump: LazyDump | undefined;
+  private tls: Awaited<ReturnType<typeof makePageServerTls>> | undefined;
+  private runs: LazyRun[] = [];
+
+  constructor(private readonly ctx: DataPathContext) {}
+
+  async dump(request: CriuDumpRequest): Promise<DumpedImage> {
+    const { criu, criuInfo, workDirs, migrationId, hostAddress } = this.ctx;
+    const lazyDir = workDirs.lazyPathFor(migrationId);
+    await mkdir(lazyDir, { mode: 0o700 });
+    // With TLS its page server listens on this host's address, for the target's CRIU to connect to
+    // (the roles of page-server-tls.ts swapped); else on loopback, for this agent only.
+    this.tls = criuInfo.pageServerTls ? await makePageServerTls(join(lazyDir, 'tls'), hostAddress) : undefined;
+    const logPath = join(lazyDir, 'dump.log');
+    this.lazyDump = await LazyDump.start(criu, request, logPath, this.tls ? hostAddress : '127.0.0.1', this.tls?.server);
+    // While CRIU serves the pages it holds the tree; if it dies, this keeps the tree stopped.
+    await criu.holdStopped(request.pid);
+    return { durationMs: this.lazyDump.durationMs, logPath, bytesOnWire: 0 };
+  }
+
+  async keepLazyMemory(): Promise<PostCopySource> {
+    const dump = this.requireDump();
+    // Registered at once (as a direct source: closing it waits for CRIU to end), so a failed send still ends it.
+    this.runs = await lazyRunsOf(this.ctx.dir, await readdir(this.ctx.dir));
+    return new CriuDirectLazySource(dump, lazyRunBytes(this.runs));
+  }
+
+  async afterSend(sent: TransferStats): Promise<{ lazyPageServer?: PageServerEndpoint; source?: PostCopySource }> {
+    const dump = this.requireDump();
+    if (this.tls && sent.transport === 'direct') {
+      // The hosts reach each other: the target's CRIU fetches straight from ours, over mutual TLS.
+      return { lazyPageServer: { address: dump.address, port: dump.port, tls: this.tls.client } };
+    }
+    // Through NATS: this agent is CRIU's client and answers the target's page requests.
+    const { nc, transferId, imageKey, log } = this.ctx;
+    return { source: await CriuLazySource.start(nc, transferId, dump, this.runs, imageKey, log, this.tls?.client) };
+  }
+
+  abort(): void {
+    // A lazy dump that started holds the tree: it goes first (the tree stays stopped, then is thawed).
+    this.lazyDump?.stop();
+  }
+
+  private requireDump(): LazyDump {
+    if (!this.lazyDump) throw new FerryError(ErrorCode.INTERNAL, 'the lazy dump has not started');
+    return this.lazyDump;
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * Target side of lazy and post-copy restores: the `criu lazy-pages` daemon that fills a restored
+ * tree's memory after it runs again, and where that daemon gets the pages from:
+ * - lazy: the received images, on this host;
+ * - post-copy, the source's CRIU reachable: straight from the source's lazy dump, over mutual TLS;
+ * - post-copy otherwise: a loopback relay (LazyPageRelay) that asks the source agent over NATS,
+ *   a prefetcher (PagePrefetcher) pulling ahead of the faults.
+ */
+import { readdir } from 'node:fs/promises';
+import type { NatsConnection } from 'nats';
+import type { Logger, PageServerEndpoint } from '@ferry/protocol';
+import { requestPages } from '@ferry/transfer';
+import type { CriuDriver } from '../criu/criu-driver';
+import { LazyPagesDaemon } from '../criu/criu-service';
+import { lazyRunsOf } from '../criu/pagemap-image';
+import { writePageServerClientTls } from '../criu/page-server-tls';
+import { LazyPageRelay } from './lazy-page-relay';
+import { PagePrefetcher } from './page-prefetch';
+
+export interface LazyMemoryFeed {
+  daemon: LazyPagesDaemon;
+  /** Post-copy through NATS: the page server CRIU's daemon asks, until the last page. */
+  relay?: LazyPageRelay;
+  /** Post-copy through NATS: to start once the tree runs (not before, to leave the CPU to the restore). */
+  prefetch?: PagePrefetcher;
+}
+
+export interface LazyMemorySourceRef {
+  nc: NatsConnection;
+  transferId: string;
+  /** Key the source seals its page replies with (pageRequestKey of the image key). */
+  pagesKey: Buffer | null;
+  /** The source's CRIU page server, when the target's CRIU may fetch from it straight. */
+  lazyPageServer?: PageServerEndpoint;
+  /** Where that page server's client credentials are written for CRIU. */
+  tlsDir: string;
+}
+
+/** Starts the daemon for a lazy restore from the images in `imagesDir`. */
+export async function startLocalLazyMemory(criu: CriuDriver, imagesDir: string): Promise<LazyMemoryFeed> {
+  return { daemon: await LazyPagesDaemon.start(criu, imagesDir) };
+}
+
+/** Starts the daemon for a post-copy restore: the lazy memory is still on the source. */
+export async function startPostCopyMemory(criu: CriuDriver, imagesDir: string, source: LazyMemorySourceRef, log: Logger): Promise<LazyMemoryFeed> {
+  const ps = source.lazyPageServer;
+  if (ps) {
+    // The lazy memory is in the source's CRIU: ours fetches it from there, over mutual TLS.
+    const tls = ps.tls ? await writePageServerClientTls(source.tlsDir, ps.tls) : undefined;
+    return { daemon: await LazyPagesDaemon.start(criu, imagesDir, { address: ps.address, port: ps.port, ...(tls ? { tls } : {}) }) };
+  }
+  // CRIU's daemon asks the relay, the relay asks the source.
+  const { nc, transferId, pagesKey } = source;
+  const prefetch = new PagePrefetcher(
+    (pid, vaddr, nr) => requestPages(nc, transferId, { pid, vaddr, nr }, { key: pagesKey ?? undefined }),
+    await lazyRunsOf(imagesDir, await readdir(imagesDir)),
+  );
+  const relay = await LazyPageRelay.start((pid, vaddr, nr) => prefetch.get(pid, vaddr, nr), log);
+  relay.done
+    .finally(() => {
+      prefetch.stop();
+      log.info({ ...prefetch.stats, fetchMs: Math.round(prefetch.stats.fetchMs) }, 'post-copy prefetch done');
+    })
+    .catch(() => undefined);
+  try {
+    const daemon = await LazyPagesDaemon.start(criu, imagesDir, { address: '127.0.0.1', port: relay.port, relay: true });
+    return { daemon, relay, prefetch };
+  } catch (err) {
+    relay.stop('the lazy-pages daemon did not start');
+    throw err;
+  }
+}

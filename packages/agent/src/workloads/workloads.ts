@@ -1,0 +1,158 @@
+/**
+ * This host's workloads: launching, stopping, listing, and the shared filesystems and service
+ * addresses they use. The migration halves (migration/) adopt and release workloads through the
+ * same inventory.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ErrorCode, FerryError, silentLogger, type Logger, type MountSpec, type RunRequest, type WorkloadInfo } from '@ferry/protocol';
+import type { AgentMetrics } from '../agent-metrics';
+import type { CriuDriver } from '../criu/criu-driver';
+import { isAlive, treeRssBytes } from '../host/process-tree';
+import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
+import { ensureMounted, unmount } from '../host/shared-mounts';
+import { launchWorkload } from '../host/workload-launcher';
+import type { Inventory, WorkloadRecord } from './inventory';
+
+export interface WorkloadsOptions {
+  /** This host's name, as workloads report it. */
+  host: string;
+  /** The host's registered address: service addresses go on the interface holding it. */
+  address: string;
+  /** Workload logs live under `<dataDir>/workloads/<name>/`, the same path on every host. */
+  dataDir: string;
+}
+
+export class Workloads {
+  private readonly log: Logger;
+
+  constructor(
+    private readonly opts: WorkloadsOptions,
+    readonly inventory: Inventory,
+    private readonly criu: Pick<CriuDriver, 'kill'>,
+    logger: Logger = silentLogger,
+    private readonly metrics?: AgentMetrics,
+  ) {
+    this.log = logger;
+  }
+
+  /** Marks workloads whose root process is gone as exited. */
+  async refresh(): Promise<void> {
+    for (const rec of this.inventory.all()) {
+      if (rec.state !== 'exited' && !(await isAlive(rec.pid, rec.startTime))) {
+        rec.state = 'exited';
+        await this.inventory.put(rec);
+        this.log.info({ workload: rec.name, pid: rec.pid }, 'workload exited');
+      }
+    }
+  }
+
+  async list(): Promise<WorkloadInfo[]> {
+    await this.refresh();
+    const out: WorkloadInfo[] = [];
+    for (const r of this.inventory.all()) out.push(await this.describe(r));
+    this.metrics?.inventory(out);
+    return out;
+  }
+
+  async describe(r: WorkloadRecord): Promise<WorkloadInfo> {
+    return {
+      name: r.name,
+      host: this.opts.host,
+      state: r.state,
+      pid: r.pid,
+      rssBytes: r.state === 'exited' ? 0 : await treeRssBytes(r.pid).catch(() => 0),
+      argv: r.argv,
+      startedAt: r.startedAt,
+      exitCode: r.exitCode,
+      mounts: r.mounts ?? [],
+      ...(r.address ? { address: r.address } : {}),
+    };
+  }
+
+  /** The workload named `name`, else NOT_FOUND. */
+  require(name: string): WorkloadRecord {
+    const rec = this.inventory.get(name);
+    if (!rec) throw new FerryError(ErrorCode.NOT_FOUND, `no workload named ${name} on ${this.opts.host}`);
+    return rec;
+  }
+
+  async run(req: RunRequest): Promise<WorkloadInfo> {
+    const existing = this.inventory.get(req.name);
+    if (existing && existing.state !== 'exited') {
+      throw new FerryError(ErrorCode.CONFLICT, `workload ${req.name} already runs on ${this.opts.host}`);
+    }
+    const logPath = join(this.opts.dataDir, 'workloads', req.name, 'output.log');
+    await mkdir(join(this.opts.dataDir, 'workloads', req.name), { recursive: true, mode: 0o700 });
+    // A new workload starts a new log, even if an earlier one of the same name left one.
+    await writeFile(logPath, '', { mode: 0o600 });
+    await this.mountAll(req.mounts);
+    if (req.address) {
+      await addServiceAddress(req.address, this.opts.address);
+      await announceServiceAddress(req.address, this.opts.address);
+    }
+    const cwd = req.cwd ?? '/';
+    let launched: Awaited<ReturnType<typeof launchWorkload>>;
+    try {
+      launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath });
+    } catch (err) {
+      if (req.address) await removeServiceAddress(req.address, this.opts.address).catch(() => undefined);
+      throw err;
+    }
+    const rec: WorkloadRecord = {
+      name: req.name,
+      pid: launched.pid,
+      startTime: launched.startTime,
+      argv: req.argv,
+      env: req.env,
+      cwd,
+      logPath,
+      state: 'running',
+      startedAt: new Date().toISOString(),
+      exitCode: null,
+      migration: null,
+      mounts: req.mounts,
+      ...(req.address ? { address: req.address } : {}),
+    };
+    await this.inventory.put(rec);
+    this.log.info({ workload: req.name, pid: launched.pid, address: req.address }, 'workload launched');
+    return this.describe(rec);
+  }
+
+  async stop(name: string): Promise<void> {
+    const rec = this.require(name);
+    if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${name} is being migrated (${rec.migration.id})`);
+    if (await isAlive(rec.pid, rec.startTime)) await this.criu.kill(rec.pid);
+    if (rec.address) await removeServiceAddress(rec.address, this.opts.address);
+    await this.inventory.remove(name);
+    this.log.info({ workload: name }, 'workload stopped');
+  }
+
+  /** Mounts each filesystem unless already there; returns the paths this call mounted. */
+  async mountAll(mounts: MountSpec[]): Promise<string[]> {
+    const made: string[] = [];
+    for (const spec of mounts) {
+      const { mounted } = await ensureMounted(spec);
+      if (mounted) {
+        made.push(spec.path);
+        await this.inventory.setOwnedMount(spec.path, true);
+        this.log.info({ fs: spec.name, path: spec.path }, 'mounted shared filesystem');
+      }
+    }
+    return made;
+  }
+
+  /** Unmounts the given mount points we mounted ourselves once no workload of ours uses them. */
+  async unmountUnused(paths: string[], except?: string): Promise<void> {
+    for (const path of paths) {
+      if (!this.inventory.isOwnedMount(path) || this.inventory.mountInUse(path, except)) continue;
+      try {
+        await unmount(path);
+        await this.inventory.setOwnedMount(path, false);
+        this.log.info({ path }, 'unmounted unused shared filesystem');
+      } catch (err) {
+        this.log.warn({ path, err: (err as Error).message }, 'could not unmount');
+      }
+    }
+  }
+}

@@ -1,0 +1,71 @@
+import { bothPageServerTls, chooseRestoreMode, chooseTransport, firstFrameTimeoutMs, MIN_DUMP_BYTES_PER_S, planDataPath } from './migration-plan';
+
+const tls = { pageServerTls: true };
+const clear = { pageServerTls: false };
+
+test('auto takes the page server only when both hosts can run it over TLS', () => {
+  expect(chooseTransport('auto', tls, tls)).toBe('page-server');
+  expect(chooseTransport('auto', tls, clear)).toBe('auto');
+  expect(chooseTransport('auto', clear, tls)).toBe('auto');
+  expect(chooseTransport('auto', clear, clear)).toBe('auto');
+});
+
+test('an explicit transport is kept whatever the probes say', () => {
+  for (const wanted of ['direct', 'nats', 'page-server'] as const) {
+    expect(chooseTransport(wanted, tls, tls)).toBe(wanted);
+    expect(chooseTransport(wanted, clear, clear)).toBe(wanted);
+  }
+});
+
+test('TLS for the page server needs both ends', () => {
+  expect(bothPageServerTls(tls, tls)).toBe(true);
+  expect(bothPageServerTls(tls, clear)).toBe(false);
+  expect(bothPageServerTls(clear, tls)).toBe(false);
+});
+
+test('the first frame may take the idle timeout plus a slow dump of the workload\'s memory, within the checkpoint deadline', () => {
+  expect(firstFrameTimeoutMs(5000, 0, 1_800_000)).toBe(5000);
+  expect(firstFrameTimeoutMs(5000, MIN_DUMP_BYTES_PER_S * 20, 1_800_000)).toBe(25_000);
+  expect(firstFrameTimeoutMs(5000, MIN_DUMP_BYTES_PER_S * 100_000, 1_800_000)).toBe(1_800_000);
+  // Never below the idle timeout, even with a tiny checkpoint deadline.
+  expect(firstFrameTimeoutMs(5000, MIN_DUMP_BYTES_PER_S * 100, 1000)).toBe(5000);
+});
+
+describe('chooseRestoreMode', () => {
+  const lazy = { lazyPages: true };
+  const noUffd = { lazyPages: false };
+  test('an explicit mode is that mode, or an error before anything is frozen', () => {
+    expect(chooseRestoreMode('post-copy', null, lazy, 'h2', 'auto')).toBe('post-copy');
+    expect(chooseRestoreMode('eager', 'post-copy', lazy, 'h2', 'auto')).toBe('eager');
+    expect(() => chooseRestoreMode('lazy', null, noUffd, 'h2', 'auto')).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION' }));
+    expect(() => chooseRestoreMode('post-copy', null, lazy, 'h2', 'page-server')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+  });
+  test('without one: lazy where the target allows it; never post-copy unless the cluster says so', () => {
+    expect(chooseRestoreMode(undefined, null, lazy, 'h2', 'auto')).toBe('lazy');
+    expect(chooseRestoreMode(undefined, null, noUffd, 'h2', 'auto')).toBe('eager');
+    expect(chooseRestoreMode(undefined, 'eager', lazy, 'h2', 'auto')).toBe('eager');
+  });
+  test('a cluster default of post-copy steps down where it cannot be had', () => {
+    expect(chooseRestoreMode(undefined, 'post-copy', lazy, 'h2', 'auto')).toBe('post-copy');
+    expect(chooseRestoreMode(undefined, 'post-copy', lazy, 'h2', 'page-server')).toBe('lazy');
+    expect(chooseRestoreMode(undefined, 'post-copy', noUffd, 'h2', 'auto')).toBe('eager');
+  });
+});
+
+describe('planDataPath', () => {
+  const both = { pageServerTls: true, lazyDump: true };
+  const none = { pageServerTls: false, lazyDump: false };
+  test('pre-copy: the TLS page server where both ends have it, else everything in the image stream', () => {
+    expect(planDataPath('auto', 'lazy', both, both, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: true });
+    expect(planDataPath('auto', 'eager', both, none, {})).toEqual({ memory: 'image', stream: 'auto', pageServer: false, pageServerTls: false });
+    expect(planDataPath('nats', 'lazy', both, both, {})).toEqual({ memory: 'image', stream: 'nats', pageServer: false, pageServerTls: false });
+    // Asked for by name without TLS on one end: in clear.
+    expect(planDataPath('page-server', 'lazy', both, none, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: false });
+  });
+  test('post-copy: CRIU\'s lazy dump where the source can, not for a workload with a service address', () => {
+    expect(planDataPath('auto', 'post-copy', both, both, {}).memory).toBe('lazy-dump');
+    expect(planDataPath('direct', 'post-copy', both, both, {}).stream).toBe('direct');
+    expect(planDataPath('auto', 'post-copy', none, both, {}).memory).toBe('lazy-rewrite');
+    expect(planDataPath('auto', 'post-copy', both, both, { address: '198.18.0.9/24' }).memory).toBe('lazy-rewrite');
+  });
+});

@@ -1,0 +1,113 @@
+/**
+ * The one place a migration's data path and restore mode are decided; the agents carry out what
+ * they are told (CheckpointRequest.memory and .transport, RestoreRequest.mode) or fail.
+ *
+ * Which data path a migration's image takes, decided before anything is frozen from the two
+ * hosts' CRIU probes. Measured by `npm run bench` (bench/results.md): CRIU's page server moves
+ * memory pages with splice at a fraction of the CPU of ferry's msgpack stream, which is what
+ * decides downtime on a 2-core host. It is the default only where it runs over mutual TLS with
+ * per-migration certificates (both hosts' probes say `pageServerTls`), so `auto` never sends a
+ * workload's memory in clear; elsewhere `auto` is ferry's own sealed stream (direct TCP, NATS as
+ * fallback).
+ */
+import { ErrorCode, FerryError, type CriuInfo, type MemoryPath, type RestoreMode, type StreamTransport, type TransportPreference } from '@ferry/protocol';
+
+/**
+ * The restore mode of a migration. Asked for explicitly, it is that or an error (before anything
+ * is frozen); else the cluster's default (FERRY_DEFAULT_RESTORE) where the target's probe and the
+ * transport allow it, stepping down post-copy -> lazy -> eager. Without a default: lazy where
+ * allowed. Post-copy is never the built-in default: until the last page has moved the workload
+ * depends on its source host, and a source that dies then takes it along.
+ */
+export function chooseRestoreMode(
+  explicit: RestoreMode | undefined,
+  clusterDefault: RestoreMode | null,
+  target: Pick<CriuInfo, 'lazyPages'>,
+  targetName: string,
+  transport: TransportPreference,
+): RestoreMode {
+  const lazyOk = target.lazyPages === true;
+  if (explicit !== undefined) {
+    if ((explicit === 'lazy' || explicit === 'post-copy') && !lazyOk) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${targetName} cannot restore lazily (its CRIU probe found no userfaultfd support)`);
+    }
+    if (explicit === 'post-copy' && transport === 'page-server') {
+      // CRIU's page server would carry every page during the dump, which is what post-copy avoids.
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'post-copy keeps the memory on the source; it cannot go with the page-server transport');
+    }
+    return explicit;
+  }
+  if (clusterDefault === 'post-copy' && lazyOk && transport !== 'page-server') return 'post-copy';
+  if (clusterDefault === 'eager') return 'eager';
+  return lazyOk ? 'lazy' : 'eager';
+}
+
+/** Both ends can run the page server over TLS. */
+export function bothPageServerTls(source: Pick<CriuInfo, 'pageServerTls'>, target: Pick<CriuInfo, 'pageServerTls'>): boolean {
+  return source.pageServerTls === true && target.pageServerTls === true;
+}
+
+/**
+ * The transport the agents are asked for: `auto` becomes `page-server` where both can encrypt it,
+ * except in post-copy, where the memory stays on the source and only the small images travel.
+ */
+export function chooseTransport(
+  wanted: TransportPreference,
+  source: Pick<CriuInfo, 'pageServerTls'>,
+  target: Pick<CriuInfo, 'pageServerTls'>,
+  { postCopy = false }: { postCopy?: boolean } = {},
+): TransportPreference {
+  if (wanted === 'auto' && !postCopy && bothPageServerTls(source, target)) return 'page-server';
+  return wanted;
+}
+
+/** How one migration moves: decided before anything is frozen, from both hosts' probes. */
+export interface DataPathPlan {
+  /** How the memory leaves the source (see the agent's migration/source-data-paths.ts). */
+  memory: MemoryPath;
+  /** ferry's sealed stream for the image files (all of them with `image`): direct, NATS, or direct when reachable. */
+  stream: StreamTransport;
+  /** Start a page server on the target (memory `page-server`), over mutual TLS when `pageServerTls`. */
+  pageServer: boolean;
+  pageServerTls: boolean;
+}
+
+/**
+ * The data path of a migration whose restore mode is decided: the transport the caller wanted
+ * (chooseTransport), and for post-copy CRIU's own lazy dump where the source's probe allows it,
+ * except for workloads with a service address (their network lock's life around a lazy dump is
+ * untested), which take the rewritten dump.
+ */
+export function planDataPath(
+  wanted: TransportPreference,
+  restore: RestoreMode,
+  source: Pick<CriuInfo, 'pageServerTls' | 'lazyDump'>,
+  target: Pick<CriuInfo, 'pageServerTls'>,
+  workload: { address?: string | undefined },
+): DataPathPlan {
+  const postCopy = restore === 'post-copy';
+  const transport = chooseTransport(wanted, source, target, { postCopy });
+  const stream: StreamTransport = transport === 'page-server' ? 'auto' : transport;
+  if (postCopy) {
+    const memory: MemoryPath = source.lazyDump && workload.address === undefined ? 'lazy-dump' : 'lazy-rewrite';
+    return { memory, stream, pageServer: false, pageServerTls: false };
+  }
+  if (transport === 'page-server') return { memory: 'page-server', stream, pageServer: true, pageServerTls: bothPageServerTls(source, target) };
+  return { memory: 'image', stream, pageServer: false, pageServerTls: false };
+}
+
+/**
+ * A dump rate far below any measured here (tmpfs 0.4-0.5 GB/s, the page server over TLS ~0.3 GB/s):
+ * how slowly a dump may go before the target gives up waiting for the image's first frame.
+ */
+export const MIN_DUMP_BYTES_PER_S = 50 * 1024 * 1024;
+
+/**
+ * How long the target waits for the first frame of the image: the source sends nothing until
+ * CRIU has dumped (with the page server: until every memory page went that way), so the idle
+ * timeout alone would cut off large workloads. Bounded by the checkpoint's own deadline.
+ */
+export function firstFrameTimeoutMs(idleTimeoutMs: number, rssBytes: number, checkpointTimeoutMs: number): number {
+  const dumpAllowanceMs = Math.ceil((Math.max(0, rssBytes) / MIN_DUMP_BYTES_PER_S) * 1000);
+  return Math.max(idleTimeoutMs, Math.min(idleTimeoutMs + dumpAllowanceMs, checkpointTimeoutMs));
+}
