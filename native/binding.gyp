@@ -9,8 +9,6 @@
         "src/mount.cc",
         "src/pidfd.cc",
         "src/files.cc",
-        "src/namespaces.cc",
-        "src/process.cc",
         "src/sockets.cc"
       ],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],

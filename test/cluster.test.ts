@@ -1,7 +1,7 @@
 /**
  * The local cluster and the CLI's contract: hosts register and heartbeat, a lost agent shows as
- * lost, workloads run where asked, JSON shapes and error codes are as documented, and `down`
- * leaves nothing behind.
+ * lost and comes back when started again, workloads run where asked, JSON shapes and error codes
+ * are as documented, and `down` leaves nothing behind.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';

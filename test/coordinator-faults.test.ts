@@ -9,9 +9,8 @@ import { openSync, closeSync } from 'node:fs';
 import { cp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { z } from 'zod';
 import { dev, startLocalHost } from '@ferry/dev-cluster';
-import { CoordVerb, decode, request, subjects } from '@ferry/protocol';
+import { CoordVerb, decode, requestCoordVerb, subjects } from '@ferry/protocol';
 import { expectIntactOn as expectIntact, launchCounter } from './helpers/checks';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload, sleep, waitFor } from './helpers/workload';
@@ -206,7 +205,7 @@ async function migrateThroughCoordinatorCrash(workload: string, to: string, step
     });
   });
   // Asked directly: the CLI would wait for a reply the killed coordinator never sends.
-  void request(cluster.nc, subjects.coord(CoordVerb.MIGRATE), { workload, to }, z.object({}).passthrough(), { timeoutMs: 120_000 }).catch(() => undefined);
+  void requestCoordVerb(cluster.nc, CoordVerb.MIGRATE, { workload, to }, { timeoutMs: 120_000 }).catch(() => undefined);
   await crashed;
   const next = startCoordinatorProcess(restartId);
   await waitFor('restarted coordinator leads', async () => (await leaseHolder()) === restartId, 30_000);
@@ -261,7 +260,7 @@ test('nats-server restarted mid-migration: the migration ends one way or the oth
     restarted = crashAndRestart('nats', 1_000);
   });
   // Its reply may be lost with the server: follow the migration through `status` instead.
-  void request(cluster.nc, subjects.coord(CoordVerb.MIGRATE), { workload: 'natsrst', to: 'h2' }, z.object({}).passthrough(), { timeoutMs: 120_000 }).catch(() => undefined);
+  void requestCoordVerb(cluster.nc, CoordVerb.MIGRATE, { workload: 'natsrst', to: 'h2' }, { timeoutMs: 120_000 }).catch(() => undefined);
   await waitFor('migration started', async () => migrationId, 30_000);
   unsub();
   await restarted;

@@ -217,7 +217,7 @@ test('the event stream carries lifecycle events as server-sent events; unknown d
   const cordon = await fetch(`${cluster.httpUrl}/v1/hosts/h2/cordon`, { method: 'POST' });
   expect(cordon.status).toBe(200);
   const deadline = Date.now() + 15_000;
-  let event: any;
+  let event: unknown;
   while (!event && Date.now() < deadline) {
     const { value, done } = await reader.read();
     if (done) break;

@@ -6,8 +6,7 @@ import { copyFileSync, mkdtempSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { z } from 'zod';
-import { CoordVerb, decode, request, subjects, type FerryError } from '@ferry/protocol';
+import { CoordVerb, decode, requestCoordVerb, subjects, type FerryError } from '@ferry/protocol';
 import { expectIntactOn as expectIntact, launchCounter } from './helpers/checks';
 import { REPO, startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload } from './helpers/workload';
@@ -117,7 +116,7 @@ test('a retried request id returns the first migration; a concurrent second migr
   });
   // The second asks the coordinator directly (no CLI start-up delay) so it lands mid-migration.
   const secondReply = firstRunning.then(() =>
-    request(cluster.nc, subjects.coord(CoordVerb.MIGRATE), { workload: 'idem', to: 'h3', requestId: 'req-idem-2' }, z.object({}).passthrough(), { timeoutMs: 60_000 }).then(
+    requestCoordVerb(cluster.nc, CoordVerb.MIGRATE, { workload: 'idem', to: 'h3', requestId: 'req-idem-2' }, { timeoutMs: 60_000 }).then(
       () => null,
       (err: unknown) => err as FerryError,
     ),

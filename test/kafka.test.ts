@@ -3,6 +3,7 @@
  * events to `ferry.events` and consuming requests from `ferry.requests`.
  */
 import { Kafka, logLevel, type Consumer, type Producer } from 'kafkajs';
+import type { LifecycleEvent } from '@ferry/protocol';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { CounterWorkload, waitFor } from './helpers/workload';
 
@@ -12,7 +13,7 @@ let cluster: TestCluster;
 let producer: Producer;
 let consumer: Consumer;
 const workloads: CounterWorkload[] = [];
-const received: Array<{ key: string; doc: Record<string, any> }> = [];
+const received: Array<{ key: string; doc: LifecycleEvent }> = [];
 
 beforeAll(async () => {
   cluster = await startTestCluster('tkafka', 247, { kafka: true });

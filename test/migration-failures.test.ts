@@ -176,7 +176,7 @@ test('post-copy: the source\'s CRIU dying while the target pulls pages rolls bac
 
 test('malformed and hostile requests to an agent get clear errors and change nothing', async () => {
   const w = await launch('bystander', 4);
-  const ask = async (verb: string, body: unknown) => decode((await cluster.nc.request(`ferry.v1.agent.h1.${verb}`, body as Uint8Array, { timeout: 5000 })).data) as any;
+  const ask = async (verb: string, body: unknown) => decode((await cluster.nc.request(`ferry.v1.agent.h1.${verb}`, body as Uint8Array, { timeout: 5000 })).data) as Record<string, unknown>;
   expect(await ask('restore', Uint8Array.from([0xde, 0xad, 0xbe, 0xef]))).toMatchObject({ ok: false, error: { code: 'INVALID_ARGUMENT' } });
   expect(await ask('restore', encode({ v: 1, migrationId: 'm-unknown', workload: 'bystander' }))).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } });
   expect(await ask('checkpoint', encode({ v: 1, migrationId: 'm1', transferId: '../../etc', workload: 'bystander', target: 'h2', idleTimeoutMs: 1000 }))).toMatchObject({

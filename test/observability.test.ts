@@ -3,7 +3,9 @@
  * driven over HTTP, then what /metrics, `ferry events` and a lost host show.
  */
 import { dev } from '@ferry/dev-cluster';
+import type { LifecycleEvent } from '@ferry/protocol';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
+import type { JsonDoc } from './helpers/json-doc';
 import { CounterWorkload, waitFor } from './helpers/workload';
 
 jest.setTimeout(240_000);
@@ -20,7 +22,7 @@ afterAll(async () => {
   for (const w of workloads) await w.remove();
 });
 
-async function http(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
+async function http(method: string, path: string, body?: unknown): Promise<{ status: number; json: JsonDoc }> {
   const res = await fetch(`${cluster.httpUrl}${path}`, {
     method,
     headers: body === undefined ? {} : { 'content-type': 'application/json' },
@@ -129,7 +131,7 @@ test('the HTTP API migrates and drains; metrics and events show it; a dead agent
   // `ferry events --json`: the documents, oldest first, each migration step in order.
   const ev = await cluster.ferry(['events', '--json', '--limit', '200']);
   expect(ev.code).toBe(0);
-  const events = ev.json as Array<Record<string, any>>;
+  const events = ev.json as LifecycleEvent[];
   for (const e of events) {
     expect(e).toEqual(expect.objectContaining({ type: expect.any(String), step: expect.any(String), at: expect.any(String), key: expect.any(String), figures: expect.any(Object) }));
   }
@@ -149,6 +151,6 @@ test('the HTTP API migrates and drains; metrics and events show it; a dead agent
   await dev.killHost(cluster.name, 'h2');
   await waitFor('h2 lost in the metrics', async () => sample(await metrics(), 'ferry_hosts{state="lost"}') === 1, 20_000);
   const after = await cluster.ferry(['events', '--json']);
-  expect((after.json as Array<Record<string, any>>).some((e) => e.type === 'host' && e.step === 'lost' && e.key === 'h2')).toBe(true);
+  expect((after.json as LifecycleEvent[]).some((e) => e.type === 'host' && e.step === 'lost' && e.key === 'h2')).toBe(true);
   expect((await cluster.ferry(['stop', 'obs'])).code).toBe(0);
 });

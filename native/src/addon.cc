@@ -10,8 +10,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitMount(env, exports);
   ferry::InitPidfd(env, exports);
   ferry::InitFiles(env, exports);
-  ferry::InitNamespaces(env, exports);
-  ferry::InitProcess(env, exports);
   ferry::InitSockets(env, exports);
   return exports;
 }

@@ -27,11 +27,6 @@ uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* nam
   return static_cast<uint32_t>(IntegerArg(info, index, name, 0, UINT32_MAX));
 }
 
-bool BoolArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
-  if (index >= info.Length() || !info[index].IsBoolean()) ThrowType(info.Env(), name, "a boolean");
-  return info[index].As<Napi::Boolean>().Value();
-}
-
 std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
   if (index >= info.Length() || !info[index].IsString()) ThrowType(info.Env(), name, "a string");
   std::string value = info[index].As<Napi::String>().Utf8Value();

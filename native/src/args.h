@@ -12,7 +12,6 @@ namespace ferry {
 
 int32_t Int32Arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* name);
-bool BoolArg(const Napi::CallbackInfo& info, size_t index, const char* name);
 /** A string without NUL bytes (a NUL would silently truncate the C string the kernel sees). */
 std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* name);
 /** Like StringArg, but null maps to std::nullopt (passed to the kernel as a NULL pointer). */

@@ -8,8 +8,6 @@ namespace ferry {
 void InitMount(Napi::Env env, Napi::Object exports);
 void InitPidfd(Napi::Env env, Napi::Object exports);
 void InitFiles(Napi::Env env, Napi::Object exports);
-void InitNamespaces(Napi::Env env, Napi::Object exports);
-void InitProcess(Napi::Env env, Napi::Object exports);
 void InitSockets(Napi::Env env, Napi::Object exports);
 
 inline void SetConstant(Napi::Env env, Napi::Object exports, const char* name, double value) {

@@ -1,7 +1,5 @@
-// linkat(2), statx(2), lseek(2), close(2): the file-descriptor calls Node's fs module does not offer
-// (fs has no dirfd/flags variants and no mount id).
-#include <fcntl.h>
-#include <sys/stat.h>
+// lseek(2) and close(2) on raw descriptors. Node's fs has no lseek (its reads take positions, but
+// a descriptor handed to CRIU must carry its own offset); close releases what the pidfd calls return.
 #include <unistd.h>
 
 #include "args.h"
@@ -11,43 +9,6 @@
 namespace ferry {
 
 namespace {
-
-Napi::Value Linkat(const Napi::CallbackInfo& info) {
-  int32_t old_dirfd = Int32Arg(info, 0, "olddirfd");
-  auto old_path = StringArg(info, 1, "oldpath");
-  int32_t new_dirfd = Int32Arg(info, 2, "newdirfd");
-  auto new_path = StringArg(info, 3, "newpath");
-  int32_t flags = Int32Arg(info, 4, "flags");
-  if (linkat(old_dirfd, old_path.c_str(), new_dirfd, new_path.c_str(), flags) == -1) {
-    throw MakeSyscallError(info.Env(), errno, "linkat");
-  }
-  return info.Env().Undefined();
-}
-
-Napi::Value Statx(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int32_t dirfd = Int32Arg(info, 0, "dirfd");
-  auto path = StringArg(info, 1, "path");
-  int32_t flags = Int32Arg(info, 2, "flags");
-  uint32_t mask = Uint32Arg(info, 3, "mask");
-  struct statx stx = {};
-  if (statx(dirfd, path.c_str(), flags, mask, &stx) == -1) throw MakeSyscallError(env, errno, "statx");
-  Napi::Object result = Napi::Object::New(env);
-  // The kernel may fill fewer fields than asked for (e.g. no mount id before Linux 5.8);
-  // `mask` says which ones are valid.
-  result.Set("mask", Napi::Number::New(env, stx.stx_mask));
-  result.Set("mode", Napi::Number::New(env, stx.stx_mode));
-  result.Set("nlink", Napi::Number::New(env, stx.stx_nlink));
-  result.Set("uid", Napi::Number::New(env, stx.stx_uid));
-  result.Set("gid", Napi::Number::New(env, stx.stx_gid));
-  // Inode numbers are 64-bit identities (overlayfs xino uses the high bits): BigInt keeps them exact.
-  result.Set("ino", Napi::BigInt::New(env, static_cast<uint64_t>(stx.stx_ino)));
-  result.Set("size", Napi::Number::New(env, static_cast<double>(stx.stx_size)));
-  result.Set("devMajor", Napi::Number::New(env, stx.stx_dev_major));
-  result.Set("devMinor", Napi::Number::New(env, stx.stx_dev_minor));
-  result.Set("mntId", Napi::Number::New(env, static_cast<double>(stx.stx_mnt_id)));
-  return result;
-}
 
 Napi::Value Lseek(const Napi::CallbackInfo& info) {
   int32_t fd = Int32Arg(info, 0, "fd");
@@ -70,24 +31,11 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitFiles(Napi::Env env, Napi::Object exports) {
-  exports.Set("linkat", Napi::Function::New(env, Linkat, "linkat"));
-  exports.Set("statx", Napi::Function::New(env, Statx, "statx"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("lseek", Napi::Function::New(env, Lseek, "lseek"));
   SetConstant(env, exports, "SEEK_SET", SEEK_SET);
   SetConstant(env, exports, "SEEK_CUR", SEEK_CUR);
   SetConstant(env, exports, "SEEK_END", SEEK_END);
-  SetConstant(env, exports, "AT_FDCWD", AT_FDCWD);
-  SetConstant(env, exports, "AT_SYMLINK_FOLLOW", AT_SYMLINK_FOLLOW);
-  SetConstant(env, exports, "AT_SYMLINK_NOFOLLOW", AT_SYMLINK_NOFOLLOW);
-  SetConstant(env, exports, "AT_EMPTY_PATH", AT_EMPTY_PATH);
-  SetConstant(env, exports, "STATX_TYPE", STATX_TYPE);
-  SetConstant(env, exports, "STATX_MODE", STATX_MODE);
-  SetConstant(env, exports, "STATX_NLINK", STATX_NLINK);
-  SetConstant(env, exports, "STATX_INO", STATX_INO);
-  SetConstant(env, exports, "STATX_SIZE", STATX_SIZE);
-  SetConstant(env, exports, "STATX_BASIC_STATS", STATX_BASIC_STATS);
-  SetConstant(env, exports, "STATX_MNT_ID", STATX_MNT_ID);
 }
 
 }  // namespace ferry

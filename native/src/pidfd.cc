@@ -1,6 +1,5 @@
-// pidfd_open(2), pidfd_send_signal(2), pidfd_getfd(2). Called through syscall(2) rather than
-// glibc's wrappers (glibc >= 2.36) so the addon loads on any glibc >= 2.32 (see syscall-error.cc).
-#include <signal.h>
+// pidfd_open(2), pidfd_getfd(2). Called through syscall(2) rather than glibc's wrappers
+// (glibc >= 2.36) so the addon loads on any glibc >= 2.32 (see syscall-error.cc).
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -19,15 +18,6 @@ Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(fd));
 }
 
-Napi::Value PidfdSendSignal(const Napi::CallbackInfo& info) {
-  int32_t pidfd = Int32Arg(info, 0, "pidfd");
-  int32_t signal = Int32Arg(info, 1, "signal");
-  if (syscall(SYS_pidfd_send_signal, pidfd, signal, nullptr, 0U) == -1) {
-    throw MakeSyscallError(info.Env(), errno, "pidfd_send_signal");
-  }
-  return info.Env().Undefined();
-}
-
 Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
   int32_t pidfd = Int32Arg(info, 0, "pidfd");
   int32_t target_fd = Int32Arg(info, 1, "targetFd");
@@ -40,7 +30,6 @@ Napi::Value PidfdGetfd(const Napi::CallbackInfo& info) {
 
 void InitPidfd(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
-  exports.Set("pidfdSendSignal", Napi::Function::New(env, PidfdSendSignal, "pidfdSendSignal"));
   exports.Set("pidfdGetfd", Napi::Function::New(env, PidfdGetfd, "pidfdGetfd"));
 }
 

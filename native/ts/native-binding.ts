@@ -9,14 +9,7 @@ export interface NativeBinding {
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): Promise<void>;
   umount2(target: string, flags: number): Promise<void>;
   pidfdOpen(pid: number): number;
-  pidfdSendSignal(pidfd: number, signal: number): void;
   pidfdGetfd(pidfd: number, targetFd: number): number;
-  linkat(olddirfd: number, oldpath: string, newdirfd: number, newpath: string, flags: number): void;
-  statx(dirfd: number, path: string, flags: number, mask: number): NativeStatx;
-  setns(fd: number, nstype: number): void;
-  unshare(flags: number): void;
-  waitpidNoHang(pid: number): NativeWaitStatus | null;
-  setChildSubreaper(on: boolean): void;
   close(fd: number): void;
   lseek(fd: number, offset: number, whence: number): number;
   setsockoptInt(fd: number, level: number, optname: number, value: number): void;
@@ -39,44 +32,6 @@ export interface NativeBinding {
   readonly MNT_FORCE: number;
   readonly MNT_DETACH: number;
   readonly UMOUNT_NOFOLLOW: number;
-  readonly AT_FDCWD: number;
-  readonly AT_SYMLINK_NOFOLLOW: number;
-  readonly AT_SYMLINK_FOLLOW: number;
-  readonly AT_EMPTY_PATH: number;
-  readonly STATX_TYPE: number;
-  readonly STATX_MODE: number;
-  readonly STATX_NLINK: number;
-  readonly STATX_INO: number;
-  readonly STATX_SIZE: number;
-  readonly STATX_BASIC_STATS: number;
-  readonly STATX_MNT_ID: number;
-  readonly CLONE_NEWNS: number;
-  readonly CLONE_NEWUTS: number;
-  readonly CLONE_NEWIPC: number;
-  readonly CLONE_NEWPID: number;
-  readonly CLONE_NEWNET: number;
-}
-
-/** statx(2) result as the addon returns it. */
-export interface NativeStatx {
-  mask: number;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  ino: bigint;
-  size: number;
-  devMajor: number;
-  devMinor: number;
-  mntId: number;
-}
-
-/** waitpid(2) outcome as the addon returns it. */
-export interface NativeWaitStatus {
-  pid: number;
-  exited: boolean;
-  status: number;
-  signal: number | null;
 }
 
 /**

@@ -1,4 +1,3 @@
-import { AT_EMPTY_PATH, AT_FDCWD } from './constants';
 import { SyscallArgumentError } from './errors';
 
 // Checks made before any syscall. They refuse what the kernel would misread silently (a NUL
@@ -9,8 +8,6 @@ const INT32_MAX = 0x7fffffff;
 const UINT32_MAX = 0xffffffff;
 /** PATH_MAX counts bytes including the terminating NUL. */
 const PATH_MAX_BYTES = 4096;
-/** Linux real-time signals end at 64 (SIGRTMAX); 0 probes for existence. */
-const SIGNAL_MAX = 64;
 
 function integerIn(syscall: string, name: string, value: unknown, min: number, max: number): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
@@ -24,19 +21,9 @@ export function checkFd(syscall: string, name: string, value: unknown): number {
   return integerIn(syscall, name, value, 0, INT32_MAX);
 }
 
-/** A directory fd for *at() calls: an fd or AT_FDCWD. */
-export function checkDirFd(syscall: string, name: string, value: unknown): number {
-  return value === AT_FDCWD ? AT_FDCWD : checkFd(syscall, name, value);
-}
-
 /** A process id: an integer > 0 (0 and negatives mean process groups or "any" to the kernel). */
 export function checkPid(syscall: string, name: string, value: unknown): number {
   return integerIn(syscall, name, value, 1, INT32_MAX);
-}
-
-/** A signal number, 0..64. */
-export function checkSignal(syscall: string, name: string, value: unknown): number {
-  return integerIn(syscall, name, value, 0, SIGNAL_MAX);
 }
 
 /** A flags word the kernel takes as int. */
@@ -44,22 +31,16 @@ export function checkIntFlags(syscall: string, name: string, value: unknown): nu
   return integerIn(syscall, name, value, 0, INT32_MAX);
 }
 
-/** A flags word the kernel takes as unsigned (mount flags, statx mask). */
+/** A flags word the kernel takes as unsigned (mount flags). */
 export function checkUintFlags(syscall: string, name: string, value: unknown): number {
   return integerIn(syscall, name, value, 0, UINT32_MAX);
 }
 
-/** A boolean. */
-export function checkBoolean(syscall: string, name: string, value: unknown): boolean {
-  if (typeof value !== 'boolean') throw new SyscallArgumentError(syscall, name, `must be a boolean, got ${String(value)}`);
-  return value;
-}
-
 /** A string the kernel will read as a C string: no NUL bytes, at most PATH_MAX bytes. */
-export function checkCString(syscall: string, name: string, value: unknown, allowEmpty = false): string {
+export function checkCString(syscall: string, name: string, value: unknown): string {
   if (typeof value !== 'string') throw new SyscallArgumentError(syscall, name, 'must be a string');
   if (value.includes('\0')) throw new SyscallArgumentError(syscall, name, 'must not contain NUL bytes');
-  if (!allowEmpty && value.length === 0) throw new SyscallArgumentError(syscall, name, 'must not be empty');
+  if (value.length === 0) throw new SyscallArgumentError(syscall, name, 'must not be empty');
   if (Buffer.byteLength(value) >= PATH_MAX_BYTES) {
     throw new SyscallArgumentError(syscall, name, `must be shorter than ${PATH_MAX_BYTES} bytes`);
   }
@@ -75,23 +56,5 @@ export function checkNullableCString(syscall: string, name: string, value: unkno
 export function checkAbsolutePath(syscall: string, name: string, value: unknown): string {
   const checked = checkCString(syscall, name, value);
   if (!checked.startsWith('/')) throw new SyscallArgumentError(syscall, name, `must be absolute, got '${checked}'`);
-  return checked;
-}
-
-/**
- * A path for an *at() call: absolute when dirfd is AT_FDCWD (never relative to our cwd);
- * relative to dirfd otherwise; empty only with AT_EMPTY_PATH and a real dirfd (the fd itself).
- */
-export function checkAtPath(syscall: string, name: string, dirfd: number, value: unknown, flags: number): string {
-  const checked = checkCString(syscall, name, value, true);
-  if (checked.length === 0) {
-    if ((flags & AT_EMPTY_PATH) === 0 || dirfd === AT_FDCWD) {
-      throw new SyscallArgumentError(syscall, name, 'may be empty only with AT_EMPTY_PATH and a directory fd');
-    }
-    return checked;
-  }
-  if (dirfd === AT_FDCWD && !checked.startsWith('/')) {
-    throw new SyscallArgumentError(syscall, name, `must be absolute with AT_FDCWD, got '${checked}'`);
-  }
   return checked;
 }

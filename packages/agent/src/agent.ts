@@ -26,8 +26,8 @@ import { Workloads } from './workloads/workloads';
 
 export interface AgentDeps {
   nc: NatsConnection;
-  /** Syscalls Node lacks (lseek of reopened pinned files, TCP repair). */
-  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls;
+  /** Syscalls Node lacks (lseek of reopened pinned files, TCP repair, unmounting shared filesystems). */
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2'> & RepairSyscalls;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;
@@ -51,7 +51,7 @@ export class Agent {
   ) {
     this.log = (deps.logger ?? silentLogger).child({ host: opts.host });
     const { nc, metrics, criu } = deps;
-    this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir }, deps.inventory, criu, this.log, metrics);
+    this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir }, deps.inventory, criu, deps.syscalls, this.log, metrics);
     const shared = { ...deps, workloads: this.workloads, log: this.log };
     this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes }, shared);
     this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes }, shared);
@@ -77,7 +77,7 @@ export class Agent {
     this.on(AgentVerb.RESUME, async (req) => this.source.resume(req));
     this.on(AgentVerb.DISCARD, async (req) => this.target.discard(req));
     this.on(AgentVerb.SETTLE, async (req) => this.target.settle(req));
-    this.on(AgentVerb.CPUINFO, async () => ({ image: new Uint8Array(await dumpCpuinfo(criu, workDirs)) }));
+    this.on(AgentVerb.CPUINFO, async () => ({ image: await dumpCpuinfo(criu, workDirs) }));
     this.on(AgentVerb.CPUINFO_CHECK, async (req) => checkCpuinfo(criu, workDirs, req.image));
     this.on(AgentVerb.MIGRATABLE, async (req) => {
       await this.source.assertMigratable(this.workloads.require(req.name));

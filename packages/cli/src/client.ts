@@ -1,8 +1,7 @@
 /** The CLI's connection to the cluster: NATS, found from the environment or the local dev cluster. */
 import { existsSync, readFileSync } from 'node:fs';
 import { connect, type NatsConnection } from 'nats';
-import { z } from 'zod';
-import { CoordVerb, ErrorCode, FerryError, HostInfo, natsAuthOptionsFromFile, request, subjects } from '@ferry/protocol';
+import { CoordVerb, ErrorCode, FerryError, natsAuthOptionsFromFile, requestCoordVerb, waitForHostsAlive, type CoordReply, type CoordRequestBody } from '@ferry/protocol';
 
 /** Where `ferry dev up` records the default cluster, so the CLI finds its NATS port. */
 export const DEFAULT_DEV_STATE_FILE = '/run/ferry/dev/ferry/cluster.json';
@@ -51,16 +50,11 @@ export async function connectCluster(natsUrl = resolveNatsUrl(), credentialsFile
   }
 }
 
-/** One request to the coordinator over a short-lived connection. */
-export async function askCoordinator<S extends z.ZodType>(
-  verb: CoordVerb,
-  body: Record<string, unknown>,
-  schema: S,
-  timeoutMs = 10_000,
-): Promise<z.infer<S>> {
+/** One request to the coordinator over a short-lived connection; the reply is checked against the protocol's verb table. */
+export async function askCoordinator<V extends CoordVerb>(verb: V, body: CoordRequestBody<V>, timeoutMs = 10_000): Promise<CoordReply<V>> {
   const nc = await connectCluster();
   try {
-    return await request(nc, subjects.coord(verb), body, schema, { timeoutMs });
+    return await requestCoordVerb(nc, verb, body, { timeoutMs });
   } catch (err) {
     if (err instanceof FerryError && err.code === ErrorCode.UNAVAILABLE && /no one answers/.test(err.message)) {
       throw new FerryError(ErrorCode.UNAVAILABLE, 'no coordinator is answering (is the cluster up? try `npx ferry dev up`)', { cause: err });
@@ -77,7 +71,6 @@ export async function askCoordinator<S extends z.ZodType>(
  * keeps trying while NATS or the coordinator cannot be reached, until the deadline.
  */
 export async function waitForHosts(natsUrl: string, hosts: string[], timeoutMs: number, credentialsFile: string | null): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
   const nc = await connect({
     servers: natsUrl,
     name: 'ferry-cli-wait',
@@ -85,21 +78,9 @@ export async function waitForHosts(natsUrl: string, hosts: string[], timeoutMs: 
     waitOnFirstConnect: true,
     ...natsAuthOptionsFromFile(credentialsFile),
   });
-  let missing = hosts;
   try {
-    while (Date.now() < deadline) {
-      try {
-        const { hosts: known } = await request(nc, subjects.coord(CoordVerb.HOSTS), {}, z.object({ hosts: z.array(HostInfo) }), { timeoutMs: 1_000 });
-        const alive = new Set(known.filter((h) => h.state === 'alive').map((h) => h.name));
-        missing = hosts.filter((h) => !alive.has(h));
-        if (missing.length === 0) return;
-      } catch {
-        // The coordinator may be restarting or not elected yet.
-      }
-      await new Promise((r) => setTimeout(r, 250));
-    }
+    await waitForHostsAlive(nc, hosts, timeoutMs);
   } finally {
     await nc.close();
   }
-  throw new FerryError(ErrorCode.DEADLINE_EXCEEDED, `hosts not registered within ${timeoutMs} ms: ${missing.join(', ')}`);
 }

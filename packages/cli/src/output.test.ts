@@ -4,15 +4,19 @@ import { PassThrough } from 'node:stream';
 import { exitOnClosedPipe } from './output';
 
 test('a write to a pipe whose reader has gone ends the CLI with status 0, no stack trace', async () => {
-  // A real pipe with no reader: `true` exits without reading its stdin.
-  const reader = spawn('true', [], { stdio: ['pipe', 'ignore', 'ignore'] });
-  await once(reader, 'exit');
-  const exit = jest.fn();
-  exitOnClosedPipe(reader.stdin!, exit);
-  const exited = new Promise((resolve) => exit.mockImplementation(resolve));
-  reader.stdin!.write('[{"name": "x"}]\n');
-  await expect(exited).resolves.toBe(0);
-  expect(exit).toHaveBeenCalledTimes(1);
+  // A real pipe whose reader closed it, as `| true` or `| head -1` do: the shell closes its stdin, says so, and lives on.
+  const reader = spawn('/bin/sh', ['-c', 'exec 0<&-; echo closed; exec sleep 60'], { stdio: ['pipe', 'pipe', 'ignore'] });
+  try {
+    await once(reader.stdout!, 'data');
+    const exit = jest.fn();
+    const exited = new Promise((resolve) => exit.mockImplementation(resolve));
+    exitOnClosedPipe(reader.stdin!, exit);
+    reader.stdin!.write('[{"name": "x"}]\n');
+    await expect(exited).resolves.toBe(0);
+    expect(exit).toHaveBeenCalledTimes(1);
+  } finally {
+    reader.kill('SIGKILL');
+  }
 });
 
 test('other write errors are not swallowed', () => {

@@ -35,7 +35,7 @@ export interface CoordinatorOptions {
   recoveryRetryMs: number;
   /**
    * Restore mode of a migration that names none (FERRY_DEFAULT_RESTORE), where the hosts allow it
-   * (transport-choice.ts); null: lazy where the target allows it, else eager.
+   * (migration-plan.ts); null: lazy where the target allows it, else eager.
    */
   defaultRestore: RestoreMode | null;
 }

@@ -229,7 +229,8 @@ export class Coordinator {
             throw new FerryError(ErrorCode.INVALID_ARGUMENT, `registration for host ${req.host} refused on ${msg.subject}`);
           }
           await this.registry.register(req);
-          return { heartbeatIntervalMs: 1000 };
+          // Three beats within the time after which a silent host is lost: one lost beat never loses a host.
+          return { heartbeatIntervalMs: Math.max(1, Math.floor(this.opts.hostLostAfterMs / 3)) };
         },
         { onError },
       ),

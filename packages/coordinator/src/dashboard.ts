@@ -20,6 +20,7 @@ const ASSETS: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/dashboard/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
   '/dashboard/view-model.js': { file: 'view-model.js', type: 'text/javascript; charset=utf-8' },
+  '/dashboard/dom.js': { file: 'dom.js', type: 'text/javascript; charset=utf-8' },
   '/dashboard/app.css': { file: 'app.css', type: 'text/css; charset=utf-8' },
   '/dashboard/favicon.svg': { file: 'favicon.svg', type: 'image/svg+xml' },
 };

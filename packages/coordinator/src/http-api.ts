@@ -11,8 +11,7 @@ import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
-import { z } from 'zod';
-import { CoordVerb, ErrorCode, FerryError, request, subjects, toFerryError, silentLogger, type Logger } from '@ferry/protocol';
+import { CoordVerb, ErrorCode, FerryError, coordVerbs, request, subjects, toFerryError, silentLogger, type CoordReply, type Logger } from '@ferry/protocol';
 import type { Registry } from 'prom-client';
 import { Dashboard } from './dashboard';
 
@@ -56,16 +55,16 @@ export interface HttpApiDeps {
 
 type Route = { method: string; pattern: RegExp; handle: (params: string[], body: Record<string, unknown>, url: URL) => Promise<[number, unknown]> };
 
-const Any = z.object({}).passthrough();
-
 export function createHttpServer(deps: HttpApiDeps): Server {
   const opts = { ...defaultHttpApiOptions(), ...deps.options };
   const log = deps.log ?? silentLogger;
   const openapi = readFileSync(OPENAPI_PATH, 'utf8');
   // The operators' dashboard at `/` and its event stream (/v1/events/stream), on this same port.
   const dashboard = new Dashboard(deps.nc, {}, log.child({ part: 'dashboard' }));
-  const ask = (verb: CoordVerb, body: Record<string, unknown>, timeoutMs = opts.requestTimeoutMs) =>
-    request(deps.nc, subjects.coord(verb), body, Any, { timeoutMs });
+  // The body is the HTTP client's, unchecked here: the coordinator validates it as it does the CLI's.
+  // The reply is checked against the verb's reply schema (TypeScript cannot follow `V` into the table).
+  const ask = <V extends CoordVerb>(verb: V, body: Record<string, unknown>, timeoutMs = opts.requestTimeoutMs) =>
+    request(deps.nc, subjects.coord(verb), body, coordVerbs[verb].reply, { timeoutMs }) as Promise<CoordReply<V>>;
 
   const routes: Route[] = [
     { method: 'GET', pattern: /^\/v1\/hosts$/, handle: async () => [200, await ask(CoordVerb.HOSTS, {})] },
@@ -75,7 +74,7 @@ export function createHttpServer(deps: HttpApiDeps): Server {
       method: 'GET',
       pattern: /^\/v1\/migrations\/([^/]+)$/,
       handle: async ([id]) => {
-        const { migrations } = (await ask(CoordVerb.STATUS, { id })) as { migrations: unknown[] };
+        const { migrations } = await ask(CoordVerb.STATUS, { id });
         return [200, { migration: migrations[0] }];
       },
     },

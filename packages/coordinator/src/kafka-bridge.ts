@@ -13,7 +13,7 @@
 import { Kafka, logLevel, type Consumer, type Producer, type LogEntry } from 'kafkajs';
 import type { NatsConnection } from 'nats';
 import { z } from 'zod';
-import { CoordVerb, ErrorCode, Id, FerryError, request, subjects, toFerryError, silentLogger, type LifecycleEvent, type Logger } from '@ferry/protocol';
+import { CoordVerb, ErrorCode, Id, FerryError, requestCoordVerb, toFerryError, silentLogger, type LifecycleEvent, type Logger } from '@ferry/protocol';
 import type { EventJournal } from './lifecycle-events';
 import type { MigrationStore } from './migration-store';
 
@@ -46,8 +46,6 @@ export const KafkaRequest = z.discriminatedUnion('kind', [
   z.object({ requestId: Id, kind: z.literal('drain'), host: z.string().min(1).max(63) }),
 ]);
 export type KafkaRequest = z.infer<typeof KafkaRequest>;
-
-const Any = z.object({}).passthrough();
 
 export interface KafkaBridgeDeps {
   nc: NatsConnection;
@@ -153,7 +151,7 @@ export class KafkaBridge {
       // Drains have no request record of their own; the claim makes a repeated id a no-op.
       if (await this.deps.store.claimRequest(claimKey, req.requestId)) return this.report('duplicate', req);
       try {
-        await request(this.deps.nc, subjects.coord(CoordVerb.DRAIN), { host: req.host, drainId: req.requestId }, Any, { timeoutMs: 10_000 });
+        await requestCoordVerb(this.deps.nc, CoordVerb.DRAIN, { host: req.host, drainId: req.requestId }, { timeoutMs: 10_000 });
         await this.report('accepted', req);
       } catch (err) {
         await this.deps.store.releaseRequest(claimKey, req.requestId);
@@ -163,7 +161,7 @@ export class KafkaBridge {
     }
     // A migration runs for seconds to minutes; its progress and result arrive as migration events.
     const body = { workload: req.workload, requestId: req.requestId, ...(req.to ? { to: req.to } : {}) };
-    const job = request(this.deps.nc, subjects.coord(CoordVerb.MIGRATE), body, Any, { timeoutMs: this.opts.migrateTimeoutMs }).then(
+    const job = requestCoordVerb(this.deps.nc, CoordVerb.MIGRATE, body, { timeoutMs: this.opts.migrateTimeoutMs }).then(
       () => undefined,
       // Failures before a migration record exists (unknown workload, lock held, no placement).
       (err) => this.report('rejected', req, toFerryError(err)),

@@ -28,7 +28,7 @@ import {
   decode,
   encode,
   parseMessage,
-  serve,
+  serveCoordVerb,
   subjects,
   silentLogger,
   type Logger,
@@ -58,7 +58,6 @@ const STEP_NAMES: Partial<Record<MigrationStep, string>> = {
 
 const HostChange = z.object({ host: z.string(), change: z.string(), at: z.string().optional() });
 const ProgressEvent = z.object({ migrationId: z.string(), bytes: z.number(), files: z.number().optional() });
-const EventsRequest = z.object({ v: z.literal(PROTOCOL_VERSION), limit: z.number().int().positive().max(DEFAULT_RECENT_EVENTS_LIMIT * 10).optional() });
 
 /** Receives every lifecycle event (in order) while this coordinator leads. */
 export type LifecycleSink = (ev: LifecycleEvent) => void;
@@ -139,7 +138,7 @@ export class EventJournal {
         },
       }),
     );
-    this.subs.push(serve(nc, subjects.coord(CoordVerb.EVENTS), EventsRequest, async (req) => ({ events: await this.recent(req.limit) }), { queue: EVENTS_QUEUE }));
+    this.subs.push(serveCoordVerb(nc, CoordVerb.EVENTS, async (req) => ({ events: await this.recent(req.limit) }), { queue: EVENTS_QUEUE }));
     this.deps.registry.on('cordon', this.onCordon);
   }
 

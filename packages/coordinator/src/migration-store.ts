@@ -9,15 +9,13 @@
  *   request:<requestId>   id of the migration a request started (idempotent retries)
  */
 import type { Redis } from 'ioredis';
-import { ErrorCode, FerryError, type MigrationResult, type MigrationStep, type TransportPreference } from '@ferry/protocol';
+import { ErrorCode, FerryError, type MigrationResult, type MigrationStep } from '@ferry/protocol';
 
 export interface MigrationRecord extends MigrationResult {
   transferId: string;
   requestId: string | null;
   /** Wall-clock ms the workload was frozen, once known. */
   frozenAt: number | null;
-  /** The data path asked for (absent in records written before it existed: auto). */
-  transportPreference?: TransportPreference;
 }
 
 /** How many finished migrations `status` keeps. */

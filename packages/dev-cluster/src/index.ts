@@ -3,7 +3,7 @@
  * nats-server, redis-server, the coordinator and one agent per "host" (network + mount + UTS
  * namespaces on a bridge), and a single-node Kafka broker. Not a production setup.
  */
-export { startLocalCluster, stopLocalCluster, clusterDataDir, kafkaDataDir, agentWorkDir, devCliCredentials } from './local-cluster';
+export { startLocalCluster, stopLocalCluster, clusterDataDir, kafkaDataDir, agentWorkDir } from './local-cluster';
 export type { LocalClusterOptions, LocalAgentOptions } from './local-cluster';
 export { startLocalHost } from './local-host';
 export type { LocalHostOptions } from './local-host';

@@ -12,3 +12,13 @@ export const AbsolutePath = z
   .string()
   .max(4096)
   .refine((p) => p.startsWith('/') && !p.split('/').includes('..') && !p.includes('\0'), 'must be an absolute path without ..');
+
+/**
+ * The constructor `Bytes` checks against: Uint8Array itself, typed to make instances over any
+ * buffer. TypeScript types `new Uint8Array()` as Uint8Array<ArrayBuffer>, which a Buffer (what
+ * msgpack bin decodes to, and what randomBytes returns) is not, though `instanceof` accepts it.
+ */
+const AnyUint8Array: new (...args: never[]) => Uint8Array = Uint8Array;
+
+/** A binary field: msgpack bin, a Buffer once decoded. */
+export const Bytes = (): z.ZodCustom<Uint8Array, Uint8Array> => z.instanceof(AnyUint8Array);

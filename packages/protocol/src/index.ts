@@ -35,6 +35,7 @@ export type {
   CoordVerbHandler,
   RegisterHandler,
 } from './verbs';
+export { waitForHostsAlive } from './wait-for-hosts';
 export { silentLogger } from './logger';
 export type { Logger } from './logger';
 export { workloadsDigest, DIGEST_RSS_GRANULARITY_BYTES, FULL_HEARTBEAT_EVERY } from './workloads-digest';

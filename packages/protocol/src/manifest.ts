@@ -4,17 +4,13 @@
  * it like any other message (bounded, schema-validated) before acting on it.
  */
 import { z } from 'zod';
+import { AbsolutePath } from './fields';
 import { MountSpec, ServiceAddress, WorkloadName } from './schemas';
 
 /** The manifest's file name in a migration's work dir. */
 export const MANIFEST_FILE = 'ferry-manifest.json';
 /** The largest manifest a target reads: argv and env are bounded well below this. */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
-
-const Path = z
-  .string()
-  .max(4096)
-  .refine((p) => p.startsWith('/') && !p.split('/').includes('..') && !p.includes('\0'), 'must be an absolute path without ..');
 
 /**
  * An unlinked-but-open file on a shared filesystem, hard-linked to `pinPath` on the same
@@ -24,7 +20,7 @@ const Path = z
 export const PinnedFile = z.object({
   /** CRIU's external-file key, `file[<mnt_id hex>:<inode hex>]`. */
   key: z.string().regex(/^file\[[0-9a-f]{1,16}:[0-9a-f]{1,16}\]$/, 'not a CRIU external file key'),
-  pinPath: Path,
+  pinPath: AbsolutePath,
   flags: z.number().int().nonnegative().max(0x7fffffff),
   pos: z.number().int().nonnegative(),
 });
@@ -34,8 +30,8 @@ export const WorkloadManifest = z.object({
   name: WorkloadName,
   argv: z.array(z.string().max(4096)).max(256),
   env: z.record(z.string().max(256), z.string().max(32 * 1024)),
-  cwd: Path,
-  logPath: Path,
+  cwd: AbsolutePath,
+  logPath: AbsolutePath,
   startedAt: z.string().max(64),
   /** Size of the workload's log at the dump: CRIU reopens it by path and checks the size. */
   logBytes: z.number().int().nonnegative(),

@@ -147,11 +147,6 @@ export type Transport = z.infer<typeof Transport>;
 export const TransportPreference = z.enum(['auto', 'direct', 'nats', 'page-server']);
 export type TransportPreference = z.infer<typeof TransportPreference>;
 /**
- * The path of ferry's own image stream (@ferry/transfer): `auto` takes direct when the receiver
- * offers a reachable endpoint, else NATS. `page-server` is no stream path: with it the memory
- * pages go over CRIU's connection and the other images still take one of these.
- */
-/**
  * How a frozen workload's memory leaves the source (the coordinator decides; the agent's
  * migration/source-data-paths.ts carries it out): `image`, in the dumped image through ferry's
  * stream; `page-server`, by CRIU's dump to the target's `criu page-server` while it dumps;
@@ -162,6 +157,11 @@ export type TransportPreference = z.infer<typeof TransportPreference>;
 export const MemoryPath = z.enum(['image', 'page-server', 'lazy-dump', 'lazy-rewrite']);
 export type MemoryPath = z.infer<typeof MemoryPath>;
 
+/**
+ * The path of ferry's own image stream (@ferry/transfer): `auto` takes direct when the receiver
+ * offers a reachable endpoint, else NATS. `page-server` is no stream path: with it the memory
+ * pages go over CRIU's connection and the other images still take one of these.
+ */
 export const StreamTransport = TransportPreference.exclude(['page-server']);
 export type StreamTransport = z.infer<typeof StreamTransport>;
 
@@ -204,6 +204,8 @@ export const MigrationResult = z.object({
   history: z.array(z.object({ step: MigrationStep, at: z.string() })).max(100),
   /** Set when the coordinator chose the target (no `to` in the request): which host and why. */
   placement: z.object({ host: HostName, reason: z.string().max(4096) }).nullable().optional(),
+  /** The data path the request asked for (absent in records from before it was kept: auto). */
+  transportPreference: TransportPreference.optional(),
 });
 export type MigrationResult = z.infer<typeof MigrationResult>;
 

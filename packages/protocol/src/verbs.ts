@@ -94,6 +94,7 @@ export type VerbRequestBody<T extends VerbShape> = Omit<z.input<T['request']>, '
 /** A reply as its caller gets it, parsed (defaults filled in). */
 export type VerbReply<T extends VerbShape> = z.output<T['reply']>;
 /** What a handler returns: the reply before parsing; nothing when `{}` is a valid reply. */
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type -- `{} extends X` asks whether every field of X is optional
 export type VerbResult<T extends VerbShape> = {} extends z.input<T['reply']> ? z.input<T['reply']> | void : z.input<T['reply']>;
 /** Answers one parsed request. */
 export type VerbHandler<T extends VerbShape> = (req: z.output<T['request']>, msg: Msg) => Promise<VerbResult<T>>;

@@ -1,9 +1,12 @@
 import { execFile } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { createLinuxSyscalls, MNT_DETACH } from '@ferry/native';
 import { ensureMounted, isSharedFsType, mountCommand, mountOf, parseMountinfo, readMounts, SILLY_RENAME_PATTERN, unmount } from './shared-mounts';
+
+const sys = createLinuxSyscalls();
 
 const MOUNTINFO = [
   '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw',
@@ -61,7 +64,7 @@ describe('ensureMounted (real bind mounts, root)', () => {
     dir = mkdtempSync(join(tmpdir(), 'ferry-mounts-'));
   });
   afterEach(async () => {
-    for (const m of (await readMounts()).filter((x) => x.mountPoint.startsWith(dir)).reverse()) await unmount(m.mountPoint).catch(() => undefined);
+    for (const m of (await readMounts()).filter((x) => x.mountPoint.startsWith(dir)).reverse()) await unmount(m.mountPoint, sys).catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -75,7 +78,7 @@ describe('ensureMounted (real bind mounts, root)', () => {
     expect(readFileSync(join(at, 'f'), 'utf8')).toBe('shared bytes');
     expect(await ensureMounted(spec)).toEqual({ mounted: false });
     expect((await readMounts()).filter((m) => m.mountPoint === at)).toHaveLength(1);
-    await unmount(at);
+    await unmount(at, sys);
     expect((await readMounts()).filter((m) => m.mountPoint === at)).toHaveLength(0);
   });
 
@@ -97,5 +100,35 @@ describe('ensureMounted (real bind mounts, root)', () => {
         options: { Port: '9', ConnectTimeout: '2', StrictHostKeyChecking: 'yes', UserKnownHostsFile: '/dev/null' },
       }),
     ).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringContaining('cannot mount filesystem s') });
+  });
+
+  test('a busy mount is detached lazily; its open files stay readable', async () => {
+    const src = join(dir, 'src');
+    const at = join(dir, 'busy-at');
+    mkdirSync(src);
+    writeFileSync(join(src, 'held'), 'still here');
+    await ensureMounted({ name: 'b', type: 'bind', source: src, path: at, options: {} });
+    const fd = openSync(join(at, 'held'), 'r');
+    const flagsTried: number[] = [];
+    try {
+      await unmount(at, { umount2: (target, flags) => (flagsTried.push(flags), sys.umount2(target, flags)) });
+      // The plain umount2 was refused EBUSY; MNT_DETACH took it out of the namespace.
+      expect(flagsTried).toEqual([0, MNT_DETACH]);
+      expect((await readMounts()).filter((m) => m.mountPoint === at)).toHaveLength(0);
+      const buf = Buffer.alloc(10);
+      expect(buf.subarray(0, readSync(fd, buf, 0, 10, 0)).toString()).toBe('still here');
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  test('a path that is not a mount point is FAILED_PRECONDITION, with the kernel error as cause', async () => {
+    const at = join(dir, 'plain');
+    mkdirSync(at);
+    await expect(unmount(at, sys)).rejects.toMatchObject({
+      code: 'FAILED_PRECONDITION',
+      message: expect.stringContaining(`cannot unmount ${at}: umount2: EINVAL`),
+      cause: expect.objectContaining({ code: 'EINVAL', syscall: 'umount2', path: at }),
+    });
   });
 });

@@ -3,13 +3,11 @@
  * restored (reusing a mount already there), unmounted when no workload of ours uses them any more.
  * Workload files on them travel by path, never by content.
  */
-import { execFile } from 'node:child_process';
 import { mkdir, readFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
+import { MNT_DETACH, type LinuxSyscalls } from '@ferry/native';
 import { ErrorCode, FerryError, type MountSpec } from '@ferry/protocol';
 import { runTool } from './run-tool';
 
-const exec = promisify(execFile);
 /** sshfs waits for the SSH handshake and the first SFTP round trip; a dead server fails within this. */
 export const MOUNT_TIMEOUT_MS = 20_000;
 
@@ -124,11 +122,41 @@ export async function ensureMounted(spec: MountSpec): Promise<MountResult> {
   return { mounted: true };
 }
 
-/** Unmounts `path` (lazily if busy: a frozen copy being killed may still hold files for a moment). */
-export async function unmount(path: string): Promise<void> {
+/** The syscall unmount() makes. */
+export type UnmountSyscalls = Pick<LinuxSyscalls, 'umount2'>;
+
+/**
+ * One umount2(2), given up on after MOUNT_TIMEOUT_MS: on a dead NFS/sshfs server the kernel can
+ * block it while it flushes. Its thread-pool thread stays blocked; the agent moves on.
+ */
+async function umount2Within(sys: UnmountSyscalls, path: string, flags: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(
+      () => reject(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `umount2 of ${path} did not return within ${MOUNT_TIMEOUT_MS} ms`)),
+      MOUNT_TIMEOUT_MS,
+    );
+  });
   try {
-    await exec('umount', [path], { timeout: MOUNT_TIMEOUT_MS });
+    await Promise.race([sys.umount2(path, flags), timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Unmounts `path` (lazily if busy: a frozen copy being killed may still hold files for a moment).
+ * When the lazy detach fails too (e.g. `path` is not a mount point), FAILED_PRECONDITION with the
+ * kernel's error as cause.
+ */
+export async function unmount(path: string, sys: UnmountSyscalls): Promise<void> {
+  try {
+    await umount2Within(sys, path, 0);
   } catch {
-    await exec('umount', ['-l', path], { timeout: MOUNT_TIMEOUT_MS });
+    try {
+      await umount2Within(sys, path, MNT_DETACH);
+    } catch (err) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `cannot unmount ${path}: ${(err as Error).message}`, { cause: err });
+    }
   }
 }

@@ -140,6 +140,8 @@ export async function launchWorkload(
       options.envPath, '-i', '--', ...Object.entries(fullEnv).map(([key, value]) => `${key}=${value}`),
       options.unsharePath, '--pid', '--ipc', '--fork', '--', options.setsidPath, '--', ...argv,
     ];
+    // unshare stays a program, not unshare(2) in the agent: CLONE_NEWPID applies to the caller's later
+    // children, so every process the agent spawned afterwards (CRIU included) would land in that namespace.
     // bash and env exec in place, so the spawned pid ends up being unshare's: the wrapper.
     child = spawn(options.bashPath, ['-c', CLOSE_INHERITED_FDS_SCRIPT, 'ferry-launch', ...wrapperArgv], {
       cwd,

@@ -10,7 +10,7 @@ import type { AgentMetrics } from '../agent-metrics';
 import type { CriuDriver } from '../criu/criu-driver';
 import { isAlive, treeRssBytes } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
-import { ensureMounted, unmount } from '../host/shared-mounts';
+import { ensureMounted, unmount, type UnmountSyscalls } from '../host/shared-mounts';
 import { launchWorkload } from '../host/workload-launcher';
 import type { Inventory, WorkloadRecord } from './inventory';
 
@@ -30,6 +30,7 @@ export class Workloads {
     private readonly opts: WorkloadsOptions,
     readonly inventory: Inventory,
     private readonly criu: Pick<CriuDriver, 'kill'>,
+    private readonly sys: UnmountSyscalls,
     logger: Logger = silentLogger,
     private readonly metrics?: AgentMetrics,
   ) {
@@ -147,7 +148,7 @@ export class Workloads {
     for (const path of paths) {
       if (!this.inventory.isOwnedMount(path) || this.inventory.mountInUse(path, except)) continue;
       try {
-        await unmount(path);
+        await unmount(path, this.sys);
         await this.inventory.setOwnedMount(path, false);
         this.log.info({ path }, 'unmounted unused shared filesystem');
       } catch (err) {

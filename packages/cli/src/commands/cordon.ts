@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { z } from 'zod';
-import { CoordVerb, HostInfo } from '@ferry/protocol';
+import { CoordVerb } from '@ferry/protocol';
 import { askCoordinator } from '../client';
 import { printJson } from '../output';
 import { action } from './action';
@@ -15,7 +14,7 @@ export function registerCordon(program: Command): Command {
       .option('--json', 'print the host: {name, state, cordoned, address, criu, memory, workloadCount}')
       .action(
         action(async (host: string, opts: { json?: boolean }) => {
-          const reply = await askCoordinator(verb, { host }, z.object({ host: HostInfo }));
+          const reply = await askCoordinator(verb, { host });
           if (opts.json) return printJson(reply.host);
           process.stdout.write(`${host} ${reply.host.cordoned ? 'cordoned' : 'uncordoned'}\n`);
         }),

@@ -1,8 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { z } from 'zod';
-import { CoordVerb, MigrationResult, WorkloadInfo } from '@ferry/protocol';
+import { CoordVerb } from '@ferry/protocol';
 import { clusterDataDir, dev, startLocalCluster } from '@ferry/dev-cluster';
 import { askCoordinator } from '../client';
 import { formatBytes } from '../output';
@@ -34,13 +33,12 @@ export function registerDemo(program: Command): Command {
         } else {
           say('ferry: the local cluster is already up');
         }
-        const ps = () => askCoordinator(CoordVerb.PS, {}, z.object({ workloads: z.array(WorkloadInfo) }));
+        const ps = () => askCoordinator(CoordVerb.PS, {});
         let demo = (await ps()).workloads.find((w) => w.name === DEMO_WORKLOAD && w.state === 'running');
         if (!demo) {
           const { workload } = await askCoordinator(
             CoordVerb.RUN,
             { host: 'h1', name: DEMO_WORKLOAD, argv: DEMO_ARGV, env: {} },
-            z.object({ workload: WorkloadInfo }),
             20_000,
           );
           demo = workload;
@@ -53,7 +51,6 @@ export function registerDemo(program: Command): Command {
         const { migration } = await askCoordinator(
           CoordVerb.MIGRATE,
           { workload: DEMO_WORKLOAD, to },
-          z.object({ migration: MigrationResult }),
           10 * 60_000,
         );
         if (opts.json) say(JSON.stringify(publicResult(migration), null, 2));

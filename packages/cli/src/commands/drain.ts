@@ -3,14 +3,15 @@ import type { Command } from 'commander';
 import {
   CoordVerb,
   DrainEvent,
-  DrainReply,
   EXIT_CODES,
   decode,
   isErrorCode,
   parseMessage,
-  request,
+  requestCoordVerb,
   subjects,
   type DrainSummary,
+  type RestoreMode,
+  type TransportPreference,
 } from '@ferry/protocol';
 import { connectCluster } from '../client';
 import { ProgressLine } from '../progress-line';
@@ -36,7 +37,8 @@ export function registerDrain(program: Command): Command {
     .option('--transport <mode>', 'for every migration, as in `ferry migrate`: auto, direct, nats or page-server', 'auto')
     .option('--json', 'one JSON line per result ({kind: "result", migration} or {kind: "unplaced", workload, error}), then {kind: "done", summary}')
     .action(
-      action(async (host: string, opts: { json?: boolean; restore?: string; transport: string }) => {
+      // restore and transport as typed (unchecked here): the coordinator validates them.
+      action(async (host: string, opts: { json?: boolean; restore?: RestoreMode; transport: TransportPreference }) => {
         const nc = await connectCluster();
         const drainId = `d-${randomBytes(8).toString('hex')}`;
         const line = (v: unknown) => process.stdout.write(`${JSON.stringify(v)}\n`);
@@ -82,7 +84,7 @@ export function registerDrain(program: Command): Command {
         });
         try {
           await nc.flush();
-          const plan = await request(nc, subjects.coord(CoordVerb.DRAIN), { host, drainId, transport: opts.transport, ...(opts.restore ? { restore: opts.restore } : {}) }, DrainReply, { timeoutMs: 15_000 });
+          const plan = await requestCoordVerb(nc, CoordVerb.DRAIN, { host, drainId, transport: opts.transport, ...(opts.restore ? { restore: opts.restore } : {}) }, { timeoutMs: 15_000 });
           planned = plan.workloads.length;
           if (!opts.json) say(`${host} cordoned; moving ${plan.workloads.length} workload(s): ${plan.workloads.join(', ') || '(none)'}`);
           const timeout = new Promise<never>((_r, reject) => setTimeout(() => reject(new Error(`drain of ${host} not finished within ${DRAIN_TIMEOUT_MS} ms`)), DRAIN_TIMEOUT_MS).unref());

@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { z } from 'zod';
 import { CoordVerb, LifecycleEvent, decode, parseMessage, subjects } from '@ferry/protocol';
 import { askCoordinator, connectCluster } from '../client';
 import { printJson } from '../output';
@@ -25,7 +24,7 @@ export function registerEvents(program: Command): Command {
     .option('--json', 'print JSON: an array, or with --follow one JSON document per line')
     .action(
       action(async (opts: { follow?: boolean; json?: boolean; limit: number }) => {
-        const ask = () => askCoordinator(CoordVerb.EVENTS, { limit: opts.limit }, z.object({ events: z.array(LifecycleEvent) }));
+        const ask = () => askCoordinator(CoordVerb.EVENTS, { limit: opts.limit });
         const print = (ev: LifecycleEvent) => process.stdout.write(`${opts.json ? JSON.stringify(ev) : formatEvent(ev)}\n`);
         if (!opts.follow) {
           const { events } = await ask();

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { z } from 'zod';
-import { CoordVerb, ErrorCode, FerryError, HostInfo } from '@ferry/protocol';
+import { CoordVerb, ErrorCode, FerryError } from '@ferry/protocol';
 import { DEFAULT_BOOTSTRAP_STATE_DIR, parseSshTarget, removeBootstrappedAgent } from '../bootstrap';
 import { askCoordinator } from '../client';
 import { printJson } from '../output';
@@ -31,7 +30,7 @@ export function registerHostsRemove(hosts: Command): Command {
       action(async (name: string, flags: HostsRemoveFlags) => {
         if (!flags.force) {
           // Removing an agent leaves its workloads running but unmanaged: refuse unless drained.
-          const { hosts } = await askCoordinator(CoordVerb.HOSTS, {}, z.object({ hosts: z.array(HostInfo) }));
+          const { hosts } = await askCoordinator(CoordVerb.HOSTS, {});
           const host = hosts.find((h) => h.name === name);
           if (host !== undefined && host.workloadCount > 0) {
             throw new FerryError(

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { z } from 'zod';
-import { CoordVerb, HostInfo } from '@ferry/protocol';
+import { CoordVerb } from '@ferry/protocol';
 import { askCoordinator } from '../client';
 import { formatBytes, printJson, printTable } from '../output';
 import { action } from './action';
@@ -15,7 +14,7 @@ export function registerHosts(program: Command): Command {
     .option('--json', 'print a JSON array of {name, state, cordoned, address, criu, memory, workloadCount}')
     .action(
       action(async (opts: { json?: boolean }) => {
-        const { hosts } = await askCoordinator(CoordVerb.HOSTS, {}, z.object({ hosts: z.array(HostInfo) }));
+        const { hosts } = await askCoordinator(CoordVerb.HOSTS, {});
         if (opts.json) return printJson(hosts);
         printTable(
           ['NAME', 'STATE', 'CORDONED', 'ADDRESS', 'CRIU', 'AVAILABLE', 'WORKLOADS'],

@@ -1,16 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import type { Command } from 'commander';
-import { z } from 'zod';
 import {
   CoordVerb,
   EXIT_CODES,
   MigrationEvent,
-  MigrationResult,
   decode,
   isErrorCode,
   parseMessage,
-  request,
+  requestCoordVerb,
   subjects,
+  type MigrationResult,
+  type RestoreMode,
+  type TransportPreference,
 } from '@ferry/protocol';
 import { connectCluster } from '../client';
 import { formatBytes, printJson } from '../output';
@@ -57,7 +58,8 @@ export function registerMigrate(program: Command): Command {
     .option('--request-id <id>', 'idempotency key: retrying with the same id never starts a second migration')
     .option('--json', 'print {id, workload, from, to, state, downtimeMs, totalMs, bytesTransferred, phases, ...}')
     .action(
-      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: string; restore?: string }) => {
+      // transport and restore as typed (unchecked here): the coordinator validates them.
+      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: TransportPreference; restore?: RestoreMode }) => {
         const nc = await connectCluster();
         const showProgress = !opts.json && process.stderr.isTTY;
         const bar = showProgress ? new ProgressLine(process.stderr) : null;
@@ -93,9 +95,9 @@ export function registerMigrate(program: Command): Command {
             ]
           : [];
         try {
-          const { migration } = await request(
+          const { migration } = await requestCoordVerb(
             nc,
-            subjects.coord(CoordVerb.MIGRATE),
+            CoordVerb.MIGRATE,
             {
               workload: name,
               ...(opts.to ? { to: opts.to } : {}),
@@ -103,7 +105,6 @@ export function registerMigrate(program: Command): Command {
               transport: opts.transport,
               ...(opts.restore ? { restore: opts.restore } : {}),
             },
-            z.object({ migration: MigrationResult }),
             { timeoutMs: MIGRATE_TIMEOUT_MS },
           );
           bar?.done();

@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { z } from 'zod';
-import { CoordVerb, WorkloadInfo } from '@ferry/protocol';
+import { CoordVerb } from '@ferry/protocol';
 import { askCoordinator } from '../client';
 import { formatBytes, printJson, printTable } from '../output';
 import { action } from './action';
@@ -12,7 +11,7 @@ export function registerPs(program: Command): Command {
     .option('--json', 'print a JSON array of {name, host, state, pid, rssBytes, address?} (address: the service address, for workloads run with --address)')
     .action(
       action(async (opts: { json?: boolean }) => {
-        const { workloads } = await askCoordinator(CoordVerb.PS, {}, z.object({ workloads: z.array(WorkloadInfo) }));
+        const { workloads } = await askCoordinator(CoordVerb.PS, {});
         if (opts.json) {
           return printJson(
             workloads.map((w) => ({ name: w.name, host: w.host, state: w.state, pid: w.pid, rssBytes: w.rssBytes, ...(w.address ? { address: w.address } : {}) })),

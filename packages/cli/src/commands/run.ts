@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { z } from 'zod';
-import { CoordVerb, ErrorCode, FerryError, WorkloadInfo } from '@ferry/protocol';
+import { CoordVerb, ErrorCode, FerryError } from '@ferry/protocol';
 import { askCoordinator } from '../client';
 import { printJson } from '../output';
 import { action } from './action';
@@ -35,7 +34,6 @@ export function registerRun(program: Command): Command {
         const { workload } = await askCoordinator(
           CoordVerb.RUN,
           { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts, ...(opts.address ? { address: opts.address } : {}) },
-          z.object({ workload: WorkloadInfo }),
           20_000,
         );
         if (opts.json) return printJson(workload);

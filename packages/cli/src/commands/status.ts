@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { z } from 'zod';
-import { CoordVerb, MigrationResult } from '@ferry/protocol';
+import { CoordVerb } from '@ferry/protocol';
 import { askCoordinator } from '../client';
 import { formatBytes, printJson, printTable } from '../output';
 import { action } from './action';
@@ -14,7 +13,7 @@ export function registerStatus(program: Command): Command {
     .option('--json', 'print JSON (an array, or one object with an id)')
     .action(
       action(async (id: string | undefined, opts: { json?: boolean }) => {
-        const { migrations } = await askCoordinator(CoordVerb.STATUS, id ? { id } : {}, z.object({ migrations: z.array(MigrationResult) }));
+        const { migrations } = await askCoordinator(CoordVerb.STATUS, id ? { id } : {});
         if (opts.json) return printJson(id ? publicResult(migrations[0]) : migrations.map(publicResult));
         printTable(
           ['ID', 'WORKLOAD', 'FROM', 'TO', 'STATE', 'STEP', 'DOWNTIME', 'TOTAL', 'BYTES', 'ERROR'],

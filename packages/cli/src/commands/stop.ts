@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { z } from 'zod';
 import { CoordVerb } from '@ferry/protocol';
 import { askCoordinator } from '../client';
 import { printJson } from '../output';
@@ -13,7 +12,7 @@ export function registerStop(program: Command): Command {
     .option('--json', 'print {stopped: NAME}')
     .action(
       action(async (name: string, opts: { json?: boolean }) => {
-        await askCoordinator(CoordVerb.STOP, { name }, z.object({}).passthrough(), 15_000);
+        await askCoordinator(CoordVerb.STOP, { name }, 15_000);
         if (opts.json) return printJson({ stopped: name });
         process.stdout.write(`${name} stopped\n`);
       }),
