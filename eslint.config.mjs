@@ -1,12 +1,14 @@
 // ferry's lint rules (`npm run lint`, run first by scripts/test.sh). What they keep true, besides
 // typescript-eslint's recommended set: packages/<name>/src/index.ts is the only door into a package
-// (no deep imports, no relative paths into another package), imports point one way
-// (protocol -> transfer, native -> agent, coordinator -> cli), there are no import cycles, files stay
-// under 500 lines, and libraries log through an injected logger, never the console.
+// (no deep imports, no relative paths into another package); imports point one way, protocol ->
+// (transfer, native) -> (agent, coordinator) -> (dev-cluster, cli), and agent and coordinator never
+// import each other; there are no import cycles, across packages too; no file passes 500 lines;
+// libraries log through an injected logger, never the console.
 //
-// typescript-eslint's recommended set is the syntactic one, not `recommendedTypeChecked`: the
-// type-checked rules build a TypeScript program per project, which on CI's 2 cores costs more than
-// the whole syntactic run, and `tsc -b` already type-checks every package in the build.
+// typescript-eslint's recommended set is the syntactic one, not `recommendedTypeChecked`. Measured
+// here on 2 cores: the type-checked rules on the packages' non-test sources alone took 28 s against
+// 12 s for this whole run, and the tests under test/ and beside the code belong to no tsconfig, so
+// they could not be type-checked without one. `tsc -b` type-checks every package in the build.
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

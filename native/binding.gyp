@@ -9,8 +9,14 @@
         "src/mount.cc",
         "src/pidfd.cc",
         "src/files.cc",
-        "src/sockets.cc"
+        "src/sockets.cc",
+        "src/fd-io.cc",
+        "src/sealed-pump.cc",
+        "src/pump.cc"
       ],
+      # OpenSSL (sealed-pump.cc): headers from <nodedir>/include/node/openssl, which node-gyp puts on
+      # the include path ahead of /usr/include; symbols from the node binary, which links OpenSSL
+      # statically and exports it to addons. So no libssl-dev and no -lcrypto here.
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra"]

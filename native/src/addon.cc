@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitPidfd(env, exports);
   ferry::InitFiles(env, exports);
   ferry::InitSockets(env, exports);
+  ferry::InitPump(env, exports);
   return exports;
 }
 

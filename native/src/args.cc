@@ -1,6 +1,7 @@
 #include "args.h"
 
 #include <cmath>
+#include <cstring>
 
 namespace ferry {
 
@@ -25,6 +26,27 @@ int32_t Int32Arg(const Napi::CallbackInfo& info, size_t index, const char* name)
 
 uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
   return static_cast<uint32_t>(IntegerArg(info, index, name, 0, UINT32_MAX));
+}
+
+uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* name, uint32_t min, uint32_t max) {
+  return static_cast<uint32_t>(IntegerArg(info, index, name, min, max));
+}
+
+bool BoolArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (index >= info.Length() || !info[index].IsBoolean()) ThrowType(info.Env(), name, "a boolean");
+  return info[index].As<Napi::Boolean>().Value();
+}
+
+void FixedBytesArg(const Napi::CallbackInfo& info, size_t index, const char* name, uint8_t* out, size_t size) {
+  if (index >= info.Length() || !info[index].IsTypedArray() ||
+      info[index].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    ThrowType(info.Env(), name, "a Uint8Array");
+  }
+  auto bytes = info[index].As<Napi::Uint8Array>();
+  if (bytes.ByteLength() != size) {
+    ThrowType(info.Env(), name, ("exactly " + std::to_string(size) + " bytes").c_str());
+  }
+  std::memcpy(out, bytes.Data(), size);
 }
 
 std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* name) {

@@ -12,6 +12,11 @@ namespace ferry {
 
 int32_t Int32Arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* name);
+/** An unsigned integer in [min, max] (bounds that keep an allocation sane if TypeScript is bypassed). */
+uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* name, uint32_t min, uint32_t max);
+bool BoolArg(const Napi::CallbackInfo& info, size_t index, const char* name);
+/** Copies a Uint8Array (or Buffer) of exactly `size` bytes into `out`. */
+void FixedBytesArg(const Napi::CallbackInfo& info, size_t index, const char* name, uint8_t* out, size_t size);
 /** A string without NUL bytes (a NUL would silently truncate the C string the kernel sees). */
 std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* name);
 /** Like StringArg, but null maps to std::nullopt (passed to the kernel as a NULL pointer). */

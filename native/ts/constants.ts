@@ -28,3 +28,8 @@ export const SEEK_END = 2;
 /** setsockopt(2) level and option of TCP repair mode (CRIU's --tcp-established puts sockets in it). */
 export const IPPROTO_TCP = 6;
 export const TCP_REPAIR = 19;
+
+/** shutdown(2) how: stop receiving, stop sending (the peer reads end of stream), or both. */
+export const SHUT_RD = 0;
+export const SHUT_WR = 1;
+export const SHUT_RDWR = 2;

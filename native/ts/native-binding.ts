@@ -1,5 +1,18 @@
 import * as path from 'node:path';
 
+/** Which way a sealed pump runs: 'seal' reads plaintext and writes frames, 'open' the reverse. */
+export type SealedPumpMode = 'seal' | 'open';
+
+/** What a sealed pump moved, once its stream has ended. */
+export interface SealedPumpCounts {
+  /** seal: plaintext bytes read; open: frame bytes read (headers and tags included). */
+  bytesIn: number;
+  /** seal: frame bytes written (headers, tags and the end frame included); open: plaintext bytes written. */
+  bytesOut: number;
+  /** Frames written (seal) or verified (open), the end frame included. */
+  frames: number;
+}
+
 /**
  * The raw addon, exactly as src/*.cc exports it. Nothing here validates arguments or converts
  * errors; use createLinuxSyscalls() instead. Every function throws (or rejects with) an Error
@@ -13,10 +26,25 @@ export interface NativeBinding {
   close(fd: number): void;
   lseek(fd: number, offset: number, whence: number): number;
   setsockoptInt(fd: number, level: number, optname: number, value: number): void;
+  socketpair(): [number, number];
+  shutdown(fd: number, how: number): void;
+  /** Runs on a thread of its own; the Promise settles when the stream has ended or failed. */
+  sealedPump(
+    inFd: number,
+    outFd: number,
+    mode: SealedPumpMode,
+    key: Uint8Array,
+    noncePrefix: Uint8Array,
+    frameBytes: number,
+    shutdownOut: boolean,
+  ): Promise<SealedPumpCounts>;
 
   readonly SEEK_SET: number;
   readonly IPPROTO_TCP: number;
   readonly TCP_REPAIR: number;
+  readonly SHUT_RD: number;
+  readonly SHUT_WR: number;
+  readonly SHUT_RDWR: number;
   readonly SEEK_CUR: number;
   readonly SEEK_END: number;
   readonly MS_RDONLY: number;

@@ -1,3 +1,5 @@
+import { types } from 'node:util';
+
 import { SyscallArgumentError } from './errors';
 
 // Checks made before any syscall. They refuse what the kernel would misread silently (a NUL
@@ -57,4 +59,35 @@ export function checkAbsolutePath(syscall: string, name: string, value: unknown)
   const checked = checkCString(syscall, name, value);
   if (!checked.startsWith('/')) throw new SyscallArgumentError(syscall, name, `must be absolute, got '${checked}'`);
   return checked;
+}
+
+/** A boolean (an option the addon takes as a C++ bool). */
+export function checkBoolean(syscall: string, name: string, value: unknown): boolean {
+  if (typeof value !== 'boolean') throw new SyscallArgumentError(syscall, name, `must be a boolean, got ${String(value)}`);
+  return value;
+}
+
+/**
+ * A Uint8Array (a Buffer is one) of exactly `length` bytes. util.types, not instanceof: a Buffer
+ * made in another realm (jest's vm context) is not an instance of this realm's Uint8Array.
+ */
+export function checkFixedBytes(syscall: string, name: string, value: unknown, length: number): Uint8Array {
+  if (!types.isUint8Array(value)) throw new SyscallArgumentError(syscall, name, 'must be a Uint8Array or Buffer');
+  if (value.byteLength !== length) {
+    throw new SyscallArgumentError(syscall, name, `must be exactly ${length} bytes, got ${value.byteLength}`);
+  }
+  return value;
+}
+
+/** One of the given strings. */
+export function checkOneOf<T extends string>(syscall: string, name: string, value: unknown, allowed: readonly T[]): T {
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) {
+    throw new SyscallArgumentError(syscall, name, `must be one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${String(value)}`);
+  }
+  return value as T;
+}
+
+/** An integer in [min, max]. */
+export function checkIntegerIn(syscall: string, name: string, value: unknown, min: number, max: number): number {
+  return integerIn(syscall, name, value, min, max);
 }
