@@ -86,6 +86,29 @@ async function ferry(natsUrl, args, timeoutMs = 10 * 60_000) {
   }
 }
 
+/**
+ * Peak-RSS bookkeeping for the agents: `5` into clear_refs resets a process's VmHWM to its current
+ * RSS (proc(5)), so the peak read after a migration is that migration's, not an earlier one's.
+ */
+function resetPeakRss(pid) {
+  try {
+    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5');
+  } catch {
+    // An older kernel: the peak then covers the agent's whole life, an upper bound.
+  }
+}
+
+/** VmRSS and VmHWM of a process, in bytes (0 when it is gone). */
+function rssOf(pid) {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kib = (name) => Number((new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status) ?? [])[1] ?? 0) * 1024;
+    return { rss: kib('VmRSS'), peak: kib('VmHWM') };
+  } catch {
+    return { rss: 0, peak: 0 };
+  }
+}
+
 /** utime+stime+cutime+cstime of a process in seconds (children count once reaped: CRIU runs as one). */
 function cpuSeconds(pid) {
   try {
@@ -168,11 +191,14 @@ async function ferryMigration(ctx, mib, { transport, args }) {
   const name = `bf${mib}${transport.slice(0, 2)}${postCopy ? 'pc' : ''}`;
   const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
   await launch(ctx.natsUrl, name, mib, heartbeatFile);
+  const rssBefore = ctx.agentPids.map((pid) => (resetPeakRss(pid), rssOf(pid).rss));
   const cpuBefore = ctx.clusterCpu();
   const startS = Date.now() / 1000;
   const result = await ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', '--transport', transport, ...args, ...MIGRATE_ARGS]);
   const totalMs = Date.now() - startS * 1000;
   const cpu = ctx.clusterCpu() - cpuBefore;
+  // The larger of the two agents' growth: each holds at most its bounded buffers, never an image.
+  const rssGrowth = Math.max(...ctx.agentPids.map((pid, i) => rssOf(pid).peak - rssBefore[i]));
   await sleep(SETTLE_MS);
   if (result.state !== 'succeeded') throw new Error(`ferry migration of ${name} ended ${result.state}: ${JSON.stringify(result.error)}`);
   const downtimeMs = maxGapMs(heartbeatFile, startS);
@@ -181,7 +207,7 @@ async function ferryMigration(ctx, mib, { transport, args }) {
   // after the resume: the small image's transfer, then the pull until the last page (phases.pullMs).
   const transferMs = postCopy
     ? result.phases.transferMs + (result.phases.pullMs ?? 0)
-    : result.phases.transferMs + (result.transport === 'page-server' ? result.phases.dumpMs : 0);
+    : result.phases.transferMs + (result.transport === 'page-server' || result.transport === 'page-tunnel' ? result.phases.dumpMs : 0);
   return {
     method: postCopy ? `ferry post-copy (${result.transport})` : transport === 'auto' ? `ferry default (${result.transport})` : `ferry (${result.transport})`,
     downtimeMs,
@@ -189,6 +215,8 @@ async function ferryMigration(ctx, mib, { transport, args }) {
     mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,
     totalMs,
     cpu,
+    bytes: result.bytesTransferred,
+    rssGrowth,
     detail:
       `dump ${result.phases.dumpMs} ms, transfer ${result.phases.transferMs} ms, restore ${result.phases.restoreMs} ms` +
       `${postCopy ? `, pages pulled in ${result.phases.pullMs} ms after the resume` : ''}, ${(result.bytesTransferred / MIB).toFixed(0)} MiB`,
@@ -253,6 +281,7 @@ async function criuPageServerMigration(ctx, mib) {
       mbps: pageBytes / MIB / (dumpMs / 1000),
       totalMs,
       cpu,
+      bytes: pageBytes,
       detail: `dump to page server ${dumpMs} ms (MB/s = pages / dump time)`,
     };
   } finally {
@@ -268,14 +297,16 @@ const fmt = (n, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : '-');
 
 function table(ceilings, rows) {
   const lines = [
-    `| workload | method | downtime ms | vs CRIU page-server | transfer MB/s | vs raw TCP | vs NATS ceiling | total s | CPU s |`,
-    `| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
+    `| workload | method | downtime ms | vs CRIU page-server | transfer MB/s | vs raw TCP | vs NATS ceiling | total s | CPU s | CPU s/GiB | vs CRIU | agent RSS + MiB |`,
+    `| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
   ];
   for (const r of rows) {
     const criu = rows.find((x) => x.mib === r.mib && x.method === 'criu page-server');
+    const perGiB = (x) => (x && x.bytes > 0 ? x.cpu / (x.bytes / 1024 ** 3) : NaN);
     lines.push(
       `| ${r.mib} MiB | ${r.method} | ${fmt(r.downtimeMs)} | ${criu ? fmt(r.downtimeMs / criu.downtimeMs, 2) : '-'} | ${fmt(r.mbps)} | ` +
-        `${fmt(r.mbps / ceilings.tcp.mbps, 2)} | ${fmt(r.mbps / ceilings.nats.mbps, 2)} | ${fmt(r.totalMs / 1000, 2)} | ${fmt(r.cpu, 2)} |`,
+        `${fmt(r.mbps / ceilings.tcp.mbps, 2)} | ${fmt(r.mbps / ceilings.nats.mbps, 2)} | ${fmt(r.totalMs / 1000, 2)} | ${fmt(r.cpu, 2)} | ` +
+        `${fmt(perGiB(r), 2)} | ${criu ? fmt(perGiB(r) / perGiB(criu), 2) : '-'} | ${r.rssGrowth !== undefined ? fmt(r.rssGrowth / MIB) : '-'} |`,
     );
   }
   return [
@@ -308,6 +339,7 @@ async function main() {
       scratch,
       needsFaultInjection: hostList.some((h) => h.criu.needsFaultInjection),
       clusterCpu: () => cpuPids.reduce((s, pid) => s + cpuSeconds(pid), 0),
+      agentPids: state.processes.filter((p) => p.role === 'agent').map((p) => p.pid),
     };
     log('raw TCP stream');
     const tcp = await rawTcpStream(hosts);
@@ -340,7 +372,8 @@ async function main() {
       `Run ${startedAt.toISOString()} by \`npm run bench\` (${elapsedS.toFixed(0)} s), ${os.cpus().length} cores, ` +
         `${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, Linux ${os.release()}${MIGRATE_ARGS.length ? `, migrate args \`${MIGRATE_ARGS.join(' ')}\`` : ''}.`,
       'Downtime: the longest gap in a heartbeat the workload writes every 10 ms (so it includes up to ~10 ms of its sleep).',
-      'CPU s: ferry = both agents (their CRIU children included) + nats-server; CRIU = the criu processes.',
+      'CPU s: ferry = both agents (their CRIU children included) + nats-server; CRIU = the criu processes. CPU s/GiB: per GiB moved.',
+      "Agent RSS + MiB: the larger of the two agents' peak resident memory during the migration, above its RSS before it.",
       '',
       text,
       '',

@@ -1,7 +1,8 @@
 /**
  * Each image data path (`ferry migrate --transport`) and restore mode (`--restore`) moves a live
  * workload intact: ferry's chunk stream over a direct TCP connection between the agents, the same
- * stream through nats-server, CRIU's page server for the memory pages; restores eager, lazy
+ * stream through nats-server, CRIU's page server for the memory pages, ferry's page tunnel (the default:
+ * CRIU's page-server protocol sealed natively by the agents); restores eager, lazy
  * (the default where the probe allows it) and post-copy (the memory fetched from the source after
  * the workload resumed). Real CRIU, NATS, Redis, two namespace hosts.
  */
@@ -26,8 +27,10 @@ afterAll(async () => {
 
 test.each([
   ['page-server', 'lazy', 'h2'],
+  ['page-tunnel', 'eager', 'h1'],
   ['nats', 'eager', 'h1'],
   ['direct', 'lazy', 'h2'],
+  ['auto', undefined, 'h2'],
   ['auto', undefined, 'h1'],
   // From h1, CRIU's lazy dump: h2's CRIU fetches from h1's directly (TLS), then through NATS via
   // both agents; from h2, the rewritten full dump served by its agent.
@@ -46,9 +49,9 @@ test.each([
   const res = await cluster.ferry(['migrate', 'tx', '--to', to, '--transport', transport, ...(restore ? ['--restore', restore] : []), '--json']);
   expect(res.stderr).toBe('');
   expect(res.code).toBe(0);
-  // auto: both probes found CRIU with GnuTLS, so the page server over mutual TLS; this kernel has userfaultfd: lazy.
-  // Post-copy never takes the page server (it would carry all the memory during the dump): auto is the direct path.
-  const expectedTransport = transport !== 'auto' ? transport : restore === 'post-copy' ? 'direct' : 'page-server';
+  // auto: both probes found CRIU with --ps-socket and both agents seal natively, so ferry's page tunnel; this kernel has userfaultfd: lazy.
+  // Post-copy never takes a page path (it would carry all the memory during the dump): auto is the direct path.
+  const expectedTransport = transport !== 'auto' ? transport : restore === 'post-copy' ? 'direct' : 'page-tunnel';
   expect(res.json).toMatchObject({ workload: 'tx', to, state: 'succeeded', transport: expectedTransport, restore: restore ?? 'lazy' });
   expect(res.json.bytesTransferred).toBeGreaterThan(48 * MIB);
   // Lazy and post-copy restores say how long after the resume the memory was all in place.
@@ -64,8 +67,8 @@ test.each([
   expect(await w.verifyMemory(entries[0].pid)).toBe('OK');
 });
 
-test('post-copy with the page-server transport is refused before anything is frozen', async () => {
-  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h1', '--transport', 'page-server', '--restore', 'post-copy', '--json']);
+test.each(['page-server', 'page-tunnel'])('post-copy with the %s transport is refused before anything is frozen', async (transport) => {
+  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h1', '--transport', transport, '--restore', 'post-copy', '--json']);
   expect(res.code).toBe(2);
   expect(res.json.error.code).toBe('INVALID_ARGUMENT');
   const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; state: string }>;

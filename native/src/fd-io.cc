@@ -13,23 +13,28 @@ namespace {
 bool IsAgain(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
 /**
- * poll(2) on one descriptor; `timeout_ms` -1 waits for as long as it takes. A descriptor shut down
- * with shutdown(2) (how JavaScript stops a pump) reports POLLHUP/POLLIN, so the wait ends.
+ * poll(2) on one descriptor and the cancel descriptor; `timeout_ms` -1 waits for as long as it
+ * takes. A readable cancel descriptor wins over anything else: ECANCELED.
  */
-int PollOne(int fd, short events, int timeout_ms, short* revents, IoError* error) {
-  struct pollfd entry = {fd, events, 0};
+int PollOne(const PumpFd& target, short events, int timeout_ms, short* revents, IoError* error) {
+  struct pollfd entries[2] = {{target.fd, events, 0}, {target.cancel_fd, POLLIN, 0}};
+  nfds_t count = target.cancel_fd >= 0 ? 2 : 1;
   for (;;) {
-    int ready = poll(&entry, 1, timeout_ms);
+    int ready = poll(entries, count, timeout_ms);
     if (ready == -1 && errno == EINTR) continue;
     if (ready == -1) {
       *error = {errno, "poll"};
       return -1;
     }
-    if (entry.revents & POLLNVAL) {
+    if (count == 2 && entries[1].revents != 0) {
+      *error = {kCanceledErrno, "sealedPump"};
+      return -1;
+    }
+    if (entries[0].revents & POLLNVAL) {
       *error = {EBADF, "poll"};
       return -1;
     }
-    *revents = entry.revents;
+    *revents = entries[0].revents;
     return ready;
   }
 }
@@ -39,7 +44,7 @@ bool HungUp(short revents, short wanted) { return (revents & (POLLHUP | POLLERR)
 
 }  // namespace
 
-bool ProbeFd(int fd, PumpFd* out, IoError* error) {
+bool ProbeFd(int fd, int cancel_fd, PumpFd* out, IoError* error) {
   struct stat st;
   if (fstat(fd, &st) == -1) {
     *error = {errno, "fstat"};
@@ -47,16 +52,25 @@ bool ProbeFd(int fd, PumpFd* out, IoError* error) {
   }
   out->fd = fd;
   out->is_socket = S_ISSOCK(st.st_mode);
+  out->cancel_fd = cancel_fd;
   return true;
+}
+
+bool CancelRequested(int cancel_fd) {
+  if (cancel_fd < 0) return false;
+  struct pollfd entry = {cancel_fd, POLLIN, 0};
+  // EINTR or any other failure: not now; the next check or wait will tell.
+  return poll(&entry, 1, 0) == 1;
 }
 
 ssize_t ReadSome(const PumpFd& in, uint8_t* buf, size_t len, bool wait, IoError* error) {
   const char* syscall = in.is_socket ? "recv" : "read";
-  if (!wait && !in.is_socket) {
-    // read(2) on a blocking pipe would wait, and the fd's O_NONBLOCK is not ours to set (a child
-    // shares the open file description): ask poll first. Sockets get MSG_DONTWAIT instead.
+  if (!in.is_socket) {
+    // read(2) on a blocking pipe would wait where no cancel can reach it, and the fd's O_NONBLOCK
+    // is not ours to set (a child shares the open file description): ask poll first. Sockets get
+    // MSG_DONTWAIT instead. (A regular file is always ready: this poll returns at once.)
     short revents = 0;
-    int ready = PollOne(in.fd, POLLIN, 0, &revents, error);
+    int ready = PollOne(in, POLLIN, wait ? -1 : 0, &revents, error);
     if (ready <= 0) return ready == 0 ? kWouldBlock : -1;
   }
   bool hung_up = false;
@@ -73,7 +87,7 @@ ssize_t ReadSome(const PumpFd& in, uint8_t* buf, size_t len, bool wait, IoError*
     // poll said the other end hung up, and there is still nothing to read: that is the end.
     if (hung_up) return 0;
     short revents = 0;
-    if (PollOne(in.fd, POLLIN, -1, &revents, error) == -1) return -1;
+    if (PollOne(in, POLLIN, -1, &revents, error) == -1) return -1;
     hung_up = HungUp(revents, POLLIN);
   }
 }
@@ -94,7 +108,8 @@ int WriteAll(const PumpFd& out, const uint8_t* buf, size_t len, IoError* error) 
   bool hung_up = false;
   while (len > 0) {
     // MSG_NOSIGNAL: a reader that went away gives EPIPE, never SIGPIPE (Node ignores SIGPIPE, but
-    // an embedder might not). write(2) to a pipe relies on Node's SIG_IGN for the same.
+    // an embedder might not). write(2) to a pipe relies on Node's SIG_IGN for the same; a blocking
+    // pipe's write(2) may wait inside the kernel, where a cancel reaches it only once it returns.
     ssize_t n = out.is_socket ? send(out.fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT) : write(out.fd, buf, len);
     if (n > 0) {
       buf += n;
@@ -112,7 +127,7 @@ int WriteAll(const PumpFd& out, const uint8_t* buf, size_t len, IoError* error) 
       return -1;
     }
     short revents = 0;
-    if (PollOne(out.fd, POLLOUT, -1, &revents, error) == -1) return -1;
+    if (PollOne(out, POLLOUT, -1, &revents, error) == -1) return -1;
     hung_up = HungUp(revents, POLLOUT);
   }
   return 0;

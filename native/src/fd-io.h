@@ -1,8 +1,10 @@
 // Reads and writes for the sealed pump's thread on descriptors that may be blocking (a socketpair()
-// end, a pipe) or non-blocking (every socket Node created). EAGAIN waits in poll(2), EINTR retries.
-// Nothing here allocates or decides; a failure comes back as the errno and the call that set it.
+// end, a pipe) or non-blocking (every socket Node created). EAGAIN waits in poll(2), EINTR retries,
+// and every wait also watches a cancel descriptor. Nothing here allocates or decides; a failure
+// comes back as the errno and the call that set it.
 #pragma once
 
+#include <errno.h>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -10,10 +12,14 @@
 
 namespace ferry {
 
-/** A descriptor the pump uses, and whether it is a socket (sockets take recv/send flags). */
+/**
+ * A descriptor the pump uses, whether it is a socket (sockets take recv/send flags), and the
+ * descriptor whose readability means "stop" (-1: none), watched by every wait.
+ */
 struct PumpFd {
   int fd = -1;
   bool is_socket = false;
+  int cancel_fd = -1;
 };
 
 /** The errno of a failed call and the call's name ("recv", "poll", ...). */
@@ -26,7 +32,13 @@ struct IoError {
 constexpr ssize_t kWouldBlock = -2;
 
 /** fstat(2)s `fd` to learn whether it is a socket; false with `error` set if fstat fails. */
-bool ProbeFd(int fd, PumpFd* out, IoError* error);
+bool ProbeFd(int fd, int cancel_fd, PumpFd* out, IoError* error);
+
+/** true if `cancel_fd` (>= 0) is readable now: the caller asked the pump to stop. */
+bool CancelRequested(int cancel_fd);
+
+/** The error a wait reports when its cancel_fd became readable. */
+constexpr int kCanceledErrno = ECANCELED;
 
 /**
  * One read of up to `len` bytes: > 0 bytes read, 0 at end of stream, -1 on failure (`error` set).

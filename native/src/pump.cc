@@ -1,4 +1,4 @@
-// sealedPump(inFd, outFd, mode, key, noncePrefix, frameBytes, shutdownOut) -> Promise<counts>:
+// sealedPump(inFd, outFd, mode, key, noncePrefix, frameBytes, shutdownOut, cancelFd) -> Promise<counts>:
 // runs RunSealedPump (sealed-pump.cc) on a thread of its own and settles the Promise on the JS
 // thread. No JavaScript runs per byte.
 //
@@ -72,11 +72,15 @@ void Settle(Napi::Env env, JobRef* ref, PumpJob* /*context*/) {
 }
 
 void RunOnPumpThread(const JobRef& job, PumpTsfn tsfn) {
-  // Signals go to the other threads: here they would only interrupt poll(2) with EINTR, while
-  // Node's handlers (libuv's signal pipe) work from whichever thread takes them.
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  // Asynchronous signals go to the other threads: here they would only interrupt poll(2) with
+  // EINTR, while Node's handlers (libuv's signal pipe) work from whichever thread takes them. The
+  // synchronous ones stay unblocked: blocked, a fault would kill the process without its handler.
+  sigset_t blocked;
+  sigfillset(&blocked);
+  for (int sync_signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS}) sigdelset(&blocked, sync_signal);
+  pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+  // Shown by `top -H` and in /proc/PID/task/TID/comm (at most 15 characters).
+  pthread_setname_np(pthread_self(), job->config.seal ? "ferry-seal" : "ferry-open");
   PumpOutcome outcome = RunSealedPump(job->config);
   std::lock_guard<std::mutex> lock(job->mutex);
   job->outcome = std::move(outcome);
@@ -97,6 +101,7 @@ Napi::Value SealedPump(const Napi::CallbackInfo& info) {
   FixedBytesArg(info, 4, "noncePrefix", config.nonce_prefix, kSealedNoncePrefixBytes);
   config.frame_bytes = Uint32Arg(info, 5, "frameBytes", kSealedMinFrameBytes, kSealedMaxFrameBytes);
   config.shutdown_out = BoolArg(info, 6, "shutdownOut");
+  config.cancel_fd = Int32Arg(info, 7, "cancelFd");
 
   PumpTsfn tsfn = PumpTsfn::New(env, "sealedPump", 0, 1, job.get(), Settle, new JobRef(job));
   Napi::Promise promise = job->deferred.Promise();

@@ -130,7 +130,12 @@ void Fail(PumpOutcome* outcome, int err, const char* syscall, std::string detail
   outcome->detail = std::move(detail);
 }
 
+void FailCanceled(PumpOutcome* outcome) {
+  Fail(outcome, kCanceledErrno, "sealedPump", "stopped by its caller after " + std::to_string(outcome->frames) + " frames");
+}
+
 void FailIo(PumpOutcome* outcome, const IoError& error, const std::string& detail) {
+  if (error.err == kCanceledErrno) return FailCanceled(outcome);
   Fail(outcome, error.err, error.syscall, detail);
 }
 
@@ -166,6 +171,8 @@ void RunSeal(const PumpConfig& config, const PumpFd& in, const PumpFd& out, Fram
   IoError error;
   bool eof = false;
   while (!eof) {
+    // Checked per frame as well as in every wait: an input that is always ready never waits.
+    if (CancelRequested(in.cancel_fd)) return FailCanceled(outcome);
     ssize_t n = Fill(in, frame + kHeaderBytes, config.frame_bytes, &eof, &error);
     if (n == -1) return FailIo(outcome, error, "reading plaintext for frame " + std::to_string(outcome->frames));
     if (n == 0) break;
@@ -179,6 +186,9 @@ void RunSeal(const PumpConfig& config, const PumpFd& in, const PumpFd& out, Fram
     outcome->bytes_out += wire;
     ++outcome->frames;
   }
+  // The end of input may be the caller's doing (it shut inFd down to stop the pump): a stop asked
+  // for must never leave as an authenticated end, which would tell the reader the stream is whole.
+  if (CancelRequested(in.cancel_fd)) return FailCanceled(outcome);
   if (!cipher.Seal(frame, 0)) return Fail(outcome, EIO, "EVP_EncryptUpdate", "AES-256-GCM failed");
   if (WriteAll(out, frame, kHeaderBytes + kTagBytes, &error) == -1) {
     return FailIo(outcome, error, "writing the end frame");
@@ -193,6 +203,7 @@ void RunOpen(const PumpConfig& config, const PumpFd& in, const PumpFd& out, Fram
   // Exactly one frame is read at a time (header, then body): the pump never consumes a byte past
   // the end frame, which belongs to whoever reads the descriptor next.
   for (;;) {
+    if (CancelRequested(in.cancel_fd)) return FailCanceled(outcome);
     const std::string where = "frame " + std::to_string(outcome->frames);
     ssize_t n = ReadFull(in, frame, kHeaderBytes, &error);
     if (n == -1) return FailIo(outcome, error, "reading the header of " + where);
@@ -240,11 +251,11 @@ PumpOutcome RunSealedPump(PumpConfig& config) {
   PumpOutcome outcome;
   PumpFd in, out;
   IoError error;
-  if (!ProbeFd(config.in_fd, &in, &error)) {
+  if (!ProbeFd(config.in_fd, config.cancel_fd, &in, &error)) {
     FailIo(&outcome, error, "inFd");
     return outcome;
   }
-  if (!ProbeFd(config.out_fd, &out, &error)) {
+  if (!ProbeFd(config.out_fd, config.cancel_fd, &out, &error)) {
     FailIo(&outcome, error, "outFd");
     return outcome;
   }

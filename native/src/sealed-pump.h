@@ -30,6 +30,11 @@ struct PumpConfig {
   uint32_t frame_bytes = 0;
   /** shutdown(out_fd, SHUT_WR) after the end frame (seal) or after verifying it (open). */
   bool shutdown_out = true;
+  /**
+   * -1, or a descriptor that becomes readable when the pump must stop (the read end of a
+   * socketpair whose other end the caller shuts down). Watched in every wait and between frames.
+   */
+  int cancel_fd = -1;
 
   PumpConfig() = default;
   PumpConfig(const PumpConfig&) = delete;
@@ -52,8 +57,9 @@ struct PumpOutcome {
 };
 
 /**
- * Runs the pump to the end of the stream. Blocks (in poll(2)) for as long as the descriptors do; a
- * shutdown(2) of either socket from another thread ends it. Neither descriptor is closed.
+ * Runs the pump to the end of the stream. Blocks (in poll(2)) for as long as the descriptors do;
+ * a readable cancel_fd ends it with ECANCELED, wherever it is (no end frame is written after that).
+ * No descriptor is closed.
  */
 PumpOutcome RunSealedPump(PumpConfig& config);
 

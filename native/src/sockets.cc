@@ -1,8 +1,8 @@
 // Socket calls Node lacks. setsockopt(2) with an int value: what TCP repair needs (TCP_REPAIR off on
 // a socket CRIU left in repair mode, taken from the frozen workload with pidfd_getfd). socketpair(2):
 // a Unix stream pair whose one end a child (CRIU's page server client) gets through spawn's stdio
-// while a sealed pump owns the other. shutdown(2): half-closes a stream, and stops a sealed pump
-// (poll returns on a shut-down socket). Which option to set, what to shut down and when is policy,
+// while a sealed pump owns the other. shutdown(2): half-closes a stream (and is how TypeScript
+// wakes a pump's cancel descriptor). Which option to set, what to shut down and when is policy,
 // decided in TypeScript.
 #include <netinet/in.h>
 #include <netinet/tcp.h>

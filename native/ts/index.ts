@@ -1,6 +1,16 @@
 // The only door into @ferry/native: the LinuxSyscalls interface and its factory, the kernel
-// constants it takes, and its errors. The raw addon stays behind createLinuxSyscalls().
+// constants it takes, its errors, the sealed pump's types and limits, and socketFd (a Node
+// socket's fd, for a sealed pump). The raw addon stays behind createLinuxSyscalls().
 export { createLinuxSyscalls } from './syscalls';
 export type { LinuxSyscalls } from './syscalls';
+export type { SealedPumpCounts, SealedPumpMode } from './native-binding';
+export {
+  SEALED_PUMP_KEY_BYTES,
+  SEALED_PUMP_MAX_FRAME_BYTES,
+  SEALED_PUMP_MIN_FRAME_BYTES,
+  SEALED_PUMP_NONCE_PREFIX_BYTES,
+  type SealedPumpOptions,
+} from './sealed-pump';
+export { socketFd } from './socket-fd';
 export { SyscallError, SyscallArgumentError, isSyscallError } from './errors';
 export * from './constants';

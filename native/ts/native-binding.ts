@@ -28,7 +28,10 @@ export interface NativeBinding {
   setsockoptInt(fd: number, level: number, optname: number, value: number): void;
   socketpair(): [number, number];
   shutdown(fd: number, how: number): void;
-  /** Runs on a thread of its own; the Promise settles when the stream has ended or failed. */
+  /**
+   * Runs on a thread of its own; the Promise settles when the stream has ended or failed.
+   * `cancelFd` (-1: none) stops it with ECANCELED once it becomes readable.
+   */
   sealedPump(
     inFd: number,
     outFd: number,
@@ -37,6 +40,7 @@ export interface NativeBinding {
     noncePrefix: Uint8Array,
     frameBytes: number,
     shutdownOut: boolean,
+    cancelFd: number,
   ): Promise<SealedPumpCounts>;
 
   readonly SEEK_SET: number;

@@ -1,6 +1,8 @@
+import { SHUT_RD, SHUT_RDWR } from './constants';
 import { SyscallArgumentError, fromNativeError } from './errors';
-import { loadNativeBinding, type NativeBinding } from './native-binding';
-import { checkAbsolutePath, checkFd, checkIntFlags, checkNullableCString, checkPid, checkUintFlags } from './validate';
+import { loadNativeBinding, type NativeBinding, type SealedPumpCounts, type SealedPumpMode } from './native-binding';
+import { sealedPump, type SealedPumpOptions } from './sealed-pump';
+import { checkAbsolutePath, checkFd, checkIntFlags, checkIntegerIn, checkNullableCString, checkPid, checkUintFlags } from './validate';
 
 /**
  * The Linux syscalls ferry needs and Node lacks. Callers depend on this interface, never on the
@@ -22,6 +24,57 @@ export interface LinuxSyscalls {
   lseek(fd: number, offset: number, whence: number): number;
   /** setsockopt(2) with an int value (e.g. IPPROTO_TCP, TCP_REPAIR, 0: a socket CRIU left in repair mode back to normal). */
   setsockoptInt(fd: number, level: number, optname: number, value: number): void;
+  /**
+   * socketpair(2): a connected AF_UNIX SOCK_STREAM pair, both ends close-on-exec (a child given one
+   * through spawn's stdio gets it dup2()ed, which clears close-on-exec on its copy only). Blocking
+   * fds: for a sealed pump or a child, not for net.Socket's event loop until it sets O_NONBLOCK itself.
+   */
+  socketpair(): [number, number];
+  /** shutdown(2), `how` one of SHUT_RD, SHUT_WR, SHUT_RDWR. */
+  shutdown(fd: number, how: number): void;
+  /**
+   * Moves a byte stream from `inFd` to `outFd` through AES-256-GCM on a native thread of its own
+   * (not libuv's pool): no JavaScript runs per byte. 'seal' reads plaintext and writes frames;
+   * 'open' reads frames, verifies each one before writing any of its plaintext, and writes the
+   * plaintext. Resolves with the counts once the stream has ended: 'seal' at end of input (after
+   * writing the end frame), 'open' at the authenticated end frame (it reads nothing past it).
+   *
+   * Wire format, frame after frame: a 4-byte big-endian plaintext length L (at most frameBytes),
+   * L bytes of ciphertext, a 16-byte GCM tag. L = 0 is the end frame; its tag makes a stream cut
+   * short by the network or an attacker an error rather than an early end. The 12-byte nonce is
+   * `noncePrefix` (4 bytes) followed by the 64-bit big-endian frame counter, from 0; the additional
+   * authenticated data is the length header followed by that counter.
+   *
+   * A (key, noncePrefix) pair must seal one stream only: a nonce used twice under one key gives
+   * away GCM's authenticity and the XOR of the two plaintexts. So the two directions of a tunnel
+   * sharing a key take different prefixes, and a key is never reused for a second tunnel.
+   * frameBytes (4 KiB .. 16 MiB, e.g. 1 MiB) must be the same on both ends: the opener refuses a
+   * frame that claims more, before reading it. A seal frame is as full as the input allows without
+   * waiting: bytes that have arrived are never held back to fill one.
+   *
+   * fds may be blocking or not (Node's sockets are non-blocking); neither is closed. While a pump
+   * runs, nothing else may read its inFd or write its outFd (see socketFd for Node sockets), and
+   * neither may be closed (the number could be reused under it): close both only after the Promise
+   * settled. Stop it early with `options.signal`. shutdown(2) of its sockets stops it too, but a
+   * seal pump takes the end of its input for an orderly end and writes an authenticated end frame:
+   * shut its outFd first, or better use the signal.
+   *
+   * Rejects with a SyscallError: 'EBADMSG' (a frame failed authentication: wrong key or prefix,
+   * or altered data; nothing of that frame was written), 'EPIPE' with syscall 'sealedPump' (the
+   * input ended before the end frame: the stream was cut), 'EMSGSIZE' (a frame header claims more
+   * than frameBytes), 'ECANCELED' (stopped through `options.signal`), 'ENOTSOCK' with syscall
+   * 'shutdown' (shutdownOut with an outFd that is not a socket, before any byte moved), or the errno
+   * of a failed fstat/read/recv/write/send/poll/shutdown with that call as `syscall`.
+   */
+  sealedPump(
+    inFd: number,
+    outFd: number,
+    mode: SealedPumpMode,
+    key: Uint8Array,
+    noncePrefix: Uint8Array,
+    frameBytes: number,
+    options?: SealedPumpOptions,
+  ): Promise<SealedPumpCounts>;
 }
 
 function callSync<T>(call: () => T, context: { path?: string; dest?: string } = {}): T {
@@ -98,6 +151,20 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
         throw new SyscallArgumentError('setsockopt', 'value', 'must be a 32-bit integer');
       }
       callSync(() => native().setsockoptInt(checkedFd, checkedLevel, checkedOptname, value));
+    },
+
+    socketpair() {
+      return callSync(() => native().socketpair());
+    },
+
+    shutdown(fd, how) {
+      const checkedFd = checkFd('shutdown', 'fd', fd);
+      const checkedHow = checkIntegerIn('shutdown', 'how', how, SHUT_RD, SHUT_RDWR);
+      callSync(() => native().shutdown(checkedFd, checkedHow));
+    },
+
+    sealedPump(inFd, outFd, mode, key, noncePrefix, frameBytes, options) {
+      return sealedPump(native, inFd, outFd, mode, key, noncePrefix, frameBytes, options);
     },
   };
 }

@@ -30,8 +30,9 @@ export class CounterWorkload {
     return new CounterWorkload(await mkdtemp(join(tmpdir(), 'ferry-wl-')));
   }
 
-  argv(mib: number, children = false): string[] {
-    return ['/usr/bin/python3', FIXTURE, this.stateDir, String(mib), ...(children ? ['--children'] : [])];
+  /** `sysvShm`: also hold 8 MiB in a SysV shared memory segment, checked by verifyMemory too. */
+  argv(mib: number, children = false, { sysvShm = false }: { sysvShm?: boolean } = {}): string[] {
+    return ['/usr/bin/python3', FIXTURE, this.stateDir, String(mib), ...(children ? ['--children'] : []), ...(sysvShm ? ['--sysv-shm'] : [])];
   }
 
   async counter(): Promise<number> {

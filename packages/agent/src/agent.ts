@@ -19,6 +19,7 @@ import { readHostMemory } from './host/host-memory';
 import { isAlive } from './host/process-tree';
 import type { RepairSyscalls } from './host/tcp-sockets';
 import type { WorkDirs } from './host/work-dir';
+import type { TunnelSyscalls } from './migration/page-tunnel';
 import { MigrationSource } from './migration/migration-source';
 import { MigrationTarget } from './migration/migration-target';
 import type { Inventory } from './workloads/inventory';
@@ -27,7 +28,7 @@ import { Workloads } from './workloads/workloads';
 export interface AgentDeps {
   nc: NatsConnection;
   /** Syscalls Node lacks (lseek of reopened pinned files, TCP repair, unmounting shared filesystems). */
-  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2'> & RepairSyscalls;
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2'> & RepairSyscalls & TunnelSyscalls;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;

@@ -1,7 +1,8 @@
-import { bothPageServerTls, chooseRestoreMode, chooseTransport, firstFrameTimeoutMs, MIN_DUMP_BYTES_PER_S, planDataPath } from './migration-plan';
+import { bothPageServerTls, chooseRestoreMode, chooseTransport, firstFrameTimeoutMs, MIN_DUMP_BYTES_PER_S, planDataPath, plannedTransport } from './migration-plan';
 
-const tls = { pageServerTls: true };
-const clear = { pageServerTls: false };
+const tls = { pageServerTls: true, pageTunnel: false };
+const clear = { pageServerTls: false, pageTunnel: false };
+const tunnel = { pageServerTls: true, pageTunnel: true };
 
 test('auto takes the page server only when both hosts can run it over TLS', () => {
   expect(chooseTransport('auto', tls, tls)).toBe('page-server');
@@ -12,6 +13,7 @@ test('auto takes the page server only when both hosts can run it over TLS', () =
 
 test('an explicit transport is kept whatever the probes say', () => {
   for (const wanted of ['direct', 'nats', 'page-server'] as const) {
+    expect(chooseTransport(wanted, tunnel, tunnel)).toBe(wanted);
     expect(chooseTransport(wanted, tls, tls)).toBe(wanted);
     expect(chooseTransport(wanted, clear, clear)).toBe(wanted);
   }
@@ -53,19 +55,41 @@ describe('chooseRestoreMode', () => {
 });
 
 describe('planDataPath', () => {
-  const both = { pageServerTls: true, lazyDump: true };
-  const none = { pageServerTls: false, lazyDump: false };
+  const both = { pageServerTls: true, pageTunnel: false, lazyDump: true };
+  const none = { pageServerTls: false, pageTunnel: false, lazyDump: false };
   test('pre-copy: the TLS page server where both ends have it, else everything in the image stream', () => {
-    expect(planDataPath('auto', 'lazy', both, both, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: true });
-    expect(planDataPath('auto', 'eager', both, none, {})).toEqual({ memory: 'image', stream: 'auto', pageServer: false, pageServerTls: false });
-    expect(planDataPath('nats', 'lazy', both, both, {})).toEqual({ memory: 'image', stream: 'nats', pageServer: false, pageServerTls: false });
+    expect(planDataPath('auto', 'lazy', both, both, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: true, pageTunnel: false });
+    expect(planDataPath('auto', 'eager', both, none, {})).toEqual({ memory: 'image', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false });
+    expect(planDataPath('nats', 'lazy', both, both, {})).toEqual({ memory: 'image', stream: 'nats', pageServer: false, pageServerTls: false, pageTunnel: false });
     // Asked for by name without TLS on one end: in clear.
-    expect(planDataPath('page-server', 'lazy', both, none, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: false });
+    expect(planDataPath('page-server', 'lazy', both, none, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: false, pageTunnel: false });
   });
   test('post-copy: CRIU\'s lazy dump where the source can, not for a workload with a service address', () => {
     expect(planDataPath('auto', 'post-copy', both, both, {}).memory).toBe('lazy-dump');
     expect(planDataPath('direct', 'post-copy', both, both, {}).stream).toBe('direct');
     expect(planDataPath('auto', 'post-copy', none, both, {}).memory).toBe('lazy-rewrite');
     expect(planDataPath('auto', 'post-copy', both, both, { address: '198.18.0.9/24' }).memory).toBe('lazy-rewrite');
+  });
+});
+
+describe('the page tunnel', () => {
+  const tun = { pageServerTls: true, pageTunnel: true, lazyDump: true };
+  const old = { pageServerTls: true, pageTunnel: false, lazyDump: true };
+  test('auto takes it where both ends have it, ahead of CRIU\'s TLS page server', () => {
+    expect(chooseTransport('auto', tun, tun)).toBe('page-tunnel');
+    expect(chooseTransport('auto', tun, old)).toBe('page-server');
+    expect(planDataPath('auto', 'lazy', tun, tun, {})).toEqual({ memory: 'page-tunnel', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: true });
+  });
+  test('never in post-copy, and asked for by name only where both ends have it', () => {
+    expect(planDataPath('auto', 'post-copy', tun, tun, {}).memory).toBe('lazy-dump');
+    expect(() => chooseRestoreMode('post-copy', null, { lazyPages: true }, 'h2', 'page-tunnel')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(chooseRestoreMode(undefined, 'post-copy', { lazyPages: true }, 'h2', 'page-tunnel')).toBe('lazy');
+    expect(() => chooseTransport('page-tunnel', tun, old)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION' }));
+  });
+  test('a migration reports the page path it planned before the checkpoint answers', () => {
+    expect(plannedTransport(planDataPath('auto', 'lazy', tun, tun, {}), 'nats')).toBe('page-tunnel');
+    expect(plannedTransport(planDataPath('auto', 'lazy', old, old, {}), 'nats')).toBe('page-server');
+    expect(plannedTransport(planDataPath('direct', 'lazy', tun, tun, {}), 'nats')).toBe('direct');
+    expect(plannedTransport(planDataPath('auto', 'post-copy', tun, tun, {}), 'nats')).toBe('nats');
   });
 });

@@ -10,7 +10,7 @@
  * workload's memory in clear; elsewhere `auto` is ferry's own sealed stream (direct TCP, NATS as
  * fallback).
  */
-import { ErrorCode, FerryError, type CriuInfo, type MemoryPath, type RestoreMode, type StreamTransport, type TransportPreference } from '@ferry/protocol';
+import { ErrorCode, FerryError, type CriuInfo, type MemoryPath, type RestoreMode, type StreamTransport, type Transport, type TransportPreference } from '@ferry/protocol';
 
 /**
  * The restore mode of a migration. Asked for explicitly, it is that or an error (before anything
@@ -31,15 +31,25 @@ export function chooseRestoreMode(
     if ((explicit === 'lazy' || explicit === 'post-copy') && !lazyOk) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${targetName} cannot restore lazily (its CRIU probe found no userfaultfd support)`);
     }
-    if (explicit === 'post-copy' && transport === 'page-server') {
-      // CRIU's page server would carry every page during the dump, which is what post-copy avoids.
-      throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'post-copy keeps the memory on the source; it cannot go with the page-server transport');
+    if (explicit === 'post-copy' && isPagePath(transport)) {
+      // A page path carries every page during the dump, which is what post-copy avoids.
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `post-copy keeps the memory on the source; it cannot go with the ${transport} transport`);
     }
     return explicit;
   }
-  if (clusterDefault === 'post-copy' && lazyOk && transport !== 'page-server') return 'post-copy';
+  if (clusterDefault === 'post-copy' && lazyOk && !isPagePath(transport)) return 'post-copy';
   if (clusterDefault === 'eager') return 'eager';
   return lazyOk ? 'lazy' : 'eager';
+}
+
+/** Transports that move the memory pages during the dump, by CRIU's page-server protocol. */
+function isPagePath(transport: TransportPreference): boolean {
+  return transport === 'page-server' || transport === 'page-tunnel';
+}
+
+/** Both ends can carry the memory through ferry's page tunnel (--ps-socket and the native sealed pump). */
+export function bothPageTunnel(source: Pick<CriuInfo, 'pageTunnel'>, target: Pick<CriuInfo, 'pageTunnel'>): boolean {
+  return source.pageTunnel === true && target.pageTunnel === true;
 }
 
 /** Both ends can run the page server over TLS. */
@@ -48,16 +58,23 @@ export function bothPageServerTls(source: Pick<CriuInfo, 'pageServerTls'>, targe
 }
 
 /**
- * The transport the agents are asked for: `auto` becomes `page-server` where both can encrypt it,
- * except in post-copy, where the memory stays on the source and only the small images travel.
+ * The transport the agents are asked for: `auto` becomes ferry's page tunnel where both ends have
+ * it (the memory sealed natively at memory speed while CRIU dumps), else CRIU's page server where
+ * both can encrypt it; never in post-copy, where the memory stays on the source and only the small
+ * images travel. A page path asked for by name is refused where an end cannot do it.
  */
 export function chooseTransport(
   wanted: TransportPreference,
-  source: Pick<CriuInfo, 'pageServerTls'>,
-  target: Pick<CriuInfo, 'pageServerTls'>,
+  source: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel'>,
+  target: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel'>,
   { postCopy = false }: { postCopy?: boolean } = {},
 ): TransportPreference {
-  if (wanted === 'auto' && !postCopy && bothPageServerTls(source, target)) return 'page-server';
+  if (wanted === 'page-tunnel' && !bothPageTunnel(source, target)) {
+    throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'the page tunnel needs both hosts to have it (CRIU with --ps-socket and the agent\'s native sealed pump)');
+  }
+  if (wanted !== 'auto' || postCopy) return wanted;
+  if (bothPageTunnel(source, target)) return 'page-tunnel';
+  if (bothPageServerTls(source, target)) return 'page-server';
   return wanted;
 }
 
@@ -70,6 +87,8 @@ export interface DataPathPlan {
   /** Start a page server on the target (memory `page-server`), over mutual TLS when `pageServerTls`. */
   pageServer: boolean;
   pageServerTls: boolean;
+  /** Start a page server behind ferry's page tunnel on the target (memory `page-tunnel`). */
+  pageTunnel: boolean;
 }
 
 /**
@@ -81,19 +100,26 @@ export interface DataPathPlan {
 export function planDataPath(
   wanted: TransportPreference,
   restore: RestoreMode,
-  source: Pick<CriuInfo, 'pageServerTls' | 'lazyDump'>,
-  target: Pick<CriuInfo, 'pageServerTls'>,
+  source: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel' | 'lazyDump'>,
+  target: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel'>,
   workload: { address?: string | undefined },
 ): DataPathPlan {
   const postCopy = restore === 'post-copy';
   const transport = chooseTransport(wanted, source, target, { postCopy });
-  const stream: StreamTransport = transport === 'page-server' ? 'auto' : transport;
+  const stream: StreamTransport = isPagePath(transport) ? 'auto' : (transport as StreamTransport);
   if (postCopy) {
     const memory: MemoryPath = source.lazyDump && workload.address === undefined ? 'lazy-dump' : 'lazy-rewrite';
-    return { memory, stream, pageServer: false, pageServerTls: false };
+    return { memory, stream, pageServer: false, pageServerTls: false, pageTunnel: false };
   }
-  if (transport === 'page-server') return { memory: 'page-server', stream, pageServer: true, pageServerTls: bothPageServerTls(source, target) };
-  return { memory: 'image', stream, pageServer: false, pageServerTls: false };
+  if (transport === 'page-tunnel') return { memory: 'page-tunnel', stream, pageServer: false, pageServerTls: false, pageTunnel: true };
+  if (transport === 'page-server') return { memory: 'page-server', stream, pageServer: true, pageServerTls: bothPageServerTls(source, target), pageTunnel: false };
+  return { memory: 'image', stream, pageServer: false, pageServerTls: false, pageTunnel: false };
+}
+
+/** The transport a migration reports before its checkpoint answers: the page path, or the stream when it was named. */
+export function plannedTransport(plan: DataPathPlan, current: Transport): Transport {
+  if (plan.memory === 'page-tunnel' || plan.memory === 'page-server') return plan.memory;
+  return plan.stream === 'auto' ? current : plan.stream;
 }
 
 /**

@@ -36,7 +36,7 @@ import type { MigrationRecord, MigrationStore } from './migration-store';
 import { MigrationSlots } from './migration-slots';
 import { memoryNeeded, placeWorkload, type Placement } from './placement';
 import { recoverMigration } from './migration-recovery';
-import { chooseRestoreMode, firstFrameTimeoutMs, planDataPath } from './migration-plan';
+import { chooseRestoreMode, firstFrameTimeoutMs, planDataPath, plannedTransport } from './migration-plan';
 
 export interface MigrateParams {
   workload: string;
@@ -248,9 +248,13 @@ export class MigrationRunner {
         mounts: workload?.mounts ?? [],
         pageServer: plan.pageServer,
         pageServerTls: plan.pageServerTls,
+        pageTunnel: plan.pageTunnel,
         imageKey,
       }, this.opts.agentRequestTimeoutMs);
 
+      // What the memory takes, as far as the plan knows it (the checkpoint's reply says what the stream took):
+      // a migration that fails inside a page path says so.
+      m.transport = plannedTransport(plan, m.transport);
       await this.step(m, 'checkpointing');
       frozen = true;
       this.registry.setWorkloadState(m.from, m.workload, 'frozen');
@@ -263,6 +267,7 @@ export class MigrationRunner {
         memory: plan.memory,
         transport: plan.stream,
         ...(received.pageServer ? { pageServer: received.pageServer } : {}),
+        ...(received.pageTunnel ? { pageTunnel: received.pageTunnel } : {}),
         imageKey,
       }, this.opts.checkpointTimeoutMs, [m.to]);
       imageKey.fill(0);

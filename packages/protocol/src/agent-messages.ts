@@ -57,6 +57,8 @@ export const ReceiveRequest = z.object({
   pageServerTls: z.boolean().default(false),
   /** Per-migration AES-256-GCM key; every image frame must come sealed with it (transfer chunk-cipher.ts). */
   imageKey: ImageKey.optional(),
+  /** Start a `criu page-server` behind ferry's page tunnel (needs imageKey: the tunnel's keys derive from it). */
+  pageTunnel: z.boolean().default(false),
 });
 export type ReceiveRequest = z.infer<typeof ReceiveRequest>;
 
@@ -79,7 +81,21 @@ export const PageServerEndpoint = z.object({
 });
 export type PageServerEndpoint = z.infer<typeof PageServerEndpoint>;
 
-export const ReceiveReply = z.object({ pageServer: PageServerEndpoint.optional() });
+/** The bytes the source presents first on a page tunnel's connection: it proves the connection is this migration's. */
+export const PAGE_TUNNEL_TOKEN_BYTES = 32;
+
+/**
+ * Where a target's page tunnel listens, and the one-time token the source's connection must open
+ * with. Travels only in the receive reply and the checkpoint request, never into Redis, events or logs.
+ */
+export const PageTunnelEndpoint = z.object({
+  address: z.string().min(1).max(64),
+  port: z.number().int().min(1).max(65_535),
+  token: Bytes().refine((t) => t.byteLength === PAGE_TUNNEL_TOKEN_BYTES, `a page tunnel token is ${PAGE_TUNNEL_TOKEN_BYTES} bytes`),
+});
+export type PageTunnelEndpoint = z.infer<typeof PageTunnelEndpoint>;
+
+export const ReceiveReply = z.object({ pageServer: PageServerEndpoint.optional(), pageTunnel: PageTunnelEndpoint.optional() });
 export type ReceiveReply = z.infer<typeof ReceiveReply>;
 
 export const CheckpointRequest = z.object({
@@ -95,6 +111,8 @@ export const CheckpointRequest = z.object({
   transport: StreamTransport.default('auto'),
   /** With memory page-server: the target's page server, from its receive reply. */
   pageServer: PageServerEndpoint.optional(),
+  /** With memory page-tunnel: the target's tunnel, from its receive reply. */
+  pageTunnel: PageTunnelEndpoint.optional(),
   /** Per-migration AES-256-GCM key the image frames are sealed with (the target got the same one). */
   imageKey: ImageKey.optional(),
 });

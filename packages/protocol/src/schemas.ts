@@ -40,6 +40,11 @@ export const CriuInfo = z.object({
    * without writing the memory at all.
    */
   lazyDump: z.boolean().default(false),
+  /**
+   * CRIU takes an already connected page-server socket (`--ps-socket`) and this agent can seal a
+   * byte stream natively (its addon's sealed pump): the memory can take ferry's page tunnel.
+   */
+  pageTunnel: z.boolean().default(false),
   /** Why it is not usable, when it is not. */
   problem: z.string().max(4096).optional(),
 });
@@ -135,26 +140,30 @@ export type MigrationStep = z.infer<typeof MigrationStep>;
 
 /**
  * The image's data path: ferry's chunk stream through nats-server (`nats`) or over TCP between the
- * agents (`direct`), or `page-server`: memory pages over CRIU's own page-server connection from the
- * source's `criu dump` to a `criu page-server` on the target, the other images by ferry's stream.
+ * agents (`direct`); `page-server`: memory pages over CRIU's own page-server connection (mutual
+ * TLS) from the source's `criu dump` to a `criu page-server` on the target; `page-tunnel`: the same
+ * CRIU page-server protocol carried by ferry's page tunnel (CRIU on each end talks to its own
+ * agent over a socket pair, the agents seal the stream natively with the migration's key and move
+ * it over one TCP connection). With either page path the other images take ferry's stream.
  */
-export const Transport = z.enum(['nats', 'direct', 'page-server']);
+export const Transport = z.enum(['nats', 'direct', 'page-server', 'page-tunnel']);
 export type Transport = z.infer<typeof Transport>;
 /**
  * What a migration asks for: `auto` takes direct when the hosts reach each other, else NATS;
  * `page-server` needs the source to reach the target over TCP (no fallback: the dump fails).
  */
-export const TransportPreference = z.enum(['auto', 'direct', 'nats', 'page-server']);
+export const TransportPreference = z.enum(['auto', 'direct', 'nats', 'page-server', 'page-tunnel']);
 export type TransportPreference = z.infer<typeof TransportPreference>;
 /**
  * How a frozen workload's memory leaves the source (the coordinator decides; the agent's
  * migration/source-data-paths.ts carries it out): `image`, in the dumped image through ferry's
  * stream; `page-server`, by CRIU's dump to the target's `criu page-server` while it dumps;
+ * `page-tunnel`, the same through ferry's page tunnel (see Transport);
  * `lazy-dump` (post-copy), kept in `criu dump --lazy-pages`'s pipes and served from there;
  * `lazy-rewrite` (post-copy where CRIU cannot lazy-dump), a full dump whose lazy pages this
  * agent serves.
  */
-export const MemoryPath = z.enum(['image', 'page-server', 'lazy-dump', 'lazy-rewrite']);
+export const MemoryPath = z.enum(['image', 'page-server', 'page-tunnel', 'lazy-dump', 'lazy-rewrite']);
 export type MemoryPath = z.infer<typeof MemoryPath>;
 
 /**
@@ -162,7 +171,7 @@ export type MemoryPath = z.infer<typeof MemoryPath>;
  * offers a reachable endpoint, else NATS. `page-server` is no stream path: with it the memory
  * pages go over CRIU's connection and the other images still take one of these.
  */
-export const StreamTransport = TransportPreference.exclude(['page-server']);
+export const StreamTransport = TransportPreference.exclude(['page-server', 'page-tunnel']);
 export type StreamTransport = z.infer<typeof StreamTransport>;
 
 /**

@@ -95,6 +95,8 @@ export interface CriuDumpRequest {
   extraArgs?: string[];
   /** Files to dump as external (`--external file[<mnt_id>:<ino>]`): a restore must hand them in. */
   externalFiles?: string[];
+  /** Fds handed to criu: passFds[i] is fd 3+i in criu (what --ps-socket names). */
+  passFds?: number[];
 }
 
 /** CRIU counts memory in pages of the kernel's base size, 4 KiB on the x86-64 hosts ferry runs on. */
@@ -251,7 +253,7 @@ export class CriuDriver {
     const logPath = path.join(imagesDir, DUMP_LOG_NAME);
     const args = [...dumpArgs, '--log-file', DUMP_LOG_NAME, `-v${this.options.logLevel}`];
     this.logger.debug({ pid, imagesDir, args }, 'criu dump');
-    const run = await this.run(args, imagesDir);
+    const run = await this.run(args, imagesDir, request.passFds ?? []);
     if (run.exitCode !== 0) {
       const details = await readCriuFailureDetails(logPath, run.stderr);
       throw new FerryError(ErrorCode.CHECKPOINT_FAILED, `criu dump of pid ${pid} failed (${describeExit(run)})`, { details });

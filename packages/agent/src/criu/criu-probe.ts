@@ -159,7 +159,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const driver = new CriuDriver({ criuPath: options.criuPath, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS }, options.logger);
   const unusable = (version: string, checkOk: boolean, problem: string): CriuProbeResult => ({
-    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, problem, durationMs: elapsedMs(),
+    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, problem, durationMs: elapsedMs(),
   });
 
   let version: string;
@@ -179,6 +179,8 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const help = await driver.run(['--help']).then((r) => r.stdout + r.stderr, () => '');
   await fs.mkdir(options.workDir, { recursive: true, mode: 0o700 });
   const pageServerTls = await probePageServerTls(help, path.join(options.workDir, `criu-probe-tls-${process.pid}`));
+  // ferry's page tunnel hands CRIU a connected socket; the agent adds whether it can seal (start-agent.ts).
+  const pageTunnel = /--ps-socket\b/.test(help);
   const decision = await decideFaultInjection((faultInjection) => attemptDumpRestore(options, faultInjection));
   const problems = [
     ...(check.ok ? [] : [`criu check failed: ${check.output.split('\n').slice(-5).join(' | ')}`]),
@@ -193,6 +195,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     lazyPages,
     pageServerTls,
     lazyDump,
+    pageTunnel,
     durationMs: elapsedMs(),
   };
   if (problems.length > 0) result.problem = problems.join('; ').slice(0, 4096);

@@ -63,11 +63,13 @@ export class CriuService {
     /** setpriority(2) value for the process, if not the agent's own. */
     niceness?: number,
     readyTimeoutMs = SERVICE_START_TIMEOUT_MS,
+    /** Fds handed to criu after its status fd: passFds[i] is fd 4+i in criu. */
+    passFds: number[] = [],
   ): Promise<CriuService> {
     const env: Record<string, string> = { PATH: CRIU_PATH_ENV };
     if (criu.options.faultInjection) env.CRIU_FAULT = CRIU_FAULT_NO_BREAKPOINTS;
     const fullArgs = [...args, '--status-fd', String(STATUS_FD), '--log-file', logName, `-v${criu.options.logLevel}`];
-    const child = spawn(criu.options.criuPath, fullArgs, { cwd: imagesDir, env, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] });
+    const child = spawn(criu.options.criuPath, fullArgs, { cwd: imagesDir, env, stdio: ['ignore', 'ignore', 'pipe', 'pipe', ...passFds] });
     if (niceness !== undefined && child.pid !== undefined) {
       try {
         setPriority(child.pid, niceness);
@@ -128,6 +130,19 @@ export class PageServer {
     const service = await CriuService.start(criu, imagesDir, args, PAGE_SERVER_LOG_NAME, ErrorCode.TRANSFER_FAILED);
     logger.debug({ address, port, tls: tls !== undefined }, 'criu page-server listening');
     return new PageServer(service, address, port);
+  }
+
+  /**
+   * Starts `criu page-server` writing into `imagesDir` on an already connected socket (`--ps-socket`,
+   * one end of a socket pair whose other end is the page tunnel's): nothing listens anywhere.
+   * Resolves once it is ready; the caller may close its copy of `socketFd` then.
+   */
+  static async startOnSocket(criu: CriuDriver, imagesDir: string, socketFd: number, logger: Logger = silentLogger): Promise<PageServer> {
+    // The socket is the criu process's fd 4 (after stdin, stdout, stderr and the status fd).
+    const args = ['page-server', '--images-dir', imagesDir, '--ps-socket', '4'];
+    const service = await CriuService.start(criu, imagesDir, args, PAGE_SERVER_LOG_NAME, ErrorCode.TRANSFER_FAILED, undefined, SERVICE_START_TIMEOUT_MS, [socketFd]);
+    logger.debug({ imagesDir }, 'criu page-server ready on the page tunnel');
+    return new PageServer(service, '', 0);
   }
 
   /** Resolves on exit 0 (every page written), rejects otherwise. */

@@ -28,12 +28,13 @@ import type { PostCopySource } from '../post-copy/post-copy-source';
 import type { WorkloadRecord } from '../workloads/inventory';
 import type { Workloads } from '../workloads/workloads';
 import { manifestIn, writeManifest } from './manifest-file';
+import type { TunnelSyscalls } from './page-tunnel';
 import { SerialLock } from './serial-lock';
 import { sourceDataPath, type DumpedImage } from './source-data-paths';
 
 export interface MigrationSourceDeps {
   nc: NatsConnection;
-  syscalls: RepairSyscalls;
+  syscalls: RepairSyscalls & TunnelSyscalls;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;
@@ -108,6 +109,7 @@ export class MigrationSource {
       req.memory,
       { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey: req.imageKey ?? null, dir, log },
       req.pageServer,
+      req.pageTunnel,
     );
     // Recorded before freezing: if we crash while it is frozen, the next start knows to ask.
     rec.migration = { id: req.migrationId, role: 'source' };

@@ -40,6 +40,7 @@ import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed } from '
 import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
 import type { Workloads } from '../workloads/workloads';
 import { manifestIn, placeWorkloadLog, readManifest } from './manifest-file';
+import { PageTunnelReceiver, type TunnelSyscalls } from './page-tunnel';
 import { SerialLock } from './serial-lock';
 
 /** How often the target reports the bytes received so far (progress events, dashboard). */
@@ -55,6 +56,8 @@ interface IncomingMigration {
   mountedPaths: string[];
   /** With the page-server path: CRIU's page server writing the memory pages into `dir`. */
   pageServer?: PageServer;
+  /** With the page-tunnel path: the tunnel whose other end is the source's dump, and its page server. */
+  pageTunnel?: PageTunnelReceiver;
   /** Post-copy: where the lazy pages are asked for, and the key their replies are sealed with. */
   transferId: string;
   pagesKey: Buffer | null;
@@ -65,7 +68,7 @@ interface IncomingMigration {
 export interface MigrationTargetDeps {
   nc: NatsConnection;
   /** lseek of reopened pinned files; TCP repair of a discarded copy's sockets. */
-  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls;
+  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls & TunnelSyscalls;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;
@@ -150,7 +153,14 @@ export class MigrationTarget {
       }
       incoming.pageServer = await PageServer.start(this.deps.criu, dir, this.opts.address, log.child({ migrationId: req.migrationId }), serverTls);
     }
-    log.info({ migrationId: req.migrationId, source: req.source, pageServer: req.pageServer, pageServerTls: clientTls !== undefined }, 'receiving image');
+    log.info({ migrationId: req.migrationId, source: req.source, pageServer: req.pageServer, pageServerTls: clientTls !== undefined, pageTunnel: req.pageTunnel }, 'receiving image');
+    if (req.pageTunnel) {
+      if (!req.imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page tunnel needs the migration\'s image key (its keys derive from it)');
+      incoming.pageTunnel = await PageTunnelReceiver.start(this.deps.syscalls, this.deps.criu, dir, this.opts.address, req.imageKey, log.child({ migrationId: req.migrationId }));
+      // Its page server is the one the restore waits for and counts the pages of.
+      incoming.pageServer = incoming.pageTunnel.pageServer;
+      return { pageTunnel: incoming.pageTunnel.endpoint };
+    }
     const ps = incoming.pageServer;
     return ps ? { pageServer: { address: ps.address, port: ps.port, ...(clientTls ? { tls: clientTls } : {}) } } : {};
   }
@@ -162,6 +172,10 @@ export class MigrationTarget {
     if (inc.workload !== req.workload) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `migration ${req.migrationId} carries ${inc.workload}, not ${req.workload}`);
     await inc.receiver.done.catch((err) => {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `image for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
+    });
+    // The tunnel ends with its authenticated end frames only once the dump sent every page.
+    await inc.pageTunnel?.done().catch((err) => {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `memory pages for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
     });
     // The page server exits 0 only once the dump sent every page.
     await inc.pageServer?.done.catch((err) => {
@@ -316,6 +330,7 @@ export class MigrationTarget {
   private stopIncoming(inc: IncomingMigration, why: string): void {
     clearInterval(inc.progressTimer);
     inc.receiver.abort(why);
+    inc.pageTunnel?.stop();
     inc.pageServer?.stop();
     inc.relay?.stop(why);
   }

@@ -14,7 +14,7 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
-import { ErrorCode, FerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerEndpoint } from '@ferry/protocol';
+import { ErrorCode, FerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerEndpoint, type PageTunnelEndpoint } from '@ferry/protocol';
 import type { TransferStats } from '@ferry/transfer';
 import type { CriuDriver, CriuDumpRequest } from '../criu/criu-driver';
 import { LazyDump } from '../criu/criu-service';
@@ -22,6 +22,7 @@ import { lazyRunBytes, lazyRunsOf, type LazyRun } from '../criu/pagemap-image';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls } from '../criu/page-server-tls';
 import type { WorkDirs } from '../host/work-dir';
 import { CriuDirectLazySource, CriuLazySource, LazyMemorySource, type PostCopySource } from '../post-copy/post-copy-source';
+import { connectPageTunnel, PageTunnelEnd, type TunnelSyscalls } from './page-tunnel';
 
 /** What one checkpoint's data path needs to know. */
 export interface DataPathContext {
@@ -37,6 +38,8 @@ export interface DataPathContext {
   /** Images dir of this migration (the stream sends what it holds). */
   dir: string;
   log: Logger;
+  /** The native socket pair and sealed pump of the page tunnel. */
+  syscalls: TunnelSyscalls;
 }
 
 export interface DumpedImage {
@@ -50,7 +53,7 @@ export interface DumpedImage {
 /** One way a checkpoint's memory leaves this host. */
 export interface SourceDataPath {
   /** What the migration's result calls it: the page server, or whatever the stream used. */
-  readonly transportName: 'page-server' | null;
+  readonly transportName: 'page-server' | 'page-tunnel' | null;
   /** Freezes and dumps the tree (the caller holds the host's dump lock). */
   dump(request: CriuDumpRequest): Promise<DumpedImage>;
   /** After the dump, before the stream: what post-copy keeps on this host for the target, if anything. */
@@ -68,8 +71,13 @@ export interface SourceDataPath {
  * The data path the coordinator chose. A choice this host's probe ruled out is refused (the
  * coordinator decides from the probe it was sent, so this means the two disagree).
  */
-export function sourceDataPath(memory: MemoryPath, ctx: DataPathContext, pageServer?: PageServerEndpoint): SourceDataPath {
+export function sourceDataPath(memory: MemoryPath, ctx: DataPathContext, pageServer?: PageServerEndpoint, pageTunnel?: PageTunnelEndpoint): SourceDataPath {
   switch (memory) {
+    case 'page-tunnel':
+      if (!pageTunnel) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page-tunnel data path needs the target\'s tunnel endpoint');
+      if (!ctx.imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page tunnel needs the migration\'s image key (its keys derive from it)');
+      if (!ctx.criuInfo.pageTunnel) throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'this host cannot use the page tunnel (its probe says no)');
+      return new PageTunnelDumpPath(ctx, pageTunnel, ctx.imageKey);
     case 'image':
       return new ImageDumpPath(ctx);
     case 'page-server':
@@ -85,7 +93,7 @@ export function sourceDataPath(memory: MemoryPath, ctx: DataPathContext, pageSer
 
 /** Everything into the work dir; the stream carries it. */
 class ImageDumpPath implements SourceDataPath {
-  readonly transportName: 'page-server' | null = null;
+  readonly transportName: 'page-server' | 'page-tunnel' | null = null;
   constructor(protected readonly ctx: DataPathContext) {}
 
   async dump(request: CriuDumpRequest): Promise<DumpedImage> {
@@ -125,6 +133,57 @@ class PageServerDumpPath extends ImageDumpPath {
     } finally {
       await rm(tlsDir, { recursive: true, force: true });
     }
+  }
+}
+
+/**
+ * Memory pages through ferry's page tunnel during the dump (page-tunnel.ts): CRIU writes them to
+ * its end of a socket pair, this agent seals them natively onto one TCP connection to the target.
+ */
+class PageTunnelDumpPath extends ImageDumpPath {
+  override readonly transportName = 'page-tunnel' as const;
+  private end: PageTunnelEnd | undefined;
+
+  constructor(
+    ctx: DataPathContext,
+    private readonly endpoint: PageTunnelEndpoint,
+    private readonly imageKey: Uint8Array,
+  ) {
+    super(ctx);
+  }
+
+  override async dump(request: CriuDumpRequest): Promise<DumpedImage> {
+    const { syscalls: sys, criu, log } = this.ctx;
+    // Joined before CRIU freezes the tree: a target that cannot be reached fails the dump with nothing frozen.
+    const socket = await connectPageTunnel(this.endpoint);
+    let criuFd: number;
+    let localFd: number;
+    try {
+      [criuFd, localFd] = sys.socketpair();
+    } catch (err) {
+      socket.destroy();
+      throw err;
+    }
+    this.end = PageTunnelEnd.source(sys, socket, localFd, this.imageKey);
+    let dumped: Awaited<ReturnType<CriuDriver['dump']>>;
+    try {
+      // criu's fd 3 (the first passed fd) is its page-server connection.
+      dumped = await criu.dump({ ...request, passFds: [criuFd], extraArgs: [...(request.extraArgs ?? []), '--page-server', '--ps-socket', '3'] });
+    } catch (err) {
+      // A cut stream, never an end frame: the target's page server must not take this for a whole image.
+      this.end.stop();
+      throw err;
+    } finally {
+      // CRIU has exited: with our copy closed too, the pair's end reads EOF and the tunnel ends.
+      sys.close(criuFd);
+    }
+    const counts = await this.end.done;
+    log.debug({ sent: counts.sent, received: counts.received }, 'page tunnel done');
+    return { durationMs: dumped.durationMs, logPath: dumped.logPath, bytesOnWire: counts.sent };
+  }
+
+  override abort(): void {
+    this.end?.stop();
   }
 }
 

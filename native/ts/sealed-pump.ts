@@ -1,0 +1,115 @@
+import { constants as osConstants } from 'node:os';
+
+import { SHUT_WR } from './constants';
+import { SyscallError, fromNativeError } from './errors';
+import type { NativeBinding, SealedPumpCounts, SealedPumpMode } from './native-binding';
+import { checkBoolean, checkFd, checkFixedBytes, checkIntegerIn, checkOneOf } from './validate';
+
+/** AES-256 key length. */
+export const SEALED_PUMP_KEY_BYTES = 32;
+/** Length of the per-direction nonce prefix (the rest of the 12-byte GCM nonce is the frame counter). */
+export const SEALED_PUMP_NONCE_PREFIX_BYTES = 4;
+/** Smallest frameBytes: below it the 20 bytes a frame adds and its GCM setup start to cost. */
+export const SEALED_PUMP_MIN_FRAME_BYTES = 4 * 1024;
+/** Largest frameBytes: the buffer each pump allocates, and what an opener accepts at most from its peer. */
+export const SEALED_PUMP_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+
+/** How a sealed pump finishes, and how it can be stopped. */
+export interface SealedPumpOptions {
+  /**
+   * shutdown(outFd, SHUT_WR) after the end frame was written (seal) or verified (open), so the
+   * reader of outFd sees end of stream. outFd must then be a socket (checked before any byte
+   * moves). Default true; false for a pipe or file, or when outFd carries more afterwards. Never
+   * done after a failure: outFd is left as it is, so its reader cannot take a failed stream for a
+   * finished one; the caller closes it.
+   */
+  shutdownOut?: boolean;
+  /**
+   * Stops the pump: it rejects with a SyscallError 'ECANCELED' as soon as it notices (in its next
+   * wait, or between two frames), and writes no end frame after that, so the reader of a sealed
+   * stream sees it cut, never complete. The fds are left open and untouched: the peer learns of
+   * the stop when the caller closes them, which it may do once the Promise has settled. A pump
+   * that had already finished resolves as usual. Works on any fd, except that a pump blocked
+   * writing to a full blocking pipe notices only when that write returns.
+   */
+  signal?: AbortSignal;
+}
+
+const SYSCALL = 'sealedPump';
+const MODES: readonly SealedPumpMode[] = ['seal', 'open'];
+
+function canceled(cause: unknown): SyscallError {
+  return new SyscallError(
+    { errno: osConstants.errno.ECANCELED, code: 'ECANCELED', syscall: SYSCALL },
+    `${SYSCALL}: ECANCELED (stopped by its AbortSignal)`,
+    { cause },
+  );
+}
+
+/**
+ * Moves a byte stream from `inFd` to `outFd` through AES-256-GCM frames, on a native thread of its
+ * own: no JavaScript runs per byte, and the event loop stays free. Implements
+ * LinuxSyscalls.sealedPump (see there for the wire format and the rules on keys and nonces).
+ */
+export async function sealedPump(
+  native: () => NativeBinding,
+  inFd: number,
+  outFd: number,
+  mode: SealedPumpMode,
+  key: Uint8Array,
+  noncePrefix: Uint8Array,
+  frameBytes: number,
+  options: SealedPumpOptions = {},
+): Promise<SealedPumpCounts> {
+  const args = {
+    inFd: checkFd(SYSCALL, 'inFd', inFd),
+    outFd: checkFd(SYSCALL, 'outFd', outFd),
+    mode: checkOneOf(SYSCALL, 'mode', mode, MODES),
+    key: checkFixedBytes(SYSCALL, 'key', key, SEALED_PUMP_KEY_BYTES),
+    noncePrefix: checkFixedBytes(SYSCALL, 'noncePrefix', noncePrefix, SEALED_PUMP_NONCE_PREFIX_BYTES),
+    frameBytes: checkIntegerIn(SYSCALL, 'frameBytes', frameBytes, SEALED_PUMP_MIN_FRAME_BYTES, SEALED_PUMP_MAX_FRAME_BYTES),
+    shutdownOut: checkBoolean(SYSCALL, 'options.shutdownOut', options.shutdownOut ?? true),
+  };
+  const signal = options.signal;
+  if (signal === undefined) {
+    try {
+      return await native().sealedPump(args.inFd, args.outFd, args.mode, args.key, args.noncePrefix, args.frameBytes, args.shutdownOut, -1);
+    } catch (err) {
+      throw fromNativeError(err);
+    }
+  }
+  if (signal.aborted) throw canceled(signal.reason);
+
+  // The pump watches the read end of a pair of its own; an abort shuts the write end, which makes
+  // the read end readable (end of stream). Not shutdown(2) on the data fds: shutting a seal
+  // pump's inFd down is an orderly end of input, and pumps that share a socket (a tunnel's two
+  // directions) would stop each other in an order no one chose.
+  let cancelPair: [number, number];
+  try {
+    cancelPair = native().socketpair();
+  } catch (err) {
+    throw fromNativeError(err);
+  }
+  const [cancelRead, cancelWrite] = cancelPair;
+  const stop = (): void => native().shutdown(cancelWrite, SHUT_WR);
+  signal.addEventListener('abort', stop, { once: true });
+  try {
+    return await native().sealedPump(
+      args.inFd,
+      args.outFd,
+      args.mode,
+      args.key,
+      args.noncePrefix,
+      args.frameBytes,
+      args.shutdownOut,
+      cancelRead,
+    );
+  } catch (err) {
+    throw fromNativeError(err);
+  } finally {
+    signal.removeEventListener('abort', stop);
+    // The pump has let go of the pair: its thread has ended.
+    native().close(cancelRead);
+    native().close(cancelWrite);
+  }
+}
