@@ -28,8 +28,8 @@ afterAll(async () => {
 test.each([
   ['page-server', 'lazy', 'h2'],
   ['page-tunnel', 'eager', 'h1'],
-  ['nats', 'eager', 'h1'],
-  ['direct', 'lazy', 'h2'],
+  ['nats', 'eager', 'h2'],
+  ['direct', 'lazy', 'h1'],
   ['auto', undefined, 'h2'],
   ['auto', undefined, 'h1'],
   // From h1, CRIU's lazy dump: h2's CRIU fetches from h1's directly (TLS), then through NATS via
