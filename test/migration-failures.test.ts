@@ -174,6 +174,32 @@ test('post-copy: the source\'s CRIU dying while the target pulls pages rolls bac
   expect((await cluster.ferry(['stop', 'lazydie'])).code).toBe(0);
 });
 
+test('the page tunnel: the target\'s page server dying while the source dumps into it rolls back, the source intact', async () => {
+  const w = await launch('tundie', 384);
+  // The default path: h1's dump sends its pages through the tunnel into h3's page server.
+  const migrating = cluster.ferry(['migrate', 'tundie', '--to', 'h3', '--json']);
+  const deadline = Date.now() + 60_000;
+  while ((await pidsWith('dump', '--ps-socket', `/work/${CLUSTER}/h1/`)).length === 0) {
+    if (Date.now() > deadline) throw new Error('the source never started dumping into the tunnel');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const pageServers = await pidsWith('page-server', '--ps-socket', `/work/${CLUSTER}/h3/`);
+  expect(pageServers.length).toBe(1);
+  process.kill(pageServers[0], 'SIGKILL');
+  const res = await migrating;
+  expect(res.json.state).toBe('rolled-back');
+  expect(['CHECKPOINT_FAILED', 'TRANSFER_FAILED']).toContain(res.json.error.code);
+  // The failure happened inside the tunnel's path, and the result says so.
+  expect(res.json.transport).toBe('page-tunnel');
+  await expectRolledBackIntact('tundie', w, 'h1');
+  await waitFor('target work dir emptied', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h3`)).filter((d) => d.startsWith('m-')).length === 0);
+  // And the same workload moves once nothing is in the way.
+  const again = await cluster.ferry(['migrate', 'tundie', '--to', 'h3', '--json']);
+  expect(again.json).toMatchObject({ state: 'succeeded', transport: 'page-tunnel' });
+  expect(await w.verifyMemory(again.json.pid)).toBe('OK');
+  expect((await cluster.ferry(['stop', 'tundie'])).code).toBe(0);
+});
+
 test('malformed and hostile requests to an agent get clear errors and change nothing', async () => {
   const w = await launch('bystander', 4);
   const ask = async (verb: string, body: unknown) => decode((await cluster.nc.request(`ferry.v1.agent.h1.${verb}`, body as Uint8Array, { timeout: 5000 })).data) as Record<string, unknown>;

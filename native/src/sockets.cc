@@ -59,6 +59,11 @@ void InitSockets(Napi::Env env, Napi::Object exports) {
   SetConstant(env, exports, "SHUT_RD", SHUT_RD);
   SetConstant(env, exports, "SHUT_WR", SHUT_WR);
   SetConstant(env, exports, "SHUT_RDWR", SHUT_RDWR);
+  SetConstant(env, exports, "SOL_SOCKET", SOL_SOCKET);
+  SetConstant(env, exports, "SO_SNDBUF", SO_SNDBUF);
+  SetConstant(env, exports, "SO_RCVBUF", SO_RCVBUF);
+  SetConstant(env, exports, "SO_SNDBUFFORCE", SO_SNDBUFFORCE);
+  SetConstant(env, exports, "SO_RCVBUFFORCE", SO_RCVBUFFORCE);
 }
 
 }  // namespace ferry

@@ -29,6 +29,16 @@ export const SEEK_END = 2;
 export const IPPROTO_TCP = 6;
 export const TCP_REPAIR = 19;
 
+/**
+ * setsockopt(2) socket-level buffer sizes. The FORCE variants (CAP_NET_ADMIN) may exceed
+ * net.core.{w,r}mem_max, which a bulk stream between threads wants (fewer wake-ups per byte).
+ */
+export const SOL_SOCKET = 1;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const SO_SNDBUFFORCE = 32;
+export const SO_RCVBUFFORCE = 33;
+
 /** shutdown(2) how: stop receiving, stop sending (the peer reads end of stream), or both. */
 export const SHUT_RD = 0;
 export const SHUT_WR = 1;

@@ -19,11 +19,40 @@
 import { hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode, FerryError, PAGE_TUNNEL_TOKEN_BYTES, toFerryError, type Logger, type PageTunnelEndpoint } from '@ferry/protocol';
-import { socketFd, type LinuxSyscalls } from '@ferry/native';
+import { SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, SOL_SOCKET, socketFd, type LinuxSyscalls } from '@ferry/native';
 import type { CriuDriver } from '../criu/criu-driver';
 import { PageServer } from '../criu/criu-service';
 
-export type TunnelSyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close' | 'sealedPump'>;
+export type TunnelSyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close' | 'sealedPump' | 'setsockoptInt'>;
+
+/**
+ * Socket buffers of the tunnel's sockets (both socket-pair ends and the TCP connection). The
+ * defaults (~200 KiB) make CRIU, the pumps and the kernel hand over every few hundred KiB; a few
+ * MiB lets each side move a whole frame or more per wake-up.
+ */
+export const PAGE_TUNNEL_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Grows a socket's buffers, beyond net.core.*mem_max where this process may (SO_*BUFFORCE needs
+ * CAP_NET_ADMIN); where it may not, the plain options (capped by the sysctl) still help. A
+ * refusal of both is no failure: the tunnel works with the defaults, only slower.
+ */
+export function growSocketBuffers(sys: Pick<LinuxSyscalls, 'setsockoptInt'>, fd: number, bytes = PAGE_TUNNEL_SOCKET_BUFFER_BYTES): void {
+  for (const [force, plain] of [
+    [SO_SNDBUFFORCE, SO_SNDBUF],
+    [SO_RCVBUFFORCE, SO_RCVBUF],
+  ]) {
+    try {
+      sys.setsockoptInt(fd, SOL_SOCKET, force, bytes);
+    } catch {
+      try {
+        sys.setsockoptInt(fd, SOL_SOCKET, plain, bytes);
+      } catch {
+        // Defaults it is.
+      }
+    }
+  }
+}
 
 /** Sealed frames of up to 1 MiB: large enough that the 20 bytes and the GCM set-up per frame cost nothing. */
 export const PAGE_TUNNEL_FRAME_BYTES = 1024 * 1024;
@@ -73,6 +102,8 @@ export class PageTunnelEnd {
     // throw an unhandled 'error' (an EPIPE once the peer is gone) and take the agent down.
     socket.on('error', () => undefined);
     const tcpFd = socketFd(socket);
+    growSocketBuffers(sys, tcpFd);
+    growSocketBuffers(sys, localFd);
     const { signal } = this.abort;
     const stopOther = (err: unknown) => {
       this.abort.abort();
@@ -277,6 +308,7 @@ export class PageTunnelReceiver {
 
   static async start(sys: TunnelSyscalls, criu: CriuDriver, imagesDir: string, address: string, imageKey: Uint8Array, log: Logger): Promise<PageTunnelReceiver> {
     const [criuFd, localFd] = sys.socketpair();
+    growSocketBuffers(sys, criuFd);
     let closed = false;
     const closeLocalFd = () => {
       if (closed) return;

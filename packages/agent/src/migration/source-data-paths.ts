@@ -22,7 +22,7 @@ import { lazyRunBytes, lazyRunsOf, type LazyRun } from '../criu/pagemap-image';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls } from '../criu/page-server-tls';
 import type { WorkDirs } from '../host/work-dir';
 import { CriuDirectLazySource, CriuLazySource, LazyMemorySource, type PostCopySource } from '../post-copy/post-copy-source';
-import { connectPageTunnel, PageTunnelEnd, type TunnelSyscalls } from './page-tunnel';
+import { connectPageTunnel, growSocketBuffers, PageTunnelEnd, type TunnelSyscalls } from './page-tunnel';
 
 /** What one checkpoint's data path needs to know. */
 export interface DataPathContext {
@@ -160,6 +160,7 @@ class PageTunnelDumpPath extends ImageDumpPath {
     let localFd: number;
     try {
       [criuFd, localFd] = sys.socketpair();
+      growSocketBuffers(sys, criuFd);
     } catch (err) {
       socket.destroy();
       throw err;
