@@ -16,8 +16,13 @@ let cluster: TestCluster;
 let workload: CounterWorkload | undefined;
 
 beforeAll(async () => {
-  // h2 as a post-copy source rewrites a full dump (FERRY_LAZY_DUMP=off); h1 uses CRIU's lazy dump.
-  cluster = await startTestCluster('txport', 241, { agentEnvFor: (host) => (host === 'h2' ? { FERRY_LAZY_DUMP: 'off' } : {}) });
+  // h2 as a post-copy source rewrites a full dump (FERRY_LAZY_DUMP=off); h1 and h3 use CRIU's lazy dump.
+  // h3 has no page tunnel (FERRY_PAGE_TUNNEL=off): to and from it, auto takes CRIU's TLS page server
+  // (pre-copy) and CRIU to CRIU over mutual TLS (post-copy).
+  cluster = await startTestCluster('txport', 241, {
+    hosts: 3,
+    agentEnvFor: (host): Record<string, string> => (host === 'h2' ? { FERRY_LAZY_DUMP: 'off' } : host === 'h3' ? { FERRY_PAGE_TUNNEL: 'off' } : {}),
+  });
 });
 
 afterAll(async () => {
@@ -26,18 +31,22 @@ afterAll(async () => {
 });
 
 test.each([
-  ['page-server', 'lazy', 'h2'],
-  ['page-tunnel', 'eager', 'h1'],
-  ['nats', 'eager', 'h2'],
-  ['direct', 'lazy', 'h1'],
-  ['auto', undefined, 'h2'],
-  ['auto', undefined, 'h1'],
-  // From h1, CRIU's lazy dump: h2's CRIU fetches from h1's directly (TLS), then through NATS via
-  // both agents; from h2, the rewritten full dump served by its agent.
-  ['auto', 'post-copy', 'h2'],
-  ['nats', 'post-copy', 'h1'],
-  ['nats', 'post-copy', 'h2'],
-])('--transport %s --restore %s migrates the workload to %s with memory intact, counter continuing, exactly one copy', async (transport, restore, to) => {
+  // transport asked, restore asked, to, the transport the result must report
+  ['page-server', 'lazy', 'h2', 'page-server'],
+  ['page-tunnel', 'eager', 'h1', 'page-tunnel'],
+  ['nats', 'eager', 'h2', 'nats'],
+  ['direct', 'lazy', 'h1', 'direct'],
+  ['auto', undefined, 'h2', 'page-tunnel'],
+  ['auto', undefined, 'h1', 'page-tunnel'],
+  // From h1, CRIU's lazy dump, its pages through the page tunnel to h2's lazy-pages daemon; then
+  // through NATS via both agents; from h2, the rewritten full dump served by its agent.
+  ['auto', 'post-copy', 'h2', 'page-tunnel'],
+  ['nats', 'post-copy', 'h1', 'nats'],
+  ['nats', 'post-copy', 'h2', 'nats'],
+  // Without the tunnel at one end: CRIU's TLS page server, and post-copy CRIU to CRIU over TLS.
+  ['auto', undefined, 'h3', 'page-server'],
+  ['auto', 'post-copy', 'h1', 'direct'],
+])('--transport %s --restore %s migrates the workload to %s (%s) with memory intact, counter continuing, exactly one copy', async (transport, restore, to, expectedTransport) => {
   if (workload === undefined) {
     workload = await CounterWorkload.create();
     const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'tx', '--json', '--', ...workload.argv(48)]);
@@ -49,9 +58,7 @@ test.each([
   const res = await cluster.ferry(['migrate', 'tx', '--to', to, '--transport', transport, ...(restore ? ['--restore', restore] : []), '--json']);
   expect(res.stderr).toBe('');
   expect(res.code).toBe(0);
-  // auto: both probes found CRIU with --ps-socket and both agents seal natively, so ferry's page tunnel; this kernel has userfaultfd: lazy.
-  // Post-copy never takes a page path (it would carry all the memory during the dump): auto is the direct path.
-  const expectedTransport = transport !== 'auto' ? transport : restore === 'post-copy' ? 'direct' : 'page-tunnel';
+  // auto: where both probes found CRIU with --ps-socket and both agents seal natively, ferry's page tunnel; this kernel has userfaultfd: lazy.
   expect(res.json).toMatchObject({ workload: 'tx', to, state: 'succeeded', transport: expectedTransport, restore: restore ?? 'lazy' });
   expect(res.json.bytesTransferred).toBeGreaterThan(48 * MIB);
   // Lazy and post-copy restores say how long after the resume the memory was all in place.
@@ -68,17 +75,17 @@ test.each([
 });
 
 test.each(['page-server', 'page-tunnel'])('post-copy with the %s transport is refused before anything is frozen', async (transport) => {
-  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h1', '--transport', transport, '--restore', 'post-copy', '--json']);
+  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h2', '--transport', transport, '--restore', 'post-copy', '--json']);
   expect(res.code).toBe(2);
   expect(res.json.error.code).toBe('INVALID_ARGUMENT');
   const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; state: string }>;
-  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h2', state: 'running' })]);
+  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h1', state: 'running' })]);
 });
 
 test('an unknown transport is refused with INVALID_ARGUMENT and the workload keeps running where it was', async () => {
-  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h1', '--transport', 'carrier-pigeon', '--json']);
+  const res = await cluster.ferry(['migrate', 'tx', '--to', 'h2', '--transport', 'carrier-pigeon', '--json']);
   expect(res.code).toBe(2);
   expect(res.json.error.code).toBe('INVALID_ARGUMENT');
   const ps = (await cluster.ferry(['ps', '--json'])).json as Array<{ name: string; host: string; state: string }>;
-  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h2', state: 'running' })]);
+  expect(ps.filter((e) => e.name === 'tx')).toEqual([expect.objectContaining({ host: 'h1', state: 'running' })]);
 });

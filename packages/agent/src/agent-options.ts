@@ -40,6 +40,11 @@ export interface AgentOptions {
    * the rewritten full dump (FERRY_LAZY_DUMP=off), e.g. to compare the two.
    */
   lazyDump: boolean;
+  /**
+   * ferry's page tunnel where the probe allows it (CriuInfo.pageTunnel); false (FERRY_PAGE_TUNNEL=off):
+   * this host takes CRIU's TLS page server or ferry's stream instead, e.g. to compare them.
+   */
+  pageTunnel: boolean;
   /** Faults to inject, for failure tests only. */
   faults: AgentFaults;
 }
@@ -58,6 +63,7 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
     criuPath: DEFAULT_CRIU_PATH,
     ghostLimitBytes: 64 * 1024 * 1024,
     lazyDump: true,
+    pageTunnel: true,
     faults: {},
     metricsPort: DEFAULT_AGENT_METRICS_PORT,
   };

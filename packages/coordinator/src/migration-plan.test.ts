@@ -58,11 +58,11 @@ describe('planDataPath', () => {
   const both = { pageServerTls: true, pageTunnel: false, lazyDump: true };
   const none = { pageServerTls: false, pageTunnel: false, lazyDump: false };
   test('pre-copy: the TLS page server where both ends have it, else everything in the image stream', () => {
-    expect(planDataPath('auto', 'lazy', both, both, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: true, pageTunnel: false });
-    expect(planDataPath('auto', 'eager', both, none, {})).toEqual({ memory: 'image', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false });
-    expect(planDataPath('nats', 'lazy', both, both, {})).toEqual({ memory: 'image', stream: 'nats', pageServer: false, pageServerTls: false, pageTunnel: false });
+    expect(planDataPath('auto', 'lazy', both, both, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: true, pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('auto', 'eager', both, none, {})).toEqual({ memory: 'image', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('nats', 'lazy', both, both, {})).toEqual({ memory: 'image', stream: 'nats', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
     // Asked for by name without TLS on one end: in clear.
-    expect(planDataPath('page-server', 'lazy', both, none, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: false, pageTunnel: false });
+    expect(planDataPath('page-server', 'lazy', both, none, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
   });
   test('post-copy: CRIU\'s lazy dump where the source can, not for a workload with a service address', () => {
     expect(planDataPath('auto', 'post-copy', both, both, {}).memory).toBe('lazy-dump');
@@ -78,10 +78,14 @@ describe('the page tunnel', () => {
   test('auto takes it where both ends have it, ahead of CRIU\'s TLS page server', () => {
     expect(chooseTransport('auto', tun, tun)).toBe('page-tunnel');
     expect(chooseTransport('auto', tun, old)).toBe('page-server');
-    expect(planDataPath('auto', 'lazy', tun, tun, {})).toEqual({ memory: 'page-tunnel', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: true });
+    expect(planDataPath('auto', 'lazy', tun, tun, {})).toEqual({ memory: 'page-tunnel', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: true, lazyPageTunnel: false });
   });
   test('never in post-copy, and asked for by name only where both ends have it', () => {
-    expect(planDataPath('auto', 'post-copy', tun, tun, {}).memory).toBe('lazy-dump');
+    expect(planDataPath('auto', 'post-copy', tun, tun, {})).toMatchObject({ memory: 'lazy-dump', pageTunnel: true, lazyPageTunnel: true });
+    // Pinned to NATS, post-copy keeps the relay through NATS; without the tunnel at one end, CRIU to CRIU.
+    expect(planDataPath('nats', 'post-copy', tun, tun, {})).toMatchObject({ memory: 'lazy-dump', pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('auto', 'post-copy', tun, old, {})).toMatchObject({ memory: 'lazy-dump', pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('auto', 'post-copy', { ...tun, lazyDump: false }, tun, {})).toMatchObject({ memory: 'lazy-rewrite', lazyPageTunnel: false });
     expect(() => chooseRestoreMode('post-copy', null, { lazyPages: true }, 'h2', 'page-tunnel')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     expect(chooseRestoreMode(undefined, 'post-copy', { lazyPages: true }, 'h2', 'page-tunnel')).toBe('lazy');
     expect(() => chooseTransport('page-tunnel', tun, old)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION' }));

@@ -87,8 +87,14 @@ export interface DataPathPlan {
   /** Start a page server on the target (memory `page-server`), over mutual TLS when `pageServerTls`. */
   pageServer: boolean;
   pageServerTls: boolean;
-  /** Start a page server behind ferry's page tunnel on the target (memory `page-tunnel`). */
+  /** Open ferry's page tunnel on the target: for a page server (memory `page-tunnel`), or with `lazyPageTunnel` for post-copy's lazy pages. */
   pageTunnel: boolean;
+  /**
+   * Post-copy by CRIU's lazy dump through the page tunnel: the target's `criu lazy-pages` asks the
+   * source's lazy dump over it (both ends have the tunnel, and the stream was not pinned to NATS,
+   * which keeps the relay through NATS for clusters whose hosts do not reach each other).
+   */
+  lazyPageTunnel: boolean;
 }
 
 /**
@@ -109,11 +115,13 @@ export function planDataPath(
   const stream: StreamTransport = isPagePath(transport) ? 'auto' : (transport as StreamTransport);
   if (postCopy) {
     const memory: MemoryPath = source.lazyDump && workload.address === undefined ? 'lazy-dump' : 'lazy-rewrite';
-    return { memory, stream, pageServer: false, pageServerTls: false, pageTunnel: false };
+    const lazyPageTunnel = memory === 'lazy-dump' && stream !== 'nats' && bothPageTunnel(source, target);
+    return { memory, stream, pageServer: false, pageServerTls: false, pageTunnel: lazyPageTunnel, lazyPageTunnel };
   }
-  if (transport === 'page-tunnel') return { memory: 'page-tunnel', stream, pageServer: false, pageServerTls: false, pageTunnel: true };
-  if (transport === 'page-server') return { memory: 'page-server', stream, pageServer: true, pageServerTls: bothPageServerTls(source, target), pageTunnel: false };
-  return { memory: 'image', stream, pageServer: false, pageServerTls: false, pageTunnel: false };
+  const none = { pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false };
+  if (transport === 'page-tunnel') return { ...none, memory: 'page-tunnel', stream, pageTunnel: true };
+  if (transport === 'page-server') return { ...none, memory: 'page-server', stream, pageServer: true, pageServerTls: bothPageServerTls(source, target) };
+  return { ...none, memory: 'image', stream };
 }
 
 /** The transport a migration reports before its checkpoint answers: the page path, or the stream when it was named. */

@@ -249,6 +249,7 @@ export class MigrationRunner {
         pageServer: plan.pageServer,
         pageServerTls: plan.pageServerTls,
         pageTunnel: plan.pageTunnel,
+        lazyPageTunnel: plan.lazyPageTunnel,
         imageKey,
       }, this.opts.agentRequestTimeoutMs);
 

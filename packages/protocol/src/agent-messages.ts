@@ -57,8 +57,10 @@ export const ReceiveRequest = z.object({
   pageServerTls: z.boolean().default(false),
   /** Per-migration AES-256-GCM key; every image frame must come sealed with it (transfer chunk-cipher.ts). */
   imageKey: ImageKey.optional(),
-  /** Start a `criu page-server` behind ferry's page tunnel (needs imageKey: the tunnel's keys derive from it). */
+  /** Open ferry's page tunnel for the source (needs imageKey: the tunnel's keys derive from it), a `criu page-server` on its end. */
   pageTunnel: z.boolean().default(false),
+  /** Post-copy: the tunnel's CRIU end is for the restore's `criu lazy-pages` (asking the source's lazy dump), not a page server. */
+  lazyPageTunnel: z.boolean().default(false),
 });
 export type ReceiveRequest = z.infer<typeof ReceiveRequest>;
 

@@ -181,18 +181,32 @@ export class LazyDump {
    * address when the target's CRIU may, then with `tls`: page-server-tls.ts, the roles swapped).
    */
   static async start(criu: CriuDriver, request: CriuDumpRequest, logPath: string, address = '127.0.0.1', tls?: PageServerTlsFiles): Promise<LazyDump> {
+    const port = await freePort(address);
+    return LazyDump.run(criu, request, logPath, ['--address', address, '--port', String(port), ...(tls ? criuTlsArgs(tls) : [])], [], address, port);
+  }
+
+  /**
+   * The same, serving the lazy memory on an already connected socket (`--ps-socket`: one end of
+   * a socket pair whose other end is the page tunnel's), nothing listening anywhere.
+   */
+  static async startOnSocket(criu: CriuDriver, request: CriuDumpRequest, logPath: string, socketFd: number): Promise<LazyDump> {
+    // The socket is the criu process's fd 4 (after stdin, stdout, stderr and the status fd).
+    return LazyDump.run(criu, request, logPath, ['--ps-socket', '4'], [socketFd], '', 0);
+  }
+
+  private static async run(criu: CriuDriver, request: CriuDumpRequest, logPath: string, serveArgs: string[], passFds: number[], address: string, port: number): Promise<LazyDump> {
     const started = performance.now();
     const { imagesDir, args } = await criu.prepareDump(request);
-    const port = await freePort(address);
     const service = await CriuService.start(
       criu,
       imagesDir,
-      [...args, '--lazy-pages', '--address', address, '--port', String(port), ...(tls ? criuTlsArgs(tls) : [])],
+      [...args, '--lazy-pages', ...serveArgs],
       logPath,
       ErrorCode.CHECKPOINT_FAILED,
       undefined,
       // Ready means dumped: as long as a plain dump may take.
       criu.options.commandTimeoutMs,
+      passFds,
     );
     return new LazyDump(service, address, port, performance.now() - started);
   }
@@ -215,10 +229,17 @@ export class LazyPagesDaemon {
    * Starts it; resolves once its socket for the restore is ready. With `pageServer` (post-copy)
    * it asks that page server for the lazy pages instead of reading them from the images.
    */
-  static async start(criu: CriuDriver, imagesDir: string, pageServer?: { address: string; port: number; tls?: PageServerTlsFiles; relay?: boolean }): Promise<LazyPagesDaemon> {
-    const remote = pageServer
-      ? ['--page-server', '--address', pageServer.address, '--port', String(pageServer.port), ...(pageServer.tls ? criuTlsArgs(pageServer.tls) : [])]
-      : [];
+  static async start(
+    criu: CriuDriver,
+    imagesDir: string,
+    pageServer?: { address: string; port: number; tls?: PageServerTlsFiles; relay?: boolean } | { socketFd: number },
+  ): Promise<LazyPagesDaemon> {
+    // On a socket (the page tunnel's pair), it is the criu process's fd 4, after the status fd.
+    const remote = !pageServer
+      ? []
+      : 'socketFd' in pageServer
+        ? ['--page-server', '--ps-socket', '4']
+        : ['--page-server', '--address', pageServer.address, '--port', String(pageServer.port), ...(pageServer.tls ? criuTlsArgs(pageServer.tls) : [])];
     // The daemon polls without sleeping while a request to its page server is out (criu/uffd.c,
     // handle_requests). Against ferry's relay (pages fetched over NATS, ms each) it does so most of
     // the time: at a lower priority that spin yields the core to the agents fetching those pages.
@@ -228,7 +249,9 @@ export class LazyPagesDaemon {
       ['lazy-pages', '--images-dir', imagesDir, ...remote],
       LAZY_PAGES_LOG_NAME,
       ErrorCode.RESTORE_FAILED,
-      pageServer?.relay ? LAZY_DAEMON_NICENESS : undefined,
+      pageServer && 'relay' in pageServer && pageServer.relay ? LAZY_DAEMON_NICENESS : undefined,
+      SERVICE_START_TIMEOUT_MS,
+      pageServer && 'socketFd' in pageServer ? [pageServer.socketFd] : [],
     );
     return new LazyPagesDaemon(service);
   }

@@ -156,10 +156,14 @@ export class MigrationTarget {
     log.info({ migrationId: req.migrationId, source: req.source, pageServer: req.pageServer, pageServerTls: clientTls !== undefined, pageTunnel: req.pageTunnel }, 'receiving image');
     if (req.pageTunnel) {
       if (!req.imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page tunnel needs the migration\'s image key (its keys derive from it)');
-      incoming.pageTunnel = await PageTunnelReceiver.start(this.deps.syscalls, this.deps.criu, dir, this.opts.address, req.imageKey, log.child({ migrationId: req.migrationId }));
-      // Its page server is the one the restore waits for and counts the pages of.
-      incoming.pageServer = incoming.pageTunnel.pageServer;
-      return { pageTunnel: incoming.pageTunnel.endpoint };
+      const tunnelLog = log.child({ migrationId: req.migrationId });
+      const tunnel = req.lazyPageTunnel
+        ? await PageTunnelReceiver.forLazyPages(this.deps.syscalls, this.opts.address, req.imageKey, tunnelLog)
+        : await PageTunnelReceiver.forPageServer(this.deps.syscalls, this.deps.criu, dir, this.opts.address, req.imageKey, tunnelLog);
+      incoming.pageTunnel = tunnel;
+      // Pre-copy: its page server is the one the restore waits for and counts the pages of.
+      incoming.pageServer = tunnel.pageServer;
+      return { pageTunnel: tunnel.endpoint };
     }
     const ps = incoming.pageServer;
     return ps ? { pageServer: { address: ps.address, port: ps.port, ...(clientTls ? { tls: clientTls } : {}) } } : {};
@@ -173,8 +177,8 @@ export class MigrationTarget {
     await inc.receiver.done.catch((err) => {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `image for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
     });
-    // The tunnel ends with its authenticated end frames only once the dump sent every page.
-    await inc.pageTunnel?.done().catch((err) => {
+    // Pre-copy: the tunnel ends with its authenticated end frames only once the dump sent every page.
+    if (inc.pageTunnel?.pageServer) await inc.pageTunnel.done().catch((err) => {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `memory pages for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
     });
     // The page server exits 0 only once the dump sent every page.
@@ -193,7 +197,10 @@ export class MigrationTarget {
     try {
       // Its connections are bound to the service address: it must be here before CRIU repairs them.
       if (manifest.address) await addServiceAddress(manifest.address, this.opts.address);
-      if (req.mode === 'post-copy') {
+      if (req.mode === 'post-copy' && inc.pageTunnel) {
+        // The lazy memory is in the source's lazy dump: our daemon asks it through the page tunnel.
+        feed = { daemon: await inc.pageTunnel.startLazyPages(criu, inc.dir) };
+      } else if (req.mode === 'post-copy') {
         feed = await startPostCopyMemory(
           criu,
           inc.dir,
@@ -253,7 +260,7 @@ export class MigrationTarget {
     // lazy page the images name, all of which CRIU's daemon had before it exited 0.
     const fetched = inc.relay
       ? (await inc.relay.done).pages * PAGE_BYTES
-      : req.mode === 'post-copy' && req.lazyPageServer
+      : req.mode === 'post-copy' && (req.lazyPageServer || inc.pageTunnel)
         ? lazyRunBytes(await lazyRunsOf(inc.dir, await readdir(inc.dir)))
         : 0;
     migrationLog.info({ workload: req.workload, pid: restored.pid, ms: resumedAt - started, mode: req.mode }, 'workload restored');
@@ -269,7 +276,12 @@ export class MigrationTarget {
    * source thaws). Post-copy: the relay's error says why (the source's answer), CRIU's only that it gave up.
    */
   private async awaitLastPage(feed: LazyMemoryFeed, inc: IncomingMigration, pid: number, workload: string): Promise<void> {
-    const filled = inc.relay ? Promise.all([feed.daemon.done, inc.relay.done]) : feed.daemon.done;
+    // Through the page tunnel, its end frames both ways say the session closed as CRIU meant it to.
+    const filled = inc.relay
+      ? Promise.all([feed.daemon.done, inc.relay.done])
+      : inc.pageTunnel
+        ? Promise.all([feed.daemon.done, inc.pageTunnel.done()])
+        : feed.daemon.done;
     await filled.catch(async (err) => {
       // This copy dies before its daemon: nothing of it may run once the source may thaw.
       await this.deps.criu.kill(pid).catch(() => undefined);

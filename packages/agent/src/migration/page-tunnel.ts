@@ -21,7 +21,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode, FerryError, PAGE_TUNNEL_TOKEN_BYTES, toFerryError, type Logger, type PageTunnelEndpoint } from '@ferry/protocol';
 import { SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, SOL_SOCKET, socketFd, type LinuxSyscalls } from '@ferry/native';
 import type { CriuDriver } from '../criu/criu-driver';
-import { PageServer } from '../criu/criu-service';
+import { LazyPagesDaemon, PageServer } from '../criu/criu-service';
 
 export type TunnelSyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close' | 'sealedPump' | 'setsockoptInt'>;
 
@@ -282,20 +282,25 @@ export async function connectPageTunnel(endpoint: PageTunnelEndpoint, timeoutMs 
 }
 
 /**
- * The target's whole side of a tunnel: `criu page-server` on one end of a socket pair, writing the
- * pages into the migration's images dir, and the listener whose connection is joined to the other end.
+ * The target's whole side of a tunnel: the listener whose connection is joined to one end of a
+ * socket pair, and the CRIU on the other end: `criu page-server` writing the pages into the
+ * migration's images dir (pre-copy, started at once), or, for post-copy, the restore's `criu
+ * lazy-pages` daemon asking the source's lazy dump for them (started by the restore).
  */
 export class PageTunnelReceiver {
   private end: PageTunnelEnd | undefined;
   private readonly joined: Promise<PageTunnelEnd>;
+  private localClosed = false;
 
   private constructor(
-    readonly pageServer: PageServer,
+    private readonly sys: TunnelSyscalls,
     private readonly listener: PageTunnelListener,
-    sys: TunnelSyscalls,
     private readonly localFd: number,
+    /** CRIU's end of the pair, ours until a CRIU process holds it. */
+    private criuFd: number | null,
     imageKey: Uint8Array,
-    private readonly closeLocalFd: () => void,
+    /** Pre-copy: the page server on CRIU's end. */
+    readonly pageServer?: PageServer,
   ) {
     this.joined = listener.accepted.then(async (socket) => {
       this.end = PageTunnelEnd.target(sys, socket, localFd, imageKey);
@@ -306,30 +311,37 @@ export class PageTunnelReceiver {
     this.joined.catch(() => undefined);
   }
 
-  static async start(sys: TunnelSyscalls, criu: CriuDriver, imagesDir: string, address: string, imageKey: Uint8Array, log: Logger): Promise<PageTunnelReceiver> {
+  /** Pre-copy: `criu page-server` on the pair, writing the pages into `imagesDir`. */
+  static async forPageServer(sys: TunnelSyscalls, criu: CriuDriver, imagesDir: string, address: string, imageKey: Uint8Array, log: Logger): Promise<PageTunnelReceiver> {
+    return PageTunnelReceiver.open(sys, address, imageKey, log, async (criuFd) => PageServer.startOnSocket(criu, imagesDir, criuFd, log));
+  }
+
+  /** Post-copy: the pair waits for the restore's lazy-pages daemon (startLazyPages). */
+  static async forLazyPages(sys: TunnelSyscalls, address: string, imageKey: Uint8Array, log: Logger): Promise<PageTunnelReceiver> {
+    return PageTunnelReceiver.open(sys, address, imageKey, log, async () => undefined);
+  }
+
+  private static async open(
+    sys: TunnelSyscalls,
+    address: string,
+    imageKey: Uint8Array,
+    log: Logger,
+    startCriu: (criuFd: number) => Promise<PageServer | undefined>,
+  ): Promise<PageTunnelReceiver> {
     const [criuFd, localFd] = sys.socketpair();
     growSocketBuffers(sys, criuFd);
-    let closed = false;
-    const closeLocalFd = () => {
-      if (closed) return;
-      closed = true;
-      sys.close(localFd);
-    };
+    let pageServer: PageServer | undefined;
     try {
-      const pageServer = await PageServer.startOnSocket(criu, imagesDir, criuFd, log);
-      try {
-        const listener = await PageTunnelListener.listen(address, log);
-        return new PageTunnelReceiver(pageServer, listener, sys, localFd, imageKey, closeLocalFd);
-      } catch (err) {
-        pageServer.stop();
-        throw err;
-      }
+      pageServer = await startCriu(criuFd);
+      const listener = await PageTunnelListener.listen(address, log);
+      // A CRIU holds its own copy now; ours would keep its end of the pair open after it exits.
+      if (pageServer) sys.close(criuFd);
+      return new PageTunnelReceiver(sys, listener, localFd, pageServer ? null : criuFd, imageKey, pageServer);
     } catch (err) {
-      closeLocalFd();
-      throw err;
-    } finally {
-      // criu holds its own copy now; ours would keep its end of the pair open after it exits.
+      pageServer?.stop();
+      sys.close(localFd);
       sys.close(criuFd);
+      throw err;
     }
   }
 
@@ -337,21 +349,40 @@ export class PageTunnelReceiver {
     return this.listener.endpoint;
   }
 
-  /** Every page arrived: the tunnel ended with its end frames and CRIU's page server exited 0. */
+  /** Post-copy: starts the restore's `criu lazy-pages` on the pair; the tunnel then carries its page requests. */
+  async startLazyPages(criu: CriuDriver, imagesDir: string): Promise<LazyPagesDaemon> {
+    const criuFd = this.criuFd;
+    if (criuFd === null) throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'this page tunnel has no CRIU end left to hand out');
+    this.criuFd = null;
+    try {
+      return await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd });
+    } finally {
+      this.sys.close(criuFd);
+    }
+  }
+
+  /** Everything came: the tunnel ended with its end frames, and (pre-copy) the page server exited 0. */
   async done(): Promise<PageTunnelCounts> {
     const end = await this.joined.catch((err: unknown) => {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `the source never joined the page tunnel: ${toFerryError(err).message}`, { cause: err });
     });
     const counts = await end.done;
-    await this.pageServer.done;
+    await this.pageServer?.done;
     return counts;
   }
 
   /** A rollback: the listener, the tunnel and the page server go. */
   stop(): void {
     this.listener.close();
-    this.pageServer.stop();
+    this.pageServer?.stop();
+    if (this.criuFd !== null) {
+      this.sys.close(this.criuFd);
+      this.criuFd = null;
+    }
     if (this.end) this.end.stop();
-    else this.closeLocalFd();
+    else if (!this.localClosed) {
+      this.localClosed = true;
+      this.sys.close(this.localFd);
+    }
   }
 }

@@ -85,7 +85,8 @@ export function sourceDataPath(memory: MemoryPath, ctx: DataPathContext, pageSer
       return new PageServerDumpPath(ctx, pageServer);
     case 'lazy-dump':
       if (!ctx.criuInfo.lazyDump) throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'this host cannot lazy-dump (its CRIU probe says no)');
-      return new CriuLazyDumpPath(ctx);
+      if (pageTunnel && !ctx.imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page tunnel needs the migration\'s image key (its keys derive from it)');
+      return new CriuLazyDumpPath(ctx, pageTunnel && ctx.imageKey ? { endpoint: pageTunnel, imageKey: ctx.imageKey } : undefined);
     case 'lazy-rewrite':
       return new LazyRewritePath(ctx);
   }
@@ -197,19 +198,30 @@ class LazyRewritePath extends ImageDumpPath {
   }
 }
 
-/** `criu dump --lazy-pages`: the memory never written, served from CRIU's pipes. */
+/**
+ * `criu dump --lazy-pages`: the memory never written, served from CRIU's pipes: through ferry's
+ * page tunnel where the coordinator opened one (to the target's `criu lazy-pages` on the tunnel's
+ * far end), else to the target's CRIU straight over mutual TLS, or through this agent over NATS.
+ */
 class CriuLazyDumpPath implements SourceDataPath {
-  readonly transportName = null;
+  readonly transportName: 'page-tunnel' | null;
   private lazyDump: LazyDump | undefined;
   private tls: Awaited<ReturnType<typeof makePageServerTls>> | undefined;
   private runs: LazyRun[] = [];
+  private end: PageTunnelEnd | undefined;
 
-  constructor(private readonly ctx: DataPathContext) {}
+  constructor(
+    private readonly ctx: DataPathContext,
+    private readonly tunnel?: { endpoint: PageTunnelEndpoint; imageKey: Uint8Array },
+  ) {
+    this.transportName = tunnel ? 'page-tunnel' : null;
+  }
 
   async dump(request: CriuDumpRequest): Promise<DumpedImage> {
     const { criu, criuInfo, workDirs, migrationId, hostAddress } = this.ctx;
     const lazyDir = workDirs.lazyPathFor(migrationId);
     await mkdir(lazyDir, { mode: 0o700 });
+    if (this.tunnel) return this.dumpIntoTunnel(request, join(lazyDir, 'dump.log'), this.tunnel);
     // With TLS its page server listens on this host's address, for the target's CRIU to connect to
     // (the roles of page-server-tls.ts swapped); else on loopback, for this agent only.
     this.tls = criuInfo.pageServerTls ? await makePageServerTls(join(lazyDir, 'tls'), hostAddress) : undefined;
@@ -227,8 +239,40 @@ class CriuLazyDumpPath implements SourceDataPath {
     return new CriuDirectLazySource(dump, lazyRunBytes(this.runs));
   }
 
+  /** The lazy dump serving its memory on a socket pair whose other end the page tunnel carries to the target. */
+  private async dumpIntoTunnel(request: CriuDumpRequest, logPath: string, tunnel: { endpoint: PageTunnelEndpoint; imageKey: Uint8Array }): Promise<DumpedImage> {
+    const { syscalls: sys, criu } = this.ctx;
+    // Joined before CRIU freezes the tree: a target that cannot be reached fails with nothing frozen.
+    const socket = await connectPageTunnel(tunnel.endpoint);
+    let criuFd: number;
+    let localFd: number;
+    try {
+      [criuFd, localFd] = sys.socketpair();
+      growSocketBuffers(sys, criuFd);
+    } catch (err) {
+      socket.destroy();
+      throw err;
+    }
+    this.end = PageTunnelEnd.source(sys, socket, localFd, tunnel.imageKey);
+    try {
+      this.lazyDump = await LazyDump.startOnSocket(criu, request, logPath, criuFd);
+      // While CRIU serves the pages it holds the tree; if it dies, this keeps the tree stopped.
+      await criu.holdStopped(request.pid);
+    } catch (err) {
+      this.end.stop();
+      throw err;
+    } finally {
+      // CRIU holds its own copy; with ours closed its exit ends the pair, and so the tunnel.
+      sys.close(criuFd);
+    }
+    this.end.done.catch((err: unknown) => this.ctx.log.warn({ err: (err as Error).message }, 'page tunnel of the lazy dump ended in failure'));
+    return { durationMs: this.lazyDump.durationMs, logPath, bytesOnWire: 0 };
+  }
+
   async afterSend(sent: TransferStats): Promise<{ lazyPageServer?: PageServerEndpoint; source?: PostCopySource }> {
     const dump = this.requireDump();
+    // Through the tunnel: the target's daemon asks the lazy dump itself; the registered source waits for its end.
+    if (this.tunnel) return {};
     if (this.tls && sent.transport === 'direct') {
       // The hosts reach each other: the target's CRIU fetches straight from ours, over mutual TLS.
       return { lazyPageServer: { address: dump.address, port: dump.port, tls: this.tls.client } };
@@ -241,6 +285,7 @@ class CriuLazyDumpPath implements SourceDataPath {
   abort(): void {
     // A lazy dump that started holds the tree: it goes first (the tree stays stopped, then is thawed).
     this.lazyDump?.stop();
+    this.end?.stop();
   }
 
   private requireDump(): LazyDump {
