@@ -12,6 +12,7 @@ import { connect, type NatsConnection } from 'nats';
 import { encode, ErrorCode, FerryError, IMAGE_KEY_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { FrameOpener, FrameSealer, ImageReceiver, sendImage } from './index';
 import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
+import { rejection } from './test-transfer-bed';
 
 const MIB = 1024 * 1024;
 const v = PROTOCOL_VERSION;
@@ -19,16 +20,6 @@ const v = PROTOCOL_VERSION;
 const FUZZ_INPUTS = 3_000;
 const FUZZ_SEED = 0x5eed_f022;
 jest.setTimeout(60_000);
-
-async function rejection(promise: Promise<unknown>): Promise<FerryError> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(err).toBeInstanceOf(FerryError);
-    return err as FerryError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('FrameSealer / FrameOpener', () => {
   const key = randomBytes(IMAGE_KEY_BYTES);

@@ -8,23 +8,14 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from 'nats';
-import { decode, encode, ErrorCode, FerryError, IMAGE_KEY_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
+import { decode, encode, ErrorCode, IMAGE_KEY_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { CONTROL_MAC_BYTES, ControlFrameAuthenticator, ImageReceiver, sendImage } from './index';
 import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
+import { rejection } from './test-transfer-bed';
 
 const MIB = 1024 * 1024;
 const v = PROTOCOL_VERSION;
 jest.setTimeout(60_000);
-
-async function rejection(promise: Promise<unknown>): Promise<FerryError> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(err).toBeInstanceOf(FerryError);
-    return err as FerryError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('ControlFrameAuthenticator', () => {
   const key = randomBytes(IMAGE_KEY_BYTES);

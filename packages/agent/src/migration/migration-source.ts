@@ -4,44 +4,26 @@
  * kills the frozen copy (release) or thaws it (resume). It never decides a migration's fate.
  */
 import { readFile } from 'node:fs/promises';
-import type { NatsConnection } from 'nats';
 import {
   ErrorCode,
   FerryError,
   toFerryError,
   type CheckpointReply,
   type CheckpointRequest,
-  type CriuInfo,
-  type Logger,
   type MigrationRef,
   type PageServerEndpoint,
 } from '@ferry/protocol';
 import { sendImage } from '@ferry/transfer';
-import type { AgentMetrics } from '../agent-metrics';
-import type { CriuDriver } from '../criu/criu-driver';
 import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
-import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets, type RepairSyscalls } from '../host/tcp-sockets';
+import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
-import type { WorkDirs } from '../host/work-dir';
 import type { PostCopySource } from '../post-copy/post-copy-source';
 import type { WorkloadRecord } from '../workloads/inventory';
-import type { Workloads } from '../workloads/workloads';
 import { manifestIn, writeManifest } from './manifest-file';
-import type { TunnelSyscalls } from './page-tunnel';
+import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
 import { sourceDataPath, type DumpedImage } from './source-data-paths';
-
-export interface MigrationSourceDeps {
-  nc: NatsConnection;
-  syscalls: RepairSyscalls & TunnelSyscalls;
-  criu: CriuDriver;
-  criuInfo: CriuInfo;
-  workDirs: WorkDirs;
-  workloads: Workloads;
-  metrics?: AgentMetrics;
-  log: Logger;
-}
 
 export interface MigrationSourceOptions {
   /** This host's registered address (service addresses live on its interface). */
@@ -60,7 +42,7 @@ export class MigrationSource {
 
   constructor(
     private readonly opts: MigrationSourceOptions,
-    private readonly deps: MigrationSourceDeps,
+    private readonly deps: MigrationDeps,
   ) {}
 
   async checkpoint(req: CheckpointRequest): Promise<CheckpointReply> {

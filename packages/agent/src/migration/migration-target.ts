@@ -5,7 +5,6 @@
  */
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { NatsConnection } from 'nats';
 import {
   encode,
   ErrorCode,
@@ -14,8 +13,6 @@ import {
   PROTOCOL_VERSION,
   subjects,
   toFerryError,
-  type CriuInfo,
-  type Logger,
   type MigrationRecordReply,
   type MigrationRef,
   type PageServerTls,
@@ -25,22 +22,20 @@ import {
   type RestoreRequest,
 } from '@ferry/protocol';
 import { ImageReceiver, pageRequestKey } from '@ferry/transfer';
-import { SEEK_SET, type LinuxSyscalls } from '@ferry/native';
-import type { AgentMetrics } from '../agent-metrics';
+import { SEEK_SET } from '@ferry/native';
 import type { CriuDriver } from '../criu/criu-driver';
 import { PageServer, sumPageImageBytes } from '../criu/criu-service';
 import { lazyRunBytes, lazyRunsOf } from '../criu/pagemap-image';
 import { makePageServerTls, type PageServerTlsFiles } from '../criu/page-server-tls';
 import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
-import { setTreeTcpRepair, type RepairSyscalls } from '../host/tcp-sockets';
+import { setTreeTcpRepair } from '../host/tcp-sockets';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
-import type { WorkDirs } from '../host/work-dir';
 import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed } from '../post-copy/lazy-memory-feed';
 import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
-import type { Workloads } from '../workloads/workloads';
 import { manifestIn, placeWorkloadLog, readManifest } from './manifest-file';
-import { PageTunnelReceiver, type TunnelSyscalls } from './page-tunnel';
+import { PageTunnelReceiver } from './page-tunnel';
+import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
 
 /** How often the target reports the bytes received so far (progress events, dashboard). */
@@ -65,18 +60,6 @@ interface IncomingMigration {
   relay?: LazyPageRelay;
 }
 
-export interface MigrationTargetDeps {
-  nc: NatsConnection;
-  /** lseek of reopened pinned files; TCP repair of a discarded copy's sockets. */
-  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls & TunnelSyscalls;
-  criu: CriuDriver;
-  criuInfo: CriuInfo;
-  workDirs: WorkDirs;
-  workloads: Workloads;
-  metrics?: AgentMetrics;
-  log: Logger;
-}
-
 export interface MigrationTargetOptions {
   /** This host's name (for messages). */
   host: string;
@@ -95,7 +78,7 @@ export class MigrationTarget {
 
   constructor(
     private readonly opts: MigrationTargetOptions,
-    private readonly deps: MigrationTargetDeps,
+    private readonly deps: MigrationDeps,
   ) {}
 
   /** receiving / restoring / neither, for the coordinator's reconciliation. */

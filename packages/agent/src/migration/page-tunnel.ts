@@ -259,6 +259,26 @@ export class PageTunnelListener {
   }
 }
 
+/**
+ * The source's whole side, up to its CRIU: the tunnel joined (connected, token accepted) to one
+ * end of a new socket pair, and the other end for the CRIU process to be handed (`criuFd`), which
+ * the caller closes once CRIU holds its copy. Joined before CRIU freezes anything: a target that
+ * cannot be reached fails the checkpoint with nothing frozen.
+ */
+export async function openSourceTunnel(sys: TunnelSyscalls, endpoint: PageTunnelEndpoint, imageKey: Uint8Array): Promise<{ end: PageTunnelEnd; criuFd: number }> {
+  const socket = await connectPageTunnel(endpoint);
+  let pair: [number, number];
+  try {
+    pair = sys.socketpair();
+  } catch (err) {
+    socket.destroy();
+    throw err;
+  }
+  const [criuFd, localFd] = pair;
+  growSocketBuffers(sys, criuFd);
+  return { end: PageTunnelEnd.source(sys, socket, localFd, imageKey), criuFd };
+}
+
 /** The source's side: connects, presents the token, waits for the go-ahead. */
 export async function connectPageTunnel(endpoint: PageTunnelEndpoint, timeoutMs = TOKEN_TIMEOUT_MS): Promise<Socket> {
   const socket = connect({ host: endpoint.address, port: endpoint.port });

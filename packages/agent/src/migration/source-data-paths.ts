@@ -22,7 +22,7 @@ import { lazyRunBytes, lazyRunsOf, type LazyRun } from '../criu/pagemap-image';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls } from '../criu/page-server-tls';
 import type { WorkDirs } from '../host/work-dir';
 import { CriuDirectLazySource, CriuLazySource, LazyMemorySource, type PostCopySource } from '../post-copy/post-copy-source';
-import { connectPageTunnel, growSocketBuffers, PageTunnelEnd, type TunnelSyscalls } from './page-tunnel';
+import { openSourceTunnel, type PageTunnelEnd, type TunnelSyscalls } from './page-tunnel';
 
 /** What one checkpoint's data path needs to know. */
 export interface DataPathContext {
@@ -155,31 +155,21 @@ class PageTunnelDumpPath extends ImageDumpPath {
 
   override async dump(request: CriuDumpRequest): Promise<DumpedImage> {
     const { syscalls: sys, criu, log } = this.ctx;
-    // Joined before CRIU freezes the tree: a target that cannot be reached fails the dump with nothing frozen.
-    const socket = await connectPageTunnel(this.endpoint);
-    let criuFd: number;
-    let localFd: number;
-    try {
-      [criuFd, localFd] = sys.socketpair();
-      growSocketBuffers(sys, criuFd);
-    } catch (err) {
-      socket.destroy();
-      throw err;
-    }
-    this.end = PageTunnelEnd.source(sys, socket, localFd, this.imageKey);
+    const { end, criuFd } = await openSourceTunnel(sys, this.endpoint, this.imageKey);
+    this.end = end;
     let dumped: Awaited<ReturnType<CriuDriver['dump']>>;
     try {
       // criu's fd 3 (the first passed fd) is its page-server connection.
       dumped = await criu.dump({ ...request, passFds: [criuFd], extraArgs: [...(request.extraArgs ?? []), '--page-server', '--ps-socket', '3'] });
     } catch (err) {
       // A cut stream, never an end frame: the target's page server must not take this for a whole image.
-      this.end.stop();
+      end.stop();
       throw err;
     } finally {
       // CRIU has exited: with our copy closed too, the pair's end reads EOF and the tunnel ends.
       sys.close(criuFd);
     }
-    const counts = await this.end.done;
+    const counts = await end.done;
     log.debug({ sent: counts.sent, received: counts.received }, 'page tunnel done');
     return { durationMs: dumped.durationMs, logPath: dumped.logPath, bytesOnWire: counts.sent };
   }
@@ -242,30 +232,20 @@ class CriuLazyDumpPath implements SourceDataPath {
   /** The lazy dump serving its memory on a socket pair whose other end the page tunnel carries to the target. */
   private async dumpIntoTunnel(request: CriuDumpRequest, logPath: string, tunnel: { endpoint: PageTunnelEndpoint; imageKey: Uint8Array }): Promise<DumpedImage> {
     const { syscalls: sys, criu } = this.ctx;
-    // Joined before CRIU freezes the tree: a target that cannot be reached fails with nothing frozen.
-    const socket = await connectPageTunnel(tunnel.endpoint);
-    let criuFd: number;
-    let localFd: number;
-    try {
-      [criuFd, localFd] = sys.socketpair();
-      growSocketBuffers(sys, criuFd);
-    } catch (err) {
-      socket.destroy();
-      throw err;
-    }
-    this.end = PageTunnelEnd.source(sys, socket, localFd, tunnel.imageKey);
+    const { end, criuFd } = await openSourceTunnel(sys, tunnel.endpoint, tunnel.imageKey);
+    this.end = end;
     try {
       this.lazyDump = await LazyDump.startOnSocket(criu, request, logPath, criuFd);
       // While CRIU serves the pages it holds the tree; if it dies, this keeps the tree stopped.
       await criu.holdStopped(request.pid);
     } catch (err) {
-      this.end.stop();
+      end.stop();
       throw err;
     } finally {
       // CRIU holds its own copy; with ours closed its exit ends the pair, and so the tunnel.
       sys.close(criuFd);
     }
-    this.end.done.catch((err: unknown) => this.ctx.log.warn({ err: (err as Error).message }, 'page tunnel of the lazy dump ended in failure'));
+    end.done.catch((err: unknown) => this.ctx.log.warn({ err: (err as Error).message }, 'page tunnel of the lazy dump ended in failure'));
     return { durationMs: this.lazyDump.durationMs, logPath, bytesOnWire: 0 };
   }
 

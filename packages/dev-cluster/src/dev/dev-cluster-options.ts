@@ -1,5 +1,4 @@
-import { ErrorCode, FerryError } from '@ferry/protocol';
-import { DevLogger, silentDevLogger } from './logger';
+import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protocol';
 
 /** A process to start: argv (argv[0] looked up in PATH) and extra environment, merged over ours. */
 export interface DevProcessCommand {
@@ -62,7 +61,7 @@ export interface DevClusterOptions {
   stopGraceMs: number;
   /** Working directory of the coordinator and agents (the same path exists inside every host). */
   cwd: string;
-  logger: DevLogger;
+  logger: Logger;
   /** Hosts whose agent the cluster starts itself; null: all. The others are left for `ferry hosts add` (bootstrap over SSH). */
   agentHosts: string[] | null;
   /** Run an OpenSSH server in every agent host (keys in `hostSshFiles(layout)`), for bootstrapping agents over SSH. */
@@ -96,7 +95,7 @@ export function defaultDevClusterOptions(): Omit<DevClusterOptions, 'coordinator
     readyTimeoutMs: DEFAULT_READY_TIMEOUT_MS,
     stopGraceMs: DEFAULT_STOP_GRACE_MS,
     cwd: process.cwd(),
-    logger: silentDevLogger,
+    logger: silentLogger,
     agentHosts: null,
     hostSshd: false,
     natsAuth: true,

@@ -37,5 +37,3 @@ export type { SpawnedProcess } from './spawn-logged';
 export type { CommandResult } from './run-command';
 export { isProcessAlive } from './process-identity';
 export type { ProcessIdentity } from './process-identity';
-export { silentDevLogger } from './logger';
-export type { DevLogger } from './logger';

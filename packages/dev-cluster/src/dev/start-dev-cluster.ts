@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ErrorCode, FerryError, toFerryError } from '@ferry/protocol';
+import { ErrorCode, FerryError, toFerryError, type Logger } from '@ferry/protocol';
 import { ClusterLayout, clusterLayout } from './cluster-layout';
 import { DevClusterState, DevProcessRecord, DevProcessRole, readClusterState, writeClusterState } from './cluster-state';
 import { DevClusterInput, DevClusterOptions, DevHostContext, compileDevClusterOptions } from './dev-cluster-options';
@@ -11,7 +11,6 @@ import { natsServerConfig, redisServerConfig } from './infra-configs';
 import { devNatsPrincipals, makeDevTls, natsAuthorizationConfig, natsTlsConfig, writeDevCredentials, writeSecretFile } from './nats-security';
 import { prepareStorageHost, sshdArgv } from './storage-host';
 import { hostSshdArgv, prepareHostSshd } from './host-sshd';
-import { DevLogger } from './logger';
 import { identifyProcess, isProcessAlive } from './process-identity';
 import { SpawnedProcess, readLogTail, spawnLogged } from './spawn-logged';
 import { stopDevCluster } from './stop-dev-cluster';
@@ -73,7 +72,7 @@ export function devHostContexts(state: DevClusterState): DevHostContext[] {
   }));
 }
 
-async function clearStaleCluster(options: DevClusterOptions, log: DevLogger): Promise<void> {
+async function clearStaleCluster(options: DevClusterOptions, log: Logger): Promise<void> {
   const previous = readClusterState(options.name);
   if (previous === null) return;
   const alive = previous.processes.filter(isProcessAlive).map((p) => `${p.role}${p.host ? ` ${p.host}` : ''} (pid ${p.pid})`);
@@ -121,7 +120,7 @@ function initialState(options: DevClusterOptions, layout: ClusterLayout): DevClu
   };
 }
 
-async function buildCluster(state: DevClusterState, options: DevClusterOptions, log: DevLogger): Promise<void> {
+async function buildCluster(state: DevClusterState, options: DevClusterOptions, log: Logger): Promise<void> {
   const { layout } = state;
   // Each step is recorded before it runs: teardown checks what exists, so over-recording is harmless.
   state.namespaceDirMounted = true;

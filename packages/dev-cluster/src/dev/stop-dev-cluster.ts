@@ -1,12 +1,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ErrorCode, FerryError } from '@ferry/protocol';
+import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protocol';
 import { ClusterLayout, NETNS_DIR, allHosts, clusterNamespaceDir, clusterStateDir } from './cluster-layout';
 import { DevClusterState, DevProcessRole, readClusterState } from './cluster-state';
 import { DEFAULT_STOP_GRACE_MS, assertClusterName } from './dev-cluster-options';
 import { deleteBridge, deleteHostNetwork } from './host-network';
 import { deleteHostMountAndUts, deleteNamespaceDir } from './host-namespaces';
-import { DevLogger, silentDevLogger } from './logger';
 import { unmountAll } from './mounts';
 import { namespaceInode, stopProcessesInNamespaces } from './namespace-processes';
 import { ProcessIdentity, terminateProcesses } from './process-identity';
@@ -14,7 +13,7 @@ import { ProcessIdentity, terminateProcesses } from './process-identity';
 export interface StopDevClusterOptions {
   /** Between SIGTERM and SIGKILL. */
   graceMs?: number;
-  logger?: DevLogger;
+  logger?: Logger;
 }
 
 /**
@@ -28,7 +27,7 @@ export interface StopDevClusterOptions {
 export async function stopDevCluster(name: string, options: StopDevClusterOptions = {}): Promise<void> {
   assertClusterName(name);
   const graceMs = options.graceMs ?? DEFAULT_STOP_GRACE_MS;
-  const log = (options.logger ?? silentDevLogger).child({ cluster: name });
+  const log = (options.logger ?? silentLogger).child({ cluster: name });
   const state = readClusterState(name);
   const failures: string[] = [];
   const step = async (what: string, action: () => Promise<unknown>) => {
