@@ -47,8 +47,8 @@ test('pages cross both ways intact between the two CRIU ends, each side counting
   const [atSource, atTarget] = await Promise.all([criuEnd(sourceCriu, pages), criuEnd(targetCriu, reply)]);
   expect(atTarget.equals(pages)).toBe(true);
   expect(atSource.equals(reply)).toBe(true);
-  expect(await sourceEnd.done).toEqual({ sent: pages.length, received: reply.length });
-  expect(await targetEnd.done).toEqual({ sent: reply.length, received: pages.length });
+  expect(await sourceEnd.done).toMatchObject({ sent: pages.length, received: reply.length });
+  expect(await targetEnd.done).toMatchObject({ sent: reply.length, received: pages.length });
 });
 
 test('a connection without the token is refused and does not take the place of the real source', async () => {

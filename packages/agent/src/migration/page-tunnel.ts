@@ -78,6 +78,9 @@ const TO_SOURCE_PREFIX = Buffer.from([0x66, 0x74, 0x00, 0x02]);
 export interface PageTunnelCounts {
   sent: number;
   received: number;
+  /** Sealed frames each way (end frames included): bytes per frame say how full the pumps ran. */
+  framesSent: number;
+  framesReceived: number;
 }
 
 /**
@@ -112,7 +115,7 @@ export class PageTunnelEnd {
     const out = sys.sealedPump(localFd, tcpFd, 'seal', sendKey, sendPrefix, PAGE_TUNNEL_FRAME_BYTES, { signal }).catch(stopOther);
     const back = sys.sealedPump(tcpFd, localFd, 'open', receiveKey, receivePrefix, PAGE_TUNNEL_FRAME_BYTES, { signal }).catch(stopOther);
     this.done = Promise.all([out, back]).then(
-      ([o, b]) => ({ sent: o.bytesIn, received: b.bytesOut }),
+      ([o, b]) => ({ sent: o.bytesIn, received: b.bytesOut, framesSent: o.frames, framesReceived: b.frames }),
       (err: unknown) => {
         throw new FerryError(ErrorCode.TRANSFER_FAILED, `page tunnel failed: ${toFerryError(err).message}`, { cause: err });
       },

@@ -170,7 +170,7 @@ class PageTunnelDumpPath extends ImageDumpPath {
       sys.close(criuFd);
     }
     const counts = await end.done;
-    log.debug({ sent: counts.sent, received: counts.received }, 'page tunnel done');
+    log.info({ ...counts, dumpMs: Math.round(dumped.durationMs) }, 'page tunnel done');
     return { durationMs: dumped.durationMs, logPath: dumped.logPath, bytesOnWire: counts.sent };
   }
 
