@@ -55,7 +55,7 @@ export class Agent {
     this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir }, deps.inventory, criu, deps.syscalls, this.log, metrics);
     const shared = { ...deps, workloads: this.workloads, log: this.log };
     this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes }, shared);
-    this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes }, shared);
+    this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes, dataDir: opts.dataDir }, shared);
     this.heartbeat = new HeartbeatLoop(nc, { host: opts.host, address: opts.address, intervalMs: opts.heartbeatIntervalMs }, deps.criuInfo, () => this.workloads.list(), this.log);
   }
 

@@ -28,6 +28,8 @@ export const PE_PARENT = 1 << 0;
 export const PE_LAZY = 1 << 1;
 /** Pages are in pages-<id>.img. */
 export const PE_PRESENT = 1 << 2;
+/** x86-64's largest user address (5-level paging, 2^57); with 4-level it is 2^47. */
+const MAX_USER_ADDRESS = 2 ** 57;
 
 const WIRE_VARINT = 0;
 const WIRE_64BIT = 1;
@@ -131,8 +133,12 @@ function entryOf(raw: Buffer): PagemapEntry {
     else if (f.field === 5) nrPages = f.value;
   }
   if (vaddr === undefined || (compat === undefined && nrPages === undefined)) throw corrupt('entry without vaddr or nr_pages');
+  const pages = nrPages ?? compat!;
+  // An image may come from another host: a run must be page-aligned and inside a user address space.
+  if (vaddr % PAGE_BYTES !== 0) throw corrupt(`entry at ${vaddr.toString(16)} is not page-aligned`);
+  if (vaddr + pages * PAGE_BYTES > MAX_USER_ADDRESS) throw corrupt(`entry of ${pages} pages at ${vaddr.toString(16)} ends beyond any user address space`);
   // Images from before `flags` existed say in_parent, and present otherwise.
-  return { vaddr, nrPages: nrPages ?? compat!, flags: flags ?? (inParent ? PE_PARENT : PE_PRESENT), raw };
+  return { vaddr, nrPages: pages, flags: flags ?? (inParent ? PE_PARENT : PE_PRESENT), raw };
 }
 
 export function parsePagemap(buf: Buffer): PagemapImage {
@@ -256,6 +262,18 @@ export interface LazyRun {
 }
 
 /** Their bytes. */
+/**
+ * Refuses lazy runs that claim more memory than `maxBytes` (the host's memory: a workload cannot
+ * have more lazy memory than its target can hold): a hostile or broken image must not make the
+ * target plan, index or allocate for terabytes. RESTORE_FAILED names the total.
+ */
+export function checkLazyRuns(runs: LazyRun[], maxBytes: number): void {
+  const total = lazyRunBytes(runs);
+  if (total > maxBytes) {
+    throw new FerryError(ErrorCode.RESTORE_FAILED, `the image claims ${total} bytes of lazy memory, more than this host's ${maxBytes}`);
+  }
+}
+
 export function lazyRunBytes(runs: LazyRun[]): number {
   return runs.reduce((n, r) => n + r.nrPages * PAGE_BYTES, 0);
 }

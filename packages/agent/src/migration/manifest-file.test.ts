@@ -1,9 +1,10 @@
+import { constants as fsConstants } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MANIFEST_FILE, MAX_MANIFEST_BYTES } from '@ferry/protocol';
 import type { WorkloadRecord } from '../workloads/inventory';
-import { LOG_COPY_FILE, manifestIn, readManifest, writeManifest } from './manifest-file';
+import { checkManifestForTarget, LOG_COPY_FILE, manifestIn, pinProblem, readManifest, writeManifest } from './manifest-file';
 
 let dir: string;
 beforeEach(async () => {
@@ -72,4 +73,38 @@ test('a manifest larger than the bound is refused without being parsed', async (
 test('no manifest at all: cleanup finds nothing to do', async () => {
   expect(await manifestIn(dir)).toEqual({});
   await expect(readManifest(dir, 'web')).rejects.toMatchObject({ code: 'RESTORE_FAILED' });
+});
+
+describe('a manifest from another host is held against what the target derives itself', () => {
+  const expect_ = { migrationId: 'm-1', dataDir: '/var/lib/ferry', mountRoots: ['/srv/shared'] };
+  const good = {
+    name: 'web',
+    argv: ['x'],
+    env: {},
+    cwd: '/',
+    logPath: '/var/lib/ferry/workloads/web/output.log',
+    startedAt: 'now',
+    logBytes: 0,
+    mounts: [],
+    pins: [{ key: 'file[1a:2b]', pinPath: '/srv/shared/data/.ferry-pin-m-1-2b', flags: 2, pos: 0 }],
+  };
+
+  test('a manifest that matches is accepted', () => {
+    expect(() => checkManifestForTarget(good, expect_)).not.toThrow();
+  });
+
+  test('a log path elsewhere (root would copy the log there) is refused', () => {
+    expect(() => checkManifestForTarget({ ...good, logPath: '/etc/cron.d/evil' }, expect_)).toThrow(
+      expect.objectContaining({ code: 'RESTORE_FAILED', message: expect.stringMatching(/log path \/etc\/cron.d\/evil/) }),
+    );
+  });
+
+  test('pins that are not this migration\'s (root would open, truncate or unlink them) are refused', () => {
+    for (const pinPath of ['/etc/passwd', '/srv/shared/.ferry-pin-m-2-2b', '/srv/sharedX/.ferry-pin-m-1-2b', '/srv/shared/.ferry-pin-m-1-2b/../x']) {
+      expect(() => checkManifestForTarget({ ...good, pins: [{ ...good.pins[0], pinPath }] }, expect_)).toThrow(expect.objectContaining({ code: 'RESTORE_FAILED' }));
+    }
+    for (const flags of [fsConstants.O_CREAT | 2, fsConstants.O_TRUNC | 1]) {
+      expect(pinProblem({ ...good.pins[0], flags }, expect_)).toMatch(/create\/truncate/);
+    }
+  });
 });

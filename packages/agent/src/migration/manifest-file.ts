@@ -3,10 +3,12 @@
  * by the source next to CRIU's images, travelling with them, read back by the target (and by
  * either side's cleanup, which needs the pins it lists).
  */
+import { constants as fsConstants } from 'node:fs';
 import { copyFile, mkdir, open, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { ErrorCode, FerryError, MANIFEST_FILE, MAX_MANIFEST_BYTES, parseMessage, WorkloadManifest, type PinnedFile } from '@ferry/protocol';
 import type { WorkloadRecord } from '../workloads/inventory';
+import { workloadLogPath } from '../workloads/workloads';
 
 /** The workload's output log as it was at the dump, travelling with the image. */
 export const LOG_COPY_FILE = 'ferry-workload.log';
@@ -76,4 +78,44 @@ export async function placeWorkloadLog(dir: string, m: WorkloadManifest): Promis
   if (current && current.size === m.logBytes) return;
   await mkdir(join(m.logPath, '..'), { recursive: true, mode: 0o700 });
   await copyFile(join(dir, LOG_COPY_FILE), m.logPath);
+}
+
+/** What the target knows on its own about a migration, to hold an image's manifest against. */
+export interface ManifestExpectations {
+  migrationId: string;
+  /** This agent's data dir: a workload's log is `<dataDir>/workloads/<name>/output.log` on every host. */
+  dataDir: string;
+  /** Mount points of the shared filesystems the coordinator asked this host to mount for the migration. */
+  mountRoots: string[];
+}
+
+/** open(2) flags that create or truncate: never part of an open file's flags, never allowed from another host. */
+const FORBIDDEN_PIN_FLAGS = fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_TRUNC | fsConstants.O_NOCTTY | fsConstants.O_DIRECTORY;
+
+/** Why a pin cannot be this migration's, or null when it can. */
+export function pinProblem(pin: PinnedFile, expect: Pick<ManifestExpectations, 'migrationId' | 'mountRoots'>): string | null {
+  const name = basename(pin.pinPath);
+  if (!new RegExp(`^\\.ferry-pin-${expect.migrationId}-[0-9a-f]{1,16}$`).test(name)) return `pin ${pin.pinPath} is not named for migration ${expect.migrationId}`;
+  if (!expect.mountRoots.some((root) => pin.pinPath.startsWith(root.endsWith('/') ? root : `${root}/`))) {
+    return `pin ${pin.pinPath} is on none of the migration's shared filesystems`;
+  }
+  if ((pin.flags & FORBIDDEN_PIN_FLAGS) !== 0) return `pin ${pin.pinPath} asks to be opened with create/truncate flags (${pin.flags.toString(8)})`;
+  return null;
+}
+
+/**
+ * The target acts on a manifest only where it matches what the target derives itself: the log at
+ * this host's own path for the workload, pins named for this migration on the filesystems the
+ * coordinator gave, opened without create or truncate. Anything else is RESTORE_FAILED: the image
+ * came from another host, and a manifest that names other paths would have root write or unlink them.
+ */
+export function checkManifestForTarget(m: WorkloadManifest, expect: ManifestExpectations): void {
+  const logPath = workloadLogPath(expect.dataDir, m.name);
+  const problems = [
+    ...(m.logPath === logPath ? [] : [`log path ${m.logPath} is not ${logPath}`]),
+    ...m.pins.map((p) => pinProblem(p, expect)).filter((p): p is string => p !== null),
+  ];
+  if (problems.length > 0) {
+    throw new FerryError(ErrorCode.RESTORE_FAILED, `the image's manifest is refused: ${problems.slice(0, 3).join('; ')}`, { details: problems.slice(0, 50) });
+  }
 }

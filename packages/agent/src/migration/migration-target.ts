@@ -33,7 +33,7 @@ import { setTreeTcpRepair } from '../host/tcp-sockets';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
 import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed } from '../post-copy/lazy-memory-feed';
 import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
-import { manifestIn, placeWorkloadLog, readManifest } from './manifest-file';
+import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
 import { PageTunnelReceiver } from './page-tunnel';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
@@ -49,6 +49,8 @@ interface IncomingMigration {
   progressTimer: NodeJS.Timeout;
   /** Mount points receive() mounted for this migration (unmounted again on discard). */
   mountedPaths: string[];
+  /** Every shared filesystem the coordinator gave for it: the only places its pins may be. */
+  mountRoots: string[];
   /** With the page-server path: CRIU's page server writing the memory pages into `dir`. */
   pageServer?: PageServer;
   /** With the page-tunnel path: the tunnel whose other end is the source's dump, and its page server. */
@@ -67,6 +69,8 @@ export interface MigrationTargetOptions {
   address: string;
   /** Largest image this host accepts. */
   maxImageBytes: number;
+  /** This agent's data dir (workload logs), against which a manifest's log path is checked. */
+  dataDir: string;
 }
 
 export class MigrationTarget {
@@ -120,6 +124,7 @@ export class MigrationTarget {
       receiver,
       progressTimer,
       mountedPaths,
+      mountRoots: req.mounts.map((m) => m.path),
       transferId: req.transferId,
       pagesKey: req.imageKey ? pageRequestKey(req.imageKey) : null,
     };
@@ -169,6 +174,8 @@ export class MigrationTarget {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `memory pages for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
     });
     const manifest = await readManifest(inc.dir, req.workload);
+    // Nothing of it is acted on before it matches what this host derives itself.
+    checkManifestForTarget(manifest, { migrationId: req.migrationId, dataDir: this.opts.dataDir, mountRoots: inc.mountRoots });
     await placeWorkloadLog(inc.dir, manifest);
     const started = Date.now();
     this.restoring.add(req.migrationId);
@@ -312,7 +319,9 @@ export class MigrationTarget {
     }
     // The address goes back with the workload to the source (which announces it).
     if (address && !workloads.inventory.all().some((w) => w.address === address)) await removeServiceAddress(address, this.opts.address);
-    await removePins(manifest.pins ?? []);
+    // Only pins that can be this migration's (the source removes its pins itself at resume).
+    const pins = (manifest.pins ?? []).filter((p) => inc !== undefined && pinProblem(p, { migrationId: req.migrationId, mountRoots: inc.mountRoots }) === null);
+    await removePins(pins);
     await workDirs.remove(req.migrationId);
     if (inc) await workloads.unmountUnused(inc.mountedPaths);
   }

@@ -7,12 +7,13 @@
  *   a prefetcher (PagePrefetcher) pulling ahead of the faults.
  */
 import { readdir } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import type { NatsConnection } from 'nats';
 import type { Logger, PageServerEndpoint } from '@ferry/protocol';
 import { requestPages } from '@ferry/transfer';
 import type { CriuDriver } from '../criu/criu-driver';
 import { LazyPagesDaemon } from '../criu/criu-service';
-import { lazyRunsOf } from '../criu/pagemap-image';
+import { checkLazyRuns, lazyRunsOf } from '../criu/pagemap-image';
 import { writePageServerClientTls } from '../criu/page-server-tls';
 import { LazyPageRelay } from './lazy-page-relay';
 import { PagePrefetcher } from './page-prefetch';
@@ -51,10 +52,10 @@ export async function startPostCopyMemory(criu: CriuDriver, imagesDir: string, s
   }
   // CRIU's daemon asks the relay, the relay asks the source.
   const { nc, transferId, pagesKey } = source;
-  const prefetch = new PagePrefetcher(
-    (pid, vaddr, nr) => requestPages(nc, transferId, { pid, vaddr, nr }, { key: pagesKey ?? undefined }),
-    await lazyRunsOf(imagesDir, await readdir(imagesDir)),
-  );
+  const runs = await lazyRunsOf(imagesDir, await readdir(imagesDir));
+  // The prefetcher plans a chunk per 256 KiB of every run: bounded before it does.
+  checkLazyRuns(runs, totalmem());
+  const prefetch = new PagePrefetcher((pid, vaddr, nr) => requestPages(nc, transferId, { pid, vaddr, nr }, { key: pagesKey ?? undefined }), runs);
   const relay = await LazyPageRelay.start((pid, vaddr, nr) => prefetch.get(pid, vaddr, nr), log);
   relay.done
     .finally(() => {

@@ -4,7 +4,7 @@
  * same inventory.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ErrorCode, FerryError, silentLogger, type Logger, type MountSpec, type RunRequest, type WorkloadInfo } from '@ferry/protocol';
 import type { AgentMetrics } from '../agent-metrics';
 import type { CriuDriver } from '../criu/criu-driver';
@@ -21,6 +21,11 @@ export interface WorkloadsOptions {
   address: string;
   /** Workload logs live under `<dataDir>/workloads/<name>/`, the same path on every host. */
   dataDir: string;
+}
+
+/** Where a workload's output goes: the same path on every host, so a restored workload finds its log. */
+export function workloadLogPath(dataDir: string, name: string): string {
+  return join(dataDir, 'workloads', name, 'output.log');
 }
 
 export class Workloads {
@@ -83,8 +88,8 @@ export class Workloads {
     if (existing && existing.state !== 'exited') {
       throw new FerryError(ErrorCode.CONFLICT, `workload ${req.name} already runs on ${this.opts.host}`);
     }
-    const logPath = join(this.opts.dataDir, 'workloads', req.name, 'output.log');
-    await mkdir(join(this.opts.dataDir, 'workloads', req.name), { recursive: true, mode: 0o700 });
+    const logPath = workloadLogPath(this.opts.dataDir, req.name);
+    await mkdir(dirname(logPath), { recursive: true, mode: 0o700 });
     // A new workload starts a new log, even if an earlier one of the same name left one.
     await writeFile(logPath, '', { mode: 0o600 });
     await this.mountAll(req.mounts);
