@@ -232,7 +232,8 @@ export class LazyPagesDaemon {
   static async start(
     criu: CriuDriver,
     imagesDir: string,
-    pageServer?: { address: string; port: number; tls?: PageServerTlsFiles; relay?: boolean } | { socketFd: number },
+    /** With `relay`, the page server is ferry's relay, which fetches over NATS (see the niceness below). */
+    pageServer?: { address: string; port: number; tls?: PageServerTlsFiles } | { socketFd: number; relay?: boolean },
   ): Promise<LazyPagesDaemon> {
     // On a socket (the page tunnel's pair), it is the criu process's fd 4, after the status fd.
     const remote = !pageServer

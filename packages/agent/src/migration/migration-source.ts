@@ -89,7 +89,7 @@ export class MigrationSource {
     const log = this.deps.log.child({ migrationId: req.migrationId });
     const path = sourceDataPath(
       req.memory,
-      { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey: req.imageKey ?? null, dir, log },
+      { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey: req.imageKey ?? null, dir, log, stream: req.transport },
       req.pageServer,
       req.pageTunnel,
     );

@@ -194,7 +194,14 @@ export class MigrationTarget {
         feed = await startPostCopyMemory(
           criu,
           inc.dir,
-          { nc: this.deps.nc, transferId: inc.transferId, pagesKey: inc.pagesKey, lazyPageServer: req.lazyPageServer, tlsDir: workDirs.tlsPathFor(req.migrationId) },
+          {
+            nc: this.deps.nc,
+            transferId: inc.transferId,
+            pagesKey: inc.pagesKey,
+            lazyPageServer: req.lazyPageServer,
+            tlsDir: workDirs.tlsPathFor(req.migrationId),
+            syscalls: this.deps.syscalls,
+          },
           migrationLog,
         );
         inc.relay = feed.relay;

@@ -17,6 +17,7 @@ function context(criuInfo: CriuInfo = probe): DataPathContext {
     transferId: 't1',
     imageKey: null,
     dir: '/nonexistent',
+    stream: 'auto',
     log: { debug() {}, info() {}, warn() {}, error() {}, child() { return this; } },
   };
 }

@@ -12,16 +12,17 @@
  *   layout, the lazy pages served by this agent over NATS from the pages file.
  */
 import { mkdir, readdir, rm } from 'node:fs/promises';
+import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
-import { ErrorCode, FerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerEndpoint, type PageTunnelEndpoint } from '@ferry/protocol';
+import { ErrorCode, FerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerEndpoint, type PageTunnelEndpoint, type StreamTransport } from '@ferry/protocol';
 import type { TransferStats } from '@ferry/transfer';
 import type { CriuDriver, CriuDumpRequest } from '../criu/criu-driver';
 import { LazyDump } from '../criu/criu-service';
 import { lazyRunBytes, lazyRunsOf, type LazyRun } from '../criu/pagemap-image';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls } from '../criu/page-server-tls';
 import type { WorkDirs } from '../host/work-dir';
-import { CriuDirectLazySource, CriuLazySource, LazyMemorySource, type PostCopySource } from '../post-copy/post-copy-source';
+import { CriuDirectLazySource, CriuLazySource, CriuPageClient, LazyMemorySource, type PostCopySource } from '../post-copy/post-copy-source';
 import { openSourceTunnel, type PageTunnelEnd, type TunnelSyscalls } from './page-tunnel';
 
 /** What one checkpoint's data path needs to know. */
@@ -40,6 +41,8 @@ export interface DataPathContext {
   log: Logger;
   /** The native socket pair and sealed pump of the page tunnel. */
   syscalls: TunnelSyscalls;
+  /** How ferry's stream will carry the images (`nats`: the hosts are not to talk directly). */
+  stream: StreamTransport;
 }
 
 export interface DumpedImage {
@@ -199,6 +202,8 @@ class CriuLazyDumpPath implements SourceDataPath {
   private tls: Awaited<ReturnType<typeof makePageServerTls>> | undefined;
   private runs: LazyRun[] = [];
   private end: PageTunnelEnd | undefined;
+  /** Without TLS: this agent's end of the socket pair the lazy dump serves on. */
+  private pairEnd: number | undefined;
 
   constructor(
     private readonly ctx: DataPathContext,
@@ -213,10 +218,26 @@ class CriuLazyDumpPath implements SourceDataPath {
     await mkdir(lazyDir, { mode: 0o700 });
     if (this.tunnel) return this.dumpIntoTunnel(request, join(lazyDir, 'dump.log'), this.tunnel);
     // With TLS its page server listens on this host's address, for the target's CRIU to connect to
-    // (the roles of page-server-tls.ts swapped); else on loopback, for this agent only.
-    this.tls = criuInfo.pageServerTls ? await makePageServerTls(join(lazyDir, 'tls'), hostAddress) : undefined;
+    // (the roles of page-server-tls.ts swapped), mutual TLS keeping everyone else out; else it
+    // serves on a socket pair whose other end only this agent holds (nothing listens).
+    // Pinned to NATS, the target's CRIU will not connect here: the pair is enough.
+    this.tls = criuInfo.pageServerTls && this.ctx.stream !== 'nats' ? await makePageServerTls(join(lazyDir, 'tls'), hostAddress) : undefined;
     const logPath = join(lazyDir, 'dump.log');
-    this.lazyDump = await LazyDump.start(criu, request, logPath, this.tls ? hostAddress : '127.0.0.1', this.tls?.server);
+    if (this.tls) {
+      this.lazyDump = await LazyDump.start(criu, request, logPath, hostAddress, this.tls.server);
+    } else {
+      const { syscalls: sys } = this.ctx;
+      const [criuFd, localFd] = sys.socketpair();
+      try {
+        this.lazyDump = await LazyDump.startOnSocket(criu, request, logPath, criuFd);
+        this.pairEnd = localFd;
+      } catch (err) {
+        sys.close(localFd);
+        throw err;
+      } finally {
+        sys.close(criuFd);
+      }
+    }
     // While CRIU serves the pages it holds the tree; if it dies, this keeps the tree stopped.
     await criu.holdStopped(request.pid);
     return { durationMs: this.lazyDump.durationMs, logPath, bytesOnWire: 0 };
@@ -259,13 +280,25 @@ class CriuLazyDumpPath implements SourceDataPath {
     }
     // Through NATS: this agent is CRIU's client and answers the target's page requests.
     const { nc, transferId, imageKey, log } = this.ctx;
-    return { source: await CriuLazySource.start(nc, transferId, dump, this.runs, imageKey, log, this.tls?.client) };
+    const client = this.tls
+      ? await CriuPageClient.connect(dump.address, dump.port, this.tls.client)
+      : CriuPageClient.onSocket(this.takePairEnd());
+    return { source: await CriuLazySource.start(nc, transferId, dump, this.runs, imageKey, log, client) };
   }
 
   abort(): void {
     // A lazy dump that started holds the tree: it goes first (the tree stays stopped, then is thawed).
     this.lazyDump?.stop();
     this.end?.stop();
+    if (this.pairEnd !== undefined) this.takePairEnd().destroy();
+  }
+
+  /** This agent's end of the pair, as a socket (which owns and closes the fd from then on). */
+  private takePairEnd(): Socket {
+    const fd = this.pairEnd;
+    if (fd === undefined) throw new FerryError(ErrorCode.INTERNAL, 'the lazy dump has no socket pair');
+    this.pairEnd = undefined;
+    return new Socket({ fd, readable: true, writable: true });
   }
 
   private requireDump(): LazyDump {

@@ -3,13 +3,15 @@
  * tree's memory after it runs again, and where that daemon gets the pages from:
  * - lazy: the received images, on this host;
  * - post-copy, the source's CRIU reachable: straight from the source's lazy dump, over mutual TLS;
- * - post-copy otherwise: a loopback relay (LazyPageRelay) that asks the source agent over NATS,
- *   a prefetcher (PagePrefetcher) pulling ahead of the faults.
+ * - post-copy otherwise: a relay (LazyPageRelay, on the other end of the daemon's socket pair)
+ *   that asks the source agent over NATS, a prefetcher (PagePrefetcher) pulling ahead of the faults.
  */
 import { readdir } from 'node:fs/promises';
+import { Socket } from 'node:net';
 import { totalmem } from 'node:os';
 import type { NatsConnection } from 'nats';
 import type { Logger, PageServerEndpoint } from '@ferry/protocol';
+import type { LinuxSyscalls } from '@ferry/native';
 import { requestPages } from '@ferry/transfer';
 import type { CriuDriver } from '../criu/criu-driver';
 import { LazyPagesDaemon } from '../criu/criu-service';
@@ -35,6 +37,8 @@ export interface LazyMemorySourceRef {
   lazyPageServer?: PageServerEndpoint;
   /** Where that page server's client credentials are written for CRIU. */
   tlsDir: string;
+  /** The socket pair between the daemon and the relay. */
+  syscalls: Pick<LinuxSyscalls, 'socketpair' | 'close'>;
 }
 
 /** Starts the daemon for a lazy restore from the images in `imagesDir`. */
@@ -56,7 +60,8 @@ export async function startPostCopyMemory(criu: CriuDriver, imagesDir: string, s
   // The prefetcher plans a chunk per 256 KiB of every run: bounded before it does.
   checkLazyRuns(runs, totalmem());
   const prefetch = new PagePrefetcher((pid, vaddr, nr) => requestPages(nc, transferId, { pid, vaddr, nr }, { key: pagesKey ?? undefined }), runs);
-  const relay = await LazyPageRelay.start((pid, vaddr, nr) => prefetch.get(pid, vaddr, nr), log);
+  const [criuFd, relayFd] = source.syscalls.socketpair();
+  const relay = LazyPageRelay.start((pid, vaddr, nr) => prefetch.get(pid, vaddr, nr), log, new Socket({ fd: relayFd, readable: true, writable: true }));
   relay.done
     .finally(() => {
       prefetch.stop();
@@ -64,10 +69,13 @@ export async function startPostCopyMemory(criu: CriuDriver, imagesDir: string, s
     })
     .catch(() => undefined);
   try {
-    const daemon = await LazyPagesDaemon.start(criu, imagesDir, { address: '127.0.0.1', port: relay.port, relay: true });
+    const daemon = await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd, relay: true });
     return { daemon, relay, prefetch };
   } catch (err) {
     relay.stop('the lazy-pages daemon did not start');
     throw err;
+  } finally {
+    // The daemon holds its own copy: with ours closed, its exit ends the relay's session.
+    source.syscalls.close(criuFd);
   }
 }

@@ -1,17 +1,22 @@
-import { connect, type Socket } from 'node:net';
+import { Socket } from 'node:net';
+import { createLinuxSyscalls } from '@ferry/native';
 import { ErrorCode, FerryError, silentLogger } from '@ferry/protocol';
 import { decodeIov, encodeIov, PAGE_SERVER_IOV_BYTES, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_GET } from '../criu/criu-page-protocol';
-import { LazyPageRelay } from './lazy-page-relay';
+import { LazyPageRelay, type PageFetcher } from './lazy-page-relay';
 
 const PAGE = 4096;
 
-/** A stand-in for CRIU's lazy-pages daemon: writes requests, reads whatever comes back. */
-async function daemon(port: number): Promise<{ sock: Socket; read(n: number): Promise<Buffer> }> {
-  const sock = connect(port, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => {
-    sock.once('connect', () => resolve());
-    sock.once('error', reject);
-  });
+const sys = createLinuxSyscalls();
+
+/**
+ * A relay on one end of a socket pair, and a stand-in for CRIU's lazy-pages daemon on the other
+ * (as the agent sets them up): the stand-in writes requests and reads whatever comes back.
+ */
+function relayWithDaemon(fetch: PageFetcher): { relay: LazyPageRelay; d: { sock: Socket; read(n: number): Promise<Buffer> } } {
+  const [daemonFd, relayFd] = sys.socketpair();
+  const relay = LazyPageRelay.start(fetch, silentLogger, new Socket({ fd: relayFd, readable: true, writable: true }));
+  const sock = new Socket({ fd: daemonFd, readable: true, writable: true });
+  sock.on('error', () => undefined);
   let buffered = Buffer.alloc(0);
   let waiter: (() => void) | undefined;
   sock.on('data', (c: Buffer) => {
@@ -20,12 +25,15 @@ async function daemon(port: number): Promise<{ sock: Socket; read(n: number): Pr
   });
   sock.on('close', () => waiter?.());
   return {
-    sock,
-    async read(n: number): Promise<Buffer> {
-      while (buffered.length < n && !sock.destroyed) await new Promise<void>((r) => (waiter = r));
-      const out = buffered.subarray(0, n);
-      buffered = buffered.subarray(n);
-      return out;
+    relay,
+    d: {
+      sock,
+      async read(n: number): Promise<Buffer> {
+        while (buffered.length < n && !sock.destroyed) await new Promise<void>((r) => (waiter = r));
+        const out = buffered.subarray(0, n);
+        buffered = buffered.subarray(n);
+        return out;
+      },
     },
   };
 }
@@ -34,13 +42,12 @@ const get = (pid: number, vaddr: number, nrPages: number): Buffer => encodeIov({
 
 test('answers in the order CRIU asked, even when the source answers out of order, and closes with status 0', async () => {
   const delays = new Map([[0x1000, 50], [0x9000, 0]]);
-  const relay = await LazyPageRelay.start(async (pid, vaddr, nr) => {
+  const { relay, d } = relayWithDaemon(async (pid, vaddr, nr) => {
     await new Promise((r) => setTimeout(r, delays.get(vaddr) ?? 0));
     // Fewer pages than asked at 0x9000: CRIU copes and asks again.
     const n = vaddr === 0x9000 ? 1 : nr;
     return { vaddr, nr: n, data: Buffer.alloc(n * PAGE, vaddr >> 12) };
-  }, silentLogger);
-  const d = await daemon(relay.port);
+  });
   d.sock.write(Buffer.concat([get(1, 0x1000, 2), get(1, 0x9000, 3)]));
 
   const first = decodeIov(await d.read(PAGE_SERVER_IOV_BYTES));
@@ -57,23 +64,20 @@ test('answers in the order CRIU asked, even when the source answers out of order
 });
 
 test('a source that cannot send the pages fails the relay and hangs up on CRIU (the restore then rolls back)', async () => {
-  const relay = await LazyPageRelay.start(async () => {
+  const { relay, d } = relayWithDaemon(async () => {
     throw new FerryError(ErrorCode.UNAVAILABLE, 'source gone');
-  }, silentLogger);
-  const d = await daemon(relay.port);
+  });
   d.sock.write(get(1, 0x1000, 1));
   await expect(relay.done).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE, message: 'source gone' });
   expect((await d.read(1)).length).toBe(0);
 });
 
 test('a command no lazy-pages daemon sends, or CRIU going away early, fails it', async () => {
-  const relay = await LazyPageRelay.start(async (pid, vaddr, nr) => ({ vaddr, nr, data: Buffer.alloc(nr * PAGE) }), silentLogger);
-  const d = await daemon(relay.port);
+  const { relay, d } = relayWithDaemon(async (pid, vaddr, nr) => ({ vaddr, nr, data: Buffer.alloc(nr * PAGE) }));
   d.sock.write(encodeIov({ cmd: 1, nrPages: 1, vaddr: 0x1000, dstId: 1 }));
   await expect(relay.done).rejects.toMatchObject({ code: ErrorCode.INVALID_ARGUMENT });
 
-  const early = await LazyPageRelay.start(async (pid, vaddr, nr) => ({ vaddr, nr, data: Buffer.alloc(nr * PAGE) }), silentLogger);
-  const gone = await daemon(early.port);
+  const { relay: early, d: gone } = relayWithDaemon(async (pid, vaddr, nr) => ({ vaddr, nr, data: Buffer.alloc(nr * PAGE) }));
   gone.sock.destroy();
   await expect(early.done).rejects.toMatchObject({ code: ErrorCode.RESTORE_FAILED });
 });

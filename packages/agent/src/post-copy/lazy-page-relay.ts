@@ -11,10 +11,10 @@
  *
  * The daemon reads replies in the order it sent requests, so they are written in that order,
  * while the source is asked for several at once (a fault does not wait behind a background run
- * for longer than that run's own round trip). The relay listens on loopback in the target
- * host's network namespace, where only that host's CRIU can reach it.
+ * for longer than that run's own round trip). The relay and the daemon talk over a socket pair
+ * the agent made (the daemon's end passed as `--ps-socket`): nothing listens, nobody else can ask.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { ErrorCode, FerryError, toFerryError } from '@ferry/protocol';
 import type { PageRun } from '@ferry/transfer';
 import type { Logger } from '@ferry/protocol';
@@ -43,8 +43,6 @@ export class LazyPageRelay {
   private readonly stats: RelayStats = { requests: 0, pages: 0, maxWaitMs: 0 };
 
   private constructor(
-    private readonly server: Server,
-    readonly port: number,
     private readonly fetch: PageFetcher,
     private readonly log: Logger,
   ) {
@@ -55,16 +53,10 @@ export class LazyPageRelay {
     this.done.catch(() => undefined);
   }
 
-  /** Listens on 127.0.0.1, port chosen by the kernel; serves one session (one lazy-pages daemon). */
-  static async start(fetch: PageFetcher, log: Logger): Promise<LazyPageRelay> {
-    let relay: LazyPageRelay | undefined;
-    const server = createServer((socket) => relay?.accept(socket));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new FerryError(ErrorCode.UNAVAILABLE, `cannot listen for CRIU's lazy-pages daemon: ${err.message}`, { cause: err })));
-      server.listen(0, '127.0.0.1', () => resolve());
-    });
-    const address = server.address();
-    relay = new LazyPageRelay(server, typeof address === 'object' && address !== null ? address.port : 0, fetch, log);
+  /** Serves the one session of the lazy-pages daemon on the other end of `socket` (its socket pair). */
+  static start(fetch: PageFetcher, log: Logger, socket: Socket): LazyPageRelay {
+    const relay = new LazyPageRelay(fetch, log);
+    relay.accept(socket);
     return relay;
   }
 
@@ -79,8 +71,6 @@ export class LazyPageRelay {
       return;
     }
     this.session = socket;
-    this.server.close();
-    socket.setNoDelay(true);
     let buffered: Buffer = Buffer.alloc(0);
     // Replies go out in request order: each waits for the one before it.
     let previous: Promise<void> = Promise.resolve();
@@ -144,7 +134,6 @@ export class LazyPageRelay {
   private fail(err: FerryError): void {
     if (this.settled) return;
     this.settled = true;
-    this.server.close();
     this.session?.destroy();
     this.log.warn({ code: err.code, err: err.message, ...this.stats }, 'lazy page relay failed');
     this.rejectDone(err);

@@ -109,10 +109,16 @@ export class CriuPageClient {
   private failure: FerryError | undefined;
 
   private constructor(private readonly sock: Socket) {
-    sock.setNoDelay(true);
+    // A TCP connection (the TLS page server): no Nagle delay on the small requests. A socket pair has none.
+    if (typeof sock.setNoDelay === 'function' && sock.remoteAddress !== undefined) sock.setNoDelay(true);
     sock.on('data', (chunk: Buffer) => this.onData(chunk));
     sock.on('error', (err) => this.fail(new FerryError(ErrorCode.UNAVAILABLE, `CRIU's lazy-dump page server: ${err.message}`, { cause: err })));
     sock.on('close', () => this.fail(new FerryError(ErrorCode.UNAVAILABLE, "CRIU's lazy-dump page server closed the connection")));
+  }
+
+  /** A session on an already connected socket: this agent's end of the pair the lazy dump serves on (`--ps-socket`). */
+  static onSocket(sock: Socket): CriuPageClient {
+    return new CriuPageClient(sock);
   }
 
   /** Connects to it at `address:port`, with TLS when it listens with TLS (the target's client credentials serve here too). */
@@ -225,7 +231,7 @@ export class CriuLazySource implements PostCopySource {
     readonly lazyBytes: number,
   ) {}
 
-  /** `runs`: the lazy runs of the dump's pagemaps (lazyRunsOf). */
+  /** `runs`: the lazy runs of the dump's pagemaps (lazyRunsOf); `client`: this agent's session with the dump's page server. */
   static async start(
     nc: NatsConnection,
     transferId: string,
@@ -233,11 +239,10 @@ export class CriuLazySource implements PostCopySource {
     runs: LazyRun[],
     imageKey: Uint8Array | null,
     log: Logger,
-    tls?: PageServerTls,
+    client: CriuPageClient,
   ): Promise<CriuLazySource> {
     const byPid = new Map<number, LazyPageIndex>();
     for (const pid of new Set(runs.map((r) => r.pid))) byPid.set(pid, LazyPageIndex.fromRuns(pid, runs.filter((r) => r.pid === pid)));
-    const client = await CriuPageClient.connect(dump.address, dump.port, tls);
     const responder = servePageRequests(
       nc,
       transferId,
