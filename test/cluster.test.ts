@@ -57,6 +57,19 @@ test('run puts a workload on the asked host; ps --json shows it with a live pid'
   expect(dup.json.error.code).toBe('CONFLICT');
 });
 
+test('ps shows an argv with terminal escape sequences escaped, never raw (a hostile agent or workload cannot drive the terminal)', async () => {
+  // The argv an agent reports is shown as it is given; here it tries to clear the screen and retitle the window.
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'esc', '--json', '--', 'sh', '-c', 'sleep 1000', '\u001b[2J\u001b]0;pwned\u0007']);
+  expect(run.code).toBe(0);
+  const ps = await cluster.ferry(['ps']);
+  expect(ps.code).toBe(0);
+  const line = ps.stdout.split('\n').find((l) => l.startsWith('esc '));
+  expect(line).toContain('sh -c sleep 1000 \\x1b[2J\\x1b]0;pwned\\x07');
+  // Nothing but printable text and the newlines between rows reached the terminal.
+  expect([...ps.stdout].filter((c) => c !== '\n' && (c.charCodeAt(0) < 0x20 || (c.charCodeAt(0) >= 0x7f && c.charCodeAt(0) <= 0x9f)))).toEqual([]);
+  expect((await cluster.ferry(['stop', 'esc'])).code).toBe(0);
+});
+
 test('errors: unknown host NOT_FOUND, bad name INVALID_ARGUMENT, unknown workload NOT_FOUND', async () => {
   const noHost = await cluster.ferry(['run', '--host', 'h9', '--name', 'y', '--json', '--', 'true']);
   expect(noHost.code).toBe(3);

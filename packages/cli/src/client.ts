@@ -36,6 +36,17 @@ export function resolveNatsCredentials(env: NodeJS.ProcessEnv = process.env): st
   }
 }
 
+/**
+ * A NATS URL (or comma-separated list) fit for an error message: credentials in it
+ * (`nats://user:password@host`, `nats://token@host`) are replaced by `***`.
+ */
+export function redactNatsUrl(url: string): string {
+  return url
+    .split(',')
+    .map((u) => u.replace(/^([a-z]+:\/\/)([^@/]*)@/i, (_m, scheme: string, auth: string) => `${scheme}${auth.includes(':') ? `${auth.split(':')[0]}:***` : '***'}@`))
+    .join(',');
+}
+
 export async function connectCluster(natsUrl = resolveNatsUrl(), credentialsFile = resolveNatsCredentials()): Promise<NatsConnection> {
   // Outside the try: a missing or unreadable credentials file is its own error, not "cannot reach".
   const auth = natsAuthOptionsFromFile(credentialsFile);
@@ -44,9 +55,9 @@ export async function connectCluster(natsUrl = resolveNatsUrl(), credentialsFile
   } catch (err) {
     const code = (err as { code?: string }).code;
     if (code === 'AUTHORIZATION_VIOLATION') {
-      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `NATS at ${natsUrl} refused our credentials (${credentialsFile ?? 'none given; set FERRY_NATS_CREDENTIALS'})`, { cause: err });
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `NATS at ${redactNatsUrl(natsUrl)} refused our credentials (${credentialsFile ?? 'none given; set FERRY_NATS_CREDENTIALS'})`, { cause: err });
     }
-    throw new FerryError(ErrorCode.UNAVAILABLE, `cannot reach NATS at ${natsUrl} (is the cluster up? try \`npx ferry dev up\`)`, { cause: err });
+    throw new FerryError(ErrorCode.UNAVAILABLE, `cannot reach NATS at ${redactNatsUrl(natsUrl)} (is the cluster up? try \`npx ferry dev up\`)`, { cause: err });
   }
 }
 

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { PassThrough } from 'node:stream';
-import { exitOnClosedPipe } from './output';
+import { exitOnClosedPipe, printable } from './output';
 
 test('a write to a pipe whose reader has gone ends the CLI with status 0, no stack trace', async () => {
   // A real pipe whose reader closed it, as `| true` or `| head -1` do: the shell closes its stdin, says so, and lives on.
@@ -26,4 +26,11 @@ test('other write errors are not swallowed', () => {
   const err = Object.assign(new Error('i/o error'), { code: 'EIO' });
   expect(() => stream.emit('error', err)).toThrow(err);
   expect(exit).not.toHaveBeenCalled();
+});
+
+test('text from other hosts reaches the terminal without its control characters (no escape sequences)', () => {
+  // An agent could report an argv that clears the screen and retitles the window.
+  expect(printable('sleep\u001b[2J\u001b]0;pwned\u0007 100')).toBe('sleep\\x1b[2J\\x1b]0;pwned\\x07 100');
+  expect(printable('a\u009bb\u007fc\nd')).toBe('a\\x9bb\\x7fc\\x0ad');
+  expect(printable('plain text, ünïcödé')).toBe('plain text, ünïcödé');
 });

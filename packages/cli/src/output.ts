@@ -17,9 +17,19 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
-/** Left-aligned columns, sized to their widest cell. */
+/**
+ * Text from elsewhere (an agent's argv, a workload name from a heartbeat, CRIU's error lines) made
+ * safe for a terminal: control characters (C0, DEL, C1, which carry escape sequences that can
+ * rewrite the screen or the window title) are shown as `\xNN`, never sent to the terminal.
+ */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/** Left-aligned columns, sized to their widest cell; every cell printable(). */
 export function printTable(headers: string[], rows: (string | number)[][]): void {
-  const cells = [headers, ...rows.map((r) => r.map(String))];
+  const cells = [headers, ...rows.map((r) => r.map((c) => printable(String(c))))];
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
   for (const r of cells) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()}\n`);
 }
@@ -41,8 +51,9 @@ export function reportError(err: unknown, json: boolean): number {
   const fe: FerryError = toFerryError(err);
   if (json) printJson({ error: fe.toBody() });
   else {
-    process.stderr.write(`ferry: ${fe.code}: ${fe.message}\n`);
-    for (const d of fe.details) process.stderr.write(`  ${d}\n`);
+    // Messages and details may quote what another host sent: printable() before the terminal sees them.
+    process.stderr.write(`ferry: ${fe.code}: ${printable(fe.message)}\n`);
+    for (const d of fe.details) process.stderr.write(`  ${printable(d)}\n`);
   }
   return EXIT_CODES[fe.code];
 }

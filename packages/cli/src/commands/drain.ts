@@ -14,6 +14,7 @@ import {
   type TransportPreference,
 } from '@ferry/protocol';
 import { connectCluster } from '../client';
+import { printable } from '../output';
 import { ProgressLine } from '../progress-line';
 import { action } from './action';
 import { publicResult } from './migrate';
@@ -48,7 +49,7 @@ export function registerDrain(program: Command): Command {
         let finished = 0;
         const say = (text: string) => {
           bar?.done();
-          process.stdout.write(`${text}\n`);
+          process.stdout.write(`${printable(text)}\n`);
           bar?.updateCount(`drain ${host}`, finished, planned);
         };
         let failureCode = 0;

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { CoordVerb, LifecycleEvent, decode, parseMessage, subjects } from '@ferry/protocol';
 import { askCoordinator, connectCluster } from '../client';
-import { printJson } from '../output';
+import { printable, printJson } from '../output';
 import { action } from './action';
 
 /** One line per event: time, type, step, key, then the ids and figures present. */
@@ -25,7 +25,7 @@ export function registerEvents(program: Command): Command {
     .action(
       action(async (opts: { follow?: boolean; json?: boolean; limit: number }) => {
         const ask = () => askCoordinator(CoordVerb.EVENTS, { limit: opts.limit });
-        const print = (ev: LifecycleEvent) => process.stdout.write(`${opts.json ? JSON.stringify(ev) : formatEvent(ev)}\n`);
+        const print = (ev: LifecycleEvent) => process.stdout.write(`${opts.json ? JSON.stringify(ev) : printable(formatEvent(ev))}\n`);
         if (!opts.follow) {
           const { events } = await ask();
           if (opts.json) return printJson(events);

@@ -14,7 +14,7 @@ import {
   type TransportPreference,
 } from '@ferry/protocol';
 import { connectCluster } from '../client';
-import { formatBytes, printJson } from '../output';
+import { formatBytes, printable, printJson } from '../output';
 import { action } from './action';
 import { ProgressLine } from '../progress-line';
 
@@ -116,8 +116,8 @@ export function registerMigrate(program: Command): Command {
                 `  downtime ${m.downtimeMs} ms, total ${m.totalMs} ms, ${formatBytes(m.bytesTransferred)} over ${m.transport}\n` +
                 `  dump ${m.phases.dumpMs} ms, transfer ${m.phases.transferMs} ms, restore ${m.phases.restoreMs} ms` +
                 `${m.phases.pullMs ? `, memory in place ${m.phases.pullMs} ms after the resume` : ''}\n` +
-                (m.placement ? `  placed on ${m.placement.reason}\n` : '') +
-                (m.error ? `  error ${m.error.code}: ${m.error.message}\n` : ''),
+                (m.placement ? `  placed on ${printable(m.placement.reason)}\n` : '') +
+                (m.error ? `  error ${m.error.code}: ${printable(m.error.message)}\n` : ''),
             );
           }
           if (migration.state === 'succeeded') return 0;
