@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadFilesystemsFile, resolveMounts } from './filesystems';
+import { loadFilesystemsFile, mountsForMigration, resolveMounts } from './filesystems';
 
 const shared = { name: 'shared', type: 'sshfs' as const, source: 'root@198.18.0.2:/srv', options: { IdentityFile: '/k' } };
 
@@ -30,4 +30,10 @@ test('the filesystems file is validated', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('a migration\'s mounts come from the configuration by name, never as an agent reported them (an sshfs ssh_command= runs a program as root)', () => {
+  const reported = { ...shared, source: 'evil@198.18.0.9:/', options: { ssh_command: 'sh -c "id > /tmp/pwned"' }, path: '/data' };
+  expect(mountsForMigration([shared], [reported])).toEqual([{ ...shared, path: '/data' }]);
+  expect(() => mountsForMigration([shared], [{ ...reported, name: 'unknown' }])).toThrow(expect.objectContaining({ code: 'NOT_FOUND' }));
 });

@@ -23,6 +23,19 @@ export function loadFilesystemsFile(path: string): FilesystemSpec[] {
   return list;
 }
 
+/**
+ * The mounts a migration's target is asked to make for a workload: by the names the workload was
+ * reported with, from this coordinator's own configuration. The source, type and options an agent
+ * reports are never used: they become root mount commands on another host (an sshfs
+ * `ssh_command=` runs a program). A name the configuration lacks is NOT_FOUND, before anything freezes.
+ */
+export function mountsForMigration(filesystems: FilesystemSpec[], reported: Pick<MountSpec, 'name' | 'path'>[]): MountSpec[] {
+  return resolveMounts(
+    filesystems,
+    reported.map((m) => ({ fs: m.name, path: m.path })),
+  );
+}
+
 /** Turns `--mount FS:PATH` references into full mount specs; an unknown name is NOT_FOUND. */
 export function resolveMounts(filesystems: FilesystemSpec[], refs: MountRef[]): MountSpec[] {
   const paths = new Set<string>();

@@ -43,3 +43,15 @@ test('a workload stopped right after a migration onto its host stays gone, whate
   registry.setWorkloads('h1', [workload(10)], 'd1');
   expect(registry.findWorkload('w')).toBeUndefined();
 });
+
+test('an agent cannot report a workload for another host (it would shadow that host\'s workload in migrate and drain)', async () => {
+  const registry = new HostRegistry(fakeRedis(), 'test:', 10_000, () => 1_000);
+  await registry.seen({ ...beat([]), host: 'h2', bootId: 'b2', address: '198.18.0.2' });
+  registry.setWorkloads('h2', [{ ...workload(20), host: 'h2' }], 'd1');
+  // h1 claims h2's workload (and one of its own).
+  await registry.seen(beat([{ ...workload(66), host: 'h2' }, { ...workload(10), name: 'mine' }]));
+  expect(registry.findWorkload('w')).toMatchObject({ host: 'h2', pid: 20 });
+  expect(registry.findWorkload('mine')).toMatchObject({ host: 'h1', pid: 10 });
+  registry.setWorkloads('h1', [{ ...workload(67), host: 'h2' }], 'd2');
+  expect(registry.findWorkload('w')).toMatchObject({ host: 'h2', pid: 20 });
+});

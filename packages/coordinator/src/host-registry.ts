@@ -34,6 +34,15 @@ export interface HostRegistryEvents {
   cordon: [host: string, cordoned: boolean];
 }
 
+/**
+ * Only the workloads an agent reports for its own host: an entry naming another host would let one
+ * agent shadow another host's workload in `migrate` and `drain` (the subject already ties the
+ * report to its host, heartbeat.<host>; this ties every entry to it too).
+ */
+function ownWorkloads(host: string, workloads: WorkloadInfo[]): WorkloadInfo[] {
+  return workloads.filter((w) => w.host === host);
+}
+
 export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   private readonly hosts = new Map<string, HostEntry>();
   /** Migrations that just finished, by workload (see withRecentMoves). */
@@ -116,7 +125,7 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
       cordoned: prev?.cordoned ?? false,
       lastHeartbeatAt: this.now(),
       state: 'alive',
-      workloads: listed ? this.withRecentMoves(hb.host, listed) : (prev?.workloads ?? []),
+      workloads: listed ? this.withRecentMoves(hb.host, ownWorkloads(hb.host, listed)) : (prev?.workloads ?? []),
       digest: listed ? (hb.workloadsDigest ?? '') : (prev?.digest ?? ''),
     };
     this.hosts.set(hb.host, entry);
@@ -132,7 +141,7 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   setWorkloads(host: string, workloads: WorkloadInfo[], digest: string): void {
     const e = this.hosts.get(host);
     if (!e) return;
-    e.workloads = this.withRecentMoves(host, workloads);
+    e.workloads = this.withRecentMoves(host, ownWorkloads(host, workloads));
     e.digest = digest;
   }
 

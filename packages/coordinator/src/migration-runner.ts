@@ -36,6 +36,7 @@ import type { MigrationRecord, MigrationStore } from './migration-store';
 import { MigrationSlots } from './migration-slots';
 import { memoryNeeded, placeWorkload, type Placement } from './placement';
 import { recoverMigration } from './migration-recovery';
+import { mountsForMigration } from './filesystems';
 import { chooseRestoreMode, firstFrameTimeoutMs, planDataPath, plannedTransport } from './migration-plan';
 
 export interface MigrateParams {
@@ -245,7 +246,8 @@ export class MigrationRunner {
         source: m.from,
         idleTimeoutMs: this.opts.transferIdleTimeoutMs,
         firstFrameTimeoutMs: firstFrameTimeoutMs(this.opts.transferIdleTimeoutMs, workload?.rssBytes ?? 0, this.opts.checkpointTimeoutMs),
-        mounts: workload?.mounts ?? [],
+        // From this coordinator's configuration by name, never as the source's heartbeat described them.
+        mounts: mountsForMigration(this.opts.filesystems, workload?.mounts ?? []),
         pageServer: plan.pageServer,
         pageServerTls: plan.pageServerTls,
         pageTunnel: plan.pageTunnel,
