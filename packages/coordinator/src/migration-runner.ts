@@ -248,6 +248,7 @@ export class MigrationRunner {
         firstFrameTimeoutMs: firstFrameTimeoutMs(this.opts.transferIdleTimeoutMs, workload?.rssBytes ?? 0, this.opts.checkpointTimeoutMs),
         // From this coordinator's configuration by name, never as the source's heartbeat described them.
         mounts: mountsForMigration(this.opts.filesystems, workload?.mounts ?? []),
+        ...(workload?.address ? { address: workload.address } : {}),
         pageServer: plan.pageServer,
         pageServerTls: plan.pageServerTls,
         pageTunnel: plan.pageTunnel,

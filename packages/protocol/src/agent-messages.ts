@@ -51,6 +51,8 @@ export const ReceiveRequest = z.object({
   firstFrameTimeoutMs: z.number().int().positive().max(86_400_000).optional(),
   /** Mounted (unless already there) before anything is frozen: a failure here changes nothing. */
   mounts: z.array(MountSpec).max(32).default([]),
+  /** The workload's service address as the coordinator knows it: the only one the target will configure. */
+  address: ServiceAddress.optional(),
   /** Start a `criu page-server` for the source's dump to send the memory pages to. */
   pageServer: z.boolean().default(false),
   /** Run that page server over mutual TLS with per-migration certificates (both hosts' probes allow it). */

@@ -93,6 +93,12 @@ describe('a manifest from another host is held against what the target derives i
     expect(() => checkManifestForTarget(good, expect_)).not.toThrow();
   });
 
+  test('a service address the coordinator did not give (root would configure and announce it) is refused', () => {
+    expect(() => checkManifestForTarget({ ...good, address: '198.18.0.77/24' }, expect_)).toThrow(expect.objectContaining({ code: 'RESTORE_FAILED', message: expect.stringMatching(/service address 198.18.0.77\/24/) }));
+    expect(() => checkManifestForTarget({ ...good, address: '198.18.0.77/24' }, { ...expect_, address: '198.18.0.77/24' })).not.toThrow();
+    expect(() => checkManifestForTarget(good, { ...expect_, address: '198.18.0.77/24' })).toThrow(expect.objectContaining({ code: 'RESTORE_FAILED' }));
+  });
+
   test('a log path elsewhere (root would copy the log there) is refused', () => {
     expect(() => checkManifestForTarget({ ...good, logPath: '/etc/cron.d/evil' }, expect_)).toThrow(
       expect.objectContaining({ code: 'RESTORE_FAILED', message: expect.stringMatching(/log path \/etc\/cron.d\/evil/) }),

@@ -87,6 +87,8 @@ export interface ManifestExpectations {
   dataDir: string;
   /** Mount points of the shared filesystems the coordinator asked this host to mount for the migration. */
   mountRoots: string[];
+  /** The workload's service address as the coordinator knows it (none: it has none). */
+  address?: string;
 }
 
 /** open(2) flags that create or truncate: never part of an open file's flags, never allowed from another host. */
@@ -113,6 +115,7 @@ export function checkManifestForTarget(m: WorkloadManifest, expect: ManifestExpe
   const logPath = workloadLogPath(expect.dataDir, m.name);
   const problems = [
     ...(m.logPath === logPath ? [] : [`log path ${m.logPath} is not ${logPath}`]),
+    ...(m.address === expect.address ? [] : [`service address ${m.address ?? 'none'} is not the coordinator's ${expect.address ?? 'none'}`]),
     ...m.pins.map((p) => pinProblem(p, expect)).filter((p): p is string => p !== null),
   ];
   if (problems.length > 0) {

@@ -51,6 +51,8 @@ interface IncomingMigration {
   mountedPaths: string[];
   /** Every shared filesystem the coordinator gave for it: the only places its pins may be. */
   mountRoots: string[];
+  /** The workload's service address as the coordinator gave it: the only one this host configures for it. */
+  address?: string;
   /** With the page-server path: CRIU's page server writing the memory pages into `dir`. */
   pageServer?: PageServer;
   /** With the page-tunnel path: the tunnel whose other end is the source's dump, and its page server. */
@@ -125,6 +127,7 @@ export class MigrationTarget {
       progressTimer,
       mountedPaths,
       mountRoots: req.mounts.map((m) => m.path),
+      ...(req.address ? { address: req.address } : {}),
       transferId: req.transferId,
       pagesKey: req.imageKey ? pageRequestKey(req.imageKey) : null,
     };
@@ -175,7 +178,7 @@ export class MigrationTarget {
     });
     const manifest = await readManifest(inc.dir, req.workload);
     // Nothing of it is acted on before it matches what this host derives itself.
-    checkManifestForTarget(manifest, { migrationId: req.migrationId, dataDir: this.opts.dataDir, mountRoots: inc.mountRoots });
+    checkManifestForTarget(manifest, { migrationId: req.migrationId, dataDir: this.opts.dataDir, mountRoots: inc.mountRoots, address: inc.address });
     await placeWorkloadLog(inc.dir, manifest);
     const started = Date.now();
     this.restoring.add(req.migrationId);
@@ -314,7 +317,8 @@ export class MigrationTarget {
     }
     const rec = workloads.inventory.get(req.workload);
     const manifest = await manifestIn(workDirs.pathFor(req.migrationId));
-    const address = rec?.address ?? manifest.address;
+    // Never from the image: the target removes only an address it was told the workload has.
+    const address = rec?.address ?? inc?.address;
     if (rec?.migration?.id === req.migrationId && rec.migration.role === 'target') {
       if (await isAlive(rec.pid, rec.startTime)) {
         // The source keeps these connections: closing ours must not reset them, so in repair mode first (silent close).
