@@ -136,6 +136,30 @@ describe('helm chart', () => {
     expect(find(objects, 'Service', 'rel-ferry-coordinator').spec.ports).toEqual([{ name: 'http', port: 9464, targetPort: 'http' }]);
     // No Prometheus operator API: no ServiceMonitor.
     expect(objects.some((o) => o.kind === 'ServiceMonitor')).toBe(false);
+
+    // No pod gets a service-account token (none talks to the Kubernetes API; the agent is privileged with hostPID).
+    for (const [kind, name] of [['DaemonSet', 'rel-ferry-agent'], ['Deployment', 'rel-ferry-coordinator'], ['Deployment', 'rel-ferry-nats'], ['StatefulSet', 'rel-ferry-redis']]) {
+      expect([name, find(objects, kind, name).spec.template.spec.automountServiceAccountToken]).toEqual([name, false]);
+    }
+    // NATS has no monitoring port (it would show every connection and subject); its probes use the client port.
+    const natsPod = find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec.containers[0];
+    expect(natsPod.ports.map((p: JsonDoc) => p.containerPort)).toEqual([4222]);
+    expect(natsPod.livenessProbe.tcpSocket).toEqual({ port: 'client' });
+    expect(find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf']).not.toMatch(/http_port|8222/);
+    // Redis takes connections from the coordinator's pods only; the NATS policy is opt-in (node CIDRs needed).
+    const redisPolicy = find(objects, 'NetworkPolicy', 'rel-ferry-redis');
+    expect(redisPolicy.spec.ingress).toEqual([
+      { from: [{ podSelector: { matchLabels: expect.objectContaining({ 'app.kubernetes.io/component': 'coordinator' }) } }], ports: [{ port: 6379 }] },
+    ]);
+    expect(objects.some((o) => o.kind === 'NetworkPolicy' && o.metadata.name === 'rel-ferry-nats')).toBe(false);
+  });
+
+  test('the NATS NetworkPolicy, when asked for, admits the coordinator, the agents and the node ranges only', async () => {
+    const objects = await render([], ['--set', 'networkPolicy.nats.enabled=true', '--set', 'networkPolicy.nats.nodeCidrs[0]=10.0.0.0/16']);
+    const policy = find(objects, 'NetworkPolicy', 'rel-ferry-nats');
+    expect(policy.spec.ingress[0].ports).toEqual([{ port: 4222 }]);
+    const from = policy.spec.ingress[0].from;
+    expect(from.map((p: JsonDoc) => p.podSelector?.matchLabels?.['app.kubernetes.io/component'] ?? p.ipBlock?.cidr)).toEqual(['coordinator', 'agent', '10.0.0.0/16']);
   });
 
   test('external NATS and Redis: the URLs come from values, nothing bundled', async () => {
