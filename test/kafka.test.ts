@@ -88,3 +88,16 @@ test('a request on ferry.requests migrates a workload once; its events arrive on
   expect((await cluster.ferry(['hosts', '--json'])).code).toBe(0);
   expect((await cluster.ferry(['stop', 'kw'])).code).toBe(0);
 });
+
+test('an old request (a replay, or a new consumer group reading from the beginning) is rejected as stale, and nothing happens', async () => {
+  const before = received.filter((r) => r.doc.type === 'request').length;
+  const anHourAgo = String(Date.now() - 60 * 60_000);
+  await producer.send({ topic: 'ferry.requests', messages: [{ value: JSON.stringify({ requestId: 'req-old', kind: 'drain', host: 'h1' }), timestamp: anHourAgo }] });
+  await waitFor('the stale request event', async () => received.filter((r) => r.doc.type === 'request').length > before, 30_000);
+  const ev = received.filter((r) => r.doc.type === 'request')[before].doc;
+  expect(ev).toMatchObject({ step: 'rejected', requestId: 'req-old', error: { code: 'FAILED_PRECONDITION', message: expect.stringContaining('not replayed') } });
+  // h1 was not cordoned nor drained.
+  const hosts = (await cluster.ferry(['hosts', '--json'])).json as Array<{ name: string; cordoned: boolean }>;
+  expect(hosts.find((h) => h.name === 'h1')?.cordoned).toBe(false);
+  expect(received.some((r) => r.doc.type === 'drain-finished' || (r.doc.type === 'host' && r.doc.step === 'cordoned'))).toBe(false);
+});

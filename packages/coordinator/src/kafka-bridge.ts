@@ -27,6 +27,22 @@ export interface KafkaBridgeOptions {
   clientId: string;
   /** How long a migration started from a request may run. */
   migrateTimeoutMs: number;
+  /**
+   * A request older than this (its Kafka timestamp) is rejected as stale. Far below the 24 h for
+   * which request ids are remembered: a new consumer group reading the topic from the beginning,
+   * or anyone re-producing an old message, cannot replay a drain or a migration.
+   */
+  maxRequestAgeMs: number;
+}
+
+/** Ten minutes: a request waits that long at most for a coordinator to read it. */
+export const DEFAULT_MAX_REQUEST_AGE_MS = 10 * 60_000;
+
+/** Why a request produced at `timestampMs` (Kafka's message time) is too old to act on now, or null. */
+export function staleRequestProblem(timestampMs: number, nowMs: number, maxAgeMs: number): string | null {
+  if (!Number.isFinite(timestampMs)) return 'the message has no timestamp';
+  const ageMs = nowMs - timestampMs;
+  return ageMs > maxAgeMs ? `the request is ${Math.round(ageMs / 1000)} s old, older than ${Math.round(maxAgeMs / 1000)} s: not replayed` : null;
 }
 
 export function defaultKafkaBridgeOptions(): KafkaBridgeOptions {
@@ -37,6 +53,7 @@ export function defaultKafkaBridgeOptions(): KafkaBridgeOptions {
     groupId: 'ferry-coordinator',
     clientId: 'ferry-coordinator',
     migrateTimeoutMs: 30 * 60_000,
+    maxRequestAgeMs: DEFAULT_MAX_REQUEST_AGE_MS,
   };
 }
 
@@ -101,7 +118,7 @@ export class KafkaBridge {
     await this.consumer.run({
       eachMessage: async ({ message }) => {
         // Never throws: a bad request must not stall or crash the consumer.
-        await this.onRequest(message.value?.toString('utf8') ?? '').catch((err) =>
+        await this.onRequest(message.value?.toString('utf8') ?? '', Number(message.timestamp)).catch((err) =>
           this.log.error({ err: (err as Error).message }, 'request handling failed'),
         );
       },
@@ -124,7 +141,7 @@ export class KafkaBridge {
       );
   }
 
-  private async onRequest(text: string): Promise<void> {
+  private async onRequest(text: string, timestampMs: number): Promise<void> {
     let req: KafkaRequest;
     let raw: Record<string, unknown> = {};
     try {
@@ -136,6 +153,8 @@ export class KafkaBridge {
         throw new FerryError(ErrorCode.INVALID_ARGUMENT, `invalid request: ${issues}`);
       }
       req = parsed.data;
+      const stale = staleRequestProblem(timestampMs, Date.now(), this.opts.maxRequestAgeMs);
+      if (stale) throw new FerryError(ErrorCode.FAILED_PRECONDITION, stale);
     } catch (err) {
       const fe = err instanceof SyntaxError ? new FerryError(ErrorCode.INVALID_ARGUMENT, `request is not JSON: ${err.message}`, { cause: err }) : toFerryError(err);
       await this.report('rejected', raw, fe);
