@@ -9,7 +9,7 @@
  * Prints "ready" once every agent registered.
  */
 const { connect } = require('nats');
-const { AgentVerb, FULL_HEARTBEAT_EVERY, encode, decode, subjects, workloadsDigest, PROTOCOL_VERSION } = require('@ferry/protocol');
+const { AgentVerb, FULL_HEARTBEAT_EVERY, SealKeyPair, encode, decode, subjects, workloadsDigest, PROTOCOL_VERSION } = require('@ferry/protocol');
 
 const [natsUrl, firstArg, countArg, perAgentArg] = process.argv.slice(2);
 const FIRST = Number(firstArg);
@@ -44,6 +44,8 @@ async function main() {
 function simulatedAgent(nc, index) {
   const host = hostName(index);
   const bootId = `sim${index}b${Date.now().toString(36)}`;
+  // Registered like a real agent's, so the coordinator can seal migration keys to it (never opened here).
+  const sealKey = SealKeyPair.generate().publicKey;
   const workloads = new Map();
   for (let k = 0; k < PER_AGENT; k++) {
     const name = `w${index}-${k}`;
@@ -118,7 +120,7 @@ function simulatedAgent(nc, index) {
         try {
           const msg = await nc.request(
             subjects.register(host),
-            encode({ v: PROTOCOL_VERSION, host, address: '127.0.0.1', criu: CRIU, memory: memory(), agentPid: process.pid, bootId }),
+            encode({ v: PROTOCOL_VERSION, host, address: '127.0.0.1', criu: CRIU, memory: memory(), agentPid: process.pid, bootId, sealKey }),
             { timeout: 10_000 },
           );
           if (decode(msg.data).ok) return;
@@ -137,7 +139,7 @@ function simulatedAgent(nc, index) {
       lastDigest = digest;
       nc.publish(
         subjects.heartbeat(host),
-        encode({ v: PROTOCOL_VERSION, host, bootId, address: '127.0.0.1', criu: CRIU, seq: n, memory: memory(), workloadsDigest: digest, ...(full ? { workloads: list } : {}) }),
+        encode({ v: PROTOCOL_VERSION, host, bootId, address: '127.0.0.1', criu: CRIU, sealKey, seq: n, memory: memory(), workloadsDigest: digest, ...(full ? { workloads: list } : {}) }),
       );
     },
   };

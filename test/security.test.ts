@@ -204,10 +204,25 @@ test('a migration over NATS with auth and TLS: the captured transfer subjects ho
   expect(await w.verify(before.pid)).toBe('OK');
   const captured: Buffer[] = [];
   const spy = cluster.nc.subscribe('ferry.v1.xfer.>', { callback: (_e, msg) => captured.push(Buffer.from(msg.data)) });
+  // The two requests that carry the migration's key, as whoever reads the bus sees them.
+  const keyRequests: Array<Record<string, unknown>> = [];
+  const keySpy = cluster.nc.subscribe('ferry.v1.agent.*.*', {
+    callback: (_e, msg) => {
+      if (/\.(receive|checkpoint)$/.test(msg.subject)) keyRequests.push(decode(msg.data) as Record<string, unknown>);
+    },
+  });
   const counterBefore = await w.counter();
   const res = await cluster.ferry(['migrate', 'secret', '--to', 'h2', '--transport', 'nats', '--json']);
   await cluster.nc.flush();
   spy.unsubscribe();
+  keySpy.unsubscribe();
+  // The image key never crosses in clear: each agent gets it sealed to its own registered key.
+  expect(keyRequests).toHaveLength(2);
+  for (const r of keyRequests) {
+    expect(r.imageKey).toBeUndefined();
+    expect((r.sealedImageKey as Uint8Array).byteLength).toBe(32 + 12 + 32 + 16);
+  }
+  expect(Buffer.from(keyRequests[0].sealedImageKey as Uint8Array).equals(Buffer.from(keyRequests[1].sealedImageKey as Uint8Array))).toBe(false);
   expect(res.code).toBe(0);
   expect(res.json).toMatchObject({ state: 'succeeded', to: 'h2', transport: 'nats' });
   const capture = Buffer.concat(captured);

@@ -8,7 +8,7 @@
  * workloads/ (run, stop, list), migration/ (the source and target halves), heartbeat.ts.
  */
 import type { NatsConnection, Subscription } from 'nats';
-import { AgentVerb, serveAgentVerb, silentLogger, type AgentVerbHandler, type CriuInfo, type Logger, type MigrationRecordReply, type MigrationRef } from '@ferry/protocol';
+import { AgentVerb, SealKeyPair, serveAgentVerb, silentLogger, type AgentVerbHandler, type CriuInfo, type Logger, type MigrationRecordReply, type MigrationRef } from '@ferry/protocol';
 import type { LinuxSyscalls } from '@ferry/native';
 import type { AgentMetrics } from './agent-metrics';
 import type { AgentOptions } from './agent-options';
@@ -45,6 +45,8 @@ export class Agent {
   private readonly source: MigrationSource;
   private readonly target: MigrationTarget;
   private readonly heartbeat: HeartbeatLoop;
+  /** Migration secrets are sealed to this key pair; its private half never leaves this process. */
+  private readonly sealKeys = SealKeyPair.generate();
 
   constructor(
     private readonly opts: AgentOptions,
@@ -56,7 +58,7 @@ export class Agent {
     const shared = { ...deps, workloads: this.workloads, log: this.log };
     this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes }, shared);
     this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes, dataDir: opts.dataDir }, shared);
-    this.heartbeat = new HeartbeatLoop(nc, { host: opts.host, address: opts.address, intervalMs: opts.heartbeatIntervalMs }, deps.criuInfo, () => this.workloads.list(), this.log);
+    this.heartbeat = new HeartbeatLoop(nc, { host: opts.host, address: opts.address, intervalMs: opts.heartbeatIntervalMs, sealKey: this.sealKeys.publicKey }, deps.criuInfo, () => this.workloads.list(), this.log);
   }
 
   get host(): string {
@@ -71,8 +73,8 @@ export class Agent {
     this.on(AgentVerb.PS, async () => ({ workloads: await this.workloads.list() }));
     this.on(AgentVerb.RUN, async (req) => ({ workload: await this.workloads.run(req) }));
     this.on(AgentVerb.STOP, async (req) => this.workloads.stop(req.name));
-    this.on(AgentVerb.RECEIVE, async (req) => this.target.receive(req));
-    this.on(AgentVerb.CHECKPOINT, async (req) => this.source.checkpoint(req));
+    this.on(AgentVerb.RECEIVE, async (req) => this.target.receive(req, this.openImageKey(req)));
+    this.on(AgentVerb.CHECKPOINT, async (req) => this.source.checkpoint(req, this.openImageKey(req)));
     this.on(AgentVerb.RESTORE, async (req) => this.target.restore(req));
     this.on(AgentVerb.RELEASE, async (req) => this.source.release(req));
     this.on(AgentVerb.RESUME, async (req) => this.source.resume(req));
@@ -86,6 +88,11 @@ export class Agent {
     this.on(AgentVerb.MIGRATION_RECORD, async (req) => this.migrationRecord(req));
     await nc.flush();
     await this.heartbeat.start();
+  }
+
+  /** The migration's image key, opened with this agent's key pair (bound to the migration id); null when none came. */
+  private openImageKey(req: { migrationId: string; sealedImageKey?: Uint8Array | undefined }): Buffer | null {
+    return req.sealedImageKey ? this.sealKeys.open(req.sealedImageKey, req.migrationId) : null;
   }
 
   /** Serves one verb of this host; a failed request is counted and logged (its error has been replied). */

@@ -29,6 +29,8 @@ const REGISTER_TIMEOUT_MS = 2_000;
 export interface HeartbeatOptions {
   host: string;
   address: string;
+  /** This agent's public seal key (sealed-key.ts in @ferry/protocol), registered and repeated in every beat. */
+  sealKey: Uint8Array;
   /** Until the coordinator says otherwise. */
   intervalMs: number;
 }
@@ -96,6 +98,7 @@ export class HeartbeatLoop {
         bootId: this.bootId,
         address: this.opts.address,
         criu: this.criuInfo,
+        sealKey: this.opts.sealKey,
         seq,
         memory: await readHostMemory(),
         workloadsDigest: digest,
@@ -119,6 +122,7 @@ export class HeartbeatLoop {
         memory: await readHostMemory(),
         agentPid: process.pid,
         bootId: this.bootId,
+        sealKey: this.opts.sealKey,
       },
       { timeoutMs: REGISTER_TIMEOUT_MS },
     );

@@ -21,6 +21,8 @@ interface HostEntry {
   workloads: WorkloadInfo[];
   /** workloadsDigest of the last full list the host sent ('' = none yet). */
   digest: string;
+  /** The agent's public seal key (migration secrets are sealed to it); kept in memory, every beat repeats it. */
+  sealKey?: Uint8Array;
 }
 
 /** How long a finished migration overrides heartbeats that may have been taken before it (several beats). */
@@ -112,7 +114,7 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
    * Resolves true when the beat carried no workload list and the one known here is not the one
    * its digest describes: the caller should ask the agent for its list.
    */
-  async seen(hb: Pick<Heartbeat, 'host' | 'bootId' | 'address' | 'criu' | 'memory' | 'workloads' | 'workloadsDigest'>, isRegistration = false): Promise<boolean> {
+  async seen(hb: Pick<Heartbeat, 'host' | 'bootId' | 'address' | 'criu' | 'memory' | 'workloads' | 'workloadsDigest' | 'sealKey'>, isRegistration = false): Promise<boolean> {
     const prev = this.hosts.get(hb.host);
     const listed = isRegistration ? undefined : hb.workloads;
     const stale = !isRegistration && listed === undefined && (prev === undefined || prev.bootId !== hb.bootId || prev.digest !== (hb.workloadsDigest ?? ''));
@@ -127,6 +129,8 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
       state: 'alive',
       workloads: listed ? this.withRecentMoves(hb.host, ownWorkloads(hb.host, listed)) : (prev?.workloads ?? []),
       digest: listed ? (hb.workloadsDigest ?? '') : (prev?.digest ?? ''),
+      // A restarted agent (new bootId) has a new key: never keep the old one for it.
+      ...(hb.sealKey ? { sealKey: hb.sealKey } : prev?.bootId === hb.bootId && prev.sealKey ? { sealKey: prev.sealKey } : {}),
     };
     this.hosts.set(hb.host, entry);
     if (!prev || prev.state === 'lost' || prev.bootId !== hb.bootId || prev.address !== hb.address) {
@@ -177,6 +181,13 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
 
   isAlive(host: string): boolean {
     return this.hosts.get(host)?.state === 'alive';
+  }
+
+  /** The host's public seal key; FAILED_PRECONDITION when its agent registered none (secrets are never sent in clear). */
+  sealKeyOf(host: string): Uint8Array {
+    const key = this.require(host).sealKey;
+    if (!key) throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${host}'s agent registered no seal key: a migration's key cannot be sent to it sealed`);
+    return key;
   }
 
   describe(host: string): HostInfo {

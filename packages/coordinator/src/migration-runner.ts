@@ -15,6 +15,7 @@ import {
   FerryError,
   IMAGE_KEY_BYTES,
   encode,
+  sealToAgent,
   requestAgentVerb,
   workloadsDigest,
   subjects,
@@ -237,7 +238,8 @@ export class MigrationRunner {
       });
       const postCopy = m.restore === 'post-copy';
       // The image key lives only here, for the two requests that need it: never in `m` (Redis),
-      // events or logs. A coordinator that restarts mid-transfer rolls the migration back anyway.
+      // events or logs, and on the bus only sealed to each agent's registered key (sealed-key.ts).
+      // A coordinator that restarts mid-transfer rolls the migration back anyway.
       imageKey = randomBytes(IMAGE_KEY_BYTES);
       const received = await this.callAgent(m.to, AgentVerb.RECEIVE, {
         migrationId: m.id,
@@ -253,7 +255,7 @@ export class MigrationRunner {
         pageServerTls: plan.pageServerTls,
         pageTunnel: plan.pageTunnel,
         lazyPageTunnel: plan.lazyPageTunnel,
-        imageKey,
+        sealedImageKey: sealToAgent(imageKey, this.registry.sealKeyOf(m.to), m.id),
       }, this.opts.agentRequestTimeoutMs);
 
       // What the memory takes, as far as the plan knows it (the checkpoint's reply says what the stream took):
@@ -272,7 +274,7 @@ export class MigrationRunner {
         transport: plan.stream,
         ...(received.pageServer ? { pageServer: received.pageServer } : {}),
         ...(received.pageTunnel ? { pageTunnel: received.pageTunnel } : {}),
-        imageKey,
+        sealedImageKey: sealToAgent(imageKey, this.registry.sealKeyOf(m.from), m.id),
       }, this.opts.checkpointTimeoutMs, [m.to]);
       imageKey.fill(0);
       m.frozenAt = cp.frozenAt;

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { AbsolutePath, Bytes, Version } from './fields';
+import { SealedSecret } from './sealed-key';
 import { CriuInfo, HostMemory, HostName, Id, MemoryPath, MountSpec, RestoreMode, ServiceAddress, StreamTransport, Transport, WorkloadInfo, WorkloadName, WorkloadState } from './schemas';
 
 /** `probe`: the agent is alive, and what its host offers now. */
@@ -57,9 +58,13 @@ export const ReceiveRequest = z.object({
   pageServer: z.boolean().default(false),
   /** Run that page server over mutual TLS with per-migration certificates (both hosts' probes allow it). */
   pageServerTls: z.boolean().default(false),
-  /** Per-migration AES-256-GCM key; every image frame must come sealed with it (transfer chunk-cipher.ts). */
-  imageKey: ImageKey.optional(),
-  /** Open ferry's page tunnel for the source (needs imageKey: the tunnel's keys derive from it), a `criu page-server` on its end. */
+  /**
+   * The per-migration AES-256-GCM key (every image frame must come sealed with it, transfer
+   * chunk-cipher.ts), sealed to this agent's registered key for this migration (sealed-key.ts):
+   * nobody on the bus can read it.
+   */
+  sealedImageKey: SealedSecret.optional(),
+  /** Open ferry's page tunnel for the source (needs the image key: the tunnel's keys derive from it), a `criu page-server` on its end. */
   pageTunnel: z.boolean().default(false),
   /** Post-copy: the tunnel's CRIU end is for the restore's `criu lazy-pages` (asking the source's lazy dump), not a page server. */
   lazyPageTunnel: z.boolean().default(false),
@@ -117,8 +122,8 @@ export const CheckpointRequest = z.object({
   pageServer: PageServerEndpoint.optional(),
   /** With memory page-tunnel: the target's tunnel, from its receive reply. */
   pageTunnel: PageTunnelEndpoint.optional(),
-  /** Per-migration AES-256-GCM key the image frames are sealed with (the target got the same one). */
-  imageKey: ImageKey.optional(),
+  /** The per-migration key the image frames are sealed with (the target got the same one), sealed to this agent. */
+  sealedImageKey: SealedSecret.optional(),
 });
 export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
 

@@ -3,6 +3,7 @@
  * the coordinator publishes. verbs.ts pairs each verb with its request and reply.
  */
 import { z } from 'zod';
+import { SealPublicKey } from './sealed-key';
 import { AbsolutePath, Version } from './fields';
 import { RunRequest } from './agent-messages';
 import { LifecycleEvent } from './lifecycle-event';
@@ -31,6 +32,8 @@ export const RegisterRequest = z.object({
   agentPid: z.number().int().positive(),
   /** Changes on every agent start, so the coordinator can tell a restart from a duplicate. */
   bootId: Id,
+  /** The agent's public key: migration secrets are sealed to it (sealed-key.ts). */
+  sealKey: SealPublicKey.optional(),
 });
 export type RegisterRequest = z.infer<typeof RegisterRequest>;
 
@@ -45,6 +48,8 @@ export const Heartbeat = z.object({
   /** Repeated from registration so a restarted coordinator learns the host from its next heartbeat. */
   address: z.string().max(64),
   criu: CriuInfo,
+  /** Repeated from registration, like the address. */
+  sealKey: SealPublicKey.optional(),
   seq: z.number().int().nonnegative(),
   memory: HostMemory,
   /** Omitted when unchanged since the last full beat (same `workloadsDigest`); see workloads-digest.ts. */

@@ -45,8 +45,9 @@ export class MigrationSource {
     private readonly deps: MigrationDeps,
   ) {}
 
-  async checkpoint(req: CheckpointRequest): Promise<CheckpointReply> {
-    const running = this.checkpointNow(req);
+  /** `imageKey`: the migration's key, opened from the request's sealed copy. */
+  async checkpoint(req: CheckpointRequest, imageKey: Buffer | null): Promise<CheckpointReply> {
+    const running = this.checkpointNow(req, imageKey);
     this.checkpoints.set(req.migrationId, running);
     try {
       return await running;
@@ -76,7 +77,7 @@ export class MigrationSource {
     return unlinked;
   }
 
-  private async checkpointNow(req: CheckpointRequest): Promise<CheckpointReply> {
+  private async checkpointNow(req: CheckpointRequest, imageKey: Buffer | null): Promise<CheckpointReply> {
     const { workloads, workDirs, criu, metrics } = this.deps;
     const rec = workloads.require(req.workload);
     if (rec.state !== 'running' || !(await isAlive(rec.pid, rec.startTime))) {
@@ -89,7 +90,7 @@ export class MigrationSource {
     const log = this.deps.log.child({ migrationId: req.migrationId });
     const path = sourceDataPath(
       req.memory,
-      { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey: req.imageKey ?? null, dir, log, stream: req.transport },
+      { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey, dir, log, stream: req.transport },
       req.pageServer,
       req.pageTunnel,
     );
@@ -149,7 +150,7 @@ export class MigrationSource {
       sent = await sendImage(this.deps.nc, req.transferId, dir, {
         idleTimeoutMs: req.idleTimeoutMs,
         transport: req.transport,
-        imageKey: req.imageKey ?? null,
+        imageKey,
         logger: log,
       });
       const after = await path.afterSend(sent);

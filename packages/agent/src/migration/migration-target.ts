@@ -92,7 +92,8 @@ export class MigrationTarget {
     return this.restoring.has(migrationId) ? 'restoring' : this.incoming.has(migrationId) ? 'receiving' : null;
   }
 
-  async receive(req: ReceiveRequest): Promise<ReceiveReply> {
+  /** `imageKey`: the migration's key, opened from the request's sealed copy. */
+  async receive(req: ReceiveRequest, imageKey: Buffer | null): Promise<ReceiveReply> {
     const { workloads, workDirs, nc, log } = this.deps;
     if (this.incoming.has(req.migrationId)) throw new FerryError(ErrorCode.CONFLICT, `migration ${req.migrationId} is already being received`);
     const existing = workloads.inventory.get(req.workload);
@@ -109,7 +110,7 @@ export class MigrationTarget {
       maxFileBytes: this.opts.maxImageBytes,
       // The address we registered with is the one the source agent can reach us on.
       directListenAddress: this.opts.address,
-      imageKey: req.imageKey ?? null,
+      imageKey,
       logger: log.child({ migrationId: req.migrationId }),
     });
     // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
@@ -129,7 +130,7 @@ export class MigrationTarget {
       mountRoots: req.mounts.map((m) => m.path),
       ...(req.address ? { address: req.address } : {}),
       transferId: req.transferId,
-      pagesKey: req.imageKey ? pageRequestKey(req.imageKey) : null,
+      pagesKey: imageKey ? pageRequestKey(imageKey) : null,
     };
     this.incoming.set(req.migrationId, incoming);
     // The source starts sending as soon as we reply; the server must have our subscription first.
@@ -146,11 +147,11 @@ export class MigrationTarget {
     }
     log.info({ migrationId: req.migrationId, source: req.source, pageServer: req.pageServer, pageServerTls: clientTls !== undefined, pageTunnel: req.pageTunnel }, 'receiving image');
     if (req.pageTunnel) {
-      if (!req.imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page tunnel needs the migration\'s image key (its keys derive from it)');
+      if (!imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page tunnel needs the migration\'s image key (its keys derive from it)');
       const tunnelLog = log.child({ migrationId: req.migrationId });
       const tunnel = req.lazyPageTunnel
-        ? await PageTunnelReceiver.forLazyPages(this.deps.syscalls, this.opts.address, req.imageKey, tunnelLog)
-        : await PageTunnelReceiver.forPageServer(this.deps.syscalls, this.deps.criu, dir, this.opts.address, req.imageKey, tunnelLog);
+        ? await PageTunnelReceiver.forLazyPages(this.deps.syscalls, this.opts.address, imageKey, tunnelLog)
+        : await PageTunnelReceiver.forPageServer(this.deps.syscalls, this.deps.criu, dir, this.opts.address, imageKey, tunnelLog);
       incoming.pageTunnel = tunnel;
       // Pre-copy: its page server is the one the restore waits for and counts the pages of.
       incoming.pageServer = tunnel.pageServer;
