@@ -154,3 +154,21 @@ test('the HTTP API migrates and drains; metrics and events show it; a dead agent
   expect((after.json as LifecycleEvent[]).some((e) => e.type === 'host' && e.step === 'lost' && e.key === 'h2')).toBe(true);
   expect((await cluster.ferry(['stop', 'obs'])).code).toBe(0);
 });
+
+test('a cross-site browser request cannot migrate, cordon or drain (Origin and Content-Type checked), and changes nothing', async () => {
+  const before = (await http('GET', '/v1/hosts')).json.hosts as Array<{ name: string; cordoned: boolean }>;
+  const attempts: Array<[string, Record<string, string>, string | undefined]> = [
+    // What a page on another site can make a browser send without a CORS preflight.
+    ['/v1/hosts/h1/cordon', { origin: 'https://evil.example', 'content-type': 'text/plain' }, '{}'],
+    ['/v1/hosts/h1/drain', { origin: 'https://evil.example' }, undefined],
+    ['/v1/migrations', { 'content-type': 'text/plain' }, JSON.stringify({ workload: 'nope', to: 'h2' })],
+    ['/v1/hosts/h1/cordon', { origin: 'null' }, undefined],
+  ];
+  for (const [path, headers, body] of attempts) {
+    const res = await fetch(`${cluster.httpUrl}${path}`, { method: 'POST', headers, body });
+    expect([path, res.status]).toEqual([path, headers.origin ? 403 : 415]);
+    expect((await res.json()).error.message).toMatch(/refused/);
+  }
+  const after = (await http('GET', '/v1/hosts')).json.hosts as Array<{ name: string; cordoned: boolean }>;
+  expect(after.map((h) => [h.name, h.cordoned])).toEqual(before.map((h) => [h.name, h.cordoned]));
+});

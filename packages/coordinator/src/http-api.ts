@@ -130,12 +130,47 @@ export function createHttpServer(deps: HttpApiDeps): Server {
       sendError(res, new FerryError(ErrorCode.INVALID_ARGUMENT, `${method} is not allowed on ${url.pathname}`), 405);
       return;
     }
+    if (method !== 'GET') {
+      const refused = crossSiteProblem(req);
+      if (refused) {
+        sendError(res, new FerryError(refused.status === 415 ? ErrorCode.INVALID_ARGUMENT : ErrorCode.FAILED_PRECONDITION, refused.why), refused.status);
+        return;
+      }
+    }
     const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent);
     const body = method === 'POST' ? await readJsonBody(req) : {};
     const [status, payload] = await route.handle(params, body, url);
     res.writeHead(status, { 'content-type': 'application/json' });
     res.end(JSON.stringify(payload));
   }
+}
+
+/**
+ * Why a state-changing request must not be taken, or null. A browser on another site can make a
+ * user's browser POST here (a form, or fetch in no-cors mode with `text/plain`): such a request
+ * carries that site's Origin (or `Sec-Fetch-Site: cross-site`), and its body cannot be
+ * `application/json` without a CORS preflight this server never grants. So: an Origin other than
+ * this server's own is refused (403), and so is a body of any other type (415). The CLI, curl and
+ * scripts send no Origin; the dashboard's own requests come from this origin.
+ */
+export function crossSiteProblem(req: Pick<IncomingMessage, 'headers'>): { status: 403 | 415; why: string } | null {
+  const { origin, host } = req.headers;
+  const site = req.headers['sec-fetch-site'];
+  if (site === 'cross-site' || site === 'same-site') return { status: 403, why: `refused: a ${site} request from a browser` };
+  if (origin !== undefined) {
+    let originHost: string | null = null;
+    try {
+      originHost = new URL(origin).host;
+    } catch {
+      // 'null' (an opaque origin) and anything unparsable: never this server.
+    }
+    if (originHost === null || originHost !== host) return { status: 403, why: `refused: origin ${origin} is not this server` };
+  }
+  const length = Number(req.headers['content-length'] ?? 0);
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  if ((length > 0 || chunked) && type !== 'application/json') return { status: 415, why: `refused: a request body must be application/json, not ${type || 'untyped'}` };
+  return null;
 }
 
 /** Listens on `address:port` (port 0: any free one) and resolves with the bound port. */
