@@ -90,6 +90,7 @@ export interface PageTunnelCounts {
  */
 export class PageTunnelEnd {
   private readonly abort = new AbortController();
+  private released = false;
   readonly done: Promise<PageTunnelCounts>;
 
   private constructor(
@@ -104,7 +105,15 @@ export class PageTunnelEnd {
     // The pumps own the connection now and report its failures; Node's own view of it must not
     // throw an unhandled 'error' (an EPIPE once the peer is gone) and take the agent down.
     socket.on('error', () => undefined);
-    const tcpFd = socketFd(socket);
+    let tcpFd: number;
+    try {
+      tcpFd = socketFd(socket);
+    } catch (err) {
+      // Node already read from it (it cannot be handed to a pump): neither end is kept.
+      socket.destroy();
+      sys.close(localFd);
+      throw new FerryError(ErrorCode.INTERNAL, `page tunnel connection cannot be handed to the pumps: ${(err as Error).message}`, { cause: err });
+    }
     growSocketBuffers(sys, tcpFd);
     growSocketBuffers(sys, localFd);
     const { signal } = this.abort;
@@ -142,7 +151,6 @@ export class PageTunnelEnd {
     this.abort.abort();
   }
 
-  private released = false;
   private release(): void {
     if (this.released) return;
     this.released = true;
