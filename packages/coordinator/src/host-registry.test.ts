@@ -55,3 +55,20 @@ test('an agent cannot report a workload for another host (it would shadow that h
   registry.setWorkloads('h1', [{ ...workload(67), host: 'h2' }], 'd2');
   expect(registry.findWorkload('w')).toMatchObject({ host: 'h2', pid: 20 });
 });
+
+test('a heartbeat that lands while a cordon is being persisted does not undo the cordon', async () => {
+  let release: () => void = () => undefined;
+  const slow = {
+    hset: () => new Promise<void>((r) => (release = r)),
+    hgetall: async () => ({}),
+  } as unknown as Redis;
+  const registry = new HostRegistry(fakeRedis(), 'test:', 10_000, () => 1_000);
+  await registry.seen(beat([]));
+  (registry as unknown as { redis: Redis }).redis = slow;
+  const cordoning = registry.setCordoned('h1', true);
+  // The beat replaces the host's entry while the cordon waits for Redis.
+  await registry.seen(beat([]));
+  release();
+  await cordoning;
+  expect(registry.describe('h1').cordoned).toBe(true);
+});

@@ -164,8 +164,11 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
   async setCordoned(host: string, cordoned: boolean): Promise<void> {
     const e = this.require(host);
     await this.persist({ ...e, cordoned });
-    const changed = e.cordoned !== cordoned;
-    e.cordoned = cordoned;
+    // A heartbeat may have replaced the entry while this was persisted (seen() builds a new one
+    // from the old flag): the flag goes on the entry the registry holds now, or it is lost.
+    const current = this.hosts.get(host) ?? e;
+    const changed = current.cordoned !== cordoned;
+    current.cordoned = cordoned;
     if (changed) this.emit('cordon', host, cordoned);
   }
 
