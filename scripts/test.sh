@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test run CI uses (via `npm test`). Unit tests first (fast, no cluster), then integration and
 # end-to-end tests, one file at a time: they run CRIU and build namespace hosts, and on 2 cores
-# parallel files only slow each other down and blur timing-based deadlines. The lint (`npm run lint`,
-# eslint.config.mjs) runs before both; its problems are printed and count as one failed test.
+# parallel files only slow each other down and blur timing-based deadlines. The lint (`npm run lint`:
+# eslint.config.mjs, then a type check of every test against tsconfig.test.json) runs before both; its problems are printed and count as one failed test.
 # Ends with one summary line, "tests: N passed, N failed", over both runs and the lint.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ mkdir -p test-artifacts
 status=0
 lint_failed=0
 if ! npm run --silent lint; then
-  echo "lint: eslint found problems (listed above); counted as 1 failed" >&2
+  echo "lint: eslint or the test type check found problems (listed above); counted as 1 failed" >&2
   lint_failed=1
   status=1
 fi

@@ -211,7 +211,7 @@ describe('helm chart', () => {
     ]);
     const sm = find(objects, 'ServiceMonitor', 'rel-ferry');
     expect(sm.apiVersion).toBe(SERVICE_MONITOR_API);
-    expect(sm.metadata.labels.release).toBe('prometheus');
+    expect((sm.metadata as JsonDoc).labels.release).toBe('prometheus');
     expect(sm.spec.endpoints).toEqual([{ port: 'http', path: '/metrics', interval: '30s' }]);
     // The toggle turns it off even where the API exists.
     const off = await render([], ['--api-versions', SERVICE_MONITOR_API, '--set', 'metrics.serviceMonitor.enabled=false']);

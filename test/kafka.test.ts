@@ -99,5 +99,5 @@ test('an old request (a replay, or a new consumer group reading from the beginni
   // h1 was not cordoned nor drained.
   const hosts = (await cluster.ferry(['hosts', '--json'])).json as Array<{ name: string; cordoned: boolean }>;
   expect(hosts.find((h) => h.name === 'h1')?.cordoned).toBe(false);
-  expect(received.some((r) => r.doc.type === 'drain-finished' || (r.doc.type === 'host' && r.doc.step === 'cordoned'))).toBe(false);
+  expect(received.some((r) => r.doc.type === 'drain' || (r.doc.type === 'host' && r.doc.step === 'cordoned'))).toBe(false);
 });

@@ -29,7 +29,7 @@ beforeAll(async () => {
     // h2 restores through a CRIU wrapper that damages the image while the trigger file exists.
     // h3 sends its 3rd large image frame with one byte flipped (once in its life), and as a
     // post-copy source answers 20 page requests, then refuses every later one.
-    agentEnvFor: (host) =>
+    agentEnvFor: (host): Record<string, string> =>
       host === 'h2'
         ? { FERRY_CRIU_PATH: CRIU_WRAPPER }
         : host === 'h3'

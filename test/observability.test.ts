@@ -167,7 +167,7 @@ test('a cross-site browser request cannot migrate, cordon or drain (Origin and C
   for (const [path, headers, body] of attempts) {
     const res = await fetch(`${cluster.httpUrl}${path}`, { method: 'POST', headers, body });
     expect([path, res.status]).toEqual([path, headers.origin ? 403 : 415]);
-    expect((await res.json()).error.message).toMatch(/refused/);
+    expect(((await res.json()) as JsonDoc).error.message).toMatch(/refused/);
   }
   const after = (await http('GET', '/v1/hosts')).json.hosts as Array<{ name: string; cordoned: boolean }>;
   expect(after.map((h) => [h.name, h.cordoned])).toEqual(before.map((h) => [h.name, h.cordoned]));

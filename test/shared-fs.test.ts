@@ -25,7 +25,7 @@ copyFileSync(join(__dirname, 'fixtures', 'criu-failing-restore.sh'), join(WRAPPE
 cleanup.push(WRAPPER_DIR);
 
 beforeAll(async () => {
-  cluster = await startTestCluster(CLUSTER, 204, { agentEnvFor: (h) => (h === 'h2' ? { FERRY_CRIU_PATH: join(WRAPPER_DIR, 'criu') } : {}) });
+  cluster = await startTestCluster(CLUSTER, 204, { agentEnvFor: (h): Record<string, string> => (h === 'h2' ? { FERRY_CRIU_PATH: join(WRAPPER_DIR, 'criu') } : {}) });
   sharedDir = dev.readClusterState(CLUSTER)!.layout.sharedDir;
 });
 

@@ -32,7 +32,7 @@ let serviceIp: string;
 beforeAll(async () => {
   cluster = await startTestCluster(CLUSTER, 236, {
     hosts: 3,
-    agentEnvFor: (host) => (host === 'h1' ? { FERRY_CRIU_PATH: join(WRAPPER_DIR, 'criu') } : {}),
+    agentEnvFor: (host): Record<string, string> => (host === 'h1' ? { FERRY_CRIU_PATH: join(WRAPPER_DIR, 'criu') } : {}),
   });
   scratch = mkdtempSync(join(tmpdir(), 'ferry-tcp-'));
   await chmod(scratch, 0o755);

@@ -2,7 +2,7 @@ import type { Msg, NatsConnection } from 'nats';
 import { decode, encode, subjects, type CriuInfo, type Heartbeat } from '@ferry/protocol';
 import { HeartbeatLoop, MAX_HEARTBEAT_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS } from './heartbeat';
 
-const criu: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true };
+const criu: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true, pageTunnel: true };
 
 /** The two calls the loop makes on a connection: register (request) and beat (publish). */
 function fakeNats(reply: () => Promise<Record<string, unknown>>) {
@@ -20,7 +20,7 @@ function fakeNats(reply: () => Promise<Record<string, unknown>>) {
 
 test('registers first, then beats on its own subject with the workload list', async () => {
   const { nc, published, requests } = fakeNats(async () => ({ heartbeatIntervalMs: 1000 }));
-  const loop = new HeartbeatLoop(nc, { host: 'h1', address: '198.18.0.1', intervalMs: 1000 }, criu, async () => []);
+  const loop = new HeartbeatLoop(nc, { host: 'h1', address: '198.18.0.1', intervalMs: 1000, sealKey: Buffer.alloc(32) }, criu, async () => []);
   await loop.start();
   loop.stop();
   expect(requests).toEqual([subjects.register('h1')]);
@@ -35,7 +35,7 @@ test('follows the interval the coordinator asks for, within bounds', async () =>
     [10 * MAX_HEARTBEAT_INTERVAL_MS, MAX_HEARTBEAT_INTERVAL_MS],
   ]) {
     const { nc } = fakeNats(async () => ({ heartbeatIntervalMs: asked }));
-    const loop = new HeartbeatLoop(nc, { host: 'h1', address: '', intervalMs: 1000 }, criu, async () => []);
+    const loop = new HeartbeatLoop(nc, { host: 'h1', address: '', intervalMs: 1000, sealKey: Buffer.alloc(32) }, criu, async () => []);
     await loop.start();
     loop.stop();
     expect(loop.currentIntervalMs).toBe(expected);
@@ -48,7 +48,7 @@ test('a coordinator that is not there: no beat, registration retried on the next
     if (!up) throw Object.assign(new Error('no responders'), { code: '503' });
     return { heartbeatIntervalMs: 1000 };
   });
-  const loop = new HeartbeatLoop(nc, { host: 'h1', address: '', intervalMs: 60_000 }, criu, async () => []);
+  const loop = new HeartbeatLoop(nc, { host: 'h1', address: '', intervalMs: 60_000, sealKey: Buffer.alloc(32) }, criu, async () => []);
   await loop.start();
   expect(published).toHaveLength(0);
   up = true;
@@ -60,7 +60,7 @@ test('a coordinator that is not there: no beat, registration retried on the next
 
 test('a malformed registration reply is not taken as registered', async () => {
   const { nc, published } = fakeNats(async () => ({ heartbeatIntervalMs: 'soon' }));
-  const loop = new HeartbeatLoop(nc, { host: 'h1', address: '', intervalMs: 1000 }, criu, async () => []);
+  const loop = new HeartbeatLoop(nc, { host: 'h1', address: '', intervalMs: 1000, sealKey: Buffer.alloc(32) }, criu, async () => []);
   await loop.start();
   loop.stop();
   expect(published).toHaveLength(0);

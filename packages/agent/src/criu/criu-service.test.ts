@@ -37,7 +37,7 @@ beforeEach(async () => {
 afterEach(async () => {
   if (restoredPid && (await isAlive(restoredPid.pid, restoredPid.startTime))) await driver.kill(restoredPid.pid);
   if (workload) {
-    if (await isAlive(workload.pid, workload.startTime)) await driver.kill(workload.pid);
+    if (await isAlive(workload.pid, workload.startTime)) await driver.kill(workload!.pid);
     await waitForWrapperExit(workload, 5000);
   }
   workload = undefined;
@@ -76,12 +76,12 @@ test('pages go to the page server, the rest stays with the dump; a lazy restore 
 
   const server = await PageServer.start(driver, dst, '127.0.0.1');
   expect(server.port).toBeGreaterThan(0);
-  await driver.dump({ pid: workload.pid, imagesDir: src, leaveStopped: true, extraArgs: ['--page-server', '--address', '127.0.0.1', '--port', String(server.port)] });
+  await driver.dump({ pid: workload!.pid, imagesDir: src, leaveStopped: true, extraArgs: ['--page-server', '--address', '127.0.0.1', '--port', String(server.port)] });
   await server.done;
   expect(await sumPageImageBytes(src)).toBe(0);
   expect(await sumPageImageBytes(dst)).toBeGreaterThanOrEqual(32 * MIB);
   const atDump = await readCounters(counterFile);
-  await driver.kill(workload.pid);
+  await driver.kill(workload!.pid);
   for (const f of await fs.readdir(src)) {
     if (f.endsWith('.img') && !(await fs.stat(path.join(dst, f)).catch(() => null))) await fs.copyFile(path.join(src, f), path.join(dst, f));
   }
@@ -122,7 +122,7 @@ describe('page server over mutual TLS (page-server-tls.ts)', () => {
     const server = await PageServer.start(driver, dst, '127.0.0.1', undefined, made.server);
     const clientFiles = await writePageServerClientTls(path.join(dir, 'client-tls'), made.client);
     const dumped = await driver.dump({
-      pid: workload.pid,
+      pid: workload!.pid,
       imagesDir: src,
       leaveStopped: true,
       extraArgs: ['--page-server', '--address', '127.0.0.1', '--port', String(server.port), ...criuTlsArgs(clientFiles)],

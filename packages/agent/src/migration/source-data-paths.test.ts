@@ -2,9 +2,10 @@ import type { NatsConnection } from 'nats';
 import type { CriuInfo } from '@ferry/protocol';
 import type { CriuDriver } from '../criu/criu-driver';
 import type { WorkDirs } from '../host/work-dir';
+import type { TunnelSyscalls } from './page-tunnel';
 import { sourceDataPath, type DataPathContext } from './source-data-paths';
 
-const probe: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true };
+const probe: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true, pageTunnel: true };
 
 function context(criuInfo: CriuInfo = probe): DataPathContext {
   return {
@@ -18,6 +19,7 @@ function context(criuInfo: CriuInfo = probe): DataPathContext {
     imageKey: null,
     dir: '/nonexistent',
     stream: 'auto',
+    syscalls: {} as TunnelSyscalls,
     log: { debug() {}, info() {}, warn() {}, error() {}, child() { return this; } },
   };
 }

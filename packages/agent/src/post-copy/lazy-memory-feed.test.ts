@@ -2,6 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
+import { createLinuxSyscalls } from '@ferry/native';
 import { silentLogger } from '@ferry/protocol';
 import type { CriuDriver } from '../criu/criu-driver';
 import { IMG_COMMON_MAGIC, PAGEMAP_MAGIC, PE_LAZY, parsePagemap } from '../criu/pagemap-image';
@@ -40,7 +41,7 @@ test('a source claiming 2^40 lazy pages is refused before anything is planned or
   await writeFile(join(dir, 'pagemap-1.img'), pagemap(0x7f00_0000_0000, 2 ** 40));
   const started = Date.now();
   await expect(
-    startPostCopyMemory({} as CriuDriver, dir, { nc: {} as NatsConnection, transferId: 't1', pagesKey: null, tlsDir: join(dir, 'tls') }, silentLogger),
+    startPostCopyMemory({} as CriuDriver, dir, { nc: {} as NatsConnection, transferId: 't1', pagesKey: null, tlsDir: join(dir, 'tls'), syscalls: createLinuxSyscalls() }, silentLogger),
   ).rejects.toMatchObject({ code: 'RESTORE_FAILED', message: expect.stringMatching(/lazy memory, more than this host/) });
   expect(Date.now() - started).toBeLessThan(2_000);
 });
