@@ -4,37 +4,17 @@ import { join } from 'node:path';
 import { ErrorCode } from '@ferry/protocol';
 import {
   encodePagemap,
-  IMG_COMMON_MAGIC,
   lazyRunsOf,
-  PAGEMAP_MAGIC,
   parsePagemap,
   PE_LAZY,
   PE_PRESENT,
   splitForPostCopy,
 } from './pagemap-image';
 import { PAGE_BYTES } from '@ferry/protocol';
+import { pagemapEntry, pagemapHeader } from '../test-fixtures/pagemap-fixtures';
 
-function varint(n: number): number[] {
-  const out: number[] = [];
-  while (n >= 0x80) {
-    out.push((n % 128) | 0x80);
-    n = Math.floor(n / 128);
-  }
-  out.push(n);
-  return out;
-}
-
-/** pagemap_entry as CRIU 4.2 writes it: vaddr, compat_nr_pages, flags, nr_pages. */
-function entry(vaddr: number, nrPages: number, flags: number): Buffer {
-  return Buffer.from([0x08, ...varint(vaddr), 0x10, ...varint(nrPages), 0x20, ...varint(flags), 0x28, ...varint(nrPages)]);
-}
-
-function header(): Buffer {
-  const h = Buffer.alloc(8);
-  h.writeUInt32LE(IMG_COMMON_MAGIC, 0);
-  h.writeUInt32LE(PAGEMAP_MAGIC, 4);
-  return h;
-}
+const entry = pagemapEntry;
+const header = pagemapHeader;
 
 /** Page `n` of the test image: every byte is n. */
 function page(n: number): Buffer {

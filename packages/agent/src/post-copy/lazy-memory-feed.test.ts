@@ -5,26 +5,15 @@ import type { NatsConnection } from 'nats';
 import { createLinuxSyscalls } from '@ferry/native';
 import { silentLogger } from '@ferry/protocol';
 import type { CriuDriver } from '../criu/criu-driver';
-import { IMG_COMMON_MAGIC, PAGEMAP_MAGIC, PE_LAZY, parsePagemap } from '../criu/pagemap-image';
+import { PE_LAZY, parsePagemap } from '../criu/pagemap-image';
+import { pagemapEntry, pagemapHeader } from '../test-fixtures/pagemap-fixtures';
 import { startPostCopyMemory } from './lazy-memory-feed';
-
-function varint(n: number): number[] {
-  const out: number[] = [];
-  while (n >= 0x80) {
-    out.push((n % 128) | 0x80);
-    n = Math.floor(n / 128);
-  }
-  out.push(n);
-  return out;
-}
 
 /** A task's pagemap image with one lazy run of `nrPages` pages at `vaddr`. */
 function pagemap(vaddr: number, nrPages: number): Buffer {
-  const header = Buffer.alloc(8);
-  header.writeUInt32LE(IMG_COMMON_MAGIC, 0);
-  header.writeUInt32LE(PAGEMAP_MAGIC, 4);
+  const header = pagemapHeader();
   const head = Buffer.from([0x08, 0x01]);
-  const entry = Buffer.from([0x08, ...varint(vaddr), 0x20, ...varint(PE_LAZY), 0x28, ...varint(nrPages)]);
+  const entry = pagemapEntry(vaddr, nrPages, PE_LAZY);
   const record = (b: Buffer) => Buffer.concat([Buffer.from(Uint32Array.of(b.length).buffer), b]);
   return Buffer.concat([header, record(head), record(entry)]);
 }
