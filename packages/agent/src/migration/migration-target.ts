@@ -169,12 +169,10 @@ export class MigrationTarget {
     await inc.receiver.done.catch((err) => {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `image for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
     });
-    // Pre-copy: the tunnel ends with its authenticated end frames only once the dump sent every page.
-    if (inc.pageTunnel?.pageServer) await inc.pageTunnel.done().catch((err) => {
-      throw new FerryError(ErrorCode.TRANSFER_FAILED, `memory pages for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
-    });
-    // The page server exits 0 only once the dump sent every page.
-    await inc.pageServer?.done.catch((err) => {
+    // The page server exits 0 only once the dump sent every page; behind the page tunnel, the
+    // tunnel must also have ended with its authenticated end frames (done() waits for both).
+    const pagesIn = inc.pageTunnel?.pageServer ? inc.pageTunnel.done() : inc.pageServer?.done;
+    await pagesIn?.catch((err) => {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `memory pages for ${req.workload} incomplete: ${toFerryError(err).message}`, { cause: err });
     });
     const manifest = await readManifest(inc.dir, req.workload);
