@@ -32,6 +32,10 @@ uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* nam
   return static_cast<uint32_t>(IntegerArg(info, index, name, min, max));
 }
 
+uint64_t SafeUint64Arg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  return static_cast<uint64_t>(IntegerArg(info, index, name, 0, 9007199254740991.0));
+}
+
 bool BoolArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
   if (index >= info.Length() || !info[index].IsBoolean()) ThrowType(info.Env(), name, "a boolean");
   return info[index].As<Napi::Boolean>().Value();

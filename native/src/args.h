@@ -14,6 +14,8 @@ int32_t Int32Arg(const Napi::CallbackInfo& info, size_t index, const char* name)
 uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 /** An unsigned integer in [min, max] (bounds that keep an allocation sane if TypeScript is bypassed). */
 uint32_t Uint32Arg(const Napi::CallbackInfo& info, size_t index, const char* name, uint32_t min, uint32_t max);
+/** A non-negative integer JavaScript holds exactly (at most 2^53 - 1). */
+uint64_t SafeUint64Arg(const Napi::CallbackInfo& info, size_t index, const char* name);
 bool BoolArg(const Napi::CallbackInfo& info, size_t index, const char* name);
 /** Copies a Uint8Array (or Buffer) of exactly `size` bytes into `out`. */
 void FixedBytesArg(const Napi::CallbackInfo& info, size_t index, const char* name, uint8_t* out, size_t size);

@@ -1,4 +1,4 @@
-// sealedPump(inFd, outFd, mode, key, noncePrefix, frameBytes, shutdownOut, cancelFd) -> Promise<counts>:
+// sealedPump(inFd, outFd, mode, key, noncePrefix, frameBytes, shutdownOut, cancelFd, maxOutBytes) -> Promise<counts>:
 // runs RunSealedPump (sealed-pump.cc) on a thread of its own and settles the Promise on the JS
 // thread. No JavaScript runs per byte.
 //
@@ -102,6 +102,7 @@ Napi::Value SealedPump(const Napi::CallbackInfo& info) {
   config.frame_bytes = Uint32Arg(info, 5, "frameBytes", kSealedMinFrameBytes, kSealedMaxFrameBytes);
   config.shutdown_out = BoolArg(info, 6, "shutdownOut");
   config.cancel_fd = Int32Arg(info, 7, "cancelFd");
+  config.max_out_bytes = info.Length() > 8 ? SafeUint64Arg(info, 8, "maxOutBytes") : 0;
 
   PumpTsfn tsfn = PumpTsfn::New(env, "sealedPump", 0, 1, job.get(), Settle, new JobRef(job));
   Napi::Promise promise = job->deferred.Promise();

@@ -234,6 +234,10 @@ void RunOpen(const PumpConfig& config, const PumpFd& in, const PumpFd& out, Fram
     }
     ++outcome->frames;
     if (len == 0) return;
+    if (config.max_out_bytes != 0 && outcome->bytes_out + len > config.max_out_bytes) {
+      return Fail(outcome, EFBIG, "sealedPump",
+                  where + " would take the stream past its bound of " + std::to_string(config.max_out_bytes) + " bytes; refused");
+    }
     if (WriteAll(out, frame + kHeaderBytes, len, &error) == -1) {
       return FailIo(outcome, error, "writing the plaintext of " + where);
     }

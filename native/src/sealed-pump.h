@@ -35,6 +35,12 @@ struct PumpConfig {
    * socketpair whose other end the caller shuts down). Watched in every wait and between frames.
    */
   int cancel_fd = -1;
+  /**
+   * open only: most plaintext bytes the stream may deliver; a frame that would go beyond it fails
+   * the pump (EFBIG) before any of its bytes is written. 0: no bound. A receiver that knows how
+   * much it was promised (a file's declared size) stops a lying sender from filling its disk.
+   */
+  uint64_t max_out_bytes = 0;
 
   PumpConfig() = default;
   PumpConfig(const PumpConfig&) = delete;

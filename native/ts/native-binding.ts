@@ -41,6 +41,7 @@ export interface NativeBinding {
     frameBytes: number,
     shutdownOut: boolean,
     cancelFd: number,
+    maxOutBytes: number,
   ): Promise<SealedPumpCounts>;
 
   readonly SEEK_SET: number;

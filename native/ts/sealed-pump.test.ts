@@ -66,11 +66,12 @@ async function open(
   wire: Buffer,
   key: Uint8Array = KEY,
   prefix: Uint8Array = PREFIX_A,
+  maxOutBytes = 0,
 ): Promise<{ outcome: PromiseSettledResult<SealedPumpCounts>; output: Buffer }> {
   const input = endpoint();
   const output = endpoint();
   const plaintext = collect(output.socket);
-  const pump = sys.sealedPump(input.fd, output.fd, 'open', key, prefix, FRAME_BYTES);
+  const pump = sys.sealedPump(input.fd, output.fd, 'open', key, prefix, FRAME_BYTES, { maxOutBytes });
   input.socket.end(wire);
   const [outcome] = await Promise.allSettled([pump]);
   // A failed opener does not shut its output down (shutdownOut is for a clean end): do it here.
@@ -227,6 +228,19 @@ describe('sealedPump', () => {
     expect(output.length).toBe(0);
   });
 
+  it('stops a stream that goes past maxOutBytes (EFBIG) before writing the frame that would cross it', async () => {
+    const data = randomBytes(3 * FRAME_BYTES);
+    const { wire } = await seal(data);
+    const exact = await open(wire, KEY, PREFIX_A, data.length);
+    expect(exact.outcome.status).toBe('fulfilled');
+    expect(exact.output.equals(data)).toBe(true);
+    const short = await open(wire, KEY, PREFIX_A, 2 * FRAME_BYTES + 1);
+    expect(rejection(short.outcome)).toMatchObject({ code: 'EFBIG', syscall: 'sealedPump' });
+    expect((rejection(short.outcome) as Error).message).toMatch(/past its bound of 131073 bytes/);
+    // The two frames inside the bound went out, nothing of the third.
+    expect(short.output.equals(data.subarray(0, 2 * FRAME_BYTES))).toBe(true);
+  });
+
   it('runs a tunnel both ways at once over one socketpair (a prefix per direction)', async () => {
     const [w0, w1] = pair();
     const [aIn, aOut, bIn, bOut] = [endpoint(), endpoint(), endpoint(), endpoint()];
@@ -282,6 +296,28 @@ describe('sealedPump', () => {
     fs.writeSync(reader.fd, 'early');
     while (reader.socket.readableLength === 0) await new Promise((resolve) => setTimeout(resolve, 5));
     expect(() => socketFd(reader.socket)).toThrow(/already holds/);
+  });
+
+  it('keeps Node off a socket taken from inside its own data handler (Readable would restart the reading)', async () => {
+    const [ours, theirs] = sys.socketpair();
+    fds.push(ours);
+    const socket = new net.Socket({ fd: theirs, readable: true, writable: true });
+    socket.on('error', () => undefined);
+    sockets.push(socket);
+    const output = endpoint();
+    const plaintext = collect(output.socket);
+    // A greeting read the Node way, then the fd handed over in the same 'data' event.
+    const taken = new Promise<number>((resolve) => socket.once('data', () => resolve(socketFd(socket))));
+    fs.writeSync(ours, 'hello');
+    const fd = await taken;
+    await new Promise((resolve) => setImmediate(resolve));
+    const data = randomBytes(MIB);
+    const { wire } = await seal(data);
+    const opening = sys.sealedPump(fd, output.fd, 'open', KEY, PREFIX_A, FRAME_BYTES);
+    await new Promise((resolve, reject) => fs.write(ours, wire, (err) => (err ? reject(err) : resolve(undefined))));
+    await opening;
+    expect((await plaintext).equals(data)).toBe(true);
+    expect(socket.readableLength).toBe(0);
   });
 
   it('stops on its AbortSignal (ECANCELED) without an end frame: the receiver sees a cut stream', async () => {

@@ -33,6 +33,12 @@ export interface SealedPumpOptions {
    * writing to a full blocking pipe notices only when that write returns.
    */
   signal?: AbortSignal;
+  /**
+   * open only: most plaintext bytes the stream may deliver (e.g. a file's declared size). A frame
+   * that would go past it fails the pump with 'EFBIG' before any of its bytes is written, so a
+   * lying peer cannot fill the disk. Default 0: no bound.
+   */
+  maxOutBytes?: number;
 }
 
 const SYSCALL = 'sealedPump';
@@ -69,11 +75,12 @@ export async function sealedPump(
     noncePrefix: checkFixedBytes(SYSCALL, 'noncePrefix', noncePrefix, SEALED_PUMP_NONCE_PREFIX_BYTES),
     frameBytes: checkIntegerIn(SYSCALL, 'frameBytes', frameBytes, SEALED_PUMP_MIN_FRAME_BYTES, SEALED_PUMP_MAX_FRAME_BYTES),
     shutdownOut: checkBoolean(SYSCALL, 'options.shutdownOut', options.shutdownOut ?? true),
+    maxOutBytes: checkIntegerIn(SYSCALL, 'options.maxOutBytes', options.maxOutBytes ?? 0, 0, Number.MAX_SAFE_INTEGER),
   };
   const signal = options.signal;
   if (signal === undefined) {
     try {
-      return await native().sealedPump(args.inFd, args.outFd, args.mode, args.key, args.noncePrefix, args.frameBytes, args.shutdownOut, -1);
+      return await native().sealedPump(args.inFd, args.outFd, args.mode, args.key, args.noncePrefix, args.frameBytes, args.shutdownOut, -1, args.maxOutBytes);
     } catch (err) {
       throw fromNativeError(err);
     }
@@ -103,6 +110,7 @@ export async function sealedPump(
       args.frameBytes,
       args.shutdownOut,
       cancelRead,
+      args.maxOutBytes,
     );
   } catch (err) {
     throw fromNativeError(err);

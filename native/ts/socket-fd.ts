@@ -38,8 +38,13 @@ export function socketFd(socket: net.Socket): number {
   if (handle.reading === true && typeof handle.readStop === 'function') {
     const status = handle.readStop();
     if (status !== 0) refuse(`could not stop Node reading it (libuv status ${status})`);
-    // As net.Socket#pause does for its own handles: marks the handle stopped, so a later resume() restarts it.
+    // As net.Socket#pause does for its own handles: marks the handle stopped.
     handle.reading = false;
   }
+  // And it must stay stopped. Readable asks its source for more whenever its buffer runs low:
+  // right after a 'data' event (maybeReadMore, on the next tick), or on a read() anyone makes.
+  // net.Socket answers by starting the handle again, and the pump's bytes would vanish into a
+  // paused buffer (seen: socketFd called from inside a 'data' handler lost the next 4 KiB).
+  (socket as unknown as { _read: (size: number) => void })._read = () => undefined;
   return fd;
 }

@@ -62,8 +62,9 @@ export interface LinuxSyscalls {
    * Rejects with a SyscallError: 'EBADMSG' (a frame failed authentication: wrong key or prefix,
    * or altered data; nothing of that frame was written), 'EPIPE' with syscall 'sealedPump' (the
    * input ended before the end frame: the stream was cut), 'EMSGSIZE' (a frame header claims more
-   * than frameBytes), 'ECANCELED' (stopped through `options.signal`), 'ENOTSOCK' with syscall
-   * 'shutdown' (shutdownOut with an outFd that is not a socket, before any byte moved), or the errno
+   * than frameBytes), 'EFBIG' (the stream went past options.maxOutBytes), 'ECANCELED' (stopped
+   * through `options.signal`), 'ENOTSOCK' with syscall 'shutdown' (shutdownOut with an outFd that
+   * is not a socket, before any byte moved), or the errno
    * of a failed fstat/read/recv/write/send/poll/shutdown with that call as `syscall`.
    */
   sealedPump(

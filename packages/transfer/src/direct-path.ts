@@ -30,14 +30,17 @@ export class DirectEndpoint {
     readonly host: string,
     readonly port: number,
     readonly token: string,
+    /** Whether the offer includes the pumped path. */
+    readonly pump: boolean,
   ) {}
 
   /**
-   * Listens on `host`, port chosen by the kernel. `onLink` gets the authenticated connection and
-   * says whether it is taken (false: the receiver already gets its data over NATS); after the
-   * first authenticated connection the endpoint stops listening.
+   * Listens on `host`, port chosen by the kernel. `onLink` gets the authenticated connection,
+   * and whether its sender asked to pump file bodies, and says whether it is taken (false: the
+   * receiver already gets its data over NATS); after the first authenticated connection the
+   * endpoint stops listening. `pump`: offers the pumped path (file-pump.ts).
    */
-  static async open(host: string, onLink: (link: FrameSocket) => boolean): Promise<DirectEndpoint> {
+  static async open(host: string, onLink: (link: FrameSocket, pumped: boolean) => boolean, pump = false): Promise<DirectEndpoint> {
     const token = randomBytes(TOKEN_BYTES).toString('hex');
     const expected = Buffer.from(token);
     let endpoint: DirectEndpoint | undefined;
@@ -50,9 +53,13 @@ export class DirectEndpoint {
           if (greeted) return;
           greeted = true;
           clearTimeout(timer);
+          let pumped: boolean;
           try {
             const hello = parseMessage(HelloFrame, decode(bytes));
             if (!timingSafeEqual(Buffer.from(hello.token), expected)) throw new Error('wrong token');
+            pumped = hello.pump === true;
+            // A pump asked for where none was offered: a broken or hostile sender.
+            if (pumped && !pump) throw new Error('pump not offered');
           } catch {
             link.destroy();
             return;
@@ -60,7 +67,7 @@ export class DirectEndpoint {
           if (endpoint === undefined || endpoint.claimed) return link.destroy();
           endpoint.claimed = true;
           endpoint.close();
-          if (!onLink(link)) link.destroy();
+          if (!onLink(link, pumped)) link.destroy();
         },
         onClose: () => clearTimeout(timer),
       });
@@ -73,7 +80,7 @@ export class DirectEndpoint {
     });
     const address = server.address();
     const port = typeof address === 'object' && address !== null ? address.port : 0;
-    endpoint = new DirectEndpoint(server, host, port, token);
+    endpoint = new DirectEndpoint(server, host, port, token, pump);
     return endpoint;
   }
 
@@ -86,7 +93,8 @@ export class DirectEndpoint {
   }
 }
 
-export type DirectConnectResult = { link: FrameSocket } | { reason: string };
+/** `pumped`: the receiver offered the pumped path and the sender asked for it in its hello. */
+export type DirectConnectResult = { link: FrameSocket; pumped: boolean } | { reason: string };
 
 /**
  * Sender side: asks the receiver for an endpoint and connects to it. Never throws for an
@@ -98,6 +106,7 @@ export async function connectDirect(
   transferId: string,
   maxFrameBytes: number,
   timeouts: { offerMs: number; connectMs: number } = { offerMs: DIRECT_OFFER_TIMEOUT_MS, connectMs: DIRECT_CONNECT_TIMEOUT_MS },
+  canPump = false,
 ): Promise<DirectConnectResult> {
   let offer: DirectReplyFrame;
   try {
@@ -127,6 +136,7 @@ export async function connectDirect(
   if ('error' in connected) return { reason: `cannot connect to ${offer.host}:${offer.port}: ${connected.error}` };
   const socket = connected.socket;
   const link = new FrameSocket(socket, maxFrameBytes);
-  link.send(encode({ v: PROTOCOL_VERSION, t: 'hello', token: offer.token }));
-  return { link };
+  const pumped = canPump && offer.pump === true;
+  link.send(encode({ v: PROTOCOL_VERSION, t: 'hello', token: offer.token, ...(pumped ? { pump: true } : {}) }));
+  return { link, pumped };
 }

@@ -23,6 +23,12 @@
  *
  * Direct path (TCP, sender -> receiver's offer): every frame is a 4-byte big-endian length and
  * the same msgpack frame; the sender's first frame is hello {token}; acks come back on the socket.
+ *
+ * Pumped direct path (file-pump.ts; both sides have a native pump and a key): the offer says
+ * `pump: true`, the sender's hello asks for it, and the receiver answers go {} on the socket once
+ * Node no longer reads it. From then on the connection carries only file bodies, each a sealed
+ * stream of its own; file, eof (crc 0: the sealed stream authenticates every byte) and end
+ * frames, acks and ctl frames travel over NATS as on the NATS path.
  */
 import { z } from 'zod';
 import { PROTOCOL_VERSION } from '@ferry/protocol';
@@ -115,13 +121,23 @@ export const DirectOfferFrame = z.strictObject({
   host: z.string().min(1).max(64),
   port: z.number().int().min(1).max(65_535),
   token: Token,
+  /** The receiver can take file bodies through its native pump. */
+  pump: z.boolean().optional(),
 });
 /** Receiver's answer when it has no direct endpoint: use NATS. */
 export const DirectDeclineFrame = z.strictObject({ v: Version, t: z.literal('decline') });
 export const DirectReplyFrame = z.discriminatedUnion('t', [DirectOfferFrame, DirectDeclineFrame]);
 export type DirectReplyFrame = z.infer<typeof DirectReplyFrame>;
 /** First frame on a direct connection. */
-export const HelloFrame = z.strictObject({ v: Version, t: z.literal('hello'), token: Token });
+export const HelloFrame = z.strictObject({
+  v: Version,
+  t: z.literal('hello'),
+  token: Token,
+  /** The sender will pump file bodies (only after the receiver's go). */
+  pump: z.boolean().optional(),
+});
+/** Receiver -> sender on a pumped connection: Node no longer reads it, the bodies may come. */
+export const GoFrame = z.strictObject({ v: Version, t: z.literal('go') });
 
 /** Room left in a NATS message for a chunk frame's fields around its data. */
 export const FRAME_OVERHEAD_BYTES = 4096;

@@ -60,3 +60,32 @@ export async function* imageFrames(files: readonly ImageFile[], chunkBytes: numb
   }
   yield { seq, kind: 'end', payloadBytes: 0, bytes: encode({ v, t: 'end', seq, files: files.length, bytes: totalBytes }) };
 }
+
+/** A file body for the pump: not a frame, it crosses the direct connection as a sealed stream. */
+export interface BodyStep {
+  kind: 'body';
+  /** Seq of the file frame that announced it (its nonce prefix). */
+  fileSeq: number;
+  file: ImageFile;
+}
+
+/**
+ * The pumped path's steps: file, body, eof (crc 0: the sealed body authenticates every byte)
+ * for every file, then end. No file is read here; the pump reads it.
+ */
+export function* pumpedImageFrames(files: readonly ImageFile[]): Generator<EncodedFrame | BodyStep> {
+  const v = PROTOCOL_VERSION;
+  let seq = 0;
+  let totalBytes = 0;
+  for (const file of files) {
+    const { path, mode, size } = file;
+    const fileSeq = seq;
+    yield { seq, kind: 'file', payloadBytes: 0, bytes: encode({ v, t: 'file', seq, path, mode, size }) };
+    seq += 1;
+    yield { kind: 'body', fileSeq, file };
+    totalBytes += size;
+    yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, crc: 0 }) };
+    seq += 1;
+  }
+  yield { seq, kind: 'end', payloadBytes: 0, bytes: encode({ v, t: 'end', seq, files: files.length, bytes: totalBytes }) };
+}

@@ -12,82 +12,31 @@ import {
   MAX_CONTROL_MESSAGE_BYTES,
   parseMessage,
   PROTOCOL_VERSION,
-  silentLogger,
   subjects,
   toFerryError,
   type Logger,
 } from '@ferry/protocol';
-import { assertImageKey, FrameOpener } from './chunk-cipher';
+import { FrameOpener } from './chunk-cipher';
 import { ControlFrameAuthenticator } from './control-frame-auth';
 import { DirectEndpoint } from './direct-path';
+import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, pumpProgressIntervalMs } from './file-pump';
 import type { FrameSocket } from './frame-socket';
 import { CtlFrame, DataFrame, DirectRequestFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
 import { IncomingFile } from './incoming-file';
+import { compileImageReceiverOptions, MAX_QUEUED_FRAMES, type ImageReceiverOptions } from './image-receiver-options';
+
+export {
+  compileImageReceiverOptions,
+  defaultImageReceiverOptions,
+  DEFAULT_MAX_FILE_BYTES,
+  DEFAULT_MAX_FILES,
+  DEFAULT_MAX_TOTAL_BYTES,
+  DEFAULT_RECEIVE_IDLE_TIMEOUT_MS,
+  MAX_QUEUED_FRAMES,
+  type ImageReceiverOptions,
+} from './image-receiver-options';
 import type { TransferStats, TransferTransport } from './transfer-stats';
-
-/** The sender is considered gone when no frame arrives for this long. */
-export const DEFAULT_RECEIVE_IDLE_TIMEOUT_MS = 30_000;
-/** Largest single file accepted. CRIU's pages image is about the size of the workload's RSS. */
-export const DEFAULT_MAX_FILE_BYTES = 16 * 1024 ** 3;
-/** Largest image accepted, all files together. */
-export const DEFAULT_MAX_TOTAL_BYTES = 64 * 1024 ** 3;
-/** Most files accepted; a CRIU image of a process tree has a few per process. */
-export const DEFAULT_MAX_FILES = 100_000;
-/**
- * Frames received and not yet written beyond which the sender is ignoring the window.
- * Far above any sane window, it only bounds memory against a misbehaving peer.
- */
-export const MAX_QUEUED_FRAMES = 1024;
-
-export interface ImageReceiverOptions {
-  /** Fail with DEADLINE_EXCEEDED when no frame arrives (and none is being written) for this long. */
-  idleTimeoutMs: number;
-  /**
-   * How long the first frame may take, from start(): the source sends nothing while CRIU dumps
-   * (with a page server, while every memory page goes that way), which grows with the workload's
-   * memory. Default: idleTimeoutMs.
-   */
-  firstFrameTimeoutMs?: number;
-  /** Largest declared file size accepted, in bytes. */
-  maxFileBytes: number;
-  /** Largest sum of declared file sizes accepted, in bytes; a sender cannot fill the disk beyond it. */
-  maxTotalBytes: number;
-  /** Most files accepted. */
-  maxFiles: number;
-  /**
-   * Address (of this host, reachable by the sender) to offer a direct TCP data path on; unset:
-   * NATS only. The sender decides which path it uses; a receiver takes either.
-   */
-  directListenAddress?: string;
-  /** Per-migration key: every data frame must be sealed with it (chunk-cipher.ts); null: frames in clear. */
-  imageKey?: Uint8Array | null;
-  logger?: Logger;
-}
-
-export function defaultImageReceiverOptions(): ImageReceiverOptions {
-  return {
-    idleTimeoutMs: DEFAULT_RECEIVE_IDLE_TIMEOUT_MS,
-    maxFileBytes: DEFAULT_MAX_FILE_BYTES,
-    maxTotalBytes: DEFAULT_MAX_TOTAL_BYTES,
-    maxFiles: DEFAULT_MAX_FILES,
-  };
-}
-
-export function compileImageReceiverOptions(options: Partial<ImageReceiverOptions>): Required<ImageReceiverOptions> {
-  const merged = { ...defaultImageReceiverOptions(), ...options };
-  for (const key of ['idleTimeoutMs', 'maxFileBytes', 'maxTotalBytes', 'maxFiles'] as const) {
-    if (!Number.isSafeInteger(merged[key]) || merged[key] < (key === 'idleTimeoutMs' ? 1 : 0)) {
-      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${key} must be a non-negative integer, got ${String(merged[key])}`);
-    }
-  }
-  if (merged.imageKey) assertImageKey(merged.imageKey);
-  const firstFrameTimeoutMs = merged.firstFrameTimeoutMs ?? merged.idleTimeoutMs;
-  if (!Number.isSafeInteger(firstFrameTimeoutMs) || firstFrameTimeoutMs < 1) {
-    throw new FerryError(ErrorCode.INVALID_ARGUMENT, `firstFrameTimeoutMs must be a positive integer, got ${String(firstFrameTimeoutMs)}`);
-  }
-  return { ...merged, firstFrameTimeoutMs, directListenAddress: merged.directListenAddress ?? '', imageKey: merged.imageKey ?? null, logger: merged.logger ?? silentLogger };
-}
 
 /**
  * Receives one image. Create it with start() before the sender begins (it subscribes at once);
@@ -126,6 +75,14 @@ export class ImageReceiver {
   /** With a key: tags our acks and errors, and checks the sender's aborts. */
   private readonly auth: ControlFrameAuthenticator | undefined;
   private ignoredControlFrames = 0;
+  /** Pumped direct path: the connection's fd (Node no longer reads it) and the bodies' key. */
+  private pumpFd: number | undefined;
+  private pumpKey: Buffer | undefined;
+  /** Stops a body's pump on failure; the connection is closed only once the pump let go of it. */
+  private readonly pumpAbort = new AbortController();
+  private pumping: Promise<unknown> | undefined;
+  /** Bytes of the body being pumped so far (for progress()). */
+  private bodyBytes = 0;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -170,7 +127,8 @@ export class ImageReceiver {
     }
     const receiver = new ImageReceiver(nc, transferId, root, options);
     if (options.directListenAddress !== '') {
-      receiver.endpoint = DirectEndpoint.open(options.directListenAddress, (link) => receiver.takeLink(link)).catch((err: unknown) => {
+      const offerPump = options.filePump !== null && options.imageKey !== null;
+      receiver.endpoint = DirectEndpoint.open(options.directListenAddress, (link, pumped) => receiver.takeLink(link, pumped), offerPump).catch((err: unknown) => {
         // Not fatal: the sender is declined and uses NATS.
         receiver.log.warn({ transferId, err: toFerryError(err).message }, 'no direct path offered');
         return undefined;
@@ -203,12 +161,13 @@ export class ImageReceiver {
     }
     const endpoint = await this.endpoint;
     if (endpoint === undefined || endpoint.claimed || this.transport !== undefined || this.finished) return decline;
-    return { v: PROTOCOL_VERSION, t: 'offer', host: endpoint.host, port: endpoint.port, token: endpoint.token };
+    return { v: PROTOCOL_VERSION, t: 'offer', host: endpoint.host, port: endpoint.port, token: endpoint.token, ...(endpoint.pump ? { pump: true } : {}) };
   }
 
   /** An authenticated direct connection: taken unless data already comes over NATS. */
-  private takeLink(link: FrameSocket): boolean {
+  private takeLink(link: FrameSocket, pumped: boolean): boolean {
     if (this.transport !== undefined || this.finished) return false;
+    if (pumped) return this.takePumpedLink(link);
     this.transport = 'direct';
     this.link = link;
     link.setMaxFrameBytes(this.maxFrameBytes);
@@ -222,8 +181,36 @@ export class ImageReceiver {
     return true;
   }
 
+  /**
+   * A pumped connection: Node stops reading it (the bodies' pumps will), the sender is told to
+   * go, and the control frames come over NATS from now on.
+   */
+  private takePumpedLink(link: FrameSocket): boolean {
+    const { filePump, imageKey } = this.options;
+    if (filePump === null || imageKey === null) return false;
+    try {
+      this.pumpFd = filePump.socketFd(link.socket);
+    } catch (err) {
+      this.log.warn({ transferId: this.transferId, err: toFerryError(err).message }, 'direct connection cannot be pumped');
+      return false;
+    }
+    this.pumpKey = fileBodyKey(imageKey, this.transferId);
+    this.transport = 'direct';
+    this.link = link;
+    link.attach({
+      // Node no longer reads it: a frame here means it did, and a body's bytes went astray.
+      onFrame: () => this.fail(new FerryError(ErrorCode.INTERNAL, 'a frame was read from the pumped connection')),
+      onClose: (err) => {
+        if (!this.finished) this.fail(err ?? new FerryError(ErrorCode.TRANSFER_FAILED, 'direct connection closed before the end of the image'));
+      },
+    });
+    link.send(encode({ v: PROTOCOL_VERSION, t: 'go' }));
+    this.log.debug({ transferId: this.transferId }, 'receiving file bodies through the pump');
+    return true;
+  }
+
   private enqueueFromNats(bytes: Uint8Array): void {
-    if (this.transport === 'direct') {
+    if (this.transport === 'direct' && this.pumpFd === undefined) {
       // One path per transfer: frames on two paths could interleave out of order.
       this.fail(new FerryError(ErrorCode.TRANSFER_FAILED, 'data frame over NATS during a direct transfer'));
       return;
@@ -247,7 +234,7 @@ export class ImageReceiver {
 
   /** File bytes written and files completed so far. */
   progress(): { bytes: number; files: number } {
-    return { bytes: this.bytesWritten, files: this.filesDone };
+    return { bytes: this.bytesWritten + this.bodyBytes, files: this.filesDone };
   }
 
   /** Stops receiving, rejects `done` with TRANSFER_FAILED and tells the sender. */
@@ -307,9 +294,11 @@ export class ImageReceiver {
         this.filesDeclared += 1;
         this.bytesDeclared += frame.size;
         this.current = await IncomingFile.create(this.root, frame, this.knownDirs);
+        if (this.pumpFd !== undefined) await this.receiveBody(this.current, frame.seq);
         break;
       }
       case 'chunk': {
+        if (this.pumpFd !== undefined) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'chunk frame on a pumped transfer');
         const file = this.openFile(frame.path, 'chunk');
         await file.write(frame.offset, frame.data, frame.crc);
         this.bytesWritten += frame.data.byteLength;
@@ -340,9 +329,45 @@ export class ImageReceiver {
     this.expectedSeq += 1;
     const ackFields = { t: 'ack' as const, seq: frame.seq };
     const ack = encode({ v: PROTOCOL_VERSION, ...(this.auth ? this.auth.sign(ackFields) : ackFields) });
-    if (this.link !== undefined) this.link.send(ack);
+    if (this.link !== undefined && this.pumpFd === undefined) this.link.send(ack);
     else this.nc.publish(subjects.xferAck(this.transferId), ack);
     if (frame.t === 'end') this.succeed();
+  }
+
+  /**
+   * The body of the file just created, from the pumped connection into its fd: exactly its
+   * declared size (the pump refuses a frame beyond it), authenticated frame by frame. The idle
+   * clock follows the file's offset, so a large body on a slow link is not taken for a dead one.
+   */
+  private async receiveBody(file: IncomingFile, fileSeq: number): Promise<void> {
+    const pump = this.options.filePump!;
+    if (fileSeq > MAX_PUMPED_FILE_SEQ) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `file frame ${fileSeq} is beyond the pumped path's ${MAX_PUMPED_FILE_SEQ}`);
+    const ticker = setInterval(() => {
+      try {
+        const at = pump.offset(file.fd);
+        if (at !== this.bodyBytes) this.watchdog.touch();
+        this.bodyBytes = at;
+      } catch {
+        // The fd is being closed after a failure: nothing to watch.
+      }
+    }, pumpProgressIntervalMs(this.options.idleTimeoutMs));
+    const pumping = pump.pump(this.pumpFd!, file.fd, 'open', this.pumpKey!, fileBodyNoncePrefix(fileSeq), {
+      signal: this.pumpAbort.signal,
+      maxOutBytes: file.size,
+    });
+    this.pumping = pumping.catch(() => undefined);
+    let bytes: number;
+    try {
+      bytes = (await pumping).bytesOut;
+    } catch (err) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `body of ${JSON.stringify(file.path)}: ${toFerryError(err).message}`, { cause: err });
+    } finally {
+      clearInterval(ticker);
+      this.bodyBytes = 0;
+    }
+    file.recordPumped(bytes);
+    this.bytesWritten += bytes;
+    this.chunks += 1;
   }
 
   private checkLimits(path: string, size: number): void {
@@ -424,7 +449,10 @@ export class ImageReceiver {
   private fail(err: FerryError, { notifySender = true } = {}): void {
     if (this.finished) return;
     this.stop();
-    this.link?.destroy();
+    // A pump still reading the connection stops first; its fd closes once the pump let go of it.
+    this.pumpAbort.abort();
+    const link = this.link;
+    if (link !== undefined) void (this.pumping ?? Promise.resolve()).then(() => link.destroy());
     this.log.warn({ transferId: this.transferId, code: err.code, err: err.message }, 'image receive failed');
     if (notifySender) {
       try {

@@ -3,6 +3,8 @@
  * direct TCP connection to the receiver when it offers one and it can be reached, else on the
  * transfer's NATS data subject, keeping at most `windowChunks` frames unacknowledged.
  */
+import { constants as fsConstants } from 'node:fs';
+import { open } from 'node:fs/promises';
 import type { NatsConnection } from 'nats';
 import {
   decode,
@@ -21,10 +23,11 @@ import {
 import { assertImageKey, FrameSealer } from './chunk-cipher';
 import { ControlFrameAuthenticator, type ControlFrameFields } from './control-frame-auth';
 import { connectDirect, DIRECT_CONNECT_TIMEOUT_MS, DIRECT_OFFER_TIMEOUT_MS } from './direct-path';
+import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, pumpProgressIntervalMs, type FilePump } from './file-pump';
 import type { FrameSocket } from './frame-socket';
-import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES } from './frames';
+import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES, GoFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
-import { imageFrames } from './image-frames';
+import { imageFrames, pumpedImageFrames, type BodyStep, type EncodedFrame } from './image-frames';
 import { listImageFiles } from './list-image-files';
 import { readAhead } from './read-ahead';
 import type { TransferStats, TransferTransport } from './transfer-stats';
@@ -68,6 +71,8 @@ export interface ImageSenderOptions {
   directTimeoutMs: number;
   /** Per-migration key: every data frame is sealed with it (chunk-cipher.ts); null: frames go in clear. */
   imageKey?: Uint8Array | null;
+  /** With a key: file bodies go through this pump when the receiver offers the pumped direct path (file-pump.ts). */
+  filePump?: FilePump | null;
   logger?: Logger;
 }
 
@@ -112,6 +117,7 @@ export function compileImageSenderOptions(
     transport: merged.transport,
     directTimeoutMs: merged.directTimeoutMs,
     imageKey: merged.imageKey ?? null,
+    filePump: merged.filePump ?? null,
     logger: merged.logger ?? silentLogger,
   };
 }
@@ -147,9 +153,12 @@ export async function sendImage(
     wake = undefined;
     w?.();
   };
+  /** Stops a body's pump on failure. */
+  const pumpAbort = new AbortController();
   const fail = (err: FerryError): void => {
     if (failure !== undefined) return;
     failure = err;
+    pumpAbort.abort();
     notify();
   };
   /** Waits for acks (or a failure) until `ready()` holds. Only the send loop waits. */
@@ -221,20 +230,29 @@ export async function sendImage(
   let chunks = 0;
   let bytes = 0;
   let link: FrameSocket | undefined;
+  /** Pumped direct path: the connection's fd, Node no longer reading it. */
+  let pumpFd: number | undefined;
   let done = false;
-  const frames = readAhead(imageFrames(files, options.chunkBytes), READ_AHEAD_FRAMES);
+  let frames: AsyncGenerator<EncodedFrame | BodyStep> | undefined;
   try {
     let transport: TransferTransport = 'nats';
     if (options.transport !== 'nats') {
       const timeouts = { offerMs: options.directTimeoutMs, connectMs: options.directTimeoutMs };
-      const direct = await connectDirect(nc, transferId, MAX_ACK_FRAME_BYTES, timeouts);
+      const canPump = options.filePump !== null && options.imageKey !== null;
+      const direct = await connectDirect(nc, transferId, MAX_ACK_FRAME_BYTES, timeouts, canPump);
       if ('link' in direct) {
         link = direct.link;
         transport = 'direct';
+        /** Pumped: set once the receiver's go came back. */
+        let wentAhead = !direct.pumped;
         link.attach({
           onFrame: (bytes) => {
             try {
-              onAck(bytes);
+              if (wentAhead) return onAck(bytes);
+              // A pumped connection carries one frame back: the receiver's go.
+              parseMessage(GoFrame, decode(bytes));
+              wentAhead = true;
+              notify();
             } catch (e) {
               fail(toFerryError(e, ErrorCode.INVALID_ARGUMENT));
             }
@@ -243,18 +261,63 @@ export async function sendImage(
             if (!done) fail(err ?? new FerryError(ErrorCode.TRANSFER_FAILED, 'direct connection closed'));
           },
         });
+        if (direct.pumped) {
+          const timer = setTimeout(
+            () => fail(new FerryError(ErrorCode.UNAVAILABLE, `the receiver of transfer ${transferId} did not take the pumped connection within ${options.directTimeoutMs} ms`)),
+            options.directTimeoutMs,
+          );
+          await waitUntil(() => wentAhead).finally(() => clearTimeout(timer));
+          pumpFd = options.filePump!.socketFd(link.socket);
+        }
       } else if (options.transport === 'direct') {
         throw new FerryError(ErrorCode.UNAVAILABLE, `direct path to the receiver of transfer ${transferId} unavailable: ${direct.reason}`);
       } else {
         log.info({ transferId, reason: direct.reason }, 'direct path unavailable, sending over NATS');
       }
     }
-    const send = link !== undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
+    frames = pumpFd !== undefined ? toAsync(pumpedImageFrames(files)) : readAhead(imageFrames(files, options.chunkBytes), READ_AHEAD_FRAMES);
+    // Pumped: the connection carries the bodies only; control frames go over NATS.
+    const send = link !== undefined && pumpFd === undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
     // Sealed at the frame level, so both paths carry only ciphertext.
     const sealer = options.imageKey ? new FrameSealer(options.imageKey, transferId) : undefined;
     const publish = (frame: { seq: number; bytes: Uint8Array }) => send(sealer ? sealer.seal(frame.seq, frame.bytes) : frame.bytes);
     log.debug({ transferId, transport, files: files.length, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
+    const bodyKey = pumpFd !== undefined ? fileBodyKey(options.imageKey!, transferId) : undefined;
+    /** One file body through the pump, the idle clock following the file's offset. */
+    const sendBody = async (step: BodyStep): Promise<number> => {
+      if (step.fileSeq > MAX_PUMPED_FILE_SEQ) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `too many files for the pumped path`);
+      const pump = options.filePump!;
+      const { file } = step;
+      const fh = await open(file.absolutePath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((err: Error) => {
+        throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot open ${file.absolutePath}: ${err.message}`, { cause: err });
+      });
+      let last = 0;
+      const ticker = setInterval(() => {
+        const at = pump.offset(fh.fd);
+        if (at !== last) watchdog.touch();
+        last = at;
+      }, pumpProgressIntervalMs(options.idleTimeoutMs));
+      try {
+        if (!watchdog.running) watchdog.start();
+        const counts = await pump.pump(fh.fd, pumpFd!, 'seal', bodyKey!, fileBodyNoncePrefix(step.fileSeq), { signal: pumpAbort.signal }).catch((err: unknown) => {
+          throw failure ?? new FerryError(ErrorCode.TRANSFER_FAILED, `sending ${file.absolutePath}: ${toFerryError(err).message}`, { cause: err });
+        });
+        const { size: sizeNow } = await fh.stat();
+        if (counts.bytesIn !== file.size || sizeNow !== file.size) {
+          throw new FerryError(ErrorCode.TRANSFER_FAILED, `${file.absolutePath} changed size while being sent (${file.size} -> ${counts.bytesIn} bytes)`);
+        }
+        return counts.bytesIn;
+      } finally {
+        clearInterval(ticker);
+        await fh.close();
+      }
+    };
     for await (const frame of frames) {
+      if (frame.kind === 'body') {
+        bytes += await sendBody(frame);
+        chunks += 1;
+        continue;
+      }
       await waitUntil(() => frame.seq - ackedSeq <= options.windowChunks);
       publish(frame);
       lastSentSeq = frame.seq;
@@ -288,6 +351,10 @@ export async function sendImage(
     ackSub.unsubscribe();
     ctlSub.unsubscribe();
     // Closes the file being read if we stopped half-way.
-    await frames.return(undefined).catch(() => undefined);
+    await frames?.return(undefined).catch(() => undefined);
   }
+}
+
+async function* toAsync<T>(items: Iterable<T>): AsyncGenerator<T> {
+  yield* items;
 }

@@ -9,6 +9,8 @@ export {
   DEFAULT_IDLE_TIMEOUT_MS,
 } from './image-sender';
 export type { ImageSenderOptions } from './image-sender';
+export type { FilePump, FilePumpCounts } from './file-pump';
+export { fileBodyKey, fileBodyNoncePrefix } from './file-pump';
 export { DIRECT_OFFER_TIMEOUT_MS, DIRECT_CONNECT_TIMEOUT_MS } from './direct-path';
 export {
   ImageReceiver,

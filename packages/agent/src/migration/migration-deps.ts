@@ -7,12 +7,13 @@ import type { CriuDriver } from '../criu/criu-driver';
 import type { RepairSyscalls } from '../host/tcp-sockets';
 import type { WorkDirs } from '../host/work-dir';
 import type { Workloads } from '../workloads/workloads';
+import type { FilePumpSyscalls } from './native-file-pump';
 import type { TunnelSyscalls } from './page-tunnel';
 
 export interface MigrationDeps {
   nc: NatsConnection;
   /** lseek of reopened pinned files, TCP repair, the page tunnel's socket pairs and sealed pumps. */
-  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls & TunnelSyscalls;
+  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls;
   criu: CriuDriver;
   /** This host's probe, as the coordinator planned the migration from it. */
   criuInfo: CriuInfo;

@@ -21,6 +21,7 @@ import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type Un
 import type { PostCopySource } from '../post-copy/post-copy-source';
 import type { WorkloadRecord } from '../workloads/inventory';
 import { manifestIn, writeManifest } from './manifest-file';
+import { nativeFilePump } from './native-file-pump';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
 import { sourceDataPath, type DumpedImage } from './source-data-paths';
@@ -151,6 +152,7 @@ export class MigrationSource {
         idleTimeoutMs: req.idleTimeoutMs,
         transport: req.transport,
         imageKey,
+        filePump: nativeFilePump(this.deps.syscalls),
         logger: log,
       });
       const after = await path.afterSend(sent);

@@ -34,6 +34,7 @@ import { closeInherited, openPins, removePins } from '../host/unlinked-files';
 import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed } from '../post-copy/lazy-memory-feed';
 import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
 import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
+import { nativeFilePump } from './native-file-pump';
 import { PageTunnelReceiver } from './page-tunnel';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
@@ -111,6 +112,7 @@ export class MigrationTarget {
       // The address we registered with is the one the source agent can reach us on.
       directListenAddress: this.opts.address,
       imageKey,
+      filePump: nativeFilePump(this.deps.syscalls),
       logger: log.child({ migrationId: req.migrationId }),
     });
     // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
