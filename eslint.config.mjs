@@ -144,10 +144,10 @@ export default defineConfig(
     rules: importsFor(['@ferry/*', '!@ferry/protocol'], 'transfer builds on @ferry/protocol alone.'),
   },
   {
-    // The pumped direct path's tests run the transfer with the pump the agent gives it (FilePump
-    // is an interface; its only real implementation is @ferry/native's sealed pump).
-    files: ['packages/transfer/src/pumped-direct-path.test.ts'],
-    rules: importsFor(['@ferry/*', '!@ferry/protocol', '!@ferry/native'], 'transfer tests build on @ferry/protocol, and @ferry/native for the real pump.'),
+    // These tests run the transfer with what the agent injects into it: FilePump and InPlaceAead
+    // are interfaces whose real implementations are @ferry/native's sealed pump and aeadInPlace.
+    files: ['packages/transfer/src/pumped-direct-path.test.ts', 'packages/transfer/src/chunk-cipher.test.ts'],
+    rules: importsFor(['@ferry/*', '!@ferry/protocol', '!@ferry/native'], 'transfer tests build on @ferry/protocol, and @ferry/native for the real pump and cipher.'),
   },
   {
     files: ['packages/agent/**'],

@@ -4,7 +4,8 @@
  * ImageReceiver in a child process and sendImage in this one, moving one file of BENCH_MIB MiB
  * from tmpfs to tmpfs. Used to tune chunk size, window and hashing. `node bench/transfer-micro.js`
  * Environment: BENCH_MIB (256), BENCH_CHUNK_KIB, BENCH_WINDOW, BENCH_TRANSPORT (nats|direct),
- * BENCH_KEY=1 (seal frames with a per-run key, as migrations do).
+ * BENCH_KEY=1 (seal frames with a per-run key, as migrations do), BENCH_AEAD=node (seal them with
+ * node:crypto instead of the agents' in-place native AES-GCM).
  */
 const { spawn, fork } = require('node:child_process');
 const fs = require('node:fs');
@@ -15,6 +16,11 @@ const transfer = require('@ferry/transfer');
 const MIB = 1024 * 1024;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** The agents' in-place AES-GCM (@ferry/native), unless BENCH_AEAD=node asks for node:crypto's. */
+function frameAead() {
+  return process.env.BENCH_AEAD === 'node' ? {} : { frameAead: require('@ferry/native').aeadInPlace };
+}
+
 function cpuOf(pid) {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -24,7 +30,7 @@ function cpuOf(pid) {
 async function receiverChild() {
   const [url, transferId, dir, direct, keyHex] = process.argv.slice(3);
   const nc = await connect({ servers: url });
-  const imageKey = keyHex ? { imageKey: Buffer.from(keyHex, 'hex') } : {};
+  const imageKey = keyHex ? { imageKey: Buffer.from(keyHex, 'hex'), ...frameAead() } : {};
   const r = transfer.ImageReceiver.start(nc, transferId, dir, { ...(direct === 'direct' ? { directListenAddress: '127.0.0.1' } : {}), ...imageKey });
   await r.ready();
   process.send({ ready: true });
@@ -65,7 +71,7 @@ async function main() {
     if (process.env.BENCH_CHUNK_KIB) opts.chunkBytes = Number(process.env.BENCH_CHUNK_KIB) * 1024;
     if (process.env.BENCH_WINDOW) opts.windowChunks = Number(process.env.BENCH_WINDOW);
     if (process.env.BENCH_TRANSPORT === 'nats') opts.transport = 'nats';
-    if (key) opts.imageKey = key;
+    if (key) Object.assign(opts, { imageKey: key, ...frameAead() });
     const resultP = waitMsg();
     const sent = await transfer.sendImage(nc, transferId, src, opts);
     const got = await resultP;

@@ -12,7 +12,8 @@
         "src/sockets.cc",
         "src/fd-io.cc",
         "src/sealed-pump.cc",
-        "src/pump.cc"
+        "src/pump.cc",
+        "src/aead.cc"
       ],
       # OpenSSL (sealed-pump.cc): headers from <nodedir>/include/node/openssl, which node-gyp puts on
       # the include path ahead of /usr/include; symbols from the node binary, which links OpenSSL

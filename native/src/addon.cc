@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitFiles(env, exports);
   ferry::InitSockets(env, exports);
   ferry::InitPump(env, exports);
+  ferry::InitAead(env, exports);
   return exports;
 }
 

@@ -12,5 +12,6 @@ export {
   type SealedPumpOptions,
 } from './sealed-pump';
 export { socketFd } from './socket-fd';
+export { aeadInPlace, AEAD_KEY_BYTES, AEAD_NONCE_BYTES, AEAD_TAG_BYTES } from './aead';
 export { SyscallError, SyscallArgumentError, isSyscallError } from './errors';
 export * from './constants';

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { connect, type NatsConnection } from 'nats';
+import { aeadInPlace } from '@ferry/native';
 import { encode, ErrorCode, FerryError, IMAGE_KEY_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { FrameOpener, FrameSealer, ImageReceiver, sendImage } from './index';
 import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
@@ -55,6 +56,21 @@ describe('FrameSealer / FrameOpener', () => {
     expectFailed(() => opener.open(sealed, 8, MIB)); // replayed where frame 8 is due
     expectFailed(() => opener.open(frame, 7, MIB)); // not sealed
     expect(() => new FrameSealer(randomBytes(16), 'x-1')).toThrow(/32 bytes/);
+  });
+
+  it('seals and opens in place with the native AES-GCM, interchangeably with node:crypto', () => {
+    const plain = Buffer.from(frame);
+    const nativeSealed = new FrameSealer(key, 'x-1', aeadInPlace).seal(7, Buffer.from(plain));
+    expect(Buffer.from(new FrameOpener(key, 'x-1').open(nativeSealed, 7, MIB))).toEqual(plain);
+    const nodeSealed = new FrameSealer(key, 'x-1').seal(7, Buffer.from(plain));
+    expect(Buffer.from(new FrameOpener(key, 'x-1', aeadInPlace).open(Buffer.from(nodeSealed), 7, MIB))).toEqual(plain);
+    const opener = new FrameOpener(key, 'x-1', aeadInPlace);
+    for (let at = 0; at < nativeSealed.length; at += 7) {
+      const bad = Buffer.from(nativeSealed);
+      bad[at] ^= 0x01;
+      expect(() => opener.open(bad, 7, MIB)).toThrow(FerryError);
+    }
+    expect(() => new FrameOpener(key, 'x-2', aeadInPlace).open(Buffer.from(nativeSealed), 7, MIB)).toThrow(/failed authentication/);
   });
 });
 

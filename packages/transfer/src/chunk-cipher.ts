@@ -59,6 +59,14 @@ export function assertImageKey(key: Uint8Array): void {
   }
 }
 
+/**
+ * AES-256-GCM over `data` in place (the agent passes @ferry/native's aeadInPlace): seal writes the
+ * tag into `tag`; open returns false for a bad tag. Without it node:crypto does the work, at the
+ * cost of a fresh output buffer per frame, which on the NATS path cost the receiver as much CPU as
+ * the cipher (bench/README.md).
+ */
+export type InPlaceAead = (mode: 'seal' | 'open', key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array) => boolean;
+
 function writeSeq(buf: Buffer, at: number, seq: number): void {
   buf.writeUInt32BE(Math.floor(seq / UINT32_LIMIT), at);
   buf.writeUInt32BE(seq % UINT32_LIMIT, at + 4);
@@ -68,7 +76,11 @@ abstract class ChunkCipherBase {
   protected readonly key: Buffer;
   private readonly aadPrefix: Buffer;
 
-  constructor(key: Uint8Array, transferId: string) {
+  constructor(
+    key: Uint8Array,
+    transferId: string,
+    protected readonly inPlace: InPlaceAead | null = null,
+  ) {
     assertImageKey(key);
     // A private copy: the caller's buffer may be reused or zeroed.
     this.key = Buffer.from(key);
@@ -104,11 +116,21 @@ export class FrameSealer extends ChunkCipherBase {
 
   /** The sealed envelope of frame `seq` (msgpack, laid out by hand: one copy of the ciphertext). */
   seal(seq: number, frame: Uint8Array): Buffer {
-    const cipher = createCipheriv(ALGORITHM, this.key, this.nonce(this.salt, seq), { authTagLength: TAG_BYTES });
-    cipher.setAAD(this.aad(seq));
-    const body = cipher.update(frame);
-    const tail = cipher.final();
-    const tag = cipher.getAuthTag();
+    let body: Uint8Array;
+    let tail: Uint8Array = Buffer.alloc(0);
+    let tag: Uint8Array;
+    if (this.inPlace !== null) {
+      // The plaintext frame is ours (a fresh buffer per frame): sealed where it lies.
+      tag = Buffer.alloc(TAG_BYTES);
+      this.inPlace('seal', this.key, this.nonce(this.salt, seq), this.aad(seq), frame, tag);
+      body = frame;
+    } else {
+      const cipher = createCipheriv(ALGORITHM, this.key, this.nonce(this.salt, seq), { authTagLength: TAG_BYTES });
+      cipher.setAAD(this.aad(seq));
+      body = cipher.update(frame);
+      tail = cipher.final();
+      tag = cipher.getAuthTag();
+    }
     const boxBytes = body.length + tail.length + tag.length;
     const h = FrameSealer.header;
     const headerBytes =
@@ -131,9 +153,11 @@ export class FrameSealer extends ChunkCipherBase {
     at += h.box.copy(out, at);
     out[at++] = MSGPACK_BIN32;
     at = out.writeUInt32BE(boxBytes, at);
-    at += body.copy(out, at);
-    at += tail.copy(out, at);
-    tag.copy(out, at);
+    out.set(body, at);
+    at += body.byteLength;
+    out.set(tail, at);
+    at += tail.byteLength;
+    out.set(tag, at);
     return out;
   }
 }
@@ -158,6 +182,15 @@ export class FrameOpener extends ChunkCipherBase {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `sealed frame ${envelope.seq} where ${expectedSeq} was expected: replayed, lost or reordered`);
     }
     const box = envelope.box;
+    if (this.inPlace !== null) {
+      // The envelope is a view into this message, which only this receiver's subscription sees
+      // (one per transfer and connection): opened where it lies, no copy.
+      const body = box.subarray(0, box.byteLength - TAG_BYTES);
+      if (!this.inPlace('open', this.key, this.nonce(envelope.salt, envelope.seq), this.aad(envelope.seq), body, box.subarray(box.byteLength - TAG_BYTES))) {
+        throw new FerryError(ErrorCode.TRANSFER_FAILED, `image frame ${envelope.seq} failed authentication: forged, tampered with, or sealed with another key`);
+      }
+      return body;
+    }
     const decipher = createDecipheriv(ALGORITHM, this.key, this.nonce(envelope.salt, envelope.seq), { authTagLength: TAG_BYTES });
     decipher.setAAD(this.aad(envelope.seq));
     decipher.setAuthTag(box.subarray(box.byteLength - TAG_BYTES));

@@ -19,7 +19,9 @@
  * the bytes on each side (sha256 cost the receiver as much CPU as everything else but the NATS
  * parser, see bench/README.md), and a lost, repeated or reordered chunk still breaks the chain.
  * It guards against accidents, not an attacker: authenticity is the transport's job (NATS
- * credentials/TLS, and the direct path's one-time token).
+ * credentials/TLS, and the direct path's one-time token). With a migration key the frames are
+ * sealed (AES-GCM, strictly in order), which covers accidents too: the sender then leaves every
+ * crc 0 and the receiver checks none, one pass over the bytes fewer on each side.
  *
  * Direct path (TCP, sender -> receiver's offer): every frame is a 4-byte big-endian length and
  * the same msgpack frame; the sender's first frame is hello {token}; acks come back on the socket.

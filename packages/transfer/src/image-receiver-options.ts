@@ -2,7 +2,7 @@
  * What an ImageReceiver may be told, the limits it enforces, and their defaults.
  */
 import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protocol';
-import { assertImageKey } from './chunk-cipher';
+import { assertImageKey, type InPlaceAead } from './chunk-cipher';
 import type { FilePump } from './file-pump';
 
 /** The sender is considered gone when no frame arrives for this long. */
@@ -43,6 +43,8 @@ export interface ImageReceiverOptions {
   imageKey?: Uint8Array | null;
   /** With a key and a direct address: offers the pumped direct path (file-pump.ts). */
   filePump?: FilePump | null;
+  /** Opens frames in place (chunk-cipher.ts); default node:crypto. */
+  frameAead?: InPlaceAead | null;
   logger?: Logger;
 }
 
@@ -73,6 +75,7 @@ export function compileImageReceiverOptions(options: Partial<ImageReceiverOption
     directListenAddress: merged.directListenAddress ?? '',
     imageKey: merged.imageKey ?? null,
     filePump: merged.filePump ?? null,
+    frameAead: merged.frameAead ?? null,
     logger: merged.logger ?? silentLogger,
   };
 }

@@ -98,7 +98,7 @@ export class ImageReceiver {
     this.done.catch(() => undefined);
     // No NATS message is larger than the server's max_payload; nothing bigger is worth decoding.
     this.maxFrameBytes = Math.max(nc.info?.max_payload ?? 0, MAX_CONTROL_MESSAGE_BYTES);
-    this.opener = options.imageKey ? new FrameOpener(options.imageKey, transferId) : undefined;
+    this.opener = options.imageKey ? new FrameOpener(options.imageKey, transferId, options.frameAead) : undefined;
     this.auth = options.imageKey ? new ControlFrameAuthenticator(options.imageKey, transferId) : undefined;
     this.watchdog = new IdleWatchdog(options.idleTimeoutMs, (idleMs) =>
       this.fail(new FerryError(ErrorCode.DEADLINE_EXCEEDED, `nothing received for transfer ${transferId} for ${Math.round(idleMs)} ms`)),
@@ -293,7 +293,7 @@ export class ImageReceiver {
         this.checkLimits(frame.path, frame.size);
         this.filesDeclared += 1;
         this.bytesDeclared += frame.size;
-        this.current = await IncomingFile.create(this.root, frame, this.knownDirs);
+        this.current = await IncomingFile.create(this.root, frame, this.knownDirs, this.opener === undefined);
         if (this.pumpFd !== undefined) await this.receiveBody(this.current, frame.seq);
         break;
       }

@@ -20,7 +20,7 @@ import {
   type ErrorBody,
   type Logger,
 } from '@ferry/protocol';
-import { assertImageKey, FrameSealer } from './chunk-cipher';
+import { assertImageKey, FrameSealer, type InPlaceAead } from './chunk-cipher';
 import { ControlFrameAuthenticator, type ControlFrameFields } from './control-frame-auth';
 import { connectDirect, DIRECT_CONNECT_TIMEOUT_MS, DIRECT_OFFER_TIMEOUT_MS } from './direct-path';
 import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, pumpProgressIntervalMs, type FilePump } from './file-pump';
@@ -73,6 +73,8 @@ export interface ImageSenderOptions {
   imageKey?: Uint8Array | null;
   /** With a key: file bodies go through this pump when the receiver offers the pumped direct path (file-pump.ts). */
   filePump?: FilePump | null;
+  /** Seals frames in place (chunk-cipher.ts); default node:crypto. */
+  frameAead?: InPlaceAead | null;
   logger?: Logger;
 }
 
@@ -118,6 +120,7 @@ export function compileImageSenderOptions(
     directTimeoutMs: merged.directTimeoutMs,
     imageKey: merged.imageKey ?? null,
     filePump: merged.filePump ?? null,
+    frameAead: merged.frameAead ?? null,
     logger: merged.logger ?? silentLogger,
   };
 }
@@ -275,11 +278,11 @@ export async function sendImage(
         log.info({ transferId, reason: direct.reason }, 'direct path unavailable, sending over NATS');
       }
     }
-    frames = pumpFd !== undefined ? toAsync(pumpedImageFrames(files)) : readAhead(imageFrames(files, options.chunkBytes), READ_AHEAD_FRAMES);
+    frames = pumpFd !== undefined ? toAsync(pumpedImageFrames(files)) : readAhead(imageFrames(files, options.chunkBytes, options.imageKey === null), READ_AHEAD_FRAMES);
     // Pumped: the connection carries the bodies only; control frames go over NATS.
     const send = link !== undefined && pumpFd === undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
     // Sealed at the frame level, so both paths carry only ciphertext.
-    const sealer = options.imageKey ? new FrameSealer(options.imageKey, transferId) : undefined;
+    const sealer = options.imageKey ? new FrameSealer(options.imageKey, transferId, options.frameAead) : undefined;
     const publish = (frame: { seq: number; bytes: Uint8Array }) => send(sealer ? sealer.seal(frame.seq, frame.bytes) : frame.bytes);
     log.debug({ transferId, transport, files: files.length, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
     const bodyKey = pumpFd !== undefined ? fileBodyKey(options.imageKey!, transferId) : undefined;

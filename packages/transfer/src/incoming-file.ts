@@ -42,6 +42,8 @@ export class IncomingFile {
   private crc = 0;
   /** The body came through a sealed pump: authenticated, no crc kept. */
   private pumped = false;
+  /** False for sealed frames: GCM authenticated them, the sender computed no crc (and none is checked). */
+  private checkCrc = true;
 
   private constructor(
     readonly path: string,
@@ -50,15 +52,20 @@ export class IncomingFile {
     private readonly fh: FileHandle,
   ) {}
 
-  /** Creates the file named by `frame` under `root` (absolute, symlink-free). */
-  static async create(root: string, frame: FileFrame, knownDirs: Set<string>): Promise<IncomingFile> {
+  /**
+   * Creates the file named by `frame` under `root` (absolute, symlink-free). `checkCrc` false:
+   * the frames arrive sealed (chunk-cipher.ts), authenticated in order, and their crcs are 0.
+   */
+  static async create(root: string, frame: FileFrame, knownDirs: Set<string>, checkCrc = true): Promise<IncomingFile> {
     const fullPath = resolveImagePath(root, frame.path);
     try {
       await makeParentDirs(root, fullPath, knownDirs);
       // O_EXCL: a name sent twice (or clashing with a directory) is refused rather than
       // overwritten; O_NOFOLLOW: never write through a symlink.
       const fh = await open(fullPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-      return new IncomingFile(frame.path, frame.size, frame.mode, fh);
+      const file = new IncomingFile(frame.path, frame.size, frame.mode, fh);
+      file.checkCrc = checkCrc;
+      return file;
     } catch (err) {
       if (err instanceof FerryError) throw err;
       const code = (err as NodeJS.ErrnoException).code === 'EEXIST' ? ErrorCode.INVALID_ARGUMENT : ErrorCode.TRANSFER_FAILED;
@@ -103,7 +110,7 @@ export class IncomingFile {
         `chunk of ${JSON.stringify(this.path)} ends at ${offset + data.byteLength}, beyond its declared size ${this.size}`,
       );
     }
-    const actualCrc = crc32(data, this.crc);
+    const actualCrc = this.checkCrc ? crc32(data, this.crc) : crc;
     if (actualCrc !== crc) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `chunk of ${JSON.stringify(this.path)} at offset ${offset} is corrupt (crc32 ${actualCrc} != ${crc})`);
     }
@@ -121,7 +128,7 @@ export class IncomingFile {
     if (this.written !== this.size) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} ended after ${this.written} of ${this.size} bytes`);
     }
-    if (!this.pumped && this.crc !== crc) {
+    if (!this.pumped && this.checkCrc && this.crc !== crc) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} has crc32 ${this.crc}, the sender read ${crc}`);
     }
     try {

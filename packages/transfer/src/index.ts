@@ -24,6 +24,7 @@ export {
 export type { ImageReceiverOptions } from './image-receiver';
 export { imagePathProblem, resolveImagePath, MAX_IMAGE_PATH_BYTES } from './image-path';
 export { FrameSealer, FrameOpener } from './chunk-cipher';
+export type { InPlaceAead } from './chunk-cipher';
 export { ControlFrameAuthenticator, CONTROL_MAC_BYTES } from './control-frame-auth';
 export {
   servePageRequests,

@@ -13,6 +13,7 @@ import {
   type MigrationRef,
   type PageServerEndpoint,
 } from '@ferry/protocol';
+import { aeadInPlace } from '@ferry/native';
 import { sendImage } from '@ferry/transfer';
 import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
@@ -153,6 +154,7 @@ export class MigrationSource {
         transport: req.transport,
         imageKey,
         filePump: nativeFilePump(this.deps.syscalls),
+        frameAead: aeadInPlace,
         logger: log,
       });
       const after = await path.afterSend(sent);

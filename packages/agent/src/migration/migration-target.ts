@@ -22,7 +22,7 @@ import {
   type RestoreRequest,
 } from '@ferry/protocol';
 import { ImageReceiver, pageRequestKey } from '@ferry/transfer';
-import { SEEK_SET } from '@ferry/native';
+import { aeadInPlace, SEEK_SET } from '@ferry/native';
 import type { CriuDriver } from '../criu/criu-driver';
 import { PageServer, sumPageImageBytes } from '../criu/criu-service';
 import { lazyRunBytes, lazyRunsOf } from '../criu/pagemap-image';
@@ -113,6 +113,7 @@ export class MigrationTarget {
       directListenAddress: this.opts.address,
       imageKey,
       filePump: nativeFilePump(this.deps.syscalls),
+      frameAead: aeadInPlace,
       logger: log.child({ migrationId: req.migrationId }),
     });
     // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
