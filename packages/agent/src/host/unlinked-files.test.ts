@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkGhostLimit, findUnlinkedFiles } from './unlinked-files';
 
-// A process holding a deleted file through an fd (at offset 7) and another only through a mapping.
+// A process holding a deleted file through an fd (at offset 7), a sparse one of 2 GiB with 4 KiB
+// written, and another only through a mapping.
 const HOLDER = `
 import ctypes, os, sys, time
 d = sys.argv[1]
@@ -13,6 +14,12 @@ open(p, "wb").write(b"x" * 5000)
 fd = os.open(p, os.O_RDWR | os.O_APPEND)
 os.lseek(fd, 7, 0)
 os.unlink(p)
+s = os.path.join(d, "sparse-held")
+sf = open(s, "wb")
+sf.seek(2 * 1024 ** 3)
+sf.write(b"z" * 4096)
+sf.flush()
+os.unlink(s)
 m = os.path.join(d, "map-held")
 open(m, "wb").write(b"y" * 8192)
 libc = ctypes.CDLL(None)
@@ -52,7 +59,9 @@ afterAll(() => {
 test('finds unlinked files behind fds and behind mappings, with flags, offset and a CRIU key', async () => {
   const files = await findUnlinkedFiles([child.pid!]);
   const byName = Object.fromEntries(files.map((f) => [f.path.split('/').pop(), f]));
-  expect(Object.keys(byName).sort()).toEqual(['fd-held', 'map-held']);
+  expect(Object.keys(byName).sort()).toEqual(['fd-held', 'map-held', 'sparse-held']);
+  expect(byName['sparse-held'].size).toBe(2 * 1024 ** 3 + 4096);
+  expect(byName['sparse-held'].allocatedBytes).toBeLessThan(1 << 20);
   const held = byName['fd-held'];
   expect(held).toMatchObject({ kind: 'fd', size: 5000, pos: 7, shared: false });
   // O_RDWR | O_APPEND kept; O_CLOEXEC (Python sets it) dropped.
@@ -64,5 +73,13 @@ test('finds unlinked files behind fds and behind mappings, with flags, offset an
 test('local unlinked files over the ghost limit are refused before the freeze, naming them', async () => {
   const files = await findUnlinkedFiles([child.pid!]);
   expect(() => checkGhostLimit(files, 1 << 20)).not.toThrow();
-  expect(() => checkGhostLimit(files, 4096)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/fd-held \(5000 bytes\)/) }));
+  // 5000 bytes take two 4 KiB blocks.
+  expect(() => checkGhostLimit(files, 4096)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/fd-held \(8192 bytes allocated\)/) }));
+});
+
+test('a sparse unlinked file is judged by its allocated blocks, not its apparent size', async () => {
+  const sparse = (await findUnlinkedFiles([child.pid!])).filter((f) => f.path.endsWith('sparse-held'));
+  expect(sparse).toHaveLength(1);
+  expect(() => checkGhostLimit(sparse, 64 * 1024 * 1024)).not.toThrow();
+  expect(() => checkGhostLimit(sparse, 1024)).toThrow(/sparse-held \(\d+ bytes allocated\)/);
 });

@@ -43,7 +43,13 @@ export interface UnlinkedFile {
   /** The name it had. */
   path: string;
   ino: number;
+  /** Apparent size (st_size). */
   size: number;
+  /**
+   * Bytes the filesystem holds for it (st_blocks * 512): what CRIU copies into the image, which
+   * skips holes. A sparse 2 GiB file with a few KiB written costs a few KiB.
+   */
+  allocatedBytes: number;
   mount: MountEntry;
   /** On a shared filesystem (pinnable) rather than local (a ghost file in the image). */
   shared: boolean;
@@ -78,7 +84,7 @@ export async function findUnlinkedFiles(pids: number[]): Promise<UnlinkedFile[]>
   const add = (pid: number, path: string, st: Stats, mount: MountEntry, how: Pick<UnlinkedFile, 'kind' | 'flags' | 'pos'>) => {
     const key = externalKey(mount.mountId, st.ino);
     if (!found.has(key)) {
-      found.set(key, { key, pid, path, ino: st.ino, size: st.size, mount, shared: isSharedFsType(mount.fsType), ...how });
+      found.set(key, { key, pid, path, ino: st.ino, size: st.size, allocatedBytes: st.blocks * 512, mount, shared: isSharedFsType(mount.fsType), ...how });
     }
   };
   for (const pid of pids) {
@@ -110,14 +116,19 @@ export async function findUnlinkedFiles(pids: number[]): Promise<UnlinkedFile[]>
   return [...found.values()];
 }
 
-/** Refuses, before anything is frozen, a local unlinked file larger than CRIU would copy. */
+/**
+ * Refuses, before anything is frozen, a local unlinked file larger than CRIU would copy. Judged by
+ * its allocated blocks, as CRIU 4.2.1 judges it (measured: a 2 GiB sparse ghost file with 4 KiB
+ * written dumps under a 64 MiB --ghost-limit, into a 4 KiB ghost image): the apparent size refused
+ * sparse files CRIU moves without effort.
+ */
 export function checkGhostLimit(files: UnlinkedFile[], ghostLimitBytes: number): void {
-  const tooBig = files.filter((f) => !f.shared && f.size > ghostLimitBytes);
+  const tooBig = files.filter((f) => !f.shared && f.allocatedBytes > ghostLimitBytes);
   if (tooBig.length > 0) {
     throw new FerryError(
       ErrorCode.FAILED_PRECONDITION,
       `unlinked-but-open file(s) on a local filesystem exceed the ghost-file limit of ${ghostLimitBytes} bytes ` +
-        `(their content would travel in the image): ${tooBig.map((f) => `${f.path} (${f.size} bytes)`).join(', ')}; ` +
+        `(their content would travel in the image): ${tooBig.map((f) => `${f.path} (${f.allocatedBytes} bytes allocated)`).join(', ')}; ` +
         'raise the agent ghost limit (FERRY_GHOST_LIMIT_BYTES) or keep such files on a shared filesystem',
     );
   }
