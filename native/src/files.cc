@@ -1,5 +1,6 @@
 // lseek(2) and close(2) on raw descriptors. Node's fs has no lseek (its reads take positions, but
 // a descriptor handed to CRIU must carry its own offset); close releases what the pidfd calls return.
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "args.h"
@@ -20,6 +21,15 @@ Napi::Value Lseek(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(result));
 }
 
+// ioctl(FIONREAD): bytes waiting to be read in a pipe, FIFO or socket. Node has no ioctl; the
+// pre-flight asks it of a workload's pipes (opened anew through /proc/PID/fd) without reading them.
+Napi::Value UnreadBytes(const Napi::CallbackInfo& info) {
+  int32_t fd = Int32Arg(info, 0, "fd");
+  int n = 0;
+  if (ioctl(fd, FIONREAD, &n) == -1) throw MakeSyscallError(info.Env(), errno, "ioctl");
+  return Napi::Number::New(info.Env(), n);
+}
+
 Napi::Value Close(const Napi::CallbackInfo& info) {
   int32_t fd = Int32Arg(info, 0, "fd");
   // No retry on EINTR: on Linux the descriptor is released even then, and retrying could
@@ -33,6 +43,7 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("lseek", Napi::Function::New(env, Lseek, "lseek"));
+  exports.Set("unreadBytes", Napi::Function::New(env, UnreadBytes, "unreadBytes"));
   SetConstant(env, exports, "SEEK_SET", SEEK_SET);
   SetConstant(env, exports, "SEEK_CUR", SEEK_CUR);
   SetConstant(env, exports, "SEEK_END", SEEK_END);

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -33,6 +34,34 @@ describe('close', () => {
     // Far above any fd in use (a recently closed number could be reused by another thread).
     expect(() => syscalls.close(1_000_000)).toThrow(expect.objectContaining({ errno: 9, code: 'EBADF', syscall: 'close' }));
     expect(() => syscalls.close(-1)).toThrow(SyscallArgumentError);
+  });
+});
+
+describe('unreadBytes', () => {
+  test('counts what waits in a FIFO without reading it, also through a second descriptor from /proc', () => {
+    const sys = createLinuxSyscalls();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-fionread-'));
+    const fifo = path.join(dir, 'fifo');
+    execFileSync('/usr/bin/mkfifo', [fifo]);
+    // O_RDWR: both ends in one descriptor, so the open does not wait for a peer.
+    const fd = fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    try {
+      expect(sys.unreadBytes(fd)).toBe(0);
+      fs.writeSync(fd, 'twelve bytes');
+      expect(sys.unreadBytes(fd)).toBe(12);
+      expect(sys.unreadBytes(fd)).toBe(12);
+      // The way the pre-flight looks: a new descriptor of the same pipe, opened through /proc.
+      const again = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      try {
+        expect(sys.unreadBytes(again)).toBe(12);
+      } finally {
+        fs.closeSync(again);
+      }
+    } finally {
+      fs.closeSync(fd);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    expect(() => sys.unreadBytes(999999)).toThrow(expect.objectContaining({ code: 'EBADF', syscall: 'ioctl' }));
   });
 });
 

@@ -44,6 +44,7 @@ export interface NativeBinding {
     maxOutBytes: number,
   ): Promise<SealedPumpCounts>;
 
+  unreadBytes(fd: number): number;
   /** AES-256-GCM over `data` in place (aead.cc); open returns false for a bad tag. */
   aeadInPlace(seal: boolean, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, data: Uint8Array, tag: Uint8Array): boolean;
 

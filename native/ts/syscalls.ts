@@ -22,6 +22,8 @@ export interface LinuxSyscalls {
   close(fd: number): void;
   /** lseek(2): sets a descriptor's offset (e.g. a reopened file's, before CRIU inherits it); returns the new offset. */
   lseek(fd: number, offset: number, whence: number): number;
+  /** ioctl(FIONREAD): bytes waiting to be read in a pipe, FIFO or socket, without reading them. */
+  unreadBytes(fd: number): number;
   /** setsockopt(2) with an int value (e.g. IPPROTO_TCP, TCP_REPAIR, 0: a socket CRIU left in repair mode back to normal). */
   setsockoptInt(fd: number, level: number, optname: number, value: number): void;
   /**
@@ -142,6 +144,11 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
       if (!Number.isSafeInteger(offset)) throw new SyscallArgumentError('lseek', 'offset', 'must be a safe integer');
       const checkedWhence = checkIntFlags('lseek', 'whence', whence);
       return callSync(() => native().lseek(checkedFd, offset, checkedWhence));
+    },
+
+    unreadBytes(fd) {
+      const checkedFd = checkFd('ioctl', 'fd', fd);
+      return callSync(() => native().unreadBytes(checkedFd));
     },
 
     setsockoptInt(fd, level, optname, value) {

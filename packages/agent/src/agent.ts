@@ -19,6 +19,7 @@ import { readHostMemory } from './host/host-memory';
 import { isAlive } from './host/process-tree';
 import type { RepairSyscalls } from './host/tcp-sockets';
 import type { WorkDirs } from './host/work-dir';
+import type { FilePumpSyscalls } from './migration/native-file-pump';
 import type { TunnelSyscalls } from './migration/page-tunnel';
 import { MigrationSource } from './migration/migration-source';
 import { MigrationTarget } from './migration/migration-target';
@@ -28,7 +29,7 @@ import { Workloads } from './workloads/workloads';
 export interface AgentDeps {
   nc: NatsConnection;
   /** Syscalls Node lacks (lseek of reopened pinned files, TCP repair, unmounting shared filesystems). */
-  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2'> & RepairSyscalls & TunnelSyscalls;
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;
@@ -83,7 +84,7 @@ export class Agent {
     this.on(AgentVerb.CPUINFO, async () => ({ image: await dumpCpuinfo(criu, workDirs) }));
     this.on(AgentVerb.CPUINFO_CHECK, async (req) => checkCpuinfo(criu, workDirs, req.image));
     this.on(AgentVerb.MIGRATABLE, async (req) => {
-      await this.source.assertMigratable(this.workloads.require(req.name));
+      await this.source.assertMigratable(this.workloads.require(req.name), { targetPipeData: req.targetPipeData });
     });
     this.on(AgentVerb.MIGRATION_RECORD, async (req) => this.migrationRecord(req));
     await nc.flush();

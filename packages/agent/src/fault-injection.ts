@@ -11,6 +11,11 @@ export interface AgentFaults {
   corruptImageFrame?: number;
   /** Post-copy source: answer the first N page requests, refuse every later one (a source that fails mid-pull). */
   refusePageRequestsAfter?: number;
+  /**
+   * Report pipeData false whatever the probe found, as a host whose kernel refuses CRIU's pipe
+   * refill would (the refusal path is otherwise unreachable on a kernel that takes it).
+   */
+  noPipeData?: boolean;
 }
 
 /** Frames this large carry chunk data, so a flipped byte in their middle lands in the data. */

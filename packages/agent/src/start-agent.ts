@@ -31,7 +31,12 @@ export async function startAgent(partial: Partial<AgentOptions> & { host: string
   const probed = await probeCriu({ criuPath: opts.criuPath, workDir: join(opts.workDir, 'probe') });
   // What the coordinator plans migrations from: a lazy dump or page tunnel switched off here
   // (FERRY_LAZY_DUMP=off, FERRY_PAGE_TUNNEL=off) is one this host cannot do.
-  const criuInfo = { ...probed, lazyDump: probed.lazyDump && opts.lazyDump, pageTunnel: probed.pageTunnel && opts.pageTunnel };
+  const criuInfo = {
+    ...probed,
+    lazyDump: probed.lazyDump && opts.lazyDump,
+    pageTunnel: probed.pageTunnel && opts.pageTunnel,
+    pipeData: probed.pipeData && !opts.faults.noPipeData,
+  };
   log.info({ criu: criuInfo, ms: Date.now() - probeStarted }, 'CRIU probed');
   const criu = new CriuDriver(
     {

@@ -275,6 +275,7 @@ export class MigrationRunner {
         ...(received.pageServer ? { pageServer: received.pageServer } : {}),
         ...(received.pageTunnel ? { pageTunnel: received.pageTunnel } : {}),
         sealedImageKey: sealToAgent(imageKey, this.registry.sealKeyOf(m.from), m.id),
+        targetPipeData: this.registry.describe(m.to).criu.pipeData,
       }, this.opts.checkpointTimeoutMs, [m.to]);
       imageKey.fill(0);
       m.frozenAt = cp.frozenAt;
@@ -397,7 +398,7 @@ export class MigrationRunner {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the CPU of ${m.to} is not compatible with ${m.from}'s: ${check.problem ?? 'criu cpuinfo check failed'}`);
     }
     // Its sockets and unlinked files can move (a connection to a peer on the same host cannot).
-    await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload }, this.opts.agentRequestTimeoutMs);
+    await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload, targetPipeData: target.criu.pipeData }, this.opts.agentRequestTimeoutMs);
   }
 
   /**

@@ -124,8 +124,14 @@ export const CheckpointRequest = z.object({
   pageTunnel: PageTunnelEndpoint.optional(),
   /** The per-migration key the image frames are sealed with (the target got the same one), sealed to this agent. */
   sealedImageKey: SealedSecret.optional(),
+  /** The target's probe: its CRIU can refill pipes and FIFOs (CriuInfo.pipeData); false: one holding data is refused. */
+  targetPipeData: z.boolean().default(true),
 });
 export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
+
+/** Can this workload move (before anything is frozen)? `targetPipeData` as in CheckpointRequest. */
+export const MigratableRequest = z.object({ v: Version, name: WorkloadName, targetPipeData: z.boolean().default(true) });
+export type MigratableRequest = z.infer<typeof MigratableRequest>;
 
 export const CheckpointReply = z.object({
   dumpMs: z.number(),

@@ -45,6 +45,13 @@ export const CriuInfo = z.object({
    * byte stream natively (its addon's sealed pump): the memory can take ferry's page tunnel.
    */
   pageTunnel: z.boolean().default(false),
+  /**
+   * A throwaway holding unread data in a FIFO survived dump + restore. CRIU 4.2.1 refills pipes
+   * with vmsplice(SPLICE_F_GIFT), which newer kernels refuse (EOPNOTSUPP, CRIU PR #3077); where
+   * this is false, a workload whose pipes hold data cannot be restored here and is refused before
+   * the freeze.
+   */
+  pipeData: z.boolean().default(false),
   /** Why it is not usable, when it is not. */
   problem: z.string().max(4096).optional(),
 });

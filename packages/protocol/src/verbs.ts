@@ -9,6 +9,7 @@ import type { z } from 'zod';
 import {
   CheckpointReply,
   CheckpointRequest,
+  MigratableRequest,
   CpuinfoCheckReply,
   CpuinfoCheckRequest,
   CpuinfoReply,
@@ -65,7 +66,7 @@ export const agentVerbs = {
   [AgentVerb.CPUINFO]: { request: EmptyRequest, reply: CpuinfoReply },
   [AgentVerb.CPUINFO_CHECK]: { request: CpuinfoCheckRequest, reply: CpuinfoCheckReply },
   [AgentVerb.MIGRATION_RECORD]: { request: MigrationRef, reply: MigrationRecordReply },
-  [AgentVerb.MIGRATABLE]: { request: NameRequest, reply: EmptyReply },
+  [AgentVerb.MIGRATABLE]: { request: MigratableRequest, reply: EmptyReply },
 } as const satisfies Record<AgentVerb, VerbShape>;
 
 /** The coordinator's verbs (subjects.coord(verb)), as the CLI, the HTTP API and Kafka send them. */

@@ -128,6 +128,12 @@ export async function attemptDumpRestore(options: CriuProbeOptions, faultInjecti
   }
 }
 
+/**
+ * The pipe-data probe's throwaway: a FIFO in its own (the probe's temporary) directory, opened
+ * both ways on fd 3 and holding a few bytes nobody reads, then the same busy loop.
+ */
+export const PIPE_DATA_THROWAWAY = ['/bin/sh', '-c', 'mkfifo probe.fifo && exec 3<>probe.fifo && printf unread >&3 && while :; do :; done'];
+
 /** Bytes of the pipe CRIU's lazy-dump page server makes to copy pages out of its page pipes (criu/page-pipe.c). */
 export const CRIU_LAZY_PIPE_BYTES = 4 * 1024 * 1024;
 const CAP_SYS_RESOURCE = 24;
@@ -159,7 +165,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const driver = new CriuDriver({ criuPath: options.criuPath, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS }, options.logger);
   const unusable = (version: string, checkOk: boolean, problem: string): CriuProbeResult => ({
-    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, problem, durationMs: elapsedMs(),
+    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, pipeData: false, problem, durationMs: elapsedMs(),
   });
 
   let version: string;
@@ -182,6 +188,8 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   // ferry's page tunnel hands CRIU a connected socket; the agent adds whether it can seal (start-agent.ts).
   const pageTunnel = /--ps-socket\b/.test(help);
   const decision = await decideFaultInjection((faultInjection) => attemptDumpRestore(options, faultInjection));
+  // Only worth asking of a CRIU that works: a throwaway holding unread data in a FIFO.
+  const pipeData = decision.dumpRestoreOk && (await attemptDumpRestore({ ...options, throwawayArgv: PIPE_DATA_THROWAWAY }, decision.needsFaultInjection)).ok;
   const problems = [
     ...(check.ok ? [] : [`criu check failed: ${check.output.split('\n').slice(-5).join(' | ')}`]),
     ...(decision.problem ? [decision.problem] : []),
@@ -196,6 +204,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     pageServerTls,
     lazyDump,
     pageTunnel,
+    pipeData,
     durationMs: elapsedMs(),
   };
   if (problems.length > 0) result.problem = problems.join('; ').slice(0, 4096);

@@ -13,7 +13,7 @@ import type { TunnelSyscalls } from './page-tunnel';
 export interface MigrationDeps {
   nc: NatsConnection;
   /** lseek of reopened pinned files, TCP repair, the page tunnel's socket pairs and sealed pumps. */
-  syscalls: Pick<LinuxSyscalls, 'lseek'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls;
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls;
   criu: CriuDriver;
   /** This host's probe, as the coordinator planned the migration from it. */
   criuInfo: CriuInfo;

@@ -18,6 +18,7 @@ import { sendImage } from '@ferry/transfer';
 import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
+import { pipesWithData } from '../host/pipe-data';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
 import type { PostCopySource } from '../post-copy/post-copy-source';
 import type { WorkloadRecord } from '../workloads/inventory';
@@ -60,13 +61,27 @@ export class MigrationSource {
 
   /**
    * What must hold before a workload is frozen, else FAILED_PRECONDITION: its unlinked-but-open
-   * local files fit the ghost limit (shared ones are pinned and travel by name), and every inet
-   * socket can move (tcp-sockets.ts). Returns the unlinked files found, for the pins.
+   * local files fit the ghost limit (shared ones are pinned and travel by name), every inet
+   * socket can move (tcp-sockets.ts), and, where the target's CRIU cannot refill pipes
+   * (`targetPipeData` false, from its probe), no pipe or FIFO holds unread data (pipe-data.ts).
+   * Returns the unlinked files found, for the pins.
    */
-  async assertMigratable(rec: WorkloadRecord): Promise<UnlinkedFile[]> {
+  async assertMigratable(rec: WorkloadRecord, { targetPipeData = true } = {}): Promise<UnlinkedFile[]> {
     const tree = await listTree(rec.pid);
     const unlinked = await findUnlinkedFiles(tree);
     checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
+    if (!targetPipeData) {
+      const pipes = await pipesWithData(tree, this.deps.syscalls);
+      if (pipes.length > 0) {
+        const named = pipes.slice(0, 5).map((p) => `${p.name} (pid ${p.pid} fd ${p.fd}, ${p.unreadBytes} bytes)`);
+        throw new FerryError(
+          ErrorCode.FAILED_PRECONDITION,
+          `workload ${rec.name} has unread data in pipes or FIFOs, which the target's CRIU cannot refill on its kernel (its probe: pipe data did not survive a dump and restore): ` +
+            `${named.join('; ')}; let the workload drain them, or move it to a host whose probe reports pipeData`,
+          { details: named },
+        );
+      }
+    }
     const serviceIp = rec.address ? ipOf(rec.address) : null;
     const socketProblems = unmigratableSockets(
       await inetSocketsOf(tree),
@@ -87,7 +102,7 @@ export class MigrationSource {
     }
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
     // Checked in the pre-flight already, and again here: the workload ran on since.
-    const pins = await pinSharedFiles(await this.assertMigratable(rec), req.migrationId);
+    const pins = await pinSharedFiles(await this.assertMigratable(rec, { targetPipeData: req.targetPipeData }), req.migrationId);
     const dir = await workDirs.create(req.migrationId);
     const log = this.deps.log.child({ migrationId: req.migrationId });
     const path = sourceDataPath(

@@ -5,7 +5,7 @@ import type { WorkDirs } from '../host/work-dir';
 import type { TunnelSyscalls } from './page-tunnel';
 import { sourceDataPath, type DataPathContext } from './source-data-paths';
 
-const probe: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true, pageTunnel: true };
+const probe: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true, pageTunnel: true, pipeData: true };
 
 function context(criuInfo: CriuInfo = probe): DataPathContext {
   return {
