@@ -62,3 +62,24 @@ export const MAX_PUMPED_FILE_SEQ = 0xffff_ffff;
 export function pumpProgressIntervalMs(idleTimeoutMs: number): number {
   return Math.max(10, Math.min(1_000, Math.floor(idleTimeoutMs / 4)));
 }
+
+/**
+ * While a pump moves a file body, looks at the file's offset every pumpProgressIntervalMs and
+ * calls `onProgress(offset)` when it moved: the pump itself reports only at the end. Returns the
+ * stop function (call it before closing the fd).
+ */
+export function watchPumpProgress(pump: FilePump, fd: number, idleTimeoutMs: number, onProgress: (offset: number) => void): () => void {
+  let last = 0;
+  const ticker = setInterval(() => {
+    let at: number;
+    try {
+      at = pump.offset(fd);
+    } catch {
+      // The fd is going away after a failure: nothing to watch.
+      return;
+    }
+    if (at !== last) onProgress(at);
+    last = at;
+  }, pumpProgressIntervalMs(idleTimeoutMs));
+  return () => clearInterval(ticker);
+}

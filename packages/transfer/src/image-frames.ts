@@ -3,7 +3,7 @@
  * encoded frames in protocol order, computing each file's running crc32 on the way.
  */
 import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
 import { encode, ErrorCode, FerryError, PROTOCOL_VERSION } from '@ferry/protocol';
 import { allocChunkFrame } from './chunk-frame-writer';
@@ -16,6 +16,14 @@ export interface EncodedFrame {
   /** File bytes the frame carries (chunks only). */
   payloadBytes: number;
   bytes: Uint8Array;
+}
+
+/** Opens a listed image file for reading; TRANSFER_FAILED if it cannot be. */
+export async function openImageFile(file: ImageFile): Promise<FileHandle> {
+  // O_NOFOLLOW: the listing saw a regular file; refuse it if it was swapped for a symlink since.
+  return open(file.absolutePath, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: Error) => {
+    throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot open ${file.absolutePath}: ${err.message}`, { cause: err });
+  });
 }
 
 /**
@@ -31,10 +39,7 @@ export async function* imageFrames(files: readonly ImageFile[], chunkBytes: numb
     yield { seq, kind: 'file', payloadBytes: 0, bytes: encode({ v, t: 'file', seq, path, mode, size }) };
     seq += 1;
     let crc = 0;
-    // O_NOFOLLOW: the listing saw a regular file; refuse it if it was swapped for a symlink since.
-    const fh = await open(file.absolutePath, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: Error) => {
-      throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot open ${file.absolutePath}: ${err.message}`, { cause: err });
-    });
+    const fh = await openImageFile(file);
     try {
       for (let offset = 0; offset < size; ) {
         // A fresh frame per chunk, the file read straight into its payload area: it is handed

@@ -19,7 +19,7 @@ import {
 import { FrameOpener } from './chunk-cipher';
 import { ControlFrameAuthenticator } from './control-frame-auth';
 import { DirectEndpoint } from './direct-path';
-import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, pumpProgressIntervalMs } from './file-pump';
+import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, watchPumpProgress } from './file-pump';
 import type { FrameSocket } from './frame-socket';
 import { CtlFrame, DataFrame, DirectRequestFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
@@ -342,15 +342,10 @@ export class ImageReceiver {
   private async receiveBody(file: IncomingFile, fileSeq: number): Promise<void> {
     const pump = this.options.filePump!;
     if (fileSeq > MAX_PUMPED_FILE_SEQ) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `file frame ${fileSeq} is beyond the pumped path's ${MAX_PUMPED_FILE_SEQ}`);
-    const ticker = setInterval(() => {
-      try {
-        const at = pump.offset(file.fd);
-        if (at !== this.bodyBytes) this.watchdog.touch();
-        this.bodyBytes = at;
-      } catch {
-        // The fd is being closed after a failure: nothing to watch.
-      }
-    }, pumpProgressIntervalMs(this.options.idleTimeoutMs));
+    const stopWatching = watchPumpProgress(pump, file.fd, this.options.idleTimeoutMs, (at) => {
+      this.watchdog.touch();
+      this.bodyBytes = at;
+    });
     const pumping = pump.pump(this.pumpFd!, file.fd, 'open', this.pumpKey!, fileBodyNoncePrefix(fileSeq), {
       signal: this.pumpAbort.signal,
       maxOutBytes: file.size,
@@ -362,7 +357,7 @@ export class ImageReceiver {
     } catch (err) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `body of ${JSON.stringify(file.path)}: ${toFerryError(err).message}`, { cause: err });
     } finally {
-      clearInterval(ticker);
+      stopWatching();
       this.bodyBytes = 0;
     }
     file.recordPumped(bytes);

@@ -3,8 +3,6 @@
  * direct TCP connection to the receiver when it offers one and it can be reached, else on the
  * transfer's NATS data subject, keeping at most `windowChunks` frames unacknowledged.
  */
-import { constants as fsConstants } from 'node:fs';
-import { open } from 'node:fs/promises';
 import type { NatsConnection } from 'nats';
 import {
   decode,
@@ -23,11 +21,11 @@ import {
 import { assertImageKey, FrameSealer, type InPlaceAead } from './chunk-cipher';
 import { ControlFrameAuthenticator, type ControlFrameFields } from './control-frame-auth';
 import { connectDirect, DIRECT_CONNECT_TIMEOUT_MS, DIRECT_OFFER_TIMEOUT_MS } from './direct-path';
-import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, pumpProgressIntervalMs, type FilePump } from './file-pump';
+import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, watchPumpProgress, type FilePump } from './file-pump';
 import type { FrameSocket } from './frame-socket';
 import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES, GoFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
-import { imageFrames, pumpedImageFrames, type BodyStep, type EncodedFrame } from './image-frames';
+import { imageFrames, openImageFile, pumpedImageFrames, type BodyStep, type EncodedFrame } from './image-frames';
 import { listImageFiles } from './list-image-files';
 import { readAhead } from './read-ahead';
 import type { TransferStats, TransferTransport } from './transfer-stats';
@@ -291,15 +289,8 @@ export async function sendImage(
       if (step.fileSeq > MAX_PUMPED_FILE_SEQ) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `too many files for the pumped path`);
       const pump = options.filePump!;
       const { file } = step;
-      const fh = await open(file.absolutePath, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((err: Error) => {
-        throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot open ${file.absolutePath}: ${err.message}`, { cause: err });
-      });
-      let last = 0;
-      const ticker = setInterval(() => {
-        const at = pump.offset(fh.fd);
-        if (at !== last) watchdog.touch();
-        last = at;
-      }, pumpProgressIntervalMs(options.idleTimeoutMs));
+      const fh = await openImageFile(file);
+      const stopWatching = watchPumpProgress(pump, fh.fd, options.idleTimeoutMs, () => watchdog.touch());
       try {
         if (!watchdog.running) watchdog.start();
         const counts = await pump.pump(fh.fd, pumpFd!, 'seal', bodyKey!, fileBodyNoncePrefix(step.fileSeq), { signal: pumpAbort.signal }).catch((err: unknown) => {
@@ -311,7 +302,7 @@ export async function sendImage(
         }
         return counts.bytesIn;
       } finally {
-        clearInterval(ticker);
+        stopWatching();
         await fh.close();
       }
     };
