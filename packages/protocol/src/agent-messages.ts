@@ -94,13 +94,13 @@ export type PageServerEndpoint = z.infer<typeof PageServerEndpoint>;
 export const PAGE_TUNNEL_TOKEN_BYTES = 32;
 
 /**
- * Where a target's page tunnel listens, and the one-time token the source's connection must open
- * with. Travels only in the receive reply and the checkpoint request, never into Redis, events or logs.
+ * Where a target's page tunnel listens. The token the source's connection must open with does not
+ * travel: both agents derive it from the migration's image key (sealed to each of them), so
+ * nothing on the bus, not even its operator, can take the tunnel's one connection.
  */
 export const PageTunnelEndpoint = z.object({
   address: z.string().min(1).max(64),
   port: z.number().int().min(1).max(65_535),
-  token: Bytes().refine((t) => t.byteLength === PAGE_TUNNEL_TOKEN_BYTES, `a page tunnel token is ${PAGE_TUNNEL_TOKEN_BYTES} bytes`),
 });
 export type PageTunnelEndpoint = z.infer<typeof PageTunnelEndpoint>;
 

@@ -2,8 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { connect, createServer, Socket } from 'node:net';
 import { createLinuxSyscalls } from '@ferry/native';
-import { silentLogger } from '@ferry/protocol';
-import { connectPageTunnel, PageTunnelEnd, PageTunnelListener, pageTunnelKeys } from './page-tunnel';
+import { PageTunnelEndpoint, silentLogger } from '@ferry/protocol';
+import { connectPageTunnel, PageTunnelEnd, PageTunnelListener, pageTunnelKeys, pageTunnelToken } from './page-tunnel';
 
 const sys = createLinuxSyscalls();
 
@@ -29,10 +29,35 @@ test('the two directions derive different keys from the image key, neither equal
   expect(pageTunnelKeys(imageKey).toTarget.equals(toTarget)).toBe(true);
 });
 
+test('the connect token is derived from the image key on both sides and never part of the endpoint the bus carries', async () => {
+  const imageKey = randomBytes(32);
+  const token = pageTunnelToken(imageKey);
+  expect(token).toHaveLength(32);
+  expect(pageTunnelToken(imageKey).equals(token)).toBe(true);
+  expect(pageTunnelToken(randomBytes(32)).equals(token)).toBe(false);
+  const { toTarget, toSource } = pageTunnelKeys(imageKey);
+  expect(token.equals(toTarget) || token.equals(toSource) || token.equals(imageKey)).toBe(false);
+  const listener = await PageTunnelListener.listen('127.0.0.1', silentLogger, token);
+  try {
+    // What the receive reply and the checkpoint request carry: no token, and the schema keeps none.
+    expect(listener.endpoint).toEqual({ address: '127.0.0.1', port: listener.port });
+    expect(PageTunnelEndpoint.parse({ ...listener.endpoint, token })).toEqual(listener.endpoint);
+    // Someone who saw the endpoint on the bus, without the migration's key, is refused.
+    await expect(connectPageTunnel(listener.endpoint, pageTunnelToken(randomBytes(32)))).rejects.toThrow();
+    const good = connectPageTunnel(listener.endpoint, pageTunnelToken(imageKey));
+    const accepted = await listener.accepted;
+    await PageTunnelListener.acknowledge(accepted);
+    (await good).destroy();
+    accepted.destroy();
+  } finally {
+    listener.close();
+  }
+});
+
 test('pages cross both ways intact between the two CRIU ends, each side counting what it moved', async () => {
   const imageKey = randomBytes(32);
   const listener = await PageTunnelListener.listen('127.0.0.1', silentLogger);
-  const sourceSocketP = connectPageTunnel(listener.endpoint);
+  const sourceSocketP = connectPageTunnel(listener.endpoint, listener.token);
   const targetSocket = await listener.accepted;
   const [targetCriu, targetLocal] = sys.socketpair();
   const targetEnd = PageTunnelEnd.target(sys, targetSocket, targetLocal, imageKey);
@@ -57,8 +82,8 @@ test('a connection without the token is refused and does not take the place of t
   await once(intruder, 'connect');
   intruder.write(randomBytes(32));
   await once(intruder, 'close');
-  await expect(connectPageTunnel({ ...listener.endpoint, token: randomBytes(32) })).rejects.toThrow();
-  const good = connectPageTunnel(listener.endpoint);
+  await expect(connectPageTunnel(listener.endpoint, randomBytes(32))).rejects.toThrow();
+  const good = connectPageTunnel(listener.endpoint, listener.token);
   const accepted = await listener.accepted;
   await PageTunnelListener.acknowledge(accepted);
   const socket = await good;
@@ -86,7 +111,7 @@ test('a byte changed on the wire fails the tunnel (authentication), and nothing 
   });
   await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
   const relayPort = (relay.address() as { port: number }).port;
-  const sourceSocketP = connectPageTunnel({ ...listener.endpoint, port: relayPort });
+  const sourceSocketP = connectPageTunnel({ ...listener.endpoint, port: relayPort }, listener.token);
   const targetSocket = await listener.accepted;
   const [targetCriu, targetLocal] = sys.socketpair();
   const targetEnd = PageTunnelEnd.target(sys, targetSocket, targetLocal, imageKey);
@@ -106,7 +131,7 @@ test('a stopped tunnel ends both directions without an end frame: the far side s
   const imageKey = randomBytes(32);
   const { listener, source, target } = await (async () => {
     const l = await PageTunnelListener.listen('127.0.0.1', silentLogger);
-    const s = connectPageTunnel(l.endpoint);
+    const s = connectPageTunnel(l.endpoint, l.token);
     const t = await l.accepted;
     return { listener: l, source: s, target: t };
   })();

@@ -13,8 +13,9 @@
  * The pages flow while CRIU dumps, so the dump and the transfer overlap.
  *
  * The target listens on its registered address for one connection per migration; the source
- * proves it is this migration's by a one-time token (from the receive reply, via the coordinator),
- * and everything after it is authenticated by the keys, which only the two agents hold.
+ * proves it is this migration's by a one-time token both derive from the image key (it never
+ * crosses the bus), and everything after it is authenticated by the keys, which only the two
+ * agents (and the coordinator that made the image key) hold.
  */
 import { hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
@@ -70,6 +71,15 @@ export function pageTunnelKeys(imageKey: Uint8Array): { toTarget: Buffer; toSour
   const derive = (info: string) => Buffer.from(hkdfSync('sha256', imageKey, Buffer.alloc(0), info, 32));
   return { toTarget: derive('ferry page tunnel v1: source to target'), toSource: derive('ferry page tunnel v1: target to source') };
 }
+/**
+ * The one-time token a source opens the tunnel with, derived from the migration's image key on
+ * both sides: it never crosses the bus (a token in the receive reply could be read there and the
+ * tunnel's one connection taken first).
+ */
+export function pageTunnelToken(imageKey: Uint8Array): Buffer {
+  return Buffer.from(hkdfSync('sha256', imageKey, Buffer.alloc(0), 'ferry page tunnel v1: connect token', PAGE_TUNNEL_TOKEN_BYTES));
+}
+
 /** Nonce prefixes: the keys differ already; distinct prefixes make a key mix-up fail loudly. */
 const TO_TARGET_PREFIX = Buffer.from([0x66, 0x74, 0x00, 0x01]);
 const TO_SOURCE_PREFIX = Buffer.from([0x66, 0x74, 0x00, 0x02]);
@@ -199,7 +209,6 @@ function writeAll(socket: Socket, data: Buffer): Promise<void> {
  * page server (PageTunnelEnd.target).
  */
 export class PageTunnelListener {
-  readonly token = randomBytes(PAGE_TUNNEL_TOKEN_BYTES);
   readonly accepted: Promise<Socket>;
   private server: Server | null;
   private timer: NodeJS.Timeout | undefined;
@@ -208,6 +217,8 @@ export class PageTunnelListener {
     server: Server,
     readonly address: string,
     readonly port: number,
+    /** What the source must present: pageTunnelToken(image key) in a migration. */
+    readonly token: Buffer,
     log: Logger,
   ) {
     this.server = server;
@@ -242,7 +253,7 @@ export class PageTunnelListener {
     this.accepted.catch(() => undefined);
   }
 
-  static async listen(address: string, log: Logger): Promise<PageTunnelListener> {
+  static async listen(address: string, log: Logger, token: Buffer = randomBytes(PAGE_TUNNEL_TOKEN_BYTES)): Promise<PageTunnelListener> {
     // Paused from the start: Node must not read past the token (the pumps own every later byte).
     const server = createServer({ pauseOnConnect: true });
     await new Promise<void>((resolve, reject) => {
@@ -250,11 +261,12 @@ export class PageTunnelListener {
       server.listen(0, address, () => resolve());
     });
     const { port } = server.address() as { port: number };
-    return new PageTunnelListener(server, address, port, log);
+    return new PageTunnelListener(server, address, port, token, log);
   }
 
+  /** What the receive reply says: where, never the token. */
   get endpoint(): PageTunnelEndpoint {
-    return { address: this.address, port: this.port, token: this.token };
+    return { address: this.address, port: this.port };
   }
 
   /** Tells the accepted source to go ahead; only then may its pumps start. */
@@ -277,7 +289,7 @@ export class PageTunnelListener {
  * cannot be reached fails the checkpoint with nothing frozen.
  */
 export async function openSourceTunnel(sys: TunnelSyscalls, endpoint: PageTunnelEndpoint, imageKey: Uint8Array): Promise<{ end: PageTunnelEnd; criuFd: number }> {
-  const socket = await connectPageTunnel(endpoint);
+  const socket = await connectPageTunnel(endpoint, pageTunnelToken(imageKey));
   let pair: [number, number];
   try {
     pair = sys.socketpair();
@@ -291,7 +303,7 @@ export async function openSourceTunnel(sys: TunnelSyscalls, endpoint: PageTunnel
 }
 
 /** The source's side: connects, presents the token, waits for the go-ahead. */
-export async function connectPageTunnel(endpoint: PageTunnelEndpoint, timeoutMs = TOKEN_TIMEOUT_MS): Promise<Socket> {
+export async function connectPageTunnel(endpoint: PageTunnelEndpoint, token: Uint8Array, timeoutMs = TOKEN_TIMEOUT_MS): Promise<Socket> {
   const socket = connect({ host: endpoint.address, port: endpoint.port });
   socket.on('error', () => undefined);
   socket.pause();
@@ -302,7 +314,7 @@ export async function connectPageTunnel(endpoint: PageTunnelEndpoint, timeoutMs 
       socket.once('error', (err) => (clearTimeout(timer), reject(new FerryError(ErrorCode.UNAVAILABLE, `cannot reach page tunnel ${endpoint.address}:${endpoint.port}: ${err.message}`, { cause: err }))));
     });
     socket.setNoDelay(true);
-    await writeAll(socket, Buffer.from(endpoint.token));
+    await writeAll(socket, Buffer.from(token));
     const answer = await readExactly(socket, ACCEPTED.length, timeoutMs);
     if (!answer.equals(ACCEPTED)) throw new FerryError(ErrorCode.TRANSFER_FAILED, 'page tunnel refused the connection');
     return socket;
@@ -364,7 +376,7 @@ export class PageTunnelReceiver {
     let pageServer: PageServer | undefined;
     try {
       pageServer = await startCriu(criuFd);
-      const listener = await PageTunnelListener.listen(address, log);
+      const listener = await PageTunnelListener.listen(address, log, pageTunnelToken(imageKey));
       // A CRIU holds its own copy now; ours would keep its end of the pair open after it exits.
       if (pageServer) sys.close(criuFd);
       return new PageTunnelReceiver(sys, listener, localFd, pageServer ? null : criuFd, imageKey, pageServer);
