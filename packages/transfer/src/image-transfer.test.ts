@@ -183,20 +183,13 @@ describe('silence and aborts', () => {
 describe('direct path', () => {
   const direct = { directListenAddress: '127.0.0.1' };
 
-  /** Counts frames that go through nats-server on the transfer's data subject. */
-  function watchData(id: string): { count: () => number; stop: () => void } {
-    let n = 0;
-    const sub = bed.senderNc.subscribe(subjects.xferData(id), { callback: () => void (n += 1) });
-    return { count: () => n, stop: () => sub.unsubscribe() };
-  }
-
   it('moves the image over TCP, byte-identical, with nothing on the NATS data subject', async () => {
     const { id, src, dst } = await bed.freshTransfer();
     const content = randomBytes(20 * MIB + 3);
     await writeFile(join(src, 'pages-1.img'), content);
     await writeFile(join(src, 'core-1.img'), randomBytes(777));
     await chmod(join(src, 'core-1.img'), 0o400);
-    const data = watchData(id);
+    const data = bed.watchData(id);
     const receiver = ImageReceiver.start(bed.receiverNc, id, dst, direct);
     await receiver.ready();
     const sent = await sendImage(bed.senderNc, id, src, { chunkBytes: 256 * 1024 });

@@ -29,13 +29,6 @@ const nativePump: FilePump = {
 const receiving = { directListenAddress: '127.0.0.1', imageKey: KEY, filePump: nativePump };
 const sending = { imageKey: KEY, filePump: nativePump, transport: 'direct' as const };
 
-/** Frame types published on the transfer's data subject (control frames, sealed: counted only). */
-function watchData(id: string): { count: () => number; stop: () => void } {
-  let n = 0;
-  const sub = bed.senderNc.subscribe(subjects.xferData(id), { callback: () => void (n += 1) });
-  return { count: () => n, stop: () => sub.unsubscribe() };
-}
-
 describe('pumped direct path', () => {
   it('moves every file body through the pump, byte-identical, modes kept, only control frames on NATS', async () => {
     const { id, src, dst } = await bed.freshTransfer();
@@ -44,7 +37,7 @@ describe('pumped direct path', () => {
     await writeFile(join(src, 'core-1.img'), randomBytes(777));
     await chmod(join(src, 'core-1.img'), 0o400);
     await writeFile(join(src, 'empty.img'), Buffer.alloc(0));
-    const data = watchData(id);
+    const data = bed.watchData(id);
     const receiver = ImageReceiver.start(bed.receiverNc, id, dst, receiving);
     await receiver.ready();
     const sent = await sendImage(bed.senderNc, id, src, sending);

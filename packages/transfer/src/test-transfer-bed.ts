@@ -62,6 +62,13 @@ export class TransferTestBed {
     return { frames, stop: () => sub.unsubscribe() };
   }
 
+  /** Counts the frames that go through nats-server on a transfer's data subject. */
+  watchData(id: string): { count: () => number; stop: () => void } {
+    let n = 0;
+    const sub = this.senderNc.subscribe(subjects.xferData(id), { callback: () => void (n += 1) });
+    return { count: () => n, stop: () => sub.unsubscribe() };
+  }
+
   /** Publishes raw frames on the data subject, as a (possibly hostile) sender would. */
   async publishRaw(id: string, frames: unknown[]): Promise<void> {
     for (const f of frames) this.senderNc.publish(subjects.xferData(id), f instanceof Uint8Array ? f : encode(f));

@@ -1,8 +1,9 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLinuxSyscalls } from '@ferry/native';
+import { startStateHolder } from '../test-fixtures/workload-fixtures';
 import { pipesWithData } from './pipe-data';
 
 // A FIFO holding 5 unread bytes (fd 3), an anonymous pipe holding 7 (fds 4 and 5), an empty pipe.
@@ -26,17 +27,9 @@ let fds: number[];
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ferry-pipes-'));
-  child = spawn('/usr/bin/python3', ['-c', HOLDER, dir], { stdio: 'ignore' });
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    try {
-      fds = readFileSync(join(dir, 'ready'), 'utf8').split(' ').map(Number);
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error('holder did not start');
+  const holder = await startStateHolder(HOLDER, dir);
+  child = holder.child;
+  fds = holder.ready.split(' ').map(Number);
 });
 
 afterAll(() => {

@@ -1,7 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { startStateHolder } from '../test-fixtures/workload-fixtures';
 import { checkGhostLimit, findUnlinkedFiles } from './unlinked-files';
 
 // A process holding a deleted file through an fd (at offset 7), a sparse one of 2 GiB with 4 KiB
@@ -38,17 +39,7 @@ let child: ChildProcess;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ferry-unlinked-'));
-  child = spawn('/usr/bin/python3', ['-c', HOLDER, dir], { stdio: 'ignore' });
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    try {
-      readFileSync(join(dir, 'ready'));
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error('holder did not start');
+  child = (await startStateHolder(HOLDER, dir)).child;
 });
 
 afterAll(() => {

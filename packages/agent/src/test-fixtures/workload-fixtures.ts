@@ -2,7 +2,8 @@
  * Helpers for tests that run the fixture workloads in this folder. Test-only: nothing in the agent
  * imports this file.
  */
-import { promises as fs } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { isAlive } from '../host/process-tree';
 
@@ -61,4 +62,22 @@ export async function livePidsWithArg(token: string): Promise<number[]> {
 /** True when every number follows the one before it by exactly one. */
 export function isConsecutive(numbers: number[]): boolean {
   return numbers.every((n, i) => i === 0 || n === (numbers[i - 1] as number) + 1);
+}
+
+/**
+ * Runs a Python `script` (given `dir` as argv[1]) that sets up some process state and then writes
+ * `dir/ready`; resolves with the child and what it wrote there. The caller kills it (by PID).
+ */
+export async function startStateHolder(script: string, dir: string, timeoutMs = 10_000): Promise<{ child: ChildProcess; ready: string }> {
+  const child = spawn(FIXTURE_PYTHON, ['-c', script, dir], { stdio: 'ignore' });
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      return { child, ready: readFileSync(path.join(dir, 'ready'), 'utf8') };
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  child.kill('SIGKILL');
+  throw new Error('holder did not start');
 }
