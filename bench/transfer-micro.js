@@ -5,7 +5,8 @@
  * from tmpfs to tmpfs. Used to tune chunk size, window and hashing. `node bench/transfer-micro.js`
  * Environment: BENCH_MIB (256), BENCH_CHUNK_KIB, BENCH_WINDOW, BENCH_TRANSPORT (nats|direct),
  * BENCH_KEY=1 (seal frames with a per-run key, as migrations do), BENCH_AEAD=node (seal them with
- * node:crypto instead of the agents' in-place native AES-GCM).
+ * node:crypto instead of the agents' in-place native AES-GCM), BENCH_PUMP=1 (with BENCH_KEY=1 and
+ * BENCH_TRANSPORT=direct: file bodies through the agents' native sealed pump).
  */
 const { spawn, fork } = require('node:child_process');
 const fs = require('node:fs');
@@ -21,6 +22,13 @@ function frameAead() {
   return process.env.BENCH_AEAD === 'node' ? {} : { frameAead: require('@ferry/native').aeadInPlace };
 }
 
+/** BENCH_PUMP=1 (direct, keyed): file bodies through the agents' native sealed pump, as migrations do. */
+function filePump() {
+  if (process.env.BENCH_PUMP !== '1') return {};
+  const { nativeFilePump } = require('@ferry/agent/dist/migration/native-file-pump');
+  return { filePump: nativeFilePump(require('@ferry/native').createLinuxSyscalls()) };
+}
+
 function cpuOf(pid) {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
@@ -30,7 +38,7 @@ function cpuOf(pid) {
 async function receiverChild() {
   const [url, transferId, dir, direct, keyHex] = process.argv.slice(3);
   const nc = await connect({ servers: url });
-  const imageKey = keyHex ? { imageKey: Buffer.from(keyHex, 'hex'), ...frameAead() } : {};
+  const imageKey = keyHex ? { imageKey: Buffer.from(keyHex, 'hex'), ...frameAead(), ...filePump() } : {};
   const r = transfer.ImageReceiver.start(nc, transferId, dir, { ...(direct === 'direct' ? { directListenAddress: '127.0.0.1' } : {}), ...imageKey });
   await r.ready();
   process.send({ ready: true });
@@ -71,7 +79,7 @@ async function main() {
     if (process.env.BENCH_CHUNK_KIB) opts.chunkBytes = Number(process.env.BENCH_CHUNK_KIB) * 1024;
     if (process.env.BENCH_WINDOW) opts.windowChunks = Number(process.env.BENCH_WINDOW);
     if (process.env.BENCH_TRANSPORT === 'nats') opts.transport = 'nats';
-    if (key) Object.assign(opts, { imageKey: key, ...frameAead() });
+    if (key) Object.assign(opts, { imageKey: key, ...frameAead(), ...filePump() });
     const resultP = waitMsg();
     const sent = await transfer.sendImage(nc, transferId, src, opts);
     const got = await resultP;

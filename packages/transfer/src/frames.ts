@@ -4,10 +4,13 @@
  * unknown field, a wrong type or an out-of-range number is INVALID_ARGUMENT, never a crash.
  *
  * Data subject (sender -> receiver), one global `seq` counting every frame from 0:
- *   file  {seq, path, mode, size}           opens a file
+ *   file  {seq, path, mode, size, streamed?} opens a file; `streamed` (pumped path only): its body
+ *                                            streams out of CRIU while the dump runs, so `size` is 0
+ *                                            and the body's authenticated end frame ends it
  *   chunk {seq, path, offset, data, crc}     bytes at `offset` of the open file; `crc` is the running
  *                                            crc32 of the file's bytes from 0 through this chunk
- *   eof   {seq, path, crc}                   closes the file; crc32 of its whole content
+ *   eof   {seq, path, crc, size?}            closes the file; crc32 of its whole content; `size`:
+ *                                            a streamed file's length, known only now
  *   end   {seq, files, bytes}                the image is complete
  * Ack subject (receiver -> sender): ack {seq, mac?}, the highest contiguous seq processed.
  * Ctl subject (both ways): error {code, message, mac?} from the receiver, abort {code, message, mac?} from the sender.
@@ -52,6 +55,12 @@ export const FileFrame = z.strictObject({
   /** Permission bits only; set-id and sticky bits are never transferred. */
   mode: z.number().int().min(0).max(0o777),
   size: ByteCount,
+  /**
+   * The body's length is not known yet: it is read from CRIU's image streamer while the dump runs
+   * (the pumped path only). `size` is then 0; the receiver bounds the body by its own limits and
+   * the eof frame says how long it was.
+   */
+  streamed: z.literal(true).optional(),
 });
 export type FileFrame = z.infer<typeof FileFrame>;
 
@@ -75,6 +84,8 @@ export const EofFrame = z.strictObject({
   path: ImagePath,
   /** zlib.crc32 of the whole file (0 for an empty file). */
   crc: z.number().int().min(0).max(0xffff_ffff),
+  /** A streamed file's length (its file frame could not say it); absent otherwise. */
+  size: ByteCount.optional(),
 });
 export type EofFrame = z.infer<typeof EofFrame>;
 

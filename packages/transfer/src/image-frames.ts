@@ -80,22 +80,65 @@ export interface BodyStep {
 }
 
 /**
- * The pumped path's steps: file, body, eof (crc 0: the sealed body authenticates every byte)
- * for every file, then end. No file is read here; the pump reads it.
+ * An image file still being written while it is sent: CRIU's image streamer (`criu dump --stream`)
+ * hands the agent a pipe per file, and the large ones (memory pages) go on the wire as CRIU
+ * writes them, so the dump and the transfer overlap and the pages never touch the source's disk.
  */
-export function* pumpedImageFrames(files: readonly ImageFile[]): Generator<EncodedFrame | BodyStep> {
+export interface LiveImageFile {
+  /** Name under the image root, as the listing would give it. */
+  path: string;
+  /** Permission bits the file gets on the receiver. */
+  mode: number;
+  /** A blocking descriptor (a pipe's read end) whose end of file ends the file. Its owner closes it once the sender asks for the next file. */
+  fd: number;
+}
+
+/** A live file's body for the pump; the sender sets `sentBytes` once it is through (the eof frame carries it). */
+export interface LiveBodyStep {
+  kind: 'live';
+  /** Seq of the file frame that announced it (its nonce prefix). */
+  fileSeq: number;
+  file: LiveImageFile;
+  sentBytes: number;
+}
+
+/**
+ * The pumped path's steps: first the live files as they come (file frame marked streamed, body,
+ * eof with the size the body turned out to have), then file, body, eof (crc 0: the sealed body
+ * authenticates every byte) for every listed file, then end. `listFiles` runs once `live` has
+ * ended (the dump is over and its directory complete). No file is read here; the pump reads it.
+ */
+export async function* pumpedImageFrames(
+  listFiles: () => Promise<readonly ImageFile[]>,
+  live?: AsyncIterable<LiveImageFile>,
+): AsyncGenerator<EncodedFrame | BodyStep | LiveBodyStep> {
   const v = PROTOCOL_VERSION;
   let seq = 0;
+  let files = 0;
   let totalBytes = 0;
-  for (const file of files) {
+  for await (const file of live ?? []) {
+    const { path, mode } = file;
+    const fileSeq = seq;
+    yield { seq, kind: 'file', payloadBytes: 0, bytes: encode({ v, t: 'file', seq, path, mode, size: 0, streamed: true }) };
+    seq += 1;
+    const step: LiveBodyStep = { kind: 'live', fileSeq, file, sentBytes: -1 };
+    yield step;
+    if (step.sentBytes < 0) throw new FerryError(ErrorCode.INTERNAL, `live body of ${path} was not sent`);
+    totalBytes += step.sentBytes;
+    files += 1;
+    yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, crc: 0, size: step.sentBytes }) };
+    seq += 1;
+  }
+  for (const file of await listFiles()) {
     const { path, mode, size } = file;
     const fileSeq = seq;
     yield { seq, kind: 'file', payloadBytes: 0, bytes: encode({ v, t: 'file', seq, path, mode, size }) };
     seq += 1;
     yield { kind: 'body', fileSeq, file };
     totalBytes += size;
+    files += 1;
     yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, crc: 0 }) };
     seq += 1;
   }
-  yield { seq, kind: 'end', payloadBytes: 0, bytes: encode({ v, t: 'end', seq, files: files.length, bytes: totalBytes }) };
+  yield { seq, kind: 'end', payloadBytes: 0, bytes: encode({ v, t: 'end', seq, files, bytes: totalBytes }) };
 }

@@ -290,6 +290,9 @@ export class ImageReceiver {
         if (this.current !== undefined) {
           throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${JSON.stringify(frame.path)} started before ${JSON.stringify(this.current.path)} ended`);
         }
+        if (frame.streamed && (this.pumpFd === undefined || frame.size !== 0)) {
+          throw new FerryError(ErrorCode.INVALID_ARGUMENT, `streamed file ${JSON.stringify(frame.path)} ${frame.size !== 0 ? 'declares a size' : 'on a transfer that is not pumped'}`);
+        }
         this.checkLimits(frame.path, frame.size);
         this.filesDeclared += 1;
         this.bytesDeclared += frame.size;
@@ -307,7 +310,7 @@ export class ImageReceiver {
       }
       case 'eof': {
         const file = this.openFile(frame.path, 'eof');
-        await file.finish(frame.crc);
+        await file.finish(frame.crc, frame.size);
         this.current = undefined;
         this.filesDone += 1;
         break;
@@ -348,7 +351,7 @@ export class ImageReceiver {
     });
     const pumping = pump.pump(this.pumpFd!, file.fd, 'open', this.pumpKey!, fileBodyNoncePrefix(fileSeq), {
       signal: this.pumpAbort.signal,
-      maxOutBytes: file.size,
+      maxOutBytes: file.isStreamed ? this.streamedBodyBound(file.path) : file.declaredSize,
     });
     this.pumping = pumping.catch(() => undefined);
     let bytes: number;
@@ -361,8 +364,20 @@ export class ImageReceiver {
       this.bodyBytes = 0;
     }
     file.recordPumped(bytes);
+    if (file.isStreamed) this.bytesDeclared += bytes;
     this.bytesWritten += bytes;
     this.chunks += 1;
+  }
+
+  /**
+   * What a streamed body may grow to: the per-file limit, within what is left of the image's. The
+   * pump refuses a frame beyond it before writing a byte of it, so a lying source fills no disk.
+   */
+  private streamedBodyBound(path: string): number {
+    const room = Math.min(this.options.maxFileBytes, this.options.maxTotalBytes - this.bytesDeclared);
+    // 0 would mean "no bound" to the pump.
+    if (room < 1) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `image exceeds the limit of ${this.options.maxTotalBytes} bytes at ${JSON.stringify(path)}`);
+    return room;
   }
 
   private checkLimits(path: string, size: number): void {

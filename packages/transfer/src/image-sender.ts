@@ -25,8 +25,9 @@ import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, watchPumpProgres
 import type { FrameSocket } from './frame-socket';
 import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES, GoFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
-import { imageFrames, openImageFile, pumpedImageFrames, type BodyStep, type EncodedFrame } from './image-frames';
-import { listImageFiles } from './list-image-files';
+import { imageFrames, openImageFile, pumpedImageFrames, type BodyStep, type EncodedFrame, type LiveBodyStep, type LiveImageFile } from './image-frames';
+import { listImageFiles, type ImageFile } from './list-image-files';
+import { spillLiveFiles } from './live-spill';
 import { readAhead } from './read-ahead';
 import type { TransferStats, TransferTransport } from './transfer-stats';
 
@@ -73,6 +74,13 @@ export interface ImageSenderOptions {
   filePump?: FilePump | null;
   /** Seals frames in place (chunk-cipher.ts); default node:crypto. */
   frameAead?: InPlaceAead | null;
+  /**
+   * Files still being written (CRIU's image streamer): sent first, each as it comes, through the
+   * pump while the dump runs. Where the transfer is not pumped (no direct path, no pump on the
+   * receiver) each is written into `dir` instead and sent with the rest. `dir` is listed once this
+   * ends, so whoever feeds it ends it only when the directory is complete.
+   */
+  live?: AsyncIterable<LiveImageFile> | null;
   logger?: Logger;
 }
 
@@ -119,6 +127,7 @@ export function compileImageSenderOptions(
     imageKey: merged.imageKey ?? null,
     filePump: merged.filePump ?? null,
     frameAead: merged.frameAead ?? null,
+    live: merged.live ?? null,
     logger: merged.logger ?? silentLogger,
   };
 }
@@ -142,7 +151,8 @@ export async function sendImage(
   const dataSubject = subjects.xferData(transferId);
   const ackSubject = subjects.xferAck(transferId);
   const ctlSubject = subjects.xferCtl(transferId);
-  const files = await listImageFiles(dir);
+  // With live files the directory is complete only once they have all come.
+  let files: ImageFile[] | undefined = options.live === null ? await listImageFiles(dir) : undefined;
 
   let lastSentSeq = -1;
   let ackedSeq = -1;
@@ -230,11 +240,12 @@ export async function sendImage(
 
   let chunks = 0;
   let bytes = 0;
+  let filesSent = 0;
   let link: FrameSocket | undefined;
   /** Pumped direct path: the connection's fd, Node no longer reading it. */
   let pumpFd: number | undefined;
   let done = false;
-  let frames: AsyncGenerator<EncodedFrame | BodyStep> | undefined;
+  let frames: AsyncGenerator<EncodedFrame | BodyStep | LiveBodyStep> | undefined;
   try {
     let transport: TransferTransport = 'nats';
     if (options.transport !== 'nats') {
@@ -276,13 +287,21 @@ export async function sendImage(
         log.info({ transferId, reason: direct.reason }, 'direct path unavailable, sending over NATS');
       }
     }
-    frames = pumpFd !== undefined ? toAsync(pumpedImageFrames(files)) : readAhead(imageFrames(files, options.chunkBytes, options.imageKey === null), READ_AHEAD_FRAMES);
+    if (pumpFd !== undefined) {
+      const listed = files;
+      frames = pumpedImageFrames(async () => (files = listed ?? (await listImageFiles(dir))), options.live ?? undefined);
+    } else {
+      // Chunk frames carry only finished files: live ones land in the directory first.
+      if (options.live !== null) await spillLiveFiles(options.live, dir, () => failure);
+      files ??= await listImageFiles(dir);
+      frames = readAhead(imageFrames(files, options.chunkBytes, options.imageKey === null), READ_AHEAD_FRAMES);
+    }
     // Pumped: the connection carries the bodies only; control frames go over NATS.
     const send = link !== undefined && pumpFd === undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
     // Sealed at the frame level, so both paths carry only ciphertext.
     const sealer = options.imageKey ? new FrameSealer(options.imageKey, transferId, options.frameAead) : undefined;
     const publish = (frame: { seq: number; bytes: Uint8Array }) => send(sealer ? sealer.seal(frame.seq, frame.bytes) : frame.bytes);
-    log.debug({ transferId, transport, files: files.length, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
+    log.debug({ transferId, transport, live: options.live !== null, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
     const bodyKey = pumpFd !== undefined ? fileBodyKey(options.imageKey!, transferId) : undefined;
     /** One file body through the pump, the idle clock following the file's offset. */
     const sendBody = async (step: BodyStep): Promise<number> => {
@@ -306,12 +325,28 @@ export async function sendImage(
         await fh.close();
       }
     };
+    /**
+     * A live file's body through the pump, to the end of its pipe. No idle clock of ours runs
+     * meanwhile: a pipe has no offset to watch, and its pace is CRIU's. A dead receiver fails
+     * the connection (the pump's write), a silent one trips the receiver's own clock or the
+     * coordinator's deadline, and a failure stops the pump, so CRIU's next write fails too.
+     */
+    const sendLiveBody = async (step: LiveBodyStep): Promise<number> => {
+      if (step.fileSeq > MAX_PUMPED_FILE_SEQ) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `too many files for the pumped path`);
+      watchdog.stop();
+      const counts = await options.filePump!.pump(step.file.fd, pumpFd!, 'seal', bodyKey!, fileBodyNoncePrefix(step.fileSeq), { signal: pumpAbort.signal }).catch((err: unknown) => {
+        throw failure ?? new FerryError(ErrorCode.TRANSFER_FAILED, `streaming ${step.file.path}: ${toFerryError(err).message}`, { cause: err });
+      });
+      step.sentBytes = counts.bytesIn;
+      return counts.bytesIn;
+    };
     for await (const frame of frames) {
-      if (frame.kind === 'body') {
-        bytes += await sendBody(frame);
+      if (frame.kind === 'body' || frame.kind === 'live') {
+        bytes += frame.kind === 'body' ? await sendBody(frame) : await sendLiveBody(frame);
         chunks += 1;
         continue;
       }
+      if (frame.kind === 'eof') filesSent += 1;
       await waitUntil(() => frame.seq - ackedSeq <= options.windowChunks);
       publish(frame);
       lastSentSeq = frame.seq;
@@ -323,7 +358,7 @@ export async function sendImage(
     }
     await waitUntil(() => ackedSeq === lastSentSeq);
     done = true;
-    const stats = { files: files.length, bytes, chunks, elapsedMs: performance.now() - startedMs, transport };
+    const stats = { files: filesSent, bytes, chunks, elapsedMs: performance.now() - startedMs, transport };
     log.info({ transferId, ...stats }, 'image sent');
     return stats;
   } catch (err) {
@@ -349,6 +384,3 @@ export async function sendImage(
   }
 }
 
-async function* toAsync<T>(items: Iterable<T>): AsyncGenerator<T> {
-  yield* items;
-}

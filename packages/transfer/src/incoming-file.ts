@@ -45,9 +45,12 @@ export class IncomingFile {
   /** False for sealed frames: GCM authenticated them, the sender computed no crc (and none is checked). */
   private checkCrc = true;
 
+  /** A streamed file (frames.ts): its size is what its pumped body turns out to be. */
+  private streamed = false;
+
   private constructor(
     readonly path: string,
-    readonly size: number,
+    private size: number,
     private readonly mode: number,
     private readonly fh: FileHandle,
   ) {}
@@ -65,12 +68,22 @@ export class IncomingFile {
       const fh = await open(fullPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
       const file = new IncomingFile(frame.path, frame.size, frame.mode, fh);
       file.checkCrc = checkCrc;
+      file.streamed = frame.streamed === true;
       return file;
     } catch (err) {
       if (err instanceof FerryError) throw err;
       const code = (err as NodeJS.ErrnoException).code === 'EEXIST' ? ErrorCode.INVALID_ARGUMENT : ErrorCode.TRANSFER_FAILED;
       throw new FerryError(code, `cannot create ${JSON.stringify(frame.path)}: ${(err as Error).message}`, { cause: err });
     }
+  }
+
+  get isStreamed(): boolean {
+    return this.streamed;
+  }
+
+  /** The declared size; for a streamed file, 0 until its body has been pumped. */
+  get declaredSize(): number {
+    return this.size;
   }
 
   get bytesWritten(): number {
@@ -88,6 +101,8 @@ export class IncomingFile {
    */
   recordPumped(bytes: number): void {
     if (this.written !== 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${JSON.stringify(this.path)} got a pumped body after chunks`);
+    // A streamed body is as long as its authenticated end frame made it (the pump bounded it).
+    if (this.streamed) this.size = bytes;
     if (bytes !== this.size) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} ended after ${bytes} of ${this.size} bytes`);
     }
@@ -123,8 +138,21 @@ export class IncomingFile {
     this.crc = actualCrc;
   }
 
-  /** Verifies size and crc32 of the whole file, applies the mode and closes the file. */
-  async finish(crc: number): Promise<void> {
+  /**
+   * Verifies size and crc32 of the whole file, applies the mode and closes the file. `streamedSize`:
+   * the eof frame's size, which a streamed file must carry and nothing else may.
+   */
+  async finish(crc: number, streamedSize?: number): Promise<void> {
+    if (this.streamed !== (streamedSize !== undefined)) {
+      throw new FerryError(
+        ErrorCode.INVALID_ARGUMENT,
+        this.streamed ? `eof of streamed ${JSON.stringify(this.path)} without its size` : `eof of ${JSON.stringify(this.path)} with a size, but it was not streamed`,
+      );
+    }
+    if (this.streamed && !this.pumped) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `streamed ${JSON.stringify(this.path)} ended without a pumped body`);
+    if (streamedSize !== undefined && streamedSize !== this.size) {
+      throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)}: the sender streamed ${streamedSize} bytes, ${this.size} arrived`);
+    }
     if (this.written !== this.size) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} ended after ${this.written} of ${this.size} bytes`);
     }

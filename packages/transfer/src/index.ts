@@ -10,6 +10,7 @@ export {
 } from './image-sender';
 export type { ImageSenderOptions } from './image-sender';
 export type { FilePump, FilePumpCounts } from './file-pump';
+export type { LiveImageFile } from './image-frames';
 export { fileBodyKey, fileBodyNoncePrefix } from './file-pump';
 export { DIRECT_OFFER_TIMEOUT_MS, DIRECT_CONNECT_TIMEOUT_MS } from './direct-path';
 export {
