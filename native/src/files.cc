@@ -1,7 +1,11 @@
 // lseek(2) and close(2) on raw descriptors. Node's fs has no lseek (its reads take positions, but
 // a descriptor handed to CRIU must carry its own offset); close releases what the pidfd calls return.
+// fcntl(F_SETPIPE_SZ): Node has no fcntl at all.
+#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
+
+#include <climits>
 
 #include "args.h"
 #include "exports.h"
@@ -30,6 +34,20 @@ Napi::Value UnreadBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), n);
 }
 
+// fcntl(F_SETPIPE_SZ): a pipe's capacity. CRIU's image streaming writes each image into a pipe,
+// and at the default 64 KiB (16 pages) it waits for the reader whenever that much is unread. The
+// kernel rounds the size up (a power-of-two number of pages) and returns what it set, which is what
+// the caller gets. Whether EPERM (above /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE) is
+// fatal is the caller's decision.
+Napi::Value SetPipeSize(const Napi::CallbackInfo& info) {
+  int32_t fd = Int32Arg(info, 0, "fd");
+  // fcntl takes the size as an int; 0 is no size (the kernel says EINVAL).
+  uint32_t bytes = Uint32Arg(info, 1, "bytes", 1, INT_MAX);
+  int result = fcntl(fd, F_SETPIPE_SZ, static_cast<int>(bytes));
+  if (result == -1) throw MakeSyscallError(info.Env(), errno, "fcntl");
+  return Napi::Number::New(info.Env(), result);
+}
+
 Napi::Value Close(const Napi::CallbackInfo& info) {
   int32_t fd = Int32Arg(info, 0, "fd");
   // No retry on EINTR: on Linux the descriptor is released even then, and retrying could
@@ -44,6 +62,7 @@ void InitFiles(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("lseek", Napi::Function::New(env, Lseek, "lseek"));
   exports.Set("unreadBytes", Napi::Function::New(env, UnreadBytes, "unreadBytes"));
+  exports.Set("setPipeSize", Napi::Function::New(env, SetPipeSize, "setPipeSize"));
   SetConstant(env, exports, "SEEK_SET", SEEK_SET);
   SetConstant(env, exports, "SEEK_CUR", SEEK_CUR);
   SetConstant(env, exports, "SEEK_END", SEEK_END);

@@ -1,9 +1,10 @@
 // The only door into @ferry/native: the LinuxSyscalls interface and its factory, the kernel
-// constants it takes, its errors, the sealed pump's types and limits, and socketFd (a Node
-// socket's fd, for a sealed pump). The raw addon stays behind createLinuxSyscalls().
-export { createLinuxSyscalls } from './syscalls';
+// constants it takes, recvWithFds's limits and result, its errors, the sealed pump's types and
+// limits, and socketFd (a Node socket's fd, for a sealed pump or recvWithFds). The raw addon stays
+// behind createLinuxSyscalls().
+export { createLinuxSyscalls, RECV_WITH_FDS_MAX_BYTES, RECV_WITH_FDS_MAX_FDS } from './syscalls';
 export type { LinuxSyscalls } from './syscalls';
-export type { SealedPumpCounts, SealedPumpMode } from './native-binding';
+export type { ReceivedWithFds, SealedPumpCounts, SealedPumpMode } from './native-binding';
 export {
   SEALED_PUMP_KEY_BYTES,
   SEALED_PUMP_MAX_FRAME_BYTES,

@@ -13,6 +13,14 @@ export interface SealedPumpCounts {
   frames: number;
 }
 
+/** What one recvWithFds call received. */
+export interface ReceivedWithFds {
+  /** The bytes read, 1 .. maxBytes of them; none at end of stream. */
+  bytes: Buffer;
+  /** The descriptors that came with them (SCM_RIGHTS), close-on-exec; each one is the caller's to close. */
+  fds: number[];
+}
+
 /**
  * The raw addon, exactly as src/*.cc exports it. Nothing here validates arguments or converts
  * errors; use createLinuxSyscalls() instead. Every function throws (or rejects with) an Error
@@ -28,6 +36,10 @@ export interface NativeBinding {
   setsockoptInt(fd: number, level: number, optname: number, value: number): void;
   socketpair(): [number, number];
   shutdown(fd: number, how: number): void;
+  /** One recvmsg(2) with SCM_RIGHTS on libuv's pool (sockets.cc); waits in poll(2) on EAGAIN. */
+  recvWithFds(fd: number, maxBytes: number, maxFds: number): Promise<ReceivedWithFds>;
+  /** fcntl(F_SETPIPE_SZ); returns the capacity the kernel set. */
+  setPipeSize(fd: number, bytes: number): number;
   /**
    * Runs on a thread of its own; the Promise settles when the stream has ended or failed.
    * `cancelFd` (-1: none) stops it with ECANCELED once it becomes readable.

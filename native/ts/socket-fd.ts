@@ -14,8 +14,8 @@ function refuse(reason: string): never {
 }
 
 /**
- * The kernel descriptor of a connected Node socket (TCP, or Unix), to hand to a sealed pump, with
- * Node's reading of it stopped.
+ * The kernel descriptor of a connected Node socket (TCP, or Unix), to hand to a sealed pump (or
+ * to recvWithFds), with Node's reading of it stopped.
  *
  * While a pump owns the fd, Node must neither read nor write that socket: a byte Node reads is a
  * byte the pump never sees. socket.pause() alone is not enough: a socket paused after it started

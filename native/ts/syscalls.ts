@@ -1,8 +1,13 @@
 import { SHUT_RD, SHUT_RDWR } from './constants';
 import { SyscallArgumentError, fromNativeError } from './errors';
-import { loadNativeBinding, type NativeBinding, type SealedPumpCounts, type SealedPumpMode } from './native-binding';
+import { loadNativeBinding, type NativeBinding, type ReceivedWithFds, type SealedPumpCounts, type SealedPumpMode } from './native-binding';
 import { sealedPump, type SealedPumpOptions } from './sealed-pump';
 import { checkAbsolutePath, checkFd, checkIntFlags, checkIntegerIn, checkNullableCString, checkPid, checkUintFlags } from './validate';
+
+/** Most bytes one recvWithFds call reads: the buffer each call allocates (src/sockets.cc has the same). */
+export const RECV_WITH_FDS_MAX_BYTES = 1024 * 1024;
+/** Most descriptors one recvWithFds call takes: the room in its control message (src/sockets.cc has the same). */
+export const RECV_WITH_FDS_MAX_FDS = 64;
 
 /**
  * The Linux syscalls ferry needs and Node lacks. Callers depend on this interface, never on the
@@ -24,6 +29,15 @@ export interface LinuxSyscalls {
   lseek(fd: number, offset: number, whence: number): number;
   /** ioctl(FIONREAD): bytes waiting to be read in a pipe, FIFO or socket, without reading them. */
   unreadBytes(fd: number): number;
+  /**
+   * fcntl(F_SETPIPE_SZ): sets a pipe's (or FIFO's) capacity to at least `bytes` (>= 1) and returns
+   * the capacity the kernel set (rounded up to a power-of-two number of pages). E.g. the pipe CRIU
+   * streams an image into, so it waits for its reader less often. Kernel refusals, as SyscallError
+   * with syscall 'fcntl': 'EPERM' above /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE (which
+   * root lacks on ferry's VMs), or past the user's pipe-user-pages limits; 'EBUSY' below what the
+   * pipe holds now; 'EBADF' for a descriptor that is not a pipe.
+   */
+  setPipeSize(fd: number, bytes: number): number;
   /** setsockopt(2) with an int value (e.g. IPPROTO_TCP, TCP_REPAIR, 0: a socket CRIU left in repair mode back to normal). */
   setsockoptInt(fd: number, level: number, optname: number, value: number): void;
   /**
@@ -34,6 +48,27 @@ export interface LinuxSyscalls {
   socketpair(): [number, number];
   /** shutdown(2), `how` one of SHUT_RD, SHUT_WR, SHUT_RDWR. */
   shutdown(fd: number, how: number): void;
+  /**
+   * One recvmsg(2) on a connected AF_UNIX stream socket, off the event loop: bytes, and the
+   * descriptors the peer sent with them (SCM_RIGHTS), installed close-on-exec. Resolves as soon as
+   * anything has arrived, with 1 .. `maxBytes` (at most RECV_WITH_FDS_MAX_BYTES) bytes; with no
+   * bytes at end of stream: the peer closed or shut down its writing, or this socket was shut down
+   * for reading, which is how to stop a pending call: shutdown(fd, SHUT_RD), never close(fd) (its
+   * number could be reused under the call). The stream keeps no message boundaries, except that
+   * descriptors come with the read that returns the first byte sent with them, and that read ends
+   * at the last of those bytes at the latest. Every descriptor in `fds` is the caller's to close.
+   *
+   * More than `maxFds` (1 .. RECV_WITH_FDS_MAX_FDS) descriptors at once: every one that arrived is
+   * closed and it rejects with 'EMSGSIZE'; the bytes sent with them are consumed too, so the stream
+   * is out of step and should be closed.
+   *
+   * fd may be blocking or not (a net.Socket's, taken over with socketFd): it waits in poll(2) and
+   * leaves the fd's O_NONBLOCK as it is. While it waits it holds one of libuv's pool threads (4 by
+   * default, shared with fs): at most one pending call per socket, which is also what keeps the
+   * reads in order. Rejects with a SyscallError: 'EMSGSIZE' as above, or the errno of recvmsg or
+   * poll with that call as `syscall` (e.g. 'ENOTSOCK', 'EBADF').
+   */
+  recvWithFds(fd: number, maxBytes: number, maxFds: number): Promise<ReceivedWithFds>;
   /**
    * Moves a byte stream from `inFd` to `outFd` through AES-256-GCM on a native thread of its own
    * (not libuv's pool): no JavaScript runs per byte. 'seal' reads plaintext and writes frames;
@@ -88,9 +123,9 @@ function callSync<T>(call: () => T, context: { path?: string; dest?: string } = 
   }
 }
 
-async function callAsync(call: () => Promise<void>, context: { path?: string; dest?: string }): Promise<void> {
+async function callAsync<T>(call: () => Promise<T>, context: { path?: string; dest?: string } = {}): Promise<T> {
   try {
-    await call();
+    return await call();
   } catch (err) {
     throw fromNativeError(err, context);
   }
@@ -151,6 +186,12 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
       return callSync(() => native().unreadBytes(checkedFd));
     },
 
+    setPipeSize(fd, bytes) {
+      const checkedFd = checkFd('fcntl', 'fd', fd);
+      const checkedBytes = checkIntegerIn('fcntl', 'bytes', bytes, 1, 0x7fffffff);
+      return callSync(() => native().setPipeSize(checkedFd, checkedBytes));
+    },
+
     setsockoptInt(fd, level, optname, value) {
       const checkedFd = checkFd('setsockopt', 'fd', fd);
       const checkedLevel = checkIntFlags('setsockopt', 'level', level);
@@ -169,6 +210,13 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
       const checkedFd = checkFd('shutdown', 'fd', fd);
       const checkedHow = checkIntegerIn('shutdown', 'how', how, SHUT_RD, SHUT_RDWR);
       callSync(() => native().shutdown(checkedFd, checkedHow));
+    },
+
+    async recvWithFds(fd, maxBytes, maxFds) {
+      const checkedFd = checkFd('recvmsg', 'fd', fd);
+      const checkedMaxBytes = checkIntegerIn('recvmsg', 'maxBytes', maxBytes, 1, RECV_WITH_FDS_MAX_BYTES);
+      const checkedMaxFds = checkIntegerIn('recvmsg', 'maxFds', maxFds, 1, RECV_WITH_FDS_MAX_FDS);
+      return callAsync(() => native().recvWithFds(checkedFd, checkedMaxBytes, checkedMaxFds));
     },
 
     sealedPump(inFd, outFd, mode, key, noncePrefix, frameBytes, options) {

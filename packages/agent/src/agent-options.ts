@@ -45,6 +45,11 @@ export interface AgentOptions {
    * this host takes CRIU's TLS page server or ferry's stream instead, e.g. to compare them.
    */
   pageTunnel: boolean;
+  /**
+   * Streamed dumps where the probe allows it (CriuInfo.stream); false (FERRY_STREAM_DUMP=off): this
+   * host dumps to its work dir (or the page tunnel) instead, e.g. to compare them.
+   */
+  streamDump: boolean;
   /** Faults to inject, for failure tests only. */
   faults: AgentFaults;
 }
@@ -64,6 +69,7 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
     ghostLimitBytes: 64 * 1024 * 1024,
     lazyDump: true,
     pageTunnel: true,
+    streamDump: true,
     faults: {},
     metricsPort: DEFAULT_AGENT_METRICS_PORT,
   };

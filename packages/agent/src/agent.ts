@@ -20,6 +20,7 @@ import { isAlive } from './host/process-tree';
 import type { RepairSyscalls } from './host/tcp-sockets';
 import type { WorkDirs } from './host/work-dir';
 import type { FilePumpSyscalls } from './migration/native-file-pump';
+import type { StreamerSyscalls } from './criu/image-streamer';
 import type { TunnelSyscalls } from './migration/page-tunnel';
 import { MigrationSource } from './migration/migration-source';
 import { MigrationTarget } from './migration/migration-target';
@@ -29,7 +30,7 @@ import { Workloads } from './workloads/workloads';
 export interface AgentDeps {
   nc: NatsConnection;
   /** Syscalls Node lacks (lseek of reopened pinned files, TCP repair, unmounting shared filesystems). */
-  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls;
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls & StreamerSyscalls;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;

@@ -25,6 +25,7 @@ async function main(): Promise<void> {
       ghostLimitBytes: num(env.FERRY_GHOST_LIMIT_BYTES),
       lazyDump: env.FERRY_LAZY_DUMP !== 'off',
       pageTunnel: env.FERRY_PAGE_TUNNEL !== 'off',
+      streamDump: env.FERRY_STREAM_DUMP !== 'off',
       faults: { corruptImageFrame: num(env.FERRY_FAULT_CORRUPT_IMAGE_FRAME), refusePageRequestsAfter: num(env.FERRY_FAULT_REFUSE_PAGE_REQUESTS_AFTER), noPipeData: env.FERRY_FAULT_NO_PIPE_DATA === '1' },
       // FERRY_METRICS_PORT=off serves no /metrics.
       metricsPort: env.FERRY_METRICS_PORT === 'off' ? null : num(env.FERRY_METRICS_PORT),

@@ -55,8 +55,8 @@ describe('chooseRestoreMode', () => {
 });
 
 describe('planDataPath', () => {
-  const both = { pageServerTls: true, pageTunnel: false, lazyDump: true };
-  const none = { pageServerTls: false, pageTunnel: false, lazyDump: false };
+  const both = { pageServerTls: true, pageTunnel: false, lazyDump: true, stream: false };
+  const none = { pageServerTls: false, pageTunnel: false, lazyDump: false, stream: false };
   test('pre-copy: the TLS page server where both ends have it, else everything in the image stream', () => {
     expect(planDataPath('auto', 'lazy', both, both, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: true, pageTunnel: false, lazyPageTunnel: false });
     expect(planDataPath('auto', 'eager', both, none, {})).toEqual({ memory: 'image', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
@@ -73,8 +73,8 @@ describe('planDataPath', () => {
 });
 
 describe('the page tunnel', () => {
-  const tun = { pageServerTls: true, pageTunnel: true, lazyDump: true };
-  const old = { pageServerTls: true, pageTunnel: false, lazyDump: true };
+  const tun = { pageServerTls: true, pageTunnel: true, lazyDump: true, stream: false };
+  const old = { pageServerTls: true, pageTunnel: false, lazyDump: true, stream: false };
   test('auto takes it where both ends have it, ahead of CRIU\'s TLS page server', () => {
     expect(chooseTransport('auto', tun, tun)).toBe('page-tunnel');
     expect(chooseTransport('auto', tun, old)).toBe('page-server');
@@ -95,5 +95,26 @@ describe('the page tunnel', () => {
     expect(plannedTransport(planDataPath('auto', 'lazy', old, old, {}), 'nats')).toBe('page-server');
     expect(plannedTransport(planDataPath('direct', 'lazy', tun, tun, {}), 'nats')).toBe('direct');
     expect(plannedTransport(planDataPath('auto', 'post-copy', tun, tun, {}), 'nats')).toBe('nats');
+  });
+});
+
+describe('the streamed dump', () => {
+  const streams = { pageServerTls: true, pageTunnel: true, lazyDump: true, stream: true };
+  const tunnelOnly = { ...streams, stream: false };
+  test('auto and direct stream the dump where both ends can, ahead of the page tunnel', () => {
+    expect(planDataPath('auto', 'lazy', streams, streams, {})).toEqual({ memory: 'stream', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('direct', 'eager', streams, streams, {})).toMatchObject({ memory: 'stream', stream: 'direct' });
+    expect(planDataPath('auto', 'lazy', streams, tunnelOnly, {})).toMatchObject({ memory: 'page-tunnel' });
+    expect(planDataPath('auto', 'lazy', tunnelOnly, streams, {})).toMatchObject({ memory: 'page-tunnel' });
+  });
+  test('not pinned to NATS, not for a page path named, not in post-copy', () => {
+    expect(planDataPath('nats', 'lazy', streams, streams, {})).toMatchObject({ memory: 'image', stream: 'nats' });
+    expect(planDataPath('page-tunnel', 'lazy', streams, streams, {})).toMatchObject({ memory: 'page-tunnel' });
+    expect(planDataPath('page-server', 'lazy', streams, streams, {})).toMatchObject({ memory: 'page-server' });
+    expect(planDataPath('auto', 'post-copy', streams, streams, {}).memory).toBe('lazy-dump');
+  });
+  test('a streamed migration reports its stream before the checkpoint answers', () => {
+    expect(plannedTransport(planDataPath('auto', 'lazy', streams, streams, {}), 'nats')).toBe('nats');
+    expect(plannedTransport(planDataPath('direct', 'lazy', streams, streams, {}), 'nats')).toBe('direct');
   });
 });

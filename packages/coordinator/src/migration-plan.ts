@@ -3,12 +3,11 @@
  * they are told (CheckpointRequest.memory and .transport, RestoreRequest.mode) or fail.
  *
  * Which data path a migration's image takes, decided before anything is frozen from the two
- * hosts' CRIU probes. Measured by `npm run bench` (bench/results.md): CRIU's page server moves
- * memory pages with splice at a fraction of the CPU of ferry's msgpack stream, which is what
- * decides downtime on a 2-core host. It is the default only where it runs over mutual TLS with
- * per-migration certificates (both hosts' probes say `pageServerTls`), so `auto` never sends a
- * workload's memory in clear; elsewhere `auto` is ferry's own sealed stream (direct TCP, NATS as
- * fallback).
+ * hosts' CRIU probes. Measured by `npm run bench` (bench/results.md): `auto` (and `direct`) stream
+ * the dump where both hosts can (`criu dump --stream` through the source agent, the pages sealed
+ * onto the direct connection by the native pump while CRIU dumps: the dump and the transfer
+ * overlap); else ferry's page tunnel, CRIU's page server over mutual TLS, or the dumped image on
+ * ferry's sealed stream, in that order. `auto` never sends a workload's memory in clear.
  */
 import { ErrorCode, FerryError, type CriuInfo, type MemoryPath, type RestoreMode, type StreamTransport, type Transport, type TransportPreference } from '@ferry/protocol';
 
@@ -50,6 +49,11 @@ function isPagePath(transport: TransportPreference): boolean {
 /** Both ends can carry the memory through ferry's page tunnel (--ps-socket and the native sealed pump). */
 export function bothPageTunnel(source: Pick<CriuInfo, 'pageTunnel'>, target: Pick<CriuInfo, 'pageTunnel'>): boolean {
   return source.pageTunnel === true && target.pageTunnel === true;
+}
+
+/** Both ends can stream a dump: `criu dump --stream` through the source agent onto ferry's pumped stream. */
+export function bothStream(source: Pick<CriuInfo, 'stream'>, target: Pick<CriuInfo, 'stream'>): boolean {
+  return source.stream === true && target.stream === true;
 }
 
 /** Both ends can run the page server over TLS. */
@@ -106,8 +110,8 @@ export interface DataPathPlan {
 export function planDataPath(
   wanted: TransportPreference,
   restore: RestoreMode,
-  source: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel' | 'lazyDump'>,
-  target: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel'>,
+  source: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel' | 'lazyDump' | 'stream'>,
+  target: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel' | 'stream'>,
   workload: { address?: string | undefined },
 ): DataPathPlan {
   const postCopy = restore === 'post-copy';
@@ -119,6 +123,10 @@ export function planDataPath(
     return { memory, stream, pageServer: false, pageServerTls: false, pageTunnel: lazyPageTunnel, lazyPageTunnel };
   }
   const none = { pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false };
+  // A streamed dump wherever the stream may go direct: the pages leave while CRIU dumps, sealed at
+  // memory speed, and never touch the source's disk (the fastest path measured, bench/results.md).
+  // Pinned to NATS the pages could not stream, so the plain dump goes; a page path named wins.
+  if ((wanted === 'auto' || wanted === 'direct') && bothStream(source, target)) return { ...none, memory: 'stream', stream: wanted };
   if (transport === 'page-tunnel') return { ...none, memory: 'page-tunnel', stream, pageTunnel: true };
   if (transport === 'page-server') return { ...none, memory: 'page-server', stream, pageServer: true, pageServerTls: bothPageServerTls(source, target) };
   return { ...none, memory: 'image', stream };

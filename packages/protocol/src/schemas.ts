@@ -52,6 +52,12 @@ export const CriuInfo = z.object({
    * the freeze.
    */
   pipeData: z.boolean().default(false),
+  /**
+   * `criu dump --stream` works with this agent as its image streamer (a throwaway dumped that way
+   * and restored) and the agent can seal a pipe natively: the memory can go on the wire while CRIU
+   * dumps (memory path `stream`).
+   */
+  stream: z.boolean().default(false),
   /** Why it is not usable, when it is not. */
   problem: z.string().max(4096).optional(),
 });
@@ -165,12 +171,14 @@ export type TransportPreference = z.infer<typeof TransportPreference>;
  * How a frozen workload's memory leaves the source (the coordinator decides; the agent's
  * migration/source-data-paths.ts carries it out): `image`, in the dumped image through ferry's
  * stream; `page-server`, by CRIU's dump to the target's `criu page-server` while it dumps;
- * `page-tunnel`, the same through ferry's page tunnel (see Transport);
+ * `page-tunnel`, the same through ferry's page tunnel (see Transport); `stream`, by `criu dump
+ * --stream` through the source agent, whose sealed pump puts the pages on ferry's direct stream
+ * while CRIU dumps (written to disk first only when the stream falls back to NATS);
  * `lazy-dump` (post-copy), kept in `criu dump --lazy-pages`'s pipes and served from there;
  * `lazy-rewrite` (post-copy where CRIU cannot lazy-dump), a full dump whose lazy pages this
  * agent serves.
  */
-export const MemoryPath = z.enum(['image', 'page-server', 'page-tunnel', 'lazy-dump', 'lazy-rewrite']);
+export const MemoryPath = z.enum(['image', 'stream', 'page-server', 'page-tunnel', 'lazy-dump', 'lazy-rewrite']);
 export type MemoryPath = z.infer<typeof MemoryPath>;
 
 /**

@@ -1,8 +1,10 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as os from 'node:os';
-import { silentLogger, toFerryError, type CriuInfo, type Logger } from '@ferry/protocol';
+import { ErrorCode, FerryError, silentLogger, toFerryError, type CriuInfo, type Logger } from '@ferry/protocol';
+import { spillLiveFiles } from '@ferry/transfer';
 import { CriuDriver, DEFAULT_CRIU_PATH, MIN_CRIU_MAJOR_VERSION } from './criu-driver';
+import { CaptureStreamer, type StreamerSyscalls } from './image-streamer';
 import { probePageServerTls } from './page-server-tls';
 import { isAlive, readProcessStat } from '../host/process-tree';
 import { defaultWorkloadLauncherOptions, launchWorkload, waitForWrapperExit, type LaunchedWorkload, type WorkloadLauncherOptions } from '../host/workload-launcher';
@@ -29,6 +31,11 @@ export interface CriuProbeOptions {
   launcher: WorkloadLauncherOptions;
   /** Where the probe reports what it found. */
   logger: Logger;
+  /**
+   * The agent's image streamer calls (@ferry/native): with them the probe also tries `criu dump
+   * --stream` through this agent's CaptureStreamer (CriuInfo.stream); without, stream is false.
+   */
+  streamSyscalls?: StreamerSyscalls;
 }
 
 /** Defaults: criu from CRIU_PATH_ENV, temp dirs in the OS temp dir, a busy `sh` loop as throwaway. */
@@ -89,7 +96,7 @@ function describe(err: unknown): string {
  * Launches the throwaway, dumps it leaving it stopped, kills the frozen copy, restores it, checks the
  * restored copy runs, and cleans up every process and file it made, whatever happened.
  */
-export async function attemptDumpRestore(options: CriuProbeOptions, faultInjection: boolean): Promise<DumpRestoreAttempt> {
+export async function attemptDumpRestore(options: CriuProbeOptions, faultInjection: boolean, { stream = false } = {}): Promise<DumpRestoreAttempt> {
   const driver = new CriuDriver(
     { criuPath: options.criuPath, faultInjection, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS, killTimeoutMs: PROBE_KILL_TIMEOUT_MS },
     options.logger,
@@ -104,7 +111,9 @@ export async function attemptDumpRestore(options: CriuProbeOptions, faultInjecti
       { name: 'criu-probe', argv: options.throwawayArgv, env: {}, cwd: dir, logPath: path.join(dir, 'workload.log') },
       options.launcher,
     );
-    const dumped = await driver.dump({ pid: source.pid, imagesDir, leaveStopped: true });
+    const dumped = stream
+      ? await dumpThroughStreamer(driver, options, source.pid, imagesDir)
+      : await driver.dump({ pid: source.pid, imagesDir, leaveStopped: true });
     const frozen = await readProcessStat(source.pid);
     if (frozen?.state !== 'T') return { ok: false, problem: `throwaway not stopped after dump (state ${frozen?.state ?? 'gone'})` };
     await driver.kill(source.pid);
@@ -125,6 +134,29 @@ export async function attemptDumpRestore(options: CriuProbeOptions, faultInjecti
       await waitForWrapperExit(source, PROBE_KILL_TIMEOUT_MS);
     }
     await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `criu dump --stream` with this agent's CaptureStreamer as CRIU's image streamer, the live files
+ * written into the images dir as a sender without a pump would: the images a restore then reads
+ * are exactly what the streamer received.
+ */
+async function dumpThroughStreamer(driver: CriuDriver, options: CriuProbeOptions, pid: number, imagesDir: string): Promise<{ durationMs: number }> {
+  if (!options.streamSyscalls) throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'no image streamer calls to probe with');
+  await fs.mkdir(imagesDir, { recursive: true, mode: 0o700 });
+  const streamer = await CaptureStreamer.listen(options.streamSyscalls, imagesDir, options.logger);
+  const spilling = spillLiveFiles(streamer.liveFiles(), imagesDir, () => undefined);
+  spilling.catch(() => undefined);
+  try {
+    const dumped = await driver.dump({ pid, imagesDir, leaveStopped: true, extraArgs: ['--stream'] });
+    await streamer.criuDone();
+    streamer.finish();
+    await spilling;
+    return dumped;
+  } catch (err) {
+    streamer.abort(new FerryError(ErrorCode.CHECKPOINT_FAILED, 'probe dump failed'));
+    throw err;
   }
 }
 
@@ -165,7 +197,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const driver = new CriuDriver({ criuPath: options.criuPath, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS }, options.logger);
   const unusable = (version: string, checkOk: boolean, problem: string): CriuProbeResult => ({
-    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, pipeData: false, problem, durationMs: elapsedMs(),
+    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, pipeData: false, stream: false, problem, durationMs: elapsedMs(),
   });
 
   let version: string;
@@ -190,6 +222,12 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const decision = await decideFaultInjection((faultInjection) => attemptDumpRestore(options, faultInjection));
   // Only worth asking of a CRIU that works: a throwaway holding unread data in a FIFO.
   const pipeData = decision.dumpRestoreOk && (await attemptDumpRestore({ ...options, throwawayArgv: PIPE_DATA_THROWAWAY }, decision.needsFaultInjection)).ok;
+  // A dump through this agent's image streamer, restored from what it received.
+  const streamAttempt = decision.dumpRestoreOk && options.streamSyscalls && /--stream\b/.test(help)
+    ? await attemptDumpRestore(options, decision.needsFaultInjection, { stream: true })
+    : undefined;
+  const stream = streamAttempt?.ok === true;
+  if (streamAttempt && !streamAttempt.ok) options.logger.warn({ problem: streamAttempt.problem }, 'criu dump --stream did not work here; memory will not stream');
   const problems = [
     ...(check.ok ? [] : [`criu check failed: ${check.output.split('\n').slice(-5).join(' | ')}`]),
     ...(decision.problem ? [decision.problem] : []),
@@ -205,6 +243,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     lazyDump,
     pageTunnel,
     pipeData,
+    stream,
     durationMs: elapsedMs(),
   };
   if (problems.length > 0) result.problem = problems.join('; ').slice(0, 4096);

@@ -4,6 +4,7 @@ import type { CriuInfo, Logger } from '@ferry/protocol';
 import type { LinuxSyscalls } from '@ferry/native';
 import type { AgentMetrics } from '../agent-metrics';
 import type { CriuDriver } from '../criu/criu-driver';
+import type { StreamerSyscalls } from '../criu/image-streamer';
 import type { RepairSyscalls } from '../host/tcp-sockets';
 import type { WorkDirs } from '../host/work-dir';
 import type { Workloads } from '../workloads/workloads';
@@ -12,8 +13,8 @@ import type { TunnelSyscalls } from './page-tunnel';
 
 export interface MigrationDeps {
   nc: NatsConnection;
-  /** lseek of reopened pinned files, TCP repair, the page tunnel's socket pairs and sealed pumps. */
-  syscalls: Pick<LinuxSyscalls, 'lseek' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls;
+  /** lseek of reopened pinned files, TCP repair, the page tunnel's socket pairs and sealed pumps, the image streamer's pipes. */
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls & StreamerSyscalls;
   criu: CriuDriver;
   /** This host's probe, as the coordinator planned the migration from it. */
   criuInfo: CriuInfo;

@@ -14,7 +14,7 @@ import {
   type PageServerEndpoint,
 } from '@ferry/protocol';
 import { aeadInPlace } from '@ferry/native';
-import { sendImage } from '@ferry/transfer';
+import { sendImage, type LiveImageFile } from '@ferry/transfer';
 import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
@@ -105,9 +105,19 @@ export class MigrationSource {
     const pins = await pinSharedFiles(await this.assertMigratable(rec, { targetPipeData: req.targetPipeData }), req.migrationId);
     const dir = await workDirs.create(req.migrationId);
     const log = this.deps.log.child({ migrationId: req.migrationId });
+    const startSend = (live?: AsyncIterable<LiveImageFile>) =>
+      sendImage(this.deps.nc, req.transferId, dir, {
+        idleTimeoutMs: req.idleTimeoutMs,
+        transport: req.transport,
+        imageKey,
+        filePump: nativeFilePump(this.deps.syscalls),
+        frameAead: aeadInPlace,
+        logger: log,
+        ...(live ? { live } : {}),
+      });
     const path = sourceDataPath(
       req.memory,
-      { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey, dir, log, stream: req.transport },
+      { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey, dir, log, stream: req.transport, sendImage: startSend },
       req.pageServer,
       req.pageTunnel,
     );
@@ -164,14 +174,7 @@ export class MigrationSource {
         this.lazySources.set(req.migrationId, kept);
         lazyBytes = kept.lazyBytes;
       }
-      sent = await sendImage(this.deps.nc, req.transferId, dir, {
-        idleTimeoutMs: req.idleTimeoutMs,
-        transport: req.transport,
-        imageKey,
-        filePump: nativeFilePump(this.deps.syscalls),
-        frameAead: aeadInPlace,
-        logger: log,
-      });
+      sent = await path.send();
       const after = await path.afterSend(sent);
       lazyPageServer = after.lazyPageServer;
       if (after.source) this.lazySources.set(req.migrationId, after.source);

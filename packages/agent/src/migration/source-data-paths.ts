@@ -3,6 +3,8 @@
  * chooses one per migration (CheckpointRequest.memory); the checkpoint runs the same steps for
  * every path and each path fills them in:
  * - `image`: CRIU dumps everything into the work dir and ferry's sealed stream carries it all;
+ * - `stream`: `criu dump --stream` hands this agent each image as a pipe (image-streamer.ts); the
+ *   memory pages go on the wire through the sealed pump while CRIU dumps, the rest after it;
  * - `page-server`: CRIU's dump sends the memory pages to the target's `criu page-server` (mutual
  *   TLS where both hosts have it) while it dumps; the stream carries the rest;
  * - `lazy-dump` (post-copy): `criu dump --lazy-pages` keeps the memory in its pipes and serves it,
@@ -15,10 +17,11 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
-import { ErrorCode, FerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerEndpoint, type PageTunnelEndpoint, type StreamTransport } from '@ferry/protocol';
-import type { TransferStats } from '@ferry/transfer';
+import { ErrorCode, FerryError, toFerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerEndpoint, type PageTunnelEndpoint, type StreamTransport } from '@ferry/protocol';
+import type { LiveImageFile, TransferStats } from '@ferry/transfer';
 import type { CriuDriver, CriuDumpRequest } from '../criu/criu-driver';
 import { LazyDump } from '../criu/criu-service';
+import { CaptureStreamer, type StreamerSyscalls } from '../criu/image-streamer';
 import { lazyRunBytes, lazyRunsOf, type LazyRun } from '../criu/pagemap-image';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls } from '../criu/page-server-tls';
 import type { WorkDirs } from '../host/work-dir';
@@ -39,8 +42,10 @@ export interface DataPathContext {
   /** Images dir of this migration (the stream sends what it holds). */
   dir: string;
   log: Logger;
-  /** The native socket pair and sealed pump of the page tunnel. */
-  syscalls: TunnelSyscalls;
+  /** The native socket pair and sealed pump of the page tunnel, and the image streamer's calls. */
+  syscalls: TunnelSyscalls & StreamerSyscalls;
+  /** Starts ferry's image stream of `dir` (the caller's options); with `live`, while the dump still runs. */
+  sendImage(live?: AsyncIterable<LiveImageFile>): Promise<TransferStats>;
   /** How ferry's stream will carry the images (`nats`: the hosts are not to talk directly). */
   stream: StreamTransport;
 }
@@ -59,6 +64,11 @@ export interface SourceDataPath {
   readonly transportName: 'page-server' | 'page-tunnel' | null;
   /** Freezes and dumps the tree (the caller holds the host's dump lock). */
   dump(request: CriuDumpRequest): Promise<DumpedImage>;
+  /**
+   * The image stream, once the dump is over and the directory complete (the manifest written):
+   * started now, or, for a path that started it with the dump, finished.
+   */
+  send(): Promise<TransferStats>;
   /** After the dump, before the stream: what post-copy keeps on this host for the target, if anything. */
   keepLazyMemory(): Promise<PostCopySource | undefined>;
   /**
@@ -83,6 +93,9 @@ export function sourceDataPath(memory: MemoryPath, ctx: DataPathContext, pageSer
       return new PageTunnelDumpPath(ctx, pageTunnel, ctx.imageKey);
     case 'image':
       return new ImageDumpPath(ctx);
+    case 'stream':
+      if (!ctx.criuInfo.stream) throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'this host cannot stream a dump (its CRIU probe says no)');
+      return new StreamDumpPath(ctx);
     case 'page-server':
       if (!pageServer) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'the page-server data path needs the target page server endpoint');
       return new PageServerDumpPath(ctx, pageServer);
@@ -105,6 +118,10 @@ class ImageDumpPath implements SourceDataPath {
     return { durationMs: dumped.durationMs, logPath: dumped.logPath, bytesOnWire: 0 };
   }
 
+  send(): Promise<TransferStats> {
+    return this.ctx.sendImage();
+  }
+
   async keepLazyMemory(): Promise<PostCopySource | undefined> {
     return undefined;
   }
@@ -114,6 +131,53 @@ class ImageDumpPath implements SourceDataPath {
   }
 
   abort(): void {}
+}
+
+/**
+ * `criu dump --stream`: CRIU hands each image to this agent as a pipe (image-streamer.ts) and the
+ * image stream starts with the dump, so the memory pages go on the wire, sealed by the native pump,
+ * while CRIU splices them out of the frozen tree: the dump and the transfer overlap, and the pages
+ * never touch this host's disk. The small images are drained into the work dir and follow once the
+ * dump is over. Where the stream cannot be pumped (no direct path) the sender writes the pages
+ * into the work dir instead (@ferry/transfer live-spill.ts), which is the plain dump again.
+ */
+class StreamDumpPath extends ImageDumpPath {
+  private streamer: CaptureStreamer | undefined;
+  private sending: Promise<TransferStats> | undefined;
+
+  override async dump(request: CriuDumpRequest): Promise<DumpedImage> {
+    const { syscalls: sys, criu, dir, log } = this.ctx;
+    const streamer = await CaptureStreamer.listen(sys, dir, log);
+    this.streamer = streamer;
+    this.sending = this.ctx.sendImage(streamer.liveFiles());
+    // A failed send stops the capture (CRIU's writes fail, so does the dump); its error is reported by send().
+    this.sending.catch(() => undefined);
+    try {
+      const dumped = await criu.dump({ ...request, extraArgs: [...(request.extraArgs ?? []), '--stream'] });
+      const counts = await streamer.criuDone();
+      log.info({ ...counts, dumpMs: Math.round(dumped.durationMs) }, 'streamed dump done');
+      return { durationMs: dumped.durationMs, logPath: dumped.logPath, bytesOnWire: 0 };
+    } catch (err) {
+      // The sender's own failure says more than CRIU's broken pipe.
+      const sendFailure = await Promise.race([this.sending.then(() => undefined, (e: unknown) => e), new Promise((r) => setImmediate(r, undefined))]);
+      streamer.abort(toFerryError(err, ErrorCode.CHECKPOINT_FAILED));
+      if (sendFailure !== undefined) {
+        const fe = toFerryError(sendFailure, ErrorCode.TRANSFER_FAILED);
+        throw new FerryError(ErrorCode.CHECKPOINT_FAILED, `streamed dump failed: the image stream failed first (${fe.message})`, { cause: err });
+      }
+      throw err;
+    }
+  }
+
+  override send(): Promise<TransferStats> {
+    if (!this.streamer || !this.sending) return Promise.reject(new FerryError(ErrorCode.INTERNAL, 'the streamed dump has not started'));
+    this.streamer.finish();
+    return this.sending;
+  }
+
+  override abort(): void {
+    this.streamer?.abort(new FerryError(ErrorCode.CHECKPOINT_FAILED, 'checkpoint aborted'));
+  }
 }
 
 /** Memory pages to the target's `criu page-server` during the dump; the rest by the stream. */
@@ -241,6 +305,10 @@ class CriuLazyDumpPath implements SourceDataPath {
     // While CRIU serves the pages it holds the tree; if it dies, this keeps the tree stopped.
     await criu.holdStopped(request.pid);
     return { durationMs: this.lazyDump.durationMs, logPath, bytesOnWire: 0 };
+  }
+
+  send(): Promise<TransferStats> {
+    return this.ctx.sendImage();
   }
 
   async keepLazyMemory(): Promise<PostCopySource> {
