@@ -9,7 +9,7 @@
  * every 10 ms; the longest gap between consecutive lines around the migration is its downtime.
  *
  * Environment (all optional): BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
- * "ferry-auto,ferry,ferry-nats,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager").
+ * "ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager").
  */
 const { execFile } = require('node:child_process');
 const fs = require('node:fs');
@@ -26,18 +26,20 @@ const CLUSTER = 'bench';
 const SUBNET_INDEX = 240;
 const SIZES_MIB = (process.env.BENCH_SIZES_MIB || '64,512,1024').split(',').map(Number);
 /**
- * ferry-auto = the default (`--transport auto`: the page server over mutual TLS where both probes
- * allow it), ferry = `--transport direct` (ferry's own sealed TCP stream), ferry-nats (the same
- * stream through nats-server), ferry-ps (`--transport page-server`), ferry-postcopy (`--restore post-copy`:
+ * ferry-auto = the default (`--transport auto`: the streamed dump where both probes allow it),
+ * ferry = `--transport direct` (the same where it streams: ferry's own sealed TCP stream),
+ * ferry-tunnel (`--transport page-tunnel`: CRIU's page-server protocol through ferry's sealed
+ * tunnel), ferry-nats (the stream through nats-server), ferry-ps (`--transport page-server`), ferry-postcopy (`--restore post-copy`:
  * the workload resumes before its memory moves; the memory follows from the source, direct path),
  * criu (CRIU's own, by hand).
  */
-const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry,ferry-nats,ferry-postcopy,criu').split(',');
+const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu').split(',');
 const FERRY_METHODS = {
   'ferry-auto': { transport: 'auto', args: [] },
   ferry: { transport: 'direct', args: [] },
   'ferry-nats': { transport: 'nats', args: [] },
   'ferry-ps': { transport: 'page-server', args: [] },
+  'ferry-tunnel': { transport: 'page-tunnel', args: [] },
   'ferry-postcopy': { transport: 'auto', args: ['--restore', 'post-copy'] },
 };
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
@@ -208,8 +210,10 @@ async function ferryMigration(ctx, mib, { transport, args }) {
   const transferMs = postCopy
     ? result.phases.transferMs + (result.phases.pullMs ?? 0)
     : result.phases.transferMs + (result.transport === 'page-server' || result.transport === 'page-tunnel' ? result.phases.dumpMs : 0);
+  // A streamed dump names its memory path beside the wire it took: `stream/direct`.
+  const wire = result.memory === 'stream' ? `stream/${result.transport}` : result.transport;
   return {
-    method: postCopy ? `ferry post-copy (${result.transport})` : transport === 'auto' ? `ferry default (${result.transport})` : `ferry (${result.transport})`,
+    method: postCopy ? `ferry post-copy (${wire})` : transport === 'auto' ? `ferry default (${wire})` : `ferry (${wire})`,
     downtimeMs,
     reportedDowntimeMs: result.downtimeMs,
     mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,

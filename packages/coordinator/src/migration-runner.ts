@@ -261,6 +261,7 @@ export class MigrationRunner {
       // What the memory takes, as far as the plan knows it (the checkpoint's reply says what the stream took):
       // a migration that fails inside a page path says so.
       m.transport = plannedTransport(plan, m.transport);
+      m.memory = plan.memory;
       await this.step(m, 'checkpointing');
       frozen = true;
       this.registry.setWorkloadState(m.from, m.workload, 'frozen');

@@ -230,6 +230,8 @@ export const MigrationResult = z.object({
   placement: z.object({ host: HostName, reason: z.string().max(4096) }).nullable().optional(),
   /** The data path the request asked for (absent in records from before it was kept: auto). */
   transportPreference: TransportPreference.optional(),
+  /** How the memory left the source, as planned from both probes (`stream`: while CRIU dumped). Absent before it is planned. */
+  memory: MemoryPath.optional(),
 });
 export type MigrationResult = z.infer<typeof MigrationResult>;
 

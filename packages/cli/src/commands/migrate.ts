@@ -33,6 +33,7 @@ export function publicResult(m: MigrationResult) {
     totalMs: m.totalMs,
     bytesTransferred: m.bytesTransferred,
     transport: m.transport,
+    ...(m.memory ? { memory: m.memory } : {}),
     restore: m.restore ?? 'eager',
     phases: m.phases,
     pid: m.pid,
@@ -54,7 +55,12 @@ export function registerMigrate(program: Command): Command {
       'eager (all memory in place before the workload runs), lazy (runs first, memory filled behind it from the received image) or ' +
         'post-copy (runs as soon as all but its memory has arrived; the memory follows from the source, which keeps its frozen copy until the last page); default lazy where the target supports it',
     )
-    .option('--transport <mode>', 'image data path: auto (direct TCP between the agents when reachable, else NATS), direct, or nats', 'auto')
+    .option(
+      '--transport <mode>',
+      'data path: auto (memory sealed onto direct TCP while CRIU dumps where both hosts can stream, else the page tunnel or the dumped image; NATS when the hosts do not reach each other), ' +
+        'direct, nats (through nats-server only), page-tunnel or page-server',
+      'auto',
+    )
     .option('--request-id <id>', 'idempotency key: retrying with the same id never starts a second migration')
     .option('--json', 'print {id, workload, from, to, state, downtimeMs, totalMs, bytesTransferred, phases, ...}')
     .action(
