@@ -27,13 +27,14 @@ beforeAll(async () => {
   cluster = await startTestCluster(CLUSTER, 202, {
     hosts: 3,
     // h2 restores through a CRIU wrapper that damages the image while the trigger file exists.
-    // h3 sends its 3rd large image frame with one byte flipped (once in its life), and as a
-    // post-copy source answers 20 page requests, then refuses every later one.
+    // h3 sends its 3rd large image frame with one byte flipped (once in its life), as a
+    // post-copy source answers 20 page requests, then refuses every later one, and as a target
+    // takes images of at most 200 MiB (as a nearly full disk would).
     agentEnvFor: (host): Record<string, string> =>
       host === 'h2'
         ? { FERRY_CRIU_PATH: CRIU_WRAPPER }
         : host === 'h3'
-          ? { FERRY_FAULT_CORRUPT_IMAGE_FRAME: '3', FERRY_FAULT_REFUSE_PAGE_REQUESTS_AFTER: '20' }
+          ? { FERRY_FAULT_CORRUPT_IMAGE_FRAME: '3', FERRY_FAULT_REFUSE_PAGE_REQUESTS_AFTER: '20', FERRY_MAX_IMAGE_BYTES: String(200 * 1024 * 1024) }
           : {},
     coordinatorEnv: { FERRY_TRANSFER_IDLE_TIMEOUT_MS: '1500' },
   });
@@ -176,8 +177,8 @@ test('post-copy: the source\'s CRIU dying while the target pulls pages rolls bac
 
 test('the page tunnel: the target\'s page server dying while the source dumps into it rolls back, the source intact', async () => {
   const w = await launch('tundie', 384);
-  // The default path: h1's dump sends its pages through the tunnel into h3's page server.
-  const migrating = cluster.ferry(['migrate', 'tundie', '--to', 'h3', '--json']);
+  // h1's dump sends its pages through the tunnel into h3's page server.
+  const migrating = cluster.ferry(['migrate', 'tundie', '--to', 'h3', '--transport', 'page-tunnel', '--json']);
   const deadline = Date.now() + 60_000;
   while ((await pidsWith('dump', '--ps-socket', `/work/${CLUSTER}/h1/`)).length === 0) {
     if (Date.now() > deadline) throw new Error('the source never started dumping into the tunnel');
@@ -194,10 +195,29 @@ test('the page tunnel: the target\'s page server dying while the source dumps in
   await expectRolledBackIntact('tundie', w, 'h1');
   await waitFor('target work dir emptied', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h3`)).filter((d) => d.startsWith('m-')).length === 0);
   // And the same workload moves once nothing is in the way.
-  const again = await cluster.ferry(['migrate', 'tundie', '--to', 'h3', '--json']);
+  const again = await cluster.ferry(['migrate', 'tundie', '--to', 'h3', '--transport', 'page-tunnel', '--json']);
   expect(again.json).toMatchObject({ state: 'succeeded', transport: 'page-tunnel' });
   expect(await w.verifyMemory(again.json.pid)).toBe('OK');
   expect((await cluster.ferry(['stop', 'tundie'])).code).toBe(0);
+});
+
+test('the streamed dump: a target that refuses the pages half-way (its image limit) fails the dump, which rolls back, the source intact', async () => {
+  const w = await launch('streamfull', 256);
+  const res = await cluster.ferry(['migrate', 'streamfull', '--to', 'h3', '--json']);
+  expect(res.json.state).toBe('rolled-back');
+  expect(res.json.memory).toBe('stream');
+  expect(['CHECKPOINT_FAILED', 'TRANSFER_FAILED', 'INVALID_ARGUMENT']).toContain(res.json.error.code);
+  // The limit is named: the operator can act on it.
+  expect(res.json.error.message).toMatch(/209715200|limit/);
+  // CRIU was stopped by its broken pipes, not left blocked: the source thawed, one copy, memory intact.
+  await expectRolledBackIntact('streamfull', w, 'h1');
+  await waitFor('target work dir emptied', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h3`)).filter((d) => d.startsWith('m-')).length === 0);
+  await waitFor('source work dir emptied', async () => (await readdir(`/run/ferry/work/${CLUSTER}/h1`)).filter((d) => d.startsWith('m-')).length === 0);
+  // Where the image fits, the same workload streams.
+  const again = await cluster.ferry(['migrate', 'streamfull', '--to', 'h2', '--json']);
+  expect(again.json).toMatchObject({ state: 'succeeded', memory: 'stream' });
+  expect(await w.verifyMemory(again.json.pid)).toBe('OK');
+  expect((await cluster.ferry(['stop', 'streamfull'])).code).toBe(0);
 });
 
 test('malformed and hostile requests to an agent get clear errors and change nothing', async () => {

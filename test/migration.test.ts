@@ -49,8 +49,8 @@ test('a 64 MiB workload migrates h1 -> h2 -> h1 with memory intact, counter cont
     expect(res.stderr).toBe('');
     expect(res.code).toBe(0);
     const m = res.json;
-    // The default here: ferry's page tunnel (both probes allow it), the memory sealed with the migration's key.
-    expect(m).toMatchObject({ workload: 'counter', to, state: 'succeeded', transport: 'page-tunnel' });
+    // The default here: the streamed dump (both probes allow it), the memory sealed with the migration's key onto the direct connection.
+    expect(m).toMatchObject({ workload: 'counter', to, state: 'succeeded', transport: 'direct', memory: 'stream' });
     expect(m.bytesTransferred).toBeGreaterThan(64 * 1024 * 1024);
     expect(m.downtimeMs).toBeGreaterThan(0);
     expect(m.totalMs).toBeGreaterThanOrEqual(m.downtimeMs);
@@ -114,14 +114,17 @@ test('post-copy: a parent and child joined by a pipe come back together, memory 
   expect((await cluster.ferry(['stop', 'family2'])).code).toBe(0);
 });
 
-test('SysV shared memory moves by the default path (the page tunnel) and back, its content intact', async () => {
+test('SysV shared memory moves by the default path (the streamed dump) and back by the page tunnel, its content intact', async () => {
   // CRIU's TLS page server failed this ("Decryption has failed"); the default must carry it.
   const w = await launch('sysv', 16, false, { sysvShm: true });
-  for (const to of ['h2', 'h1']) {
+  for (const [to, transport, memory] of [
+    ['h2', 'auto', 'stream'],
+    ['h1', 'page-tunnel', 'page-tunnel'],
+  ]) {
     const counterBefore = await w.counter();
-    const res = await cluster.ferry(['migrate', 'sysv', '--to', to, '--json']);
+    const res = await cluster.ferry(['migrate', 'sysv', '--to', to!, '--transport', transport!, '--json']);
     expect(res.stderr).toBe('');
-    expect(res.json).toMatchObject({ state: 'succeeded', transport: 'page-tunnel' });
+    expect(res.json).toMatchObject({ state: 'succeeded', memory });
     await w.advancesPast(counterBefore);
     const [entry] = await psEntry('sysv');
     expect(entry.host).toBe(to);

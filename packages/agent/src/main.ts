@@ -23,6 +23,7 @@ async function main(): Promise<void> {
       heartbeatIntervalMs: num(env.FERRY_HEARTBEAT_INTERVAL_MS),
       criuPath: env.FERRY_CRIU_PATH,
       ghostLimitBytes: num(env.FERRY_GHOST_LIMIT_BYTES),
+      maxImageBytes: num(env.FERRY_MAX_IMAGE_BYTES),
       lazyDump: env.FERRY_LAZY_DUMP !== 'off',
       pageTunnel: env.FERRY_PAGE_TUNNEL !== 'off',
       streamDump: env.FERRY_STREAM_DUMP !== 'off',
