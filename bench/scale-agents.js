@@ -74,8 +74,8 @@ function simulatedAgent(nc, index) {
   let lastDigest = '';
   serve(AgentVerb.PROBE, () => ({ criu: CRIU, memory: memory() }));
   serve(AgentVerb.CPUINFO, () => ({ image: Buffer.from('simulated cpuinfo') }));
-  // Simulated workloads hold no sockets or unlinked files: always movable.
-  serve(AgentVerb.MIGRATABLE, () => ({}));
+  // Simulated workloads hold no sockets, unlinked or local files: always movable.
+  serve(AgentVerb.MIGRATABLE, () => ({ localFiles: [] }));
   serve(AgentVerb.CPUINFO_CHECK, () => ({ compatible: true }));
   serve(AgentVerb.RECEIVE, (req) => void incoming.set(req.migrationId, { workload: req.workload }));
   serve(AgentVerb.CHECKPOINT, async (req) => {

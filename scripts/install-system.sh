@@ -27,6 +27,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # TCP migration: nft drops CRIU's connection lock after a release or rollback; arping announces a moved service address.
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v arping >/dev/null 2>&1 || need+=(iputils-arping)
+# Local dirs (ferry run --local-dir) move as GNU tar archives; their tests check xattrs with attr's tools.
+command -v tar >/dev/null 2>&1 || need+=(tar)
+command -v setfattr >/dev/null 2>&1 || need+=(attr)
 # The dashboard's tests drive it in headless Chromium (playwright-core with executablePath /usr/bin/chromium).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then

@@ -9,8 +9,8 @@ test('records CRIU times, transfer bytes, errors and workloads, and serves them'
   m.received(42);
   m.failed('ferry.v1.agent.h7.restore', 'RESTORE_FAILED');
   m.inventory([
-    { name: 'a', host: 'h7', state: 'running', pid: 1, rssBytes: 1, argv: ['x'], startedAt: '', mounts: [] },
-    { name: 'b', host: 'h7', state: 'frozen', pid: 2, rssBytes: 1, argv: ['x'], startedAt: '', mounts: [] },
+    { name: 'a', host: 'h7', state: 'running', pid: 1, rssBytes: 1, argv: ['x'], startedAt: '', mounts: [], localDirs: [] },
+    { name: 'b', host: 'h7', state: 'frozen', pid: 2, rssBytes: 1, argv: ['x'], startedAt: '', mounts: [], localDirs: [] },
   ]);
   const server = await serveAgentMetrics(m, '127.0.0.1', 0);
   try {

@@ -1,7 +1,8 @@
-import { ErrorCode, FerryError, isValidToken } from '@ferry/protocol';
+import { ErrorCode, FerryError, isValidToken, LocalDir } from '@ferry/protocol';
 import type { AgentFaults } from './fault-injection';
 import { DEFAULT_AGENT_METRICS_PORT } from './agent-metrics';
 import { DEFAULT_CRIU_PATH } from './criu/criu-driver';
+import { DEFAULT_LOCAL_DIR_ROOTS } from './host/local-dirs';
 
 /** Heartbeats let the coordinator tell a live host from a lost one within a few seconds. */
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000;
@@ -50,6 +51,8 @@ export interface AgentOptions {
    * host dumps to its work dir (or the page tunnel) instead, e.g. to compare them.
    */
   streamDump: boolean;
+  /** Where workloads' local dirs may be (FERRY_LOCAL_DIR_ROOTS, comma-separated; host/local-dirs.ts). */
+  localDirRoots: string[];
   /** Faults to inject, for failure tests only. */
   faults: AgentFaults;
 }
@@ -70,6 +73,7 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
     lazyDump: true,
     pageTunnel: true,
     streamDump: true,
+    localDirRoots: DEFAULT_LOCAL_DIR_ROOTS,
     faults: {},
     metricsPort: DEFAULT_AGENT_METRICS_PORT,
   };
@@ -79,6 +83,9 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
 export function compileAgentOptions(partial: Partial<AgentOptions> & { host: string }): AgentOptions {
   const o = { ...defaultAgentOptions(partial.host), ...stripUndefined(partial) };
   if (!isValidToken(o.host)) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `invalid host name ${JSON.stringify(o.host)}`);
+  for (const root of o.localDirRoots) {
+    if (!LocalDir.safeParse(root).success) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `local dir root ${JSON.stringify(root)} must be an absolute, normalized path other than /`);
+  }
   for (const k of ['dataDir', 'workDir'] as const) {
     if (!o[k].startsWith('/')) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${k} must be an absolute path`);
   }

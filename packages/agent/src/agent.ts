@@ -16,6 +16,7 @@ import { checkCpuinfo, dumpCpuinfo } from './criu/cpu-compat';
 import type { CriuDriver } from './criu/criu-driver';
 import { HeartbeatLoop } from './heartbeat';
 import { readHostMemory } from './host/host-memory';
+import { checkFiles, FileDigests } from './host/local-files';
 import { isAlive } from './host/process-tree';
 import type { RepairSyscalls } from './host/tcp-sockets';
 import type { WorkDirs } from './host/work-dir';
@@ -49,6 +50,8 @@ export class Agent {
   private readonly heartbeat: HeartbeatLoop;
   /** Migration secrets are sealed to this key pair; its private half never leaves this process. */
   private readonly sealKeys = SealKeyPair.generate();
+  /** Digests of local files, shared by both pre-flight halves (migratable here as a source, check-files as a target). */
+  private readonly fileDigests = new FileDigests();
 
   constructor(
     private readonly opts: AgentOptions,
@@ -56,10 +59,10 @@ export class Agent {
   ) {
     this.log = (deps.logger ?? silentLogger).child({ host: opts.host });
     const { nc, metrics, criu } = deps;
-    this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir }, deps.inventory, criu, deps.syscalls, this.log, metrics);
+    this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots }, deps.inventory, criu, deps.syscalls, this.log, metrics);
     const shared = { ...deps, workloads: this.workloads, log: this.log };
     this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes }, shared);
-    this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes, dataDir: opts.dataDir }, shared);
+    this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots }, shared);
     this.heartbeat = new HeartbeatLoop(nc, { host: opts.host, address: opts.address, intervalMs: opts.heartbeatIntervalMs, sealKey: this.sealKeys.publicKey }, deps.criuInfo, () => this.workloads.list(), this.log);
   }
 
@@ -85,8 +88,11 @@ export class Agent {
     this.on(AgentVerb.CPUINFO, async () => ({ image: await dumpCpuinfo(criu, workDirs) }));
     this.on(AgentVerb.CPUINFO_CHECK, async (req) => checkCpuinfo(criu, workDirs, req.image));
     this.on(AgentVerb.MIGRATABLE, async (req) => {
-      await this.source.assertMigratable(this.workloads.require(req.name), { targetPipeData: req.targetPipeData });
+      const rec = this.workloads.require(req.name);
+      await this.source.assertMigratable(rec, { targetPipeData: req.targetPipeData });
+      return { localFiles: await this.source.localFiles(rec, this.fileDigests) };
     });
+    this.on(AgentVerb.CHECK_FILES, async (req) => checkFiles(req.files, { digests: this.fileDigests }));
     this.on(AgentVerb.MIGRATION_RECORD, async (req) => this.migrationRecord(req));
     await nc.flush();
     await this.heartbeat.start();

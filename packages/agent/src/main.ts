@@ -27,6 +27,7 @@ async function main(): Promise<void> {
       lazyDump: env.FERRY_LAZY_DUMP !== 'off',
       pageTunnel: env.FERRY_PAGE_TUNNEL !== 'off',
       streamDump: env.FERRY_STREAM_DUMP !== 'off',
+      localDirRoots: env.FERRY_LOCAL_DIR_ROOTS ? env.FERRY_LOCAL_DIR_ROOTS.split(',').filter(Boolean) : undefined,
       faults: { corruptImageFrame: num(env.FERRY_FAULT_CORRUPT_IMAGE_FRAME), refusePageRequestsAfter: num(env.FERRY_FAULT_REFUSE_PAGE_REQUESTS_AFTER), noPipeData: env.FERRY_FAULT_NO_PIPE_DATA === '1' },
       // FERRY_METRICS_PORT=off serves no /metrics.
       metricsPort: env.FERRY_METRICS_PORT === 'off' ? null : num(env.FERRY_METRICS_PORT),

@@ -210,7 +210,9 @@
     $('workloads-empty').hidden = state.workloads.length > 0;
     const items = [...state.workloads].sort((a, b) => a.name.localeCompare(b.name));
     syncRows(tbody, items, (w) => w.name, (tr, w, fresh) => {
-      cell(tr, 0, () => w.name, w.name, true);
+      // Its local dirs (ferry run --local-dir) move with it: shown under its name.
+      const localDirs = (w.localDirs || []).join(', ');
+      cell(tr, 0, () => (localDirs ? h('span', {}, w.name, h('br'), h('small', { class: 'hint', text: `local: ${localDirs}` })) : w.name), w.name + localDirs, true);
       cell(tr, 1, () => w.host, w.host);
       cell(tr, 2, () => badge(w.state, w.state === 'running' ? 'ok' : w.state === 'frozen' ? 'info' : 'warn'), w.state);
       cell(tr, 3, () => String(w.pid), String(w.pid)).className = 'num';

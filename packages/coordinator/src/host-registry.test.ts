@@ -9,7 +9,7 @@ function fakeRedis(): Redis {
 }
 
 const criu = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true } as CriuInfo;
-const workload = (pid: number): WorkloadInfo => ({ name: 'w', host: 'h1', state: 'running', pid, rssBytes: 1, argv: ['sleep'], startedAt: '', mounts: [] });
+const workload = (pid: number): WorkloadInfo => ({ name: 'w', host: 'h1', state: 'running', pid, rssBytes: 1, argv: ['sleep'], startedAt: '', mounts: [], localDirs: [] });
 const beat = (workloads: WorkloadInfo[]) => ({ host: 'h1', bootId: 'b1', address: '198.18.0.1', criu, memory: { totalBytes: 1, availableBytes: 1 }, workloads, workloadsDigest: `d${workloads.length}` });
 
 test('a workload list taken before a stop does not bring the stopped workload back; a new one of that name shows', async () => {

@@ -206,6 +206,7 @@ export class EventJournal {
       if (step === 'transferred' || terminal) {
         figures.dumpMs = m.phases.dumpMs;
         figures.transferMs = m.phases.transferMs;
+        if (m.phases.localDirMs !== undefined) figures.localDirMs = m.phases.localDirMs;
       }
       if (step === 'restored' || terminal) {
         figures.restoreMs = m.phases.restoreMs;
@@ -228,7 +229,11 @@ export class EventJournal {
       requestId: m?.requestId ?? null,
       figures,
     };
-    if (m && (step === 'transferred' || terminal)) doc.transport = m.transport;
+    if (m && (step === 'transferred' || terminal)) {
+      doc.transport = m.transport;
+      if (m.memory) doc.memory = m.memory;
+    }
+    if (m?.localDirs) doc.localDirs = m.localDirs;
     if (m && (step === 'restored' || terminal) && m.pid !== null) doc.pid = m.pid;
     if (terminal && m?.error) doc.error = m.error;
     await this.emit(doc);

@@ -38,6 +38,7 @@ import { MigrationSlots } from './migration-slots';
 import { memoryNeeded, placeWorkload, type Placement } from './placement';
 import { recoverMigration } from './migration-recovery';
 import { mountsForMigration } from './filesystems';
+import { localFilesRefusal } from './local-file-check';
 import { chooseRestoreMode, firstFrameTimeoutMs, planDataPath, plannedTransport } from './migration-plan';
 
 export interface MigrateParams {
@@ -251,6 +252,7 @@ export class MigrationRunner {
         // From this coordinator's configuration by name, never as the source's heartbeat described them.
         mounts: mountsForMigration(this.opts.filesystems, workload?.mounts ?? []),
         ...(workload?.address ? { address: workload.address } : {}),
+        localDirs: workload?.localDirs ?? [],
         pageServer: plan.pageServer,
         pageServerTls: plan.pageServerTls,
         pageTunnel: plan.pageTunnel,
@@ -262,6 +264,7 @@ export class MigrationRunner {
       // a migration that fails inside a page path says so.
       m.transport = plannedTransport(plan, m.transport);
       m.memory = plan.memory;
+      if (workload?.localDirs?.length) m.localDirs = workload.localDirs;
       await this.step(m, 'checkpointing');
       frozen = true;
       this.registry.setWorkloadState(m.from, m.workload, 'frozen');
@@ -283,6 +286,7 @@ export class MigrationRunner {
       m.transport = cp.transport;
       m.phases.dumpMs = cp.dumpMs;
       m.phases.transferMs = cp.transferMs;
+      if (cp.localDirMs > 0) m.phases.localDirMs = cp.localDirMs;
       m.bytesTransferred = cp.bytes;
 
       await this.step(m, 'restoring');
@@ -399,7 +403,13 @@ export class MigrationRunner {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the CPU of ${m.to} is not compatible with ${m.from}'s: ${check.problem ?? 'criu cpuinfo check failed'}`);
     }
     // Its sockets and unlinked files can move (a connection to a peer on the same host cannot).
-    await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload, targetPipeData: target.criu.pipeData }, this.opts.agentRequestTimeoutMs);
+    const { localFiles } = await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload, targetPipeData: target.criu.pipeData }, this.opts.agentRequestTimeoutMs);
+    // Files it holds open on the source's own disks: CRIU reopens them by path, so the target must have the same ones.
+    if (localFiles.length > 0) {
+      const check = await this.callAgent(m.to, AgentVerb.CHECK_FILES, { files: localFiles }, this.opts.agentRequestTimeoutMs);
+      const refusal = localFilesRefusal(m.workload, m.from, m.to, check);
+      if (refusal) throw refusal;
+    }
   }
 
   /**

@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { AbsolutePath, Bytes, Version } from './fields';
 import { SealedSecret } from './sealed-key';
-import { CriuInfo, HostMemory, HostName, Id, MemoryPath, MountSpec, RestoreMode, ServiceAddress, StreamTransport, Transport, WorkloadInfo, WorkloadName, WorkloadState } from './schemas';
+import { CriuInfo, HostMemory, HostName, Id, LocalDir, MemoryPath, MountSpec, RestoreMode, ServiceAddress, StreamTransport, Transport, WorkloadInfo, WorkloadName, WorkloadState } from './schemas';
 
 /** `probe`: the agent is alive, and what its host offers now. */
 export const ProbeReply = z.object({ criu: CriuInfo, memory: HostMemory });
@@ -24,6 +24,8 @@ export const RunRequest = z.object({
   mounts: z.array(MountSpec).max(32).default([]),
   /** A service address to configure on the host for it (see ServiceAddress). */
   address: ServiceAddress.optional(),
+  /** Host-local directories that belong to it and move with it (see LocalDir); created if missing. */
+  localDirs: z.array(LocalDir).max(16).default([]),
 });
 export type RunRequest = z.infer<typeof RunRequest>;
 
@@ -54,6 +56,11 @@ export const ReceiveRequest = z.object({
   mounts: z.array(MountSpec).max(32).default([]),
   /** The workload's service address as the coordinator knows it: the only one the target will configure. */
   address: ServiceAddress.optional(),
+  /**
+   * The workload's local dirs as the coordinator knows them: the only paths the target extracts
+   * the image's local dir archives into (each below its own roots, absent or empty there).
+   */
+  localDirs: z.array(LocalDir).max(16).default([]),
   /** Start a `criu page-server` for the source's dump to send the memory pages to. */
   pageServer: z.boolean().default(false),
   /** Run that page server over mutual TLS with per-migration certificates (both hosts' probes allow it). */
@@ -133,6 +140,63 @@ export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
 export const MigratableRequest = z.object({ v: Version, name: WorkloadName, targetPipeData: z.boolean().default(true) });
 export type MigratableRequest = z.infer<typeof MigratableRequest>;
 
+/** Most local files one workload may hold open and still be compared with a target's (agent host/local-files.ts). */
+export const MAX_LOCAL_FILES = 4096;
+/**
+ * Their paths together, in UTF-8 bytes: 4096 paths of 4096 characters would not fit one control
+ * message (MAX_CONTROL_MESSAGE_BYTES, 1 MiB); 4096 identities take ~450 KiB besides their paths.
+ */
+export const MAX_LOCAL_FILE_PATH_BYTES = 256 * 1024;
+
+/** The UTF-8 size of the paths of a list of files, as MAX_LOCAL_FILE_PATH_BYTES counts them. */
+export function localFilePathBytes(files: ReadonlyArray<{ path: string }>): number {
+  return files.reduce((n, f) => n + Buffer.byteLength(f.path), 0);
+}
+
+/**
+ * A regular file as one host has it. Another host's file at the same path is "the same file" when
+ * all of it matches: CRIU reopens such files by path on the target and checks only their size.
+ */
+export const FileIdentity = z.object({
+  path: AbsolutePath,
+  size: z.number().int().nonnegative(),
+  /** st_mtime in ms, with its sub-ms fraction (as Node's Stats.mtimeMs). */
+  mtimeMs: z.number().finite(),
+  /** Of the whole content, lowercase hex. */
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'a sha256 is 64 lowercase hex digits'),
+});
+export type FileIdentity = z.infer<typeof FileIdentity>;
+
+const FileIdentityList = z
+  .array(FileIdentity)
+  .max(MAX_LOCAL_FILES)
+  .refine((files) => localFilePathBytes(files) <= MAX_LOCAL_FILE_PATH_BYTES, `the paths exceed ${MAX_LOCAL_FILE_PATH_BYTES} bytes in total`);
+
+/**
+ * `migratable` passed. `localFiles`: the regular files the workload holds open (fd or mapping) on
+ * this host's own disks, neither on one of its cluster filesystems nor in its local dirs, which the
+ * target must have as the same files (`check-files`).
+ */
+export const MigratableReply = z.object({ localFiles: FileIdentityList });
+export type MigratableReply = z.infer<typeof MigratableReply>;
+
+/** `check-files` on the target, pre-flight: does it have these files, the same? */
+export const CheckFilesRequest = z.object({ v: Version, files: FileIdentityList });
+export type CheckFilesRequest = z.infer<typeof CheckFilesRequest>;
+
+/** What differs first, checked in this order: not a regular file (type), size, mtime, content (sha256). */
+export const FileDifference = z.enum(['type', 'size', 'mtime', 'sha256']);
+export type FileDifference = z.infer<typeof FileDifference>;
+
+/** Every file of the request is in neither list when the target has them all, the same. */
+export const CheckFilesReply = z.object({
+  /** Paths the target does not have at all. */
+  missing: z.array(AbsolutePath).max(MAX_LOCAL_FILES),
+  /** Paths the target has as another file. */
+  different: z.array(z.object({ path: AbsolutePath, why: FileDifference })).max(MAX_LOCAL_FILES),
+});
+export type CheckFilesReply = z.infer<typeof CheckFilesReply>;
+
 export const CheckpointReply = z.object({
   dumpMs: z.number(),
   transferMs: z.number(),
@@ -150,6 +214,8 @@ export const CheckpointReply = z.object({
    * asks the source agent over NATS.
    */
   lazyPageServer: PageServerEndpoint.optional(),
+  /** The workload's local dirs: how long their first pass took, the workload running (0: none). */
+  localDirMs: z.number().nonnegative().default(0),
 });
 export type CheckpointReply = z.infer<typeof CheckpointReply>;
 

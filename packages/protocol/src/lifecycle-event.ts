@@ -33,6 +33,10 @@ export const LifecycleEvent = z.object({
   requestId: z.string().nullable().optional(),
   drainId: z.string().optional(),
   transport: z.string().optional(),
+  /** How the memory left the source (MigrationResult.memory). */
+  memory: z.string().optional(),
+  /** The workload's local dirs that move with it (`ferry run --local-dir`). */
+  localDirs: z.array(z.string().max(1024)).max(16).optional(),
   pid: z.number().int().nullable().optional(),
   /** Numbers known at this step: bytesTransferred, bytesTotal, downtimeMs, totalMs, dumpMs, ... */
   figures: z.record(z.string(), z.number()),

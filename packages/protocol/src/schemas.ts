@@ -100,6 +100,20 @@ export const ServiceAddress = z
   }, 'a service address is an IPv4 unicast address with a prefix length, e.g. 198.18.0.100/24');
 export type ServiceAddress = z.infer<typeof ServiceAddress>;
 
+/**
+ * A host-local directory that belongs to a workload and moves with it (`ferry run --local-dir`):
+ * absolute, normalized (no `.`, `..`, `//` or trailing `/`), not `/` itself. Which roots a host
+ * allows (FERRY_LOCAL_DIR_ROOTS, default /srv) each agent checks against its own configuration.
+ */
+export const LocalDir = z
+  .string()
+  .max(1024)
+  .refine(
+    (p) => p.startsWith('/') && p.length > 1 && !p.endsWith('/') && !p.includes('\0') && p.slice(1).split('/').every((s) => s !== '' && s !== '.' && s !== '..'),
+    'a local dir is an absolute, normalized path other than /',
+  );
+export type LocalDir = z.infer<typeof LocalDir>;
+
 export const WorkloadState = z.enum(['running', 'frozen', 'exited']);
 export type WorkloadState = z.infer<typeof WorkloadState>;
 
@@ -118,6 +132,8 @@ export const WorkloadInfo = z.object({
   mounts: z.array(MountSpec).max(32).default([]),
   /** Its own service address (`ferry run --address`), which moves with it. */
   address: ServiceAddress.optional(),
+  /** Host-local directories that belong to it and move with it (`ferry run --local-dir`). */
+  localDirs: z.array(LocalDir).max(16).default([]),
 });
 export type WorkloadInfo = z.infer<typeof WorkloadInfo>;
 
@@ -221,6 +237,8 @@ export const MigrationResult = z.object({
     restoreMs: z.number().nonnegative(),
     /** Lazy and post-copy restores: from the resume until the last page was in place (the workload running meanwhile). */
     pullMs: z.number().nonnegative().optional(),
+    /** Workloads with local dirs: their first pass, the workload still running (`ferry run --local-dir`). */
+    localDirMs: z.number().nonnegative().optional(),
   }),
   /** Pid on the target after success. */
   pid: z.number().int().nullable(),
@@ -232,6 +250,8 @@ export const MigrationResult = z.object({
   transportPreference: TransportPreference.optional(),
   /** How the memory left the source, as planned from both probes (`stream`: while CRIU dumped). Absent before it is planned. */
   memory: MemoryPath.optional(),
+  /** The workload's local dirs that moved with it (`ferry run --local-dir`); absent: none. */
+  localDirs: z.array(LocalDir).max(16).optional(),
 });
 export type MigrationResult = z.infer<typeof MigrationResult>;
 

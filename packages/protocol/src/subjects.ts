@@ -33,8 +33,10 @@ export const AgentVerb = {
   CPUINFO_CHECK: 'cpuinfo-check',
   /** What this agent's own record says of one migration (reconciliation after a coordinator restart). */
   MIGRATION_RECORD: 'migration-record',
-  /** Source, pre-flight: can the workload's state move (its sockets, its unlinked files within the ghost limit)? */
+  /** Source, pre-flight: can the workload's state move (its sockets, its unlinked files within the ghost limit)? Lists its local files. */
   MIGRATABLE: 'migratable',
+  /** Target, pre-flight: does it have the source's local files (from `migratable`), the same (size, mtime, sha256)? */
+  CHECK_FILES: 'check-files',
 } as const;
 export type AgentVerb = (typeof AgentVerb)[keyof typeof AgentVerb];
 

@@ -3,8 +3,12 @@ import {
   CoordVerb,
   ErrorCode,
   FerryError,
+  MAX_CONTROL_MESSAGE_BYTES,
+  MAX_LOCAL_FILE_PATH_BYTES,
+  MAX_LOCAL_FILES,
   PROTOCOL_VERSION,
   agentVerbs,
+  encode,
   coordVerbs,
   parseMessage,
   registerVerb,
@@ -38,7 +42,8 @@ const agentReplies: Record<AgentVerb, Record<string, unknown>> = {
   [AgentVerb.CPUINFO]: { image: Buffer.from([1, 2, 3]) },
   [AgentVerb.CPUINFO_CHECK]: { compatible: true },
   [AgentVerb.MIGRATION_RECORD]: { role: 'target', workloadState: 'running', alive: true, pid: 43, inProgress: null },
-  [AgentVerb.MIGRATABLE]: {},
+  [AgentVerb.MIGRATABLE]: { localFiles: [{ path: '/srv/data/x', size: 5, mtimeMs: 1796248602187.5, sha256: 'a'.repeat(64) }] },
+  [AgentVerb.CHECK_FILES]: { missing: ['/srv/data/x'], different: [{ path: '/srv/y', why: 'sha256' }] },
 };
 const coordReplies: Record<CoordVerb, Record<string, unknown>> = {
   [CoordVerb.HOSTS]: { hosts: [host] },
@@ -98,6 +103,19 @@ describe('verb table', () => {
 
   test('an empty reply drops what it does not declare', () => {
     expect(parseMessage(agentVerbs[AgentVerb.STOP].reply, { stray: 1 })).toEqual({});
+  });
+
+  test('local file identities are bounded: 4096 files, 256 KiB of paths, a 64-hex-digit sha256; the largest list fits a control message', () => {
+    const reply = agentVerbs[AgentVerb.MIGRATABLE].reply;
+    const file = (i: number, pathBytes = 60) => ({ path: `/${String(i).padStart(pathBytes - 1, 'p')}`, size: 1 << 30, mtimeMs: 1796248602187.123, sha256: 'f'.repeat(64) });
+    const largest = Array.from({ length: MAX_LOCAL_FILES }, (_, i) => file(i, MAX_LOCAL_FILE_PATH_BYTES / MAX_LOCAL_FILES));
+    expect(() => parseMessage(reply, { localFiles: largest })).not.toThrow();
+    expect(encode({ ok: true, localFiles: largest }).byteLength).toBeLessThan(MAX_CONTROL_MESSAGE_BYTES);
+    expect(refusal(reply, { localFiles: [...largest, file(MAX_LOCAL_FILES)] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(refusal(reply, { localFiles: [file(1, 4096), ...largest.slice(1)] }).message).toMatch(/paths exceed 262144 bytes/);
+    expect(refusal(reply, { localFiles: [{ ...file(1), sha256: 'F'.repeat(64) }] }).message).toMatch(/sha256/);
+    expect(refusal(reply, { localFiles: [{ ...file(1), path: 'relative' }] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(refusal(agentVerbs[AgentVerb.CHECK_FILES].reply, { missing: [], different: [{ path: '/x', why: 'colour' }] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
   });
 
   test('a migration reply keeps the transport the request asked for', () => {

@@ -9,6 +9,9 @@ import type { z } from 'zod';
 import {
   CheckpointReply,
   CheckpointRequest,
+  CheckFilesReply,
+  CheckFilesRequest,
+  MigratableReply,
   MigratableRequest,
   CpuinfoCheckReply,
   CpuinfoCheckRequest,
@@ -66,7 +69,8 @@ export const agentVerbs = {
   [AgentVerb.CPUINFO]: { request: EmptyRequest, reply: CpuinfoReply },
   [AgentVerb.CPUINFO_CHECK]: { request: CpuinfoCheckRequest, reply: CpuinfoCheckReply },
   [AgentVerb.MIGRATION_RECORD]: { request: MigrationRef, reply: MigrationRecordReply },
-  [AgentVerb.MIGRATABLE]: { request: MigratableRequest, reply: EmptyReply },
+  [AgentVerb.MIGRATABLE]: { request: MigratableRequest, reply: MigratableReply },
+  [AgentVerb.CHECK_FILES]: { request: CheckFilesRequest, reply: CheckFilesReply },
 } as const satisfies Record<AgentVerb, VerbShape>;
 
 /** The coordinator's verbs (subjects.coord(verb)), as the CLI, the HTTP API and Kafka send them. */

@@ -64,16 +64,17 @@ export function pumpProgressIntervalMs(idleTimeoutMs: number): number {
 }
 
 /**
- * While a pump moves a file body, looks at the file's offset every pumpProgressIntervalMs and
- * calls `onProgress(offset)` when it moved: the pump itself reports only at the end. Returns the
- * stop function (call it before closing the fd).
+ * While a pump moves a file body, reads how far it got (`position`: the file's offset, or what a
+ * sink's consumer has read) every pumpProgressIntervalMs and calls `onProgress(position)` when it
+ * moved: the pump itself reports only at the end. Returns the stop function (call it before
+ * closing the fd).
  */
-export function watchPumpProgress(pump: FilePump, fd: number, idleTimeoutMs: number, onProgress: (offset: number) => void): () => void {
+export function watchPumpProgress(position: () => number, idleTimeoutMs: number, onProgress: (offset: number) => void): () => void {
   let last = 0;
   const ticker = setInterval(() => {
     let at: number;
     try {
-      at = pump.offset(fd);
+      at = position();
     } catch {
       // The fd is going away after a failure: nothing to watch.
       return;

@@ -16,6 +16,8 @@ export interface EncodedFrame {
   /** File bytes the frame carries (chunks only). */
   payloadBytes: number;
   bytes: Uint8Array;
+  /** Called once the receiver has acknowledged this frame (a live file's eof: LiveImageFile.onDone). */
+  onAcked?: () => void;
 }
 
 /** Opens a listed image file for reading; TRANSFER_FAILED if it cannot be. */
@@ -91,6 +93,12 @@ export interface LiveImageFile {
   mode: number;
   /** A blocking descriptor (a pipe's read end) whose end of file ends the file. Its owner closes it once the sender asks for the next file. */
   fd: number;
+  /**
+   * Called once the receiver has the file whole (its eof frame acknowledged: it was written, or
+   * taken by the receiver's sink), or, where the transfer is not pumped, once it is written into
+   * the sender's directory to be sent with the rest.
+   */
+  onDone?: () => void;
 }
 
 /** A live file's body for the pump; the sender sets `sentBytes` once it is through (the eof frame carries it). */
@@ -126,7 +134,7 @@ export async function* pumpedImageFrames(
     if (step.sentBytes < 0) throw new FerryError(ErrorCode.INTERNAL, `live body of ${path} was not sent`);
     totalBytes += step.sentBytes;
     files += 1;
-    yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, crc: 0, size: step.sentBytes }) };
+    yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, crc: 0, size: step.sentBytes }), ...(file.onDone ? { onAcked: file.onDone } : {}) };
     seq += 1;
   }
   for (const file of await listFiles()) {

@@ -4,6 +4,7 @@
 import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protocol';
 import { assertImageKey, type InPlaceAead } from './chunk-cipher';
 import type { FilePump } from './file-pump';
+import type { FileSink } from './incoming-file';
 
 /** The sender is considered gone when no frame arrives for this long. */
 export const DEFAULT_RECEIVE_IDLE_TIMEOUT_MS = 30_000;
@@ -45,6 +46,16 @@ export interface ImageReceiverOptions {
   filePump?: FilePump | null;
   /** Opens frames in place (chunk-cipher.ts); default node:crypto. */
   frameAead?: InPlaceAead | null;
+  /**
+   * Called once a file has arrived whole and verified (its name, and where it is), e.g. to start
+   * working on it while the rest of the image still comes. Must not throw or touch other files.
+   */
+  onFileReceived?: ((path: string, absolutePath: string) => void) | null;
+  /**
+   * Asked for each streamed file of a pumped transfer (frames.ts): a sink to pump its body into
+   * instead of a file in the image directory (incoming-file.ts FileSink), or undefined for a file.
+   */
+  openSink?: ((path: string) => FileSink | undefined) | null;
   logger?: Logger;
 }
 
@@ -76,6 +87,8 @@ export function compileImageReceiverOptions(options: Partial<ImageReceiverOption
     imageKey: merged.imageKey ?? null,
     filePump: merged.filePump ?? null,
     frameAead: merged.frameAead ?? null,
+    onFileReceived: merged.onFileReceived ?? null,
+    openSink: merged.openSink ?? null,
     logger: merged.logger ?? silentLogger,
   };
 }

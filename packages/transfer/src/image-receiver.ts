@@ -23,6 +23,7 @@ import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, watchPumpProgres
 import type { FrameSocket } from './frame-socket';
 import { CtlFrame, DataFrame, DirectRequestFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
+import { resolveImagePath } from './image-path';
 import { IncomingFile } from './incoming-file';
 import { compileImageReceiverOptions, MAX_QUEUED_FRAMES, type ImageReceiverOptions } from './image-receiver-options';
 
@@ -296,7 +297,9 @@ export class ImageReceiver {
         this.checkLimits(frame.path, frame.size);
         this.filesDeclared += 1;
         this.bytesDeclared += frame.size;
-        this.current = await IncomingFile.create(this.root, frame, this.knownDirs, this.opener === undefined);
+        // A streamed body may go straight to a consumer (a sink) instead of a file here.
+        const sink = frame.streamed ? this.options.openSink?.(frame.path) : undefined;
+        this.current = sink ? IncomingFile.forSink(frame, sink) : await IncomingFile.create(this.root, frame, this.knownDirs, this.opener === undefined);
         if (this.pumpFd !== undefined) await this.receiveBody(this.current, frame.seq);
         break;
       }
@@ -313,6 +316,7 @@ export class ImageReceiver {
         await file.finish(frame.crc, frame.size);
         this.current = undefined;
         this.filesDone += 1;
+        if (!file.toSink) this.options.onFileReceived?.(file.path, resolveImagePath(this.root, file.path));
         break;
       }
       case 'end': {
@@ -345,7 +349,7 @@ export class ImageReceiver {
   private async receiveBody(file: IncomingFile, fileSeq: number): Promise<void> {
     const pump = this.options.filePump!;
     if (fileSeq > MAX_PUMPED_FILE_SEQ) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `file frame ${fileSeq} is beyond the pumped path's ${MAX_PUMPED_FILE_SEQ}`);
-    const stopWatching = watchPumpProgress(pump, file.fd, this.options.idleTimeoutMs, (at) => {
+    const stopWatching = watchPumpProgress(() => file.position(pump), this.options.idleTimeoutMs, (at) => {
       this.watchdog.touch();
       this.bodyBytes = at;
     });

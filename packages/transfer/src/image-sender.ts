@@ -198,6 +198,8 @@ export async function sendImage(
     return undefined;
   };
 
+  /** Frames sent whose sender wants to hear of their ack (a live file's eof), in seq order. */
+  const awaitingAck: { seq: number; onAcked: () => void }[] = [];
   /** Handles one ack, from NATS or the direct connection; throws for a bad one. */
   const onAck = (bytes: Uint8Array): void => {
     const ack = authentic(() => parseMessage(AckFrame, decode(bytes)), 'ack');
@@ -207,6 +209,7 @@ export async function sendImage(
     }
     if (ack.seq <= ackedSeq) return;
     ackedSeq = ack.seq;
+    while (awaitingAck.length > 0 && awaitingAck[0]!.seq <= ackedSeq) awaitingAck.shift()!.onAcked();
     watchdog.touch();
     if (ackedSeq === lastSentSeq) watchdog.stop();
     notify();
@@ -309,7 +312,7 @@ export async function sendImage(
       const pump = options.filePump!;
       const { file } = step;
       const fh = await openImageFile(file);
-      const stopWatching = watchPumpProgress(pump, fh.fd, options.idleTimeoutMs, () => watchdog.touch());
+      const stopWatching = watchPumpProgress(() => pump.offset(fh.fd), options.idleTimeoutMs, () => watchdog.touch());
       try {
         if (!watchdog.running) watchdog.start();
         const counts = await pump.pump(fh.fd, pumpFd!, 'seal', bodyKey!, fileBodyNoncePrefix(step.fileSeq), { signal: pumpAbort.signal }).catch((err: unknown) => {
@@ -348,6 +351,7 @@ export async function sendImage(
       }
       if (frame.kind === 'eof') filesSent += 1;
       await waitUntil(() => frame.seq - ackedSeq <= options.windowChunks);
+      if (frame.onAcked) awaitingAck.push({ seq: frame.seq, onAcked: frame.onAcked });
       publish(frame);
       lastSentSeq = frame.seq;
       if (!watchdog.running) watchdog.start();

@@ -36,8 +36,24 @@ async function makeParentDirs(root: string, fullPath: string, known: Set<string>
   }
 }
 
+/**
+ * Where a streamed file's body goes instead of a file in the image directory (the receiver's
+ * `openSink`): a descriptor the pump writes into, e.g. a pipe to `tar --extract`, so the body is
+ * consumed while it arrives. `finish` ends it and resolves once its consumer has taken all of it
+ * whole; `abort` stops it after a failure.
+ */
+export interface FileSink {
+  fd: number;
+  finish(): Promise<void>;
+  abort(): void;
+  /** Bytes its consumer has taken so far, for the receiver's idle clock (a sink has no offset). */
+  progress?(): number;
+}
+
 export class IncomingFile {
   private written = 0;
+  /** Set for a file whose body goes to a sink, not to `fh`. */
+  private sink: FileSink | null = null;
   /** crc32 of the bytes written so far; each chunk's crc must continue it. */
   private crc = 0;
   /** The body came through a sealed pump: authenticated, no crc kept. */
@@ -52,8 +68,18 @@ export class IncomingFile {
     readonly path: string,
     private size: number,
     private readonly mode: number,
-    private readonly fh: FileHandle,
+    private readonly fh: FileHandle | null,
   ) {}
+
+  /** A streamed file whose body the pump writes into `sink` (nothing is created in the image directory). */
+  static forSink(frame: FileFrame, sink: FileSink): IncomingFile {
+    if (frame.streamed !== true) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${JSON.stringify(frame.path)} is not streamed: it cannot go to a sink`);
+    const file = new IncomingFile(frame.path, 0, frame.mode, null);
+    file.streamed = true;
+    file.checkCrc = false;
+    file.sink = sink;
+    return file;
+  }
 
   /**
    * Creates the file named by `frame` under `root` (absolute, symlink-free). `checkCrc` false:
@@ -77,6 +103,16 @@ export class IncomingFile {
     }
   }
 
+  /** How far a pump has written its body: the file's offset, or what the sink's consumer has taken. */
+  position(pump: { offset(fd: number): number }): number {
+    return this.sink ? (this.sink.progress?.() ?? 0) : pump.offset(this.handle().fd);
+  }
+
+  /** Its body went to a sink, not to a file in the image directory. */
+  get toSink(): boolean {
+    return this.sink !== null;
+  }
+
   get isStreamed(): boolean {
     return this.streamed;
   }
@@ -92,7 +128,12 @@ export class IncomingFile {
 
   /** The open file's descriptor, for a pump to write the body into (from offset 0, in order). */
   get fd(): number {
-    return this.fh.fd;
+    return this.sink?.fd ?? this.handle().fd;
+  }
+
+  private handle(): FileHandle {
+    if (this.fh === null) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${JSON.stringify(this.path)} goes to a sink: it takes a pumped body only`);
+    return this.fh;
   }
 
   /**
@@ -130,7 +171,7 @@ export class IncomingFile {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `chunk of ${JSON.stringify(this.path)} at offset ${offset} is corrupt (crc32 ${actualCrc} != ${crc})`);
     }
     try {
-      await writeFully(this.fh, data, offset);
+      await writeFully(this.handle(), data, offset);
     } catch (err) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot write ${JSON.stringify(this.path)}: ${(err as Error).message}`, { cause: err });
     }
@@ -160,10 +201,15 @@ export class IncomingFile {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)} has crc32 ${this.crc}, the sender read ${crc}`);
     }
     try {
+      if (this.sink) {
+        // Its consumer has all of it once the sink is finished (a tar that extracted every member and exited 0).
+        await this.sink.finish();
+        return;
+      }
       // Applied through the fd, after the content, so umask plays no part and a read-only mode
       // (CRIU writes some images 0400) does not stop our own writes.
-      await this.fh.chmod(this.mode);
-      await this.fh.close();
+      await this.handle().chmod(this.mode);
+      await this.handle().close();
     } catch (err) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `cannot finish ${JSON.stringify(this.path)}: ${(err as Error).message}`, { cause: err });
     }
@@ -171,6 +217,7 @@ export class IncomingFile {
 
   /** Closes without verifying, after a failure. The partial file stays; the caller owns the directory. */
   async discard(): Promise<void> {
-    await this.fh.close().catch(() => undefined);
+    this.sink?.abort();
+    await this.fh?.close().catch(() => undefined);
   }
 }

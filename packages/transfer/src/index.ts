@@ -12,6 +12,7 @@ export type { ImageSenderOptions } from './image-sender';
 export type { FilePump, FilePumpCounts } from './file-pump';
 export type { LiveImageFile } from './image-frames';
 export { spillLiveFiles } from './live-spill';
+export type { FileSink } from './incoming-file';
 export { fileBodyKey, fileBodyNoncePrefix } from './file-pump';
 export { DIRECT_OFFER_TIMEOUT_MS, DIRECT_CONNECT_TIMEOUT_MS } from './direct-path';
 export {

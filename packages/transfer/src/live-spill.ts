@@ -22,7 +22,7 @@ const SPILL_READ_BYTES = 1024 * 1024;
  * symlink) with its mode. `failed` is asked between reads: once the transfer has failed the spill
  * stops, and the owner of the descriptors closes them, which fails CRIU's writes.
  */
-export async function spillLiveFiles(live: AsyncIterable<LiveImageFile>, dir: string, failed: () => FerryError | undefined): Promise<void> {
+export async function spillLiveFiles(live: AsyncIterable<LiveImageFile> | Iterable<LiveImageFile>, dir: string, failed: () => FerryError | undefined): Promise<void> {
   const buffer = Buffer.allocUnsafe(SPILL_READ_BYTES);
   for await (const file of live) {
     const target = resolveImagePath(dir, file.path);
@@ -43,5 +43,6 @@ export async function spillLiveFiles(live: AsyncIterable<LiveImageFile>, dir: st
     } finally {
       await fh.close();
     }
+    file.onDone?.();
   }
 }

@@ -61,6 +61,14 @@ export class WorkDirs {
     return `${this.pathFor(migrationId)}.lazy`;
   }
 
+  /**
+   * Local dirs (migration/local-dir-copy.ts): the source's tar snapshot files, the target's
+   * extraction logs. Beside the images dir so the stream leaves it out.
+   */
+  localPathFor(migrationId: string): string {
+    return `${this.pathFor(migrationId)}.local`;
+  }
+
   async create(migrationId: string): Promise<string> {
     const dir = this.pathFor(migrationId);
     await rm(dir, { recursive: true, force: true });
@@ -72,5 +80,6 @@ export class WorkDirs {
     await rm(this.pathFor(migrationId), { recursive: true, force: true });
     await rm(this.tlsPathFor(migrationId), { recursive: true, force: true });
     await rm(this.lazyPathFor(migrationId), { recursive: true, force: true });
+    await rm(this.localPathFor(migrationId), { recursive: true, force: true });
   }
 }

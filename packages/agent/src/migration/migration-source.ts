@@ -10,12 +10,15 @@ import {
   toFerryError,
   type CheckpointReply,
   type CheckpointRequest,
+  type FileIdentity,
+  type Logger,
   type MigrationRef,
   type PageServerEndpoint,
 } from '@ferry/protocol';
 import { aeadInPlace } from '@ferry/native';
-import { sendImage, type LiveImageFile } from '@ferry/transfer';
+import { sendImage, type LiveImageFile, type TransferStats } from '@ferry/transfer';
 import { isAlive, listTree } from '../host/process-tree';
+import { listLocalFiles, type FileDigests } from '../host/local-files';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
 import { pipesWithData } from '../host/pipe-data';
@@ -23,6 +26,7 @@ import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type Un
 import type { PostCopySource } from '../post-copy/post-copy-source';
 import type { WorkloadRecord } from '../workloads/inventory';
 import { manifestIn, writeManifest } from './manifest-file';
+import { concatLive, LocalDirSender, removeLocalDirs } from './local-dir-copy';
 import { nativeFilePump } from './native-file-pump';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
@@ -94,6 +98,16 @@ export class MigrationSource {
     return unlinked;
   }
 
+  /**
+   * Pre-flight, beside assertMigratable: the regular files the workload holds open on this host's
+   * own disks (host/local-files.ts), with their identity, for the target to compare (`check-files`).
+   * Not part of the checkpoint: it hashes files, and the pre-flight already decided.
+   */
+  async localFiles(rec: WorkloadRecord, digests: FileDigests): Promise<FileIdentity[]> {
+    const scope = { mounts: (rec.mounts ?? []).map((m) => m.path), localDirs: rec.localDirs ?? [], ownFiles: [rec.logPath] };
+    return listLocalFiles(await listTree(rec.pid), scope, { digests });
+  }
+
   private async checkpointNow(req: CheckpointRequest, imageKey: Buffer | null): Promise<CheckpointReply> {
     const { workloads, workDirs, criu, metrics } = this.deps;
     const rec = workloads.require(req.workload);
@@ -115,9 +129,25 @@ export class MigrationSource {
         logger: log,
         ...(live ? { live } : {}),
       });
+    // Host-local dirs: their first pass crosses while the workload still runs (local-dir-copy.ts).
+    const precopy = await this.precopyLocalDirs(rec, req.migrationId, startSend, log).catch(async (err: unknown) => {
+      await removePins(pins);
+      await workDirs.remove(req.migrationId);
+      throw err;
+    });
     const path = sourceDataPath(
       req.memory,
-      { ...this.deps, hostAddress: this.opts.address, migrationId: req.migrationId, transferId: req.transferId, imageKey, dir, log, stream: req.transport, sendImage: startSend },
+      {
+        ...this.deps,
+        hostAddress: this.opts.address,
+        migrationId: req.migrationId,
+        transferId: req.transferId,
+        imageKey,
+        dir,
+        log,
+        stream: req.transport,
+        sendImage: precopy?.sendImage ?? startSend,
+      },
       req.pageServer,
       req.pageTunnel,
     );
@@ -151,6 +181,7 @@ export class MigrationSource {
       metrics?.dumped(dumped.durationMs);
     } catch (err) {
       path.abort();
+      precopy?.abort(toFerryError(err, ErrorCode.CHECKPOINT_FAILED));
       // A dump that succeeded left connections locked in repair mode (moving the address failed after it): undo that first.
       if (rec.migration?.lockTable) await this.reviveNetwork(rec).catch((e) => log.error({ err: toFerryError(e).message }, 'could not revive the connections'));
       // CRIU resumes the tree itself when a dump fails; make sure of it and forget the mark.
@@ -181,6 +212,7 @@ export class MigrationSource {
     } catch (err) {
       // Whatever serves the kept memory goes now; the tree stays stopped for the rollback to thaw.
       path.abort();
+      precopy?.abort(toFerryError(err, ErrorCode.TRANSFER_FAILED));
       throw err;
     }
     const wireBytes = dumped.bytesOnWire;
@@ -196,6 +228,44 @@ export class MigrationSource {
       transport: path.transportName ?? sent.transport,
       lazyBytes,
       ...(lazyPageServer ? { lazyPageServer } : {}),
+      localDirMs: precopy?.ms() ?? 0,
+    };
+  }
+
+  /**
+   * With local dirs, the image stream starts now, the workload running: their full archives go
+   * first, then (once the data path asks for the stream, with its live files if it has any) the
+   * rest of the checkpoint, then the incremental archives the frozen workload's dirs give. Resolves
+   * once the full archives are across (or, where the stream is not pumped, written here to be sent
+   * after the dump: the directory is then copied while the workload is frozen).
+   */
+  private async precopyLocalDirs(
+    rec: WorkloadRecord,
+    migrationId: string,
+    startSend: (live?: AsyncIterable<LiveImageFile>) => Promise<TransferStats>,
+    log: Logger,
+  ): Promise<{ sendImage: (live?: AsyncIterable<LiveImageFile>) => Promise<TransferStats>; abort: (err: FerryError) => void; ms: () => number } | undefined> {
+    const dirs = rec.localDirs ?? [];
+    if (dirs.length === 0) return undefined;
+    const local = new LocalDirSender(this.deps.syscalls, dirs, this.deps.workDirs.localPathFor(migrationId), log);
+    const middle = new DeferredLive();
+    const sending = startSend(concatLive(local.fullArchives(), middle.files(), () => local.incrementalArchives()));
+    sending.catch(() => undefined);
+    await Promise.race([
+      local.precopied,
+      sending.then(() => {
+        throw new FerryError(ErrorCode.INTERNAL, 'the image stream ended before the local dirs were across');
+      }),
+    ]);
+    const ms = local.stats(0).ms;
+    log.info({ dirs, ms }, 'local dirs pre-copied');
+    return {
+      sendImage: (live) => {
+        middle.resolve(live);
+        return sending;
+      },
+      abort: (err) => middle.fail(err),
+      ms: () => ms,
     };
   }
 
@@ -208,6 +278,8 @@ export class MigrationSource {
       if (await isAlive(rec.pid, rec.startTime)) await criu.kill(rec.pid);
       await this.closeLazySource(req.migrationId);
       if (rec.migration.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
+      // Its local dirs live on the target now; here they go only after the target confirmed.
+      await removeLocalDirs(rec.localDirs ?? []);
       await workloads.inventory.remove(req.workload);
       this.deps.log.info({ migrationId: req.migrationId, workload: req.workload }, 'released frozen copy');
       // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.
@@ -267,5 +339,28 @@ export class MigrationSource {
     const changed = await setTreeTcpRepair(this.deps.syscalls, await listTree(rec.pid), false);
     if (rec.migration?.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
     this.deps.log.info({ workload: rec.name, address: rec.address, connections: changed }, 'connections revived on the source');
+  }
+}
+
+/**
+ * The part of a live stream that is not known yet when it starts: the data path's own live files
+ * (or none), given once the dump is over; or a failure, which fails the stream (and the transfer).
+ */
+class DeferredLive {
+  private settle!: (source: AsyncIterable<LiveImageFile> | FerryError | undefined) => void;
+  private readonly source = new Promise<AsyncIterable<LiveImageFile> | FerryError | undefined>((resolve) => (this.settle = resolve));
+
+  resolve(live?: AsyncIterable<LiveImageFile>): void {
+    this.settle(live);
+  }
+
+  fail(err: FerryError): void {
+    this.settle(err);
+  }
+
+  async *files(): AsyncGenerator<LiveImageFile> {
+    const source = await this.source;
+    if (source instanceof FerryError) throw source;
+    if (source) yield* source;
   }
 }

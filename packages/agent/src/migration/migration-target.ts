@@ -29,10 +29,12 @@ import { lazyRunBytes, lazyRunsOf } from '../criu/pagemap-image';
 import { makePageServerTls, type PageServerTlsFiles } from '../criu/page-server-tls';
 import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
+import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS } from '../host/local-dirs';
 import { setTreeTcpRepair } from '../host/tcp-sockets';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
 import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed } from '../post-copy/lazy-memory-feed';
 import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
+import { assertLocalDirsFree, LocalDirReceiver } from './local-dir-copy';
 import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
 import { nativeFilePump } from './native-file-pump';
 import { PageTunnelReceiver } from './page-tunnel';
@@ -63,6 +65,9 @@ interface IncomingMigration {
   pagesKey: Buffer | null;
   /** Post-copy, during the restore and until the last page: the page server CRIU's lazy-pages daemon asks. */
   relay?: LazyPageRelay;
+  /** The workload's local dirs as the coordinator gave them, and what extracts their archives. */
+  localDirs: string[];
+  local?: LocalDirReceiver;
 }
 
 export interface MigrationTargetOptions {
@@ -74,6 +79,8 @@ export interface MigrationTargetOptions {
   maxImageBytes: number;
   /** This agent's data dir (workload logs), against which a manifest's log path is checked. */
   dataDir: string;
+  /** Where workloads' local dirs may be (host/local-dirs.ts); default DEFAULT_LOCAL_DIR_ROOTS. */
+  localDirRoots?: string[];
 }
 
 export class MigrationTarget {
@@ -101,8 +108,12 @@ export class MigrationTarget {
     if (existing && existing.state !== 'exited') {
       throw new FerryError(ErrorCode.CONFLICT, `a workload named ${req.workload} already runs on ${this.opts.host}`);
     }
-    // Before the source freezes anything: a filesystem this host cannot mount fails the migration here.
+    // Before the source freezes anything: local dirs this host will not take, or a filesystem it
+    // cannot mount, fail the migration here.
+    checkLocalDirs(req.localDirs, this.opts.localDirRoots ?? DEFAULT_LOCAL_DIR_ROOTS);
+    await assertLocalDirsFree(req.localDirs);
     const mountedPaths = await workloads.mountAll(req.mounts);
+    const local = req.localDirs.length > 0 ? new LocalDirReceiver(this.deps.syscalls, req.localDirs, log.child({ migrationId: req.migrationId })) : undefined;
     const dir = await workDirs.create(req.migrationId);
     const receiver = ImageReceiver.start(nc, req.transferId, dir, {
       idleTimeoutMs: req.idleTimeoutMs,
@@ -114,6 +125,9 @@ export class MigrationTarget {
       imageKey,
       filePump: nativeFilePump(this.deps.syscalls),
       frameAead: aeadInPlace,
+      // A local dir's full archive is extracted as soon as it is here, while the source dumps.
+      // (Streamed on the pumped path, it goes straight into tar; else it lands here first.)
+      ...(local ? { onFileReceived: (name: string, absolutePath: string) => local.onImageFile(name, absolutePath), openSink: (name: string) => local.openSink(name) } : {}),
       logger: log.child({ migrationId: req.migrationId }),
     });
     // Failures surface through restore() or discard(); keep an unobserved rejection from crashing us.
@@ -134,6 +148,8 @@ export class MigrationTarget {
       ...(req.address ? { address: req.address } : {}),
       transferId: req.transferId,
       pagesKey: imageKey ? pageRequestKey(imageKey) : null,
+      localDirs: req.localDirs,
+      ...(local ? { local } : {}),
     };
     this.incoming.set(req.migrationId, incoming);
     // The source starts sending as soon as we reply; the server must have our subscription first.
@@ -182,6 +198,8 @@ export class MigrationTarget {
     // Nothing of it is acted on before it matches what this host derives itself.
     checkManifestForTarget(manifest, { migrationId: req.migrationId, dataDir: this.opts.dataDir, mountRoots: inc.mountRoots, address: inc.address });
     await placeWorkloadLog(inc.dir, manifest);
+    // Its local dirs as they were when it froze, before it runs here (a failure rolls back).
+    await inc.local?.beforeRestore(inc.dir);
     const started = Date.now();
     this.restoring.add(req.migrationId);
     const sys = this.deps.syscalls;
@@ -256,6 +274,7 @@ export class MigrationTarget {
       migration: { id: req.migrationId, role: 'target' },
       mounts: manifest.mounts,
       ...(manifest.address ? { address: manifest.address } : {}),
+      ...(inc.localDirs.length > 0 ? { localDirs: inc.localDirs } : {}),
     });
     if (feed) await this.awaitLastPage(feed, inc, restored.pid, req.workload);
     // Pages that came after the resume: counted by the relay, or (CRIU fetching them itself) every
@@ -335,6 +354,8 @@ export class MigrationTarget {
     // Only pins that can be this migration's (the source removes its pins itself at resume).
     const pins = (manifest.pins ?? []).filter((p) => inc !== undefined && pinProblem(p, { migrationId: req.migrationId, mountRoots: inc.mountRoots }) === null);
     await removePins(pins);
+    // What this migration extracted into local dirs goes with it; the source kept its own.
+    await inc?.local?.discard();
     await workDirs.remove(req.migrationId);
     if (inc) await workloads.unmountUnused(inc.mountedPaths);
   }

@@ -32,6 +32,8 @@ export interface WorkloadRecord {
   mounts?: MountSpec[];
   /** Its service address (service-address.ts), configured on this host while it runs here. */
   address?: string;
+  /** Host-local directories that belong to it and move with it (absent in older inventories: none). */
+  localDirs?: string[];
 }
 
 interface InventoryFile {

@@ -12,6 +12,7 @@ import { isAlive, treeRssBytes } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
 import { ensureMounted, unmount, type UnmountSyscalls } from '../host/shared-mounts';
 import { launchWorkload } from '../host/workload-launcher';
+import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS, ensureLocalDirs } from '../host/local-dirs';
 import type { Inventory, WorkloadRecord } from './inventory';
 
 export interface WorkloadsOptions {
@@ -21,6 +22,8 @@ export interface WorkloadsOptions {
   address: string;
   /** Workload logs live under `<dataDir>/workloads/<name>/`, the same path on every host. */
   dataDir: string;
+  /** Where workloads' local dirs may be (host/local-dirs.ts); default DEFAULT_LOCAL_DIR_ROOTS. */
+  localDirRoots?: string[];
 }
 
 /** Where a workload's output goes: the same path on every host, so a restored workload finds its log. */
@@ -73,6 +76,7 @@ export class Workloads {
       exitCode: r.exitCode,
       mounts: r.mounts ?? [],
       ...(r.address ? { address: r.address } : {}),
+      localDirs: r.localDirs ?? [],
     };
   }
 
@@ -88,6 +92,9 @@ export class Workloads {
     if (existing && existing.state !== 'exited') {
       throw new FerryError(ErrorCode.CONFLICT, `workload ${req.name} already runs on ${this.opts.host}`);
     }
+    const localDirs = req.localDirs ?? [];
+    checkLocalDirs(localDirs, this.opts.localDirRoots ?? DEFAULT_LOCAL_DIR_ROOTS);
+    await ensureLocalDirs(localDirs);
     const logPath = workloadLogPath(this.opts.dataDir, req.name);
     await mkdir(dirname(logPath), { recursive: true, mode: 0o700 });
     // A new workload starts a new log, even if an earlier one of the same name left one.
@@ -119,6 +126,7 @@ export class Workloads {
       migration: null,
       mounts: req.mounts,
       ...(req.address ? { address: req.address } : {}),
+      ...(localDirs.length > 0 ? { localDirs } : {}),
     };
     await this.inventory.put(rec);
     this.log.info({ workload: req.name, pid: launched.pid, address: req.address }, 'workload launched');

@@ -34,6 +34,7 @@ export function publicResult(m: MigrationResult) {
     bytesTransferred: m.bytesTransferred,
     transport: m.transport,
     ...(m.memory ? { memory: m.memory } : {}),
+    ...(m.localDirs ? { localDirs: m.localDirs } : {}),
     restore: m.restore ?? 'eager',
     phases: m.phases,
     pid: m.pid,

@@ -8,18 +8,29 @@ export function registerPs(program: Command): Command {
   return program
     .command('ps')
     .description('list workloads across the cluster')
-    .option('--json', 'print a JSON array of {name, host, state, pid, rssBytes, address?} (address: the service address, for workloads run with --address)')
+    .option(
+      '--json',
+      'print a JSON array of {name, host, state, pid, rssBytes, address?, localDirs} (address: the service address, for workloads run with --address; localDirs: those run with --local-dir)',
+    )
     .action(
       action(async (opts: { json?: boolean }) => {
         const { workloads } = await askCoordinator(CoordVerb.PS, {});
         if (opts.json) {
           return printJson(
-            workloads.map((w) => ({ name: w.name, host: w.host, state: w.state, pid: w.pid, rssBytes: w.rssBytes, ...(w.address ? { address: w.address } : {}) })),
+            workloads.map((w) => ({
+              name: w.name,
+              host: w.host,
+              state: w.state,
+              pid: w.pid,
+              rssBytes: w.rssBytes,
+              ...(w.address ? { address: w.address } : {}),
+              localDirs: w.localDirs ?? [],
+            })),
           );
         }
         printTable(
-          ['NAME', 'HOST', 'STATE', 'PID', 'RSS', 'ADDRESS', 'COMMAND'],
-          workloads.map((w) => [w.name, w.host, w.state, w.pid, formatBytes(w.rssBytes), w.address ?? '-', w.argv.join(' ')]),
+          ['NAME', 'HOST', 'STATE', 'PID', 'RSS', 'ADDRESS', 'LOCAL DIRS', 'COMMAND'],
+          workloads.map((w) => [w.name, w.host, w.state, w.pid, formatBytes(w.rssBytes), w.address ?? '-', (w.localDirs ?? []).join(',') || '-', w.argv.join(' ')]),
         );
       }),
     );

@@ -16,10 +16,16 @@ export function registerRun(program: Command): Command {
     .option('--cwd <dir>', 'working directory (absolute)')
     .option('--mount <fs:path>', 'mount cluster filesystem FS at PATH in the host first (repeatable), e.g. shared:/data', collect, [])
     .option('--address <cidr>', "the workload's own IPv4 service address, e.g. 198.18.0.100/24: configured on the host, moved with the workload, so its TCP connections survive a migration")
+    .option(
+      '--local-dir <path>',
+      "a host-local directory that belongs to the workload and moves with it (repeatable; below the host's FERRY_LOCAL_DIR_ROOTS, default /srv; created if missing)",
+      collect,
+      [],
+    )
     .option('--json', 'print the workload as JSON')
     .argument('<command...>', 'command and arguments (after --)')
     .action(
-      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; cwd?: string; address?: string; json?: boolean }) => {
+      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; localDir: string[]; cwd?: string; address?: string; json?: boolean }) => {
         const mounts = opts.mount.map((m) => {
           const i = m.indexOf(':');
           if (i <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--mount wants FS:PATH, got ${JSON.stringify(m)}`);
@@ -33,7 +39,7 @@ export function registerRun(program: Command): Command {
         }
         const { workload } = await askCoordinator(
           CoordVerb.RUN,
-          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts, ...(opts.address ? { address: opts.address } : {}) },
+          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts, localDirs: opts.localDir, ...(opts.address ? { address: opts.address } : {}) },
           20_000,
         );
         if (opts.json) return printJson(workload);

@@ -91,6 +91,8 @@ function expectNothingLeft(state: DevClusterState, extraProcesses: ProcessIdenti
   }
   expect(links).not.toContain(`${state.layout.bridge}:`);
   expect(mountinfo).not.toContain(state.layout.namespaceDir);
+  // Hosts' private /srv lived in their mount namespaces only.
+  expect(mountinfo).not.toMatch(/ ferry-h\d+-local /);
   expect(mountinfo).not.toContain(`/run/netns/${state.layout.hosts[0].netns} `);
   expect(fs.existsSync(state.layout.stateDir)).toBe(false);
   expect(fs.existsSync(state.layout.namespaceDir)).toBe(false);
@@ -135,6 +137,20 @@ describe('dev cluster (real namespaces)', () => {
       expect(fs.readFileSync(`${cluster.markerDir}/${host.name}.addr`, 'utf8')).toContain(`inet ${host.address}/24`);
     }
     expect(os.hostname()).not.toMatch(/^h\d+$/);
+  });
+
+  it('gives each host a private /srv (a tmpfs of its own) while every other path stays shared', async () => {
+    const probe = `probe-${cluster.name}`;
+    await hostExec(cluster.name, 'h1', ['sh', '-c', `echo h1 > /srv/${probe} && echo shared > ${cluster.markerDir}/${probe}`]);
+    expect((await hostExec(cluster.name, 'h1', ['cat', `/srv/${probe}`])).stdout).toBe('h1\n');
+    await expect(hostExec(cluster.name, 'h2', ['test', '-e', `/srv/${probe}`])).rejects.toThrow();
+    expect(fs.existsSync(`/srv/${probe}`)).toBe(false);
+    expect((await hostExec(cluster.name, 'h2', ['cat', `${cluster.markerDir}/${probe}`])).stdout).toBe('shared\n');
+    for (const host of state.layout.hosts) {
+      const mount = await hostExec(cluster.name, host.name, ['findmnt', '-n', '-o', 'FSTYPE,SOURCE', '/srv']);
+      expect(mount.stdout.trim().split(/\s+/)).toEqual(['tmpfs', `ferry-${host.name}-local`]);
+    }
+    expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toMatch(/ ferry-h\d+-local /);
   });
 
   it('opens agent stdio inside the host mount namespace (CRIU needs that of workloads)', () => {

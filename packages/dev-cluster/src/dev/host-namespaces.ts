@@ -35,6 +35,21 @@ export async function createHostMountAndUts(host: HostLayout): Promise<void> {
   ]);
 }
 
+/** Each agent host's own local disk: a path that, unlike the rest of the machine's filesystem, hosts do not share. */
+export const HOST_LOCAL_DISK = '/srv';
+
+/**
+ * Gives a host a private /srv: a tmpfs mounted there inside its mount namespace, so what one host
+ * writes under /srv the others (and the machine) do not see, as on separate machines; every other
+ * path stays shared. Mounted through the bind file, so no process needs to live in the host; it
+ * goes away with the namespace (the propagation is slave: it never appears in the root namespace).
+ */
+export async function mountHostLocalDisk(host: HostLayout): Promise<void> {
+  // The mount point must exist on the machine's filesystem, which the host's namespace sees too.
+  fs.mkdirSync(HOST_LOCAL_DISK, { recursive: true, mode: 0o755 });
+  await runCommand('nsenter', [`--mount=${host.mountNsFile}`, '--', 'mount', '-t', 'tmpfs', '-o', 'mode=0755', `ferry-${host.name}-local`, HOST_LOCAL_DISK]);
+}
+
 /**
  * Drops a host's mount/UTS bind files. Lazy unmount: the namespace itself (and everything mounted
  * inside it) goes away once no process and no bind holds it.

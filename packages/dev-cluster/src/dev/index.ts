@@ -31,6 +31,7 @@ export { startDevCluster, devHostContexts } from './start-dev-cluster';
 export { stopDevCluster } from './stop-dev-cluster';
 export type { StopDevClusterOptions } from './stop-dev-cluster';
 export { killHost, restartAgent } from './host-agent';
+export { HOST_LOCAL_DISK } from './host-namespaces';
 export { startProcessInHost, hostExec, hostEnterArgv, withStdioOpenedInside } from './host-process';
 export type { HostProcessOptions, HostExecOptions } from './host-process';
 export type { SpawnedProcess } from './spawn-logged';

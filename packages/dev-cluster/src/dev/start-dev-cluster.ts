@@ -5,7 +5,7 @@ import { ClusterLayout, clusterLayout } from './cluster-layout';
 import { DevClusterState, DevProcessRecord, DevProcessRole, readClusterState, writeClusterState } from './cluster-state';
 import { DevClusterInput, DevClusterOptions, DevHostContext, compileDevClusterOptions } from './dev-cluster-options';
 import { assertNetworkFree, createBridge, createHostNetwork } from './host-network';
-import { createHostMountAndUts, createNamespaceDir } from './host-namespaces';
+import { createHostMountAndUts, createNamespaceDir, mountHostLocalDisk } from './host-namespaces';
 import { spawnInHost } from './host-process';
 import { natsServerConfig, redisServerConfig } from './infra-configs';
 import { devNatsPrincipals, makeDevTls, natsAuthorizationConfig, natsTlsConfig, writeDevCredentials, writeSecretFile } from './nats-security';
@@ -134,6 +134,7 @@ async function buildCluster(state: DevClusterState, options: DevClusterOptions, 
     writeClusterState(state);
     await createHostNetwork(layout, host);
     await createHostMountAndUts(host);
+    await mountHostLocalDisk(host);
     log.debug({ host: host.name, netns: host.netns, address: host.address }, 'host created');
   }
   state.hostsCreated.push(layout.storage.name);
