@@ -9,7 +9,7 @@
  * every 10 ms; the longest gap between consecutive lines around the migration is its downtime.
  *
  * Environment (all optional): BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
- * "ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager").
+ * "ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager"), BENCH_LOCAL_DIR_MIB (the local-dir row's dir, default 512; 0 skips it).
  */
 const { execFile } = require('node:child_process');
 const fs = require('node:fs');
@@ -43,6 +43,8 @@ const FERRY_METHODS = {
   'ferry-postcopy': { transport: 'auto', args: ['--restore', 'post-copy'] },
 };
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
+/** The local dir of the local-dir row (`ferry run --local-dir`); 0 skips it. */
+const LOCAL_DIR_MIB = Number(process.env.BENCH_LOCAL_DIR_MIB ?? 512);
 const MIB = 1024 * 1024;
 /** Bytes of the raw TCP and bare NATS streams. */
 const STREAM_BYTES = 512 * MIB;
@@ -152,13 +154,54 @@ function maxGapMs(file, fromS) {
   return max * 1000;
 }
 
-async function launch(natsUrl, name, mib, heartbeatFile) {
-  await ferry(natsUrl, ['run', '--host', 'h1', '--name', name, '--', '/usr/bin/python3', path.join(__dirname, 'heartbeat-workload.py'), heartbeatFile, String(mib)]);
+async function launch(natsUrl, name, mib, heartbeatFile, runArgs = []) {
+  await ferry(natsUrl, ['run', '--host', 'h1', '--name', name, ...runArgs, '--', '/usr/bin/python3', path.join(__dirname, 'heartbeat-workload.py'), heartbeatFile, String(mib)]);
   await waitForHeartbeats(heartbeatFile, WARMUP_HEARTBEATS);
   const ps = await ferry(natsUrl, ['ps', '--json']);
   const w = ps.find((x) => x.name === name);
   if (!w) throw new Error(`workload ${name} not listed`);
   return w.pid;
+}
+
+// ---- local dirs (ferry run --local-dir) ----
+
+/** Fills DIR on h1 with MIB MiB in 4 files of random-looking 1 MiB blocks. */
+const FILL_DIR = `
+import os, sys
+d, mib = sys.argv[1], int(sys.argv[2])
+os.makedirs(d, exist_ok=True)
+block = bytearray(os.urandom(1 << 20))
+for i in range(4):
+    with open(os.path.join(d, "part-%d.bin" % i), "wb") as f:
+        for j in range(mib // 4):
+            block[0:8] = (i * 100000 + j).to_bytes(8, "little")
+            f.write(block)
+`;
+
+/**
+ * A 64 MiB workload with a local dir of DIR_MIB, and the same with an empty one: the first pass's
+ * rate (the dir's bytes over phases.localDirMs, while the workload runs) against the raw TCP
+ * stream, and both downtimes.
+ */
+async function localDirMigration(ctx, dirMib) {
+  const out = {};
+  for (const [label, mib] of [['empty', 0], ['full', dirMib]]) {
+    const name = `bl${label}`;
+    const dir = `/srv/bench-${label}`;
+    await dev.hostExec(CLUSTER, 'h1', ['python3', '-c', FILL_DIR, dir, String(mib)], { timeoutMs: 120_000 });
+    const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
+    await launch(ctx.natsUrl, name, 64, heartbeatFile, ['--local-dir', dir]);
+    const cpuBefore = ctx.clusterCpu();
+    const startS = Date.now() / 1000;
+    const result = await ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', ...MIGRATE_ARGS]);
+    const cpu = ctx.clusterCpu() - cpuBefore;
+    await sleep(SETTLE_MS);
+    if (result.state !== 'succeeded') throw new Error(`migration of ${name} ended ${result.state}: ${JSON.stringify(result.error)}`);
+    out[label] = { downtimeMs: maxGapMs(heartbeatFile, startS), localDirMs: result.phases.localDirMs ?? 0, cpu };
+    await ferry(ctx.natsUrl, ['stop', name]);
+    await dev.hostExec(CLUSTER, 'h2', ['rm', '-rf', dir], { timeoutMs: 60_000 });
+  }
+  return { dirMib, mbps: dirMib / (out.full.localDirMs / 1000), ...out };
 }
 
 // ---- the ceilings ----
@@ -367,7 +410,16 @@ async function main() {
         log(`${mib} MiB ${r.method}: downtime ${fmt(r.downtimeMs)} ms, ${fmt(r.mbps)} MB/s, total ${fmt(r.totalMs)} ms; ${r.detail}`);
       }
     }
-    const text = table({ tcp, nats }, rows);
+    let localDir;
+    if (LOCAL_DIR_MIB > 0) {
+      log(`local dir of ${LOCAL_DIR_MIB} MiB`);
+      try {
+        localDir = await localDirMigration(ctx, LOCAL_DIR_MIB);
+      } catch (err) {
+        localDir = { failed: String(err.message).slice(0, 600) };
+      }
+    }
+    const text = [table({ tcp, nats }, rows), localDirTable(localDir, tcp)].filter(Boolean).join('\n\n');
     const elapsedS = (Date.now() - startedAt.getTime()) / 1000;
     console.log(text);
     const md = [
@@ -388,6 +440,19 @@ async function main() {
     await stopLocalCluster(CLUSTER).catch((err) => log('stop failed:', err.message));
     fs.rmSync(scratch, { recursive: true, force: true });
   }
+}
+
+/** The local-dir row: the first pass's rate against raw TCP, and the downtime with a full and an empty dir. */
+function localDirTable(r, tcp) {
+  if (r === undefined) return '';
+  if (r.failed) return `Local dir (ferry run --local-dir): FAILED: ${r.failed}`;
+  return [
+    `Local dir (\`ferry run --local-dir\`, a 64 MiB workload, default path): the first pass copies the dir while the workload runs; the freeze carries only what changed.`,
+    '',
+    '| local dir | first pass ms | copy MB/s | vs raw TCP | downtime ms | downtime with an empty dir ms | ratio |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    `| ${r.dirMib} MiB | ${fmt(r.full.localDirMs)} | ${fmt(r.mbps)} | ${(r.mbps / tcp.mbps).toFixed(2)} | ${fmt(r.full.downtimeMs)} | ${fmt(r.empty.downtimeMs)} | ${(r.full.downtimeMs / r.empty.downtimeMs).toFixed(2)} |`,
+  ].join('\n');
 }
 
 main().catch((err) => {
