@@ -14,6 +14,7 @@ const WHY: Record<CheckFilesReply['different'][number]['why'], string> = {
   size: 'size',
   mtime: 'mtime',
   sha256: 'sha256',
+  written: 'being written on the source',
 };
 
 /**

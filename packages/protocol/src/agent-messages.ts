@@ -162,8 +162,24 @@ export const FileIdentity = z.object({
   size: z.number().int().nonnegative(),
   /** st_mtime in ms, with its sub-ms fraction (as Node's Stats.mtimeMs). */
   mtimeMs: z.number().finite(),
-  /** Of the whole content, lowercase hex. */
-  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'a sha256 is 64 lowercase hex digits'),
+  /**
+   * Of the whole content, lowercase hex. Absent: the workload was writing the file while the source
+   * read it, so only `inode` can match (a host on the same kernel seeing that very file).
+   */
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'a sha256 is 64 lowercase hex digits').optional(),
+  /**
+   * The file itself, on the source's running kernel: a target whose kernel has the same boot id (the
+   * dev cluster's hosts, which share one machine) and finds the same device and inode at the path
+   * has the very same file, whatever its content does meanwhile. Separate machines never share a
+   * boot id (the kernel draws it at random at boot).
+   */
+  inode: z
+    .object({
+      bootId: z.string().regex(/^[0-9a-f-]{36}$/, 'a boot id is a UUID'),
+      dev: z.number().int().nonnegative(),
+      ino: z.number().int().nonnegative(),
+    })
+    .optional(),
 });
 export type FileIdentity = z.infer<typeof FileIdentity>;
 
@@ -185,7 +201,7 @@ export const CheckFilesRequest = z.object({ v: Version, files: FileIdentityList 
 export type CheckFilesRequest = z.infer<typeof CheckFilesRequest>;
 
 /** What differs first, checked in this order: not a regular file (type), size, mtime, content (sha256). */
-export const FileDifference = z.enum(['type', 'size', 'mtime', 'sha256']);
+export const FileDifference = z.enum(['type', 'size', 'mtime', 'sha256', 'written']);
 export type FileDifference = z.infer<typeof FileDifference>;
 
 /** Every file of the request is in neither list when the target has them all, the same. */

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAX_LOCAL_FILES, type FileIdentity } from '@ferry/protocol';
 import { startStateHolder } from '../test-fixtures/workload-fixtures';
-import { checkFiles, FileDigests, findHeldFiles, listLocalFiles, type LocalFileScope } from './local-files';
+import { checkFiles, FileDigests, findHeldFiles, listLocalFiles, readBootId, type LocalFileScope } from './local-files';
 
 // Holds, each as a real program would: a file through an fd, another only through a mapping, one
 // in a declared local dir, one under a cluster filesystem's mount point, its own log, a deleted
@@ -56,9 +56,12 @@ afterAll(() => {
 });
 
 /** The identity a file has, as the test reads it itself. */
-function identityOf(path: string): FileIdentity {
+const BOOT_ID = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+
+/** A file's identity as the source lists it (`withInode`) or as a test builds one for another path. */
+function identityOf(path: string, withInode = false): FileIdentity {
   const st = statSync(path);
-  return { path, size: st.size, mtimeMs: st.mtimeMs, sha256: sha256(readFileSync(path)) };
+  return { path, size: st.size, mtimeMs: st.mtimeMs, sha256: sha256(readFileSync(path)), ...(withInode ? { inode: { bootId: BOOT_ID, dev: st.dev, ino: st.ino } } : {}) };
 }
 
 test('lists the regular files held by an fd and by a mapping, with their identity, and nothing of what moves another way', async () => {
@@ -73,11 +76,11 @@ test('lists the regular files held by an fd and by a mapping, with their identit
 
   const files = await listLocalFiles([child.pid!], scope, { digests: new FileDigests() });
   expect(files.filter((f) => f.path.startsWith(`${dir}/`)).sort((a, b) => a.path.localeCompare(b.path))).toEqual([
-    identityOf(join(dir, 'fd-held')),
-    identityOf(join(dir, 'map-held')),
+    identityOf(join(dir, 'fd-held'), true),
+    identityOf(join(dir, 'map-held'), true),
   ]);
   // The interpreter itself is mapped: a system file, listed (the target must have the same one).
-  expect(files).toContainEqual(identityOf(realpathSync('/usr/bin/python3')));
+  expect(files).toContainEqual(identityOf(realpathSync('/usr/bin/python3'), true));
 });
 
 test('a file is hashed once while it stays the same, again once it changed; cached files cost no budget', async () => {
@@ -92,7 +95,7 @@ test('a file is hashed once while it stays the same, again once it changed; cach
   const before = digests.hashedBytes;
   const changed = await listLocalFiles([child.pid!], scope, { digests });
   expect(digests.hashedBytes - before).toBe(statSync(join(dir, 'fd-held')).size);
-  expect(changed.find((f) => f.path === join(dir, 'fd-held'))).toEqual(identityOf(join(dir, 'fd-held')));
+  expect(changed.find((f) => f.path === join(dir, 'fd-held'))).toEqual(identityOf(join(dir, 'fd-held'), true));
 });
 
 test('over the hash budget: FAILED_PRECONDITION saying so, before reading a byte', async () => {
@@ -126,7 +129,7 @@ time.sleep(60)
   }
 });
 
-test('a held file being written while it is read is refused: its content cannot be compared', async () => {
+test('a held file being written while it is read is listed without a digest: only the very same file (same kernel, device, inode) matches it', async () => {
   const busy = mkdtempSync(join(tmpdir(), 'ferry-local-busy-'));
   // 64 MiB take tens of ms to hash; the program rewrites a block every millisecond meanwhile.
   const script = `
@@ -143,8 +146,23 @@ while True:
 `;
   const holder = (await startStateHolder(script, busy)).child;
   try {
-    const err = await listLocalFiles([holder.pid!], { mounts: [], localDirs: [], ownFiles: [] }, { digests: new FileDigests() }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringContaining(`writing file(s) on this host's local disk, which cannot be compared with the target's: ${join(busy, 'busy')}`) });
+    const listed = await listLocalFiles([holder.pid!], { mounts: [], localDirs: [], ownFiles: [] }, { digests: new FileDigests() });
+    const file = listed.find((f) => f.path === join(busy, 'busy'));
+    expect(file).toBeDefined();
+    expect(file!.sha256).toBeUndefined();
+    const st = statSync(join(busy, 'busy'));
+    expect(file!.inode).toEqual({ bootId: await readBootId(), dev: st.dev, ino: st.ino });
+    // This kernel sees that very file: the same, whatever its bytes do meanwhile.
+    expect(await checkFiles([file!], { digests: new FileDigests() })).toEqual({ missing: [], different: [] });
+    // Another kernel (another boot id), or another file at the path here: being written, refused.
+    expect(await checkFiles([{ ...file!, inode: { ...file!.inode!, bootId: '00000000-0000-0000-0000-000000000000' } }], { digests: new FileDigests() })).toEqual({
+      missing: [],
+      different: [{ path: file!.path, why: 'written' }],
+    });
+    expect(await checkFiles([{ ...file!, inode: { ...file!.inode!, ino: file!.inode!.ino + 1 } }], { digests: new FileDigests() })).toEqual({
+      missing: [],
+      different: [{ path: file!.path, why: 'written' }],
+    });
   } finally {
     holder.kill('SIGKILL');
     rmSync(busy, { recursive: true, force: true });

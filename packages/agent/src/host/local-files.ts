@@ -7,7 +7,10 @@
  * target lacks fails the restore after the freeze, and one the target has with the same size but
  * other bytes (another build of a library, another version of a data file) restores silently wrong.
  * So before anything is frozen, the source lists such files with their identity (size, mtime,
- * sha256) and the target compares its own (`check-files`).
+ * sha256) and the target compares its own (`check-files`). A file the workload writes while it is
+ * read has no stable content: it matches only on a host that sees that very file (the same kernel
+ * boot id, device and inode: the dev cluster's hosts share one machine and, outside /srv, its
+ * filesystem); anywhere else it is refused as being written, to be declared with --local-dir.
  *
  * Not listed: what moves or is reached another way. Files on the workload's cluster filesystems
  * (the target mounts the same), in its declared local dirs (copied with it), its own output log
@@ -212,7 +215,7 @@ export async function listLocalFiles(pids: readonly number[], scope: LocalFileSc
   checkBudget(uncached.map((f) => ({ path: f.path, size: (stats.get(f.path) as Stats).size })), opts.hashBudgetBytes ?? DEFAULT_HASH_BUDGET_BYTES, 'the source');
 
   const identities = new Map<string, FileIdentity>();
-  const changing: string[] = [];
+  const bootId = await readBootId();
   for (const f of held) {
     const st = stats.get(f.path);
     if (!st) continue;
@@ -225,24 +228,31 @@ export async function listLocalFiles(pids: readonly number[], scope: LocalFileSc
       });
       if (result === null) continue;
       if (!result.stable) {
-        changing.push(f.path);
+        // Being written: its content cannot be compared, only whether the target sees this very file.
+        identities.set(f.path, { path: f.path, size: st.size, mtimeMs: st.mtimeMs, ...inodeOf(st, bootId) });
         continue;
       }
       sha256 = result.sha256;
     }
-    identities.set(f.path, { path: f.path, size: st.size, mtimeMs: st.mtimeMs, sha256 });
+    identities.set(f.path, { path: f.path, size: st.size, mtimeMs: st.mtimeMs, sha256, ...inodeOf(st, bootId) });
   }
   const stillHeld = new Set((await findHeldFiles(pids, scope)).map((f) => f.path));
-  const written = changing.filter((p) => stillHeld.has(p));
-  if (written.length > 0) {
-    throw new FerryError(
-      ErrorCode.FAILED_PRECONDITION,
-      `the workload is writing file(s) on this host's local disk, which cannot be compared with the target's: ${written.slice(0, 10).join(', ')}; ` +
-        'declare their directories with `ferry run --local-dir` or keep them on a cluster filesystem',
-      { details: written.slice(0, 200) },
-    );
-  }
   return [...identities.values()].filter((f) => stillHeld.has(f.path));
+}
+
+/** This kernel's boot id (random per boot, per machine), or undefined where it cannot be read. */
+export async function readBootId(): Promise<string | undefined> {
+  const id = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => '')).trim();
+  return /^[0-9a-f-]{36}$/.test(id) ? id : undefined;
+}
+
+function inodeOf(st: Stats, bootId: string | undefined): Pick<FileIdentity, 'inode'> {
+  return bootId ? { inode: { bootId, dev: st.dev, ino: st.ino } } : {};
+}
+
+/** The target sees the source's very file: the same kernel (boot id), device and inode at that path. */
+function sameInode(want: FileIdentity, st: Stats, bootId: string | undefined): boolean {
+  return bootId !== undefined && want.inode?.bootId === bootId && want.inode.dev === st.dev && want.inode.ino === st.ino;
 }
 
 /**
@@ -255,6 +265,7 @@ export async function checkFiles(files: readonly FileIdentity[], opts: LocalFile
   const missing: string[] = [];
   const different: CheckFilesReply['different'] = [];
   const toHash: Array<{ want: FileIdentity; st: Stats }> = [];
+  const bootId = await readBootId();
   for (const want of files) {
     const st = await lstat(want.path).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return null;
@@ -262,6 +273,9 @@ export async function checkFiles(files: readonly FileIdentity[], opts: LocalFile
     });
     if (st === null) missing.push(want.path);
     else if (!st.isFile()) different.push({ path: want.path, why: 'type' });
+    // The very same file (hosts sharing a kernel and filesystem): nothing to compare.
+    else if (sameInode(want, st, bootId)) continue;
+    else if (want.sha256 === undefined) different.push({ path: want.path, why: 'written' });
     else if (st.size !== want.size) different.push({ path: want.path, why: 'size' });
     else if (st.mtimeMs !== want.mtimeMs) different.push({ path: want.path, why: 'mtime' });
     else {
