@@ -43,7 +43,7 @@ test('run puts a workload on the asked host; ps --json shows it with a live pid'
   const ps = await cluster.ferry(['ps', '--json']);
   expect(ps.code).toBe(0);
   const [x] = ps.json;
-  expect(Object.keys(x).sort()).toEqual(['host', 'name', 'pid', 'rssBytes', 'state']);
+  expect(Object.keys(x).sort()).toEqual(['host', 'localDirs', 'name', 'pid', 'rssBytes', 'state']);
   expect(x).toMatchObject({ name: 'x', host: 'h2', state: 'running' });
   expect(alive(x.pid)).toBe(true);
   // The pid is the init of the workload's own PID namespace, in h2's network namespace.

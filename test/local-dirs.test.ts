@@ -2,9 +2,12 @@
  * Host-local directories that move with their workload (`ferry run --local-dir`, issue #19), on a
  * dev cluster whose hosts each have a /srv of their own (as real hosts have their own disks):
  * a workload writing into a 1 GiB directory moves with it, by path and by open fd, and the source
- * keeps nothing; its downtime stays near that of the same workload with a tiny directory; and a
+ * keeps nothing; its downtime stays near that of the same workload without one; and a
  * migration that fails half-way leaves the source's directory as it was and the target's /srv clean.
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { dev } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { waitFor } from './helpers/workload';
@@ -113,10 +116,11 @@ async function longestGapMs(host: string, dir: string): Promise<number> {
   return gap;
 }
 
-async function runWriter(name: string, dir: string): Promise<void> {
-  const run = await cluster.ferry(['run', '--host', 'h1', '--name', name, '--local-dir', dir, '--json', '--', '/usr/bin/python3', '-c', WRITER, dir]);
+/** Runs the writer on h1 with DIR as its local dir, or (`declare` false) with DIR as a plain directory. */
+async function runWriter(name: string, dir: string, declare = true): Promise<void> {
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', name, ...(declare ? ['--local-dir', dir] : []), '--json', '--', '/usr/bin/python3', '-c', WRITER, dir]);
   expect(run.code).toBe(0);
-  expect(run.json).toMatchObject({ name, host: 'h1', localDirs: [dir] });
+  expect(run.json).toMatchObject({ name, host: 'h1', localDirs: declare ? [dir] : [] });
   await waitFor(`${name} writes`, async () => (await journal('h1', dir).catch(() => [])).length > 60);
 }
 
@@ -126,11 +130,13 @@ test('/srv is each host\'s own', async () => {
   await inHost('h1', ['rm', '-rf', '/srv/only-h1']);
 });
 
-test('a workload writing into a 1 GiB local dir moves with it: files by path and by open fd, the source keeps nothing, downtime near a tiny dir\'s', async () => {
-  // The baseline: the same workload with a directory of a few KiB.
-  await runWriter('tiny', '/srv/tiny');
-  const tiny = await cluster.ferry(['migrate', 'tiny', '--to', 'h2', '--json']);
-  expect(tiny.json).toMatchObject({ state: 'succeeded', to: 'h2' });
+test('a workload writing into a 1 GiB local dir moves with it: files by path and by open fd, the source keeps nothing, downtime near its own without the dir', async () => {
+  // The baseline: the same workload without a local dir, writing into a directory every dev host
+  // shares (as the same file on both, it needs no copy).
+  const plainDir = await mkdtemp(join(tmpdir(), 'ferry-plain-writer-'));
+  await runWriter('plain', plainDir, false);
+  const plain = await cluster.ferry(['migrate', 'plain', '--to', 'h2', '--json']);
+  expect(plain.json).toMatchObject({ state: 'succeeded', to: 'h2' });
 
   await py('h1', FILL, '/srv/big', '1024');
   await runWriter('big', '/srv/big');
@@ -158,18 +164,19 @@ test('a workload writing into a 1 GiB local dir moves with it: files by path and
 
   // Downtime does not grow with the directory: its first pass crossed while the workload ran.
   const bigGap = await longestGapMs('h2', '/srv/big');
-  const tinyGap = await longestGapMs('h2', '/srv/tiny');
-  console.log(`downtime: 1 GiB dir ${res.json.downtimeMs} ms (journal gap ${Math.round(bigGap)} ms), tiny dir ${tiny.json.downtimeMs} ms (gap ${Math.round(tinyGap)} ms); first pass ${res.json.phases.localDirMs} ms`);
-  expect(res.json.downtimeMs).toBeLessThanOrEqual(1.5 * tiny.json.downtimeMs + 100);
+  const plainGap = await longestGapMs('h2', plainDir);
+  console.log(`downtime: 1 GiB dir ${res.json.downtimeMs} ms (journal gap ${Math.round(bigGap)} ms), no dir ${plain.json.downtimeMs} ms (gap ${Math.round(plainGap)} ms); first pass ${res.json.phases.localDirMs} ms`);
+  // Within 1.5x (and 100 ms of scheduling noise on this shared 2-core machine).
+  expect(res.json.downtimeMs).toBeLessThanOrEqual(1.5 * plain.json.downtimeMs + 100);
 
   // And back again, the directory with it.
   const back = await cluster.ferry(['migrate', 'big', '--to', 'h1', '--json']);
   expect(back.json).toMatchObject({ state: 'succeeded', to: 'h1' });
   expect(await py('h1', FINGERPRINT, '/srv/big', 'journal', 'counter')).toBe(before);
   expect(await inHost('h2', ['sh', '-c', 'test -e /srv/big && echo there || echo gone'])).toBe('gone\n');
-  for (const name of ['big', 'tiny']) expect((await cluster.ferry(['stop', name])).code).toBe(0);
+  for (const name of ['big', 'plain']) expect((await cluster.ferry(['stop', name])).code).toBe(0);
   await inHost('h1', ['rm', '-rf', '/srv/big']);
-  await inHost('h2', ['rm', '-rf', '/srv/tiny']);
+  await rm(plainDir, { recursive: true, force: true });
 });
 
 test('a migration that fails half-way leaves the source\'s directory untouched and the target\'s /srv clean', async () => {

@@ -51,6 +51,8 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 export const NATS_DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024;
 /** An ack frame is a few bytes; anything much larger on the direct connection is a broken peer. */
 const MAX_ACK_FRAME_BYTES = 1024;
+/** How long a failed pump waits for the receiver's error frame, which says why, before reporting its own. */
+const RECEIVER_REASON_WAIT_MS = 1_000;
 /** Chunks read from disk ahead of the one waiting for room in the window. */
 export const READ_AHEAD_FRAMES = 4;
 
@@ -306,6 +308,17 @@ export async function sendImage(
     const publish = (frame: { seq: number; bytes: Uint8Array }) => send(sealer ? sealer.seal(frame.seq, frame.bytes) : frame.bytes);
     log.debug({ transferId, transport, live: options.live !== null, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
     const bodyKey = pumpFd !== undefined ? fileBodyKey(options.imageKey!, transferId) : undefined;
+    /**
+     * After a pump failed: the failure already known, else the receiver's reason if its error frame
+     * comes within a moment. A receiver that refuses a body (its limits, a bad frame) closes the
+     * connection and says why over NATS; the pump sees only the reset, and that alone would tell
+     * the operator nothing they can act on.
+     */
+    const receiversReason = async (): Promise<FerryError | undefined> => {
+      const deadline = performance.now() + RECEIVER_REASON_WAIT_MS;
+      while (failure === undefined && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      return failure;
+    };
     /** One file body through the pump, the idle clock following the file's offset. */
     const sendBody = async (step: BodyStep): Promise<number> => {
       if (step.fileSeq > MAX_PUMPED_FILE_SEQ) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `too many files for the pumped path`);
@@ -315,8 +328,8 @@ export async function sendImage(
       const stopWatching = watchPumpProgress(() => pump.offset(fh.fd), options.idleTimeoutMs, () => watchdog.touch());
       try {
         if (!watchdog.running) watchdog.start();
-        const counts = await pump.pump(fh.fd, pumpFd!, 'seal', bodyKey!, fileBodyNoncePrefix(step.fileSeq), { signal: pumpAbort.signal }).catch((err: unknown) => {
-          throw failure ?? new FerryError(ErrorCode.TRANSFER_FAILED, `sending ${file.absolutePath}: ${toFerryError(err).message}`, { cause: err });
+        const counts = await pump.pump(fh.fd, pumpFd!, 'seal', bodyKey!, fileBodyNoncePrefix(step.fileSeq), { signal: pumpAbort.signal }).catch(async (err: unknown) => {
+          throw (await receiversReason()) ?? new FerryError(ErrorCode.TRANSFER_FAILED, `sending ${file.absolutePath}: ${toFerryError(err).message}`, { cause: err });
         });
         const { size: sizeNow } = await fh.stat();
         if (counts.bytesIn !== file.size || sizeNow !== file.size) {
@@ -337,8 +350,8 @@ export async function sendImage(
     const sendLiveBody = async (step: LiveBodyStep): Promise<number> => {
       if (step.fileSeq > MAX_PUMPED_FILE_SEQ) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `too many files for the pumped path`);
       watchdog.stop();
-      const counts = await options.filePump!.pump(step.file.fd, pumpFd!, 'seal', bodyKey!, fileBodyNoncePrefix(step.fileSeq), { signal: pumpAbort.signal }).catch((err: unknown) => {
-        throw failure ?? new FerryError(ErrorCode.TRANSFER_FAILED, `streaming ${step.file.path}: ${toFerryError(err).message}`, { cause: err });
+      const counts = await options.filePump!.pump(step.file.fd, pumpFd!, 'seal', bodyKey!, fileBodyNoncePrefix(step.fileSeq), { signal: pumpAbort.signal }).catch(async (err: unknown) => {
+        throw (await receiversReason()) ?? new FerryError(ErrorCode.TRANSFER_FAILED, `streaming ${step.file.path}: ${toFerryError(err).message}`, { cause: err });
       });
       step.sentBytes = counts.bytesIn;
       return counts.bytesIn;

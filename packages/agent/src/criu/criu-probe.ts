@@ -223,9 +223,15 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   // Only worth asking of a CRIU that works: a throwaway holding unread data in a FIFO.
   const pipeData = decision.dumpRestoreOk && (await attemptDumpRestore({ ...options, throwawayArgv: PIPE_DATA_THROWAWAY }, decision.needsFaultInjection)).ok;
   // A dump through this agent's image streamer, restored from what it received.
-  const streamAttempt = decision.dumpRestoreOk && options.streamSyscalls && /--stream\b/.test(help)
-    ? await attemptDumpRestore(options, decision.needsFaultInjection, { stream: true })
-    : undefined;
+  // Tried twice: on a loaded machine a throwaway dump fails now and then for reasons of its own
+  // (seen: "not stopped after dump" with several agents probing at once), and one such failure
+  // would leave this host without its fastest data path until it restarts.
+  const canStream = decision.dumpRestoreOk && options.streamSyscalls !== undefined && /--stream\b/.test(help);
+  let streamAttempt = canStream ? await attemptDumpRestore(options, decision.needsFaultInjection, { stream: true }) : undefined;
+  if (streamAttempt && !streamAttempt.ok) {
+    options.logger.warn({ problem: streamAttempt.problem }, 'criu dump --stream failed once; trying again');
+    streamAttempt = await attemptDumpRestore(options, decision.needsFaultInjection, { stream: true });
+  }
   const stream = streamAttempt?.ok === true;
   if (streamAttempt && !streamAttempt.ok) options.logger.warn({ problem: streamAttempt.problem }, 'criu dump --stream did not work here; memory will not stream');
   const problems = [
