@@ -13,8 +13,12 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <string>
+#include <thread>
 
 #include "fd-io.h"
 
@@ -197,53 +201,153 @@ void RunSeal(const PumpConfig& config, const PumpFd& in, const PumpFd& out, Fram
   ++outcome->frames;
 }
 
-void RunOpen(const PumpConfig& config, const PumpFd& in, const PumpFd& out, FrameCipher& cipher, uint8_t* frame,
-             PumpOutcome* outcome) {
-  IoError error;
-  // Exactly one frame is read at a time (header, then body): the pump never consumes a byte past
-  // the end frame, which belongs to whoever reads the descriptor next.
-  for (;;) {
-    if (CancelRequested(in.cancel_fd)) return FailCanceled(outcome);
-    const std::string where = "frame " + std::to_string(outcome->frames);
-    ssize_t n = ReadFull(in, frame, kHeaderBytes, &error);
-    if (n == -1) return FailIo(outcome, error, "reading the header of " + where);
-    if (n < static_cast<ssize_t>(kHeaderBytes)) {
-      return Fail(outcome, EPIPE, "sealedPump",
-                  "stream cut: input ended " + std::string(n == 0 ? "before " : "inside the header of ") + where +
-                      ", without the authenticated end frame");
+/**
+ * The open side's two halves, on two threads: this one reads and authenticates frames, a writer
+ * thread writes their plaintext out. Profiled on a 1 GiB migration, the receiving pump was the
+ * bottleneck, busy for the whole transfer, most of it in the write of the plaintext into the
+ * target's tmpfs (fresh page cache pages: a copy and an allocation per page), the rest in the
+ * socket read and the AES-GCM; one thread did them in turn, so the connection stalled while a
+ * frame was written. Two frame buffers go back and forth between the halves: while one frame is
+ * written, the next is read and opened.
+ */
+class OpenPipeline {
+ public:
+  OpenPipeline(const PumpConfig& config, const PumpFd& out, size_t frame_size)
+      : config_(config), out_(out), slots_{FrameBuffer(frame_size), FrameBuffer(frame_size)} {}
+
+  bool Ready() const { return slots_[0].data && slots_[1].data; }
+
+  /** The reading half, on the calling thread; the writer thread runs meanwhile. */
+  void Run(const PumpFd& in, FrameCipher& cipher, PumpOutcome* outcome) {
+    std::thread writer([this] { WriteLoop(); });
+    ReadLoop(in, cipher, outcome);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      reader_done_ = true;
     }
-    uint32_t len = GetBigEndian32(frame);
-    // Unauthenticated until its tag is checked: bound it before reading anything it asks for.
-    if (len > config.frame_bytes) {
-      return Fail(outcome, EMSGSIZE, "sealedPump",
-                  where + " claims " + std::to_string(len) + " bytes, more than frameBytes (" +
-                      std::to_string(config.frame_bytes) + "); refused");
+    changed_.notify_all();
+    writer.join();
+    outcome->bytes_out = bytes_written_;
+    // The first failure wins: a reader that stopped because the writer failed reports the writer's.
+    if (outcome->err == 0 && write_outcome_.err != 0) {
+      outcome->err = write_outcome_.err;
+      outcome->syscall = write_outcome_.syscall;
+      outcome->detail = write_outcome_.detail;
     }
-    size_t body = len + kTagBytes;
-    n = ReadFull(in, frame + kHeaderBytes, body, &error);
-    if (n == -1) return FailIo(outcome, error, "reading " + where);
-    if (n < static_cast<ssize_t>(body)) {
-      return Fail(outcome, EPIPE, "sealedPump", "stream cut: input ended inside " + where + ", without the authenticated end frame");
-    }
-    outcome->bytes_in += kHeaderBytes + body;
-    int opened = cipher.Open(frame, len);
-    if (opened == -1) return Fail(outcome, EIO, "EVP_DecryptUpdate", "AES-256-GCM failed");
-    if (opened == 0) {
-      return Fail(outcome, EBADMSG, "sealedPump",
-                  "authentication failed on " + where + " (wrong key or nonce prefix, or the stream was altered)");
-    }
-    ++outcome->frames;
-    if (len == 0) return;
-    if (config.max_out_bytes != 0 && outcome->bytes_out + len > config.max_out_bytes) {
-      return Fail(outcome, EFBIG, "sealedPump",
-                  where + " would take the stream past its bound of " + std::to_string(config.max_out_bytes) + " bytes; refused");
-    }
-    if (WriteAll(out, frame + kHeaderBytes, len, &error) == -1) {
-      return FailIo(outcome, error, "writing the plaintext of " + where);
-    }
-    outcome->bytes_out += len;
   }
-}
+
+ private:
+  struct Pending {
+    int slot;
+    uint32_t len;
+    uint64_t index;
+  };
+
+  void ReadLoop(const PumpFd& in, FrameCipher& cipher, PumpOutcome* outcome) {
+    IoError error;
+    uint64_t declared_out = 0;
+    for (int next = 0;; next ^= 1) {
+      // Wait until the slot is free (the writer is done with the frame it held) or the writer failed.
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        changed_.wait(lock, [&] { return writer_failed_ || !busy_[next]; });
+        if (writer_failed_) return;
+      }
+      uint8_t* frame = slots_[next].data.get();
+      if (CancelRequested(in.cancel_fd)) return FailCanceled(outcome);
+      const std::string where = "frame " + std::to_string(outcome->frames);
+      // Exactly one frame is read at a time (header, then body): the pump never consumes a byte
+      // past the end frame, which belongs to whoever reads the descriptor next.
+      ssize_t n = ReadFull(in, frame, kHeaderBytes, &error);
+      if (n == -1) return FailIo(outcome, error, "reading the header of " + where);
+      if (n < static_cast<ssize_t>(kHeaderBytes)) {
+        return Fail(outcome, EPIPE, "sealedPump",
+                    "stream cut: input ended " + std::string(n == 0 ? "before " : "inside the header of ") + where +
+                        ", without the authenticated end frame");
+      }
+      uint32_t len = GetBigEndian32(frame);
+      // Unauthenticated until its tag is checked: bound it before reading anything it asks for.
+      if (len > config_.frame_bytes) {
+        return Fail(outcome, EMSGSIZE, "sealedPump",
+                    where + " claims " + std::to_string(len) + " bytes, more than frameBytes (" +
+                        std::to_string(config_.frame_bytes) + "); refused");
+      }
+      size_t body = len + kTagBytes;
+      n = ReadFull(in, frame + kHeaderBytes, body, &error);
+      if (n == -1) return FailIo(outcome, error, "reading " + where);
+      if (n < static_cast<ssize_t>(body)) {
+        return Fail(outcome, EPIPE, "sealedPump", "stream cut: input ended inside " + where + ", without the authenticated end frame");
+      }
+      outcome->bytes_in += kHeaderBytes + body;
+      int opened = cipher.Open(frame, len);
+      if (opened == -1) return Fail(outcome, EIO, "EVP_DecryptUpdate", "AES-256-GCM failed");
+      if (opened == 0) {
+        return Fail(outcome, EBADMSG, "sealedPump",
+                    "authentication failed on " + where + " (wrong key or nonce prefix, or the stream was altered)");
+      }
+      ++outcome->frames;
+      if (len == 0) {
+        // The authenticated end: everything before it is queued or written; the writer drains it.
+        return;
+      }
+      if (config_.max_out_bytes != 0 && declared_out + len > config_.max_out_bytes) {
+        return Fail(outcome, EFBIG, "sealedPump",
+                    where + " would take the stream past its bound of " + std::to_string(config_.max_out_bytes) + " bytes; refused");
+      }
+      declared_out += len;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        busy_[next] = true;
+        queue_[queued_++ % 2] = Pending{next, len, outcome->frames - 1};
+      }
+      changed_.notify_all();
+    }
+  }
+
+  void WriteLoop() {
+    IoError error;
+    for (uint64_t taken = 0;; ++taken) {
+      Pending job{};
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        changed_.wait(lock, [&] { return queued_ > taken || reader_done_; });
+        if (queued_ <= taken) return;  // The reader is done and everything it queued is written.
+        job = queue_[taken % 2];
+      }
+      if (WriteAll(out_, slots_[job.slot].data.get() + kHeaderBytes, job.len, &error) == -1) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (error.err == kCanceledErrno) {
+          Fail(&write_outcome_, kCanceledErrno, "sealedPump", "stopped by its caller while writing frame " + std::to_string(job.index));
+        } else {
+          Fail(&write_outcome_, error.err, error.syscall, "writing the plaintext of frame " + std::to_string(job.index));
+        }
+        writer_failed_ = true;
+        changed_.notify_all();
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        bytes_written_ += job.len;
+        busy_[job.slot] = false;
+      }
+      changed_.notify_all();
+    }
+  }
+
+  const PumpConfig& config_;
+  const PumpFd& out_;
+  FrameBuffer slots_[2];
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool busy_[2] = {false, false};
+  /** Frames handed to the writer, in order (at most two outstanding: one per slot). */
+  Pending queue_[2] = {};
+  uint64_t queued_ = 0;
+  bool reader_done_ = false;
+  bool writer_failed_ = false;
+  uint64_t bytes_written_ = 0;
+  PumpOutcome write_outcome_;
+};
 
 }  // namespace
 
@@ -275,15 +379,21 @@ PumpOutcome RunSealedPump(PumpConfig& config) {
     Fail(&outcome, EIO, "EVP_CipherInit_ex", "AES-256-GCM setup failed");
     return outcome;
   }
-  FrameBuffer frame(kHeaderBytes + size_t{config.frame_bytes} + kTagBytes);
-  if (!frame.data) {
-    Fail(&outcome, ENOMEM, "sealedPump", "frame buffer");
-    return outcome;
-  }
+  const size_t frame_size = kHeaderBytes + size_t{config.frame_bytes} + kTagBytes;
   if (config.seal) {
+    FrameBuffer frame(frame_size);
+    if (!frame.data) {
+      Fail(&outcome, ENOMEM, "sealedPump", "frame buffer");
+      return outcome;
+    }
     RunSeal(config, in, out, cipher, frame.data.get(), &outcome);
   } else {
-    RunOpen(config, in, out, cipher, frame.data.get(), &outcome);
+    OpenPipeline pipeline(config, out, frame_size);
+    if (!pipeline.Ready()) {
+      Fail(&outcome, ENOMEM, "sealedPump", "frame buffers");
+      return outcome;
+    }
+    pipeline.Run(in, cipher, &outcome);
   }
   if (outcome.err == 0 && config.shutdown_out && shutdown(out.fd, SHUT_WR) == -1) {
     Fail(&outcome, errno, "shutdown", "outFd after the end frame");

@@ -241,6 +241,39 @@ describe('sealedPump', () => {
     expect(short.output.equals(data.subarray(0, 2 * FRAME_BYTES))).toBe(true);
   });
 
+  it('opens with its two halves overlapped: a slow writer gets every byte in order, a failing one fails the pump (EPIPE) without hanging it', async () => {
+    // Many frames, read in bursts while the output is drained slowly: reading and writing overlap.
+    const data = randomBytes(6 * MIB + 777);
+    const { wire } = await seal(data);
+    const input = endpoint();
+    const output = endpoint();
+    output.socket.pause();
+    const chunks: Buffer[] = [];
+    output.socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    const ended = new Promise((resolve) => output.socket.on('end', resolve));
+    const pump = sys.sealedPump(input.fd, output.fd, 'open', KEY, PREFIX_A, FRAME_BYTES);
+    input.socket.end(wire);
+    for (let i = 0; i < 20; i++) {
+      output.socket.resume();
+      await new Promise((r) => setTimeout(r, 5));
+      output.socket.pause();
+    }
+    output.socket.resume();
+    const counts = await pump;
+    await ended;
+    expect(Buffer.concat(chunks).equals(data)).toBe(true);
+    expect(counts.bytesOut).toBe(data.length);
+
+    // The writer fails (its reader went away): the pump rejects with the writer's error, not a hang.
+    const input2 = endpoint();
+    const [out2, reader2] = sys.socketpair();
+    fds.push(out2);
+    sys.close(reader2);
+    const failing = sys.sealedPump(input2.fd, out2, 'open', KEY, PREFIX_A, FRAME_BYTES, { shutdownOut: false });
+    input2.socket.end(wire);
+    await expect(failing).rejects.toMatchObject({ code: 'EPIPE', message: expect.stringMatching(/writing the plaintext of frame 0/) });
+  });
+
   it('runs a tunnel both ways at once over one socketpair (a prefix per direction)', async () => {
     const [w0, w1] = pair();
     const [aIn, aOut, bIn, bOut] = [endpoint(), endpoint(), endpoint(), endpoint()];
