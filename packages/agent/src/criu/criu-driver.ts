@@ -288,6 +288,9 @@ export class CriuDriver {
       '--tree', String(pid),
       '--images-dir', imagesDir,
       '--ghost-limit', String(this.options.ghostLimitBytes),
+      // File locks the tree holds (POSIX, OFD, flock) are dumped and taken again on restore;
+      // without it CRIU refuses any tree holding one ("Some file locks are hold by dumping tasks").
+      '--file-locks',
       // Its summary says how many memory pages went out: with a page server, nothing else here knows.
       '--display-stats',
       ...(leaveStopped ? ['--leave-stopped'] : []),
@@ -321,6 +324,7 @@ export class CriuDriver {
       '--pidfile', pidFile,
       ...(request.inheritFds ?? []).flatMap((f, i) => ['--inherit-fd', `fd[${3 + i}]:${f.key}`]),
       ...(request.tcpEstablished ? ['--tcp-established'] : []),
+      '--file-locks',
       ...this.options.extraRestoreArgs,
       ...(request.extraArgs ?? []),
     ];

@@ -21,6 +21,8 @@ import { isAlive, listTree } from '../host/process-tree';
 import { listLocalFiles, type FileDigests } from '../host/local-files';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
+import { locksHeld } from '../host/file-locks';
+import { inLocalDir } from '../host/local-dirs';
 import { pipesWithData } from '../host/pipe-data';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
 import type { PostCopySource } from '../post-copy/post-copy-source';
@@ -66,7 +68,7 @@ export class MigrationSource {
   /**
    * What must hold before a workload is frozen, else FAILED_PRECONDITION: its unlinked-but-open
    * local files fit the ghost limit (shared ones are pinned and travel by name), every inet
-   * socket can move (tcp-sockets.ts), and, where the target's CRIU cannot refill pipes
+   * socket can move (tcp-sockets.ts), every file lock is on a file in its local dirs (file-locks.ts), and, where the target's CRIU cannot refill pipes
    * (`targetPipeData` false, from its probe), no pipe or FIFO holds unread data (pipe-data.ts).
    * Returns the unlinked files found, for the pins.
    */
@@ -85,6 +87,17 @@ export class MigrationSource {
           { details: named },
         );
       }
+    }
+    // A lock moves only with a file that moves: its local dirs (host/file-locks.ts).
+    const stuckLocks = (await locksHeld(tree)).filter((l) => !inLocalDir(l.path, rec.localDirs ?? []));
+    if (stuckLocks.length > 0) {
+      const named = stuckLocks.slice(0, 5).map((l) => `${l.kind} lock on ${l.path} (pid ${l.pid} fd ${l.fd})`);
+      throw new FerryError(
+        ErrorCode.FAILED_PRECONDITION,
+        `workload ${rec.name} holds file locks outside its local dirs: ${named.join('; ')}. Until the target confirms, the frozen copy here keeps them, ` +
+          'so a target seeing the same file could not take them again; keep lock files in a directory declared with `ferry run --local-dir` (they then move with it), or release the locks',
+        { details: named },
+      );
     }
     const serviceIp = rec.address ? ipOf(rec.address) : null;
     const socketProblems = unmigratableSockets(
