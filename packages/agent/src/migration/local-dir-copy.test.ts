@@ -12,7 +12,7 @@ import { read, write } from 'node:fs';
 import { createLinuxSyscalls } from '@ferry/native';
 import { ErrorCode, silentLogger } from '@ferry/protocol';
 import { spillLiveFiles, type LiveImageFile } from '@ferry/transfer';
-import { assertLocalDirsFree, concatLive, LocalDirReceiver, LocalDirSender, localTarName, parseLocalTarName } from './local-dir-copy';
+import { assertLocalDirsFree, backdateSnapshot, concatLive, LocalDirReceiver, LocalDirSender, localTarName, parseLocalTarName } from './local-dir-copy';
 
 jest.setTimeout(60_000);
 
@@ -42,6 +42,39 @@ async function drainInto(live: AsyncIterable<LiveImageFile>, dir: string, onFile
 
 const getfattr = async (path: string) => (await promisify(execFile)('getfattr', ['--absolute-names', '-n', 'user.note', '--only-values', path]).catch(() => ({ stdout: '' }))).stdout;
 const setfattr = (path: string, value: string) => promisify(execFile)('setfattr', ['-n', 'user.note', '-v', value, path]);
+
+test('a snapshot is backdated by its start time only, and a file it does not recognise is refused', async () => {
+  const dir = join(base, 'd');
+  await mkdir(dir);
+  await writeFile(join(dir, 'a'), 'a');
+  const snap = join(base, 's.snar');
+  await promisify(execFile)('tar', ['--create', '--file=/dev/null', `--listed-incremental=${snap}`, '-C', dir, '.']);
+  const before = await readFile(snap);
+  await backdateSnapshot(snap, 2);
+  const after = await readFile(snap);
+  const seconds = (b: Buffer) => Number(b.subarray(b.indexOf(0x0a) + 1, b.indexOf(0x00)).toString());
+  expect(seconds(after)).toBe(seconds(before) - 2);
+  expect(after.subarray(after.indexOf(0x00)).equals(before.subarray(before.indexOf(0x00)))).toBe(true);
+  await writeFile(join(base, 'other'), 'not a snapshot\n1\u00002\u0000');
+  await expect(backdateSnapshot(join(base, 'other'), 2)).rejects.toMatchObject({ code: ErrorCode.CHECKPOINT_FAILED });
+});
+
+test('a file rewritten right after the first pass read it is in the second pass (the coarse clock lags tar\'s start)', async () => {
+  const src = join(base, 'src');
+  const dst = join(base, 'dst');
+  const images = join(base, 'images');
+  await mkdir(src);
+  await mkdir(images);
+  await writeFile(join(src, 'f'), 'old');
+  const sender = new LocalDirSender(sys, [src], join(base, 'work'), silentLogger);
+  const receiver = new LocalDirReceiver(sys, [dst], silentLogger);
+  await drainInto(sender.fullArchives(), images, (name, path) => receiver.onImageFile(name, path));
+  // At once: well within the tick the file's times may lag tar's start by.
+  await writeFile(join(src, 'f'), 'new');
+  await drainInto(sender.incrementalArchives(), images);
+  await receiver.beforeRestore(images);
+  expect(await readFile(join(dst, 'f'), 'utf8')).toBe('new');
+});
 
 test('names: index and pass, and nothing else parses', () => {
   expect(parseLocalTarName(localTarName(3, 'full'))).toEqual({ index: 3, pass: 'full' });

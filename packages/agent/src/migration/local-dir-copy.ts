@@ -20,7 +20,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LinuxSyscalls } from '@ferry/native';
 import { ErrorCode, FerryError, type Logger } from '@ferry/protocol';
@@ -46,12 +46,6 @@ const KEEP = ['--xattrs', '--xattrs-include=*', '--acls', '--numeric-owner'];
 const TAR_FILE_CHANGED = 1;
 
 export type LocalDirSyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close'>;
-
-/** Counts of the first pass, for the checkpoint's reply. */
-export interface PrecopyStats {
-  bytes: number;
-  ms: number;
-}
 
 /**
  * Source side: the archives of one checkpoint, as live image files for the sender. `fullArchives`
@@ -104,12 +98,14 @@ export class LocalDirSender {
       // tar updates a snapshot in place: the second pass works on a copy of the first's.
       const second = `${this.snapshots[i]!}.2`;
       await copyFile(this.snapshots[i]!, second);
+      await backdateSnapshot(second, SNAPSHOT_SLACK_S);
       yield* this.archive(dir, localTarName(i, 'incr'), second);
     }
   }
 
-  stats(bytes: number): PrecopyStats {
-    return { bytes, ms: Math.round(this.precopyMs) };
+  /** How long the first pass took, from the first archive's start to the target having them all. */
+  get precopyMilliseconds(): number {
+    return Math.round(this.precopyMs);
   }
 
   /** One archive of `dir` on a socket pair whose read end the sender pumps; tar's status checked once it is through. */
@@ -153,6 +149,33 @@ export class LocalDirSender {
     }
     this.log.info({ dir, archive: name, changedWhileRead: code === TAR_FILE_CHANGED }, 'local dir archived');
   }
+}
+
+/**
+ * How far the second pass looks back before the first pass began. tar takes "changed since" from
+ * the snapshot: the first pass's start, read from a fine clock; but a file's mtime and ctime come
+ * from the kernel's coarse clock, which lags it by up to a tick. A file the first pass read and the
+ * workload rewrote within that tick would carry a time before the snapshot's and be left out of the
+ * second pass: the target would keep the old bytes (a unit test caught it). Backdated by this much,
+ * the second pass also carries files last changed in the seconds before the first began: a few
+ * more bytes while frozen, never a stale file.
+ */
+const SNAPSHOT_SLACK_S = 2;
+
+/**
+ * Moves the start time a --listed-incremental snapshot records (format 2: the version line, then
+ * seconds NUL nanoseconds NUL) `seconds` earlier.
+ */
+export async function backdateSnapshot(path: string, seconds: number): Promise<void> {
+  const data = await readFile(path);
+  const lineEnd = data.indexOf(0x0a);
+  const secondsEnd = data.indexOf(0x00, lineEnd + 1);
+  const header = data.subarray(0, lineEnd).toString('latin1');
+  const recorded = Number(data.subarray(lineEnd + 1, secondsEnd).toString('latin1'));
+  if (!/^GNU tar-[\d.]+-2$/.test(header) || lineEnd < 0 || secondsEnd < 0 || !Number.isSafeInteger(recorded)) {
+    throw new FerryError(ErrorCode.CHECKPOINT_FAILED, `tar snapshot ${path} is not in the format ferry reads (${JSON.stringify(header.slice(0, 40))})`);
+  }
+  await writeFile(path, Buffer.concat([data.subarray(0, lineEnd + 1), Buffer.from(String(Math.max(0, recorded - seconds)), 'latin1'), data.subarray(secondsEnd)]));
 }
 
 /** Removes the workload's local dirs from the source, once the target has confirmed the move. */

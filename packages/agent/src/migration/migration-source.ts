@@ -270,7 +270,7 @@ export class MigrationSource {
         throw new FerryError(ErrorCode.INTERNAL, 'the image stream ended before the local dirs were across');
       }),
     ]);
-    const ms = local.stats(0).ms;
+    const ms = local.precopyMilliseconds;
     log.info({ dirs, ms }, 'local dirs pre-copied');
     return {
       sendImage: (live) => {
