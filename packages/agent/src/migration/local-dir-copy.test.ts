@@ -50,13 +50,17 @@ test('a snapshot is backdated by its start time only, and a file it does not rec
   const snap = join(base, 's.snar');
   await promisify(execFile)('tar', ['--create', '--file=/dev/null', `--listed-incremental=${snap}`, '-C', dir, '.']);
   const before = await readFile(snap);
-  await backdateSnapshot(snap, 2);
+  await backdateSnapshot(snap, 2_500_000_000n);
   const after = await readFile(snap);
-  const seconds = (b: Buffer) => Number(b.subarray(b.indexOf(0x0a) + 1, b.indexOf(0x00)).toString());
-  expect(seconds(after)).toBe(seconds(before) - 2);
-  expect(after.subarray(after.indexOf(0x00)).equals(before.subarray(before.indexOf(0x00)))).toBe(true);
+  /** The recorded start in ns, and what follows it. */
+  const parse = (b: Buffer) => {
+    const [sec, ns] = b.subarray(b.indexOf(0x0a) + 1).toString('latin1').split('\0');
+    return { at: BigInt(sec!) * 1_000_000_000n + BigInt(ns!), rest: b.subarray(b.indexOf(0x00, b.indexOf(0x00) + 1)) };
+  };
+  expect(parse(before).at - parse(after).at).toBe(2_500_000_000n);
+  expect(parse(after).rest.equals(parse(before).rest)).toBe(true);
   await writeFile(join(base, 'other'), 'not a snapshot\n1\u00002\u0000');
-  await expect(backdateSnapshot(join(base, 'other'), 2)).rejects.toMatchObject({ code: ErrorCode.CHECKPOINT_FAILED });
+  await expect(backdateSnapshot(join(base, 'other'), 1n)).rejects.toMatchObject({ code: ErrorCode.CHECKPOINT_FAILED });
 });
 
 test('a file rewritten right after the first pass read it is in the second pass (the coarse clock lags tar\'s start)', async () => {

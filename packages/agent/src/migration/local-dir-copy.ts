@@ -98,7 +98,7 @@ export class LocalDirSender {
       // tar updates a snapshot in place: the second pass works on a copy of the first's.
       const second = `${this.snapshots[i]!}.2`;
       await copyFile(this.snapshots[i]!, second);
-      await backdateSnapshot(second, SNAPSHOT_SLACK_S);
+      await backdateSnapshot(second, SNAPSHOT_SLACK_NS);
       yield* this.archive(dir, localTarName(i, 'incr'), second);
     }
   }
@@ -154,28 +154,35 @@ export class LocalDirSender {
 /**
  * How far the second pass looks back before the first pass began. tar takes "changed since" from
  * the snapshot: the first pass's start, read from a fine clock; but a file's mtime and ctime come
- * from the kernel's coarse clock, which lags it by up to a tick. A file the first pass read and the
- * workload rewrote within that tick would carry a time before the snapshot's and be left out of the
- * second pass: the target would keep the old bytes (a unit test caught it). Backdated by this much,
- * the second pass also carries files last changed in the seconds before the first began: a few
- * more bytes while frozen, never a stale file.
+ * from the kernel's coarse clock, which lags it by up to a tick (1-10 ms). A file the first pass
+ * read and the workload rewrote within that tick would carry a time before the snapshot's and be
+ * left out of the second pass: the target would keep the old bytes (a unit test caught it).
+ * Backdated by ten ticks of the slowest kernel clock, the second pass also carries files last
+ * changed just before the first began: a few more bytes while frozen, never a stale file. (Two
+ * seconds made it carry whole directories written just before a migration: 1.4 s of downtime for
+ * a 512 MiB one in the bench.)
  */
-const SNAPSHOT_SLACK_S = 2;
+const SNAPSHOT_SLACK_NS = 100_000_000n;
 
 /**
  * Moves the start time a --listed-incremental snapshot records (format 2: the version line, then
- * seconds NUL nanoseconds NUL) `seconds` earlier.
+ * seconds NUL nanoseconds NUL) `slackNs` nanoseconds earlier.
  */
-export async function backdateSnapshot(path: string, seconds: number): Promise<void> {
+export async function backdateSnapshot(path: string, slackNs: bigint): Promise<void> {
   const data = await readFile(path);
   const lineEnd = data.indexOf(0x0a);
   const secondsEnd = data.indexOf(0x00, lineEnd + 1);
-  const header = data.subarray(0, lineEnd).toString('latin1');
-  const recorded = Number(data.subarray(lineEnd + 1, secondsEnd).toString('latin1'));
-  if (!/^GNU tar-[\d.]+-2$/.test(header) || lineEnd < 0 || secondsEnd < 0 || !Number.isSafeInteger(recorded)) {
+  const nanosEnd = data.indexOf(0x00, secondsEnd + 1);
+  const header = data.subarray(0, Math.max(0, lineEnd)).toString('latin1');
+  const seconds = data.subarray(lineEnd + 1, secondsEnd).toString('latin1');
+  const nanos = data.subarray(secondsEnd + 1, nanosEnd).toString('latin1');
+  if (lineEnd < 0 || secondsEnd < 0 || nanosEnd < 0 || !/^GNU tar-[\d.]+-2$/.test(header) || !/^\d{1,15}$/.test(seconds) || !/^\d{1,9}$/.test(nanos)) {
     throw new FerryError(ErrorCode.CHECKPOINT_FAILED, `tar snapshot ${path} is not in the format ferry reads (${JSON.stringify(header.slice(0, 40))})`);
   }
-  await writeFile(path, Buffer.concat([data.subarray(0, lineEnd + 1), Buffer.from(String(Math.max(0, recorded - seconds)), 'latin1'), data.subarray(secondsEnd)]));
+  let at = BigInt(seconds) * 1_000_000_000n + BigInt(nanos) - slackNs;
+  if (at < 0n) at = 0n;
+  const time = Buffer.from(`${at / 1_000_000_000n}\0${at % 1_000_000_000n}`, 'latin1');
+  await writeFile(path, Buffer.concat([data.subarray(0, lineEnd + 1), time, data.subarray(nanosEnd)]));
 }
 
 /** Removes the workload's local dirs from the source, once the target has confirmed the move. */
