@@ -219,7 +219,14 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const pageServerTls = await probePageServerTls(help, path.join(options.workDir, `criu-probe-tls-${process.pid}`));
   // ferry's page tunnel hands CRIU a connected socket; the agent adds whether it can seal (start-agent.ts).
   const pageTunnel = /--ps-socket\b/.test(help);
-  const decision = await decideFaultInjection((faultInjection) => attemptDumpRestore(options, faultInjection));
+  let decision = await decideFaultInjection((faultInjection) => attemptDumpRestore(options, faultInjection));
+  if (!decision.dumpRestoreOk) {
+    // Once more before declaring CRIU unusable here: with several agents probing at once a
+    // throwaway was now and then found running after `--leave-stopped` ("not stopped after dump
+    // (state R)", both ways in a row), and an unusable host takes no migrations until it restarts.
+    options.logger.warn({ problem: decision.problem }, 'the throwaway dump and restore failed; probing once more');
+    decision = await decideFaultInjection((faultInjection) => attemptDumpRestore(options, faultInjection));
+  }
   // Only worth asking of a CRIU that works: a throwaway holding unread data in a FIFO.
   const pipeData = decision.dumpRestoreOk && (await attemptDumpRestore({ ...options, throwawayArgv: PIPE_DATA_THROWAWAY }, decision.needsFaultInjection)).ok;
   // A dump through this agent's image streamer, restored from what it received.
