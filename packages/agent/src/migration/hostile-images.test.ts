@@ -14,6 +14,10 @@ import { parsePagemap } from '../criu/pagemap-image';
 import { pagemapEntry, pagemapHeader, varint } from '../test-fixtures/pagemap-fixtures';
 import { checkManifestForTarget, readManifest } from './manifest-file';
 
+// 3,000 manifests are written and read back from disk: seconds on a loaded 2-core machine (a full
+// `npm test` run timed out at jest's default 5 s), well under a second alone.
+jest.setTimeout(60_000);
+
 const CASES = 3_000;
 
 /** mulberry32: the same cases every run, so a failure can be replayed. */
