@@ -146,7 +146,7 @@ export default defineConfig(
   {
     // These tests run the transfer with what the agent injects into it: FilePump and InPlaceAead
     // are interfaces whose real implementations are @ferry/native's sealed pump and aeadInPlace.
-    files: ['packages/transfer/src/pumped-direct-path.test.ts', 'packages/transfer/src/live-image-files.test.ts', 'packages/transfer/src/chunk-cipher.test.ts'],
+    files: ['packages/transfer/src/pumped-direct-path.test.ts', 'packages/transfer/src/live-image-files.test.ts', 'packages/transfer/src/test-native-pump.ts', 'packages/transfer/src/chunk-cipher.test.ts'],
     rules: importsFor(['@ferry/*', '!@ferry/protocol', '!@ferry/native'], 'transfer tests build on @ferry/protocol, and @ferry/native for the real pump and cipher.'),
   },
   {

@@ -9,25 +9,19 @@ import { write } from 'node:fs';
 import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { createLinuxSyscalls, SEEK_CUR, SHUT_WR, socketFd } from '@ferry/native';
+import { SHUT_WR } from '@ferry/native';
 import { encode, ErrorCode, subjects } from '@ferry/protocol';
 import type { FilePump } from './file-pump';
 import { ImageReceiver, sendImage, type LiveImageFile } from './index';
 import { fileFrame, MIB, rejection, TransferTestBed } from './test-transfer-bed';
+import { nativePump, sys } from './test-native-pump';
 
 jest.setTimeout(60_000);
 
 const bed = TransferTestBed.install();
-const sys = createLinuxSyscalls();
 const KEY = randomBytes(32);
 const writeFd = promisify(write);
 
-const nativePump: FilePump = {
-  socketFd: (socket) => socketFd(socket),
-  pump: (inFd, outFd, mode, key, prefix, { signal, maxOutBytes }) =>
-    sys.sealedPump(inFd, outFd, mode, key, prefix, 256 * 1024, { signal, shutdownOut: false, maxOutBytes: maxOutBytes ?? 0 }),
-  offset: (fd) => sys.lseek(fd, 0, SEEK_CUR),
-};
 
 const receiving = { directListenAddress: '127.0.0.1', imageKey: KEY, filePump: nativePump };
 const sending = { imageKey: KEY, filePump: nativePump };

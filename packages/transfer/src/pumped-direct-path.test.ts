@@ -6,25 +6,17 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createLinuxSyscalls, SEEK_CUR, socketFd } from '@ferry/native';
 import { decode, encode, ErrorCode, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import type { FilePump } from './file-pump';
 import { ImageReceiver, sendImage } from './index';
 import { MIB, rejection, TransferTestBed } from './test-transfer-bed';
+import { nativePump } from './test-native-pump';
 
 jest.setTimeout(60_000);
 
 const bed = TransferTestBed.install();
-const sys = createLinuxSyscalls();
 const KEY = randomBytes(32);
 
-/** The agent's pump (native-file-pump.ts), made here from the addon directly. */
-const nativePump: FilePump = {
-  socketFd: (socket) => socketFd(socket),
-  pump: (inFd, outFd, mode, key, prefix, { signal, maxOutBytes }) =>
-    sys.sealedPump(inFd, outFd, mode, key, prefix, 256 * 1024, { signal, shutdownOut: false, maxOutBytes: maxOutBytes ?? 0 }),
-  offset: (fd) => sys.lseek(fd, 0, SEEK_CUR),
-};
 
 const receiving = { directListenAddress: '127.0.0.1', imageKey: KEY, filePump: nativePump };
 const sending = { imageKey: KEY, filePump: nativePump, transport: 'direct' as const };
