@@ -3,6 +3,7 @@
  * assertions on the rendered objects. helm is built by the set-up into .tools/bin/helm.
  */
 import { execFile, spawn } from 'node:child_process';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -71,10 +72,10 @@ describe('helm chart', () => {
     const agent = pod.containers[0];
     expect(agent.securityContext.privileged).toBe(true);
     const mounts = Object.fromEntries(agent.volumeMounts.map((m: JsonDoc) => [m.mountPath, m]));
-    expect(Object.keys(mounts).sort()).toEqual(['/dev/fuse', '/run/ferry', '/run/ferry-nats', '/sys/fs/cgroup', '/var/lib/ferry']);
+    expect(Object.keys(mounts).sort()).toEqual(['/dev/fuse', '/run/ferry', '/run/ferry-nats', '/run/ferry-nats-tls', '/sys/fs/cgroup', '/var/lib/ferry']);
     expect(mounts['/run/ferry'].mountPropagation).toBe('Bidirectional');
     const volumes = Object.fromEntries(pod.volumes.map((v: JsonDoc) => [v.name, v.hostPath?.path]));
-    expect(volumes).toEqual({ data: '/var/lib/ferry', 'run-ferry': '/run/ferry', cgroup: '/sys/fs/cgroup', 'dev-fuse': '/dev/fuse', 'nats-credentials': undefined });
+    expect(volumes).toEqual({ data: '/var/lib/ferry', 'run-ferry': '/run/ferry', cgroup: '/sys/fs/cgroup', 'dev-fuse': '/dev/fuse', 'nats-credentials': undefined, 'nats-tls-ca': undefined });
     // The agent's own credentials file, root-only (the agent runs as root, the file's owner).
     expect(pod.volumes.find((v: JsonDoc) => v.name === 'nats-credentials').secret).toEqual({
       secretName: 'rel-ferry-credentials',
@@ -109,7 +110,7 @@ describe('helm chart', () => {
     ]);
     expect(coordPod.volumes.find((v: JsonDoc) => v.name === 'nats-credentials').secret.items).toEqual([{ key: 'nats-credentials-coordinator.json', path: 'credentials.json' }]);
     expect(coordPod.volumes.find((v: JsonDoc) => v.name === 'nats-credentials-copy').emptyDir.medium).toBe('Memory');
-    expect(coord.volumeMounts.map((m: JsonDoc) => m.mountPath).sort()).toEqual(['/etc/ferry', '/run/ferry-nats']);
+    expect(coord.volumeMounts.map((m: JsonDoc) => m.mountPath).sort()).toEqual(['/etc/ferry', '/run/ferry-nats', '/run/ferry-nats-tls']);
     expect(coordEnv.FERRY_HTTP_ADDRESS).toBe('0.0.0.0');
     expect(coord.envFrom).toEqual([{ configMapRef: { name: 'rel-ferry-config' } }]);
     const config = find(objects, 'ConfigMap', 'rel-ferry-config');
@@ -124,12 +125,14 @@ describe('helm chart', () => {
     const passwords = ['coordinator', 'agent', 'cli'].map((p) => secret.stringData[`nats-${p}-password`]);
     for (const pw of passwords) expect(pw).toMatch(/^[A-Za-z0-9]{32}$/);
     expect(new Set(passwords).size).toBe(3);
-    expect(JSON.parse(secret.stringData['nats-credentials-coordinator.json'])).toEqual({ v: 1, user: 'coordinator', password: passwords[0] });
-    expect(JSON.parse(secret.stringData['nats-credentials-agent.json'])).toEqual({ v: 1, user: 'agent', password: passwords[1], inboxPrefix: '_INBOX_agent' });
-    expect(JSON.parse(secret.stringData['nats-credentials-cli.json'])).toEqual({ v: 1, user: 'cli', password: passwords[2], inboxPrefix: '_INBOX_cli' });
+    const tls = { caFile: '/run/ferry-nats-tls/ca.crt' };
+    expect(JSON.parse(secret.stringData['nats-credentials-coordinator.json'])).toEqual({ v: 1, user: 'coordinator', password: passwords[0], tls });
+    expect(JSON.parse(secret.stringData['nats-credentials-agent.json'])).toEqual({ v: 1, user: 'agent', password: passwords[1], inboxPrefix: '_INBOX_agent', tls });
+    expect(JSON.parse(secret.stringData['nats-credentials-cli.json'])).toEqual({ v: 1, user: 'cli', password: passwords[2], inboxPrefix: '_INBOX_cli', tls });
     const natsEnv = envOf(find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec.containers[0]);
     expect(natsEnv.NATS_AGENT_PASSWORD).toEqual({ secretKeyRef: { name: 'rel-ferry-credentials', key: 'nats-agent-password' } });
-    expect(find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf']).not.toMatch(/tls \{/);
+    // TLS by default, with the chart's own CA (the next test looks at it).
+    expect(find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf']).toMatch(/tls \{/);
     expect(secret.stringData['redis-url']).toBe(`redis://:${secret.stringData['redis-password']}@rel-ferry-redis:6379/0`);
     expect(find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec.containers[0].image).toMatch(/^nats:/);
     expect(find(objects, 'StatefulSet', 'rel-ferry-redis').spec.volumeClaimTemplates[0].spec.resources.requests.storage).toBe('1Gi');
@@ -242,6 +245,40 @@ describe('helm chart', () => {
     }
   });
 
+  test('TLS by default: the chart makes a CA and a server certificate for the NATS Service, keeps no CA key, and every pod trusts ca.crt; generate=false is plain TCP', async () => {
+    const objects = await render();
+    const tlsSecret = find(objects, 'Secret', 'rel-ferry-nats-tls');
+    expect(tlsSecret.type).toBe('kubernetes.io/tls');
+    expect(Object.keys(tlsSecret.data).sort()).toEqual(['ca.crt', 'tls.crt', 'tls.key']);
+    const pem = (k: string) => Buffer.from(tlsSecret.data[k], 'base64').toString('utf8');
+    const ca = new X509Certificate(pem('ca.crt'));
+    const cert = new X509Certificate(pem('tls.crt'));
+    expect(ca.ca).toBe(true);
+    expect(cert.ca).toBe(false);
+    expect(cert.verify(ca.publicKey)).toBe(true);
+    expect(cert.checkHost('rel-ferry-nats')).toBe('rel-ferry-nats');
+    expect(cert.checkHost('rel-ferry-nats.ferry-system.svc.cluster.local')).toBe('rel-ferry-nats.ferry-system.svc.cluster.local');
+    expect(cert.checkHost('evil.example')).toBeUndefined();
+    expect(createPrivateKey(pem('tls.key')).asymmetricKeyType).toBe('rsa');
+    // Nowhere a second private key (the CA's): nothing more can be signed with it.
+    const secretTexts = objects
+      .filter((o) => o.kind === 'Secret')
+      .flatMap((o) => [...Object.values((o.data ?? {}) as Record<string, string>).map((v) => Buffer.from(v, 'base64').toString('utf8')), ...Object.values((o.stringData ?? {}) as Record<string, string>)]);
+    expect(secretTexts.join('\n').match(/BEGIN [A-Z ]*PRIVATE KEY/g)).toHaveLength(1);
+    expect(find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf']).toContain('cert_file: "/etc/nats-tls/tls.crt"');
+    const nats = find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec;
+    expect(nats.volumes.find((v: JsonDoc) => v.name === 'tls').secret).toEqual({ secretName: 'rel-ferry-nats-tls', defaultMode: 0o400 });
+    for (const pod of [find(objects, 'DaemonSet', 'rel-ferry-agent').spec.template.spec, find(objects, 'Deployment', 'rel-ferry-coordinator').spec.template.spec]) {
+      expect(pod.volumes.find((v: JsonDoc) => v.name === 'nats-tls-ca').secret.secretName).toBe('rel-ferry-nats-tls');
+    }
+    const plain = await render([], ['--set', 'nats.tls.generate=false']);
+    expect(plain.some((o) => o.kind === 'Secret' && o.metadata.name === 'rel-ferry-nats-tls')).toBe(false);
+    expect(find(plain, 'ConfigMap', 'rel-ferry-nats').data['nats.conf']).not.toMatch(/tls \{/);
+    expect(JSON.parse(find(plain, 'Secret', 'rel-ferry-credentials').stringData['nats-credentials-agent.json']).tls).toBeUndefined();
+    const external = await render(['external.yaml']);
+    expect(external.some((o) => o.metadata.name === 'rel-ferry-nats-tls')).toBe(false);
+  });
+
   test('TLS from an existing Secret: nats-server requires it, every pod trusts its ca.crt', async () => {
     const objects = await render([], ['--set', 'nats.tls.existingSecret=ferry-nats-tls', '--set', 'nats.auth.passwords.cli=operator-chosen-password-1']);
     const conf = find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf'];
@@ -272,7 +309,13 @@ describe('helm chart', () => {
       });
     });
     const dir = mkdtempSync(join(tmpdir(), 'ferry-helm-nats-'));
-    const conf = find(objects, 'ConfigMap', 'rel-ferry-nats').data['nats.conf'].replace(/^port: 4222$/m, `port: ${port}\nhost: 127.0.0.1`).replace(/^http_port: .*$/m, '');
+    // The chart's own TLS files, where the rendered config and credentials expect them (paths rewritten into `dir`).
+    const tlsData = find(objects, 'Secret', 'rel-ferry-nats-tls').data;
+    for (const k of ['ca.crt', 'tls.crt', 'tls.key']) writeFileSync(join(dir, k), Buffer.from(tlsData[k], 'base64'), { mode: 0o600 });
+    const conf = find(objects, 'ConfigMap', 'rel-ferry-nats')
+      .data['nats.conf'].replace(/^port: 4222$/m, `port: ${port}\nhost: 127.0.0.1`)
+      .replace(/^http_port: .*$/m, '')
+      .replaceAll('/etc/nats-tls/', `${dir}/`);
     writeFileSync(join(dir, 'nats.conf'), conf);
     const env = { ...process.env, NATS_COORDINATOR_PASSWORD: secret['nats-coordinator-password'], NATS_AGENT_PASSWORD: secret['nats-agent-password'], NATS_CLI_PASSWORD: secret['nats-cli-password'] };
     const server = spawn('/usr/sbin/nats-server', ['-c', join(dir, 'nats.conf')], { env, stdio: 'ignore' });
@@ -290,12 +333,20 @@ describe('helm chart', () => {
       const as = async (principal: string) => {
         // The credentials reader insists on 0600, as the pods' 0400 Secret files are.
         const file = join(dir, `${principal}.json`);
-        writeFileSync(file, secret[`nats-credentials-${principal}.json`], { mode: 0o600 });
-        const nc = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false, ...natsAuthOptionsFromFile(file) });
+        writeFileSync(file, secret[`nats-credentials-${principal}.json`].replace('/run/ferry-nats-tls/', `${dir}/`), { mode: 0o600 });
+        const auth = natsAuthOptionsFromFile(file);
+        // The certificate names the Service, not 127.0.0.1: dial the address, check the Service's name.
+        const nc = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false, ...auth, tls: { ...auth.tls, servername: 'rel-ferry-nats' } });
         connections.push(nc);
         return nc;
       };
-      const anonymous = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false }).then(
+      // Plain TCP is refused outright; TLS without a user too.
+      const plainTcp = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false }).then(
+        (nc) => (connections.push(nc), 'connected'),
+        (e: { code?: string; message?: string }) => e.code ?? e.message,
+      );
+      expect(plainTcp).not.toBe('connected');
+      const anonymous = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false, tls: { caFile: join(dir, 'ca.crt'), servername: 'rel-ferry-nats' } }).then(
         (nc) => (connections.push(nc), 'connected'),
         (e: { code?: string }) => e.code,
       );

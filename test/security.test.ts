@@ -1,6 +1,6 @@
 /**
  * Security against real nats-server with authentication, subject permissions and TLS on (the dev
- * cluster's `--tls`): who may connect, an agent's credentials commanding another agent, a
+ * cluster's defaults): who may connect, an agent's credentials commanding another agent, a
  * migration whose transfer subjects are captured and searched for the workload's memory, a forged
  * frame injected into a live migration, and a seeded fuzz of the agents' and coordinator's subjects.
  */
@@ -28,7 +28,7 @@ const dirs: string[] = [];
 const extraConnections: NatsConnection[] = [];
 
 beforeAll(async () => {
-  cluster = await startTestCluster(CLUSTER, 221, { natsTls: true });
+  cluster = await startTestCluster(CLUSTER, 221);
 });
 
 afterAll(async () => {
@@ -104,6 +104,8 @@ test('NATS refuses clients without credentials, with a wrong password or without
   // TLS, trusted CA, no user: the server refuses.
   expect(await tryConnect({ tls: { caFile: cli.tls.caFile } })).toBe('AUTHORIZATION_VIOLATION');
   expect(await tryConnect({ tls: { caFile: cli.tls.caFile }, user: 'cli', pass: 'not-the-password-at-all' })).toBe('AUTHORIZATION_VIOLATION');
+  // Right credentials over plain TCP: TLS is the dev cluster's default, the server requires it.
+  expect(await tryConnect({ user: 'cli', pass: cli.password })).not.toBe('connected');
   // Right credentials, but the server's certificate is not trusted without the dev CA.
   expect(await tryConnect({ tls: {}, user: 'cli', pass: cli.password })).not.toBe('connected');
   expect(await tryConnect({ user: 'cli', pass: cli.password, tls: { caFile: cli.tls.caFile } })).toBe('connected');

@@ -92,10 +92,10 @@ Call with (dict "ctx" $ "principal" "agent").
     items:
       - key: nats-credentials-{{ .principal }}.json
         path: credentials.json
-{{- if .ctx.Values.nats.tls.existingSecret }}
+{{- if include "ferry.natsTlsSecret" .ctx }}
 - name: nats-tls-ca
   secret:
-    secretName: {{ .ctx.Values.nats.tls.existingSecret }}
+    secretName: {{ include "ferry.natsTlsSecret" .ctx }}
     defaultMode: 292  # 0444
     items:
       - key: ca.crt
@@ -104,9 +104,23 @@ Call with (dict "ctx" $ "principal" "agent").
 {{- end }}
 {{- end -}}
 
+{{/*
+The Secret with the bundled NATS's ca.crt, tls.crt and tls.key: the operator's (nats.tls.existingSecret),
+else the one the chart generates (nats.tls.generate, the default); empty: plain TCP (or no bundled NATS).
+*/}}
+{{- define "ferry.natsTlsSecret" -}}
+{{- if .Values.nats.enabled -}}
+{{- if .Values.nats.tls.existingSecret -}}
+{{- .Values.nats.tls.existingSecret -}}
+{{- else if .Values.nats.tls.generate -}}
+{{- printf "%s-nats-tls" (include "ferry.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Mounts of the CA for NATS TLS (the credentials file is mounted by each pod: see the templates). */}}
 {{- define "ferry.natsTlsMounts" -}}
-{{- if and .Values.nats.enabled .Values.nats.tls.existingSecret }}
+{{- if include "ferry.natsTlsSecret" . }}
 - name: nats-tls-ca
   mountPath: /run/ferry-nats-tls
   readOnly: true

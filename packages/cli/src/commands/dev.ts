@@ -14,11 +14,11 @@ export function registerDev(program: Command): Command {
     .option('--hosts <n>', 'number of hosts', (v) => Number(v), 2)
     .option('--kafka', 'also start a single-node Kafka broker (KRaft) on 127.0.0.1:9092; the coordinator produces events to ferry.events and consumes ferry.requests')
     .option('--ssh', "run sshd in every host and install each agent through it, as `ferry hosts add` does (ssh2, host keys checked)")
-    .option('--tls', 'nats-server requires TLS (certificates from a throwaway CA made with openssl; clients trust it through their credentials files)')
+    .option('--no-tls', 'plain TCP to nats-server (default with auth: TLS, certificates from a throwaway CA made with openssl; clients trust it through their credentials files)')
     .option('--no-auth', 'anonymous NATS without subject permissions (default: one user per role, credentials 0600 under /run/ferry/dev/ferry/nats-auth)')
     .option('--json', 'print the cluster state as JSON')
     .action(
-      action(async (opts: { hosts: number; kafka?: boolean; ssh?: boolean; tls?: boolean; auth: boolean; json?: boolean }) => {
+      action(async (opts: { hosts: number; kafka?: boolean; ssh?: boolean; tls: boolean; auth: boolean; json?: boolean }) => {
         // --ssh: no agent started directly; each is installed through its host's sshd instead.
         const state = await startLocalCluster({
           name: DEV_CLUSTER,
@@ -27,7 +27,8 @@ export function registerDev(program: Command): Command {
           agentHosts: opts.ssh ? [] : undefined,
           hostSshd: opts.ssh,
           natsAuth: opts.auth,
-          natsTls: opts.tls,
+          // TLS needs the credentials files to carry the CA: --no-auth means plain TCP too.
+          natsTls: opts.auth && opts.tls,
         });
         if (opts.ssh) {
           await bootstrapDevHosts(state).catch(async (err: unknown) => {

@@ -47,6 +47,13 @@ describe('compileDevClusterOptions', () => {
     expect(options).toMatchObject({ name: 'ferry', natsPort: 4222, redisPort: 6379, subnetIndex: 0 });
   });
 
+  it('turns NATS auth and TLS on by default; anonymous NATS is plain TCP, and TLS without auth is refused', () => {
+    expect(compileDevClusterOptions(commands)).toMatchObject({ natsAuth: true, natsTls: true });
+    expect(compileDevClusterOptions({ ...commands, natsTls: false })).toMatchObject({ natsAuth: true, natsTls: false });
+    expect(compileDevClusterOptions({ ...commands, natsAuth: false })).toMatchObject({ natsAuth: false, natsTls: false });
+    expect(() => compileDevClusterOptions({ ...commands, natsAuth: false, natsTls: true })).toThrow(/natsTls needs natsAuth/);
+  });
+
   it.each([
     [{ name: 'Bad_Name' }],
     [{ name: 'waytoolongname' }],

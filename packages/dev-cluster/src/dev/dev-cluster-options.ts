@@ -68,7 +68,11 @@ export interface DevClusterOptions {
   hostSshd: boolean;
   /** NATS users with subject permissions per role (credentials files 0600 in the state dir); false: anonymous NATS. */
   natsAuth: boolean;
-  /** nats-server requires TLS (a throwaway CA made with openssl); needs natsAuth (the CA travels in the credentials files). */
+  /**
+   * nats-server requires TLS (a throwaway CA made with openssl); needs natsAuth (the CA travels in
+   * the credentials files). On by default with natsAuth: the control plane carries credentials and
+   * sealed keys, and the image frames' sizes and timing are nobody else's business either.
+   */
   natsTls: boolean;
 }
 
@@ -99,7 +103,7 @@ export function defaultDevClusterOptions(): Omit<DevClusterOptions, 'coordinator
     agentHosts: null,
     hostSshd: false,
     natsAuth: true,
-    natsTls: false,
+    natsTls: true,
   };
 }
 
@@ -128,6 +132,8 @@ export function compileDevClusterOptions(input: DevClusterInput): DevClusterOpti
   const options: DevClusterOptions = {
     ...defaultDevClusterOptions(),
     ...stripUndefined(input),
+    // TLS follows auth unless asked for explicitly: anonymous NATS has no credentials file to name the CA.
+    natsTls: input.natsTls ?? input.natsAuth ?? true,
     coordinatorCommand: input.coordinatorCommand,
     agentCommand: input.agentCommand,
     waitUntilReady: input.waitUntilReady,
