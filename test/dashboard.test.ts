@@ -2,7 +2,8 @@
  * The operators' dashboard in a real browser (Debian's headless Chromium driven by playwright-core)
  * against a real cluster: the cluster view, a live migration started from the Workloads view and
  * watched in the Migrations view (progress, then its phase timeline), cordoning a host with the
- * confirmation dialog (mouse and keyboard). Screenshots of each view go to test-artifacts/dashboard/.
+ * confirmation dialog (mouse and keyboard), signing in with a token (a wrong one refused) and a
+ * viewer's token leaving every action disabled. Screenshots of each view go to test-artifacts/dashboard/.
  */
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -55,16 +56,32 @@ test('cluster view, a migration from the UI with live progress and its timeline,
 
   const page = context.pages()[0] ?? (await context.newPage());
   const offOrigin: string[] = [];
+  const requestUrls: string[] = [];
   page.on('request', (r) => {
+    requestUrls.push(r.url());
     if (!r.url().startsWith(cluster.httpUrl)) offOrigin.push(r.url());
   });
   const pageErrors: string[] = [];
   page.on('pageerror', (e) => pageErrors.push(e.message));
 
-  // ---- Cluster view ----
+  // ---- Sign in: the page asks for a token; a wrong one is refused with the server's reason ----
   const res = await page.goto(`${cluster.httpUrl}/`);
   expect(res?.status()).toBe(200);
   expect(res?.headers()['content-security-policy']).toContain("default-src 'none'");
+  const login = page.getByRole('dialog', { name: 'Sign in to ferry' });
+  await login.waitFor();
+  await login.getByLabel('Access token').fill('ferry_not-a-real-token');
+  await login.getByRole('button', { name: 'Sign in' }).click();
+  await waitFor('the refusal shown', async () => (await page.locator('#login-error').innerText()) === 'unknown or revoked token');
+  await page.screenshot({ path: join(SHOTS, 'sign-in.png') });
+  await login.getByLabel('Access token').fill(cluster.httpTokens.operator);
+  await login.getByRole('button', { name: 'Sign in' }).click();
+  await login.waitFor({ state: 'hidden' });
+  expect(await page.locator('#whoami').innerText()).toBe('dev-operator (operator)');
+  // Never in a URL (where logs and history would keep it): only in this tab's sessionStorage.
+  expect(page.url()).not.toContain(cluster.httpTokens.operator);
+
+  // ---- Cluster view ----
   await page.locator('#connection[data-state="live"]').waitFor();
   await page.locator('#hosts-table tbody tr[data-key="h2"]').waitFor();
   expect(await page.getByRole('heading', { level: 1 }).innerText()).toBe('ferry');
@@ -195,18 +212,37 @@ test('cluster view, a migration from the UI with live progress and its timeline,
   expect(a11y).toEqual({ unnamedButtons: 0, headersWithoutScope: 0, unlabelledImages: 0, landmarks: 3, liveRegions: expect.any(Number) });
   expect(a11y.liveRegions).toBeGreaterThanOrEqual(2);
 
+  // ---- A viewer's token: everything shown, every action disabled ----
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await login.waitFor();
+  await login.getByLabel('Access token').fill(cluster.httpTokens.viewer);
+  await login.getByRole('button', { name: 'Sign in' }).click();
+  await login.waitFor({ state: 'hidden' });
+  expect(await page.locator('#whoami').innerText()).toBe('dev-viewer (viewer)');
+  await page.locator('#connection[data-state="live"]').waitFor();
+  await waitFor('viewer buttons disabled', async () => page.getByRole('button', { name: 'Cordon h1', exact: true }).isDisabled());
+  expect(await page.getByRole('button', { name: 'Drain h2', exact: true }).isDisabled()).toBe(true);
+  await page.getByRole('link', { name: 'Workloads' }).click();
+  expect(await page.getByRole('button', { name: 'Migrate dash', exact: true }).isDisabled()).toBe(true);
+  await page.screenshot({ path: join(SHOTS, 'viewer.png'), fullPage: true });
+  // The page's requests carried the token in a header, never in a URL.
+  expect(requestUrls.filter((u) => u.includes('ferry_'))).toEqual([]);
+
   expect(offOrigin).toEqual([]);
   expect(pageErrors).toEqual([]);
   expect((await cluster.ferry(['stop', 'dash'])).code).toBe(0);
 });
 
-test('the event stream carries lifecycle events as server-sent events; unknown dashboard paths are 404', async () => {
-  expect((await fetch(`${cluster.httpUrl}/dashboard/nosuch.js`)).status).toBe(404);
+test('the event stream carries lifecycle events as server-sent events; unknown dashboard paths are 404 (401 without a token)', async () => {
+  expect((await fetch(`${cluster.httpUrl}/dashboard/nosuch.js`)).status).toBe(401);
+  expect((await fetch(`${cluster.httpUrl}/dashboard/nosuch.js`, { headers: { authorization: `Bearer ${cluster.httpTokens.viewer}` } })).status).toBe(404);
   const css = await fetch(`${cluster.httpUrl}/dashboard/app.css`);
   expect(css.headers.get('content-type')).toBe('text/css; charset=utf-8');
 
+  // Without a token the stream is refused; with the viewer's it flows.
+  expect((await fetch(`${cluster.httpUrl}/v1/events/stream`)).status).toBe(401);
   const ac = new AbortController();
-  const res = await fetch(`${cluster.httpUrl}/v1/events/stream`, { signal: ac.signal });
+  const res = await fetch(`${cluster.httpUrl}/v1/events/stream`, { signal: ac.signal, headers: { authorization: `Bearer ${cluster.httpTokens.viewer}` } });
   expect(res.status).toBe(200);
   expect(res.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
   const reader = res.body!.getReader();
@@ -214,7 +250,8 @@ test('the event stream carries lifecycle events as server-sent events; unknown d
   const first = await reader.read();
   text += Buffer.from(first.value!).toString('utf8');
   expect(text).toMatch(/^retry: \d+\n/);
-  const cordon = await fetch(`${cluster.httpUrl}/v1/hosts/h2/cordon`, { method: 'POST' });
+  const operator = { authorization: `Bearer ${cluster.httpTokens.operator}` };
+  const cordon = await fetch(`${cluster.httpUrl}/v1/hosts/h2/cordon`, { method: 'POST', headers: operator });
   expect(cordon.status).toBe(200);
   const deadline = Date.now() + 15_000;
   let event: unknown;
@@ -227,5 +264,5 @@ test('the event stream carries lifecycle events as server-sent events; unknown d
   }
   ac.abort();
   expect(event).toMatchObject({ type: 'host', step: 'cordoned', host: 'h2', key: 'h2' });
-  expect((await fetch(`${cluster.httpUrl}/v1/hosts/h2/uncordon`, { method: 'POST' })).status).toBe(200);
+  expect((await fetch(`${cluster.httpUrl}/v1/hosts/h2/uncordon`, { method: 'POST', headers: operator })).status).toBe(200);
 });

@@ -1,7 +1,11 @@
 /**
- * Metrics, the HTTP API and lifecycle events, against a real cluster: a migration and a drain
- * driven over HTTP, then what /metrics, `ferry events` and a lost host show.
+ * Metrics, the HTTP API and lifecycle events, against a real cluster: attacks on the API without
+ * a token, with a made-up one and with a viewer's, a token rotated while the coordinator runs,
+ * then a migration and a drain driven over HTTP with the operator token, and what /metrics,
+ * `ferry events` and a lost host show.
  */
+import { writeFileSync } from 'node:fs';
+import { hashHttpToken, httpTokensFileText, newHttpToken } from '@ferry/coordinator';
 import { dev } from '@ferry/dev-cluster';
 import type { LifecycleEvent } from '@ferry/protocol';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
@@ -22,18 +26,22 @@ afterAll(async () => {
   for (const w of workloads) await w.remove();
 });
 
-async function http(method: string, path: string, body?: unknown): Promise<{ status: number; json: JsonDoc }> {
+/** A call with `token` (default: the cluster's operator token; null: none). */
+async function http(method: string, path: string, body?: unknown, token: string | null = cluster.httpTokens.operator): Promise<{ status: number; json: JsonDoc; authenticate: string | null }> {
+  const headers: Record<string, string> = body === undefined ? {} : { 'content-type': 'application/json' };
+  if (token !== null) headers.authorization = `Bearer ${token}`;
   const res = await fetch(`${cluster.httpUrl}${path}`, {
     method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    headers,
     body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
   });
   const text = await res.text();
-  return { status: res.status, json: text ? JSON.parse(text) : undefined };
+  return { status: res.status, json: text ? JSON.parse(text) : undefined, authenticate: res.headers.get('www-authenticate') };
 }
 
 async function metrics(): Promise<string> {
-  const res = await fetch(`${cluster.httpUrl}/metrics`);
+  // Prometheus scrapes with a viewer token.
+  const res = await fetch(`${cluster.httpUrl}/metrics`, { headers: { authorization: `Bearer ${cluster.httpTokens.viewer}` } });
   expect(res.status).toBe(200);
   return res.text();
 }
@@ -49,6 +57,76 @@ async function ps(name: string) {
   return (json.workloads as Array<{ name: string; host: string; state: string; pid: number }>).filter((w) => w.name === name);
 }
 
+test('zero trust, HTTP: no token, a made-up token and a viewer token cannot read or act (401/403, clear errors); the workload runs on, exactly once', async () => {
+  const w = await CounterWorkload.create();
+  workloads.push(w);
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'guarded', '--env', 'SECRET_FOR_TEST=s3cr3t-value', '--json', '--', ...w.argv(16)]);
+  expect(run.code).toBe(0);
+  await w.advancesPast(20, 30_000);
+  const [before] = await ps('guarded');
+  expect(before).toMatchObject({ host: 'h1', state: 'running' });
+  const eventsBefore = ((await http('GET', '/v1/events?limit=1000')).json.events as unknown[]).length;
+
+  // 1. No token: the workload list (argv, env) is not readable, nor the event stream or /metrics.
+  const anonymous = await fetch(`${cluster.httpUrl}/v1/workloads`);
+  const anonymousText = await anonymous.text();
+  expect(anonymous.status).toBe(401);
+  expect(anonymous.headers.get('www-authenticate')).toBe('Bearer realm="ferry"');
+  expect(JSON.parse(anonymousText)).toEqual({ error: { code: 'UNAUTHENTICATED', message: expect.stringContaining('a bearer token is required') } });
+  expect(anonymousText).not.toMatch(/guarded|s3cr3t/);
+  expect((await fetch(`${cluster.httpUrl}/v1/events/stream`)).status).toBe(401);
+  expect((await fetch(`${cluster.httpUrl}/metrics`)).status).toBe(401);
+
+  // 2. A made-up token on a drain: 401, nothing cordoned, nothing moved.
+  const forged = await http('POST', '/v1/hosts/h1/drain', {}, newHttpToken());
+  expect(forged).toEqual({ status: 401, authenticate: 'Bearer realm="ferry", error="invalid_token"', json: { error: { code: 'UNAUTHENTICATED', message: 'unknown or revoked token' } } });
+  expect((await http('POST', '/v1/hosts/h1/drain', {}, 'Bearer-looking-garbage')).status).toBe(401);
+
+  // 3. The viewer token reads, but a migration, a cordon or a drain is 403.
+  const viewer = cluster.httpTokens.viewer;
+  expect((await http('GET', '/v1/workloads', undefined, viewer)).status).toBe(200);
+  expect((await http('GET', '/v1/whoami', undefined, viewer)).json).toEqual({ name: 'dev-viewer', role: 'viewer' });
+  const migrate = await http('POST', '/v1/migrations', { workload: 'guarded', to: 'h2' }, viewer);
+  expect(migrate).toEqual({
+    status: 403,
+    authenticate: null,
+    json: { error: { code: 'PERMISSION_DENIED', message: 'refused: token dev-viewer has role viewer; POST /v1/migrations needs the operator role' } },
+  });
+  for (const path of ['/v1/hosts/h1/cordon', '/v1/hosts/h1/drain']) {
+    expect((await http('POST', path, {}, viewer)).json.error.code).toBe('PERMISSION_DENIED');
+  }
+
+  // None of it changed anything: same host, same process, one copy, still counting; no event.
+  const counter = await w.counter();
+  expect(await w.advancesPast(counter)).toBeGreaterThan(counter);
+  const [after] = await ps('guarded');
+  expect(after).toMatchObject({ host: 'h1', state: 'running', pid: before.pid });
+  expect(await w.runningCopies()).toEqual([before.pid]);
+  expect(await w.starts()).toBe(1);
+  expect((await http('GET', '/v1/hosts')).json.hosts.map((h: { cordoned: boolean }) => h.cordoned)).toEqual([false, false]);
+  expect(((await http('GET', '/v1/events?limit=1000')).json.events as unknown[]).length).toBe(eventsBefore);
+
+  // 4. The operator token acts.
+  expect((await http('POST', '/v1/hosts/h1/cordon')).json.host).toMatchObject({ name: 'h1', cordoned: true });
+  expect((await http('POST', '/v1/hosts/h1/uncordon')).json.host).toMatchObject({ name: 'h1', cordoned: false });
+
+  // 5. Rotation while the coordinator runs: a new viewer token in the tokens file; the old one is refused within seconds.
+  const rotated = newHttpToken();
+  writeFileSync(
+    cluster.httpTokensFile,
+    httpTokensFileText([
+      { name: 'dev-viewer', role: 'viewer', sha256: hashHttpToken(rotated) },
+      { name: 'dev-operator', role: 'operator', sha256: hashHttpToken(cluster.httpTokens.operator) },
+    ]),
+    { mode: 0o600 },
+  );
+  await waitFor('the old viewer token refused', async () => (await http('GET', '/v1/hosts', undefined, viewer)).status === 401, 10_000);
+  expect((await http('GET', '/v1/hosts', undefined, rotated)).status).toBe(200);
+  cluster.httpTokens.viewer = rotated;
+
+  expect((await cluster.ferry(['stop', 'guarded'])).code).toBe(0);
+});
+
 test('the HTTP API migrates and drains; metrics and events show it; a dead agent shows as lost', async () => {
   const spec = await http('GET', '/openapi.json');
   expect(spec.status).toBe(200);
@@ -63,7 +141,7 @@ test('the HTTP API migrates and drains; metrics and events show it; a dead agent
 
   // Errors carry the protocol's codes and map to HTTP statuses.
   const unknown = await http('POST', '/v1/migrations', { workload: 'nosuch', to: 'h2' });
-  expect(unknown).toEqual({ status: 404, json: { error: { code: 'NOT_FOUND', message: expect.stringContaining('nosuch') } } });
+  expect(unknown).toMatchObject({ status: 404, json: { error: { code: 'NOT_FOUND', message: expect.stringContaining('nosuch') } } });
   expect((await http('POST', '/v1/migrations', {})).json.error.code).toBe('INVALID_ARGUMENT');
   expect((await http('POST', '/v1/migrations', {})).status).toBe(400);
   expect((await http('POST', '/v1/migrations', 'not json')).status).toBe(400);
@@ -113,7 +191,7 @@ test('the HTTP API migrates and drains; metrics and events show it; a dead agent
   // Drain over HTTP: h2's only workload goes back to h1; results arrive as events.
   counterBefore = await w.counter();
   const drain = await http('POST', '/v1/hosts/h2/drain', { drainId: 'd-obs' });
-  expect(drain).toEqual({ status: 202, json: { drainId: 'd-obs', workloads: ['obs'] } });
+  expect(drain).toMatchObject({ status: 202, json: { drainId: 'd-obs', workloads: ['obs'] } });
   await waitFor('drain finished', async () => {
     const { json } = await http('GET', '/v1/events?limit=50');
     return (json.events as Array<{ type: string; step: string; drainId?: string }>).find((e) => e.type === 'drain' && e.drainId === 'd-obs');
@@ -155,7 +233,7 @@ test('the HTTP API migrates and drains; metrics and events show it; a dead agent
   expect((await cluster.ferry(['stop', 'obs'])).code).toBe(0);
 });
 
-test('a cross-site browser request cannot migrate, cordon or drain (Origin and Content-Type checked), and changes nothing', async () => {
+test('a cross-site browser request cannot migrate, cordon or drain even with the operator token (Origin and Content-Type checked), and changes nothing', async () => {
   const before = (await http('GET', '/v1/hosts')).json.hosts as Array<{ name: string; cordoned: boolean }>;
   const attempts: Array<[string, Record<string, string>, string | undefined]> = [
     // What a page on another site can make a browser send without a CORS preflight.
@@ -165,7 +243,8 @@ test('a cross-site browser request cannot migrate, cordon or drain (Origin and C
     ['/v1/hosts/h1/cordon', { origin: 'null' }, undefined],
   ];
   for (const [path, headers, body] of attempts) {
-    const res = await fetch(`${cluster.httpUrl}${path}`, { method: 'POST', headers, body });
+    // Even with the token (a browser would not have it: it is in the dashboard's sessionStorage, not a cookie).
+    const res = await fetch(`${cluster.httpUrl}${path}`, { method: 'POST', headers: { ...headers, authorization: `Bearer ${cluster.httpTokens.operator}` }, body });
     expect([path, res.status]).toEqual([path, headers.origin ? 403 : 415]);
     expect(((await res.json()) as JsonDoc).error.message).toMatch(/refused/);
   }

@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type NatsConnection } from 'nats';
-import { startLocalCluster, stopLocalCluster, type LocalClusterOptions } from '@ferry/dev-cluster';
+import { readDevHttpToken, startLocalCluster, stopLocalCluster, type LocalClusterOptions } from '@ferry/dev-cluster';
 import { natsAuthOptionsFromFile } from '@ferry/protocol';
 import type { JsonDoc } from './json-doc';
 
@@ -39,6 +39,10 @@ export interface TestCluster {
   nc: NatsConnection;
   /** The coordinator's metrics + HTTP API server, e.g. http://127.0.0.1:PORT (a free port per cluster). */
   httpUrl: string;
+  /** The cluster's HTTP API tokens (`dev up` makes them; the coordinator knows only their hashes). */
+  httpTokens: { viewer: string; operator: string };
+  /** The coordinator's tokens file (hashes), re-read when it changes: tests rotate tokens by rewriting it. */
+  httpTokensFile: string;
   /** host:port of the cluster's Kafka broker when started with `kafka: true`. */
   kafkaBrokers: string | null;
   /** Each role's NATS credentials file (`nc` uses admin's, `ferry()` the CLI's); null with `natsAuth: false`. */
@@ -67,12 +71,15 @@ export async function startTestCluster(name: string, subnetIndex: number, opts: 
     coordinatorEnv: { FERRY_HTTP_PORT: String(httpPort), ...opts.coordinatorEnv },
   });
   const credentials = state.credentials ?? null;
+  const httpTokens = { viewer: readDevHttpToken(state.http!.viewerTokenFile), operator: readDevHttpToken(state.http!.operatorTokenFile) };
   const nc = await connect({ servers: state.natsUrl, ...natsAuthOptionsFromFile(credentials?.admin) });
   return {
     name,
     natsUrl: state.natsUrl,
     nc,
     httpUrl: `http://127.0.0.1:${httpPort}`,
+    httpTokens,
+    httpTokensFile: state.http!.tokensFile,
     kafkaBrokers: kafkaPort ? `127.0.0.1:${kafkaPort}` : null,
     credentials,
     async ferry(args, timeoutMs = 120_000) {

@@ -1,7 +1,8 @@
 // @ts-check
 /**
  * The dashboard's DOM side: fetches the HTTP API (same origin, same port), listens to the
- * coordinator's event stream (/v1/events/stream) and renders three views. Formatting and every
+ * coordinator's event stream (/v1/events/stream) and renders three views; the token that both
+ * need, and the sign-in dialog, are session.js's. Formatting and every
  * computation live in view-model.js, element building and keyed rows in dom.js; this file only moves
  * data into elements.
  * Text from the cluster (names, error messages) goes in with textContent, never as HTML.
@@ -29,25 +30,11 @@
   // ---- helpers ----
   const { $, h, s, badge, syncRows, cell } = /** @type {any} */ (window).FerryDom;
 
-  /**
-   * Calls the HTTP API; throws an Error carrying the protocol's code on failure.
-   * @param {string} method @param {string} path @param {any} [body]
-   */
-  async function api(method, path, body) {
-    const res = await fetch(path, {
-      method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const text = await res.text();
-    const json = text ? JSON.parse(text) : {};
-    if (!res.ok) {
-      const err = /** @type {any} */ (new Error(json.error ? json.error.message : `HTTP ${res.status}`));
-      err.code = json.error ? json.error.code : `HTTP_${res.status}`;
-      throw err;
-    }
-    return json;
-  }
+  const Session = /** @type {any} */ (window).FerrySession;
+  const api = Session.api;
+  /** Whether the signed-in token may act (migrate, cordon, drain): a viewer's buttons are disabled. */
+  const canAct = () => !!Session.principal && Session.principal.role === 'operator';
+  const VIEWER_HINT = 'needs an operator token';
 
   /** @param {any} err */
   const errorText = (err) => `${err.code || 'ERROR'}: ${err.message}`;
@@ -201,7 +188,10 @@
       const cordonBtn = /** @type {HTMLButtonElement} */ (tr.querySelector('button[data-action="cordon"]'));
       cordonBtn.textContent = raw.cordoned ? 'Uncordon' : 'Cordon';
       cordonBtn.setAttribute('aria-label', `${raw.cordoned ? 'Uncordon' : 'Cordon'} ${v.name}`);
-      /** @type {HTMLButtonElement} */ (tr.querySelector('button[data-action="drain"]')).disabled = !v.canDrain;
+      cordonBtn.disabled = !canAct();
+      const drainBtn = /** @type {HTMLButtonElement} */ (tr.querySelector('button[data-action="drain"]'));
+      drainBtn.disabled = !v.canDrain || !canAct();
+      for (const b of [cordonBtn, drainBtn]) b.title = canAct() ? '' : VIEWER_HINT;
     });
   }
 
@@ -223,7 +213,9 @@
       }
       const live = state.live.runningFor(w.name);
       const busy = !!live || (state.results.get(w.name) || {}).kind === 'busy';
-      /** @type {HTMLButtonElement} */ (tr.querySelector('button[data-action="migrate"]')).disabled = busy || w.state !== 'running';
+      const migrateBtn = /** @type {HTMLButtonElement} */ (tr.querySelector('button[data-action="migrate"]'));
+      migrateBtn.disabled = busy || w.state !== 'running' || !canAct();
+      migrateBtn.title = canAct() ? '' : VIEWER_HINT;
       const r = state.results.get(w.name);
       const text = live
         ? `${live.from} → ${live.to}: ${live.activity}, ${VM.formatBytes(live.bytes)} moved${live.rateBps ? ` at ${VM.formatRate(live.rateBps)}` : ''}`
@@ -345,6 +337,7 @@
   let refreshing = null;
   /** Refetches hosts, workloads and migrations (one request of each at a time). */
   function refresh() {
+    if (!Session.principal) return Promise.resolve();
     if (!refreshing) {
       refreshing = Promise.all([api('GET', '/v1/hosts'), api('GET', '/v1/workloads'), api('GET', '/v1/migrations')])
         .then(([hosts, workloads, migrations]) => {
@@ -379,39 +372,42 @@
     });
   }
 
+  /** The live stream: lifecycle events and progress, read with the token (session.js). */
   function connectEvents() {
     const conn = $('connection');
-    const es = new EventSource('/v1/events/stream');
-    es.addEventListener('open', () => {
-      conn.textContent = 'Live';
-      conn.dataset.state = 'live';
-      // Anything missed while disconnected is in the API's answers.
-      void refresh();
-    });
-    es.addEventListener('error', () => {
-      conn.textContent = 'Reconnecting…';
-      conn.dataset.state = 'down';
-    });
-    es.addEventListener('lifecycle', (msg) => {
-      const ev = JSON.parse(/** @type {MessageEvent} */ (msg).data);
-      if (ev.type === 'migration') {
-        const e = state.live.lifecycle(ev);
-        if (e) announce(`Migration of ${e.workload} ${e.from} to ${e.to}: ${e.activity}.`);
-        scheduleLive();
-        // A finished migration's record (history, phases) and the workloads' new places.
-        if (e && e.finished) void refresh();
-      } else {
-        if (ev.type === 'drain' && ev.step === 'drain-finished') {
-          const f = ev.figures || {};
-          $('cluster-result').textContent = `Drain of ${ev.host} finished: ${f.succeeded ?? 0} moved, ${f.failed ?? 0} failed, ${f.unplaced ?? 0} without a place.`;
+    return Session.eventStream(
+      '/v1/events/stream',
+      (/** @type {string} */ event, /** @type {any} */ ev) => {
+        if (event === 'lifecycle') onLifecycle(ev);
+        else if (event === 'progress') {
+          state.live.progress(ev);
+          scheduleLive();
         }
-        void refresh();
-      }
-    });
-    es.addEventListener('progress', (msg) => {
-      state.live.progress(JSON.parse(/** @type {MessageEvent} */ (msg).data));
+      },
+      (/** @type {string} */ status) => {
+        conn.textContent = status === 'live' ? 'Live' : 'Reconnecting…';
+        conn.dataset.state = status;
+        // Anything missed while disconnected is in the API's answers.
+        if (status === 'live') void refresh();
+      },
+    );
+  }
+
+  /** @param {any} ev */
+  function onLifecycle(ev) {
+    if (ev.type === 'migration') {
+      const e = state.live.lifecycle(ev);
+      if (e) announce(`Migration of ${e.workload} ${e.from} to ${e.to}: ${e.activity}.`);
       scheduleLive();
-    });
+      // A finished migration's record (history, phases) and the workloads' new places.
+      if (e && e.finished) void refresh();
+    } else {
+      if (ev.type === 'drain' && ev.step === 'drain-finished') {
+        const f = ev.figures || {};
+        $('cluster-result').textContent = `Drain of ${ev.host} finished: ${f.succeeded ?? 0} moved, ${f.failed ?? 0} failed, ${f.unplaced ?? 0} without a place.`;
+      }
+      void refresh();
+    }
   }
 
   // ---- navigation ----
@@ -433,7 +429,13 @@
 
   window.addEventListener('hashchange', () => showView(true));
   showView(false);
-  connectEvents();
-  void refresh();
+  /** @type {any} */
+  let stream = null;
+  // Nothing is fetched until a token is accepted; each sign-in (again after a 401) reconnects.
+  Session.start(() => {
+    if (stream) stream.restart();
+    else stream = connectEvents();
+    void refresh();
+  });
   setInterval(() => void refresh(), REFRESH_INTERVAL_MS);
 })();

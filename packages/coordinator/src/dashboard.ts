@@ -21,6 +21,7 @@ const ASSETS: Record<string, { file: string; type: string }> = {
   '/dashboard/app.js': { file: 'app.js', type: 'text/javascript; charset=utf-8' },
   '/dashboard/view-model.js': { file: 'view-model.js', type: 'text/javascript; charset=utf-8' },
   '/dashboard/dom.js': { file: 'dom.js', type: 'text/javascript; charset=utf-8' },
+  '/dashboard/session.js': { file: 'session.js', type: 'text/javascript; charset=utf-8' },
   '/dashboard/app.css': { file: 'app.css', type: 'text/css; charset=utf-8' },
   '/dashboard/favicon.svg': { file: 'favicon.svg', type: 'image/svg+xml' },
 };
@@ -81,13 +82,12 @@ export class Dashboard {
     }
   }
 
-  /** Answers GET `/`, `/dashboard/*` and `/v1/events/stream`; returns false for any other request. */
+  /**
+   * Answers GET and HEAD of `/` and `/dashboard/*` (static files, no cluster data: served to anyone,
+   * so the page can ask for a token); returns false for any other request.
+   */
   handle(req: IncomingMessage, res: ServerResponse, pathname: string): boolean {
     if (req.method !== 'GET' && req.method !== 'HEAD') return false;
-    if (pathname === '/v1/events/stream') {
-      this.openStream(req, res);
-      return true;
-    }
     const asset = this.assets.get(pathname);
     if (!asset) return false;
     res.writeHead(200, {
@@ -114,7 +114,11 @@ export class Dashboard {
     this.unsubscribe();
   }
 
-  private openStream(req: IncomingMessage, res: ServerResponse): void {
+  /**
+   * Answers `/v1/events/stream` (the caller has checked the client's token). Browsers read it with
+   * fetch, not EventSource, so the token travels in the Authorization header, never in the URL.
+   */
+  openStream(req: IncomingMessage, res: ServerResponse): void {
     if (this.clients.size >= this.opts.maxStreams) {
       res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '5' });
       res.end(JSON.stringify({ error: new FerryError(ErrorCode.UNAVAILABLE, `too many event streams open (${this.opts.maxStreams})`).toBody() }));

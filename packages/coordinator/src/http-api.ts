@@ -4,6 +4,9 @@
  * (`ferry.v1.coord.<verb>`), so validation, leadership and errors are exactly those of the NATS
  * verbs: whichever coordinator leads answers, even when this one stands by.
  * The operators' dashboard (`/`) and its event stream (`/v1/events/stream`) are on it too (dashboard.ts).
+ * Every request for cluster data or an action needs a bearer token (http-auth.ts): `viewer` for
+ * reads, `operator` for POSTs. Open to anyone: /healthz, /openapi.json and the dashboard's static
+ * files (no cluster data in them), and /metrics only while no tokens file is configured.
  * `createHttpServer()` does not listen; `listenHttpServer()` does (tests drive the server in-process).
  */
 import { randomBytes } from 'node:crypto';
@@ -14,6 +17,7 @@ import type { NatsConnection } from 'nats';
 import { CoordVerb, ErrorCode, FerryError, coordVerbs, request, subjects, toFerryError, silentLogger, type CoordReply, type Logger } from '@ferry/protocol';
 import type { Registry } from 'prom-client';
 import { Dashboard } from './dashboard';
+import type { HttpAuthenticator, HttpPrincipal } from './http-auth';
 
 /** Largest accepted request body: API bodies are a few fields. */
 const MAX_BODY_BYTES = 64 * 1024;
@@ -33,6 +37,8 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   RESTORE_FAILED: 502,
   TRANSFER_FAILED: 502,
   INTERNAL: 500,
+  UNAUTHENTICATED: 401,
+  PERMISSION_DENIED: 403,
 };
 
 export interface HttpApiOptions {
@@ -49,6 +55,8 @@ export function defaultHttpApiOptions(): HttpApiOptions {
 export interface HttpApiDeps {
   nc: NatsConnection;
   metrics: Registry;
+  /** Checks each request's bearer token. */
+  auth: HttpAuthenticator;
   options?: Partial<HttpApiOptions>;
   log?: Logger;
 }
@@ -99,8 +107,14 @@ export function createHttpServer(deps: HttpApiDeps): Server {
 
   const server = createServer((req, res) => {
     void handle(req, res).catch((err) => {
-      log.warn({ err: (err as Error).message }, 'HTTP request failed');
-      if (!res.headersSent) sendError(res, toFerryError(err));
+      const fe = toFerryError(err);
+      // Never the Authorization header: only who (when known), what and from where.
+      if (fe.code === ErrorCode.UNAUTHENTICATED || fe.code === ErrorCode.PERMISSION_DENIED) {
+        log.info({ code: fe.code, method: req.method, path: req.url?.split('?')[0], from: req.socket.remoteAddress, reason: fe.message }, 'HTTP request refused');
+      } else {
+        log.warn({ err: fe.message }, 'HTTP request failed');
+      }
+      if (!res.headersSent) sendError(res, fe, HTTP_STATUS[fe.code], req.headers.authorization !== undefined);
       else res.destroy();
     });
   });
@@ -110,16 +124,37 @@ export function createHttpServer(deps: HttpApiDeps): Server {
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const method = req.method ?? 'GET';
-    if (url.pathname === '/metrics' && method === 'GET') {
-      const text = await deps.metrics.metrics();
-      res.writeHead(200, { 'content-type': deps.metrics.contentType });
-      res.end(text);
+    const reading = method === 'GET' || method === 'HEAD';
+    // ---- open to anyone: nothing here tells about the cluster ----
+    if (url.pathname === '/healthz' && reading) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(method === 'HEAD' ? undefined : '{"ok":true}');
       return;
     }
     if (dashboard.handle(req, res, url.pathname)) return;
     if (url.pathname === '/openapi.json' && method === 'GET') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(openapi);
+      return;
+    }
+    if (url.pathname === '/metrics' && method === 'GET') {
+      // Without a tokens file /metrics stays as it was (counts and durations, no commands or
+      // environments), so a local Prometheus keeps scraping; with one, it needs a viewer token.
+      if (deps.auth.configured) deps.auth.authenticate(req.headers.authorization);
+      const text = await deps.metrics.metrics();
+      res.writeHead(200, { 'content-type': deps.metrics.contentType });
+      res.end(text);
+      return;
+    }
+    // ---- everything else: a token first, before even saying whether the path exists ----
+    const who = deps.auth.authenticate(req.headers.authorization);
+    if (url.pathname === '/v1/events/stream' && reading) {
+      dashboard.openStream(req, res);
+      return;
+    }
+    if (url.pathname === '/v1/whoami' && method === 'GET') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ name: who.name, role: who.role } satisfies HttpPrincipal));
       return;
     }
     const matching = routes.filter((r) => r.pattern.test(url.pathname));
@@ -130,12 +165,15 @@ export function createHttpServer(deps: HttpApiDeps): Server {
       sendError(res, new FerryError(ErrorCode.INVALID_ARGUMENT, `${method} is not allowed on ${url.pathname}`), 405);
       return;
     }
+    // Reads are a viewer's; every POST changes the cluster.
+    deps.auth.authorize(who, method === 'GET' ? 'viewer' : 'operator', `${method} ${url.pathname}`);
     if (method !== 'GET') {
       const refused = crossSiteProblem(req);
       if (refused) {
         sendError(res, new FerryError(refused.status === 415 ? ErrorCode.INVALID_ARGUMENT : ErrorCode.FAILED_PRECONDITION, refused.why), refused.status);
         return;
       }
+      log.info({ who: who.name, role: who.role, method, path: url.pathname }, 'HTTP action');
     }
     const params = (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent);
     const body = method === 'POST' ? await readJsonBody(req) : {};
@@ -184,8 +222,11 @@ export function listenHttpServer(server: Server, address: string, port: number):
   });
 }
 
-function sendError(res: ServerResponse, err: FerryError, status = HTTP_STATUS[err.code]): void {
-  res.writeHead(status, { 'content-type': 'application/json' });
+/** `tokenSent`: a 401 then says the token was the problem (RFC 6750's invalid_token), not its absence. */
+function sendError(res: ServerResponse, err: FerryError, status = HTTP_STATUS[err.code], tokenSent = false): void {
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (status === 401) headers['www-authenticate'] = tokenSent ? 'Bearer realm="ferry", error="invalid_token"' : 'Bearer realm="ferry"';
+  res.writeHead(status, headers);
   res.end(JSON.stringify({ error: err.toBody() }));
 }
 

@@ -28,6 +28,7 @@ async function main(): Promise<void> {
       httpAddress: env.FERRY_HTTP_ADDRESS || undefined,
       // "off" serves no HTTP at all; 0 takes any free port.
       httpPort: env.FERRY_HTTP_PORT === 'off' ? null : num(env.FERRY_HTTP_PORT),
+      httpTokensFile: env.FERRY_HTTP_TOKENS || undefined,
       kafkaBrokers: env.FERRY_KAFKA_BROKERS ? env.FERRY_KAFKA_BROKERS.split(',').map((b) => b.trim()).filter(Boolean) : undefined,
       kafkaEventsTopic: env.FERRY_KAFKA_EVENTS_TOPIC || undefined,
       kafkaRequestsTopic: env.FERRY_KAFKA_REQUESTS_TOPIC || undefined,
@@ -39,6 +40,11 @@ async function main(): Promise<void> {
     logger.info({ signal }, 'stopping');
     void running.stop().finally(() => process.exit(0));
   };
+  // Rotation: the tokens file is re-read when it changes; SIGHUP makes it happen at once.
+  process.on('SIGHUP', () => {
+    logger.info('SIGHUP: reading the HTTP tokens file again');
+    running.observability.reloadHttpTokens();
+  });
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
 }

@@ -11,6 +11,7 @@ import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protoco
 import type { Coordinator } from './coordinator';
 import { CoordinatorMetrics } from './coordinator-metrics';
 import { createHttpServer, listenHttpServer } from './http-api';
+import { HttpAuthenticator } from './http-auth';
 import { KafkaBridge, defaultKafkaBridgeOptions } from './kafka-bridge';
 import { DEFAULT_RECENT_EVENTS_LIMIT, EventJournal } from './lifecycle-events';
 
@@ -22,6 +23,11 @@ export interface ObservabilityOptions {
   httpAddress: string;
   /** Its port; 0 picks a free one; null serves no HTTP at all. */
   httpPort: number | null;
+  /**
+   * The HTTP API's tokens file (FERRY_HTTP_TOKENS; http-tokens.ts), re-read when it changes; null:
+   * none, so every /v1 call and the event stream are refused (401) and /metrics is open.
+   */
+  httpTokensFile: string | null;
   /** Kafka bootstrap brokers (host:port); empty: no Kafka. */
   kafkaBrokers: string[];
   kafkaEventsTopic: string;
@@ -35,6 +41,7 @@ export function defaultObservabilityOptions(): ObservabilityOptions {
   return {
     httpAddress: '127.0.0.1',
     httpPort: DEFAULT_HTTP_PORT,
+    httpTokensFile: null,
     kafkaBrokers: [],
     kafkaEventsTopic: k.eventsTopic,
     kafkaRequestsTopic: k.requestsTopic,
@@ -61,6 +68,8 @@ export interface RunningObservability {
   /** The port the HTTP server listens on, null when it does not. */
   httpPort: number | null;
   kafka: KafkaBridge | null;
+  /** Reads the HTTP tokens file again now (SIGHUP); it is also re-read whenever it changes. */
+  reloadHttpTokens(): void;
   stop(): Promise<void>;
 }
 
@@ -93,8 +102,11 @@ export async function startObservability(
 
   let server: Server | null = null;
   let httpPort: number | null = null;
+  const auth = new HttpAuthenticator(opts.httpTokensFile, logger.child({ part: 'http-auth' }));
   if (opts.httpPort !== null) {
-    const s = createHttpServer({ nc, metrics: metrics.registry, log: logger.child({ part: 'http' }) });
+    if (!auth.configured) logger.warn('no HTTP tokens file (FERRY_HTTP_TOKENS): the HTTP API and dashboard refuse every request; /metrics is open');
+    auth.watch();
+    const s = createHttpServer({ nc, metrics: metrics.registry, auth, log: logger.child({ part: 'http' }) });
     try {
       httpPort = await listenHttpServer(s, opts.httpAddress, opts.httpPort);
       server = s;
@@ -125,7 +137,9 @@ export async function startObservability(
     metrics,
     httpPort,
     kafka,
+    reloadHttpTokens: () => auth.reload(),
     async stop() {
+      auth.close();
       journal.stop();
       await kafka?.stop();
       await journal.idle();

@@ -8,6 +8,8 @@ export type { LocalClusterOptions, LocalAgentOptions } from './local-cluster';
 export { startLocalHost } from './local-host';
 export type { LocalHostOptions } from './local-host';
 export { waitForHosts } from './wait-for-hosts';
+export { devHttpAuthDir, devHttpTokenFiles, readDevHttpToken } from './dev-http-tokens';
+export type { DevHttpAccess } from './dev-http-tokens';
 export { startKafkaBroker, stopKafkaBroker, defaultKafkaBrokerOptions, DEFAULT_KAFKA_LIBS_DIR } from './kafka-broker';
 export type { KafkaBrokerOptions, RunningKafkaBroker } from './kafka-broker';
 export * as dev from './dev';

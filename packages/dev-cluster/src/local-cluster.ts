@@ -5,7 +5,9 @@
 import { dirname, join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { startDevCluster, stopDevCluster, type DevClusterInput, type DevClusterState, type DevHostContext, type DevProcessCommand, DEV_STATE_ROOT } from './dev';
+import { DEFAULT_HTTP_PORT } from '@ferry/coordinator';
+import { startDevCluster, stopDevCluster, writeClusterState, type DevClusterInput, type DevClusterState, type DevHostContext, type DevProcessCommand, DEV_STATE_ROOT } from './dev';
+import { devHttpTokenFiles, writeDevHttpTokens } from './dev-http-tokens';
 import { devCliCredentialsFile } from './dev/nats-security';
 import { startKafkaBroker, stopKafkaBroker } from './kafka-broker';
 import { waitForHosts } from './wait-for-hosts';
@@ -101,6 +103,8 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     coordinatorCommand: (c) => ({
       argv: [process.execPath, programPath('@ferry/coordinator')],
       env: {
+        // Fresh viewer and operator tokens for the HTTP API (the state dir exists by now).
+        FERRY_HTTP_TOKENS: writeDevHttpTokens(name).tokensFile,
         FERRY_NATS_URL: c.natsUrl,
         ...credentialsEnv(c.natsCredentialsFile),
         FERRY_REDIS_URL: c.redisUrl,
@@ -116,11 +120,21 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
     },
   };
   try {
-    return await startDevCluster(input);
+    const state = await startDevCluster(input);
+    state.http = { url: httpUrl(opts.coordinatorEnv), ...devHttpTokenFiles(name) };
+    writeClusterState(state);
+    return state;
   } catch (err) {
     if (opts.kafka) await stopKafkaBroker(kafkaDataDir(name)).catch(() => undefined);
     throw err;
   }
+}
+
+/** The coordinator's HTTP URL from its environment (as its main.ts reads it). */
+function httpUrl(env: Record<string, string> = {}): string | null {
+  if (env.FERRY_HTTP_PORT === 'off') return null;
+  const address = env.FERRY_HTTP_ADDRESS || '127.0.0.1';
+  return `http://${address === '0.0.0.0' ? '127.0.0.1' : address}:${env.FERRY_HTTP_PORT || DEFAULT_HTTP_PORT}`;
 }
 
 /** FERRY_NATS_CREDENTIALS for a role's credentials file; nothing when the cluster runs anonymous NATS. */

@@ -13,6 +13,10 @@ export const ErrorCode = {
   RESTORE_FAILED: 'RESTORE_FAILED',
   TRANSFER_FAILED: 'TRANSFER_FAILED',
   INTERNAL: 'INTERNAL',
+  /** No credentials, or ones nobody issued (the HTTP API's 401). */
+  UNAUTHENTICATED: 'UNAUTHENTICATED',
+  /** Known credentials whose role does not allow the action (the HTTP API's 403). */
+  PERMISSION_DENIED: 'PERMISSION_DENIED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -30,6 +34,8 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   RESTORE_FAILED: 9,
   TRANSFER_FAILED: 10,
   INTERNAL: 11,
+  UNAUTHENTICATED: 12,
+  PERMISSION_DENIED: 13,
 };
 
 export function isErrorCode(value: unknown): value is ErrorCode {
@@ -85,3 +91,5 @@ export const isDeadlineExceeded = is(ErrorCode.DEADLINE_EXCEEDED);
 export const isCheckpointFailed = is(ErrorCode.CHECKPOINT_FAILED);
 export const isRestoreFailed = is(ErrorCode.RESTORE_FAILED);
 export const isTransferFailed = is(ErrorCode.TRANSFER_FAILED);
+export const isUnauthenticated = is(ErrorCode.UNAUTHENTICATED);
+export const isPermissionDenied = is(ErrorCode.PERMISSION_DENIED);

@@ -40,7 +40,11 @@ export function registerDev(program: Command): Command {
         process.stdout.write(
           `dev cluster up: ${state.layout.hosts.map((h) => `${h.name} (${h.address})`).join(', ')}\n` +
             `  NATS ${state.natsUrl}${state.tlsCaFile ? ' (TLS)' : ''}${state.credentials ? `, operator credentials ${state.credentials.cli}` : ''}, Redis ${state.redisUrl}${opts.kafka ? ', Kafka 127.0.0.1:9092' : ''}\n` +
-            `  dashboard http://127.0.0.1:9464/, metrics and HTTP API on the same port (/metrics, /v1/..., /openapi.json)\n  logs in ${state.layout.logDir}\n`,
+            `  dashboard ${state.http?.url ?? 'http://127.0.0.1:9464'}/, metrics and HTTP API on the same port (/metrics, /v1/..., /openapi.json)\n` +
+            (state.http
+              ? `  HTTP tokens (sign in to the dashboard with one; send as Authorization: Bearer): operator ${state.http.operatorTokenFile}, viewer ${state.http.viewerTokenFile}\n`
+              : '') +
+            `  logs in ${state.layout.logDir}\n`,
         );
       }),
     );

@@ -40,6 +40,8 @@ export interface DevClusterState {
   credentials?: DevNatsCredentialFiles | null;
   /** The CA clients trust when nats-server requires TLS; absent or null: plain TCP. */
   tlsCaFile?: string | null;
+  /** The coordinator's HTTP API: its URL and token files (see ../dev-http-tokens.ts); absent: none recorded. */
+  http?: { url: string | null; tokensFile: string; viewerTokenFile: string; operatorTokenFile: string } | null;
   /** The namespace directory is bind-mounted onto itself (needs unmounting). */
   namespaceDirMounted: boolean;
   bridgeCreated: boolean;

@@ -25,7 +25,7 @@ export type { DevFilesystem } from './storage-host';
 export { hostSshFiles } from './host-sshd';
 export type { HostSshFiles } from './host-sshd';
 export type { ClusterLayout, HostLayout } from './cluster-layout';
-export { readClusterState, listDevClusters } from './cluster-state';
+export { readClusterState, writeClusterState, listDevClusters } from './cluster-state';
 export type { DevClusterState, DevProcessRecord, DevProcessRole } from './cluster-state';
 export { startDevCluster, devHostContexts } from './start-dev-cluster';
 export { stopDevCluster } from './stop-dev-cluster';
