@@ -94,8 +94,9 @@ describe('helm chart', () => {
     const deploy = find(objects, 'Deployment', 'rel-ferry-coordinator');
     expect(deploy.spec.replicas).toBe(2);
     const coord = deploy.spec.template.spec.containers[0];
-    expect(coord.livenessProbe.httpGet).toEqual({ path: '/metrics', port: 'http' });
-    expect(coord.readinessProbe.httpGet).toEqual({ path: '/metrics', port: 'http' });
+    // /metrics needs a token; /healthz does not.
+    expect(coord.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'http' });
+    expect(coord.readinessProbe.httpGet).toEqual({ path: '/healthz', port: 'http' });
     expect(coord.resources.requests).toEqual({ cpu: '100m', memory: '128Mi' });
     const coordEnv = envOf(coord);
     expect(coordEnv.FERRY_COORDINATOR_ID).toEqual({ fieldRef: { fieldPath: 'metadata.name' } });
@@ -105,12 +106,12 @@ describe('helm chart', () => {
     // The coordinator (uid 10001) reads a 0600 copy of its credentials an init container makes in memory.
     expect(coordEnv.FERRY_NATS_CREDENTIALS).toBe('/run/ferry-nats/credentials.json');
     const coordPod = deploy.spec.template.spec;
-    expect(coordPod.initContainers[0].command).toEqual([
+    expect(coordPod.initContainers.find((c: JsonDoc) => c.name === 'nats-credentials').command).toEqual([
       'install', '-m', '0600', '-o', '10001', '-g', '10001', '/run/ferry-nats-secret/credentials.json', '/run/ferry-nats/credentials.json',
     ]);
     expect(coordPod.volumes.find((v: JsonDoc) => v.name === 'nats-credentials').secret.items).toEqual([{ key: 'nats-credentials-coordinator.json', path: 'credentials.json' }]);
     expect(coordPod.volumes.find((v: JsonDoc) => v.name === 'nats-credentials-copy').emptyDir.medium).toBe('Memory');
-    expect(coord.volumeMounts.map((m: JsonDoc) => m.mountPath).sort()).toEqual(['/etc/ferry', '/run/ferry-nats', '/run/ferry-nats-tls']);
+    expect(coord.volumeMounts.map((m: JsonDoc) => m.mountPath).sort()).toEqual(['/etc/ferry', '/run/ferry-http', '/run/ferry-nats', '/run/ferry-nats-tls']);
     expect(coordEnv.FERRY_HTTP_ADDRESS).toBe('0.0.0.0');
     expect(coord.envFrom).toEqual([{ configMapRef: { name: 'rel-ferry-config' } }]);
     const config = find(objects, 'ConfigMap', 'rel-ferry-config');
@@ -173,7 +174,8 @@ describe('helm chart', () => {
     const agent = find(objects, 'DaemonSet', 'rel-ferry-agent').spec.template.spec;
     expect(envOf(agent.containers[0]).FERRY_NATS_CREDENTIALS).toBeUndefined();
     expect(agent.volumes.some((v: JsonDoc) => v.name.startsWith('nats-'))).toBe(false);
-    expect(find(objects, 'Deployment', 'rel-ferry-coordinator').spec.template.spec.initContainers).toBeUndefined();
+    // Only the HTTP tokens file's copy: no NATS credentials to copy.
+    expect(find(objects, 'Deployment', 'rel-ferry-coordinator').spec.template.spec.initContainers.map((c: JsonDoc) => c.name)).toEqual(['http-tokens']);
     expect(objects.filter((o) => /-(nats|redis)$/.test(o.metadata.name))).toEqual([]);
     expect(find(objects, 'ConfigMap', 'rel-ferry-config').data.FERRY_REDIS_PREFIX).toBe('prod:');
   });
@@ -215,7 +217,7 @@ describe('helm chart', () => {
     const sm = find(objects, 'ServiceMonitor', 'rel-ferry');
     expect(sm.apiVersion).toBe(SERVICE_MONITOR_API);
     expect((sm.metadata as JsonDoc).labels.release).toBe('prometheus');
-    expect(sm.spec.endpoints).toEqual([{ port: 'http', path: '/metrics', interval: '30s' }]);
+    expect(sm.spec.endpoints).toEqual([{ port: 'http', path: '/metrics', interval: '30s', authorization: { type: 'Bearer', credentials: { name: 'rel-ferry-http-tokens', key: 'viewer-token' } } }]);
     // The toggle turns it off even where the API exists.
     const off = await render([], ['--api-versions', SERVICE_MONITOR_API, '--set', 'metrics.serviceMonitor.enabled=false']);
     expect(off.some((o) => o.kind === 'ServiceMonitor')).toBe(false);

@@ -243,6 +243,32 @@ test('a migration over NATS with auth and TLS: the captured transfer subjects ho
   expect((await cluster.ferry(['stop', 'secret'])).code).toBe(0);
 });
 
+test("CRIU's TLS page server: its client key crosses the bus only sealed with the migration's key, and the migration succeeds", async () => {
+  const w = await MarkerWorkload.launch('pstls', 8);
+  // Everything on the bus during the migration (the admin principal may read it all): requests, replies, frames.
+  const everything: Array<{ subject: string; data: Buffer }> = [];
+  const spy = cluster.nc.subscribe('>', { callback: (_e, msg) => everything.push({ subject: msg.subject, data: Buffer.from(msg.data) }) });
+  await cluster.nc.flush();
+  const res = await cluster.ferry(['migrate', 'pstls', '--to', 'h2', '--transport', 'page-server', '--json']);
+  await cluster.nc.flush();
+  spy.unsubscribe();
+  expect(res.json).toMatchObject({ state: 'succeeded', to: 'h2', transport: 'page-server' });
+  // The checkpoint request carried the page server's credentials: certificates readable, the key only sealed.
+  const checkpoint = everything.find((m) => m.subject === subjects.agent('h1', AgentVerb.CHECKPOINT));
+  const tls = (decode(checkpoint!.data) as { pageServer?: { tls?: Record<string, unknown> } }).pageServer?.tls;
+  expect(tls).toMatchObject({ caCert: expect.stringContaining('BEGIN CERTIFICATE'), cert: expect.stringContaining('BEGIN CERTIFICATE') });
+  expect(tls!.key).toBeUndefined();
+  expect((tls!.sealedKey as Uint8Array).byteLength).toBeGreaterThan(100);
+  // No private key anywhere on the bus, in any message.
+  expect(everything.length).toBeGreaterThan(4);
+  expect(everything.filter((m) => m.data.includes('PRIVATE KEY')).map((m) => m.subject)).toEqual([]);
+  const after = await where('pstls');
+  expect(after.host).toBe('h2');
+  expect(await w.verify(after.pid)).toBe('OK');
+  expect(await w.starts()).toBe(1);
+  expect((await cluster.ferry(['stop', 'pstls'])).code).toBe(0);
+});
+
 test('a frame forged by another principal during a migration fails it with TRANSFER_FAILED and rolls back intact', async () => {
   const w = await MarkerWorkload.launch('victim', 48);
   const before = await where('victim');

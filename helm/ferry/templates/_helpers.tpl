@@ -160,3 +160,35 @@ else the one the chart generates (nats.tls.generate, the default); empty: plain 
 - name: FERRY_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- end -}}
+
+{{/*
+The HTTP API's bearer tokens as JSON {"viewer": "...", "operator": "..."}: given in values, else
+kept from the existing Secret, else new (`ferry_` + 43 letters and digits; lookup returns nothing
+under `helm template`, where a fresh one is harmless).
+*/}}
+{{- define "ferry.httpTokens" -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (printf "%s-http-tokens" (include "ferry.fullname" .)) -}}
+{{- $tokens := dict -}}
+{{- range $role := list "viewer" "operator" -}}
+{{- $key := printf "%s-token" $role -}}
+{{- $given := index ($.Values.coordinator.http.tokens | default dict) $role -}}
+{{- if $given -}}
+{{- $_ := set $tokens $role $given -}}
+{{- else if and $existing (index ($existing.data | default dict) $key) -}}
+{{- $_ := set $tokens $role (index $existing.data $key | b64dec) -}}
+{{- else -}}
+{{- $_ := set $tokens $role (printf "ferry_%s" (randAlphaNum 43)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $tokens -}}
+{{- end -}}
+
+{{/*
+The coordinator's tokens file (packages/coordinator/src/http-tokens.ts) for the tokens given (the
+dict of ferry.httpTokens: computed once per render, since a fresh one is random): only SHA-256s.
+*/}}
+{{- define "ferry.httpTokensFile" -}}
+{{- $t := . -}}
+{{- $entries := list (dict "name" "chart-viewer" "role" "viewer" "sha256" (sha256sum $t.viewer)) (dict "name" "chart-operator" "role" "operator" "sha256" (sha256sum $t.operator)) -}}
+{{- toJson (dict "v" 1 "tokens" $entries) -}}
+{{- end -}}

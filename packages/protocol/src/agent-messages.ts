@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { AbsolutePath, Bytes, Version } from './fields';
 import { SealedSecret } from './sealed-key';
+import { PageServerTls } from './page-server-tls';
 import { CriuInfo, HostMemory, HostName, Id, LocalDir, MemoryPath, MountSpec, RestoreMode, ServiceAddress, StreamTransport, Transport, WorkloadInfo, WorkloadName, WorkloadState } from './schemas';
 
 /** `probe`: the agent is alive, and what its host offers now. */
@@ -77,17 +78,6 @@ export const ReceiveRequest = z.object({
   lazyPageTunnel: z.boolean().default(false),
 });
 export type ReceiveRequest = z.infer<typeof ReceiveRequest>;
-
-/** One PEM document (a certificate or an EC key), bounded. */
-const Pem = z.string().min(1).max(8192).refine((t) => t.startsWith('-----BEGIN '), 'not PEM');
-
-/**
- * The client side of a page server's mutual TLS: the per-migration CA's certificate, and the
- * certificate and key the source's `criu dump` presents. Travels only in the receive reply and
- * the checkpoint request, never into Redis, events or logs (like the image key).
- */
-export const PageServerTls = z.object({ caCert: Pem, cert: Pem, key: Pem });
-export type PageServerTls = z.infer<typeof PageServerTls>;
 
 /** Where a target's `criu page-server` listens, and with `tls` how to connect to it. */
 export const PageServerEndpoint = z.object({

@@ -145,13 +145,17 @@ describe('sealed transfers over a real nats-server', () => {
     const sent = await sendImage(senderNc, id, src, { imageKey: key, transport: 'direct' });
     expect(sent.transport).toBe('direct');
     expect((await receiver.done).bytes).toBe(MIB);
-    // A sender with the wrong key is refused on the direct path as well.
+    // A sender with the wrong key never gets onto the direct path: the offer's tag does not verify
+    // under its key (nor would its derived token open the connection); the receiver writes nothing.
     const other = await fresh();
     await writeFile(join(other.src, 'a.img'), 'x');
-    const strict = ImageReceiver.start(receiverNc, other.id, other.dst, { imageKey: key, directListenAddress: '127.0.0.1' });
+    const strict = ImageReceiver.start(receiverNc, other.id, other.dst, { imageKey: key, directListenAddress: '127.0.0.1', idleTimeoutMs: 1_000, firstFrameTimeoutMs: 1_000 });
     await strict.ready();
-    await rejection(sendImage(senderNc, other.id, other.src, { imageKey: randomBytes(IMAGE_KEY_BYTES), transport: 'direct' }));
-    expect((await rejection(strict.done)).code).toBe(ErrorCode.TRANSFER_FAILED);
+    const refused = await rejection(sendImage(senderNc, other.id, other.src, { imageKey: randomBytes(IMAGE_KEY_BYTES), transport: 'direct' }));
+    expect(refused.code).toBe(ErrorCode.UNAVAILABLE);
+    expect(refused.message).toMatch(/not authenticated with the migration key/);
+    expect((await rejection(strict.done)).code).toBe(ErrorCode.DEADLINE_EXCEEDED);
+    expect(await readdir(other.dst)).toEqual([]);
   });
 
   it('rejects a forged plain chunk, a frame sealed with another key and a replayed frame: TRANSFER_FAILED, nothing written', async () => {

@@ -10,6 +10,8 @@ import { join } from 'node:path';
 import { connect, type NatsConnection } from 'nats';
 import { decode, encode, ErrorCode, IMAGE_KEY_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { CONTROL_MAC_BYTES, ControlFrameAuthenticator, ImageReceiver, sendImage } from './index';
+import { connectDirect } from './direct-path';
+import { directToken } from './control-frame-auth';
 import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
 import { rejection } from './test-transfer-bed';
 
@@ -45,6 +47,20 @@ describe('ControlFrameAuthenticator', () => {
     const a = auth.sign({ t: 'error', code: 'AB', message: 'C' });
     expect(auth.verify({ ...a, code: 'A', message: 'BC' })).toBe(false);
     expect(() => new ControlFrameAuthenticator(randomBytes(16), 'x-1')).toThrow(/32 bytes/);
+  });
+
+  it('tags direct offers over host, port and pump; derives the direct token per key and transfer', () => {
+    const offer = auth.sign({ t: 'offer', host: '198.18.0.11', port: 4000, pump: true });
+    expect(auth.verify(offer)).toBe(true);
+    expect(auth.verify({ ...offer, host: '198.18.0.66' })).toBe(false);
+    expect(auth.verify({ ...offer, port: 4001 })).toBe(false);
+    expect(auth.verify({ ...offer, pump: false })).toBe(false);
+    expect(auth.verify({ ...offer, t: 'ack', seq: 4000 } as never)).toBe(false);
+    const token = directToken(key, 'x-1');
+    expect(token).toMatch(/^[0-9a-f]{32}$/);
+    expect(directToken(Buffer.from(key), 'x-1')).toBe(token);
+    expect(directToken(key, 'x-2')).not.toBe(token);
+    expect(directToken(randomBytes(IMAGE_KEY_BYTES), 'x-1')).not.toBe(token);
   });
 });
 
@@ -139,6 +155,54 @@ describe('forged acks and ctl frames over a real nats-server', () => {
         expect((await sending).files).toBe(1);
       }
       sub.unsubscribe();
+    }
+  });
+
+  it('a keyed offer names no token and carries a tag; an offer forged by another principal is refused, never connected to, and the image arrives intact', async () => {
+    const { id, src, dst } = await fresh();
+    const body = randomBytes(3 * MIB);
+    await writeFile(join(src, 'pages-1.img'), body);
+    const key = randomBytes(IMAGE_KEY_BYTES);
+    // The attacker answers the direct subject first with an endpoint of its own (and the real receiver is slower).
+    let attackerConnections = 0;
+    const trap = (await import('node:net')).createServer((s) => {
+      attackerConnections += 1;
+      s.destroy();
+    });
+    await new Promise<void>((r) => trap.listen(0, '127.0.0.1', () => r()));
+    const trapPort = (trap.address() as { port: number }).port;
+    const forged = attackerNc.subscribe(subjects.xferDirect(id), {
+      callback: (_e, msg) => msg.respond(encode({ v, t: 'offer', host: '127.0.0.1', port: trapPort, token: 'c'.repeat(32), mac: randomBytes(32) })),
+    });
+    await attackerNc.flush();
+    try {
+      // What the real receiver offers, as whoever reads the bus sees it: no token, a tag.
+      const probeId = `${id}-probe`;
+      const probe = ImageReceiver.start(receiverNc, probeId, dst, { imageKey: key, directListenAddress: '127.0.0.1' });
+      await probe.ready();
+      const offer = decode((await senderNc.request(subjects.xferDirect(probeId), encode({ v, t: 'direct' }))).data) as Record<string, unknown>;
+      expect(offer).toMatchObject({ t: 'offer', host: '127.0.0.1' });
+      expect(offer.token).toBeUndefined();
+      expect(new ControlFrameAuthenticator(key, probeId).verify(offer as never)).toBe(true);
+      probe.abort('probe done');
+      await probe.done.catch(() => undefined);
+
+      // Alone on the subject, the forged offer (with a token, with a made-up tag, or with none) is refused.
+      const auth = new ControlFrameAuthenticator(key, id);
+      const refused = await connectDirect(senderNc, id, 1024, { offerMs: 1_000, connectMs: 1_000 }, true, { imageKey: key, auth });
+      expect(refused).toEqual({ reason: expect.stringMatching(/not authenticated with the migration key/) });
+
+      // With the real receiver answering too (whichever answer comes first), the image arrives whole.
+      const receiver = ImageReceiver.start(receiverNc, id, dst, { imageKey: key, directListenAddress: '127.0.0.1' });
+      await receiver.ready();
+      await sendImage(senderNc, id, src, { imageKey: key, transport: 'auto', idleTimeoutMs: 10_000 });
+      await receiver.done;
+      expect((await readFile(join(dst, 'pages-1.img'))).equals(body)).toBe(true);
+      // The sender never went to the attacker's endpoint.
+      expect(attackerConnections).toBe(0);
+    } finally {
+      forged.unsubscribe();
+      trap.close();
     }
   });
 

@@ -19,6 +19,10 @@
  * - With a key, an unauthenticated frame (no mac, a wrong one, or not even a frame) is ignored,
  *   never acted on: failing the transfer on it would hand the denial of service back to anyone
  *   allowed on the subject.
+ * - The direct path's offer {host, port, pump} is tagged the same way (type `offer`), so a sender
+ *   connects only where the real receiver listens (a forged offer is refused and the sender uses
+ *   NATS), and the token the sender opens that connection with is derived from the key
+ *   (`directToken`), so it never crosses the bus: a reader of the bus cannot take the connection.
  */
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { assertImageKey } from './chunk-cipher';
@@ -38,8 +42,24 @@ export interface CtlFields {
   code: string;
   message: string;
 }
+/** The fields of a direct-path offer the tag covers. */
+export interface OfferFields {
+  t: 'offer';
+  host: string;
+  port: number;
+  pump: boolean;
+}
 /** A received control frame: `mac` absent when the peer sent none. */
-export type ControlFrameFields = (AckFields | CtlFields) & { mac?: Uint8Array };
+export type ControlFrameFields = (AckFields | CtlFields | OfferFields) & { mac?: Uint8Array };
+
+/** Bytes of the direct path's connect token (hex-encoded on the wire: twice as many digits). */
+export const DIRECT_TOKEN_BYTES = 16;
+
+/** The token a keyed sender opens the direct connection with: HKDF of the image key, bound to the transfer. */
+export function directToken(imageKey: Uint8Array, transferId: string): string {
+  assertImageKey(imageKey);
+  return Buffer.from(hkdfSync('sha256', imageKey, Buffer.from(transferId), 'ferry-direct-token-v1', DIRECT_TOKEN_BYTES)).toString('hex');
+}
 
 function field(bytes: Buffer): Buffer {
   const len = Buffer.alloc(4);
@@ -65,15 +85,16 @@ export class ControlFrameAuthenticator {
   }
 
   /** The tag of `frame` (its `mac`, if any, is not covered). */
-  tag(frame: AckFields | CtlFields): Buffer {
+  tag(frame: AckFields | CtlFields | OfferFields): Buffer {
     const hmac = createHmac('sha256', this.macKey).update(this.prefix).update(field(Buffer.from(frame.t)));
     if (frame.t === 'ack') hmac.update(field(seqBytes(frame.seq)));
+    else if (frame.t === 'offer') hmac.update(field(Buffer.from(frame.host))).update(field(seqBytes(frame.port))).update(field(Buffer.from([frame.pump ? 1 : 0])));
     else hmac.update(field(Buffer.from(frame.code))).update(field(Buffer.from(frame.message)));
     return hmac.digest();
   }
 
   /** `frame` with its tag in `mac`, ready to encode. */
-  sign<F extends AckFields | CtlFields>(frame: F): F & { mac: Buffer } {
+  sign<F extends AckFields | CtlFields | OfferFields>(frame: F): F & { mac: Buffer } {
     return { ...frame, mac: this.tag(frame) };
   }
 

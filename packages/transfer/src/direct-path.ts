@@ -2,8 +2,11 @@
  * The direct data path: image frames over one TCP connection from the sender to the receiver,
  * negotiated over NATS. On a 2-core machine a bare NATS stream tops out at a fraction of one TCP
  * stream (nats-server and both clients parse every byte); the direct path skips the server and
- * the client's message parser. The receiver offers an endpoint and a one-time token on the
- * transfer's direct subject; the sender connects, presents the token, and sends the same frames.
+ * the client's message parser. The receiver offers an endpoint on the transfer's direct subject;
+ * the sender connects, presents a one-time token, and sends the same frames. With the migration's
+ * key the token is derived from it on both ends and the offer is tagged (control-frame-auth.ts):
+ * nothing on the bus lets another principal take the connection or steer the sender elsewhere.
+ * Without a key (anonymous dev NATS) the offer carries a random token.
  * When the receiver declines, does not answer, or cannot be reached, the sender falls back to NATS.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
@@ -11,6 +14,7 @@ import { connect as tcpConnect, createServer, type Server, type Socket } from 'n
 import type { NatsConnection } from 'nats';
 import { decode, encode, ErrorCode, FerryError, parseMessage, PROTOCOL_VERSION, subjects, toFerryError } from '@ferry/protocol';
 import { FrameSocket } from './frame-socket';
+import { directToken, type ControlFrameAuthenticator } from './control-frame-auth';
 import { DirectReplyFrame, HelloFrame } from './frames';
 
 /** How long the sender waits for the receiver's offer before using NATS. */
@@ -32,6 +36,7 @@ export class DirectEndpoint {
     readonly token: string,
     /** Whether the offer includes the pumped path. */
     readonly pump: boolean,
+    private readonly keyed: boolean,
   ) {}
 
   /**
@@ -40,8 +45,13 @@ export class DirectEndpoint {
    * receiver already gets its data over NATS); after the first authenticated connection the
    * endpoint stops listening. `pump`: offers the pumped path (file-pump.ts).
    */
-  static async open(host: string, onLink: (link: FrameSocket, pumped: boolean) => boolean, pump = false): Promise<DirectEndpoint> {
-    const token = randomBytes(TOKEN_BYTES).toString('hex');
+  static async open(
+    host: string,
+    onLink: (link: FrameSocket, pumped: boolean) => boolean,
+    pump = false,
+    keyed?: { imageKey: Uint8Array; transferId: string },
+  ): Promise<DirectEndpoint> {
+    const token = keyed ? directToken(keyed.imageKey, keyed.transferId) : randomBytes(TOKEN_BYTES).toString('hex');
     const expected = Buffer.from(token);
     let endpoint: DirectEndpoint | undefined;
     const server = createServer((socket: Socket) => {
@@ -80,8 +90,13 @@ export class DirectEndpoint {
     });
     const address = server.address();
     const port = typeof address === 'object' && address !== null ? address.port : 0;
-    endpoint = new DirectEndpoint(server, host, port, token, pump);
+    endpoint = new DirectEndpoint(server, host, port, token, pump, keyed !== undefined);
     return endpoint;
+  }
+
+  /** Whether the token is derived from the migration's key (the offer then names none). */
+  get derivedToken(): boolean {
+    return this.keyed;
   }
 
   /** Set once a connection presented the token; the endpoint is then spent. */
@@ -107,6 +122,8 @@ export async function connectDirect(
   maxFrameBytes: number,
   timeouts: { offerMs: number; connectMs: number } = { offerMs: DIRECT_OFFER_TIMEOUT_MS, connectMs: DIRECT_CONNECT_TIMEOUT_MS },
   canPump = false,
+  /** With the migration's key: the offer must carry its tag, and the token is derived, not taken from it. */
+  keyed?: { imageKey: Uint8Array; auth: ControlFrameAuthenticator },
 ): Promise<DirectConnectResult> {
   let offer: DirectReplyFrame;
   try {
@@ -116,6 +133,18 @@ export async function connectDirect(
     return { reason: `no direct offer: ${toFerryError(err).message}` };
   }
   if (offer.t === 'decline') return { reason: 'the receiver declined the direct path' };
+  let token: string;
+  if (keyed) {
+    // Only the receiver holding the key can say where to connect; the token never crossed the bus.
+    if (!keyed.auth.verify({ t: 'offer', host: offer.host, port: offer.port, pump: offer.pump === true, ...(offer.mac ? { mac: offer.mac } : {}) })) {
+      return { reason: 'the direct offer is not authenticated with the migration key (another principal answered the direct subject)' };
+    }
+    token = directToken(keyed.imageKey, transferId);
+  } else if (offer.token !== undefined) {
+    token = offer.token;
+  } else {
+    return { reason: 'the direct offer names no token' };
+  }
   // A tagged result, not `instanceof Error`: errors from Node's internals may come from another realm (jest).
   const connected = await new Promise<{ socket: Socket } | { error: string }>((resolve) => {
     const s = tcpConnect({ host: offer.host, port: offer.port });
@@ -137,6 +166,6 @@ export async function connectDirect(
   const socket = connected.socket;
   const link = new FrameSocket(socket, maxFrameBytes);
   const pumped = canPump && offer.pump === true;
-  link.send(encode({ v: PROTOCOL_VERSION, t: 'hello', token: offer.token, ...(pumped ? { pump: true } : {}) }));
+  link.send(encode({ v: PROTOCOL_VERSION, t: 'hello', token, ...(pumped ? { pump: true } : {}) }));
   return { link, pumped };
 }

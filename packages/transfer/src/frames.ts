@@ -127,13 +127,18 @@ const Token = z.string().regex(/^[0-9a-f]{32}$/, 'token is 32 lowercase hex digi
 
 /** Sender -> receiver on the direct subject: may I send over TCP? */
 export const DirectRequestFrame = z.strictObject({ v: Version, t: z.literal('direct') });
-/** Receiver's answer: connect here and present `token` (one connection, once). */
+/**
+ * Receiver's answer: connect here (one connection, once). Without a key it names the `token` to
+ * present; with one it carries none (both ends derive it, control-frame-auth.ts directToken) and
+ * is tagged (`mac`), so a sender takes no offer from whoever else may answer on the subject.
+ */
 export const DirectOfferFrame = z.strictObject({
   v: Version,
   t: z.literal('offer'),
   host: z.string().min(1).max(64),
   port: z.number().int().min(1).max(65_535),
-  token: Token,
+  token: Token.optional(),
+  mac: Mac,
   /** The receiver can take file bodies through its native pump. */
   pump: z.boolean().optional(),
 });

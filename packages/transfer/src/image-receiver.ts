@@ -129,7 +129,8 @@ export class ImageReceiver {
     const receiver = new ImageReceiver(nc, transferId, root, options);
     if (options.directListenAddress !== '') {
       const offerPump = options.filePump !== null && options.imageKey !== null;
-      receiver.endpoint = DirectEndpoint.open(options.directListenAddress, (link, pumped) => receiver.takeLink(link, pumped), offerPump).catch((err: unknown) => {
+      const keyed = options.imageKey ? { imageKey: options.imageKey, transferId } : undefined;
+      receiver.endpoint = DirectEndpoint.open(options.directListenAddress, (link, pumped) => receiver.takeLink(link, pumped), offerPump, keyed).catch((err: unknown) => {
         // Not fatal: the sender is declined and uses NATS.
         receiver.log.warn({ transferId, err: toFerryError(err).message }, 'no direct path offered');
         return undefined;
@@ -162,7 +163,12 @@ export class ImageReceiver {
     }
     const endpoint = await this.endpoint;
     if (endpoint === undefined || endpoint.claimed || this.transport !== undefined || this.finished) return decline;
-    return { v: PROTOCOL_VERSION, t: 'offer', host: endpoint.host, port: endpoint.port, token: endpoint.token, ...(endpoint.pump ? { pump: true } : {}) };
+    const pump = endpoint.pump ? { pump: true } : {};
+    // Keyed: no token (the sender derives it) and a tag, so only we can send a sender somewhere.
+    if (this.auth && endpoint.derivedToken) {
+      return { v: PROTOCOL_VERSION, t: 'offer', host: endpoint.host, port: endpoint.port, ...pump, mac: this.auth.tag({ t: 'offer', host: endpoint.host, port: endpoint.port, pump: endpoint.pump }) };
+    }
+    return { v: PROTOCOL_VERSION, t: 'offer', host: endpoint.host, port: endpoint.port, token: endpoint.token, ...pump };
   }
 
   /** An authenticated direct connection: taken unless data already comes over NATS. */

@@ -256,7 +256,8 @@ export async function sendImage(
     if (options.transport !== 'nats') {
       const timeouts = { offerMs: options.directTimeoutMs, connectMs: options.directTimeoutMs };
       const canPump = options.filePump !== null && options.imageKey !== null;
-      const direct = await connectDirect(nc, transferId, MAX_ACK_FRAME_BYTES, timeouts, canPump);
+      const keyed = options.imageKey && auth ? { imageKey: options.imageKey, auth } : undefined;
+      const direct = await connectDirect(nc, transferId, MAX_ACK_FRAME_BYTES, timeouts, canPump, keyed);
       if ('link' in direct) {
         link = direct.link;
         transport = 'direct';

@@ -18,7 +18,7 @@
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { ErrorCode, FerryError, type PageServerTls } from '@ferry/protocol';
+import { ErrorCode, FerryError, type PageServerClientTls } from '@ferry/protocol';
 import { runTool } from '../host/run-tool';
 
 /** A migration lasts minutes; a day covers clock skew between hosts without outliving much. */
@@ -46,9 +46,10 @@ async function openssl(args: string[]): Promise<void> {
  * Makes a throwaway CA and a server and a client certificate for a page server listening on
  * `address`, in `tlsDir` (made 0700; kept apart from the images dir, whose every file the image
  * stream would send). Returns the server's files (for `criu page-server`) and the client's
- * credentials as PEM text (for the source's `criu dump`).
+ * credentials as PEM text (for the source's `criu dump`; its key crosses the bus only sealed, protocol
+ * page-server-tls.ts).
  */
-export async function makePageServerTls(tlsDir: string, address: string): Promise<{ server: PageServerTlsFiles; client: PageServerTls }> {
+export async function makePageServerTls(tlsDir: string, address: string): Promise<{ server: PageServerTlsFiles; client: PageServerClientTls }> {
   if (isIP(address) === 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `page server address ${address} is not an IP address`);
   await rm(tlsDir, { recursive: true, force: true });
   await mkdir(tlsDir, { recursive: true, mode: 0o700 });
@@ -70,7 +71,7 @@ export async function makePageServerTls(tlsDir: string, address: string): Promis
   }
   // Nothing may be signed by this CA again.
   await rm(f('ca.key'), { force: true });
-  const client: PageServerTls = {
+  const client: PageServerClientTls = {
     caCert: await readFile(f('ca.pem'), 'utf8'),
     cert: await readFile(f('client.pem'), 'utf8'),
     key: await readFile(f('client.key'), 'utf8'),
@@ -79,8 +80,8 @@ export async function makePageServerTls(tlsDir: string, address: string): Promis
   return { server: { caCert: f('ca.pem'), cert: f('server.pem'), key: f('server.key') }, client };
 }
 
-/** Writes the client credentials of a checkpoint request into `tlsDir` (0600 files in a 0700 dir). */
-export async function writePageServerClientTls(tlsDir: string, tls: PageServerTls): Promise<PageServerTlsFiles> {
+/** Writes opened client credentials (openPageServerTls) into `tlsDir` (0600 files in a 0700 dir). */
+export async function writePageServerClientTls(tlsDir: string, tls: PageServerClientTls): Promise<PageServerTlsFiles> {
   await mkdir(tlsDir, { recursive: true, mode: 0o700 });
   await chmod(tlsDir, 0o700);
   const files = { caCert: join(tlsDir, 'ca.pem'), cert: join(tlsDir, 'client.pem'), key: join(tlsDir, 'client.key') };

@@ -15,7 +15,11 @@ import {
   toFerryError,
   type MigrationRecordReply,
   type MigrationRef,
-  type PageServerTls,
+  openPageServerTls,
+  pageServerTlsKey,
+  sealPageServerTls,
+  type PageServerClientTls,
+  type PageServerEndpoint,
   type ReceiveReply,
   type ReceiveRequest,
   type RestoreReply,
@@ -32,7 +36,7 @@ import { addServiceAddress, announceServiceAddress, removeServiceAddress } from 
 import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS } from '../host/local-dirs';
 import { setTreeTcpRepair } from '../host/tcp-sockets';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
-import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed } from '../post-copy/lazy-memory-feed';
+import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
 import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
 import { assertLocalDirsFree, LocalDirReceiver } from './local-dir-copy';
 import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
@@ -63,6 +67,8 @@ interface IncomingMigration {
   /** Post-copy: where the lazy pages are asked for, and the key their replies are sealed with. */
   transferId: string;
   pagesKey: Buffer | null;
+  /** Opens the page-server client keys of this migration (pageServerTlsKey of its image key). */
+  tlsKey: Buffer | null;
   /** Post-copy, during the restore and until the last page: the page server CRIU's lazy-pages daemon asks. */
   relay?: LazyPageRelay;
   /** The workload's local dirs as the coordinator gave them, and what extracts their archives. */
@@ -111,6 +117,7 @@ export class MigrationTarget {
     // Before the source freezes anything: local dirs this host will not take, or a filesystem it
     // cannot mount, fail the migration here.
     checkLocalDirs(req.localDirs, this.opts.localDirRoots ?? DEFAULT_LOCAL_DIR_ROOTS);
+    if (req.pageServerTls && !imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, "a page server over TLS needs the migration's image key: its client key crosses the bus sealed with it");
     await assertLocalDirsFree(req.localDirs);
     const mountedPaths = await workloads.mountAll(req.mounts);
     const local = req.localDirs.length > 0 ? new LocalDirReceiver(this.deps.syscalls, req.localDirs, log.child({ migrationId: req.migrationId })) : undefined;
@@ -148,13 +155,14 @@ export class MigrationTarget {
       ...(req.address ? { address: req.address } : {}),
       transferId: req.transferId,
       pagesKey: imageKey ? pageRequestKey(imageKey) : null,
+      tlsKey: imageKey ? pageServerTlsKey(imageKey) : null,
       localDirs: req.localDirs,
       ...(local ? { local } : {}),
     };
     this.incoming.set(req.migrationId, incoming);
     // The source starts sending as soon as we reply; the server must have our subscription first.
     await receiver.ready();
-    let clientTls: PageServerTls | undefined;
+    let clientTls: PageServerClientTls | undefined;
     if (req.pageServer) {
       let serverTls: PageServerTlsFiles | undefined;
       if (req.pageServerTls) {
@@ -177,7 +185,16 @@ export class MigrationTarget {
       return { pageTunnel: tunnel.endpoint };
     }
     const ps = incoming.pageServer;
-    return ps ? { pageServer: { address: ps.address, port: ps.port, ...(clientTls ? { tls: clientTls } : {}) } } : {};
+    // The client key goes out sealed: the coordinator relays it to the source without being able to use it.
+    const sealedTls = clientTls && incoming.tlsKey ? { tls: sealPageServerTls(clientTls, incoming.tlsKey, req.migrationId) } : {};
+    return ps ? { pageServer: { address: ps.address, port: ps.port, ...sealedTls } } : {};
+  }
+
+  /** The source's lazy page server with its client key opened (it came sealed with this migration's key). */
+  private openLazyPageServer(ps: PageServerEndpoint, inc: IncomingMigration): OpenedPageServerEndpoint {
+    if (!ps.tls) return { address: ps.address, port: ps.port };
+    if (!inc.tlsKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, "the source's page server credentials came without this migration's image key to open them");
+    return { address: ps.address, port: ps.port, tls: openPageServerTls(ps.tls, inc.tlsKey, inc.migrationId) };
   }
 
   async restore(req: RestoreRequest): Promise<RestoreReply> {
@@ -221,7 +238,7 @@ export class MigrationTarget {
             nc: this.deps.nc,
             transferId: inc.transferId,
             pagesKey: inc.pagesKey,
-            lazyPageServer: req.lazyPageServer,
+            ...(req.lazyPageServer ? { lazyPageServer: this.openLazyPageServer(req.lazyPageServer, inc) } : {}),
             tlsDir: workDirs.tlsPathFor(req.migrationId),
             syscalls: this.deps.syscalls,
           },

@@ -17,7 +17,7 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
-import { ErrorCode, FerryError, toFerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerEndpoint, type PageTunnelEndpoint, type StreamTransport } from '@ferry/protocol';
+import { ErrorCode, FerryError, openPageServerTls, pageServerTlsKey, sealPageServerTls, toFerryError, type CriuInfo, type Logger, type MemoryPath, type PageServerClientTls, type PageServerEndpoint, type PageServerTls, type PageTunnelEndpoint, type StreamTransport } from '@ferry/protocol';
 import type { LiveImageFile, TransferStats } from '@ferry/transfer';
 import type { CriuDriver, CriuDumpRequest } from '../criu/criu-driver';
 import { LazyDump } from '../criu/criu-service';
@@ -190,11 +190,17 @@ class PageServerDumpPath extends ImageDumpPath {
     super(ctx);
   }
 
+  /** The target's client key came sealed with this migration's key (protocol page-server-tls.ts). */
+  private openClientTls(tls: PageServerTls): PageServerClientTls {
+    if (!this.ctx.imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, "the target's page server credentials came without this migration's image key to open them");
+    return openPageServerTls(tls, pageServerTlsKey(this.ctx.imageKey), this.ctx.migrationId);
+  }
+
   override async dump(request: CriuDumpRequest): Promise<DumpedImage> {
     // The page server's client credentials exist on this host only for the dump (page-server-tls.ts).
     const tlsDir = this.ctx.workDirs.tlsPathFor(this.ctx.migrationId);
     try {
-      const tlsArgs = this.endpoint.tls ? criuTlsArgs(await writePageServerClientTls(tlsDir, this.endpoint.tls)) : [];
+      const tlsArgs = this.endpoint.tls ? criuTlsArgs(await writePageServerClientTls(tlsDir, this.openClientTls(this.endpoint.tls))) : [];
       const pageServerArgs = ['--page-server', '--address', this.endpoint.address, '--port', String(this.endpoint.port), ...tlsArgs];
       const dumped = await this.ctx.criu.dump({ ...request, extraArgs: [...(request.extraArgs ?? []), ...pageServerArgs] });
       return { durationMs: dumped.durationMs, logPath: dumped.logPath, bytesOnWire: dumped.memoryBytesWritten ?? 0 };
@@ -344,7 +350,10 @@ class CriuLazyDumpPath implements SourceDataPath {
     if (this.tunnel) return {};
     if (this.tls && sent.transport === 'direct') {
       // The hosts reach each other: the target's CRIU fetches straight from ours, over mutual TLS.
-      return { lazyPageServer: { address: dump.address, port: dump.port, tls: this.tls.client } };
+      // Its client key goes out sealed with this migration's key: only the target can open it.
+      if (!this.ctx.imageKey) throw new FerryError(ErrorCode.INVALID_ARGUMENT, "the lazy page server's credentials need this migration's image key to travel sealed");
+      const tls = sealPageServerTls(this.tls.client, pageServerTlsKey(this.ctx.imageKey), this.ctx.migrationId);
+      return { lazyPageServer: { address: dump.address, port: dump.port, tls } };
     }
     // Through NATS: this agent is CRIU's client and answers the target's page requests.
     const { nc, transferId, imageKey, log } = this.ctx;

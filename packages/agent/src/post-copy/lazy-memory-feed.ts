@@ -10,7 +10,7 @@ import { readdir } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { totalmem } from 'node:os';
 import type { NatsConnection } from 'nats';
-import type { Logger, PageServerEndpoint } from '@ferry/protocol';
+import type { Logger, PageServerClientTls } from '@ferry/protocol';
 import type { LinuxSyscalls } from '@ferry/native';
 import { requestPages } from '@ferry/transfer';
 import type { CriuDriver } from '../criu/criu-driver';
@@ -33,12 +33,19 @@ export interface LazyMemorySourceRef {
   transferId: string;
   /** Key the source seals its page replies with (pageRequestKey of the image key). */
   pagesKey: Buffer | null;
-  /** The source's CRIU page server, when the target's CRIU may fetch from it straight. */
-  lazyPageServer?: PageServerEndpoint;
+  /** The source's CRIU page server, when the target's CRIU may fetch from it straight (its client key opened). */
+  lazyPageServer?: OpenedPageServerEndpoint;
   /** Where that page server's client credentials are written for CRIU. */
   tlsDir: string;
   /** The socket pair between the daemon and the relay. */
   syscalls: Pick<LinuxSyscalls, 'socketpair' | 'close'>;
+}
+
+/** A page server's endpoint with its client credentials opened (protocol openPageServerTls). */
+export interface OpenedPageServerEndpoint {
+  address: string;
+  port: number;
+  tls?: PageServerClientTls;
 }
 
 /** Starts the daemon for a lazy restore from the images in `imagesDir`. */

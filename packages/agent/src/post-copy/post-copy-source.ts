@@ -13,7 +13,7 @@ import { mkdir, open, readdir, type FileHandle } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { NatsConnection } from 'nats';
-import { ErrorCode, FerryError, PAGE_BYTES, type Logger, type PageServerTls } from '@ferry/protocol';
+import { ErrorCode, FerryError, PAGE_BYTES, type Logger, type PageServerClientTls } from '@ferry/protocol';
 import { servePageRequests, type PageResponder, type PageRun } from '@ferry/transfer';
 import { decodeIov, encodeIov, PAGE_SERVER_IOV_BYTES, PS_IOV_CLOSE, PS_IOV_GET, type PageServerIov } from '../criu/criu-page-protocol';
 import type { LazyDump } from '../criu/criu-service';
@@ -122,7 +122,7 @@ export class CriuPageClient {
   }
 
   /** Connects to it at `address:port`, with TLS when it listens with TLS (the target's client credentials serve here too). */
-  static async connect(address: string, port: number, tls?: PageServerTls): Promise<CriuPageClient> {
+  static async connect(address: string, port: number, tls?: PageServerClientTls): Promise<CriuPageClient> {
     const sock: Socket = tls ? tlsConnect({ host: address, port, ca: tls.caCert, cert: tls.cert, key: tls.key }) : connect(port, address);
     await new Promise<void>((resolve, reject) => {
       sock.once(tls ? 'secureConnect' : 'connect', () => resolve());
