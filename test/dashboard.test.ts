@@ -213,8 +213,10 @@ test('cluster view, a migration from the UI with live progress and its timeline,
   expect(a11y.liveRegions).toBeGreaterThanOrEqual(2);
 
   // ---- A viewer's token: everything shown, every action disabled ----
+  // Signing out leaves a fresh page: nothing the operator saw stays behind the dialog.
   await page.getByRole('button', { name: 'Sign out' }).click();
   await login.waitFor();
+  await waitFor('a fresh page', async () => (await page.locator('#hosts-table tbody tr').count()) === 0);
   await login.getByLabel('Access token').fill(cluster.httpTokens.viewer);
   await login.getByRole('button', { name: 'Sign in' }).click();
   await login.waitFor({ state: 'hidden' });

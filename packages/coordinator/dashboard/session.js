@@ -99,7 +99,11 @@
         },
       );
     });
-    $('sign-out').addEventListener('click', () => signOut('Signed out.'));
+    // A fresh page: nothing the previous token could see stays behind the sign-in dialog.
+    $('sign-out').addEventListener('click', () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      location.reload();
+    });
     if (token()) checkToken().catch((/** @type {any} */ err) => err.status === 401 || showSignIn(`${err.code}: ${err.message}`));
     else showSignIn('');
   }

@@ -6,8 +6,6 @@ export * from './schemas';
 export * from './agent-messages';
 export * from './coordinator-messages';
 export { PAGE_BYTES } from './memory-page';
-export { PageServerTls, Pem, openPageServerTls, pageServerTlsKey, sealPageServerTls } from './page-server-tls';
-export type { PageServerClientTls } from './page-server-tls';
 export { SealKeyPair, SealPublicKey, SealedSecret, sealToAgent, SEAL_PUBLIC_KEY_BYTES } from './sealed-key';
 export { WorkloadManifest, PinnedFile, MANIFEST_FILE, MAX_MANIFEST_BYTES } from './manifest';
 export { LifecycleEvent, LifecycleStep } from './lifecycle-event';
