@@ -123,6 +123,12 @@ test('zero trust, HTTP: no token, a made-up token and a viewer token cannot read
   await waitFor('the old viewer token refused', async () => (await http('GET', '/v1/hosts', undefined, viewer)).status === 401, 10_000);
   expect((await http('GET', '/v1/hosts', undefined, rotated)).status).toBe(200);
   cluster.httpTokens.viewer = rotated;
+  // SIGHUP re-reads the file at once and does not stop the coordinator (Node's default for SIGHUP would).
+  const coordinator = dev.readClusterState(cluster.name)!.processes.find((p) => p.role === 'coordinator')!;
+  process.kill(coordinator.pid, 'SIGHUP');
+  await new Promise((r) => setTimeout(r, 300));
+  expect(dev.isProcessAlive(coordinator)).toBe(true);
+  expect((await http('GET', '/v1/whoami', undefined, rotated)).json).toEqual({ name: 'dev-viewer', role: 'viewer' });
 
   expect((await cluster.ferry(['stop', 'guarded'])).code).toBe(0);
 });
