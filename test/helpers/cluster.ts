@@ -11,6 +11,8 @@ import { readDevHttpToken, startLocalCluster, stopLocalCluster, type LocalCluste
 import { natsAuthOptionsFromFile } from '@ferry/protocol';
 import type { JsonDoc } from './json-doc';
 
+type DevClusterState = Awaited<ReturnType<typeof startLocalCluster>>;
+
 const exec = promisify(execFile);
 export const REPO = join(__dirname, '..', '..');
 const FERRY_BIN = join(REPO, 'packages', 'cli', 'bin', 'ferry.js');
@@ -45,6 +47,8 @@ export interface TestCluster {
   httpTokensFile: string;
   /** host:port of the cluster's Kafka broker when started with `kafka: true`. */
   kafkaBrokers: string | null;
+  /** The broker's CA and each Kafka principal's credentials files (SASL/SCRAM over TLS), as cluster.json records them. */
+  kafka: DevClusterState['kafka'] | null;
   /** Each role's NATS credentials file (`nc` uses admin's, `ferry()` the CLI's); null with `natsAuth: false`. */
   credentials: { coordinator: string; cli: string; admin: string; agents: Record<string, string> } | null;
   /** Runs the real `ferry` CLI against this cluster. */
@@ -81,6 +85,7 @@ export async function startTestCluster(name: string, subnetIndex: number, opts: 
     httpTokens,
     httpTokensFile: state.http!.tokensFile,
     kafkaBrokers: kafkaPort ? `127.0.0.1:${kafkaPort}` : null,
+    kafka: state.kafka ?? null,
     credentials,
     async ferry(args, timeoutMs = 120_000) {
       try {

@@ -5,15 +5,34 @@
  *   {"requestId": "r1", "kind": "migrate", "workload": "w", "to": "h2"}   (`to` optional: placed)
  *   {"requestId": "r2", "kind": "drain", "host": "h1"}
  * A request id is handled once: a repeat yields a `duplicate` request event and starts nothing.
+ * Every request is signed by its requester (`auth`: requester, issuedAt, HMAC-SHA256 tag; the format
+ * is in @ferry/protocol kafka-request-auth.ts): one without a valid tag from a requester in
+ * `requestKeys`, signed too long ago, or whose tag was already seen (a replay) yields a `rejected`
+ * event (UNAUTHENTICATED) and starts nothing. The broker's ACLs decide who may produce at all;
+ * the tag is how the coordinator knows who asks, since a consumer never sees the producer's principal.
  * An accepted migrate request shows as the migration's `requested` event (with the request id);
  * an accepted drain as an `accepted` request event. A request that cannot start (malformed, unknown workload, ...) yields a `rejected` event with
  * the reason. Requests go to the coordinator as the CLI's NATS requests, so the leader runs them
  * whichever coordinator consumed them.
  */
-import { Kafka, logLevel, type Consumer, type Producer, type LogEntry } from 'kafkajs';
+import { readFileSync } from 'node:fs';
+import { Kafka, logLevel, type Consumer, type Producer, type LogEntry, type SASLOptions } from 'kafkajs';
 import type { NatsConnection } from 'nats';
 import { z } from 'zod';
-import { CoordVerb, ErrorCode, Id, FerryError, requestCoordVerb, toFerryError, silentLogger, type LifecycleEvent, type Logger } from '@ferry/protocol';
+import {
+  CoordVerb,
+  ErrorCode,
+  Id,
+  FerryError,
+  KafkaRequestAuth,
+  kafkaRequestAuthProblem,
+  requestCoordVerb,
+  toFerryError,
+  silentLogger,
+  type KafkaCredentials,
+  type LifecycleEvent,
+  type Logger,
+} from '@ferry/protocol';
 import type { EventJournal } from './lifecycle-events';
 import type { MigrationStore } from './migration-store';
 
@@ -33,6 +52,12 @@ export interface KafkaBridgeOptions {
    * or anyone re-producing an old message, cannot replay a drain or a migration.
    */
   maxRequestAgeMs: number;
+  /** TLS to the brokers: null is plain TCP; `caFile` null trusts the system's CAs. */
+  tls: { caFile: string | null } | null;
+  /** SASL credentials (FERRY_KAFKA_CREDENTIALS); null: none. */
+  sasl: KafkaCredentials | null;
+  /** Each requester's request keys (FERRY_KAFKA_REQUEST_KEYS); a request signed by no key here is rejected. */
+  requestKeys: ReadonlyMap<string, readonly Buffer[]>;
 }
 
 /** Ten minutes: a request waits that long at most for a coordinator to read it. */
@@ -54,7 +79,27 @@ export function defaultKafkaBridgeOptions(): KafkaBridgeOptions {
     clientId: 'ferry-coordinator',
     migrateTimeoutMs: 30 * 60_000,
     maxRequestAgeMs: DEFAULT_MAX_REQUEST_AGE_MS,
+    tls: null,
+    sasl: null,
+    requestKeys: new Map(),
   };
+}
+
+/** kafkajs's `ssl` and `sasl` client options for these settings. */
+export function kafkaClientSecurity(tls: KafkaBridgeOptions['tls'], sasl: KafkaCredentials | null): { ssl?: true | { ca: Buffer[] }; sasl?: SASLOptions } {
+  const out: { ssl?: true | { ca: Buffer[] }; sasl?: SASLOptions } = {};
+  if (tls) out.ssl = tls.caFile ? { ca: [readFileSync(tls.caFile)] } : true;
+  if (sasl) out.sasl = { mechanism: sasl.mechanism, username: sasl.username, password: sasl.password } as SASLOptions;
+  return out;
+}
+
+/**
+ * Why a request's `auth` is not good enough to act on, or null. The tag must come from a known
+ * requester's key, over this request, signed within `maxAgeMs` (see @ferry/protocol).
+ */
+export function requestAuthProblem(raw: Record<string, unknown>, req: KafkaRequest, keys: ReadonlyMap<string, readonly Buffer[]>, nowMs: number, maxAgeMs: number): string | null {
+  if (keys.size === 0) return 'this coordinator knows no request keys (FERRY_KAFKA_REQUEST_KEYS): no request is accepted';
+  return kafkaRequestAuthProblem(req, raw.auth, keys, nowMs, maxAgeMs);
 }
 
 /** What `ferry.requests` carries. */
@@ -89,6 +134,7 @@ export class KafkaBridge {
     this.kafka = new Kafka({
       clientId: opts.clientId,
       brokers: opts.brokers,
+      ...kafkaClientSecurity(opts.tls, opts.sasl),
       logLevel: logLevel.WARN,
       logCreator: () => (entry: LogEntry) => {
         const { message, ...rest } = entry.log;
@@ -155,6 +201,8 @@ export class KafkaBridge {
       req = parsed.data;
       const stale = staleRequestProblem(timestampMs, Date.now(), this.opts.maxRequestAgeMs);
       if (stale) throw new FerryError(ErrorCode.FAILED_PRECONDITION, stale);
+      const unauthenticated = requestAuthProblem(raw, req, this.opts.requestKeys, Date.now(), this.opts.maxRequestAgeMs);
+      if (unauthenticated) throw new FerryError(ErrorCode.UNAUTHENTICATED, `request refused: ${unauthenticated}`);
     } catch (err) {
       const fe = err instanceof SyntaxError ? new FerryError(ErrorCode.INVALID_ARGUMENT, `request is not JSON: ${err.message}`, { cause: err }) : toFerryError(err);
       await this.report('rejected', raw, fe);
@@ -164,6 +212,13 @@ export class KafkaBridge {
     const earlier = await this.deps.store.requestHolder(claimKey);
     if (earlier) {
       await this.report('duplicate', req, undefined, earlier);
+      return;
+    }
+    // A tag is good once: the same signed message produced again (within the age limit, e.g. after
+    // its first run failed and released the request id) is a replay. Kept as long as request ids.
+    const auth = KafkaRequestAuth.parse(raw.auth);
+    if (await this.deps.store.claimRequest(`kafka-tag:${auth.mac}`, req.requestId)) {
+      await this.report('rejected', req, new FerryError(ErrorCode.UNAUTHENTICATED, 'request refused: this signed request was already read once (a replay); sign it again to retry'));
       return;
     }
     if (req.kind === 'drain') {

@@ -1,6 +1,6 @@
 /** ferry-coordinator: configuration from the environment, everything else in startCoordinator(). */
 import pino from 'pino';
-import { toFerryError, type RestoreMode } from '@ferry/protocol';
+import { loadKafkaCredentials, loadKafkaRequestKeys, toFerryError, type RestoreMode } from '@ferry/protocol';
 import { startCoordinator } from './start-coordinator';
 import { loadFilesystemsFile } from './filesystems';
 
@@ -32,6 +32,10 @@ async function main(): Promise<void> {
       kafkaBrokers: env.FERRY_KAFKA_BROKERS ? env.FERRY_KAFKA_BROKERS.split(',').map((b) => b.trim()).filter(Boolean) : undefined,
       kafkaEventsTopic: env.FERRY_KAFKA_EVENTS_TOPIC || undefined,
       kafkaRequestsTopic: env.FERRY_KAFKA_REQUESTS_TOPIC || undefined,
+      // TLS with a CA file, or with the system's CAs (FERRY_KAFKA_TLS=on); SASL from a 0600 file.
+      kafkaTls: env.FERRY_KAFKA_TLS_CA_FILE ? { caFile: env.FERRY_KAFKA_TLS_CA_FILE } : env.FERRY_KAFKA_TLS === 'on' ? { caFile: null } : undefined,
+      kafkaSasl: env.FERRY_KAFKA_CREDENTIALS ? loadKafkaCredentials(env.FERRY_KAFKA_CREDENTIALS) : undefined,
+      kafkaRequestKeys: env.FERRY_KAFKA_REQUEST_KEYS ? loadKafkaRequestKeys(env.FERRY_KAFKA_REQUEST_KEYS) : undefined,
       recentEventsLimit: num(env.FERRY_EVENTS_LIMIT),
     },
   );

@@ -7,7 +7,7 @@
 import type { Server } from 'node:http';
 import type { NatsConnection } from 'nats';
 import type { Redis } from 'ioredis';
-import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protocol';
+import { ErrorCode, FerryError, silentLogger, type KafkaCredentials, type Logger } from '@ferry/protocol';
 import type { Coordinator } from './coordinator';
 import { CoordinatorMetrics } from './coordinator-metrics';
 import { createHttpServer, listenHttpServer } from './http-api';
@@ -32,6 +32,12 @@ export interface ObservabilityOptions {
   kafkaBrokers: string[];
   kafkaEventsTopic: string;
   kafkaRequestsTopic: string;
+  /** TLS to the brokers (null: plain TCP; caFile null: the system's CAs). */
+  kafkaTls: { caFile: string | null } | null;
+  /** SASL credentials for the brokers; null: none. */
+  kafkaSasl: KafkaCredentials | null;
+  /** Who may sign Kafka requests, with their keys; empty: every request is rejected. */
+  kafkaRequestKeys: ReadonlyMap<string, readonly Buffer[]>;
   /** Lifecycle events kept in Redis for `ferry events`. */
   recentEventsLimit: number;
 }
@@ -45,6 +51,9 @@ export function defaultObservabilityOptions(): ObservabilityOptions {
     kafkaBrokers: [],
     kafkaEventsTopic: k.eventsTopic,
     kafkaRequestsTopic: k.requestsTopic,
+    kafkaTls: k.tls,
+    kafkaSasl: k.sasl,
+    kafkaRequestKeys: k.requestKeys,
     recentEventsLimit: DEFAULT_RECENT_EVENTS_LIMIT,
   };
 }
@@ -119,7 +128,16 @@ export async function startObservability(
   let kafka: KafkaBridge | null = null;
   if (opts.kafkaBrokers.length > 0) {
     const bridge = new KafkaBridge(
-      { ...defaultKafkaBridgeOptions(), brokers: opts.kafkaBrokers, eventsTopic: opts.kafkaEventsTopic, requestsTopic: opts.kafkaRequestsTopic, clientId: opts.coordinatorId },
+      {
+        ...defaultKafkaBridgeOptions(),
+        brokers: opts.kafkaBrokers,
+        eventsTopic: opts.kafkaEventsTopic,
+        requestsTopic: opts.kafkaRequestsTopic,
+        clientId: opts.coordinatorId,
+        tls: opts.kafkaTls,
+        sasl: opts.kafkaSasl,
+        requestKeys: opts.kafkaRequestKeys,
+      },
       { nc, journal, store: coordinator.store, log: logger.child({ part: 'kafka' }) },
     );
     try {

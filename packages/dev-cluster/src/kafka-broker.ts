@@ -3,6 +3,8 @@
  * scripts/install-kafka.sh put in .tools/kafka/libs, the way Kafka's own scripts do it:
  * `kafka-storage.sh format` is `kafka.tools.StorageTool format`, `kafka-server-start.sh` is
  * `kafka.Kafka server.properties`. For `ferry dev up --kafka` and the tests; not a production setup.
+ * By default clients must use SASL/SCRAM-SHA-512 over TLS and ACLs limit each principal to its
+ * part (./kafka-security.ts); `secure: false` gives the old anonymous plaintext broker.
  */
 import { spawn, execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -12,6 +14,7 @@ import { connect as tcpConnect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { ErrorCode, FerryError } from '@ferry/protocol';
+import { makeKafkaBrokerSecrets, provisionDevKafka, scramFormatArgs, secureBrokerProperties, type KafkaDevSecurity } from './kafka-security';
 
 const exec = promisify(execFile);
 /** Where install-kafka.sh puts the jars (repo/.tools/kafka/libs; this file is in packages/dev-cluster/{src,dist}). */
@@ -32,10 +35,20 @@ export interface KafkaBrokerOptions {
   /** How long the client port may take to open (measured ~18 s on a busy 2-core VM). */
   readyTimeoutMs: number;
   java: string;
+  /** SASL/SCRAM over TLS with ACLs (default); false: anonymous plaintext, everyone may do anything. */
+  secure: boolean;
+  /** Topics created and given ACLs when secure (the coordinator may not create them). */
+  topics: { events: string; requests: string };
 }
 
 export function defaultKafkaBrokerOptions(): KafkaBrokerOptions {
-  return { port: 9092, controllerPort: 0, dataDir: '/run/ferry/kafka/ferry', libsDir: DEFAULT_KAFKA_LIBS_DIR, heapMb: 256, readyTimeoutMs: 90_000, java: 'java' };
+  return {
+    port: 9092,
+    controllerPort: 0, dataDir: '/run/ferry/kafka/ferry', libsDir: DEFAULT_KAFKA_LIBS_DIR, heapMb: 256, readyTimeoutMs: 90_000,
+    java: 'java',
+    secure: true,
+    topics: { events: 'ferry.events', requests: 'ferry.requests' },
+  };
 }
 
 export interface RunningKafkaBroker {
@@ -43,6 +56,8 @@ export interface RunningKafkaBroker {
   /** bootstrap address, host:port */
   brokers: string;
   dataDir: string;
+  /** CA, credentials and request-key files when secure; null for a plaintext broker. */
+  security: KafkaDevSecurity | null;
   stop(): Promise<void>;
 }
 
@@ -81,6 +96,14 @@ export async function startKafkaBroker(partial: Partial<KafkaBrokerOptions> = {}
   await rm(o.dataDir, { recursive: true, force: true });
   const logDir = join(o.dataDir, 'log');
   await mkdir(logDir, { recursive: true });
+  const secrets = o.secure ? await makeKafkaBrokerSecrets(join(o.dataDir, 'auth')) : null;
+  const listeners = secrets
+    ? secureBrokerProperties(secrets, port, controllerPort)
+    : [
+        `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
+        `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
+        'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+      ];
   const config = join(o.dataDir, 'server.properties');
   await writeFile(
     config,
@@ -88,10 +111,8 @@ export async function startKafkaBroker(partial: Partial<KafkaBrokerOptions> = {}
       'process.roles=broker,controller',
       'node.id=1',
       `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
-      `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
-      `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
       'controller.listener.names=CONTROLLER',
-      'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+      ...listeners,
       `log.dirs=${logDir}`,
       // One node: internal topics cannot have more replicas than that.
       'offsets.topic.replication.factor=1',
@@ -102,6 +123,8 @@ export async function startKafkaBroker(partial: Partial<KafkaBrokerOptions> = {}
       'num.partitions=1',
       '',
     ].join('\n'),
+    // It holds the passwords when secure.
+    { mode: 0o600 },
   );
   const log4j = join(o.dataDir, 'log4j.properties');
   await writeFile(
@@ -113,9 +136,9 @@ export async function startKafkaBroker(partial: Partial<KafkaBrokerOptions> = {}
   const clusterId = randomBytes(16).toString('base64url');
   try {
     // `--cluster-id=ID`, not `-t ID`: a base64url id starting with '-' (1 in 64) reads as an option otherwise.
-    await exec(o.java, [...jvm, 'kafka.tools.StorageTool', 'format', `--cluster-id=${clusterId}`, '-c', config], { timeout: 60_000 });
+    await exec(o.java, [...jvm, 'kafka.tools.StorageTool', 'format', `--cluster-id=${clusterId}`, '-c', config, ...(secrets ? scramFormatArgs(secrets) : [])], { timeout: 60_000 });
   } catch (err) {
-    throw new FerryError(ErrorCode.INTERNAL, `kafka-storage format failed: ${(err as { stderr?: string }).stderr ?? (err as Error).message}`, { cause: err });
+    throw new FerryError(ErrorCode.INTERNAL, `kafka-storage format failed: ${(err as { stderr?: string }).stderr || `exit code ${(err as { code?: unknown }).code}`}`, { cause: err });
   }
   const logPath = join(o.dataDir, 'broker.log');
   const fd = openSync(logPath, 'a');
@@ -127,7 +150,7 @@ export async function startKafkaBroker(partial: Partial<KafkaBrokerOptions> = {}
   await writeFile(join(o.dataDir, 'broker.pid'), `${pid}\n`);
   let exited: number | null = null;
   child.once('exit', (code) => (exited = code ?? -1));
-  const running: RunningKafkaBroker = { pid, brokers: `127.0.0.1:${port}`, dataDir: o.dataDir, stop: () => stopKafkaBroker(o.dataDir) };
+  const running: RunningKafkaBroker = { pid, brokers: `127.0.0.1:${port}`, dataDir: o.dataDir, security: secrets?.files ?? null, stop: () => stopKafkaBroker(o.dataDir) };
   const deadline = Date.now() + o.readyTimeoutMs;
   while (!(await canConnect(port))) {
     if (exited !== null || Date.now() > deadline) {
@@ -136,6 +159,14 @@ export async function startKafkaBroker(partial: Partial<KafkaBrokerOptions> = {}
       throw new FerryError(exited !== null ? ErrorCode.INTERNAL : ErrorCode.DEADLINE_EXCEEDED, `Kafka broker did not come up on port ${port}:\n${tail}`);
     }
     await new Promise((r) => setTimeout(r, 200));
+  }
+  if (secrets) {
+    try {
+      await provisionDevKafka(running.brokers, secrets, o.topics, Math.max(10_000, deadline - Date.now()));
+    } catch (err) {
+      await running.stop();
+      throw err;
+    }
   }
   return running;
 }

@@ -10,6 +10,7 @@ import { startDevCluster, stopDevCluster, writeClusterState, type DevClusterInpu
 import { devHttpTokenFiles, writeDevHttpTokens } from './dev-http-tokens';
 import { devCliCredentialsFile } from './dev/nats-security';
 import { startKafkaBroker, stopKafkaBroker } from './kafka-broker';
+import { devKafkaCoordinatorEnv, type DevKafkaRecord } from './kafka-security';
 import { waitForHosts } from './wait-for-hosts';
 
 export interface LocalClusterOptions {
@@ -84,11 +85,12 @@ export function localAgentCommand(name: string, opts: LocalAgentOptions): (h: De
 /** Starts nats, redis, the coordinator and one agent per host; resolves when every host is registered and alive. */
 export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise<DevClusterState> {
   const name = opts.name ?? 'ferry';
-  const kafkaEnv: Record<string, string> = {};
+  let kafka: DevKafkaRecord | null = null;
   if (opts.kafka) {
     const broker = await startKafkaBroker({ port: opts.kafkaPort ?? 9092, dataDir: kafkaDataDir(name) });
-    kafkaEnv.FERRY_KAFKA_BROKERS = broker.brokers;
+    kafka = { brokers: broker.brokers, security: broker.security };
   }
+  const kafkaEnv = kafka ? devKafkaCoordinatorEnv(kafka) : {};
   const input: DevClusterInput = {
     name,
     hosts: opts.hosts,
@@ -121,6 +123,7 @@ export async function startLocalCluster(opts: LocalClusterOptions = {}): Promise
   };
   try {
     const state = await startDevCluster(input);
+    state.kafka = kafka;
     state.http = { url: httpUrl(opts.coordinatorEnv), ...devHttpTokenFiles(name) };
     writeClusterState(state);
     return state;

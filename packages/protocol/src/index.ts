@@ -6,6 +6,8 @@ export * from './schemas';
 export * from './agent-messages';
 export * from './coordinator-messages';
 export { PAGE_BYTES } from './memory-page';
+export { PageServerTls, Pem, openPageServerTls, pageServerTlsKey, sealPageServerTls } from './page-server-tls';
+export type { PageServerClientTls } from './page-server-tls';
 export { SealKeyPair, SealPublicKey, SealedSecret, sealToAgent, SEAL_PUBLIC_KEY_BYTES } from './sealed-key';
 export { WorkloadManifest, PinnedFile, MANIFEST_FILE, MAX_MANIFEST_BYTES } from './manifest';
 export { LifecycleEvent, LifecycleStep } from './lifecycle-event';
@@ -41,3 +43,15 @@ export { silentLogger } from './logger';
 export type { Logger } from './logger';
 export { workloadsDigest, DIGEST_RSS_GRANULARITY_BYTES, FULL_HEARTBEAT_EVERY } from './workloads-digest';
 export { NatsCredentials, loadNatsCredentials, natsAuthOptions, natsAuthOptionsFromFile } from './nats-credentials';
+export { KafkaCredentials, loadKafkaCredentials } from './kafka-credentials';
+export {
+  KafkaRequestAuth,
+  signKafkaRequest,
+  kafkaRequestAuthProblem,
+  kafkaRequestSigningInput,
+  loadKafkaRequestSigner,
+  loadKafkaRequestKeys,
+  MIN_REQUEST_KEY_BYTES,
+  MAX_REQUEST_CLOCK_SKEW_MS,
+} from './kafka-request-auth';
+export type { KafkaRequestSigner, SignableKafkaRequest } from './kafka-request-auth';

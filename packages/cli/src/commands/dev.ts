@@ -12,7 +12,7 @@ export function registerDev(program: Command): Command {
     .command('up')
     .description('start nats-server, redis, the coordinator and N agents (one per host h1..hN); returns when all registered')
     .option('--hosts <n>', 'number of hosts', (v) => Number(v), 2)
-    .option('--kafka', 'also start a single-node Kafka broker (KRaft) on 127.0.0.1:9092; the coordinator produces events to ferry.events and consumes ferry.requests')
+    .option('--kafka', 'also start a single-node Kafka broker (KRaft) on 127.0.0.1:9092, SASL/SCRAM over TLS with ACLs (credentials and request keys 0600 under /run/ferry/kafka/ferry/auth); the coordinator produces events to ferry.events and consumes signed requests from ferry.requests')
     .option('--ssh', "run sshd in every host and install each agent through it, as `ferry hosts add` does (ssh2, host keys checked)")
     .option('--no-tls', 'plain TCP to nats-server (default with auth: TLS, certificates from a throwaway CA made with openssl; clients trust it through their credentials files)')
     .option('--no-auth', 'anonymous NATS without subject permissions (default: one user per role, credentials 0600 under /run/ferry/dev/ferry/nats-auth)')
@@ -39,7 +39,7 @@ export function registerDev(program: Command): Command {
         if (opts.json) return printJson(state);
         process.stdout.write(
           `dev cluster up: ${state.layout.hosts.map((h) => `${h.name} (${h.address})`).join(', ')}\n` +
-            `  NATS ${state.natsUrl}${state.tlsCaFile ? ' (TLS)' : ''}${state.credentials ? `, operator credentials ${state.credentials.cli}` : ''}, Redis ${state.redisUrl}${opts.kafka ? ', Kafka 127.0.0.1:9092' : ''}\n` +
+            `  NATS ${state.natsUrl}${state.tlsCaFile ? ' (TLS)' : ''}${state.credentials ? `, operator credentials ${state.credentials.cli}` : ''}, Redis ${state.redisUrl}${state.kafka ? `, Kafka ${state.kafka.brokers}${state.kafka.security ? ` (SASL/SCRAM over TLS; autoscaler credentials and request key in ${state.kafka.security.dir})` : ''}` : ''}\n` +
             `  dashboard ${state.http?.url ?? 'http://127.0.0.1:9464'}/, metrics and HTTP API on the same port (/metrics, /v1/..., /openapi.json)\n` +
             (state.http
               ? `  HTTP tokens (sign in to the dashboard with one; send as Authorization: Bearer): operator ${state.http.operatorTokenFile}, viewer ${state.http.viewerTokenFile}\n`

@@ -42,6 +42,8 @@ export interface DevClusterState {
   tlsCaFile?: string | null;
   /** The coordinator's HTTP API: its URL and token files (see ../dev-http-tokens.ts); absent: none recorded. */
   http?: { url: string | null; tokensFile: string; viewerTokenFile: string; operatorTokenFile: string } | null;
+  /** The Kafka broker (`--kafka`): its address and clients' CA, credentials and request-key files; absent or null: none. */
+  kafka?: { brokers: string; security: { dir: string; caFile: string; credentials: Record<'admin' | 'coordinator' | 'autoscaler', string>; requestKeys: string; autoscalerRequestKey: string } | null } | null;
   /** The namespace directory is bind-mounted onto itself (needs unmounting). */
   namespaceDirMounted: boolean;
   bridgeCreated: boolean;
