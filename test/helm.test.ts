@@ -180,15 +180,6 @@ describe('helm chart', () => {
     expect(find(objects, 'ConfigMap', 'rel-ferry-config').data.FERRY_REDIS_PREFIX).toBe('prod:');
   });
 
-  test('Kafka settings reach the coordinator', async () => {
-    const config = find(await render(['kafka.yaml']), 'ConfigMap', 'rel-ferry-config');
-    expect(config.data).toMatchObject({
-      FERRY_KAFKA_BROKERS: 'kafka-0.kafka:9092,kafka-1.kafka:9092',
-      FERRY_KAFKA_EVENTS_TOPIC: 'ferry.events.prod',
-      FERRY_KAFKA_REQUESTS_TOPIC: 'ferry.requests.prod',
-    });
-  });
-
   test('a default restore mode reaches the coordinator; the agent raises the pipe limit CRIU\'s lazy dump needs', async () => {
     expect(find(await render([]), 'ConfigMap', 'rel-ferry-config').data.FERRY_DEFAULT_RESTORE).toBeUndefined();
     const objects = await render([], ['--set', 'cluster.defaultRestore=post-copy']);
