@@ -109,6 +109,14 @@ export class Dashboard {
 
   /** Ends every stream and stops listening to NATS. */
   close(): void {
+    this.endStreams();
+  }
+
+  /**
+   * Ends every open stream (the tokens changed: each browser reconnects, and its token is checked
+   * again); NATS is listened to again when the next stream opens.
+   */
+  endStreams(): void {
     for (const res of this.clients) res.end();
     this.clients.clear();
     this.unsubscribe();

@@ -34,17 +34,22 @@ describe('tokens and roles', () => {
   let server: Server;
   let base: string;
   let auth: HttpAuthenticator;
+  let file: string;
+  const bothTokens = () => httpTokensFileText([
+    { name: 'grafana', role: 'viewer', sha256: hashHttpToken(viewer) },
+    { name: 'alice', role: 'operator', sha256: hashHttpToken(operator) },
+  ]);
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'ferry-http-api-'));
-    const file = join(dir, 'tokens.json');
-    writeFileSync(file, httpTokensFileText([
-      { name: 'grafana', role: 'viewer', sha256: hashHttpToken(viewer) },
-      { name: 'alice', role: 'operator', sha256: hashHttpToken(operator) },
-    ]), { mode: 0o600 });
+    file = join(dir, 'tokens.json');
+    writeFileSync(file, bothTokens(), { mode: 0o600 });
     auth = new HttpAuthenticator(file);
     // No NATS: every request below is answered (or refused) before a verb would be asked.
-    const nc = { request: () => Promise.reject(new Error('no NATS in this test')) } as unknown as NatsConnection;
+    const nc = {
+      request: () => Promise.reject(new Error('no NATS in this test')),
+      subscribe: () => ({ unsubscribe: () => undefined }),
+    } as unknown as NatsConnection;
     server = createHttpServer({ nc, metrics: new Registry(), auth });
     base = `http://127.0.0.1:${await listenHttpServer(server, '127.0.0.1', 0)}`;
   });
@@ -92,6 +97,20 @@ describe('tokens and roles', () => {
     expect(crossSite).toMatchObject({ status: 403, json: { error: { message: expect.stringMatching(/^refused: origin/) } } });
     // Past every check, the verb goes to NATS (absent here: 503, not 401 or 403).
     expect((await call('POST', '/v1/hosts/h2/cordon', bearer(operator))).status).toBe(503);
+  });
+
+  test('an open event stream ends when the tokens change, and a revoked token cannot open it again', async () => {
+    const res = await fetch(`${base}/v1/events/stream`, { headers: bearer(viewer) });
+    expect(res.status).toBe(200);
+    const reader = res.body!.getReader();
+    expect(Buffer.from((await reader.read()).value!).toString()).toMatch(/^retry: /);
+    writeFileSync(file, httpTokensFileText([{ name: 'alice', role: 'operator', sha256: hashHttpToken(operator) }]), { mode: 0o600 });
+    auth.reload();
+    let done = false;
+    while (!done) done = (await reader.read()).done;
+    expect((await fetch(`${base}/v1/events/stream`, { headers: bearer(viewer) })).status).toBe(401);
+    writeFileSync(file, bothTokens(), { mode: 0o600 });
+    auth.reload();
   });
 
   test('health, the OpenAPI description and the dashboard page need no token', async () => {

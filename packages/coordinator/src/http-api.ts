@@ -69,6 +69,8 @@ export function createHttpServer(deps: HttpApiDeps): Server {
   const openapi = readFileSync(OPENAPI_PATH, 'utf8');
   // The operators' dashboard at `/` and its event stream (/v1/events/stream), on this same port.
   const dashboard = new Dashboard(deps.nc, {}, log.child({ part: 'dashboard' }));
+  // A stream was authenticated when it opened: after a change of tokens, every one must reconnect.
+  deps.auth.onReload(() => dashboard.endStreams());
   // The body is the HTTP client's, unchecked here: the coordinator validates it as it does the CLI's.
   // The reply is checked against the verb's reply schema (TypeScript cannot follow `V` into the table).
   const ask = <V extends CoordVerb>(verb: V, body: Record<string, unknown>, timeoutMs = opts.requestTimeoutMs) =>

@@ -31,6 +31,7 @@ type TokenSet = { ok: true; tokens: Array<{ principal: HttpPrincipal; hash: Buff
 export class HttpAuthenticator {
   private current: TokenSet;
   private watching = false;
+  private readonly reloadListeners: Array<() => void> = [];
 
   constructor(
     /** The tokens file; null when none is configured. */
@@ -62,6 +63,15 @@ export class HttpAuthenticator {
       this.current = { ok: false, problem: (err as Error).message };
       this.log.error({ err: (err as Error).message, file: this.file }, 'HTTP tokens file unusable; every authenticated HTTP request is refused until it is fixed');
     }
+    for (const fn of this.reloadListeners) fn();
+  }
+
+  /**
+   * Calls `fn` after every read of the file (whatever it found): holders of long-lived connections
+   * authenticated earlier (event streams) end them, so a revoked token stops receiving at once.
+   */
+  onReload(fn: () => void): void {
+    this.reloadListeners.push(fn);
   }
 
   /** Re-reads the file whenever its size, mtime or inode change. */
