@@ -63,6 +63,8 @@ export function registerDemo(program: Command): Command {
         const after = (await ps()).workloads.find((w) => w.name === DEMO_WORKLOAD);
         say(`ferry: after: '${DEMO_WORKLOAD}' runs on ${after?.host} (pid ${after?.pid}); its log goes on: ${await lastLogLine()}`);
         say('ferry: try `npx ferry ps`, `npx ferry hosts`, `npx ferry migrate demo --to h1`, and `npx ferry dev down` to remove it all.');
+        const http = dev.readClusterState('ferry')?.http;
+        if (http?.url) say(`ferry: the dashboard is at ${http.url}/; sign in with the token in ${http.operatorTokenFile} (or ${http.viewerTokenFile} to only watch).`);
         return migration.state === 'succeeded' ? 0 : 1;
       }),
     );
