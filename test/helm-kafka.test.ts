@@ -4,6 +4,7 @@
  * holds the rest of the chart's tests.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -109,6 +110,15 @@ test('Kafka over TLS with SASL/SCRAM: settings, a 0600 copy of the credentials a
   expect(plain.FERRY_KAFKA_CREDENTIALS).toBeUndefined();
   expect(plain.FERRY_KAFKA_TLS).toBeUndefined();
   expect(plain.FERRY_KAFKA_REQUEST_KEYS).toBe('/run/ferry-kafka/request-keys.json');
+
+  // A fixed key (offline rendering) is used as given, the other requester's generated.
+  const fixed = randomBytes(32).toString('base64');
+  const pinned = find(await render(['kafka.yaml'], ['--set', `kafka.requestSigning.keys.autoscaler=${fixed}`]), 'Secret', 'rel-ferry-kafka').stringData;
+  expect(JSON.parse(pinned['request-key-autoscaler.json'])).toEqual({ v: 1, requester: 'autoscaler', key: fixed });
+  expect(JSON.parse(pinned['request-keys.json']).requesters.autoscaler).toEqual([fixed]);
+  expect(JSON.parse(pinned['request-keys.json']).requesters['autoscaler-2'][0]).not.toBe(fixed);
+  const shortKey = await helm(['template', 'rel', CHART, '-f', join(CHART, 'ci', 'kafka.yaml'), '--set', 'kafka.requestSigning.keys.autoscaler=c2hvcnQ=']);
+  expect(shortKey.code).not.toBe(0);
 
   // Refused: a mechanism without a password, PLAIN without TLS, a bad requester name.
   const noPassword = await helm(['template', 'rel', CHART, '--set', 'kafka.enabled=true', '--set', 'kafka.brokers[0]=k:9092', '--set', 'kafka.sasl.mechanism=scram-sha-512']);

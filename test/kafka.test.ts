@@ -91,10 +91,11 @@ async function sendAs(kafka: Kafka, topic: string): Promise<void> {
  */
 async function consumeError(kafka: Kafka, groupId: string, topic: string): Promise<Error | null> {
   const c = kafka.consumer({ groupId });
+  let timer: NodeJS.Timeout | undefined;
   const outcome = new Promise<Error | null>((resolve) => {
     c.on(c.events.CRASH, (e) => resolve(e.payload.error));
     c.on(c.events.FETCH, () => resolve(null));
-    setTimeout(() => resolve(new Error('neither fetched nor crashed in 20 s')), 20_000);
+    timer = setTimeout(() => resolve(new Error('neither fetched nor crashed in 20 s')), 20_000);
   });
   try {
     await c.connect();
@@ -104,6 +105,7 @@ async function consumeError(kafka: Kafka, groupId: string, topic: string): Promi
   } catch (err) {
     return err as Error;
   } finally {
+    clearTimeout(timer);
     await c.disconnect().catch(() => undefined);
   }
 }

@@ -164,7 +164,7 @@ export class KafkaBridge {
     await this.consumer.run({
       eachMessage: async ({ message }) => {
         // Never throws: a bad request must not stall or crash the consumer.
-        await this.onRequest(message.value?.toString('utf8') ?? '', Number(message.timestamp)).catch((err) =>
+        await this.handleRequest(message.value?.toString('utf8') ?? '', Number(message.timestamp)).catch((err) =>
           this.log.error({ err: (err as Error).message }, 'request handling failed'),
         );
       },
@@ -187,7 +187,11 @@ export class KafkaBridge {
       );
   }
 
-  private async onRequest(text: string, timestampMs: number): Promise<void> {
+  /**
+   * Acts on one message of the requests topic (`text`, produced at `timestampMs`): each outcome is
+   * a request or migration event. What the consumer calls for every message; public for tests.
+   */
+  async handleRequest(text: string, timestampMs: number): Promise<void> {
     let req: KafkaRequest;
     let raw: Record<string, unknown> = {};
     try {
