@@ -4,33 +4,15 @@
  * reader), the ServiceMonitor scraping with the viewer token, rotation through values.
  * helm is built by the set-up into .tools/bin/helm (as for test/helm.test.ts).
  */
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import * as yaml from 'js-yaml';
 import { HttpAuthenticator, hashHttpToken, newHttpToken } from '@ferry/coordinator';
-import { REPO } from './helpers/cluster';
+import { CHART, find, HELM, render as renderChart, type K8sObject } from './helpers/helm';
 import type { JsonDoc } from './helpers/json-doc';
 
-const exec = promisify(execFile);
-const HELM = join(REPO, '.tools', 'bin', 'helm');
-const CHART = join(REPO, 'helm', 'ferry');
 const SERVICE_MONITOR_API = 'monitoring.coreos.com/v1';
-
-type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; [k: string]: JsonDoc };
-
-async function render(extra: string[] = []): Promise<K8sObject[]> {
-  const { stdout } = await exec(HELM, ['template', 'rel', CHART, '--namespace', 'ferry-system', ...extra], { maxBuffer: 16 * 1024 * 1024 });
-  return (yaml.loadAll(stdout) as (K8sObject | null)[]).filter((o): o is K8sObject => o !== null);
-}
-
-function find(objects: K8sObject[], kind: string, name: string): K8sObject {
-  const o = objects.find((x) => x.kind === kind && x.metadata.name === name);
-  if (o === undefined) throw new Error(`no ${kind} ${name}`);
-  return o;
-}
+const render = (extra: string[] = []): Promise<K8sObject[]> => renderChart([], extra);
 
 beforeAll(() => {
   if (!existsSync(HELM)) throw new Error(`${HELM} is missing: run \`bash scripts/setup.sh\` (it builds helm)`);

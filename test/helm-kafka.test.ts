@@ -3,45 +3,13 @@
  * request-signing keys, and what the coordinator's pod makes of them. Beside helm.test.ts, which
  * holds the rest of the chart's tests.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import * as yaml from 'js-yaml';
 import { kafkaRequestAuthProblem, loadKafkaCredentials, loadKafkaRequestKeys, loadKafkaRequestSigner, signKafkaRequest } from '@ferry/protocol';
-import { REPO } from './helpers/cluster';
+import { CHART, find, HELM, helm, render } from './helpers/helm';
 import type { JsonDoc } from './helpers/json-doc';
-
-const exec = promisify(execFile);
-const HELM = join(REPO, '.tools', 'bin', 'helm');
-const CHART = join(REPO, 'helm', 'ferry');
-
-type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; [k: string]: JsonDoc };
-
-async function helm(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await exec(HELM, args, { maxBuffer: 16 * 1024 * 1024 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
-
-async function render(valuesFiles: string[] = [], extra: string[] = []): Promise<K8sObject[]> {
-  const args = ['template', 'rel', CHART, '--namespace', 'ferry-system', ...valuesFiles.flatMap((f) => ['-f', join(CHART, 'ci', f)]), ...extra];
-  const r = await helm(args);
-  if (r.code !== 0) throw new Error(`helm ${args.join(' ')} failed: ${r.stderr}`);
-  return (yaml.loadAll(r.stdout) as (K8sObject | null)[]).filter((o): o is K8sObject => o !== null);
-}
-
-function find(objects: K8sObject[], kind: string, name: string): K8sObject {
-  const o = objects.find((x) => x.kind === kind && x.metadata.name === name);
-  if (o === undefined) throw new Error(`no ${kind} ${name} in: ${objects.map((x) => `${x.kind}/${x.metadata.name}`).join(', ')}`);
-  return o;
-}
 
 beforeAll(() => {
   if (!existsSync(HELM)) throw new Error(`${HELM} is missing: run \`bash scripts/setup.sh\` (it builds helm)`);

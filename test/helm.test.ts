@@ -2,54 +2,13 @@
  * The Helm chart (helm/ferry): `helm lint` and `helm template` with several values files, and
  * assertions on the rendered objects. helm is built by the set-up into .tools/bin/helm.
  */
-import { execFile, spawn } from 'node:child_process';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect as tcpConnect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { connect, type NatsConnection } from 'nats';
-import { natsAuthOptionsFromFile } from '@ferry/protocol';
-import { REPO } from './helpers/cluster';
+import { CHART, envOf, find, HELM, helm, render, startRenderedNats } from './helpers/helm';
 import type { JsonDoc } from './helpers/json-doc';
 
-import * as yaml from 'js-yaml';
-
-const exec = promisify(execFile);
-/** The one place helm lives (scripts/install-helm.sh puts it there). */
-const HELM = join(REPO, '.tools', 'bin', 'helm');
-const CHART = join(REPO, 'helm', 'ferry');
 const SERVICE_MONITOR_API = 'monitoring.coreos.com/v1';
-
-type K8sObject = { apiVersion: string; kind: string; metadata: { name: string }; [k: string]: JsonDoc };
-
-async function helm(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await exec(HELM, args, { maxBuffer: 16 * 1024 * 1024 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
-
-async function render(valuesFiles: string[] = [], extra: string[] = []): Promise<K8sObject[]> {
-  const args = ['template', 'rel', CHART, '--namespace', 'ferry-system', ...valuesFiles.flatMap((f) => ['-f', join(CHART, 'ci', f)]), ...extra];
-  const r = await helm(args);
-  if (r.code !== 0) throw new Error(`helm ${args.join(' ')} failed: ${r.stderr}`);
-  return (yaml.loadAll(r.stdout) as (K8sObject | null)[]).filter((o): o is K8sObject => o !== null);
-}
-
-function find(objects: K8sObject[], kind: string, name: string): K8sObject {
-  const o = objects.find((x) => x.kind === kind && x.metadata.name === name);
-  if (o === undefined) throw new Error(`no ${kind} ${name} in: ${objects.map((x) => `${x.kind}/${x.metadata.name}`).join(', ')}`);
-  return o;
-}
-
-function envOf(container: JsonDoc): Record<string, JsonDoc> {
-  return Object.fromEntries((container.env as JsonDoc[]).map((e) => [e.name, e.value ?? e.valueFrom]));
-}
 
 beforeAll(() => {
   if (!existsSync(HELM)) throw new Error(`${HELM} is missing: run \`bash scripts/setup.sh\` (it builds helm)`);
@@ -293,79 +252,22 @@ describe('helm chart', () => {
   });
 
   test("the rendered nats.conf and credentials files on a real nats-server: each principal gets only its subjects", async () => {
-    const objects = await render();
-    const secret = find(objects, 'Secret', 'rel-ferry-credentials').stringData;
-    const port = await new Promise<number>((resolve) => {
-      const srv = createServer().listen(0, '127.0.0.1', () => {
-        const p = (srv.address() as { port: number }).port;
-        srv.close(() => resolve(p));
-      });
-    });
-    const dir = mkdtempSync(join(tmpdir(), 'ferry-helm-nats-'));
-    // The chart's own TLS files, where the rendered config and credentials expect them (paths rewritten into `dir`).
-    const tlsData = find(objects, 'Secret', 'rel-ferry-nats-tls').data;
-    for (const k of ['ca.crt', 'tls.crt', 'tls.key']) writeFileSync(join(dir, k), Buffer.from(tlsData[k], 'base64'), { mode: 0o600 });
-    const conf = find(objects, 'ConfigMap', 'rel-ferry-nats')
-      .data['nats.conf'].replace(/^port: 4222$/m, `port: ${port}\nhost: 127.0.0.1`)
-      .replace(/^http_port: .*$/m, '')
-      .replaceAll('/etc/nats-tls/', `${dir}/`);
-    writeFileSync(join(dir, 'nats.conf'), conf);
-    const env = { ...process.env, NATS_COORDINATOR_PASSWORD: secret['nats-coordinator-password'], NATS_AGENT_PASSWORD: secret['nats-agent-password'], NATS_CLI_PASSWORD: secret['nats-cli-password'] };
-    const server = spawn('/usr/sbin/nats-server', ['-c', join(dir, 'nats.conf')], { env, stdio: 'ignore' });
-    const connections: NatsConnection[] = [];
+    const nats = await startRenderedNats(await render());
     try {
-      const deadline = Date.now() + 10_000;
-      for (;;) {
-        const up = await new Promise<boolean>((resolve) => {
-          const s = tcpConnect(port, '127.0.0.1').once('connect', () => (s.destroy(), resolve(true))).once('error', () => resolve(false));
-        });
-        if (up) break;
-        if (Date.now() > deadline) throw new Error('nats-server did not start');
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      const as = async (principal: string) => {
-        // The credentials reader insists on 0600, as the pods' 0400 Secret files are.
-        const file = join(dir, `${principal}.json`);
-        writeFileSync(file, secret[`nats-credentials-${principal}.json`].replace('/run/ferry-nats-tls/', `${dir}/`), { mode: 0o600 });
-        const auth = natsAuthOptionsFromFile(file);
-        // The certificate names the Service, not 127.0.0.1: dial the address, check the Service's name.
-        const nc = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false, ...auth, tls: { ...auth.tls, servername: 'rel-ferry-nats' } });
-        connections.push(nc);
-        return nc;
-      };
-      // Plain TCP is refused outright; TLS without a user too.
-      const plainTcp = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false }).then(
-        (nc) => (connections.push(nc), 'connected'),
-        (e: { code?: string; message?: string }) => e.code ?? e.message,
-      );
-      expect(plainTcp).not.toBe('connected');
-      const anonymous = await connect({ servers: `127.0.0.1:${port}`, timeout: 3_000, reconnect: false, tls: { caFile: join(dir, 'ca.crt'), servername: 'rel-ferry-nats' } }).then(
-        (nc) => (connections.push(nc), 'connected'),
-        (e: { code?: string }) => e.code,
-      );
-      expect(anonymous).toBe('AUTHORIZATION_VIOLATION');
-      const [coordinator, agent, cli] = await Promise.all(['coordinator', 'agent', 'cli'].map(as));
-      /** The first permission error the server reports to `nc` after it publishes on `subject` (null: accepted). */
-      const publishError = async (nc: NatsConnection, subject: string): Promise<string | null> => {
-        const errors: string[] = [];
-        const watching = (async () => {
-          for await (const st of nc.status()) if (st.type === 'error') errors.push(String(st.data));
-        })();
-        nc.publish(subject, new Uint8Array([0x80]));
-        await nc.flush();
-        await new Promise((r) => setTimeout(r, 150));
-        void watching;
-        return errors[0] ?? null;
-      };
+      // Plain TCP is refused outright; TLS without a user or with a wrong password too.
+      expect(await nats.tryConnect({ tls: undefined })).not.toBe('connected');
+      expect(await nats.tryConnect({})).toBe('AUTHORIZATION_VIOLATION');
+      expect(await nats.tryConnect({ user: 'cli', pass: 'not-the-password-at-all' })).toBe('AUTHORIZATION_VIOLATION');
+      const [coordinator, agent, cli] = await Promise.all(['coordinator', 'agent', 'cli'].map((p) => nats.connectAs(p)));
       // The coordinator hears heartbeats of any host; an agent may send them, the CLI may not.
       const heard: string[] = [];
       coordinator.subscribe('ferry.v1.coord.heartbeat.*', { callback: (_e, m) => heard.push(m.subject) });
       await coordinator.flush();
-      expect(await publishError(agent, 'ferry.v1.coord.heartbeat.node-1')).toBeNull();
-      expect(await publishError(cli, 'ferry.v1.coord.heartbeat.node-1')).toBe('PERMISSIONS_VIOLATION');
-      expect(await publishError(cli, 'ferry.v1.agent.node-1.ps')).toBe('PERMISSIONS_VIOLATION');
-      expect(await publishError(agent, 'ferry.v1.coord.migrate')).toBe('PERMISSIONS_VIOLATION');
-      expect(await publishError(agent, 'ferry.v1.agent.node-2.stop')).toBe('PERMISSIONS_VIOLATION');
+      expect(await nats.publishError(agent, 'ferry.v1.coord.heartbeat.node-1')).toBeNull();
+      expect(await nats.publishError(cli, 'ferry.v1.coord.heartbeat.node-1')).toBe('PERMISSIONS_VIOLATION');
+      expect(await nats.publishError(cli, 'ferry.v1.agent.node-1.ps')).toBe('PERMISSIONS_VIOLATION');
+      expect(await nats.publishError(agent, 'ferry.v1.coord.migrate')).toBe('PERMISSIONS_VIOLATION');
+      expect(await nats.publishError(agent, 'ferry.v1.agent.node-2.stop')).toBe('PERMISSIONS_VIOLATION');
       await coordinator.flush();
       expect(heard).toEqual(['ferry.v1.coord.heartbeat.node-1']);
       // Request/reply works for each principal on its own inbox: the CLI asks the coordinator, the coordinator an agent.
@@ -375,13 +277,7 @@ describe('helm chart', () => {
       expect(new TextDecoder().decode((await cli.request('ferry.v1.coord.hosts', new Uint8Array(), { timeout: 3_000 })).data)).toBe('hosts');
       expect(new TextDecoder().decode((await coordinator.request('ferry.v1.agent.node-1.ps', new Uint8Array(), { timeout: 3_000 })).data)).toBe('ps');
     } finally {
-      for (const nc of connections) await nc.close().catch(() => undefined);
-      if (server.pid !== undefined && server.exitCode === null) {
-        const exited = new Promise((r) => server.once('exit', r));
-        process.kill(server.pid, 'SIGTERM');
-        await exited;
-      }
-      rmSync(dir, { recursive: true, force: true });
+      await nats.stop();
     }
   });
 });
