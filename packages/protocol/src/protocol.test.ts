@@ -80,6 +80,21 @@ describe('schemas', () => {
     const hb = { v: 1, host: 'h1', bootId: 'b1', address: '198.18.0.11', criu, seq: 3, memory: { totalBytes: 1, availableBytes: 1 }, workloads: [] };
     expect(parseMessage(Heartbeat, hb).host).toBe('h1');
   });
+
+  test('a host cannot report memory that attracts placement by being impossible', () => {
+    const hb = { v: 1, host: 'h1', bootId: 'b1', address: '198.18.0.11', criu, seq: 3, workloads: [] };
+    const GIB = 2 ** 30;
+    expect(parseMessage(Heartbeat, { ...hb, memory: { totalBytes: 24 * GIB, availableBytes: 20 * GIB } }).memory.availableBytes).toBe(20 * GIB);
+    for (const memory of [
+      { totalBytes: 8 * GIB, availableBytes: 9 * GIB }, // more free than it has
+      { totalBytes: 2 ** 60, availableBytes: 2 ** 60 }, // an exabyte host
+      { totalBytes: Number.MAX_VALUE, availableBytes: 1 },
+      { totalBytes: 8 * GIB, availableBytes: 0.5 },
+      { totalBytes: 8 * GIB, availableBytes: -1 },
+    ]) {
+      expect(() => parseMessage(Heartbeat, { ...hb, memory })).toThrow(expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }));
+    }
+  });
 });
 
 describe('subjects', () => {

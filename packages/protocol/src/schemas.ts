@@ -137,7 +137,18 @@ export const WorkloadInfo = z.object({
 });
 export type WorkloadInfo = z.infer<typeof WorkloadInfo>;
 
-export const HostMemory = z.object({ totalBytes: z.number().nonnegative(), availableBytes: z.number().nonnegative() });
+/**
+ * Largest memory a host may report (4 PiB): far above any machine, far below where a double stops
+ * counting bytes exactly. An agent's report feeds placement, so it is bounded and self-consistent:
+ * a host claiming more free memory than it has, or absurd amounts, to attract workloads is refused.
+ */
+export const MAX_HOST_MEMORY_BYTES = 2 ** 52;
+export const HostMemory = z
+  .object({
+    totalBytes: z.number().int().nonnegative().max(MAX_HOST_MEMORY_BYTES),
+    availableBytes: z.number().int().nonnegative().max(MAX_HOST_MEMORY_BYTES),
+  })
+  .refine((m) => m.availableBytes <= m.totalBytes, 'a host cannot have more memory available than it has');
 
 export const HostInfo = z.object({
   name: HostName,
