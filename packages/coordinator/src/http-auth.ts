@@ -6,7 +6,7 @@
  * invalid leaves no token valid until it is fixed: failing open would let a revoked token back in.
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
-import { unwatchFile, watchFile } from 'node:fs';
+import { statSync } from 'node:fs';
 import { ErrorCode, FerryError, silentLogger, type Logger } from '@ferry/protocol';
 import { loadHttpTokensFile, type HttpRole } from './http-tokens';
 
@@ -30,7 +30,9 @@ type TokenSet = { ok: true; tokens: Array<{ principal: HttpPrincipal; hash: Buff
 /** Checks bearer tokens against the tokens file; `null` file: no token is valid (nothing configured). */
 export class HttpAuthenticator {
   private current: TokenSet;
-  private watching = false;
+  private poller: NodeJS.Timeout | undefined;
+  /** The file's identity (inode, size, mtime, mode) when it was last read: a poll that sees another reads it again. */
+  private readSignature: string | null = null;
   private readonly reloadListeners: Array<() => void> = [];
 
   constructor(
@@ -50,6 +52,8 @@ export class HttpAuthenticator {
   /** Reads the tokens file again; on failure, no token is valid until a later read succeeds. */
   reload(): void {
     if (this.file === null) return;
+    // Taken before the read: a change made while reading is seen by the next poll.
+    this.readSignature = this.signature();
     try {
       const data = loadHttpTokensFile(this.file);
       this.current = {
@@ -74,18 +78,31 @@ export class HttpAuthenticator {
     this.reloadListeners.push(fn);
   }
 
-  /** Re-reads the file whenever its size, mtime or inode change. */
+  /**
+   * Re-reads the file whenever its inode, size, mtime or mode differ from when it was last read.
+   * Compared with the last read, not with the previous poll (as fs.watchFile does): a change made
+   * between a read and the first poll is not missed.
+   */
   watch(intervalMs = TOKENS_FILE_POLL_INTERVAL_MS): void {
-    if (this.file === null || this.watching) return;
-    this.watching = true;
-    watchFile(this.file, { interval: intervalMs, persistent: false }, (now, before) => {
-      if (now.mtimeMs !== before.mtimeMs || now.ino !== before.ino || now.size !== before.size || now.mode !== before.mode) this.reload();
-    });
+    if (this.file === null || this.poller !== undefined) return;
+    this.poller = setInterval(() => {
+      if (this.signature() !== this.readSignature) this.reload();
+    }, intervalMs);
+    this.poller.unref();
   }
 
   close(): void {
-    if (this.file !== null && this.watching) unwatchFile(this.file);
-    this.watching = false;
+    if (this.poller !== undefined) clearInterval(this.poller);
+    this.poller = undefined;
+  }
+
+  private signature(): string {
+    try {
+      const st = statSync(this.file!);
+      return `${st.ino}:${st.size}:${st.mtimeMs}:${st.mode}`;
+    } catch (err) {
+      return `unreadable:${(err as NodeJS.ErrnoException).code ?? 'error'}`;
+    }
   }
 
   /**
