@@ -66,6 +66,13 @@ export async function runDrain(
     let startedOne = false;
     for (let i = 0; i < pending.length && runner.slots.outgoing(host) < limits.maxMigrationsPerSource; ) {
       const item = pending[i]!;
+      // Two hosts report it running: never move either (one is an impostor; drain.test.ts).
+      const ambiguous = deps.registry.ambiguousWorkload(item.name);
+      if (ambiguous) {
+        pending.splice(i, 1);
+        unplaced(item.name, ambiguous);
+        continue;
+      }
       const w = deps.registry.findWorkload(item.name);
       if (!w || w.state === 'exited' || w.host !== host) {
         // Gone or moved meanwhile (stopped by an operator, migrated by someone else): nothing to do.

@@ -72,3 +72,24 @@ test('a heartbeat that lands while a cordon is being persisted does not undo the
   await cordoning;
   expect(registry.describe('h1').cordoned).toBe(true);
 });
+
+test('a workload two hosts report running is ambiguous (CONFLICT naming both); a frozen source beside its restored copy is not', async () => {
+  const registry = new HostRegistry(fakeRedis(), 'test:', 10_000, () => 1_000);
+  await registry.seen(beat([workload(10)]));
+  await registry.seen({ ...beat([]), host: 'h3', bootId: 'b3', address: '198.18.0.3' });
+  expect(registry.ambiguousWorkload('w')).toBeNull();
+  // During a migration: frozen on the source, running on the target.
+  registry.setWorkloads('h3', [{ ...workload(30), host: 'h3' }], 'd1');
+  registry.setWorkloads('h1', [{ ...workload(10), state: 'frozen' }], 'd2');
+  expect(registry.hostsRunning('w')).toEqual(['h3']);
+  expect(registry.ambiguousWorkload('w')).toBeNull();
+  // h3 lists a running `w` of its own while h1's real one runs: either could be picked.
+  registry.setWorkloads('h1', [workload(10)], 'd3');
+  expect(registry.hostsRunning('w')).toEqual(['h1', 'h3']);
+  const err = registry.ambiguousWorkload('w');
+  expect(err).toMatchObject({ code: 'CONFLICT', details: ['h1', 'h3'] });
+  expect(err?.message).toMatch(/reported running on 2 hosts \(h1, h3\)/);
+  // The impostor's entry gone, the name is the real host's again.
+  registry.setWorkloads('h3', [], 'd4');
+  expect(registry.ambiguousWorkload('w')).toBeNull();
+});

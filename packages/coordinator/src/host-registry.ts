@@ -235,6 +235,28 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
     return found;
   }
 
+  /**
+   * The hosts that report `name` running, in name order. More than one means one of them is
+   * lying (a compromised agent listing a workload of another host's name on its own host):
+   * acting on `name` would pick either, so migrate and drain refuse (ambiguousWorkload).
+   */
+  hostsRunning(name: string): string[] {
+    const hosts: string[] = [];
+    for (const e of this.hosts.values()) if (e.workloads.some((w) => w.name === name && w.state === 'running')) hosts.push(e.name);
+    return hosts.sort(compareHostNames);
+  }
+
+  /** CONFLICT naming the hosts when more than one reports `name` running, else null. */
+  ambiguousWorkload(name: string): FerryError | null {
+    const hosts = this.hostsRunning(name);
+    if (hosts.length < 2) return null;
+    return new FerryError(
+      ErrorCode.CONFLICT,
+      `workload ${name} is reported running on ${hosts.length} hosts (${hosts.join(', ')}): one of them is not the real one, so none is acted on; stop the impostor or cordon its host`,
+      { details: hosts },
+    );
+  }
+
   /** State of `name` on `host` as the registry shows it now (undefined: not there). */
   stateOn(host: string, name: string): WorkloadInfo['state'] | undefined {
     return this.hosts.get(host)?.workloads.find((w) => w.name === name)?.state;

@@ -91,6 +91,9 @@ export class MigrationRunner {
       if (earlier) return this.waitForEnd(earlier);
     }
     if (!workload || workload.state === 'exited') throw new FerryError(ErrorCode.NOT_FOUND, `no running workload named ${params.workload}`);
+    // Two hosts claiming it running: whichever copy was picked could be the impostor's.
+    const ambiguous = this.registry.ambiguousWorkload(params.workload);
+    if (ambiguous) throw ambiguous;
     let placement: Placement | null = null;
     let to = params.to;
     if (to === undefined) {
