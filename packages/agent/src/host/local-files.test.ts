@@ -10,7 +10,7 @@ import { checkFiles, FileDigests, findHeldFiles, listLocalFiles, readBootId, typ
 
 // Holds, each as a real program would: a file through an fd, another only through a mapping, one
 // in a declared local dir, one under a cluster filesystem's mount point, its own log, a deleted
-// file, /proc and /dev files, a pipe and a directory.
+// file, /proc and /dev files, a POSIX shared memory object (/dev/shm), a pipe and a directory.
 const HOLDER = `
 import ctypes, os, sys, time
 d = sys.argv[1]
@@ -34,7 +34,10 @@ held.append(os.open(gone, os.O_RDONLY))
 os.unlink(gone)
 held += [os.open("/proc/self/status", os.O_RDONLY), os.open("/dev/null", os.O_RDONLY), os.open(d, os.O_RDONLY)]
 held += list(os.pipe())
-open(os.path.join(d, "ready"), "w").write("1")
+shm = "/dev/shm/ferry-local-files-%d" % os.getpid()
+held.append(os.open(shm, os.O_RDWR | os.O_CREAT, 0o600))
+os.write(held[-1], b"shared")
+open(os.path.join(d, "ready"), "w").write(shm)
 time.sleep(120)
 `;
 
@@ -42,17 +45,22 @@ const sha256 = (data: Buffer | string) => createHash('sha256').update(data).dige
 
 let dir: string;
 let child: ChildProcess;
+/** The holder's POSIX shared memory object. */
+let shm: string;
 let scope: LocalFileScope;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ferry-local-files-'));
-  child = (await startStateHolder(HOLDER, dir)).child;
+  const holder = await startStateHolder(HOLDER, dir);
+  child = holder.child;
+  shm = holder.ready;
   scope = { mounts: [join(dir, 'mnt')], localDirs: [join(dir, 'local')], ownFiles: [join(dir, 'own.log')] };
 });
 
 afterAll(() => {
   child?.kill('SIGKILL');
   rmSync(dir, { recursive: true, force: true });
+  if (shm) rmSync(shm, { force: true });
 });
 
 /** The identity a file has, as the test reads it itself. */
@@ -72,7 +80,9 @@ test('lists the regular files held by an fd and by a mapping, with their identit
     [join(dir, 'map-held'), 'mmap'],
   ]);
   // Only regular files outside pseudo filesystems: no /proc, /dev, pipe, directory or deleted file.
-  expect(held.every((f) => f.path.startsWith('/') && !/^\/(proc|sys|dev)\//.test(f.path) && statSync(f.path).isFile())).toBe(true);
+  expect(held.every((f) => f.path.startsWith('/') && !/^\/(proc|sys|dev\/(?!shm\/))/.test(f.path) && statSync(f.path).isFile())).toBe(true);
+  // A POSIX shared memory object is a file on this host's tmpfs: the target must have it too.
+  expect(held.filter((f) => f.path === shm).map((f) => f.kind)).toEqual(['fd']);
 
   const files = await listLocalFiles([child.pid!], scope, { digests: new FileDigests() });
   expect(files.filter((f) => f.path.startsWith(`${dir}/`)).sort((a, b) => a.path.localeCompare(b.path))).toEqual([

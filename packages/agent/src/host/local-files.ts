@@ -15,7 +15,8 @@
  * Not listed: what moves or is reached another way. Files on the workload's cluster filesystems
  * (the target mounts the same), in its declared local dirs (copied with it), its own output log
  * (ferry places it on the target), unlinked files (host/unlinked-files.ts: ghost files or pins),
- * and pseudo filesystems (/proc, /sys, /dev belong to whichever kernel runs it).
+ * and pseudo filesystems (/proc, /sys, /dev belong to whichever kernel runs it; not /dev/shm, the
+ * host's tmpfs of POSIX shared memory objects).
  */
 import { createHash } from 'node:crypto';
 import { constants as fsConstants, type Stats } from 'node:fs';
@@ -38,6 +39,11 @@ export const DEFAULT_HASH_BUDGET_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_DIGEST_CACHE_ENTRIES = 16_384;
 /** Pseudo filesystems: what is open there belongs to the kernel the workload runs on, not to a disk. */
 const PSEUDO_ROOTS = ['/proc', '/sys', '/dev'];
+/**
+ * Under /dev, yet files on this host's own tmpfs: POSIX shared memory objects and named semaphores
+ * (shm_open, sem_open). CRIU reopens them by path on the target, so the target must have the same.
+ */
+const HOST_FILE_ROOTS = ['/dev/shm'];
 const DELETED_SUFFIX = ' (deleted)';
 const READ_CHUNK_BYTES = 1024 * 1024;
 
@@ -66,7 +72,7 @@ function underAny(path: string, roots: readonly string[]): boolean {
 }
 
 function excluded(path: string, scope: LocalFileScope): boolean {
-  return underAny(path, PSEUDO_ROOTS) || underAny(path, scope.mounts) || inLocalDir(path, scope.localDirs) || scope.ownFiles.includes(path);
+  return (underAny(path, PSEUDO_ROOTS) && !underAny(path, HOST_FILE_ROOTS)) || underAny(path, scope.mounts) || inLocalDir(path, scope.localDirs) || scope.ownFiles.includes(path);
 }
 
 /**

@@ -4,6 +4,7 @@ import {
   childrenOf,
   isAlive,
   listTree,
+  livingProcesses,
   parseProcessStat,
   readPidNamespace,
   readProcessStat,
@@ -69,6 +70,9 @@ describe('readProcessStat / isAlive', () => {
     });
     expect(await isAlive(zombie)).toBe(false);
     expect(await isAlive(child.pid)).toBe(true);
+    // A tree keeps its zombie (CRIU moves it); the pre-flight's scans skip it, whose /proc files fail (EINVAL).
+    expect(await listTree(child.pid)).toEqual([child.pid, zombie]);
+    expect(await livingProcesses(await listTree(child.pid))).toEqual([child.pid]);
   });
 
   it('rejects pids that are not positive integers', async () => {

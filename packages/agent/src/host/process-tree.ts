@@ -137,6 +137,17 @@ export async function listTree(rootPid: number): Promise<number[]> {
   return queue;
 }
 
+/**
+ * The processes of `pids` that are alive. A zombie has released its memory, files and sockets
+ * (reading its /proc/PID/mountinfo fails with EINVAL): there is nothing in it to inspect, and CRIU
+ * dumps and restores it by itself, still waiting for its parent to reap it.
+ */
+export async function livingProcesses(pids: readonly number[]): Promise<number[]> {
+  const living: number[] = [];
+  for (const pid of pids) if (await isAlive(pid)) living.push(pid);
+  return living;
+}
+
 /** Resident memory of one process in bytes (VmRSS); 0 for a gone process or a zombie. */
 export async function rssBytes(pid: number): Promise<number> {
   assertPid(pid);

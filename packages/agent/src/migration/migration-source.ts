@@ -17,13 +17,14 @@ import {
 } from '@ferry/protocol';
 import { aeadInPlace } from '@ferry/native';
 import { sendImage, type LiveImageFile, type TransferStats } from '@ferry/transfer';
-import { isAlive, listTree } from '../host/process-tree';
+import { isAlive, listTree, livingProcesses } from '../host/process-tree';
 import { listLocalFiles, type FileDigests } from '../host/local-files';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
 import { locksHeld } from '../host/file-locks';
 import { inLocalDir } from '../host/local-dirs';
 import { pipesWithData } from '../host/pipe-data';
+import { armedPeriodicTimers } from '../host/timerfds';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
 import type { PostCopySource } from '../post-copy/post-copy-source';
 import type { WorkloadRecord } from '../workloads/inventory';
@@ -69,11 +70,13 @@ export class MigrationSource {
    * What must hold before a workload is frozen, else FAILED_PRECONDITION: its unlinked-but-open
    * local files fit the ghost limit (shared ones are pinned and travel by name), every inet
    * socket can move (tcp-sockets.ts), every file lock is on a file in its local dirs (file-locks.ts), and, where the target's CRIU cannot refill pipes
-   * (`targetPipeData` false, from its probe), no pipe or FIFO holds unread data (pipe-data.ts).
+   * (`targetPipeData` false, from its probe), no pipe or FIFO holds unread data (pipe-data.ts), and no
+   * periodic timerfd is armed (CRIU would restore it disarmed, timerfds.ts).
    * Returns the unlinked files found, for the pins.
    */
   async assertMigratable(rec: WorkloadRecord, { targetPipeData = true } = {}): Promise<UnlinkedFile[]> {
-    const tree = await listTree(rec.pid);
+    // Zombies hold nothing to check (process-tree.ts); CRIU moves them as they are.
+    const tree = await livingProcesses(await listTree(rec.pid));
     const unlinked = await findUnlinkedFiles(tree);
     checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
     if (!targetPipeData) {
@@ -99,6 +102,17 @@ export class MigrationSource {
         { details: named },
       );
     }
+    // CRIU 4.2.1 restores a periodic timerfd that fired while frozen disarmed (host/timerfds.ts).
+    const timers = await armedPeriodicTimers(tree);
+    if (timers.length > 0) {
+      const named = timers.slice(0, 5).map((t) => `timerfd every ${Number(t.intervalNs) / 1e6} ms (pid ${t.pid} fd ${t.fd})`);
+      throw new FerryError(
+        ErrorCode.FAILED_PRECONDITION,
+        `workload ${rec.name} holds an armed periodic timerfd: ${named.join('; ')}. CRIU 4.2.1 restores such a timer disarmed when it fired while the workload was frozen ` +
+          '(checkpoint-restore/criu#3162: the timer would fire once after the move and never again); disarm it (or use a one-shot timer re-armed on each expiry) before migrating',
+        { details: named },
+      );
+    }
     const serviceIp = rec.address ? ipOf(rec.address) : null;
     const socketProblems = unmigratableSockets(
       await inetSocketsOf(tree),
@@ -118,7 +132,7 @@ export class MigrationSource {
    */
   async localFiles(rec: WorkloadRecord, digests: FileDigests): Promise<FileIdentity[]> {
     const scope = { mounts: (rec.mounts ?? []).map((m) => m.path), localDirs: rec.localDirs ?? [], ownFiles: [rec.logPath] };
-    return listLocalFiles(await listTree(rec.pid), scope, { digests });
+    return listLocalFiles(await livingProcesses(await listTree(rec.pid)), scope, { digests });
   }
 
   private async checkpointNow(req: CheckpointRequest, imageKey: Buffer | null): Promise<CheckpointReply> {
