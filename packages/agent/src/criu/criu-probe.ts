@@ -96,6 +96,9 @@ function describe(err: unknown): string {
  * Launches the throwaway, dumps it leaving it stopped, kills the frozen copy, restores it, checks the
  * restored copy runs, and cleans up every process and file it made, whatever happened.
  */
+/** How many times the probe tries a streamed dump before it says this host cannot stream. */
+const STREAM_PROBE_ATTEMPTS = 4;
+
 export async function attemptDumpRestore(options: CriuProbeOptions, faultInjection: boolean, { stream = false } = {}): Promise<DumpRestoreAttempt> {
   const driver = new CriuDriver(
     { criuPath: options.criuPath, faultInjection, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS, killTimeoutMs: PROBE_KILL_TIMEOUT_MS },
@@ -230,14 +233,17 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   // Only worth asking of a CRIU that works: a throwaway holding unread data in a FIFO.
   const pipeData = decision.dumpRestoreOk && (await attemptDumpRestore({ ...options, throwawayArgv: PIPE_DATA_THROWAWAY }, decision.needsFaultInjection)).ok;
   // A dump through this agent's image streamer, restored from what it received.
-  // Tried twice: on a loaded machine a throwaway dump fails now and then for reasons of its own
-  // (seen: "not stopped after dump" with several agents probing at once), and one such failure
-  // would leave this host without its fastest data path until it restarts.
+  // Tried up to STREAM_PROBE_ATTEMPTS times, a little apart: on a loaded machine a throwaway dump
+  // fails now and then for reasons of its own (seen: "not stopped after dump" with several agents
+  // probing at once; in a full test run, twice in a row), and a false answer leaves this host
+  // without its fastest data path, and its migrations on another, until the agent restarts.
   const canStream = decision.dumpRestoreOk && options.streamSyscalls !== undefined && /--stream\b/.test(help);
-  let streamAttempt = canStream ? await attemptDumpRestore(options, decision.needsFaultInjection, { stream: true }) : undefined;
-  if (streamAttempt && !streamAttempt.ok) {
-    options.logger.warn({ problem: streamAttempt.problem }, 'criu dump --stream failed once; trying again');
+  let streamAttempt: DumpRestoreAttempt | undefined;
+  for (let attempt = 1; canStream && attempt <= STREAM_PROBE_ATTEMPTS; attempt++) {
     streamAttempt = await attemptDumpRestore(options, decision.needsFaultInjection, { stream: true });
+    if (streamAttempt.ok) break;
+    options.logger.warn({ problem: streamAttempt.problem, attempt }, 'criu dump --stream failed in the probe');
+    await new Promise((r) => setTimeout(r, 250 * attempt));
   }
   const stream = streamAttempt?.ok === true;
   if (streamAttempt && !streamAttempt.ok) options.logger.warn({ problem: streamAttempt.problem }, 'criu dump --stream did not work here; memory will not stream');
