@@ -30,6 +30,8 @@ command -v arping >/dev/null 2>&1 || need+=(iputils-arping)
 # Local dirs (ferry run --local-dir) move as GNU tar archives; their tests check xattrs with attr's tools.
 command -v tar >/dev/null 2>&1 || need+=(tar)
 command -v setfattr >/dev/null 2>&1 || need+=(attr)
+# test/real-programs.test.ts compiles and migrates a small Java program (javac and java at test time).
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 # The dashboard's tests drive it in headless Chromium (playwright-core with executablePath /usr/bin/chromium).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
