@@ -8,12 +8,13 @@
  * workloads/ (run, stop, list), migration/ (the source and target halves), heartbeat.ts.
  */
 import type { NatsConnection, Subscription } from 'nats';
-import { AgentVerb, SealKeyPair, serveAgentVerb, silentLogger, type AgentVerbHandler, type CriuInfo, type Logger, type MigrationRecordReply, type MigrationRef } from '@ferry/protocol';
+import { AgentVerb, SealKeyPair, serveAgentVerb, silentLogger, type AgentVerbHandler, type CriuInfo, type Logger, type MigrationRecordReply, type MigrationRef, type WorkloadInfo } from '@ferry/protocol';
 import type { LinuxSyscalls } from '@ferry/native';
 import type { AgentMetrics } from './agent-metrics';
 import type { AgentOptions } from './agent-options';
 import { checkCpuinfo, dumpCpuinfo } from './criu/cpu-compat';
 import type { CriuDriver } from './criu/criu-driver';
+import { withShadowWorkload } from './fault-injection';
 import { HeartbeatLoop } from './heartbeat';
 import { readHostMemory } from './host/host-memory';
 import { checkFiles, FileDigests } from './host/local-files';
@@ -48,6 +49,8 @@ export class Agent {
   private readonly source: MigrationSource;
   private readonly target: MigrationTarget;
   private readonly heartbeat: HeartbeatLoop;
+  /** What heartbeats and PS report (an impostor entry added only under fault injection). */
+  private readonly listWorkloads: () => Promise<WorkloadInfo[]>;
   /** Migration secrets are sealed to this key pair; its private half never leaves this process. */
   private readonly sealKeys = SealKeyPair.generate();
   /** Digests of local files, shared by both pre-flight halves (migratable here as a source, check-files as a target). */
@@ -61,9 +64,10 @@ export class Agent {
     const { nc, metrics, criu } = deps;
     this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots }, deps.inventory, criu, deps.syscalls, this.log, metrics);
     const shared = { ...deps, workloads: this.workloads, log: this.log };
-    this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes }, shared);
+    this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes, faults: opts.faults }, shared);
     this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots }, shared);
-    this.heartbeat = new HeartbeatLoop(nc, { host: opts.host, address: opts.address, intervalMs: opts.heartbeatIntervalMs, sealKey: this.sealKeys.publicKey }, deps.criuInfo, () => this.workloads.list(), this.log);
+    this.listWorkloads = withShadowWorkload(() => this.workloads.list(), opts.host, opts.faults);
+    this.heartbeat = new HeartbeatLoop(nc, { host: opts.host, address: opts.address, intervalMs: opts.heartbeatIntervalMs, sealKey: this.sealKeys.publicKey }, deps.criuInfo, this.listWorkloads, this.log);
   }
 
   get host(): string {
@@ -75,7 +79,7 @@ export class Agent {
     await this.workloads.refresh();
     const { nc, criu, workDirs } = this.deps;
     this.on(AgentVerb.PROBE, async () => ({ criu: this.deps.criuInfo, memory: await readHostMemory() }));
-    this.on(AgentVerb.PS, async () => ({ workloads: await this.workloads.list() }));
+    this.on(AgentVerb.PS, async () => ({ workloads: await this.listWorkloads() }));
     this.on(AgentVerb.RUN, async (req) => ({ workload: await this.workloads.run(req) }));
     this.on(AgentVerb.STOP, async (req) => this.workloads.stop(req.name));
     this.on(AgentVerb.RECEIVE, async (req) => this.target.receive(req, this.openImageKey(req)));

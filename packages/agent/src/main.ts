@@ -28,7 +28,14 @@ async function main(): Promise<void> {
       pageTunnel: env.FERRY_PAGE_TUNNEL !== 'off',
       streamDump: env.FERRY_STREAM_DUMP !== 'off',
       localDirRoots: env.FERRY_LOCAL_DIR_ROOTS ? env.FERRY_LOCAL_DIR_ROOTS.split(',').filter(Boolean) : undefined,
-      faults: { corruptImageFrame: num(env.FERRY_FAULT_CORRUPT_IMAGE_FRAME), refusePageRequestsAfter: num(env.FERRY_FAULT_REFUSE_PAGE_REQUESTS_AFTER), noPipeData: env.FERRY_FAULT_NO_PIPE_DATA === '1' },
+      faults: {
+        corruptImageFrame: num(env.FERRY_FAULT_CORRUPT_IMAGE_FRAME),
+        refusePageRequestsAfter: num(env.FERRY_FAULT_REFUSE_PAGE_REQUESTS_AFTER),
+        noPipeData: env.FERRY_FAULT_NO_PIPE_DATA === '1',
+        manifestPatch: env.FERRY_FAULT_MANIFEST_PATCH ? (JSON.parse(env.FERRY_FAULT_MANIFEST_PATCH) as Record<string, Record<string, unknown>>) : undefined,
+        hugePagemap: env.FERRY_FAULT_HUGE_PAGEMAP ? env.FERRY_FAULT_HUGE_PAGEMAP.split(',').filter(Boolean) : undefined,
+        shadowWorkload: env.FERRY_FAULT_SHADOW_WORKLOAD || undefined,
+      },
       // FERRY_METRICS_PORT=off serves no /metrics.
       metricsPort: env.FERRY_METRICS_PORT === 'off' ? null : num(env.FERRY_METRICS_PORT),
     },

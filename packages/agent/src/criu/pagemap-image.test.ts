@@ -3,12 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErrorCode } from '@ferry/protocol';
 import {
+  checkClaimedMemory,
   encodePagemap,
   lazyRunsOf,
   parsePagemap,
   PE_LAZY,
   PE_PRESENT,
   splitForPostCopy,
+  withNrPages,
 } from './pagemap-image';
 import { PAGE_BYTES } from '@ferry/protocol';
 import { pagemapEntry, pagemapHeader } from '../test-fixtures/pagemap-fixtures';
@@ -83,4 +85,23 @@ test('post-copy split: lazy runs leave the pages file and lose PE_PRESENT; the o
 
   // The target reads the lazy runs back from the rewritten pagemap.
   expect(await lazyRunsOf(images, await readdir(images))).toEqual([{ pid: 1, vaddr: 0x5600_0000_0000, nrPages: 3 }]);
+});
+
+test('an image whose pagemaps claim more memory than the host has is refused before any restore (RESTORE_FAILED), a real one passes', async () => {
+  await writeDump(dir);
+  const names = await readdir(dir);
+  await expect(checkClaimedMemory(dir, names, 6 * PAGE_BYTES)).resolves.toBeUndefined();
+  await expect(checkClaimedMemory(dir, names, 5 * PAGE_BYTES)).rejects.toMatchObject({ code: ErrorCode.RESTORE_FAILED });
+  // One record rewritten to 2^40 pages (what a compromised source sends): every other field kept.
+  const image = parsePagemap(await readFile(join(dir, 'pagemap-1.img')));
+  const huge = withNrPages(image.entries[1]!, 2 ** 40);
+  await writeFile(join(dir, 'pagemap-1.img'), encodePagemap(image, [image.entries[0]!.raw, huge, image.entries[2]!.raw]));
+  expect(parsePagemap(await readFile(join(dir, 'pagemap-1.img'))).entries[1]).toMatchObject({ vaddr: 0x5600_0000_0000, nrPages: 2 ** 40, flags: PE_PRESENT | PE_LAZY });
+  await expect(checkClaimedMemory(dir, names, 64 * 1024 ** 3)).rejects.toMatchObject({
+    code: ErrorCode.RESTORE_FAILED,
+    message: expect.stringMatching(/pagemap-1\.img alone lists a run of 1099511627776 pages/),
+  });
+  // A pagemap that does not parse is the image's fault too.
+  await writeFile(join(dir, 'pagemap-shmem-3.img'), 'not a pagemap');
+  await expect(checkClaimedMemory(dir, await readdir(dir), 64 * 1024 ** 3)).rejects.toMatchObject({ code: ErrorCode.RESTORE_FAILED, message: expect.stringMatching(/pagemap-1\.img|pagemap-shmem-3\.img/) });
 });

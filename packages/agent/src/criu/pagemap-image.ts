@@ -169,6 +169,15 @@ function withFlags(entry: PagemapEntry, flags: number): Buffer {
   return Buffer.concat(parts);
 }
 
+/** The entry's protobuf with `nr_pages` replaced (or added), every other field as it was. */
+export function withNrPages(entry: PagemapEntry, nrPages: number): Buffer {
+  const parts = parseFields(entry.raw)
+    .filter((f) => f.field !== 5)
+    .map((f) => f.raw);
+  parts.push(writeVarint(5 * 8 + WIRE_VARINT), writeVarint(nrPages));
+  return Buffer.concat(parts);
+}
+
 export function encodePagemap(image: Pick<PagemapImage, 'header' | 'head'>, entries: Buffer[]): Buffer {
   const parts: Buffer[] = [image.header];
   for (const record of [image.head, ...entries]) {
@@ -271,6 +280,35 @@ export function checkLazyRuns(runs: LazyRun[], maxBytes: number): void {
   const total = lazyRunBytes(runs);
   if (total > maxBytes) {
     throw new FerryError(ErrorCode.RESTORE_FAILED, `the image claims ${total} bytes of lazy memory, more than this host's ${maxBytes}`);
+  }
+}
+
+/** Every pagemap of a dump: the tasks' and the shared memory segments' (pagemap-shmem-<id>.img). */
+const ANY_PAGEMAP = /^pagemap-(?:shmem-)?\d+\.img$/;
+
+/**
+ * Refuses an image whose pagemaps together claim more memory than `maxBytes` (the host's memory;
+ * a dump lists only the pages a workload had, so no real one claims more). Checked before every
+ * restore, whatever the mode: CRIU itself walks a run page by page, so one hostile record of 2^40
+ * pages would keep the target's restore (and every restore queued behind it) busy for days.
+ * RESTORE_FAILED names the file and the total.
+ */
+export async function checkClaimedMemory(imagesDir: string, names: string[], maxBytes: number): Promise<void> {
+  let total = 0;
+  for (const name of names) {
+    if (!ANY_PAGEMAP.test(name)) continue;
+    let image: PagemapImage;
+    try {
+      image = parsePagemap(await readFile(join(imagesDir, name)));
+    } catch (err) {
+      throw new FerryError(ErrorCode.RESTORE_FAILED, `the image's ${name} is refused: ${(err as Error).message}`, { cause: err });
+    }
+    for (const e of image.entries) {
+      total += e.nrPages * PAGE_BYTES;
+      if (total > maxBytes) {
+        throw new FerryError(ErrorCode.RESTORE_FAILED, `the image claims more than this host's ${maxBytes} bytes of memory (${name} alone lists a run of ${e.nrPages} pages)`);
+      }
+    }
   }
 }
 

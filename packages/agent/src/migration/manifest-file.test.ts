@@ -114,3 +114,14 @@ describe('a manifest from another host is held against what the target derives i
     }
   });
 });
+
+test('a manifest naming mounts the coordinator did not give is refused (the target records only the coordinator\'s)', () => {
+  const expect_ = { migrationId: 'm-1', dataDir: '/var/lib/ferry', mountRoots: ['/srv/shared'] };
+  const m = { name: 'web', argv: ['x'], env: {}, cwd: '/', logPath: '/var/lib/ferry/workloads/web/output.log', startedAt: 'now', logBytes: 0, pins: [] };
+  const shared = { name: 'shared', type: 'sshfs' as const, source: 'storage:/srv', options: {}, path: '/srv/shared' };
+  expect(() => checkManifestForTarget({ ...m, mounts: [shared] }, expect_)).not.toThrow();
+  const evil = { ...shared, name: 'evil', options: { ssh_command: 'touch /tmp/owned' }, path: '/mnt/evil' };
+  expect(() => checkManifestForTarget({ ...m, mounts: [shared, evil] }, expect_)).toThrow(
+    expect.objectContaining({ code: 'RESTORE_FAILED', message: expect.stringMatching(/mount evil at \/mnt\/evil is not one the coordinator gave/) }),
+  );
+});

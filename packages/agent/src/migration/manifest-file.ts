@@ -108,8 +108,9 @@ export function pinProblem(pin: PinnedFile, expect: Pick<ManifestExpectations, '
 /**
  * The target acts on a manifest only where it matches what the target derives itself: the log at
  * this host's own path for the workload, pins named for this migration on the filesystems the
- * coordinator gave, opened without create or truncate. Anything else is RESTORE_FAILED: the image
- * came from another host, and a manifest that names other paths would have root write or unlink them.
+ * coordinator gave, opened without create or truncate, mounts only where the coordinator mounted.
+ * Anything else is RESTORE_FAILED: the image came from another host, and a manifest that names
+ * other paths would have root write or unlink them.
  */
 export function checkManifestForTarget(m: WorkloadManifest, expect: ManifestExpectations): void {
   const logPath = workloadLogPath(expect.dataDir, m.name);
@@ -117,6 +118,8 @@ export function checkManifestForTarget(m: WorkloadManifest, expect: ManifestExpe
     ...(m.logPath === logPath ? [] : [`log path ${m.logPath} is not ${logPath}`]),
     ...(m.address === expect.address ? [] : [`service address ${m.address ?? 'none'} is not the coordinator's ${expect.address ?? 'none'}`]),
     ...m.pins.map((p) => pinProblem(p, expect)).filter((p): p is string => p !== null),
+    // The target mounts and records only the coordinator's filesystems; a manifest naming others is not this migration's.
+    ...m.mounts.filter((mount) => !expect.mountRoots.includes(mount.path)).map((mount) => `mount ${mount.name} at ${mount.path} is not one the coordinator gave`),
   ];
   if (problems.length > 0) {
     throw new FerryError(ErrorCode.RESTORE_FAILED, `the image's manifest is refused: ${problems.slice(0, 3).join('; ')}`, { details: problems.slice(0, 50) });

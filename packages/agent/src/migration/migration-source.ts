@@ -17,6 +17,7 @@ import {
 } from '@ferry/protocol';
 import { aeadInPlace } from '@ferry/native';
 import { sendImage, type LiveImageFile, type TransferStats } from '@ferry/transfer';
+import { compromiseImage, type AgentFaults } from '../fault-injection';
 import { isAlive, listTree, livingProcesses } from '../host/process-tree';
 import { listLocalFiles, type FileDigests } from '../host/local-files';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
@@ -40,6 +41,8 @@ export interface MigrationSourceOptions {
   address: string;
   /** Largest unlinked-but-open local file the image may carry. */
   ghostLimitBytes: number;
+  /** Failure tests only: the image sent as a compromised source would (fault-injection.ts). */
+  faults?: AgentFaults;
 }
 
 export class MigrationSource {
@@ -232,7 +235,12 @@ export class MigrationSource {
         this.lazySources.set(req.migrationId, kept);
         lazyBytes = kept.lazyBytes;
       }
-      sent = await path.send();
+      const undoFaults = this.opts.faults ? await compromiseImage(dir, rec.name, this.opts.faults) : undefined;
+      try {
+        sent = await path.send();
+      } finally {
+        await undoFaults?.();
+      }
       const after = await path.afterSend(sent);
       lazyPageServer = after.lazyPageServer;
       if (after.source) this.lazySources.set(req.migrationId, after.source);

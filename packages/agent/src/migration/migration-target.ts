@@ -4,6 +4,7 @@
  * coordinator asked, and then keeps it (settle) or kills it (discard) on the coordinator's word.
  */
 import { readdir } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import {
   encode,
@@ -15,6 +16,7 @@ import {
   toFerryError,
   type MigrationRecordReply,
   type MigrationRef,
+  type MountSpec,
   openPageServerTls,
   pageServerTlsKey,
   sealPageServerTls,
@@ -29,7 +31,7 @@ import { ImageReceiver, pageRequestKey } from '@ferry/transfer';
 import { aeadInPlace, SEEK_SET } from '@ferry/native';
 import type { CriuDriver } from '../criu/criu-driver';
 import { PageServer, sumPageImageBytes } from '../criu/criu-service';
-import { lazyRunBytes, lazyRunsOf } from '../criu/pagemap-image';
+import { checkClaimedMemory, lazyRunBytes, lazyRunsOf } from '../criu/pagemap-image';
 import { makePageServerTls, type PageServerTlsFiles } from '../criu/page-server-tls';
 import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
@@ -58,6 +60,8 @@ interface IncomingMigration {
   mountedPaths: string[];
   /** Every shared filesystem the coordinator gave for it: the only places its pins may be. */
   mountRoots: string[];
+  /** Those filesystems as the coordinator gave them: what the restored workload is recorded with (never the image's manifest's). */
+  mounts: MountSpec[];
   /** The workload's service address as the coordinator gave it: the only one this host configures for it. */
   address?: string;
   /** With the page-server path: CRIU's page server writing the memory pages into `dir`. */
@@ -152,6 +156,7 @@ export class MigrationTarget {
       progressTimer,
       mountedPaths,
       mountRoots: req.mounts.map((m) => m.path),
+      mounts: req.mounts,
       ...(req.address ? { address: req.address } : {}),
       transferId: req.transferId,
       pagesKey: imageKey ? pageRequestKey(imageKey) : null,
@@ -214,6 +219,8 @@ export class MigrationTarget {
     const manifest = await readManifest(inc.dir, req.workload);
     // Nothing of it is acted on before it matches what this host derives itself.
     checkManifestForTarget(manifest, { migrationId: req.migrationId, dataDir: this.opts.dataDir, mountRoots: inc.mountRoots, address: inc.address });
+    // So are its pagemaps: CRIU would walk a hostile run of 2^40 pages for days, holding every restore here.
+    await checkClaimedMemory(inc.dir, await readdir(inc.dir), totalmem());
     await placeWorkloadLog(inc.dir, manifest);
     // Its local dirs as they were when it froze, before it runs here (a failure rolls back).
     await inc.local?.beforeRestore(inc.dir);
@@ -289,7 +296,7 @@ export class MigrationTarget {
       startedAt: manifest.startedAt,
       exitCode: null,
       migration: { id: req.migrationId, role: 'target' },
-      mounts: manifest.mounts,
+      mounts: inc.mounts,
       ...(manifest.address ? { address: manifest.address } : {}),
       ...(inc.localDirs.length > 0 ? { localDirs: inc.localDirs } : {}),
     });
