@@ -2,10 +2,11 @@
  * Real programs under live clients (issue #17): redis-server and a JVM (a small Java program compiled
  * here with javac: worker threads keeping a heap that must check out, and a server answering INCR),
  * each with its own service address and a client on a third host doing INCR every 5 ms on one
- * connection. Each moves h1 -> h2 -> h1 by the default path and then both ways by post-copy; the
- * client checks every answer is one more than the last (nothing lost, nothing served twice) and never
- * reconnects, and at the end the program's own count equals the client's answers. nginx and
- * PostgreSQL run non-root processes, which CRIU cannot dump on this machine kind (DESIGN.md).
+ * connection. Each moves h1 -> h2 -> h1 by the default path, h1 -> h2 direct, h2 -> h1 over NATS and
+ * then both ways by post-copy; the client checks every answer is one more than the last (nothing
+ * lost, nothing served twice) and never reconnects, and at the end the program's own count equals
+ * the client's answers. nginx and PostgreSQL run non-root processes, which CRIU cannot dump on this
+ * machine kind (DESIGN.md).
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
@@ -39,10 +40,12 @@ afterAll(async () => {
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
-/** Both ways by the default path, then both ways by post-copy. */
+/** Both ways by the default path, out by direct and back over NATS, then both ways by post-copy. */
 const MOVES = [
   { to: 'h2', args: [] as string[] },
   { to: 'h1', args: [] as string[] },
+  { to: 'h2', args: ['--transport', 'direct'] },
+  { to: 'h1', args: ['--transport', 'nats'] },
   { to: 'h2', args: ['--restore', 'post-copy'] },
   { to: 'h1', args: ['--restore', 'post-copy'] },
 ];
@@ -145,7 +148,7 @@ async function underLiveClient(name: string, ip: string, port: number, count: (c
   return done;
 }
 
-test('redis-server moves both ways and by post-copy under a client doing INCR every 5 ms on one connection: every request answered once, the same server process throughout', async () => {
+test('redis-server moves both ways in every mode (default, direct, NATS, post-copy) under a client doing INCR every 5 ms on one connection: every request answered once, the same server process throughout', async () => {
   const ip = `${subnet}.100`;
   const port = 7379;
   const dir = join(scratch, 'redis');
@@ -182,7 +185,7 @@ print(f.read(length).decode())`;
   await waitFor('redis gone', async () => (await copies(isRedis)).length === 0);
 });
 
-test('a JVM (threads, a heap it checks, a server) moves both ways and by post-copy under a client doing INCR every 5 ms: every request answered once, every thread and its heap intact', async () => {
+test('a JVM (threads, a heap it checks, a server) moves both ways in every mode (default, direct, NATS, post-copy) under a client doing INCR every 5 ms: every request answered once, every thread and its heap intact', async () => {
   const ip = `${subnet}.101`;
   const port = 7380;
   const classes = join(scratch, 'jvm-classes');

@@ -107,7 +107,8 @@ test('special fds move in every mode: memfd (data, mapped), eventfd (its count),
           memfd: { patternOk: true, mappedCounter: view.counter, readCounter: view.counter, size: 1024 * 1024 },
           eventfd: 41,
           signalfd: 12, // SIGUSR2, still pending
-          epoll: { fullReady: true, emptyReadyAfterWrite: true },
+          // The pipe still holds its unread byte, and the epoll set still watches both pipes.
+          epoll: { fullReady: true, fullBytes: 1, emptyReadyAfterWrite: true },
           inotify: created,
         });
         // The re-armed one-shot timer still fires; the one in an hour is still pending, nearer now.
@@ -120,6 +121,8 @@ test('special fds move in every mode: memfd (data, mapped), eventfd (its count),
       },
       {},
       async (host, mode) => {
+        // The local dir moved with it: every file made so far is there.
+        expect({ mode, files: (await dev.hostExec(CLUSTER, host, ['ls', watched])).stdout.split('\n').filter(Boolean).sort() }).toEqual({ mode, files: [...created].sort() });
         // A new file in the watched dir, on the host it runs on now: its watch must see it.
         const file = `on-${host}-after-${mode}`;
         await dev.hostExec(CLUSTER, host, ['touch', `${watched}/${file}`]);
