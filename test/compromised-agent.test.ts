@@ -75,14 +75,21 @@ function agentPid(host: string): number {
   return rec.pid;
 }
 
-async function hostsJson(): Promise<Array<{ name: string; state: string; workloadCount: number }>> {
+async function hostsJson(): Promise<Array<{ name: string; state: string; workloadCount: number; bootId?: string }>> {
   return (await cluster.ferry(['hosts', '--json'])).json;
 }
 
-/** The target's agent is the same process as before the attack, alive, its host alive and never restarted. */
-async function expectAgentUnharmed(host: string, pid: number): Promise<void> {
-  expect(agentPid(host)).toBe(pid);
-  expect(() => process.kill(pid, 0)).not.toThrow();
+/** What identifies a host's running agent: its process, and the boot id the coordinator shows. */
+async function agentOf(host: string): Promise<{ pid: number; bootId: string }> {
+  const bootId = (await hostsJson()).find((h) => h.name === host)?.bootId;
+  if (!bootId) throw new Error(`no boot id for ${host}`);
+  return { pid: agentPid(host), bootId };
+}
+
+/** The target's agent is the one from before the attack: same process and boot id, alive, its host never lost or restarted. */
+async function expectAgentUnharmed(host: string, before: { pid: number; bootId: string }): Promise<void> {
+  expect(await agentOf(host)).toEqual(before);
+  expect(() => process.kill(before.pid, 0)).not.toThrow();
   expect((await hostsJson()).find((h) => h.name === host)).toMatchObject({ state: 'alive' });
   const events = (await cluster.ferry(['events', '--json', '--limit', '1000'])).json as Array<{ type: string; step: string; host?: string }>;
   expect(events.filter((e) => e.host === host && (e.step === 'restarted' || e.step === 'lost'))).toEqual([]);
@@ -102,7 +109,7 @@ async function targetWorkDirEmpty(host: string): Promise<void> {
 async function attack(name: string, to: string, migrateArgs: string[], expected: RegExp): Promise<CounterWorkload> {
   const w = await launch(name, 'h3');
   const before = await expectIntactOn(cluster, w, name, 'h3');
-  const targetAgent = agentPid(to);
+  const targetAgent = await agentOf(to);
   const res = await cluster.ferry(['migrate', name, '--to', to, ...migrateArgs, '--json']);
   expect(res.json).toMatchObject({ state: 'rolled-back', error: { code: 'RESTORE_FAILED' } });
   expect(res.code).toBe(9);
@@ -151,7 +158,7 @@ describe('finding 8: a pagemap record claiming 2^40 pages', () => {
 
   test('eager, by the default (streamed) data path: refused before CRIU sees it, and the target takes the next migration', async () => {
     const w = byName.get('evil-pages')!;
-    const targetAgent = agentPid('h2');
+    const targetAgent = await agentOf('h2');
     const before = await expectIntactOn(cluster, w, 'evil-pages', 'h3');
     const res = await cluster.ferry(['migrate', 'evil-pages', '--to', 'h2', '--json']);
     expect(res.json).toMatchObject({ state: 'rolled-back', error: { code: 'RESTORE_FAILED', message: expect.stringMatching(HUGE) } });

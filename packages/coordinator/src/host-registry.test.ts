@@ -77,6 +77,8 @@ test('a workload two hosts report running is ambiguous (CONFLICT naming both); a
   const registry = new HostRegistry(fakeRedis(), 'test:', 10_000, () => 1_000);
   await registry.seen(beat([workload(10)]));
   await registry.seen({ ...beat([]), host: 'h3', bootId: 'b3', address: '198.18.0.3' });
+  // `ferry hosts` shows each agent's boot id (a restarted agent shows as a new one).
+  expect(registry.describe('h3').bootId).toBe('b3');
   expect(registry.ambiguousWorkload('w')).toBeNull();
   // During a migration: frozen on the source, running on the target.
   registry.setWorkloads('h3', [{ ...workload(30), host: 'h3' }], 'd1');

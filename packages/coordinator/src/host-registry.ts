@@ -204,6 +204,7 @@ export class HostRegistry extends EventEmitter<HostRegistryEvents> {
       memory: e.memory,
       workloadCount: e.workloads.filter((w) => w.state !== 'exited').length,
       lastHeartbeatAt: e.lastHeartbeatAt ? new Date(e.lastHeartbeatAt).toISOString() : '',
+      ...(e.bootId ? { bootId: e.bootId } : {}),
     };
   }
 

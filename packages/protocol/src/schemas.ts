@@ -159,6 +159,8 @@ export const HostInfo = z.object({
   memory: HostMemory,
   workloadCount: z.number().int().nonnegative(),
   lastHeartbeatAt: z.string().max(64),
+  /** The host's agent as it registered: a new id on every start, so a restarted (or crashed and restarted) agent shows. */
+  bootId: Id.optional(),
 });
 export type HostInfo = z.infer<typeof HostInfo>;
 
