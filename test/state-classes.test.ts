@@ -4,7 +4,9 @@
  * each move the program's view is what it was, one copy runs, it was restored (not started again)
  * and it carries on counting. docs/compatibility.md names these tests.
  */
-import { rm } from 'node:fs/promises';
+import { mkdtemp, rm, rmdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { dev } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { FixtureWorkload } from './helpers/fixture-workload';
@@ -22,6 +24,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await cluster?.stop();
+  // The cluster filesystem's mount point, made on the machine's filesystem (the hosts share it), empty now.
+  await rmdir('/ferry-tclass-data').catch(() => undefined);
 });
 
 /** Each mode once, alternating hosts, so every mode moves it both ways across the run of tests. */
@@ -241,6 +245,54 @@ test('an armed periodic timerfd is refused before the freeze in every mode (CRIU
     expect((await cluster.ferry(['stop', 'periodic'])).code).toBe(0);
   } finally {
     await dev.hostExec(CLUSTER, 'h1', ['rm', '-rf', '/srv/periodic']).catch(() => undefined);
+    await w.remove();
+  }
+});
+
+test('unlinked-but-open local files (at an offset, one sparse 2 GiB with 8 KiB written, one only mapped) move in every mode as ghost files, contents and offsets intact', async () => {
+  const w = await FixtureWorkload.create('unlinked-files.py');
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-ghosts-'));
+  try {
+    // Every file on the machine's own (local) filesystem here, none on a cluster filesystem.
+    let entry = await launch('ghosts', w, [join(dir, 'data'), dir, '1', '3']);
+    expect(await w.verify(entry.pid)).toMatch(/^OK /);
+    for (const { mode, to, args } of MODES) {
+      const moved = await cluster.ferry(['migrate', 'ghosts', '--to', to, ...args, '--json']);
+      expect({ mode, state: moved.json?.state, error: moved.json?.error }).toEqual({ mode, state: 'succeeded', error: undefined });
+      const before = entry.pid;
+      entry = await expectCarriesOn('ghosts', w, to);
+      expect(entry.pid).not.toBe(before);
+      expect({ mode, verdict: await w.verify(entry.pid) }).toEqual({ mode, verdict: expect.stringMatching(/^OK /) });
+    }
+    expect((await cluster.ferry(['stop', 'ghosts'])).code).toBe(0);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+    await w.remove();
+  }
+});
+
+test('unlinked-but-open files on a cluster filesystem (an fd at an offset, one only mapped) move in every mode by name, pinned, beside local ghost files', async () => {
+  const w = await FixtureWorkload.create('unlinked-files.py');
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-ghosts-'));
+  const mountPoint = '/ferry-tclass-data';
+  const sharedDir = dev.readClusterState(CLUSTER)!.layout.sharedDir;
+  try {
+    let entry = await launch('pinned', w, [`${mountPoint}/files`, dir, '8', '1'], ['--mount', `shared:${mountPoint}`]);
+    expect(await w.verify(entry.pid)).toMatch(/^OK /);
+    for (const { mode, to, args } of MODES) {
+      const moved = await cluster.ferry(['migrate', 'pinned', '--to', to, ...args, '--json']);
+      expect({ mode, state: moved.json?.state, error: moved.json?.error }).toEqual({ mode, state: 'succeeded', error: undefined });
+      // The 8 MiB on the cluster filesystem stayed on its server: only the local ghost files and memory travelled.
+      expect({ mode, under8MiB: moved.json.bytesTransferred < 8 * 1024 * 1024 }).toEqual({ mode, under8MiB: true });
+      const before = entry.pid;
+      entry = await expectCarriesOn('pinned', w, to);
+      expect(entry.pid).not.toBe(before);
+      expect({ mode, verdict: await w.verify(entry.pid) }).toEqual({ mode, verdict: expect.stringMatching(/^OK /) });
+    }
+    expect((await cluster.ferry(['stop', 'pinned'])).code).toBe(0);
+  } finally {
+    await rm(join(sharedDir, 'files'), { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true });
     await w.remove();
   }
 });

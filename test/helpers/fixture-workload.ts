@@ -52,6 +52,14 @@ export class FixtureWorkload {
     return waitFor('the workload reported its view', async () => JSON.parse(await readFile(file, 'utf8')), 20_000);
   }
 
+  /** Fixtures that check themselves on SIGUSR1 into STATE_DIR/verify ("OK ..." or "FAIL why"): the verdict. */
+  async verify(pid: number): Promise<string> {
+    const file = join(this.stateDir, 'verify');
+    await rm(file, { force: true });
+    process.kill(pid, 'SIGUSR1');
+    return waitFor('the workload verified itself', async () => (await readFile(file, 'utf8')).trim() || undefined, 30_000);
+  }
+
   /** A file the program writes itself (STATE_DIR/NAME), trimmed; '' if missing. */
   async file(name: string): Promise<string> {
     return (await readFile(join(this.stateDir, name), 'utf8').catch(() => '')).trim();
