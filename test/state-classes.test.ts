@@ -91,12 +91,12 @@ async function throughEveryMode(
   }
 }
 
-test('special fds move in every mode: memfd (data, mapped), eventfd (its count), signalfd (a pending blocked signal), timerfds (one-shot, pending or re-armed and still firing), epoll (still reporting a pipe ready), inotify (a watch in a local dir, still reporting)', async () => {
+test('special fds move in every mode: memfd (data, mapped), eventfd (its count), signalfd (a pending blocked signal), timerfds (one-shot, pending or re-armed and still firing), epoll (still reporting a pipe ready), inotify (a watch in a local dir, still reporting), a FIFO in a local dir holding data', async () => {
   const w = await FixtureWorkload.create('fd-kinds.py');
   const watched = '/srv/fdkinds/watched';
   await dev.hostExec(CLUSTER, 'h1', ['mkdir', '-p', watched]);
   try {
-    await launch('fdkinds', w, [watched], ['--local-dir', '/srv/fdkinds']);
+    await launch('fdkinds', w, [watched, '--fifo', '/srv/fdkinds/fifo'], ['--local-dir', '/srv/fdkinds']);
     const created: string[] = [];
     let lastExpirations = -1;
     let lastHour = 3600e9;
@@ -114,6 +114,7 @@ test('special fds move in every mode: memfd (data, mapped), eventfd (its count),
           // The pipe still holds its unread byte, and the epoll set still watches both pipes.
           epoll: { fullReady: true, fullBytes: 1, emptyReadyAfterWrite: true },
           inotify: created,
+          fifo: 22, // its unread bytes, in the target's own FIFO (the local dir's copy), once
         });
         // The re-armed one-shot timer still fires; the one in an hour is still pending, nearer now.
         const { rearmed, inAnHour } = view.timerfd;
@@ -135,6 +136,8 @@ test('special fds move in every mode: memfd (data, mapped), eventfd (its count),
     );
     expect((await cluster.ferry(['stop', 'fdkinds'])).code).toBe(0);
   } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'fdkinds']);
     await dev.hostExec(CLUSTER, 'h1', ['rm', '-rf', '/srv/fdkinds']).catch(() => undefined);
     await dev.hostExec(CLUSTER, 'h2', ['rm', '-rf', '/srv/fdkinds']).catch(() => undefined);
     await w.remove();
@@ -164,6 +167,8 @@ test('threads move in every mode, each with its own name, signal mask, memory an
     });
     expect((await cluster.ferry(['stop', 'threads'])).code).toBe(0);
   } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'threads']);
     await w.remove();
   }
 });
@@ -195,6 +200,8 @@ test('sessions, process groups and a zombie move in every mode: a child in its o
     expect((await cluster.ferry(['stop', 'relations'])).code).toBe(0);
     await waitFor('no process of it left', async () => (await w.processes()).length === 0);
   } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'relations']);
     await w.remove();
   }
 });
@@ -208,6 +215,8 @@ test('SysV shared memory and semaphores (own IPC namespace) move in every mode, 
     });
     expect((await cluster.ferry(['stop', 'sysv'])).code).toBe(0);
   } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'sysv']);
     await w.remove();
   }
 });
@@ -222,6 +231,8 @@ test('a POSIX shared memory object (/dev/shm, mapped) in every mode', async () =
     });
     expect((await cluster.ferry(['stop', 'posixshm'])).code).toBe(0);
   } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'posixshm']);
     await rm(`/dev/shm/${object}`, { force: true });
     await w.remove();
   }
@@ -244,6 +255,8 @@ test('an armed periodic timerfd is refused before the freeze in every mode (CRIU
     }
     expect((await cluster.ferry(['stop', 'periodic'])).code).toBe(0);
   } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'periodic']);
     await dev.hostExec(CLUSTER, 'h1', ['rm', '-rf', '/srv/periodic']).catch(() => undefined);
     await w.remove();
   }
@@ -266,6 +279,8 @@ test('unlinked-but-open local files (at an offset, one sparse 2 GiB with 8 KiB w
     }
     expect((await cluster.ferry(['stop', 'ghosts'])).code).toBe(0);
   } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'ghosts']);
     await rm(dir, { recursive: true, force: true });
     await w.remove();
   }
@@ -291,8 +306,36 @@ test('unlinked-but-open files on a cluster filesystem (an fd at an offset, one o
     }
     expect((await cluster.ferry(['stop', 'pinned'])).code).toBe(0);
   } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'pinned']);
     await rm(join(sharedDir, 'files'), { recursive: true, force: true });
     await rm(dir, { recursive: true, force: true });
+    await w.remove();
+  }
+});
+
+test('a FIFO holding unread data outside its local dirs is refused before the freeze in every mode (the target would refill the same FIFO, or lack it), the workload running on', async () => {
+  const w = await FixtureWorkload.create('fd-kinds.py');
+  const watched = '/srv/fifoelsewhere/watched';
+  await dev.hostExec(CLUSTER, 'h1', ['mkdir', '-p', watched]);
+  try {
+    // In the state dir, on the machine's filesystem, which every dev host shares.
+    const fifo = join(w.stateDir, 'fifo');
+    const before = await launch('fifoelsewhere', w, [watched, '--fifo', fifo], ['--local-dir', '/srv/fifoelsewhere']);
+    for (const { mode, args } of MODES) {
+      const refused = await cluster.ferry(['migrate', 'fifoelsewhere', '--to', 'h2', ...args, '--json']);
+      expect({ mode, state: refused.json?.state, code: refused.json?.error?.code, downtimeMs: refused.json?.downtimeMs }).toEqual({ mode, state: 'rolled-back', code: 'FAILED_PRECONDITION', downtimeMs: 0 });
+      expect(refused.json.error.message).toContain(`FIFO holding unread data outside its local dirs: ${fifo} (pid `);
+      const entry = await expectCarriesOn('fifoelsewhere', w, 'h1');
+      expect(entry.pid).toBe(before.pid);
+      // Its bytes wait for it, once.
+      expect((await w.view(entry.pid)).fifo).toBe(22);
+    }
+    expect((await cluster.ferry(['stop', 'fifoelsewhere'])).code).toBe(0);
+  } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'fifoelsewhere']);
+    await dev.hostExec(CLUSTER, 'h1', ['rm', '-rf', '/srv/fifoelsewhere']).catch(() => undefined);
     await w.remove();
   }
 });

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLinuxSyscalls } from '@ferry/native';
 import { startStateHolder } from '../test-fixtures/workload-fixtures';
-import { pipesWithData } from './pipe-data';
+import { fifosOutside, pipesWithData } from './pipe-data';
 
 // A FIFO holding 5 unread bytes (fd 3), an anonymous pipe holding 7 (fds 4 and 5), an empty pipe.
 const HOLDER = `
@@ -48,6 +48,9 @@ test('finds the pipes and FIFOs holding unread data, once each, without reading 
   expect(found.find((p) => p.unreadBytes === 7)!.fd).toBeLessThanOrEqual(readFd + 1);
   // Looking did not consume anything.
   expect((await pipesWithData([child.pid!], sys)).map((p) => p.unreadBytes).sort()).toEqual([5, 7]);
+  // Only the FIFO has a path, and only outside the given dirs does it count.
+  expect(fifosOutside(found, () => false).map((p) => p.name)).toEqual([join(dir, 'q.fifo')]);
+  expect(fifosOutside(found, (path) => path.startsWith(`${dir}/`))).toEqual([]);
   // A process that is gone has no pipes.
   expect(await pipesWithData([999_999_999], sys)).toEqual([]);
 });

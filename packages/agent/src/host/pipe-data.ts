@@ -9,6 +9,12 @@
  * Each pipe is looked at through a descriptor of its own, opened through /proc/PID/fd/N (a pipe's
  * magic link reopens the same pipe), and asked FIONREAD: nothing is read, the workload's own
  * descriptors are untouched.
+ *
+ * A FIFO's bytes are refilled into the FIFO node at its path on the target. In a declared local dir
+ * that node is the target's own copy and the bytes arrive once (test/state-classes.test.ts). Anywhere
+ * else it is another host's node (which must exist) or, where hosts share the filesystem, the very
+ * FIFO the frozen source still holds until the target confirms: measured on the dev cluster, a FIFO
+ * holding 22 bytes held 44 after the move. Such FIFOs are refused before the freeze (migration-source.ts).
  */
 import { constants as fsConstants } from 'node:fs';
 import { open, readdir, readlink, stat } from 'node:fs/promises';
@@ -20,6 +26,11 @@ export interface PipeWithData {
   /** `pipe:[inode]` for an anonymous pipe, the path for a FIFO. */
   name: string;
   unreadBytes: number;
+}
+
+/** The FIFOs (pipes with a path) among `pipes` that lie outside every one of `localDirs`. */
+export function fifosOutside(pipes: readonly PipeWithData[], inLocalDir: (path: string) => boolean): PipeWithData[] {
+  return pipes.filter((p) => p.name.startsWith('/') && !inLocalDir(p.name));
 }
 
 /** Every pipe or FIFO of `pids` that holds unread bytes, once per pipe (the first fd seen). */

@@ -24,7 +24,7 @@ import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeS
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
 import { locksHeld } from '../host/file-locks';
 import { inLocalDir } from '../host/local-dirs';
-import { pipesWithData } from '../host/pipe-data';
+import { fifosOutside, pipesWithData } from '../host/pipe-data';
 import { armedPeriodicTimers } from '../host/timerfds';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
 import type { PostCopySource } from '../post-copy/post-copy-source';
@@ -74,7 +74,8 @@ export class MigrationSource {
    * local files fit the ghost limit (shared ones are pinned and travel by name), every inet
    * socket can move (tcp-sockets.ts), every file lock is on a file in its local dirs (file-locks.ts), and, where the target's CRIU cannot refill pipes
    * (`targetPipeData` false, from its probe), no pipe or FIFO holds unread data (pipe-data.ts), and no
-   * periodic timerfd is armed (CRIU would restore it disarmed, timerfds.ts).
+   * periodic timerfd is armed (CRIU would restore it disarmed, timerfds.ts), nor a FIFO outside its
+   * local dirs holds unread data (pipe-data.ts).
    * Returns the unlinked files found, for the pins.
    */
   async assertMigratable(rec: WorkloadRecord, { targetPipeData = true } = {}): Promise<UnlinkedFile[]> {
@@ -82,8 +83,8 @@ export class MigrationSource {
     const tree = await livingProcesses(await listTree(rec.pid));
     const unlinked = await findUnlinkedFiles(tree);
     checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
+    const pipes = await pipesWithData(tree, this.deps.syscalls);
     if (!targetPipeData) {
-      const pipes = await pipesWithData(tree, this.deps.syscalls);
       if (pipes.length > 0) {
         const named = pipes.slice(0, 5).map((p) => `${p.name} (pid ${p.pid} fd ${p.fd}, ${p.unreadBytes} bytes)`);
         throw new FerryError(
@@ -93,6 +94,18 @@ export class MigrationSource {
           { details: named },
         );
       }
+    }
+    // A FIFO's bytes go into the node at its path on the target: only a local dir's is the target's own (host/pipe-data.ts).
+    const strayFifos = fifosOutside(pipes, (path) => inLocalDir(path, rec.localDirs ?? []));
+    if (strayFifos.length > 0) {
+      const named = strayFifos.slice(0, 5).map((p) => `${p.name} (pid ${p.pid} fd ${p.fd}, ${p.unreadBytes} bytes)`);
+      throw new FerryError(
+        ErrorCode.FAILED_PRECONDITION,
+        `workload ${rec.name} has a FIFO holding unread data outside its local dirs: ${named.join('; ')}. The restore refills the FIFO at that path on the target, ` +
+          'which is another host\'s FIFO or, where the hosts share the filesystem, the same FIFO the frozen copy here still holds (its bytes would be there twice); ' +
+          'make FIFOs in a directory declared with `ferry run --local-dir` (they then move with it), or let the workload drain them',
+        { details: named },
+      );
     }
     // A lock moves only with a file that moves: its local dirs (host/file-locks.ts).
     const stuckLocks = (await locksHeld(tree)).filter((l) => !inLocalDir(l.path, rec.localDirs ?? []));
