@@ -28,6 +28,7 @@ import { MigrationSource } from './migration/migration-source';
 import { MigrationTarget } from './migration/migration-target';
 import type { Inventory } from './workloads/inventory';
 import { Workloads } from './workloads/workloads';
+import { rootsDirOf } from './host/work-dir';
 
 export interface AgentDeps {
   nc: NatsConnection;
@@ -62,10 +63,10 @@ export class Agent {
   ) {
     this.log = (deps.logger ?? silentLogger).child({ host: opts.host });
     const { nc, metrics, criu } = deps;
-    this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots }, deps.inventory, criu, deps.syscalls, this.log, metrics);
+    this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots, rootsDir: rootsDirOf(deps.workDirs) }, deps.inventory, criu, deps.syscalls, this.log, metrics);
     const shared = { ...deps, workloads: this.workloads, log: this.log };
-    this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes, faults: opts.faults }, shared);
-    this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots }, shared);
+    this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes, rootsDir: rootsDirOf(deps.workDirs), faults: opts.faults }, shared);
+    this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots, rootsDir: rootsDirOf(deps.workDirs) }, shared);
     this.listWorkloads = withShadowWorkload(() => this.workloads.list(), opts.host, opts.faults);
     this.heartbeat = new HeartbeatLoop(nc, { host: opts.host, address: opts.address, intervalMs: opts.heartbeatIntervalMs, sealKey: this.sealKeys.publicKey }, deps.criuInfo, this.listWorkloads, this.log);
   }

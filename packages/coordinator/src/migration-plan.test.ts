@@ -51,6 +51,12 @@ describe('chooseRestoreMode', () => {
     expect(chooseRestoreMode(undefined, 'post-copy', lazy, 'h2', 'auto')).toBe('post-copy');
     expect(chooseRestoreMode(undefined, 'post-copy', lazy, 'h2', 'page-server')).toBe('lazy');
     expect(chooseRestoreMode(undefined, 'post-copy', noUffd, 'h2', 'auto')).toBe('eager');
+    // A --user workload restores in its own user namespace, without userfaultfd: eager, and an explicit lazy mode is refused before anything is frozen.
+    const asUser = { user: { name: 'nobody', uid: 65534, gid: 65534 } };
+    expect(chooseRestoreMode(undefined, null, lazy, 'h2', 'auto', asUser)).toBe('eager');
+    expect(chooseRestoreMode(undefined, 'post-copy', lazy, 'h2', 'auto', asUser)).toBe('eager');
+    expect(() => chooseRestoreMode('post-copy', null, lazy, 'h2', 'auto', asUser)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/--user .*unprivileged_userfaultfd/) }));
+    expect(() => chooseRestoreMode('lazy', null, lazy, 'h2', 'auto', asUser)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION' }));
   });
 });
 

@@ -24,11 +24,21 @@ export function chooseRestoreMode(
   target: Pick<CriuInfo, 'lazyPages'>,
   targetName: string,
   transport: TransportPreference,
+  workload: { user?: unknown } = {},
 ): RestoreMode {
-  const lazyOk = target.lazyPages === true;
+  // A workload run as another user is restored inside its own user namespace, where CRIU's
+  // userfaultfd is refused unless the kernel lets unprivileged users have one
+  // (vm.unprivileged_userfaultfd, 0 on Debian and here): it restores eagerly.
+  const isolated = workload.user !== undefined;
+  const lazyOk = target.lazyPages === true && !isolated;
   if (explicit !== undefined) {
     if ((explicit === 'lazy' || explicit === 'post-copy') && !lazyOk) {
-      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `${targetName} cannot restore lazily (its CRIU probe found no userfaultfd support)`);
+      throw new FerryError(
+        ErrorCode.FAILED_PRECONDITION,
+        isolated
+          ? `a workload run with --user cannot restore ${explicit === 'lazy' ? 'lazily' : 'by post-copy'}: it restores in its own user namespace, where the kernel refuses CRIU's userfaultfd (vm.unprivileged_userfaultfd=0); migrate it with --restore eager`
+          : `${targetName} cannot restore lazily (its CRIU probe found no userfaultfd support)`,
+      );
     }
     if (explicit === 'post-copy' && isPagePath(transport)) {
       // A page path carries every page during the dump, which is what post-copy avoids.

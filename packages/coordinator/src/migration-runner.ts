@@ -232,7 +232,7 @@ export class MigrationRunner {
       const before = this.registry.findWorkload(m.workload);
       await this.preflight(m);
       // Decided before anything is frozen, from the target's probe.
-      m.restore = chooseRestoreMode(m.restore, this.opts.defaultRestore, this.registry.describe(m.to).criu, m.to, m.transportPreference ?? 'auto');
+      m.restore = chooseRestoreMode(m.restore, this.opts.defaultRestore, this.registry.describe(m.to).criu, m.to, m.transportPreference ?? 'auto', before ?? {});
 
       await this.step(m, 'receiving');
       const workload = this.registry.findWorkload(m.workload);

@@ -27,6 +27,11 @@ export const RunRequest = z.object({
   address: ServiceAddress.optional(),
   /** Host-local directories that belong to it and move with it (see LocalDir); created if missing. */
   localDirs: z.array(LocalDir).max(16).default([]),
+  /**
+   * USER[:GROUP] (names, resolved on the host that starts it): the program runs as that user, in a
+   * user namespace the agent owns with its own mount namespace, /proc and root (isolated-root.ts).
+   */
+  user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}(:[a-z_][a-z0-9_-]{0,31})?$/, 'USER or USER:GROUP').optional(),
 });
 export type RunRequest = z.infer<typeof RunRequest>;
 

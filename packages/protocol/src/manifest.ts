@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { AbsolutePath } from './fields';
-import { MountSpec, ServiceAddress, WorkloadName } from './schemas';
+import { MountSpec, ServiceAddress, WorkloadName, WorkloadUser } from './schemas';
 
 /** The manifest's file name in a migration's work dir. */
 export const MANIFEST_FILE = 'ferry-manifest.json';
@@ -40,5 +40,7 @@ export const WorkloadManifest = z.object({
   pins: z.array(PinnedFile).max(1024).default([]),
   /** Its service address: the target configures it before restoring the connections bound to it. */
   address: ServiceAddress.optional(),
+  /** Run as this user in its own namespaces and root: the target rebuilds that root (its own plan) for the restore. */
+  user: WorkloadUser.optional(),
 });
 export type WorkloadManifest = z.infer<typeof WorkloadManifest>;

@@ -117,6 +117,17 @@ export type LocalDir = z.infer<typeof LocalDir>;
 export const WorkloadState = z.enum(['running', 'frozen', 'exited']);
 export type WorkloadState = z.infer<typeof WorkloadState>;
 
+/**
+ * The user a workload runs as (`ferry run --user`), resolved by name on the host that started it.
+ * Such a workload lives in its own user, mount and PID namespaces (agent host/isolated-root.ts).
+ */
+export const WorkloadUser = z.object({
+  name: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/),
+  uid: z.number().int().min(0).max(4_294_967_294),
+  gid: z.number().int().min(0).max(4_294_967_294),
+});
+export type WorkloadUser = z.infer<typeof WorkloadUser>;
+
 export const WorkloadInfo = z.object({
   name: WorkloadName,
   host: HostName,
@@ -134,6 +145,8 @@ export const WorkloadInfo = z.object({
   address: ServiceAddress.optional(),
   /** Host-local directories that belong to it and move with it (`ferry run --local-dir`). */
   localDirs: z.array(LocalDir).max(16).default([]),
+  /** Set for a workload run as another user (`ferry run --user`), in its own namespaces and root. */
+  user: WorkloadUser.optional(),
 });
 export type WorkloadInfo = z.infer<typeof WorkloadInfo>;
 

@@ -83,3 +83,8 @@ export class WorkDirs {
     await rm(this.localPathFor(migrationId), { recursive: true, force: true });
   }
 }
+
+/** Where this host keeps isolated workloads' root skeletons (isolated-root.ts): beside the migrations, never shared between hosts. */
+export function rootsDirOf(workDirs: Pick<WorkDirs, 'root'>): string {
+  return join(workDirs.root, 'roots');
+}

@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs, constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
-import { ErrorCode, FerryError } from '@ferry/protocol';
+import { ErrorCode, FerryError, type WorkloadUser } from '@ferry/protocol';
+import { IDENTITY_ID_MAP, ISOLATED_ROOT_SCRIPT, isolatedRootScriptArgs, type IsolatedRootPlan } from './isolated-root';
 import { childrenOf, readPidNamespace, readProcessStat, signalProcess } from './process-tree';
 
 /** PATH given to a workload whose environment has none. */
@@ -66,6 +67,8 @@ export interface LaunchWorkloadRequest {
   cwd: string;
   /** Absolute path of the file stdout and stderr are appended to. */
   logPath: string;
+  /** Run as this user in its own user, mount and PID namespaces and root (isolated-root.ts); its skeleton made already. */
+  isolated?: { plan: IsolatedRootPlan; user: WorkloadUser };
 }
 
 /** A started workload. */
@@ -136,10 +139,16 @@ export async function launchWorkload(
   let child: ChildProcess;
   try {
     const fullEnv = { ...env, PATH: env.PATH ?? DEFAULT_WORKLOAD_PATH };
-    const wrapperArgv = [
-      options.envPath, '-i', '--', ...Object.entries(fullEnv).map(([key, value]) => `${key}=${value}`),
-      options.unsharePath, '--pid', '--ipc', '--fork', '--', options.setsidPath, '--', ...argv,
-    ];
+    const envArgv = [options.envPath, '-i', '--', ...Object.entries(fullEnv).map(([key, value]) => `${key}=${value}`)];
+    const { isolated } = request;
+    const wrapperArgv = isolated
+      ? [
+          ...envArgv,
+          // The user namespace first, so the others belong to it (CRIU dumps them only then).
+          options.unsharePath, '--user', '--mount', '--pid', '--ipc', '--fork', '--',
+          options.bashPath, '-c', ISOLATED_ROOT_SCRIPT, 'ferry-root', ...isolatedRootScriptArgs(isolated.plan, logPath, cwd, isolated.user), ...argv,
+        ]
+      : [...envArgv, options.unsharePath, '--pid', '--ipc', '--fork', '--', options.setsidPath, '--', ...argv];
     // unshare stays a program, not unshare(2) in the agent: CLONE_NEWPID applies to the caller's later
     // children, so every process the agent spawned afterwards (CRIU included) would land in that namespace.
     // bash and env exec in place, so the spawned pid ends up being unshare's: the wrapper.
@@ -168,6 +177,7 @@ export async function launchWorkload(
     throw new FerryError(code, `workload ${name}: ${message}`, { cause, details });
   };
 
+  let idsMapped = false;
   for (;;) {
     await sleep(ROOT_POLL_INTERVAL_MS);
     if (failure !== undefined) return fail(ErrorCode.FAILED_PRECONDITION, `cannot start ${options.bashPath}: ${failure.message}`, failure);
@@ -183,6 +193,17 @@ export async function launchWorkload(
     const roots = await childrenOf(child.pid);
     if (roots.length > 1) return fail(ErrorCode.INTERNAL, `wrapper ${child.pid} has ${roots.length} children, expected one`);
     const rootPid = roots[0];
+    if (request.isolated && rootPid !== undefined && !idsMapped) {
+      // unshare forked the root after making the namespaces: they exist now. Ids map 1:1; the root
+      // waits for this before it mounts anything (ISOLATED_ROOT_SCRIPT).
+      try {
+        await fs.writeFile(`/proc/${rootPid}/uid_map`, IDENTITY_ID_MAP);
+        await fs.writeFile(`/proc/${rootPid}/gid_map`, IDENTITY_ID_MAP);
+        idsMapped = true;
+      } catch (err) {
+        return fail(ErrorCode.FAILED_PRECONDITION, `cannot map the ids of its user namespace: ${(err as Error).message}`, err);
+      }
+    }
     const stat = rootPid === undefined ? undefined : await readProcessStat(rootPid);
     // setsid runs in the root before it execs the program, so sid == pid means the root is set up.
     if (rootPid !== undefined && stat !== undefined && stat.session === rootPid) {

@@ -29,6 +29,7 @@ export async function writeManifest(dir: string, rec: WorkloadRecord, pins: Pinn
     mounts: rec.mounts ?? [],
     pins,
     ...(rec.address ? { address: rec.address } : {}),
+    ...(rec.user ? { user: rec.user } : {}),
   };
   await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
 }

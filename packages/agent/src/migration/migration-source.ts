@@ -24,11 +24,13 @@ import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeS
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
 import { locksHeld } from '../host/file-locks';
 import { inLocalDir } from '../host/local-dirs';
+import { criuDumpExternals, isolatedRootPlan, removeRootSkeleton } from '../host/isolated-root';
 import { fifosOutside, pipesWithData } from '../host/pipe-data';
 import { armedPeriodicTimers } from '../host/timerfds';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
 import type { PostCopySource } from '../post-copy/post-copy-source';
 import type { WorkloadRecord } from '../workloads/inventory';
+import { workloadRootDir } from '../workloads/workloads';
 import { manifestIn, writeManifest } from './manifest-file';
 import { concatLive, LocalDirSender, removeLocalDirs } from './local-dir-copy';
 import { nativeFilePump } from './native-file-pump';
@@ -41,6 +43,8 @@ export interface MigrationSourceOptions {
   address: string;
   /** Largest unlinked-but-open local file the image may carry. */
   ghostLimitBytes: number;
+  /** Where isolated workloads' root skeletons live on this host (isolated-root.ts). */
+  rootsDir: string;
   /** Failure tests only: the image sent as a compromised source would (fault-injection.ts). */
   faults?: AgentFaults;
 }
@@ -138,7 +142,20 @@ export class MigrationSource {
     if (socketProblems.length > 0) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${rec.name} holds sockets that cannot migrate: ${socketProblems.slice(0, 5).join('; ')}`, { details: socketProblems });
     }
+    // Run as another user: every mount of its namespace must be one of ferry's own (isolated-root.ts).
+    await this.isolatedRootExternals(rec);
     return unlinked;
+  }
+
+  /**
+   * CRIU's `--external mnt[...]` arguments for a workload run as another user: its root's bind
+   * mounts, which the target binds from its own paths; FAILED_PRECONDITION for a mount the
+   * workload made itself. None for a workload in the host's namespaces.
+   */
+  private async isolatedRootExternals(rec: WorkloadRecord): Promise<string[]> {
+    if (!rec.user) return [];
+    const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, rec.name), rec.logPath);
+    return criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan);
   }
 
   /**
@@ -159,7 +176,9 @@ export class MigrationSource {
     }
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
     // Checked in the pre-flight already, and again here: the workload ran on since.
-    const pins = await pinSharedFiles(await this.assertMigratable(rec, { targetPipeData: req.targetPipeData }), req.migrationId);
+    const unlinked = await this.assertMigratable(rec, { targetPipeData: req.targetPipeData });
+    const isolatedExternals = await this.isolatedRootExternals(rec);
+    const pins = await pinSharedFiles(unlinked, req.migrationId);
     const dir = await workDirs.create(req.migrationId);
     const log = this.deps.log.child({ migrationId: req.migrationId });
     const startSend = (live?: AsyncIterable<LiveImageFile>) =>
@@ -211,7 +230,8 @@ export class MigrationSource {
           externalFiles: pins.map((p) => p.key),
           // Its connections are dumped in TCP repair mode and stay locked (nftables) while it is frozen.
           tcpEstablished: rec.address !== undefined,
-          extraArgs: [],
+          // Its own root's bind mounts are external: the target binds its own paths (isolated-root.ts).
+          extraArgs: isolatedExternals,
         });
       });
       if (rec.address) {
@@ -328,6 +348,8 @@ export class MigrationSource {
       if (rec.migration.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
       // Its local dirs live on the target now; here they go only after the target confirmed.
       await removeLocalDirs(rec.localDirs ?? []);
+      // So does its root (the killed tree's mount namespace, which held it, is gone).
+      if (rec.user) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
       await workloads.inventory.remove(req.workload);
       this.deps.log.info({ migrationId: req.migrationId, workload: req.workload }, 'released frozen copy');
       // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.

@@ -44,6 +44,8 @@ import { assertLocalDirsFree, LocalDirReceiver } from './local-dir-copy';
 import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
 import { nativeFilePump } from './native-file-pump';
 import { PageTunnelReceiver } from './page-tunnel';
+import { criuRestoreRootArgs, isolatedRootPlan, makeRootSkeleton, removeRootSkeleton } from '../host/isolated-root';
+import { workloadRootDir } from '../workloads/workloads';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
 
@@ -91,6 +93,8 @@ export interface MigrationTargetOptions {
   dataDir: string;
   /** Where workloads' local dirs may be (host/local-dirs.ts); default DEFAULT_LOCAL_DIR_ROOTS. */
   localDirRoots?: string[];
+  /** Where isolated workloads' root skeletons live on this host (isolated-root.ts). */
+  rootsDir: string;
 }
 
 export class MigrationTarget {
@@ -229,9 +233,13 @@ export class MigrationTarget {
     const sys = this.deps.syscalls;
     const inherited = openPins(manifest.pins, (fd, pos) => sys.lseek(fd, pos, SEEK_SET));
     const migrationLog = log.child({ migrationId: req.migrationId });
+    // Run as another user: its root is rebuilt from this host's own plan (isolated-root.ts); the
+    // image's mounts map only onto the paths this host chose.
+    const isolatedRoot = manifest.user ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath) : undefined;
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
     let feed: LazyMemoryFeed | undefined;
     try {
+      if (isolatedRoot) await makeRootSkeleton(isolatedRoot);
       // Its connections are bound to the service address: it must be here before CRIU repairs them.
       if (manifest.address) await addServiceAddress(manifest.address, this.opts.address);
       if (req.mode === 'post-copy' && inc.pageTunnel) {
@@ -260,10 +268,11 @@ export class MigrationTarget {
           pidFile: join(inc.dir, 'restored.pid'),
           inheritFds: inherited,
           tcpEstablished: manifest.address !== undefined,
-          extraArgs: lazy ? ['--lazy-pages'] : [],
+          extraArgs: [...(lazy ? ['--lazy-pages'] : []), ...(isolatedRoot ? criuRestoreRootArgs(isolatedRoot) : [])],
         }),
       );
     } catch (err) {
+      if (isolatedRoot) await removeRootSkeleton(isolatedRoot.rootDir);
       feed?.daemon.stop();
       inc.relay?.stop('the restore failed');
       if (manifest.address) await removeServiceAddress(manifest.address, this.opts.address).catch(() => undefined);
@@ -299,6 +308,7 @@ export class MigrationTarget {
       mounts: inc.mounts,
       ...(manifest.address ? { address: manifest.address } : {}),
       ...(inc.localDirs.length > 0 ? { localDirs: inc.localDirs } : {}),
+      ...(manifest.user ? { user: manifest.user } : {}),
     });
     if (feed) await this.awaitLastPage(feed, inc, restored.pid, req.workload);
     // Pages that came after the resume: counted by the relay, or (CRIU fetching them itself) every
@@ -371,6 +381,7 @@ export class MigrationTarget {
         await criu.kill(rec.pid);
       }
       await workloads.inventory.remove(req.workload);
+      if (rec.user) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
       log.warn({ migrationId: req.migrationId, workload: req.workload }, 'discarded restored copy');
     }
     // The address goes back with the workload to the source (which announces it).

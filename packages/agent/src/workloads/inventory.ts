@@ -4,7 +4,7 @@
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import type { MountSpec, WorkloadState } from '@ferry/protocol';
+import type { MountSpec, WorkloadState, WorkloadUser } from '@ferry/protocol';
 
 export interface MigrationMark {
   id: string;
@@ -34,6 +34,8 @@ export interface WorkloadRecord {
   address?: string;
   /** Host-local directories that belong to it and move with it (absent in older inventories: none). */
   localDirs?: string[];
+  /** Run as this user in its own namespaces and root (isolated-root.ts); absent: as root, in the host's. */
+  user?: WorkloadUser;
 }
 
 interface InventoryFile {

@@ -5,12 +5,13 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { ErrorCode, FerryError, silentLogger, type Logger, type MountSpec, type RunRequest, type WorkloadInfo } from '@ferry/protocol';
+import { ErrorCode, FerryError, silentLogger, type Logger, type MountSpec, type RunRequest, type WorkloadInfo, type WorkloadUser } from '@ferry/protocol';
 import type { AgentMetrics } from '../agent-metrics';
 import type { CriuDriver } from '../criu/criu-driver';
 import { isAlive, treeRssBytes } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
 import { ensureMounted, unmount, type UnmountSyscalls } from '../host/shared-mounts';
+import { isolatedRootPlan, makeRootSkeleton, removeRootSkeleton, resolveWorkloadUser, visibleInIsolatedRoot, type IsolatedRootPlan } from '../host/isolated-root';
 import { launchWorkload } from '../host/workload-launcher';
 import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS, ensureLocalDirs } from '../host/local-dirs';
 import type { Inventory, WorkloadRecord } from './inventory';
@@ -24,6 +25,13 @@ export interface WorkloadsOptions {
   dataDir: string;
   /** Where workloads' local dirs may be (host/local-dirs.ts); default DEFAULT_LOCAL_DIR_ROOTS. */
   localDirRoots?: string[];
+  /** Where isolated workloads' root skeletons live (isolated-root.ts): this host's own, never shared. */
+  rootsDir: string;
+}
+
+/** The root skeleton of an isolated workload on this host. */
+export function workloadRootDir(rootsDir: string, name: string): string {
+  return join(rootsDir, name);
 }
 
 /** Where a workload's output goes: the same path on every host, so a restored workload finds its log. */
@@ -77,6 +85,7 @@ export class Workloads {
       mounts: r.mounts ?? [],
       ...(r.address ? { address: r.address } : {}),
       localDirs: r.localDirs ?? [],
+      ...(r.user ? { user: r.user } : {}),
     };
   }
 
@@ -105,11 +114,24 @@ export class Workloads {
       await announceServiceAddress(req.address, this.opts.address);
     }
     const cwd = req.cwd ?? '/';
+    // Another user: its own namespaces and root, built from this host's plan (isolated-root.ts).
+    let isolated: { plan: IsolatedRootPlan; user: WorkloadUser } | undefined;
+    if (req.user !== undefined) {
+      const user = await resolveWorkloadUser(req.user);
+      const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, req.name), logPath);
+      if (!visibleInIsolatedRoot(plan, cwd)) {
+        throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--user: its working directory ${cwd} would not exist in its root; use one under ${plan.binds.filter((b) => b.kind === 'dir').map((b) => b.path).join(', ')}`);
+      }
+      if (req.mounts.length > 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, '--user workloads cannot use shared filesystems yet (their mounts are not in its root)');
+      await makeRootSkeleton(plan);
+      isolated = { plan, user };
+    }
     let launched: Awaited<ReturnType<typeof launchWorkload>>;
     try {
-      launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath });
+      launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath, ...(isolated ? { isolated } : {}) });
     } catch (err) {
       if (req.address) await removeServiceAddress(req.address, this.opts.address).catch(() => undefined);
+      if (isolated) await removeRootSkeleton(isolated.plan.rootDir);
       throw err;
     }
     const rec: WorkloadRecord = {
@@ -127,6 +149,7 @@ export class Workloads {
       mounts: req.mounts,
       ...(req.address ? { address: req.address } : {}),
       ...(localDirs.length > 0 ? { localDirs } : {}),
+      ...(isolated ? { user: isolated.user } : {}),
     };
     await this.inventory.put(rec);
     this.log.info({ workload: req.name, pid: launched.pid, address: req.address }, 'workload launched');
@@ -138,6 +161,7 @@ export class Workloads {
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${name} is being migrated (${rec.migration.id})`);
     if (await isAlive(rec.pid, rec.startTime)) await this.criu.kill(rec.pid);
     if (rec.address) await removeServiceAddress(rec.address, this.opts.address);
+    if (rec.user) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
     await this.inventory.remove(name);
     this.log.info({ workload: name }, 'workload stopped');
   }

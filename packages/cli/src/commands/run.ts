@@ -22,10 +22,14 @@ export function registerRun(program: Command): Command {
       collect,
       [],
     )
+    .option(
+      '--user <user[:group]>',
+      "run as this user (names, resolved on HOST): the program gets its own user, mount and PID namespaces, its own /proc and a root of the host's /usr, /etc, /var, /opt, /srv, /home, /tmp and /root; it migrates like any other workload",
+    )
     .option('--json', 'print the workload as JSON')
     .argument('<command...>', 'command and arguments (after --)')
     .action(
-      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; localDir: string[]; cwd?: string; address?: string; json?: boolean }) => {
+      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; localDir: string[]; cwd?: string; address?: string; user?: string; json?: boolean }) => {
         const mounts = opts.mount.map((m) => {
           const i = m.indexOf(':');
           if (i <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--mount wants FS:PATH, got ${JSON.stringify(m)}`);
@@ -39,11 +43,11 @@ export function registerRun(program: Command): Command {
         }
         const { workload } = await askCoordinator(
           CoordVerb.RUN,
-          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts, localDirs: opts.localDir, ...(opts.address ? { address: opts.address } : {}) },
+          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts, localDirs: opts.localDir, ...(opts.address ? { address: opts.address } : {}), ...(opts.user ? { user: opts.user } : {}) },
           20_000,
         );
         if (opts.json) return printJson(workload);
-        process.stdout.write(`${workload.name} running on ${workload.host} (pid ${workload.pid}${workload.address ? `, address ${workload.address}` : ''})\n`);
+        process.stdout.write(`${workload.name} running on ${workload.host} (pid ${workload.pid}${workload.address ? `, address ${workload.address}` : ''}${workload.user ? `, as ${workload.user.name}` : ''})\n`);
       }),
     );
 }

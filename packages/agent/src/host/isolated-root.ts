@@ -1,0 +1,198 @@
+/**
+ * Workloads run as another user (`ferry run --user`): in a user namespace the agent's root owns,
+ * with their own mount namespace, /proc and root directory.
+ *
+ * Why: CRIU reads a task's resource limits with prlimit(2), which needs CAP_SYS_RESOURCE over a
+ * task of another user. Root lacks it on some machine kinds (DESIGN.md), so no non-root process
+ * could be dumped there. In a user namespace whose owner is the agent's uid, the agent (and CRIU)
+ * hold every capability over its tasks, whatever their own set. A task in a child user namespace
+ * must then see a /proc of its own PID namespace (CRIU's parasite refuses an unprivileged task
+ * whose /proc is not its own), so it gets a mount namespace with its own /proc, which also means
+ * `ps` inside shows only the workload's processes.
+ *
+ * The mount namespace is small and the same on every host, so CRIU can rebuild it anywhere: a root
+ * directory the agent makes (a skeleton of empty mount points and the host's top-level symlinks),
+ * bind mounts of fixed host paths at the same paths (ISOLATED_ROOT_DIRS, the device nodes, the
+ * workload's log file), a fresh /proc and a fresh /dev/shm. Every bind mount is an external mount
+ * for CRIU with a cookie derived from its path; the target derives the same list itself, maps each
+ * cookie to its own host path and gives CRIU its own skeleton as --root. The image can therefore
+ * bind nothing the target did not choose: a cookie the target does not know fails the restore.
+ *
+ * uids map 1:1 (0..2^32-2 onto themselves): files keep their owners on the host's disks, and the
+ * program runs as the given user; the namespace only adds the capabilities CRIU needs from outside.
+ */
+import { createHash } from 'node:crypto';
+import { lstat, mkdir, readdir, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { ErrorCode, FerryError, type WorkloadUser } from '@ferry/protocol';
+import { runTool } from './run-tool';
+
+/** Host directories an isolated workload sees at the same path (only those that exist on the host). */
+export const ISOLATED_ROOT_DIRS = ['/usr', '/etc', '/var', '/opt', '/srv', '/home', '/tmp', '/root'];
+/** Device nodes it gets (bind mounts of the host's). */
+export const ISOLATED_ROOT_DEVICES = ['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'];
+/** uid_map / gid_map line: every id onto itself (the kernel's largest range). */
+export const IDENTITY_ID_MAP = '0 0 4294967295\n';
+
+/** The bind mounts of one isolated workload: every one an external mount for CRIU. */
+export interface IsolatedRootPlan {
+  /** The skeleton directory that becomes the workload's `/` (and CRIU's --root on a restore). */
+  rootDir: string;
+  /** Host paths bound at the same path inside: directories first, then files (devices, the log). */
+  binds: Array<{ path: string; kind: 'dir' | 'file' }>;
+}
+
+/** The cookie CRIU records for the external mount at `path` (letters and digits only, as its parser wants). */
+export function mountCookie(path: string): string {
+  return `ferry${createHash('sha256').update(path).digest('hex').slice(0, 24)}`;
+}
+
+/** The plan for a workload whose log is `logPath`, rooted at `rootDir`: what exists on this host of the fixed list. */
+export async function isolatedRootPlan(rootDir: string, logPath: string): Promise<IsolatedRootPlan> {
+  const binds: IsolatedRootPlan['binds'] = [];
+  for (const dir of ISOLATED_ROOT_DIRS) {
+    const st = await lstat(dir).catch(() => null);
+    if (st?.isDirectory()) binds.push({ path: dir, kind: 'dir' });
+  }
+  for (const dev of ISOLATED_ROOT_DEVICES) {
+    if (await lstat(dev).catch(() => null)) binds.push({ path: dev, kind: 'file' });
+  }
+  binds.push({ path: logPath, kind: 'file' });
+  return { rootDir, binds };
+}
+
+/** Whether `cwd` is visible inside an isolated root (under one of its directories). */
+export function visibleInIsolatedRoot(plan: IsolatedRootPlan, cwd: string): boolean {
+  const p = normalize(cwd);
+  return p === '/' || plan.binds.some((b) => b.kind === 'dir' && (p === b.path || p.startsWith(`${b.path}/`)));
+}
+
+/**
+ * Makes the skeleton: an empty mount point for each bind, /proc, /dev/shm, /run, the host's
+ * top-level symlinks (/bin -> usr/bin on merged-/usr systems) and /dev's fd links. Made afresh.
+ */
+export async function makeRootSkeleton(plan: IsolatedRootPlan): Promise<void> {
+  const { rootDir } = plan;
+  await removeRootSkeleton(rootDir);
+  await mkdir(rootDir, { recursive: true, mode: 0o755 });
+  for (const d of ['proc', 'dev', 'dev/shm', 'run', 'sys', '.ferry-old']) await mkdir(join(rootDir, d), { recursive: true, mode: 0o755 });
+  for (const b of plan.binds) {
+    const at = join(rootDir, b.path);
+    if (b.kind === 'dir') await mkdir(at, { recursive: true, mode: 0o755 });
+    else {
+      await mkdir(dirname(at), { recursive: true, mode: 0o755 });
+      await writeFile(at, '', { mode: 0o644 });
+    }
+  }
+  for (const entry of await readdir('/')) {
+    const st = await lstat(join('/', entry)).catch(() => null);
+    if (!st?.isSymbolicLink()) continue;
+    const target = await readlink(join('/', entry));
+    await symlink(target, join(rootDir, entry)).catch(() => undefined);
+  }
+  for (const [name, target] of [['fd', '/proc/self/fd'], ['stdin', '/proc/self/fd/0'], ['stdout', '/proc/self/fd/1'], ['stderr', '/proc/self/fd/2']]) {
+    await symlink(target!, join(rootDir, 'dev', name!)).catch(() => undefined);
+  }
+}
+
+/** Removes a skeleton (its mount points are only mounted inside the workload's namespace, gone with it). */
+export async function removeRootSkeleton(rootDir: string): Promise<void> {
+  await rm(rootDir, { recursive: true, force: true }).catch(() => undefined);
+}
+
+/**
+ * Runs in the workload's new user, mount, PID and IPC namespaces as their root, before the program:
+ * waits for the agent to write the id maps, builds the root from the skeleton and the binds, enters
+ * it, and execs the program as the user, a session leader. Arguments, never interpolated:
+ *   ROOT LOG CWD UID GID NBINDS BIND... PROGRAM ARG...
+ */
+export const ISOLATED_ROOT_SCRIPT = [
+  'set -e',
+  'root=$1 log=$2 cwd=$3 uid=$4 gid=$5 n=$6; shift 6',
+  'binds=("${@:1:n}"); shift "$n"',
+  // Until the agent writes our maps we are nobody here, without the right to mount anything.
+  'until [ -n "$(cat /proc/self/uid_map)" ]; do sleep 0.005; done',
+  'mount --make-rprivate /',
+  'mount --bind "$root" "$root"',
+  'for b in "${binds[@]}"; do mount --bind "$b" "$root$b"; done',
+  'cd "$root"',
+  'pivot_root . .ferry-old',
+  'mount -t proc proc /proc',
+  'mount -t tmpfs -o mode=1777,size=64m shm /dev/shm',
+  'umount -l /.ferry-old',
+  'rmdir /.ferry-old',
+  'cd "$cwd"',
+  // stdio opened inside: a descriptor from outside this mount namespace cannot be restored.
+  'exec </dev/null >>"$log" 2>&1',
+  'exec /usr/bin/setsid -- /usr/bin/setpriv --reuid="$uid" --regid="$gid" --init-groups -- "$@"',
+].join('\n');
+
+/** The arguments ISOLATED_ROOT_SCRIPT takes before the program. */
+export function isolatedRootScriptArgs(plan: IsolatedRootPlan, logPath: string, cwd: string, user: WorkloadUser): string[] {
+  return [plan.rootDir, logPath, cwd, String(user.uid), String(user.gid), String(plan.binds.length), ...plan.binds.map((b) => b.path)];
+}
+
+/**
+ * `--external mnt[PATH]:COOKIE` for each mount of the workload's namespace but its root and /proc
+ * and /dev/shm (which CRIU dumps itself), as /proc/PID/mountinfo lists them; FAILED_PRECONDITION
+ * (before anything is frozen: the pre-flight calls it too) for a mount the plan does not have.
+ */
+export function criuDumpExternals(mountinfo: string, plan: IsolatedRootPlan): string[] {
+  const allowed = new Set(plan.binds.map((b) => b.path));
+  const args: string[] = [];
+  for (const line of mountinfo.split('\n')) {
+    const fields = line.split(' ');
+    if (fields.length < 5) continue;
+    const mountPoint = unescapeMountinfo(fields[4]!);
+    if (mountPoint === '/' || mountPoint === '/proc' || mountPoint === '/dev/shm') continue;
+    if (!allowed.has(mountPoint)) {
+      throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the workload mounted ${mountPoint} in its own mount namespace: only ferry's own mounts can be rebuilt on another host`);
+    }
+    args.push('--external', `mnt[${mountPoint}]:${mountCookie(mountPoint)}`);
+  }
+  return args;
+}
+
+/** A restore's CRIU arguments: its skeleton as the root, each cookie mapped to this host's own path. */
+export function criuRestoreRootArgs(plan: IsolatedRootPlan): string[] {
+  return ['--root', plan.rootDir, ...plan.binds.flatMap((b) => ['--external', `mnt[${mountCookie(b.path)}]:${b.path}`])];
+}
+
+/** mountinfo escapes space, tab, newline and backslash as octal. */
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** USER[:GROUP] as names; resolved on this host (getent), so the ids are this host's. */
+const USER_SPEC = /^([a-z_][a-z0-9_-]{0,31})(?::([a-z_][a-z0-9_-]{0,31}))?$/;
+
+/** The uid and gid of `spec` (USER[:GROUP]) on this host; INVALID_ARGUMENT for an unknown name. */
+export async function resolveWorkloadUser(spec: string): Promise<WorkloadUser> {
+  const m = USER_SPEC.exec(spec);
+  if (!m) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--user ${JSON.stringify(spec)}: expected USER or USER:GROUP (names)`);
+  const passwd = await getent('passwd', m[1]!);
+  if (!passwd) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--user: no user ${m[1]} on this host`);
+  const [, , uidText, gidText] = passwd.split(':');
+  let gid = Number(gidText);
+  if (m[2] !== undefined) {
+    const group = await getent('group', m[2]);
+    if (!group) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--user: no group ${m[2]} on this host`);
+    gid = Number(group.split(':')[2]);
+  }
+  return { name: m[1]!, uid: Number(uidText), gid };
+}
+
+async function getent(db: 'passwd' | 'group', name: string): Promise<string | null> {
+  try {
+    const out = await runTool('getent', [db, name], { timeoutMs: 5_000, code: ErrorCode.INVALID_ARGUMENT, failure: `getent ${db} ${name} failed` });
+    const line = out.split('\n')[0] ?? '';
+    return line.startsWith(`${name}:`) ? line : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Absolute, normalised, without `..`: a path the plan may hold. */
+export function isPlainAbsolute(path: string): boolean {
+  return isAbsolute(path) && normalize(path) === path && !path.split('/').includes('..');
+}
