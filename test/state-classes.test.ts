@@ -45,6 +45,15 @@ async function runningOn(name: string, host: string): Promise<PsEntry> {
   }, 30_000);
 }
 
+/**
+ * fd-kinds.py holds pipes with unread data: they move only where the target's CRIU can refill a pipe
+ * (its probe's `pipeData`, true on this machine kind); elsewhere the pre-flight refuses them first.
+ */
+async function expectPipeData(): Promise<void> {
+  const hosts = (await cluster.ferry(['hosts', '--json'])).json as Array<{ name: string; criu: { pipeData: boolean } }>;
+  expect(hosts.map((h) => [h.name, h.criu.pipeData]).sort()).toEqual([['h1', true], ['h2', true]]);
+}
+
 /** Launches `w` as `name` on h1 with `runArgs` and `args`; resolves with its ps entry once it counts. */
 async function launch(name: string, w: FixtureWorkload, args: string[], runArgs: string[] = []): Promise<PsEntry> {
   const run = await cluster.ferry(['run', '--host', 'h1', '--name', name, ...runArgs, '--json', '--', ...w.argv(...args)]);
@@ -92,6 +101,7 @@ async function throughEveryMode(
 }
 
 test('special fds move in every mode: memfd (data, mapped), eventfd (its count), signalfd (a pending blocked signal), timerfds (one-shot, pending or re-armed and still firing), epoll (still reporting a pipe ready), inotify (a watch in a local dir, still reporting), a FIFO in a local dir holding data', async () => {
+  await expectPipeData();
   const w = await FixtureWorkload.create('fd-kinds.py');
   const watched = '/srv/fdkinds/watched';
   await dev.hostExec(CLUSTER, 'h1', ['mkdir', '-p', watched]);
@@ -206,6 +216,34 @@ test('sessions, process groups and a zombie move in every mode: a child in its o
   }
 });
 
+test('Unix domain sockets move in every mode: socketpairs with queued bytes and datagrams, a listener in a local dir with a connection accepted and one waiting, an abstract listener', async () => {
+  const w = await FixtureWorkload.create('unix-sockets.py');
+  const sockDir = '/srv/unixsock';
+  await dev.hostExec(CLUSTER, 'h1', ['mkdir', '-p', sockDir]);
+  try {
+    await launch('unixsock', w, [sockDir], ['--local-dir', sockDir]);
+    await throughEveryMode('unixsock', w, (view, mode) => {
+      expect({ mode, ...view, counter: undefined }).toEqual({
+        mode,
+        counter: undefined,
+        streamQueued: 'thirteen byte',
+        streamTalks: true,
+        datagrams: ['first', 'second'],
+        servedQueued: 'nine byte',
+        backlogWaiting: true,
+        listenerAccepts: true,
+        abstractAccepts: true,
+      });
+    });
+    expect((await cluster.ferry(['stop', 'unixsock'])).code).toBe(0);
+  } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'unixsock']);
+    for (const host of ['h1', 'h2']) await dev.hostExec(CLUSTER, host, ['rm', '-rf', sockDir]).catch(() => undefined);
+    await w.remove();
+  }
+});
+
 test('SysV shared memory and semaphores (own IPC namespace) move in every mode, contents and values intact', async () => {
   const w = await FixtureWorkload.create('ipc-objects.py');
   try {
@@ -239,6 +277,7 @@ test('a POSIX shared memory object (/dev/shm, mapped) in every mode', async () =
 });
 
 test('an armed periodic timerfd is refused before the freeze in every mode (CRIU would restore it disarmed), the workload running on', async () => {
+  await expectPipeData();
   const w = await FixtureWorkload.create('fd-kinds.py');
   const watched = '/srv/periodic/watched';
   await dev.hostExec(CLUSTER, 'h1', ['mkdir', '-p', watched]);
@@ -315,6 +354,7 @@ test('unlinked-but-open files on a cluster filesystem (an fd at an offset, one o
 });
 
 test('a FIFO holding unread data outside its local dirs is refused before the freeze in every mode (the target would refill the same FIFO, or lack it), the workload running on', async () => {
+  await expectPipeData();
   const w = await FixtureWorkload.create('fd-kinds.py');
   const watched = '/srv/fifoelsewhere/watched';
   await dev.hostExec(CLUSTER, 'h1', ['mkdir', '-p', watched]);
