@@ -216,6 +216,33 @@ test('sessions, process groups and a zombie move in every mode: a child in its o
   }
 });
 
+test('interval timers and POSIX timers move in every mode: one-shot ones still pending (nearer), periodic ones still firing', async () => {
+  const w = await FixtureWorkload.create('timers.py');
+  try {
+    await launch('timers', w, []);
+    let last = { itimer: 3600, once: 3600e9, fired: -1, child: -1 };
+    await throughEveryMode('timers', w, async (view, mode) => {
+      const child = Number(await w.file('child'));
+      const now = { itimer: view.itimerReal.nextS, once: view.posixOnce.nextNs, fired: view.posixPeriodic.fired, child: view.childAlarms };
+      expect({
+        mode,
+        intervals: [view.itimerReal.intervalS, view.posixPeriodic.intervalNs, view.posixOnce.intervalNs],
+        pending: [now.itimer > 0, now.once > 0],
+        nearer: [now.itimer < last.itimer, now.once < last.once],
+        firing: [now.fired > last.fired, now.child > last.child],
+      }).toEqual({ mode, intervals: [0, 10_000_000, 0], pending: [true, true], nearer: [true, true], firing: [true, true] });
+      // The child's own count moves on as well (its periodic ITIMER_REAL).
+      await waitFor('the child counting alarms', async () => Number(await w.file('child')) > child);
+      last = now;
+    }, { live: 2 });
+    expect((await cluster.ferry(['stop', 'timers'])).code).toBe(0);
+  } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'timers']);
+    await w.remove();
+  }
+});
+
 test('Unix domain sockets move in every mode: socketpairs with queued bytes and datagrams, a listener in a local dir with a connection accepted and one waiting, an abstract listener', async () => {
   const w = await FixtureWorkload.create('unix-sockets.py');
   const sockDir = '/srv/unixsock';
