@@ -148,13 +148,13 @@ async function underLiveClient(name: string, ip: string, port: number, count: (c
   return done;
 }
 
-test('redis-server moves both ways in every mode (default, direct, NATS, post-copy) under a client doing INCR every 5 ms on one connection: every request answered once, the same server process throughout', async () => {
+test('redis-server with its append-only file in a local dir moves both ways in every mode (default, direct, NATS, post-copy) under a client doing INCR every 5 ms on one connection: every request answered once, the same server process throughout, its file complete', async () => {
   const ip = `${subnet}.100`;
   const port = 7379;
-  const dir = join(scratch, 'redis');
-  await exec('mkdir', ['-p', dir]);
-  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'redis', '--address', `${ip}/24`, '--json', '--',
-    '/usr/bin/redis-server', '--bind', ip, '--port', String(port), '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--dir', dir]);
+  // Its data: an append-only file written (and fsynced) on every INCR, in a local dir that moves with it.
+  const dir = '/srv/redis';
+  const redisArgs = (bind: string) => ['/usr/bin/redis-server', '--bind', bind, '--port', String(port), '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--protected-mode', 'no', '--dir', dir];
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'redis', '--address', `${ip}/24`, '--local-dir', dir, '--json', '--', ...redisArgs(ip)]);
   expect(run.code).toBe(0);
   await waitFor('redis answers', async () => (await ask(ip, port, 'PING')) === '+PONG', 30_000);
   // The server's own identity: a restarted redis would have another run_id and its uptime from 0.
@@ -183,6 +183,17 @@ print(f.read(length).decode())`;
   expect(Number(await ask(ip, port, 'GET ferry:counter'))).toBe(done.last);
   expect((await cluster.ferry(['stop', 'redis'])).code).toBe(0);
   await waitFor('redis gone', async () => (await copies(isRedis)).length === 0);
+  // A new redis-server on the last host, from the append-only file that moved: every INCR is in it.
+  const again = `${subnet}.102`;
+  const reread = await cluster.ferry(['run', '--host', 'h1', '--name', 'redis-again', '--address', `${again}/24`, '--local-dir', dir, '--json', '--', ...redisArgs(again)]);
+  expect(reread.code).toBe(0);
+  const replayed = await waitFor('the new redis loaded its file', async () => {
+    const answer = await ask(again, port, 'GET ferry:counter').catch(() => '');
+    return /^\d+$/.test(answer) ? answer : undefined; // not "-LOADING ..." nor nothing yet
+  }, 30_000);
+  expect(Number(replayed)).toBe(done.last);
+  expect((await cluster.ferry(['stop', 'redis-again'])).code).toBe(0);
+  for (const host of ['h1', 'h2']) await dev.hostExec(CLUSTER, host, ['rm', '-rf', dir]);
 });
 
 test('a JVM (threads, a heap it checks, a server) moves both ways in every mode (default, direct, NATS, post-copy) under a client doing INCR every 5 ms: every request answered once, every thread and its heap intact', async () => {
