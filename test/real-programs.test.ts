@@ -1,8 +1,9 @@
 /**
- * Real programs under live clients (issue #17): redis-server and a JVM (a small Java program compiled
- * here with javac: worker threads keeping a heap that must check out, and a server answering INCR),
- * each with its own service address and a client on a third host doing INCR every 5 ms on one
- * connection. Each moves h1 -> h2 -> h1 by the default path, h1 -> h2 direct, h2 -> h1 over NATS and
+ * Real programs under live clients (issue #17): redis-server, a JVM (a small Java program compiled
+ * here with javac: worker threads keeping a heap that must check out, and a server answering INCR)
+ * and nats-server (a Go program), each with its own service address and a client on a third host
+ * sending a request every 5 ms on one connection (INCR; for nats-server a message to a subject it
+ * subscribes to). Each moves h1 -> h2 -> h1 by the default path, h1 -> h2 direct, h2 -> h1 over NATS and
  * then both ways by post-copy; the client checks every answer is one more than the last (nothing
  * lost, nothing served twice) and never reconnects, and at the end the program's own count equals
  * the client's answers. nginx and PostgreSQL run non-root processes, which CRIU cannot dump on this
@@ -120,9 +121,16 @@ sys.stdout.write(line.decode().strip())`;
  * that it runs once on the target, its address moved, and the client carries on; `after(host)` checks
  * the program's own view. Then stops the client and returns its final status.
  */
-async function underLiveClient(name: string, ip: string, port: number, count: (cmd: string) => boolean, after: (host: string) => Promise<void>): Promise<ClientStatus> {
+async function underLiveClient(
+  name: string,
+  ip: string,
+  port: number,
+  count: (cmd: string) => boolean,
+  after: (host: string) => Promise<void>,
+  clientProgram = CLIENT,
+): Promise<ClientStatus> {
   const status = join(scratch, `${name}.client`);
-  const client = await cluster.ferry(['run', '--host', 'h3', '--name', `${name}-client`, '--', '/usr/bin/python3', CLIENT, ip, String(port), status]);
+  const client = await cluster.ferry(['run', '--host', 'h3', '--name', `${name}-client`, '--', '/usr/bin/python3', clientProgram, ip, String(port), status]);
   expect(client.code).toBe(0);
   await waitFor('client answered', async () => (await clientStatus(status)).answered > 50, 30_000);
   for (const { to, args } of MOVES) {
@@ -233,4 +241,33 @@ test('a JVM (threads, a heap it checks, a server) moves both ways in every mode 
   expect((await view()).served).toBe(done.answered);
   expect((await cluster.ferry(['stop', 'jvm'])).code).toBe(0);
   await waitFor('the JVM gone', async () => (await copies(isJvm)).length === 0);
+});
+
+test('nats-server (a Go program) moves both ways in every mode (default, direct, NATS, post-copy) under a client publishing every 5 ms to a subject it subscribes to: every message delivered once, in order, the same server throughout', async () => {
+  const ip = `${subnet}.103`;
+  const port = 4333;
+  const monitor = 8333;
+  const conf = join(scratch, 'nats-server.conf');
+  // Clients and monitoring on the service address only.
+  await writeFile(conf, `listen: "${ip}:${port}"\nhttp: "${ip}:${monitor}"\n`);
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'gnatsd', '--address', `${ip}/24`, '--json', '--', '/usr/sbin/nats-server', '-c', conf]);
+  expect({ code: run.code, error: run.json?.error }).toEqual({ code: 0, error: undefined });
+  // The server's own view, from its monitoring endpoint: who it is and what it counted.
+  const varz = async (): Promise<{ server_id: string; start: string; in_msgs: number; out_msgs: number }> => {
+    const script = `import urllib.request, sys; sys.stdout.write(urllib.request.urlopen("http://${ip}:${monitor}/varz", timeout=10).read().decode())`;
+    return JSON.parse((await dev.hostExec(CLUSTER, 'h3', ['/usr/bin/python3', '-c', script], { timeoutMs: 15_000 })).stdout);
+  };
+  const first = await waitFor('nats-server answers', async () => varz().catch(() => undefined), 30_000);
+  const isNats = (cmd: string) => cmd.includes('nats-server') && cmd.includes(conf);
+  const done = await underLiveClient('gnatsd', ip, port, isNats, async () => {
+    const now = await varz();
+    expect({ id: now.server_id, start: now.start }).toEqual({ id: first.server_id, start: first.start });
+  }, join(REPO, 'test/fixtures/nats-pubsub-client.py'));
+  expect(done.sent).toBe(done.answered);
+  expect(done.last).toBe(done.answered);
+  // Its own count: every message in once and out once (echoed to the one subscriber).
+  const end = await varz();
+  expect([end.in_msgs, end.out_msgs]).toEqual([done.sent, done.answered]);
+  expect((await cluster.ferry(['stop', 'gnatsd'])).code).toBe(0);
+  await waitFor('nats-server gone', async () => (await copies(isNats)).length === 0);
 });
