@@ -6,8 +6,8 @@
  * subscribes to). Each moves h1 -> h2 -> h1 by the default path, h1 -> h2 direct, h2 -> h1 over NATS and
  * then both ways by post-copy; the client checks every answer is one more than the last (nothing
  * lost, nothing served twice) and never reconnects, and at the end the program's own count equals
- * the client's answers. nginx and PostgreSQL run non-root processes, which CRIU cannot dump on this
- * machine kind (DESIGN.md).
+ * the client's answers. nginx and PostgreSQL, whose processes run as another user, are left to the
+ * `ferry run --user` work (test/user-workloads.test.ts).
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
