@@ -32,6 +32,8 @@ command -v tar >/dev/null 2>&1 || need+=(tar)
 command -v setfattr >/dev/null 2>&1 || need+=(attr)
 # test/real-programs.test.ts compiles and migrates a small Java program (javac and java at test time).
 command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
+# test/postgres.test.ts runs and migrates PostgreSQL as its own user (ferry run --user postgres): server, initdb and psql.
+[ -x /usr/lib/postgresql/15/bin/postgres ] && command -v psql >/dev/null 2>&1 || need+=(postgresql-15 postgresql-client-15)
 # The dashboard's tests drive it in headless Chromium (playwright-core with executablePath /usr/bin/chromium).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
@@ -69,7 +71,7 @@ if printf '%s\n' "${need[@]}" | grep -qx nftables; then
   apt-get install -y --no-install-recommends -t trixie nftables
 fi
 # Debian starts these daemons on install; ferry runs its own instances, so stop the system ones.
-for svc in redis-server nats-server ssh; do
+for svc in redis-server nats-server ssh postgresql; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
     systemctl disable "$svc" >/dev/null 2>&1 || true

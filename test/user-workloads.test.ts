@@ -17,7 +17,7 @@ let cluster: TestCluster;
 let dir: string;
 
 beforeAll(async () => {
-  cluster = await startTestCluster('tuser', 241);
+  cluster = await startTestCluster('tuser', 250);
   // Under /tmp, which an isolated workload sees; writable by the user it runs as.
   dir = await mkdtemp('/tmp/ferry-user-test-');
   await chmod(dir, 0o777);

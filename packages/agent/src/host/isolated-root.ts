@@ -31,6 +31,21 @@ import { runTool } from './run-tool';
 export const ISOLATED_ROOT_DIRS = ['/usr', '/etc', '/var', '/opt', '/srv', '/home', '/tmp', '/root'];
 /** Device nodes it gets (bind mounts of the host's). */
 export const ISOLATED_ROOT_DEVICES = ['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'];
+/** Mounts made fresh inside (not binds): CRIU dumps their contents with the namespace. */
+export const ISOLATED_ROOT_OWN_MOUNTS = ['/proc', '/dev/shm'];
+/**
+ * Established TCP connections of an isolated workload are restored closed (its peers reconnect):
+ * putting a socket in repair mode needs CAP_NET_ADMIN over its network namespace, the host's, and
+ * the restored tasks sit in their own user namespace (tried: "Can't turn TCP repair mode ON:
+ * Operation not permitted"). Listening sockets and the service address move as for any workload.
+ */
+export const ISOLATED_ROOT_TCP_ARGS = ['--tcp-close'];
+/**
+ * The dump also skips connections still in a listening socket's queue (nothing locks the network
+ * without repair mode, so a client may be connecting as it freezes): they are not on the target,
+ * and their client's next packet gets a reset there, so it connects again.
+ */
+export const ISOLATED_ROOT_TCP_DUMP_ARGS = [...ISOLATED_ROOT_TCP_ARGS, '--skip-in-flight'];
 /** uid_map / gid_map line: every id onto itself (the kernel's largest range). */
 export const IDENTITY_ID_MAP = '0 0 4294967295\n';
 
@@ -144,7 +159,7 @@ export function criuDumpExternals(mountinfo: string, plan: IsolatedRootPlan): st
     const fields = line.split(' ');
     if (fields.length < 5) continue;
     const mountPoint = unescapeMountinfo(fields[4]!);
-    if (mountPoint === '/' || mountPoint === '/proc' || mountPoint === '/dev/shm') continue;
+    if (mountPoint === '/' || ISOLATED_ROOT_OWN_MOUNTS.includes(mountPoint)) continue;
     if (!allowed.has(mountPoint)) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the workload mounted ${mountPoint} in its own mount namespace: only ferry's own mounts can be rebuilt on another host`);
     }

@@ -5,7 +5,7 @@
  * be one is this host's decision: only under its configured roots (FERRY_LOCAL_DIR_ROOTS, default
  * /srv), never a root itself, never one inside another.
  */
-import { lstat, mkdir } from 'node:fs/promises';
+import { chown, lstat, mkdir } from 'node:fs/promises';
 import { ErrorCode, FerryError, LocalDir } from '@ferry/protocol';
 
 export const DEFAULT_LOCAL_DIR_ROOTS = ['/srv'];
@@ -35,11 +35,13 @@ export function checkLocalDirs(dirs: readonly string[], roots: readonly string[]
 }
 
 /** Creates missing local dirs (0755); an existing path must be a directory, not a symlink. */
-export async function ensureLocalDirs(dirs: readonly string[]): Promise<void> {
+export async function ensureLocalDirs(dirs: readonly string[], owner?: { uid: number; gid: number }): Promise<void> {
   for (const dir of dirs) {
     const st = await lstat(dir).catch(() => undefined);
     if (st === undefined) {
       await mkdir(dir, { recursive: true, mode: 0o755 });
+      // A workload run as another user owns the dirs made for it (only those: an existing one is left as it is).
+      if (owner) await chown(dir, owner.uid, owner.gid);
       continue;
     }
     if (!st.isDirectory()) throw new FerryError(ErrorCode.FAILED_PRECONDITION, `local dir ${dir} exists and is not a directory`);

@@ -55,6 +55,11 @@ export interface LocalFileScope {
   localDirs: readonly string[];
   /** Single files ferry itself moves: its output log. */
   ownFiles: readonly string[];
+  /**
+   * Mounts of the workload's own mount namespace whose contents CRIU dumps with it (the fresh
+   * /dev/shm of a `--user` workload, host/isolated-root.ts): the target's host path is not theirs.
+   */
+  ownMounts?: readonly string[];
 }
 
 /** One regular file the tree holds open. */
@@ -72,7 +77,7 @@ function underAny(path: string, roots: readonly string[]): boolean {
 }
 
 function excluded(path: string, scope: LocalFileScope): boolean {
-  return (underAny(path, PSEUDO_ROOTS) && !underAny(path, HOST_FILE_ROOTS)) || underAny(path, scope.mounts) || inLocalDir(path, scope.localDirs) || scope.ownFiles.includes(path);
+  return (underAny(path, PSEUDO_ROOTS) && !underAny(path, HOST_FILE_ROOTS)) || underAny(path, scope.mounts) || inLocalDir(path, scope.localDirs) || scope.ownFiles.includes(path) || underAny(path, scope.ownMounts ?? []);
 }
 
 /**

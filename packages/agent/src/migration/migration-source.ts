@@ -24,7 +24,7 @@ import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeS
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
 import { locksHeld } from '../host/file-locks';
 import { inLocalDir } from '../host/local-dirs';
-import { criuDumpExternals, isolatedRootPlan, removeRootSkeleton } from '../host/isolated-root';
+import { criuDumpExternals, ISOLATED_ROOT_OWN_MOUNTS, ISOLATED_ROOT_TCP_DUMP_ARGS, isolatedRootPlan, removeRootSkeleton } from '../host/isolated-root';
 import { fifosOutside, pipesWithData } from '../host/pipe-data';
 import { armedPeriodicTimers } from '../host/timerfds';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
@@ -155,7 +155,7 @@ export class MigrationSource {
   private async isolatedRootExternals(rec: WorkloadRecord): Promise<string[]> {
     if (!rec.user) return [];
     const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, rec.name), rec.logPath);
-    return criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan);
+    return [...criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan), ...ISOLATED_ROOT_TCP_DUMP_ARGS];
   }
 
   /**
@@ -164,7 +164,7 @@ export class MigrationSource {
    * Not part of the checkpoint: it hashes files, and the pre-flight already decided.
    */
   async localFiles(rec: WorkloadRecord, digests: FileDigests): Promise<FileIdentity[]> {
-    const scope = { mounts: (rec.mounts ?? []).map((m) => m.path), localDirs: rec.localDirs ?? [], ownFiles: [rec.logPath] };
+    const scope = { mounts: (rec.mounts ?? []).map((m) => m.path), localDirs: rec.localDirs ?? [], ownFiles: [rec.logPath], ownMounts: rec.user ? ISOLATED_ROOT_OWN_MOUNTS : [] };
     return listLocalFiles(await livingProcesses(await listTree(rec.pid)), scope, { digests });
   }
 
@@ -228,8 +228,10 @@ export class MigrationSource {
           imagesDir: dir,
           leaveStopped: true,
           externalFiles: pins.map((p) => p.key),
-          // Its connections are dumped in TCP repair mode and stay locked (nftables) while it is frozen.
-          tcpEstablished: rec.address !== undefined,
+          // Its connections are dumped in TCP repair mode and stay locked (nftables) while it is frozen;
+          // a --user workload's are restored closed (isolated-root.ts: repair needs a capability its
+          // user namespace does not have over the host's network), so they are not dumped.
+          tcpEstablished: rec.address !== undefined && !rec.user,
           // Its own root's bind mounts are external: the target binds its own paths (isolated-root.ts).
           extraArgs: isolatedExternals,
         });

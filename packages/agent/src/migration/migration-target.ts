@@ -44,7 +44,7 @@ import { assertLocalDirsFree, LocalDirReceiver } from './local-dir-copy';
 import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
 import { nativeFilePump } from './native-file-pump';
 import { PageTunnelReceiver } from './page-tunnel';
-import { criuRestoreRootArgs, isolatedRootPlan, makeRootSkeleton, removeRootSkeleton } from '../host/isolated-root';
+import { criuRestoreRootArgs, ISOLATED_ROOT_TCP_ARGS, isolatedRootPlan, makeRootSkeleton, removeRootSkeleton } from '../host/isolated-root';
 import { workloadRootDir } from '../workloads/workloads';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
@@ -267,8 +267,8 @@ export class MigrationTarget {
           imagesDir: inc.dir,
           pidFile: join(inc.dir, 'restored.pid'),
           inheritFds: inherited,
-          tcpEstablished: manifest.address !== undefined,
-          extraArgs: [...(lazy ? ['--lazy-pages'] : []), ...(isolatedRoot ? criuRestoreRootArgs(isolatedRoot) : [])],
+          tcpEstablished: manifest.address !== undefined && !manifest.user,
+          extraArgs: [...(lazy ? ['--lazy-pages'] : []), ...(isolatedRoot ? [...criuRestoreRootArgs(isolatedRoot), ...ISOLATED_ROOT_TCP_ARGS] : [])],
         }),
       );
     } catch (err) {

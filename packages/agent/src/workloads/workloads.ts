@@ -103,7 +103,8 @@ export class Workloads {
     }
     const localDirs = req.localDirs ?? [];
     checkLocalDirs(localDirs, this.opts.localDirRoots ?? DEFAULT_LOCAL_DIR_ROOTS);
-    await ensureLocalDirs(localDirs);
+    const user = req.user !== undefined ? await resolveWorkloadUser(req.user) : undefined;
+    await ensureLocalDirs(localDirs, user);
     const logPath = workloadLogPath(this.opts.dataDir, req.name);
     await mkdir(dirname(logPath), { recursive: true, mode: 0o700 });
     // A new workload starts a new log, even if an earlier one of the same name left one.
@@ -116,8 +117,7 @@ export class Workloads {
     const cwd = req.cwd ?? '/';
     // Another user: its own namespaces and root, built from this host's plan (isolated-root.ts).
     let isolated: { plan: IsolatedRootPlan; user: WorkloadUser } | undefined;
-    if (req.user !== undefined) {
-      const user = await resolveWorkloadUser(req.user);
+    if (user !== undefined) {
       const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, req.name), logPath);
       if (!visibleInIsolatedRoot(plan, cwd)) {
         throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--user: its working directory ${cwd} would not exist in its root; use one under ${plan.binds.filter((b) => b.kind === 'dir').map((b) => b.path).join(', ')}`);
