@@ -135,7 +135,16 @@ async function underLiveClient(
   await waitFor('client answered', async () => (await clientStatus(status)).answered > 50, 30_000);
   for (const { to, args } of MOVES) {
     const moved = await cluster.ferry(['migrate', name, '--to', to, ...args, '--json']);
-    expect({ to, args, state: moved.json?.state, error: moved.json?.error }).toEqual({ to, args, state: 'succeeded', error: undefined });
+    // Over the transport asked for, restored by post-copy when asked.
+    const asked = args[0] === '--transport' ? args[1] : undefined;
+    expect({ to, args, state: moved.json?.state, error: moved.json?.error, transport: asked && moved.json?.transport, postCopy: moved.json?.restore === 'post-copy' }).toEqual({
+      to,
+      args,
+      state: 'succeeded',
+      error: undefined,
+      transport: asked,
+      postCopy: args.includes('post-copy'),
+    });
     const entry = await runningOn(name, to);
     expect((await clientAdvances(status)).word).toBe('ok');
     await waitFor(`one copy of ${name}`, async () => {
