@@ -34,6 +34,8 @@ command -v setfattr >/dev/null 2>&1 || need+=(attr)
 command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 # test/postgres.test.ts runs and migrates PostgreSQL as its own user (ferry run --user postgres): server, initdb and psql.
 [ -x /usr/lib/postgresql/15/bin/postgres ] && command -v psql >/dev/null 2>&1 || need+=(postgresql-15 postgresql-client-15)
+# test/nginx.test.ts runs and migrates nginx (master and www-data workers).
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 # The dashboard's tests drive it in headless Chromium (playwright-core with executablePath /usr/bin/chromium).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
@@ -60,7 +62,15 @@ apt-get update -o Acquire::Retries=2 || true
 others=()
 for p in "${need[@]}"; do [ "$p" = criu ] || [ "$p" = nftables ] || others+=("$p"); done
 if [ ${#others[@]} -gt 0 ]; then
+  # Packages with daemons (nginx, postgresql, redis) must not start them: ferry runs its own
+  # instances, and on a machine without systemd nothing would stop them again. policy-rc.d says so
+  # to Debian's maintainer scripts; one the image already has is left alone.
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
   apt-get install -y --no-install-recommends "${others[@]}"
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 if printf '%s\n' "${need[@]}" | grep -qx criu; then
   apt-get install -y --no-install-recommends -t trixie criu
