@@ -253,6 +253,59 @@ test('interval timers and POSIX timers move in every mode: one-shot ones still p
   }
 });
 
+test('process attributes move in every mode: working directory, umask, rlimits, nice value, scheduling policy, no_new_privs, parent-death signal, name, environment', async () => {
+  const w = await FixtureWorkload.create('process-attrs.py');
+  try {
+    await launch('attrs', w, []);
+    let cpus: number[] | undefined;
+    await throughEveryMode('attrs', w, (view, mode) => {
+      cpus ??= view.cpus;
+      expect({ mode, ...view, counter: undefined }).toEqual({
+        mode,
+        counter: undefined,
+        cwd: `${w.stateDir}/cwd`,
+        umask: '0o27',
+        nofile: [512, 1024],
+        core: [0, 0],
+        nice: 5,
+        policy: 'batch',
+        cpus,
+        noNewPrivs: 1,
+        deathSignal: 1, // SIGHUP
+        comm: 'attrs-holder',
+        env: 'still here',
+      });
+    });
+    expect((await cluster.ferry(['stop', 'attrs'])).code).toBe(0);
+  } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'attrs']);
+    await w.remove();
+  }
+});
+
+test('a thread pinned to a CPU is refused before the freeze in every mode (CRIU would drop its affinity), the workload running on', async () => {
+  const w = await FixtureWorkload.create('process-attrs.py');
+  try {
+    const before = await launch('pinned-cpu', w, ['--pin']);
+    const pinnedTo = (await w.view(before.pid)).cpus;
+    expect(pinnedTo).toHaveLength(1);
+    for (const { mode, args } of MODES) {
+      const refused = await cluster.ferry(['migrate', 'pinned-cpu', '--to', 'h2', ...args, '--json']);
+      expect({ mode, state: refused.json?.state, code: refused.json?.error?.code, downtimeMs: refused.json?.downtimeMs }).toEqual({ mode, state: 'rolled-back', code: 'FAILED_PRECONDITION', downtimeMs: 0 });
+      expect(refused.json.error.message).toMatch(new RegExp(`has threads pinned to CPUs \\(sched_setaffinity\\): pid \\d+ thread \\d+ on CPUs ${pinnedTo[0]}\\b`));
+      const entry = await expectCarriesOn('pinned-cpu', w, 'h1');
+      expect(entry.pid).toBe(before.pid);
+      expect((await w.view(entry.pid)).cpus).toEqual(pinnedTo);
+    }
+    expect((await cluster.ferry(['stop', 'pinned-cpu'])).code).toBe(0);
+  } finally {
+    // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'pinned-cpu']);
+    await w.remove();
+  }
+});
+
 test('Unix domain sockets move in every mode: socketpairs with queued bytes and datagrams, a listener in a local dir with a connection accepted and one waiting, an abstract listener', async () => {
   const w = await FixtureWorkload.create('unix-sockets.py');
   const sockDir = '/srv/unixsock';

@@ -27,6 +27,7 @@ import { inLocalDir } from '../host/local-dirs';
 import { criuDumpExternals, ISOLATED_ROOT_OWN_MOUNTS, ISOLATED_ROOT_TCP_DUMP_ARGS, isolatedRootPlan, removeRootSkeleton } from '../host/isolated-root';
 import { fifosOutside, pipesWithData } from '../host/pipe-data';
 import { armedPeriodicTimers } from '../host/timerfds';
+import { pinnedThreads } from '../host/cpu-affinity';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
 import type { PostCopySource } from '../post-copy/post-copy-source';
 import type { WorkloadRecord } from '../workloads/inventory';
@@ -79,7 +80,7 @@ export class MigrationSource {
    * socket can move (tcp-sockets.ts), every file lock is on a file in its local dirs (file-locks.ts), and, where the target's CRIU cannot refill pipes
    * (`targetPipeData` false, from its probe), no pipe or FIFO holds unread data (pipe-data.ts), and no
    * periodic timerfd is armed (CRIU would restore it disarmed, timerfds.ts), nor a FIFO outside its
-   * local dirs holds unread data (pipe-data.ts).
+   * local dirs holds unread data (pipe-data.ts), nor a thread is pinned to CPUs (CRIU drops affinity, cpu-affinity.ts).
    * Returns the unlinked files found, for the pins.
    */
   async assertMigratable(rec: WorkloadRecord, { targetPipeData = true } = {}): Promise<UnlinkedFile[]> {
@@ -130,6 +131,17 @@ export class MigrationSource {
         ErrorCode.FAILED_PRECONDITION,
         `workload ${rec.name} holds an armed periodic timerfd: ${named.join('; ')}. CRIU 4.2.1 restores such a timer disarmed when it fired while the workload was frozen ` +
           '(checkpoint-restore/criu#3162: the timer would fire once after the move and never again); disarm it (or use a one-shot timer re-armed on each expiry) before migrating',
+        { details: named },
+      );
+    }
+    // CRIU 4.2.1 does not restore CPU affinity (host/cpu-affinity.ts).
+    const pinned = await pinnedThreads(tree);
+    if (pinned.length > 0) {
+      const named = pinned.slice(0, 5).map((t) => `pid ${t.pid} thread ${t.tid} on CPUs ${t.allowed}`);
+      throw new FerryError(
+        ErrorCode.FAILED_PRECONDITION,
+        `workload ${rec.name} has threads pinned to CPUs (sched_setaffinity): ${named.join('; ')}. CRIU 4.2.1 does not restore CPU affinity, ` +
+          'so after the move they would run on every CPU without knowing; unpin them (the affinity can be set again after the move) before migrating',
         { details: named },
       );
     }
