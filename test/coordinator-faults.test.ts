@@ -149,7 +149,7 @@ test('target agent killed mid-transfer: rolled back, runs once on the source', a
   let migrationId = '';
   const unsubStep = onStep('tkill', 'checkpointing', (ev) => (migrationId = ev.migrationId));
   // Killed when the target reports its first received bytes: the transfer is under way.
-  const progress = cluster.nc.subscribe(subjects.event('progress'), {
+  const progress = cluster.nc.subscribe(subjects.allProgress(), {
     callback: (_e, msg) => {
       const p = decode(msg.data) as { migrationId: string; bytes: number };
       if (p.migrationId === migrationId && p.bytes > 0 && migrationId) {

@@ -116,7 +116,7 @@ test('cluster view, a migration from the UI with live progress and its timeline,
     }).observe(tbody, { subtree: true, childList: true, characterData: true });
   });
   const progressSeen: number[] = [];
-  const progressSub = cluster.nc.subscribe(subjects.event('progress'), { callback: (_e, msg) => progressSeen.push((decode(msg.data) as { bytes: number }).bytes) });
+  const progressSub = cluster.nc.subscribe(subjects.allProgress(), { callback: (_e, msg) => progressSeen.push((decode(msg.data) as { bytes: number }).bytes) });
 
   const counterBefore = await w.counter();
   await page.getByRole('button', { name: 'Migrate dash', exact: true }).click();

@@ -165,7 +165,7 @@ export class Dashboard {
         }),
       );
     on('lifecycle', (d) => ({ event: 'lifecycle', data: parseMessage(LifecycleEvent, decode(d)) }));
-    on('progress', (d) => {
+    on('progress.*', (d) => {
       const p = parseMessage(ProgressMessage, decode(d));
       const data: ProgressData = { migrationId: p.migrationId, bytes: p.bytes, atMs: Date.now() };
       if (p.files !== undefined) data.files = p.files;

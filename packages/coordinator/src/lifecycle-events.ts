@@ -26,6 +26,8 @@ import {
   MigrationEvent,
   PROTOCOL_VERSION,
   decode,
+  hostOfAgentSubject,
+  Id,
   encode,
   parseMessage,
   serveCoordVerb,
@@ -57,7 +59,7 @@ const STEP_NAMES: Partial<Record<MigrationStep, string>> = {
 };
 
 const HostChange = z.object({ host: z.string(), change: z.string(), at: z.string().optional() });
-const ProgressEvent = z.object({ migrationId: z.string(), bytes: z.number(), files: z.number().optional() });
+const ProgressEvent = z.object({ migrationId: Id, bytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER), files: z.number().int().nonnegative().optional() });
 
 /** Receives every lifecycle event (in order) while this coordinator leads. */
 export type LifecycleSink = (ev: LifecycleEvent) => void;
@@ -73,11 +75,15 @@ export interface EventJournalDeps {
   isLeader: () => boolean;
   redisKeyPrefix: string;
   recentLimit: number;
+  /** The target of a migration this coordinator runs (undefined: none): progress counts only from there. */
+  migrationTarget?: (migrationId: string) => string | undefined;
   log?: Logger;
 }
 
 export class EventJournal {
   private readonly subs: Subscription[] = [];
+  /** Progress events dropped (not from the migration's target); the first is logged. */
+  private ignoredProgress = 0;
   private readonly sinks: LifecycleSink[] = [];
   private readonly progressSinks: ProgressSink[] = [];
   /** Per migration, the event steps already emitted. */
@@ -126,11 +132,19 @@ export class EventJournal {
     on('host', (v) => this.onHost(parseMessage(HostChange, v)));
     on('drain', (v) => this.onDrain(parseMessage(DrainEvent, v)));
     this.subs.push(
-      nc.subscribe(subjects.event('progress'), {
+      nc.subscribe(subjects.allProgress(), {
         callback: (err, msg) => {
           if (err || !this.deps.isLeader()) return;
           try {
             const p = parseMessage(ProgressEvent, decode(msg.data));
+            // Only the migration's own target speaks for its progress (the subject names the
+            // publisher, and NATS lets an agent publish only its own): another agent cannot inflate
+            // a transfer's figures or grow the per-migration counters with made-up ids.
+            const from = hostOfAgentSubject(msg.subject);
+            if (from === null || this.deps.migrationTarget?.(p.migrationId) !== from) {
+              if (this.ignoredProgress++ === 0) this.log.warn({ subject: msg.subject, migrationId: p.migrationId }, 'progress for a migration not running into that host ignored');
+              return;
+            }
             for (const s of this.progressSinks) s(p.migrationId, p.bytes);
           } catch (e) {
             this.log.warn({ err: (e as Error).message }, 'malformed progress event ignored');

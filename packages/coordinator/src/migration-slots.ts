@@ -37,6 +37,11 @@ export class MigrationSlots {
     for (const w of [...this.waiters]) w();
   }
 
+  /** The target host of migration `id`, while it runs here. */
+  target(id: string): string | undefined {
+    return this.active.get(id)?.to;
+  }
+
   has(id: string): boolean {
     return this.active.has(id);
   }

@@ -95,6 +95,7 @@ export async function startObservability(
     store: coordinator.store,
     registry: coordinator.registry,
     isLeader: () => coordinator.isLeader,
+    migrationTarget: (id) => coordinator.runner.slots.target(id),
     redisKeyPrefix: opts.redisKeyPrefix,
     recentLimit: opts.recentEventsLimit,
     log: logger.child({ part: 'events' }),

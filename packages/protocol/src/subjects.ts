@@ -82,6 +82,12 @@ export const subjects = {
   allRegistrations: (): string => `${ROOT}.coord.register.*`,
   coord: (verb: CoordVerb): string => `${ROOT}.coord.${verb}`,
   event: (kind: string): string => `${ROOT}.events.${kind}`,
+  /**
+   * A target agent's transfer progress, under its own host: NATS lets an agent publish only its
+   * own, and the coordinator counts it only for a migration into that host.
+   */
+  progress: (host: string): string => `${ROOT}.events.progress.${token('host name', host)}`,
+  allProgress: (): string => `${ROOT}.events.progress.*`,
   allEvents: (): string => `${ROOT}.events.>`,
   xferData: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.data`,
   xferAck: (transferId: string): string => `${ROOT}.xfer.${token('transfer id', transferId)}.ack`,
@@ -102,7 +108,7 @@ export function isValidToken(value: string): boolean {
  * is neither: what the coordinator compares with the host a message's body claims.
  */
 export function hostOfAgentSubject(subject: string): string | null {
-  for (const prefix of [`${ROOT}.coord.heartbeat.`, `${ROOT}.coord.register.`]) {
+  for (const prefix of [`${ROOT}.coord.heartbeat.`, `${ROOT}.coord.register.`, `${ROOT}.events.progress.`]) {
     if (subject.startsWith(prefix)) {
       const host = subject.slice(prefix.length);
       return TOKEN.test(host) ? host : null;

@@ -149,7 +149,7 @@ export class MigrationTarget {
     receiver.done.then((stats) => this.deps.metrics?.received(stats.bytes)).catch(() => undefined);
     const progressTimer = setInterval(() => {
       const p = receiver.progress();
-      nc.publish(subjects.event('progress'), encode({ v: PROTOCOL_VERSION, migrationId: req.migrationId, bytes: p.bytes, files: p.files }));
+      nc.publish(subjects.progress(this.opts.host), encode({ v: PROTOCOL_VERSION, migrationId: req.migrationId, bytes: p.bytes, files: p.files }));
     }, PROGRESS_INTERVAL_MS);
     receiver.done.finally(() => clearInterval(progressTimer)).catch(() => undefined);
     const incoming: IncomingMigration = {

@@ -88,7 +88,7 @@ export function registerMigrate(program: Command): Command {
                   }
                 },
               }),
-              nc.subscribe(subjects.event('progress'), {
+              nc.subscribe(subjects.allProgress(), {
                 callback: (err, msg) => {
                   if (err) return;
                   try {

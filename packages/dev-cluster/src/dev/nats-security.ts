@@ -102,7 +102,7 @@ export function devNatsPrincipals(hosts: string[], tlsCaFile: string | null, pas
       credentials: { v: 1, user: `agent-${host}`, password: password(), inboxPrefix: inbox, ...tls },
       publish: {
         // Its own host's registration and heartbeat subjects only: it cannot speak for another host.
-        allow: [subjects.register(host), subjects.heartbeat(host), subjects.event('progress'), `${ROOT}.xfer.>`],
+        allow: [subjects.register(host), subjects.heartbeat(host), subjects.progress(host), `${ROOT}.xfer.>`],
       },
       subscribe: { allow: [`${ROOT}.agent.${host}.>`, `${ROOT}.xfer.>`, `${inbox}.>`] },
       allowResponses: true,
