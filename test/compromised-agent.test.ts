@@ -10,7 +10,9 @@ import { constants as fsConstants } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect, type NatsConnection } from 'nats';
 import { dev, startLocalHost } from '@ferry/dev-cluster';
+import { decode, encode, natsAuthOptionsFromFile, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { expectIntactOn, launchCounter } from './helpers/checks';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import type { CounterWorkload } from './helpers/workload';
@@ -25,6 +27,7 @@ const FOREIGN_ADDRESS = `198.18.${SUBNET}.201`;
 const EVIL_MOUNT = '/mnt/ferry-tbad-evil';
 
 let cluster: TestCluster;
+const extraConnections: NatsConnection[] = [];
 const workloads: CounterWorkload[] = [];
 /** Files outside any work dir that the hostile manifests name; none may change. */
 let sentinels: string;
@@ -55,6 +58,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  for (const nc of extraConnections) await nc.close().catch(() => undefined);
   await cluster?.stop();
   for (const w of workloads) await w.remove();
   if (sentinels) await rm(sentinels, { recursive: true, force: true });
@@ -225,4 +229,68 @@ test('an honest workload of the compromised source still migrates, and so does o
   expect(res.json).toMatchObject({ state: 'succeeded', to: 'h1' });
   await expectIntactOn(cluster, w, 'honest', 'h1');
   await expectSentinelsUntouched();
+});
+
+/** An agent's own NATS connection (its credentials file, as the agent itself has it). */
+async function connectAs(file: string): Promise<NatsConnection> {
+  const nc = await connect({ servers: cluster.natsUrl, timeout: 3_000, ...natsAuthOptionsFromFile(file) });
+  extraConnections.push(nc);
+  return nc;
+}
+
+test('placement cannot be baited: a made-up host cannot register, and impossible memory in a heartbeat is dropped', async () => {
+  const h1 = await connectAs(cluster.credentials!.agents.h1);
+  const errors: string[] = [];
+  void (async () => {
+    for await (const st of h1.status()) if (st.type === 'error') errors.push(String(st.data));
+  })();
+  // A host nobody runs, with all the memory in the world, to attract every placement.
+  const reg = await h1
+    .request(subjects.register('bait'), encode({ v: PROTOCOL_VERSION, host: 'bait' }), { timeout: 2_000 })
+    .then(() => null, (e: { code?: string }) => e);
+  expect(reg).toMatchObject({ code: 'PERMISSIONS_VIOLATION' });
+  // Its own host, claiming more free memory than it has: the coordinator drops the heartbeat.
+  const real = await new Promise<Record<string, unknown>>((resolve) => {
+    const sub = cluster.nc.subscribe(subjects.heartbeat('h1'), {
+      callback: (_e, msg) => {
+        sub.unsubscribe();
+        resolve(decode(msg.data) as Record<string, unknown>);
+      },
+    });
+  });
+  const hostMemory = async () => ((await cluster.ferry(['hosts', '--json'])).json as Array<{ name: string; memory: { availableBytes: number } }>).find((h) => h.name === 'h1')!.memory.availableBytes;
+  const bait = encode({ ...real, seq: 2_000_000, memory: { totalBytes: 2 ** 40, availableBytes: 2 ** 50 } });
+  const repeating = setInterval(() => h1.publish(subjects.heartbeat('h1'), bait), 100);
+  try {
+    await sleep(1_500);
+    expect(await hostMemory()).toBeLessThan(2 ** 40);
+  } finally {
+    clearInterval(repeating);
+  }
+  const names = ((await cluster.ferry(['hosts', '--json'])).json as Array<{ name: string }>).map((h) => h.name).sort();
+  expect(names).toEqual(['h1', 'h2', 'h3']);
+  expect(errors).toEqual(['PERMISSIONS_VIOLATION']);
+});
+
+test("progress events: an agent publishes only under its own host, and the coordinator counts none for a migration not running into that host", async () => {
+  const h1 = await connectAs(cluster.credentials!.agents.h1);
+  const errors: string[] = [];
+  void (async () => {
+    for await (const st of h1.status()) if (st.type === 'error') errors.push(String(st.data));
+  })();
+  const transferBytes = async () => {
+    const res = await fetch(`${cluster.httpUrl}/metrics`, { headers: { authorization: `Bearer ${cluster.httpTokens.viewer}` } });
+    return Number(/^ferry_transfer_bytes_total (\d+)/m.exec(await res.text())?.[1] ?? 'NaN');
+  };
+  const before = await transferBytes();
+  expect(Number.isFinite(before)).toBe(true);
+  const forged = encode({ v: PROTOCOL_VERSION, migrationId: 'm-forged-1', bytes: 1_000_000_000_000 });
+  // Under another host: refused by nats-server itself.
+  h1.publish(subjects.progress('h2'), forged);
+  // Under its own host, for a migration that is not running into h1: dropped by the coordinator.
+  h1.publish(subjects.progress('h1'), forged);
+  await h1.flush();
+  await sleep(500);
+  expect(errors).toEqual(['PERMISSIONS_VIOLATION']);
+  expect(await transferBytes()).toBe(before);
 });
