@@ -23,7 +23,7 @@
  */
 import { createHash } from 'node:crypto';
 import { lstat, mkdir, readdir, readlink, rm, symlink, writeFile } from 'node:fs/promises';
-import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { dirname, join, normalize } from 'node:path';
 import { ErrorCode, FerryError, type WorkloadUser } from '@ferry/protocol';
 import { runTool } from './run-tool';
 
@@ -205,9 +205,4 @@ async function getent(db: 'passwd' | 'group', name: string): Promise<string | nu
   } catch {
     return null;
   }
-}
-
-/** Absolute, normalised, without `..`: a path the plan may hold. */
-export function isPlainAbsolute(path: string): boolean {
-  return isAbsolute(path) && normalize(path) === path && !path.split('/').includes('..');
 }
