@@ -91,9 +91,12 @@ test('nginx, master and www-data workers, moves h1 -> h2 -> h1 under a keep-aliv
   const N = 400;
   let answered = 0;
   let retries = 0;
+  // Set when the test ends early (a failed expectation): the client must not outlive it.
+  let stopped = false;
   const client = (async () => {
     for (let n = 1; n <= N; n++) {
       for (;;) {
+        if (stopped) return;
         try {
           expect(await get(n)).toBe(`hello ${n}\n`);
           answered++;
@@ -108,16 +111,21 @@ test('nginx, master and www-data workers, moves h1 -> h2 -> h1 under a keep-aliv
       await sleep(20);
     }
   })();
-  for (const [to, extra] of [['h2', []], ['h1', ['--transport', 'nats']]] as const) {
-    const before = answered;
-    await waitFor('requests flow', async () => answered > before + 20, 30_000);
-    const res = await cluster.ferry(['migrate', 'ngx', '--to', to, ...extra, '--json']);
-    expect({ to, state: res.json?.state, error: res.json?.error }).toEqual({ to, state: 'succeeded', error: undefined });
-    const now = await where();
-    expect(now).toMatchObject({ host: to, state: 'running' });
-    await expectTree(now.pid);
+  try {
+    for (const [to, extra] of [['h2', []], ['h1', ['--transport', 'nats']]] as const) {
+      const before = answered;
+      await waitFor('requests flow', async () => answered > before + 20, 30_000);
+      const res = await cluster.ferry(['migrate', 'ngx', '--to', to, ...extra, '--json']);
+      expect({ to, state: res.json?.state, error: res.json?.error }).toEqual({ to, state: 'succeeded', error: undefined });
+      const now = await where();
+      expect(now).toMatchObject({ host: to, state: 'running' });
+      await expectTree(now.pid);
+    }
+    await client;
+  } finally {
+    stopped = true;
+    await client.catch(() => undefined);
   }
-  await client;
   expect(answered).toBe(N);
   expect(retries).toBeLessThan(50);
   agent.destroy();

@@ -86,8 +86,10 @@ test('PostgreSQL as user postgres moves h1 -> h2 -> h1 under a client inserting 
   let next = 1;
   let retries = 0;
   const errors: string[] = [];
+  // Set when the test ends early (a failed expectation): the client must not outlive it.
+  let stopped = false;
   const client = (async () => {
-    while (next <= N) {
+    while (next <= N && !stopped) {
       const r = await sql(`INSERT INTO t VALUES (${next}) ON CONFLICT DO NOTHING`);
       if (r.ok) next++;
       else {
@@ -98,19 +100,25 @@ test('PostgreSQL as user postgres moves h1 -> h2 -> h1 under a client inserting 
     }
   })();
 
-  for (const [to, extra] of [['h2', []], ['h1', ['--transport', 'nats']]] as const) {
-    await waitFor('the client is inserting', async () => next > 10, 60_000);
-    const res = await cluster.ferry(['migrate', 'pg', '--to', to, ...extra, '--json']);
-    expect({ to, state: res.json?.state, error: res.json?.error }).toEqual({ to, state: 'succeeded', error: undefined });
-    expect(res.json.restore).toBe('eager');
-    const now = await where();
-    expect(now).toMatchObject({ host: to, state: 'running' });
-    await expectPostgresTree(now.pid);
-    // It answers from its new host, and the rows it had are all there.
-    const before = next;
-    await waitFor('inserts go on after the move', async () => next > before + 5, 60_000);
+  try {
+    for (const [to, extra] of [['h2', []], ['h1', ['--transport', 'nats']]] as const) {
+      await waitFor('the client is inserting', async () => next > 10, 60_000);
+      const res = await cluster.ferry(['migrate', 'pg', '--to', to, ...extra, '--json']);
+      expect({ to, state: res.json?.state, error: res.json?.error }).toEqual({ to, state: 'succeeded', error: undefined });
+      expect(res.json.restore).toBe('eager');
+      const now = await where();
+      expect(now).toMatchObject({ host: to, state: 'running' });
+      await expectPostgresTree(now.pid);
+      // It answers from its new host, and the rows it had are all there.
+      const before = next;
+      await waitFor('inserts go on after the move', async () => next > before + 5, 60_000);
+    }
+    await client;
+  } finally {
+    // A failed expectation must not leave the client inserting into a cluster being torn down.
+    stopped = true;
+    await client;
   }
-  await client;
   expect(await sql('SELECT count(*), min(v), max(v), sum(v) FROM t')).toEqual({ ok: true, out: `${N}|1|${N}|${(N * (N + 1)) / 2}` });
   // The client only ever saw refused or closed connections during the moves, never a wrong answer.
   for (const e of errors) expect(e).toMatch(/could not connect|Connection refused|server closed the connection|connection to server|timeout expired|terminating connection/i);

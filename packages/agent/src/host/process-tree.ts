@@ -35,9 +35,20 @@ function assertSignalablePid(pid: number): void {
   if (pid === 1) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'refusing to signal pid 1');
 }
 
-function isMissingProcess(err: unknown): boolean {
+/** Whether a /proc read failed because the process is gone (ENOENT, ESRCH). */
+export function isMissingProcess(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return code === 'ENOENT' || code === 'ESRCH';
+}
+
+/** `read()` of a process's /proc file, or null when the process ended meanwhile (or is a zombie now). */
+export async function readOfLiving<T>(read: () => Promise<T>): Promise<T | null> {
+  try {
+    return await read();
+  } catch (err) {
+    if (isMissingProcess(err) || (err as NodeJS.ErrnoException | undefined)?.code === 'EINVAL') return null;
+    throw err;
+  }
 }
 
 /** Parses the text of /proc/<pid>/stat. `comm` may hold spaces and parentheses, so fields are counted from the last ')'. */

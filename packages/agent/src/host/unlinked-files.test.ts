@@ -74,3 +74,12 @@ test('a sparse unlinked file is judged by its allocated blocks, not its apparent
   expect(() => checkGhostLimit(sparse, 64 * 1024 * 1024)).not.toThrow();
   expect(() => checkGhostLimit(sparse, 1024)).toThrow(/sparse-held \(\d+ bytes allocated\)/);
 });
+
+test('a process that ended before it was looked at holds nothing (a backend whose client left between the listing and the read)', async () => {
+  // A pid no process has: what /proc says of a process that ended after listTree saw it.
+  const gone = 4_194_303;
+  await expect(findUnlinkedFiles([gone])).resolves.toEqual([]);
+  // And beside a living one, the living one's files are still found.
+  const both = await findUnlinkedFiles([gone, child.pid!]);
+  expect(both.length).toBeGreaterThan(0);
+});

@@ -16,6 +16,7 @@ import { link, readFile, readdir, readlink, stat, unlink } from 'node:fs/promise
 import { openSync, closeSync, constants as fsConstants, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ErrorCode, FerryError } from '@ferry/protocol';
+import { readOfLiving } from './process-tree';
 import { SILLY_RENAME_PATTERN, isSharedFsType, mountOf, parseMountinfo, type MountEntry } from './shared-mounts';
 
 const DELETED_SUFFIX = ' (deleted)';
@@ -88,20 +89,24 @@ export async function findUnlinkedFiles(pids: number[]): Promise<UnlinkedFile[]>
     }
   };
   for (const pid of pids) {
-    const mounts = parseMountinfo(await readFile(`/proc/${pid}/mountinfo`, 'utf8'));
+    // A process that ends while we look (a database backend whose client left) holds nothing to move.
+    const mountinfo = await readOfLiving(() => readFile(`/proc/${pid}/mountinfo`, 'utf8'));
+    if (mountinfo === null) continue;
+    const mounts = parseMountinfo(mountinfo);
     const byId = new Map(mounts.map((m) => [m.mountId, m]));
     for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])) {
       const path = deletedPath(await readlink(`/proc/${pid}/fd/${fd}`).catch(() => ''));
       if (!path) continue;
       const st = await stat(`/proc/${pid}/fd/${fd}`).catch(() => null);
       if (!st?.isFile()) continue;
-      const info = await readFile(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+      const info = await readFile(`/proc/${pid}/fdinfo/${fd}`, 'utf8').catch(() => null);
+      if (info === null) continue; // closed (or its process ended) since the readdir
       const field = (name: string) => new RegExp(`^${name}:\\s+(\\S+)`, 'm').exec(info)?.[1];
       const mount = byId.get(Number(field('mnt_id'))) ?? mountOf(mounts, path);
       if (!mount) continue;
       add(pid, path, st, mount, { kind: 'fd', flags: parseInt(field('flags') ?? '0', 8) & KEPT_OPEN_FLAGS, pos: Number(field('pos') ?? 0) });
     }
-    const maps = await readFile(`/proc/${pid}/maps`, 'utf8');
+    const maps = (await readOfLiving(() => readFile(`/proc/${pid}/maps`, 'utf8'))) ?? '';
     for (const line of maps.split('\n')) {
       const m = /^([0-9a-f]+-[0-9a-f]+) (\S{4}) \S+ \S+ \d+\s+(.*)$/.exec(line);
       const path = m && deletedPath(m[3]);
