@@ -62,7 +62,8 @@ os.chmod(os.path.join(d, "owned"), 0o640)
 const FINGERPRINT = `
 import hashlib, os, stat, sys
 d = sys.argv[1]
-skip = set(sys.argv[2:])
+# A skipped file's rename temp (the writer makes counter.tmp, then renames it over counter) too.
+skip = set(sys.argv[2:]) | {name + ".tmp" for name in sys.argv[2:]}
 for root, dirs, files in os.walk(d):
     dirs.sort()
     for name in sorted(files):
