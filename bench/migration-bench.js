@@ -48,9 +48,14 @@ const LOCAL_DIR_MIB = Number(process.env.BENCH_LOCAL_DIR_MIB ?? 512);
 const MIB = 1024 * 1024;
 /** Bytes of the raw TCP and bare NATS streams. */
 const STREAM_BYTES = 512 * MIB;
-/** The bare NATS stream's message size and window: the dev cluster's max_payload is 8 MB. */
-const NATS_STREAM_CHUNK_BYTES = 1 * MIB;
-const NATS_STREAM_WINDOW_MSGS = 32;
+/**
+ * The bare NATS stream's message sizes (the dev cluster's max_payload is 8 MB; ferry's frames are
+ * 4 MiB) and window (32 MiB in flight, as ferry's): each is measured and the faster is the ceiling.
+ */
+const NATS_STREAM_CHUNKS = [
+  { bytes: 1 * MIB, window: 32 },
+  { bytes: 4 * MIB, window: 8 },
+];
 /** Heartbeats seen before a migration starts, so the workload is surely past its allocation. */
 const WARMUP_HEARTBEATS = 30;
 /** Time after a migration in which heartbeats still count (the restored workload's first lines). */
@@ -218,15 +223,15 @@ async function rawTcpStream(hosts) {
   return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms };
 }
 
-async function bareNatsStream(hostNatsUrl, credentialsFile) {
+async function bareNatsStream(hostNatsUrl, credentialsFile, chunk) {
   const script = path.join(__dirname, 'nats-stream.js');
-  const args = [hostNatsUrl, String(STREAM_BYTES), String(NATS_STREAM_CHUNK_BYTES), String(NATS_STREAM_WINDOW_MSGS), credentialsFile || ''];
+  const args = [hostNatsUrl, String(STREAM_BYTES), String(chunk.bytes), String(chunk.window), credentialsFile || ''];
   const [sub] = await Promise.all([
     dev.hostExec(CLUSTER, 'h2', [process.execPath, script, 'sub', ...args], { timeoutMs: 120_000 }),
     dev.hostExec(CLUSTER, 'h1', [process.execPath, script, 'pub', ...args], { timeoutMs: 120_000 }),
   ]);
   const r = JSON.parse(sub.stdout);
-  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms };
+  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms, chunk };
 }
 
 // ---- the two methods ----
@@ -358,7 +363,8 @@ function table(ceilings, rows) {
   }
   return [
     `Ceilings on the same path (${STREAM_BYTES / MIB} MiB, h1 -> h2): one raw TCP stream ${fmt(ceilings.tcp.mbps)} MB/s; ` +
-      `bare NATS pub/sub through nats-server ${fmt(ceilings.nats.mbps)} MB/s (${NATS_STREAM_CHUNK_BYTES / MIB} MiB messages, window ${NATS_STREAM_WINDOW_MSGS}).`,
+      `bare NATS pub/sub through nats-server ${fmt(ceilings.nats.mbps)} MB/s, the faster of ` +
+      ceilings.nats.runs.map((run) => `${fmt(run.mbps)} MB/s with ${run.chunk.bytes / MIB} MiB messages, window ${run.chunk.window}`).join(' and ') + '.',
     '',
     ...lines,
     '',
@@ -391,8 +397,11 @@ async function main() {
     log('raw TCP stream');
     const tcp = await rawTcpStream(hosts);
     log(`raw TCP ${fmt(tcp.mbps)} MB/s; bare NATS stream`);
-    const nats = await bareNatsStream(state.hostNatsUrl, state.credentials?.admin);
-    log(`bare NATS ${fmt(nats.mbps)} MB/s`);
+    const natsRuns = [];
+    for (const chunk of NATS_STREAM_CHUNKS) natsRuns.push(await bareNatsStream(state.hostNatsUrl, state.credentials?.admin, chunk));
+    const nats = natsRuns.reduce((best, run) => (run.mbps > best.mbps ? run : best));
+    nats.runs = natsRuns;
+    log(`bare NATS ${natsRuns.map((run) => `${fmt(run.mbps)} MB/s (${run.chunk.bytes / MIB} MiB messages)`).join(', ')}`);
     const rows = [];
     for (const mib of SIZES_MIB) {
       for (const method of METHODS) {

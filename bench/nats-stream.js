@@ -8,6 +8,9 @@
  */
 const { connect } = require('nats');
 const { natsAuthOptionsFromFile } = require('@ferry/protocol');
+// The same nats.js as the agents, with the same fix for large messages (nats-large-payloads.ts):
+// the ceiling is what this client can do, not what its doubling buffer costs.
+require('@ferry/transfer').presizeLargeNatsPayloads();
 
 const [mode, url, bytesText, chunkText, windowText, credentialsFile] = process.argv.slice(2);
 /** The dev cluster's NATS requires credentials: the admin principal's file, which may use any subject. */

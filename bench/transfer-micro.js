@@ -13,6 +13,8 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { connect } = require('nats');
 const transfer = require('@ferry/transfer');
+// As the agents do (start-agent.ts); BENCH_NATS_GROWING=1 leaves nats.js's growing buffer, to compare.
+if (process.env.BENCH_NATS_GROWING !== '1') transfer.presizeLargeNatsPayloads();
 
 const MIB = 1024 * 1024;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

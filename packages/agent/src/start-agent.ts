@@ -7,6 +7,7 @@ import { CriuDriver } from './criu/criu-driver';
 import { probeCriu } from './criu/criu-probe';
 import { Inventory } from './workloads/inventory';
 import { natsAuthOptionsFromFile, silentLogger, type Logger } from '@ferry/protocol';
+import { presizeLargeNatsPayloads } from '@ferry/transfer';
 import { WorkDirs } from './host/work-dir';
 import { withFaults } from './fault-injection';
 import { AgentMetrics, serveAgentMetrics } from './agent-metrics';
@@ -51,6 +52,8 @@ export async function startAgent(partial: Partial<AgentOptions> & { host: string
   const inventory = new Inventory(join(opts.dataDir, 'agents', opts.host, 'inventory.json'));
   await inventory.load();
 
+  // Image frames over NATS are megabytes each: collect each in one buffer (nats-large-payloads.ts).
+  if (!presizeLargeNatsPayloads()) log.warn({}, 'nats.js internals changed: large NATS messages are collected in a growing buffer (slower)');
   const nc = await connect({
     servers: opts.natsUrl.split(','),
     name: `ferry-agent-${opts.host}`,

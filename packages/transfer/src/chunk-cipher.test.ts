@@ -12,6 +12,8 @@ import { connect, type NatsConnection } from 'nats';
 import { aeadInPlace } from '@ferry/native';
 import { encode, ErrorCode, FerryError, IMAGE_KEY_BYTES, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import { FrameOpener, FrameSealer, ImageReceiver, sendImage } from './index';
+import { SEALED_HEAD_BYTES, SEALED_TAIL_BYTES } from './chunk-cipher';
+import { allocChunkFrame } from './chunk-frame-writer';
 import { startTestNatsServer, type TestNatsServer } from './test-nats-server';
 import { rejection } from './test-transfer-bed';
 
@@ -71,6 +73,27 @@ describe('FrameSealer / FrameOpener', () => {
       expect(() => opener.open(bad, 7, MIB)).toThrow(FerryError);
     }
     expect(() => new FrameOpener(key, 'x-2', aeadInPlace).open(Buffer.from(nativeSealed), 7, MIB)).toThrow(/failed authentication/);
+  });
+
+  it('seals a chunk read with room around it in place: the same bytes as seal(), no copy', () => {
+    const sealer = new FrameSealer(key, 'x-1', aeadInPlace);
+    expect(sealer.sealsInPlace).toBe(true);
+    const data = randomBytes(300_000);
+    const { frame: chunk, data: area, envelope } = allocChunkFrame(3, 'pages-1.img', 4096, data.length, { head: SEALED_HEAD_BYTES, tail: SEALED_TAIL_BYTES });
+    data.copy(area);
+    const plain = Buffer.from(chunk);
+    // The same sealer and seq (so the same nonce) as the copying seal: byte for byte the same envelope.
+    const copied = sealer.seal(3, Buffer.from(plain));
+    const sealed = sealer.sealReserved(3, envelope);
+    expect(sealed.buffer).toBe(envelope.buffer);
+    expect(sealed.equals(copied)).toBe(true);
+    expect(sealed.includes(data.subarray(0, 64))).toBe(false);
+    expect(Buffer.from(new FrameOpener(key, 'x-1', aeadInPlace).open(Buffer.from(sealed), 3, MIB)).equals(plain)).toBe(true);
+    expect(Buffer.from(new FrameOpener(key, 'x-1').open(sealed, 3, MIB)).equals(plain)).toBe(true);
+    // Without the in-place cipher there is nothing to seal it with in place.
+    expect(new FrameSealer(key, 'x-1').sealsInPlace).toBe(false);
+    expect(() => new FrameSealer(key, 'x-1').sealReserved(3, envelope)).toThrow(/in-place/);
+    expect(() => sealer.sealReserved(3, Buffer.alloc(SEALED_HEAD_BYTES + SEALED_TAIL_BYTES))).toThrow(/no frame/);
   });
 });
 

@@ -18,4 +18,12 @@ describe('allocChunkFrame', () => {
     // The payload area is the frame's tail: nothing follows the data.
     expect(data.byteOffset + data.byteLength).toBe(frame.byteOffset + frame.byteLength);
   });
+
+  it('leaves the reserve free around the frame, inside one allocation', () => {
+    const { frame, envelope } = allocChunkFrame(1, 'pages-1.img', 0, 100, { head: 40, tail: 16 });
+    expect(frame.buffer).toBe(envelope.buffer);
+    expect(frame.byteOffset - envelope.byteOffset).toBe(40);
+    expect(envelope.byteLength).toBe(40 + frame.byteLength + 16);
+    expect(parseMessage(ChunkFrame, decode(frame, 1 << 20)).path).toBe('pages-1.img');
+  });
 });

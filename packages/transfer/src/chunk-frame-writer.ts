@@ -39,6 +39,14 @@ export interface ChunkFrameBuffer {
   data: Buffer;
   /** Writes the crc32 of `data` into the frame. */
   setCrc(crc: number): void;
+  /** The whole allocation: `reserve.head` bytes, the frame, `reserve.tail` bytes (FrameSealer.sealReserved). */
+  envelope: Buffer;
+}
+
+/** Room left free before and after a frame, for an envelope written around it in place. */
+export interface FrameReserve {
+  head: number;
+  tail: number;
 }
 
 function writeUint64(buf: Buffer, at: number, value: number): number {
@@ -53,10 +61,15 @@ function put(buf: Buffer, at: number, part: Buffer): number {
   return at + part.length;
 }
 
-/** Allocates `{v, t:'chunk', seq, path, offset, crc, data}` with room for `dataBytes` of data. */
-export function allocChunkFrame(seq: number, path: string, offset: number, dataBytes: number): ChunkFrameBuffer {
+/**
+ * Allocates `{v, t:'chunk', seq, path, offset, crc, data}` with room for `dataBytes` of data, and
+ * `reserve` bytes free around it.
+ */
+export function allocChunkFrame(seq: number, path: string, offset: number, dataBytes: number, reserve: FrameReserve = { head: 0, tail: 0 }): ChunkFrameBuffer {
   const pathBytes = Buffer.from(path);
-  const frame = Buffer.allocUnsafe(FIXED_HEADER_BYTES + pathBytes.length + dataBytes);
+  const frameBytes = FIXED_HEADER_BYTES + pathBytes.length + dataBytes;
+  const envelope = Buffer.allocUnsafe(reserve.head + frameBytes + reserve.tail);
+  const frame = envelope.subarray(reserve.head, reserve.head + frameBytes);
   let at = 0;
   frame[at++] = MSGPACK_FIXMAP_7;
   at = put(frame, at, KEY_V);
@@ -82,5 +95,6 @@ export function allocChunkFrame(seq: number, path: string, offset: number, dataB
     frame,
     data: frame.subarray(at, at + dataBytes),
     setCrc: (crc) => void frame.writeUInt32BE(crc, crcAt),
+    envelope,
   };
 }

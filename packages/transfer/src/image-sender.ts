@@ -18,7 +18,7 @@ import {
   type ErrorBody,
   type Logger,
 } from '@ferry/protocol';
-import { assertImageKey, FrameSealer, type InPlaceAead } from './chunk-cipher';
+import { assertImageKey, FrameSealer, SEALED_HEAD_BYTES, SEALED_TAIL_BYTES, type InPlaceAead } from './chunk-cipher';
 import { ControlFrameAuthenticator, type ControlFrameFields } from './control-frame-auth';
 import { connectDirect, DIRECT_CONNECT_TIMEOUT_MS, DIRECT_OFFER_TIMEOUT_MS } from './direct-path';
 import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, watchPumpProgress, type FilePump } from './file-pump';
@@ -300,13 +300,16 @@ export async function sendImage(
       // Chunk frames carry only finished files: live ones land in the directory first.
       if (options.live !== null) await spillLiveFiles(options.live, dir, () => failure);
       files ??= await listImageFiles(dir);
-      frames = readAhead(imageFrames(files, options.chunkBytes, options.imageKey === null), READ_AHEAD_FRAMES);
+      // With the in-place AES-GCM, chunks are read with room for their envelope: sealed with no copy.
+      const reserve = options.imageKey && options.frameAead ? { head: SEALED_HEAD_BYTES, tail: SEALED_TAIL_BYTES } : undefined;
+      frames = readAhead(imageFrames(files, options.chunkBytes, options.imageKey === null, reserve), READ_AHEAD_FRAMES);
     }
     // Pumped: the connection carries the bodies only; control frames go over NATS.
     const send = link !== undefined && pumpFd === undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
     // Sealed at the frame level, so both paths carry only ciphertext.
     const sealer = options.imageKey ? new FrameSealer(options.imageKey, transferId, options.frameAead) : undefined;
-    const publish = (frame: { seq: number; bytes: Uint8Array }) => send(sealer ? sealer.seal(frame.seq, frame.bytes) : frame.bytes);
+    const publish = (frame: { seq: number; bytes: Uint8Array; envelope?: Buffer }) =>
+      send(sealer === undefined ? frame.bytes : frame.envelope !== undefined && sealer.sealsInPlace ? sealer.sealReserved(frame.seq, frame.envelope) : sealer.seal(frame.seq, frame.bytes));
     log.debug({ transferId, transport, live: options.live !== null, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
     const bodyKey = pumpFd !== undefined ? fileBodyKey(options.imageKey!, transferId) : undefined;
     /**
