@@ -9,7 +9,9 @@
  * every 10 ms; the longest gap between consecutive lines around the migration is its downtime.
  *
  * Environment (all optional): BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
- * "ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager"), BENCH_LOCAL_DIR_MIB (the local-dir row's dir, default 512; 0 skips it).
+ * "ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager"), BENCH_LOCAL_DIR_MIB (the local-dir row's dir, default 512; 0 skips it),
+ * BENCH_PERF=DIR (a system-wide `perf record` of each migration alone, from just before it starts
+ * to its end, into DIR/<size>-<method>.data; `perf report -i FILE --sort comm,dso` splits it).
  */
 const { execFile } = require('node:child_process');
 const fs = require('node:fs');
@@ -41,6 +43,7 @@ const FERRY_METHODS = {
   'ferry-ps': { transport: 'page-server', args: [] },
   'ferry-tunnel': { transport: 'page-tunnel', args: [] },
   'ferry-postcopy': { transport: 'auto', args: ['--restore', 'post-copy'] },
+  'ferry-eager': { transport: 'auto', args: ['--restore', 'eager'] },
 };
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
 /** The local dir of the local-dir row (`ferry run --local-dir`); 0 skips it. */
@@ -66,6 +69,23 @@ const REPO = path.join(__dirname, '..');
 const FERRY_BIN = path.join(REPO, 'packages', 'cli', 'bin', 'ferry.js');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const PERF_DIR = process.env.BENCH_PERF || '';
+
+/** With BENCH_PERF: a system-wide profile of whatever `run` does (a migration), else just `run`. */
+async function profiled(label, run) {
+  if (!PERF_DIR) return run();
+  fs.mkdirSync(PERF_DIR, { recursive: true });
+  const file = path.join(PERF_DIR, `${label.replace(/[^A-Za-z0-9.-]+/g, '-')}.data`);
+  const perf = require('node:child_process').spawn('perf', ['record', '-a', '-g', '-F', '499', '-o', file], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => perf.once('exit', resolve));
+  await sleep(500); // perf is recording before the migration starts
+  try {
+    return await run();
+  } finally {
+    perf.kill('SIGINT');
+    await exited;
+  }
+}
 const log = (...args) => console.error('[bench]', ...args);
 
 async function freePort() {
@@ -238,13 +258,13 @@ async function bareNatsStream(hostNatsUrl, credentialsFile, chunk) {
 
 async function ferryMigration(ctx, mib, { transport, args }) {
   const postCopy = args.includes('post-copy');
-  const name = `bf${mib}${transport.slice(0, 2)}${postCopy ? 'pc' : ''}`;
+  const name = `bf${mib}${transport.slice(0, 2)}${postCopy ? 'pc' : ''}${args.includes('eager') ? 'eg' : ''}`;
   const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
   await launch(ctx.natsUrl, name, mib, heartbeatFile);
   const rssBefore = ctx.agentPids.map((pid) => (resetPeakRss(pid), rssOf(pid).rss));
   const cpuBefore = ctx.clusterCpu();
   const startS = Date.now() / 1000;
-  const result = await ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', '--transport', transport, ...args, ...MIGRATE_ARGS]);
+  const result = await profiled(`${mib}-${name}`, () => ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', '--transport', transport, ...args, ...MIGRATE_ARGS]));
   const totalMs = Date.now() - startS * 1000;
   const cpu = ctx.clusterCpu() - cpuBefore;
   // The larger of the two agents' growth: each holds at most its bounded buffers, never an image.
@@ -261,7 +281,7 @@ async function ferryMigration(ctx, mib, { transport, args }) {
   // A streamed dump names its memory path beside the wire it took: `stream/direct`.
   const wire = result.memory === 'stream' ? `stream/${result.transport}` : result.transport;
   return {
-    method: postCopy ? `ferry post-copy (${wire})` : transport === 'auto' ? `ferry default (${wire})` : `ferry (${wire})`,
+    method: postCopy ? `ferry post-copy (${wire})` : args.includes('eager') ? `ferry --restore eager (${wire})` : transport === 'auto' ? `ferry default (${wire})` : `ferry (${wire})`,
     downtimeMs,
     reportedDowntimeMs: result.downtimeMs,
     mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,

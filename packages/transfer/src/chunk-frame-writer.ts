@@ -62,13 +62,44 @@ function put(buf: Buffer, at: number, part: Buffer): number {
 }
 
 /**
- * Allocates `{v, t:'chunk', seq, path, offset, crc, data}` with room for `dataBytes` of data, and
- * `reserve` bytes free around it.
+ * Chunk buffers handed back once their frame is acknowledged (the receiver has it, so neither NATS
+ * nor a socket holds it any more): the next chunk of the same size is read into one. A fresh 4 MiB
+ * buffer per chunk cost the sender a page fault per 4 KiB on its first touch and garbage
+ * collections; a bare NATS publisher reuses one buffer.
  */
-export function allocChunkFrame(seq: number, path: string, offset: number, dataBytes: number, reserve: FrameReserve = { head: 0, tail: 0 }): ChunkFrameBuffer {
+export class ChunkBufferPool {
+  private readonly spare: Buffer[] = [];
+
+  constructor(private readonly maxSpare: number) {}
+
+  /** A buffer of exactly `bytes`: a spare one if there is one. */
+  take(bytes: number): Buffer {
+    const at = this.spare.findIndex((b) => b.byteLength === bytes);
+    return at === -1 ? Buffer.allocUnsafeSlow(bytes) : this.spare.splice(at, 1)[0]!;
+  }
+
+  /** Hands `buffer` back; nothing may read or write it afterwards. */
+  give(buffer: Buffer): void {
+    if (this.spare.length < this.maxSpare && !this.spare.includes(buffer)) this.spare.push(buffer);
+  }
+}
+
+/**
+ * Allocates `{v, t:'chunk', seq, path, offset, crc, data}` with room for `dataBytes` of data, and
+ * `reserve` bytes free around it (from `pool` if given).
+ */
+export function allocChunkFrame(
+  seq: number,
+  path: string,
+  offset: number,
+  dataBytes: number,
+  reserve: FrameReserve = { head: 0, tail: 0 },
+  pool?: ChunkBufferPool,
+): ChunkFrameBuffer {
   const pathBytes = Buffer.from(path);
   const frameBytes = FIXED_HEADER_BYTES + pathBytes.length + dataBytes;
-  const envelope = Buffer.allocUnsafe(reserve.head + frameBytes + reserve.tail);
+  const total = reserve.head + frameBytes + reserve.tail;
+  const envelope = pool ? pool.take(total) : Buffer.allocUnsafe(total);
   const frame = envelope.subarray(reserve.head, reserve.head + frameBytes);
   let at = 0;
   frame[at++] = MSGPACK_FIXMAP_7;

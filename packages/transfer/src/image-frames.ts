@@ -6,7 +6,7 @@ import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
 import { encode, ErrorCode, FerryError, PROTOCOL_VERSION } from '@ferry/protocol';
-import { allocChunkFrame, type FrameReserve } from './chunk-frame-writer';
+import { allocChunkFrame, type ChunkBufferPool, type FrameReserve } from './chunk-frame-writer';
 import { readFully } from './file-io';
 import type { ImageFile } from './list-image-files';
 
@@ -16,7 +16,7 @@ export interface EncodedFrame {
   /** File bytes the frame carries (chunks only). */
   payloadBytes: number;
   bytes: Uint8Array;
-  /** Chunks read with a reserve: `bytes` inside room for its envelope (FrameSealer.sealReserved). */
+  /** Chunks: the whole buffer `bytes` lies in (with room for its envelope if read with a reserve). */
   envelope?: Buffer;
   /** Called once the receiver has acknowledged this frame (a live file's eof: LiveImageFile.onDone). */
   onAcked?: () => void;
@@ -33,9 +33,16 @@ export async function openImageFile(file: ImageFile): Promise<FileHandle> {
 /**
  * Yields file, chunk..., eof for every file, then end. `withCrc` false (the frames travel sealed:
  * AES-GCM already authenticates every byte in order) leaves every crc 0 and skips a pass over the data.
- * With `reserve`, each chunk is read into a buffer with that room around it, for its envelope.
+ * With `reserve`, each chunk is read into a buffer with that room around it, for its envelope;
+ * with `pool`, into a buffer from it (the caller gives each chunk's `envelope` back once acknowledged).
  */
-export async function* imageFrames(files: readonly ImageFile[], chunkBytes: number, withCrc = true, reserve?: FrameReserve): AsyncGenerator<EncodedFrame> {
+export async function* imageFrames(
+  files: readonly ImageFile[],
+  chunkBytes: number,
+  withCrc = true,
+  reserve?: FrameReserve,
+  pool?: ChunkBufferPool,
+): AsyncGenerator<EncodedFrame> {
   const v = PROTOCOL_VERSION;
   let seq = 0;
   let totalBytes = 0;
@@ -49,7 +56,7 @@ export async function* imageFrames(files: readonly ImageFile[], chunkBytes: numb
       for (let offset = 0; offset < size; ) {
         // A fresh frame per chunk, the file read straight into its payload area: it is handed
         // to NATS, which may still hold it after the next read starts (read-ahead).
-        const { frame, data, setCrc, envelope } = allocChunkFrame(seq, path, offset, Math.min(chunkBytes, size - offset), reserve);
+        const { frame, data, setCrc, envelope } = allocChunkFrame(seq, path, offset, Math.min(chunkBytes, size - offset), reserve, pool);
         const read = await readFully(fh, data, offset);
         if (read < data.byteLength) {
           throw new FerryError(ErrorCode.TRANSFER_FAILED, `${file.absolutePath} shrank while being sent (${offset + read} of ${size} bytes)`);
@@ -58,7 +65,7 @@ export async function* imageFrames(files: readonly ImageFile[], chunkBytes: numb
           crc = crc32(data, crc);
           setCrc(crc);
         }
-        yield { seq, kind: 'chunk', payloadBytes: data.byteLength, bytes: frame, ...(reserve ? { envelope } : {}) };
+        yield { seq, kind: 'chunk', payloadBytes: data.byteLength, bytes: frame, envelope };
         seq += 1;
         offset += data.byteLength;
         totalBytes += data.byteLength;

@@ -25,6 +25,7 @@ import { CtlFrame, DataFrame, DirectRequestFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
 import { resolveImagePath } from './image-path';
 import { IncomingFile } from './incoming-file';
+import { recycleNatsPayload } from './nats-large-payloads';
 import { compileImageReceiverOptions, MAX_QUEUED_FRAMES, type ImageReceiverOptions } from './image-receiver-options';
 
 export {
@@ -270,7 +271,11 @@ export class ImageReceiver {
     this.draining = true;
     try {
       while (!this.finished && this.queue.length > 0) {
-        await this.handleData(this.queue.shift()!);
+        const bytes = this.queue.shift()!;
+        await this.handleData(bytes);
+        // Written (or a control frame): nothing holds any part of it now, so a large NATS
+        // message's buffer can take the next one (nats-large-payloads.ts; a no-op for others).
+        recycleNatsPayload(bytes);
         this.watchdog.touch();
       }
     } catch (err) {

@@ -26,6 +26,7 @@ import type { FrameSocket } from './frame-socket';
 import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES, GoFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
 import { imageFrames, openImageFile, pumpedImageFrames, type BodyStep, type EncodedFrame, type LiveBodyStep, type LiveImageFile } from './image-frames';
+import { ChunkBufferPool, type FrameReserve } from './chunk-frame-writer';
 import { listImageFiles, type ImageFile } from './list-image-files';
 import { spillLiveFiles } from './live-spill';
 import { readAhead } from './read-ahead';
@@ -200,8 +201,11 @@ export async function sendImage(
     return undefined;
   };
 
-  /** Frames sent whose sender wants to hear of their ack (a live file's eof), in seq order. */
+  /** Frames sent whose sender wants to hear of their ack (a live file's eof, a pooled chunk), in seq order. */
   const awaitingAck: { seq: number; onAcked: () => void }[] = [];
+  /** Chunk buffers back from acknowledged frames: a window's worth and the read-ahead. */
+  const chunkBuffers = new ChunkBufferPool(options.windowChunks + READ_AHEAD_FRAMES + 2);
+  let reserve: FrameReserve | undefined;
   /** Handles one ack, from NATS or the direct connection; throws for a bad one. */
   const onAck = (bytes: Uint8Array): void => {
     const ack = authentic(() => parseMessage(AckFrame, decode(bytes)), 'ack');
@@ -301,15 +305,21 @@ export async function sendImage(
       if (options.live !== null) await spillLiveFiles(options.live, dir, () => failure);
       files ??= await listImageFiles(dir);
       // With the in-place AES-GCM, chunks are read with room for their envelope: sealed with no copy.
-      const reserve = options.imageKey && options.frameAead ? { head: SEALED_HEAD_BYTES, tail: SEALED_TAIL_BYTES } : undefined;
-      frames = readAhead(imageFrames(files, options.chunkBytes, options.imageKey === null, reserve), READ_AHEAD_FRAMES);
+      reserve = options.imageKey && options.frameAead ? { head: SEALED_HEAD_BYTES, tail: SEALED_TAIL_BYTES } : undefined;
+      frames = readAhead(imageFrames(files, options.chunkBytes, options.imageKey === null, reserve, chunkBuffers), READ_AHEAD_FRAMES);
     }
     // Pumped: the connection carries the bodies only; control frames go over NATS.
     const send = link !== undefined && pumpFd === undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);
     // Sealed at the frame level, so both paths carry only ciphertext.
     const sealer = options.imageKey ? new FrameSealer(options.imageKey, transferId, options.frameAead) : undefined;
     const publish = (frame: { seq: number; bytes: Uint8Array; envelope?: Buffer }) =>
-      send(sealer === undefined ? frame.bytes : frame.envelope !== undefined && sealer.sealsInPlace ? sealer.sealReserved(frame.seq, frame.envelope) : sealer.seal(frame.seq, frame.bytes));
+      send(
+        sealer === undefined
+          ? frame.bytes
+          : frame.envelope !== undefined && reserve !== undefined && sealer.sealsInPlace
+            ? sealer.sealReserved(frame.seq, frame.envelope)
+            : sealer.seal(frame.seq, frame.bytes),
+      );
     log.debug({ transferId, transport, live: options.live !== null, chunkBytes: options.chunkBytes, windowChunks: options.windowChunks }, 'sending image');
     const bodyKey = pumpFd !== undefined ? fileBodyKey(options.imageKey!, transferId) : undefined;
     /**
@@ -369,6 +379,9 @@ export async function sendImage(
       if (frame.kind === 'eof') filesSent += 1;
       await waitUntil(() => frame.seq - ackedSeq <= options.windowChunks);
       if (frame.onAcked) awaitingAck.push({ seq: frame.seq, onAcked: frame.onAcked });
+      // Its buffer is reused once the receiver has the frame (acknowledged), never before.
+      const { envelope } = frame;
+      if (envelope !== undefined) awaitingAck.push({ seq: frame.seq, onAcked: () => chunkBuffers.give(envelope) });
       publish(frame);
       lastSentSeq = frame.seq;
       if (!watchdog.running) watchdog.start();

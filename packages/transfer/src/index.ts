@@ -37,4 +37,4 @@ export {
   DEFAULT_PAGE_REQUEST_TIMEOUT_MS,
 } from './page-requests';
 export type { PageLookup, PageRun, PageResponder } from './page-requests';
-export { presizeLargeNatsPayloads, MAX_PRESIZED_PAYLOAD_BYTES } from './nats-large-payloads';
+export { presizeLargeNatsPayloads, recycleNatsPayload, MAX_PRESIZED_PAYLOAD_BYTES } from './nats-large-payloads';
