@@ -107,14 +107,15 @@ describe('the page tunnel', () => {
 describe('the streamed dump', () => {
   const streams = { pageServerTls: true, pageTunnel: true, lazyDump: true, stream: true };
   const tunnelOnly = { ...streams, stream: false };
-  test('auto and direct stream the dump where both ends can, ahead of the page tunnel', () => {
+  test('auto, direct and nats stream the dump where both ends can, ahead of the page tunnel', () => {
     expect(planDataPath('auto', 'lazy', streams, streams, {})).toEqual({ memory: 'stream', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
     expect(planDataPath('direct', 'eager', streams, streams, {})).toMatchObject({ memory: 'stream', stream: 'direct' });
+    expect(planDataPath('nats', 'lazy', streams, streams, {})).toMatchObject({ memory: 'stream', stream: 'nats' });
+    expect(planDataPath('nats', 'lazy', streams, tunnelOnly, {})).toMatchObject({ memory: 'image', stream: 'nats' });
     expect(planDataPath('auto', 'lazy', streams, tunnelOnly, {})).toMatchObject({ memory: 'page-tunnel' });
     expect(planDataPath('auto', 'lazy', tunnelOnly, streams, {})).toMatchObject({ memory: 'page-tunnel' });
   });
-  test('not pinned to NATS, not for a page path named, not in post-copy', () => {
-    expect(planDataPath('nats', 'lazy', streams, streams, {})).toMatchObject({ memory: 'image', stream: 'nats' });
+  test('not for a page path named, not in post-copy', () => {
     expect(planDataPath('page-tunnel', 'lazy', streams, streams, {})).toMatchObject({ memory: 'page-tunnel' });
     expect(planDataPath('page-server', 'lazy', streams, streams, {})).toMatchObject({ memory: 'page-server' });
     expect(planDataPath('auto', 'post-copy', streams, streams, {}).memory).toBe('lazy-dump');

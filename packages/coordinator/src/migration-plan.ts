@@ -133,10 +133,10 @@ export function planDataPath(
     return { memory, stream, pageServer: false, pageServerTls: false, pageTunnel: lazyPageTunnel, lazyPageTunnel };
   }
   const none = { pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false };
-  // A streamed dump wherever the stream may go direct: the pages leave while CRIU dumps, sealed at
-  // memory speed, and never touch the source's disk (the fastest path measured, bench/results.md).
-  // Pinned to NATS the pages could not stream, so the plain dump goes; a page path named wins.
-  if ((wanted === 'auto' || wanted === 'direct') && bothStream(source, target)) return { ...none, memory: 'stream', stream: wanted };
+  // A streamed dump wherever both can: the pages leave while CRIU dumps and never touch the
+  // source's disk, pumped and sealed at memory speed on the direct path (the fastest measured,
+  // bench/results.md), in sealed chunk frames through nats-server; a page path named wins.
+  if ((wanted === 'auto' || wanted === 'direct' || wanted === 'nats') && bothStream(source, target)) return { ...none, memory: 'stream', stream: wanted };
   if (transport === 'page-tunnel') return { ...none, memory: 'page-tunnel', stream, pageTunnel: true };
   if (transport === 'page-server') return { ...none, memory: 'page-server', stream, pageServer: true, pageServerTls: bothPageServerTls(source, target) };
   return { ...none, memory: 'image', stream };

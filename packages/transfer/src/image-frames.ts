@@ -2,13 +2,16 @@
  * The sender's frame source: reads an image's files in large positional reads and yields the
  * encoded frames in protocol order, computing each file's running crc32 on the way.
  */
-import { constants } from 'node:fs';
+import { constants, read } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { crc32 } from 'node:zlib';
 import { encode, ErrorCode, FerryError, PROTOCOL_VERSION } from '@ferry/protocol';
 import { allocChunkFrame, type ChunkBufferPool, type FrameReserve } from './chunk-frame-writer';
 import { readFully } from './file-io';
 import type { ImageFile } from './list-image-files';
+
+const readFd = promisify(read);
 
 export interface EncodedFrame {
   seq: number;
@@ -30,6 +33,22 @@ export async function openImageFile(file: ImageFile): Promise<FileHandle> {
   });
 }
 
+/** Where a frame sequence stands: the next seq, and the files and bytes sent so far (the end frame carries them). */
+interface FrameCursor {
+  seq: number;
+  files: number;
+  bytes: number;
+}
+
+/** How chunks are read: size, crc or not, room for an envelope, buffers from a pool. */
+interface ChunkLayout {
+  chunkBytes: number;
+  /** false: the frames travel sealed (AES-GCM authenticates every byte in order): every crc 0, one pass less. */
+  withCrc: boolean;
+  reserve?: FrameReserve;
+  pool?: ChunkBufferPool;
+}
+
 /**
  * Yields file, chunk..., eof for every file, then end. `withCrc` false (the frames travel sealed:
  * AES-GCM already authenticates every byte in order) leaves every crc 0 and skips a pass over the data.
@@ -43,19 +62,101 @@ export async function* imageFrames(
   reserve?: FrameReserve,
   pool?: ChunkBufferPool,
 ): AsyncGenerator<EncodedFrame> {
+  const cursor: FrameCursor = { seq: 0, files: 0, bytes: 0 };
+  yield* listedFileFrames(files, { chunkBytes, withCrc, reserve, pool }, cursor);
+  yield endFrame(cursor);
+}
+
+/**
+ * The frames of live files, streamed as CRIU writes them (the transfer is not pumped): for each, a
+ * file frame marked streamed (size 0), chunks read from its pipe as they fill, and an eof frame
+ * with the size it turned out to have (acknowledged: its onDone). Then the files `listFiles` gives
+ * once `live` has ended (the dump is over), as imageFrames does, then end. So the dump and the
+ * transfer overlap on NATS too, and the pages are neither written to the source's disk nor read back.
+ */
+export async function* streamedImageFrames(
+  live: AsyncIterable<LiveImageFile>,
+  listFiles: () => Promise<readonly ImageFile[]>,
+  layout: ChunkLayout,
+): AsyncGenerator<EncodedFrame> {
   const v = PROTOCOL_VERSION;
-  let seq = 0;
-  let totalBytes = 0;
+  const cursor: FrameCursor = { seq: 0, files: 0, bytes: 0 };
+  for await (const file of live) {
+    const { path, mode } = file;
+    yield { seq: cursor.seq, kind: 'file', payloadBytes: 0, bytes: encode({ v, t: 'file', seq: cursor.seq, path, mode, size: 0, streamed: true }) };
+    cursor.seq += 1;
+    let crc = 0;
+    let offset = 0;
+    for (let ended = false; !ended; ) {
+      let chunk = allocChunkFrame(cursor.seq, path, offset, layout.chunkBytes, layout.reserve, layout.pool);
+      const read = await readPipeFully(file.fd, chunk.data);
+      ended = read < chunk.data.byteLength;
+      if (read === 0) {
+        layout.pool?.give(chunk.envelope);
+        break;
+      }
+      if (ended) {
+        // The last, short chunk: laid out again at its size (a chunk frame's data ends the frame).
+        const short = allocChunkFrame(cursor.seq, path, offset, read, layout.reserve, layout.pool);
+        chunk.data.copy(short.data, 0, 0, read);
+        layout.pool?.give(chunk.envelope);
+        chunk = short;
+      }
+      if (layout.withCrc) {
+        crc = crc32(chunk.data, crc);
+        chunk.setCrc(crc);
+      }
+      yield { seq: cursor.seq, kind: 'chunk', payloadBytes: read, bytes: chunk.frame, envelope: chunk.envelope };
+      cursor.seq += 1;
+      offset += read;
+    }
+    cursor.files += 1;
+    cursor.bytes += offset;
+    yield {
+      seq: cursor.seq,
+      kind: 'eof',
+      payloadBytes: 0,
+      bytes: encode({ v, t: 'eof', seq: cursor.seq, path, crc, size: offset }),
+      ...(file.onDone ? { onAcked: file.onDone } : {}),
+    };
+    cursor.seq += 1;
+  }
+  yield* listedFileFrames(await listFiles(), layout, cursor);
+  yield endFrame(cursor);
+}
+
+/** Fills `buffer` from a blocking pipe; fewer bytes only at its end (the writer closed it). */
+async function readPipeFully(fd: number, buffer: Buffer): Promise<number> {
+  let filled = 0;
+  while (filled < buffer.byteLength) {
+    // A blocking read, on libuv's pool: it returns as soon as CRIU wrote something.
+    const { bytesRead } = await readFd(fd, buffer, filled, buffer.byteLength - filled, null);
+    if (bytesRead === 0) break;
+    filled += bytesRead;
+  }
+  return filled;
+}
+
+function endFrame(cursor: FrameCursor): EncodedFrame {
+  const { seq, files, bytes } = cursor;
+  return { seq, kind: 'end', payloadBytes: 0, bytes: encode({ v: PROTOCOL_VERSION, t: 'end', seq, files, bytes }) };
+}
+
+/** file, chunk..., eof for every listed file, read from the directory, continuing `cursor`. */
+async function* listedFileFrames(files: readonly ImageFile[], layout: ChunkLayout, cursor: FrameCursor): AsyncGenerator<EncodedFrame> {
+  const v = PROTOCOL_VERSION;
+  const { chunkBytes, withCrc, reserve, pool } = layout;
   for (const file of files) {
     const { path, mode, size } = file;
+    let seq = cursor.seq;
     yield { seq, kind: 'file', payloadBytes: 0, bytes: encode({ v, t: 'file', seq, path, mode, size }) };
     seq += 1;
     let crc = 0;
     const fh = await openImageFile(file);
     try {
       for (let offset = 0; offset < size; ) {
-        // A fresh frame per chunk, the file read straight into its payload area: it is handed
-        // to NATS, which may still hold it after the next read starts (read-ahead).
+        // A fresh frame per chunk (or one back from the pool: its frame acknowledged), the file
+        // read straight into its payload area.
         const { frame, data, setCrc, envelope } = allocChunkFrame(seq, path, offset, Math.min(chunkBytes, size - offset), reserve, pool);
         const read = await readFully(fh, data, offset);
         if (read < data.byteLength) {
@@ -68,7 +169,6 @@ export async function* imageFrames(
         yield { seq, kind: 'chunk', payloadBytes: data.byteLength, bytes: frame, envelope };
         seq += 1;
         offset += data.byteLength;
-        totalBytes += data.byteLength;
       }
       const { size: sizeNow } = await fh.stat();
       if (sizeNow !== size) {
@@ -78,9 +178,10 @@ export async function* imageFrames(
       await fh.close();
     }
     yield { seq, kind: 'eof', payloadBytes: 0, bytes: encode({ v, t: 'eof', seq, path, crc }) };
-    seq += 1;
+    cursor.seq = seq + 1;
+    cursor.files += 1;
+    cursor.bytes += size;
   }
-  yield { seq, kind: 'end', payloadBytes: 0, bytes: encode({ v, t: 'end', seq, files: files.length, bytes: totalBytes }) };
 }
 
 /** A file body for the pump: not a frame, it crosses the direct connection as a sealed stream. */

@@ -273,8 +273,7 @@ export class ImageReceiver {
       while (!this.finished && this.queue.length > 0) {
         const bytes = this.queue.shift()!;
         await this.handleData(bytes);
-        // Written (or a control frame): nothing holds any part of it now, so a large NATS
-        // message's buffer can take the next one (nats-large-payloads.ts; a no-op for others).
+        // Written: nothing holds it now, so a large NATS message's buffer can take the next one.
         recycleNatsPayload(bytes);
         this.watchdog.touch();
       }
@@ -302,14 +301,15 @@ export class ImageReceiver {
         if (this.current !== undefined) {
           throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${JSON.stringify(frame.path)} started before ${JSON.stringify(this.current.path)} ended`);
         }
-        if (frame.streamed && (this.pumpFd === undefined || frame.size !== 0)) {
-          throw new FerryError(ErrorCode.INVALID_ARGUMENT, `streamed file ${JSON.stringify(frame.path)} ${frame.size !== 0 ? 'declares a size' : 'on a transfer that is not pumped'}`);
+        if (frame.streamed && frame.size !== 0) {
+          throw new FerryError(ErrorCode.INVALID_ARGUMENT, `streamed file ${JSON.stringify(frame.path)} declares a size`);
         }
         this.checkLimits(frame.path, frame.size);
         this.filesDeclared += 1;
         this.bytesDeclared += frame.size;
-        // A streamed body may go straight to a consumer (a sink) instead of a file here.
-        const sink = frame.streamed ? this.options.openSink?.(frame.path) : undefined;
+        // A pumped streamed body may go straight to a consumer (a sink) instead of a file here;
+        // one streamed in chunks lands in the directory, and onFileReceived tells its consumer.
+        const sink = frame.streamed && this.pumpFd !== undefined ? this.options.openSink?.(frame.path) : undefined;
         this.current = sink ? IncomingFile.forSink(frame, sink) : await IncomingFile.create(this.root, frame, this.knownDirs, this.opener === undefined);
         if (this.pumpFd !== undefined) await this.receiveBody(this.current, frame.seq);
         break;
@@ -317,7 +317,10 @@ export class ImageReceiver {
       case 'chunk': {
         if (this.pumpFd !== undefined) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'chunk frame on a pumped transfer');
         const file = this.openFile(frame.path, 'chunk');
-        await file.write(frame.offset, frame.data, frame.crc);
+        // A streamed file's chunks count against the image's limit as they come.
+        const bound = file.isStreamed ? Math.min(this.options.maxFileBytes, file.bytesWritten + this.options.maxTotalBytes - this.bytesDeclared) : 0;
+        await file.write(frame.offset, frame.data, frame.crc, bound);
+        if (file.isStreamed) this.bytesDeclared += frame.data.byteLength;
         this.bytesWritten += frame.data.byteLength;
         this.chunks += 1;
         break;

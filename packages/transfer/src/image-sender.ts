@@ -25,10 +25,9 @@ import { fileBodyKey, fileBodyNoncePrefix, MAX_PUMPED_FILE_SEQ, watchPumpProgres
 import type { FrameSocket } from './frame-socket';
 import { AckFrame, CtlFrame, FRAME_OVERHEAD_BYTES, GoFrame } from './frames';
 import { IdleWatchdog } from './idle-watchdog';
-import { imageFrames, openImageFile, pumpedImageFrames, type BodyStep, type EncodedFrame, type LiveBodyStep, type LiveImageFile } from './image-frames';
+import { imageFrames, openImageFile, pumpedImageFrames, streamedImageFrames, type BodyStep, type EncodedFrame, type LiveBodyStep, type LiveImageFile } from './image-frames';
 import { ChunkBufferPool, type FrameReserve } from './chunk-frame-writer';
 import { listImageFiles, type ImageFile } from './list-image-files';
-import { spillLiveFiles } from './live-spill';
 import { readAhead } from './read-ahead';
 import type { TransferStats, TransferTransport } from './transfer-stats';
 
@@ -301,12 +300,17 @@ export async function sendImage(
       const listed = files;
       frames = pumpedImageFrames(async () => (files = listed ?? (await listImageFiles(dir))), options.live ?? undefined);
     } else {
-      // Chunk frames carry only finished files: live ones land in the directory first.
-      if (options.live !== null) await spillLiveFiles(options.live, dir, () => failure);
-      files ??= await listImageFiles(dir);
       // With the in-place AES-GCM, chunks are read with room for their envelope: sealed with no copy.
       reserve = options.imageKey && options.frameAead ? { head: SEALED_HEAD_BYTES, tail: SEALED_TAIL_BYTES } : undefined;
-      frames = readAhead(imageFrames(files, options.chunkBytes, options.imageKey === null, reserve, chunkBuffers), READ_AHEAD_FRAMES);
+      const layout = { chunkBytes: options.chunkBytes, withCrc: options.imageKey === null, reserve, pool: chunkBuffers };
+      if (options.live !== null) {
+        // Live files go out in chunks as CRIU writes them (streamed), the rest once the dump is over.
+        const listed = files;
+        frames = readAhead(streamedImageFrames(options.live, async () => (files = listed ?? (await listImageFiles(dir))), layout), READ_AHEAD_FRAMES);
+      } else {
+        files ??= await listImageFiles(dir);
+        frames = readAhead(imageFrames(files, layout.chunkBytes, layout.withCrc, reserve, chunkBuffers), READ_AHEAD_FRAMES);
+      }
     }
     // Pumped: the connection carries the bodies only; control frames go over NATS.
     const send = link !== undefined && pumpFd === undefined ? (b: Uint8Array) => link!.send(b) : (b: Uint8Array) => nc.publish(dataSubject, b);

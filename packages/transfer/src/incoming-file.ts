@@ -61,7 +61,7 @@ export class IncomingFile {
   /** False for sealed frames: GCM authenticated them, the sender computed no crc (and none is checked). */
   private checkCrc = true;
 
-  /** A streamed file (frames.ts): its size is what its pumped body turns out to be. */
+  /** A streamed file (frames.ts): its size is what its body (pumped, or chunks) turns out to be. */
   private streamed = false;
 
   private constructor(
@@ -151,16 +151,23 @@ export class IncomingFile {
     this.pumped = true;
   }
 
-  /** Checks and writes one chunk; chunks must arrive in order, without gaps or overlaps. */
-  async write(offset: number, data: Uint8Array, crc: number): Promise<void> {
+  /**
+   * Checks and writes one chunk; chunks must arrive in order, without gaps or overlaps. A streamed
+   * file has no declared size: `streamedBound` is how far it may grow (the receiver's limits).
+   */
+  async write(offset: number, data: Uint8Array, crc: number, streamedBound = 0): Promise<void> {
     if (this.pumped) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `chunk of ${JSON.stringify(this.path)}, whose body was pumped`);
+    if (this.sink) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `chunk of ${JSON.stringify(this.path)}, which goes to a sink (a pumped body only)`);
     if (offset !== this.written) {
       throw new FerryError(
         ErrorCode.INVALID_ARGUMENT,
         `chunk of ${JSON.stringify(this.path)} at offset ${offset}, expected ${this.written}: out of order or overlapping`,
       );
     }
-    if (offset + data.byteLength > this.size) {
+    if (this.streamed && offset + data.byteLength > streamedBound) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `streamed ${JSON.stringify(this.path)} grows past ${streamedBound} bytes, the receiver's limit`);
+    }
+    if (!this.streamed && offset + data.byteLength > this.size) {
       throw new FerryError(
         ErrorCode.INVALID_ARGUMENT,
         `chunk of ${JSON.stringify(this.path)} ends at ${offset + data.byteLength}, beyond its declared size ${this.size}`,
@@ -190,7 +197,11 @@ export class IncomingFile {
         this.streamed ? `eof of streamed ${JSON.stringify(this.path)} without its size` : `eof of ${JSON.stringify(this.path)} with a size, but it was not streamed`,
       );
     }
-    if (this.streamed && !this.pumped) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `streamed ${JSON.stringify(this.path)} ended without a pumped body`);
+    // Streamed in chunks: as long as they made it (each one bounded on the way).
+    if (this.streamed && !this.pumped && this.sink === null) this.size = this.written;
+    if (this.streamed && !this.pumped && this.sink !== null) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, `streamed ${JSON.stringify(this.path)} ended without a pumped body`);
+    }
     if (streamedSize !== undefined && streamedSize !== this.size) {
       throw new FerryError(ErrorCode.TRANSFER_FAILED, `${JSON.stringify(this.path)}: the sender streamed ${streamedSize} bytes, ${this.size} arrived`);
     }

@@ -1,8 +1,8 @@
 /**
  * Live image files (image-frames.ts LiveImageFile): bodies read from a descriptor while their
  * writer (CRIU's image streamer, in the agent) is still writing them, streamed through the real
- * native pump; spilled into the directory where the transfer is not pumped; and what the
- * receiver does with a sender that lies about a streamed body.
+ * native pump; streamed in chunk frames where the transfer is not pumped; and what the receiver
+ * does with a sender that lies about a streamed body.
  */
 import { randomBytes } from 'node:crypto';
 import { write } from 'node:fs';
@@ -10,10 +10,11 @@ import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { SHUT_WR } from '@ferry/native';
-import { encode, ErrorCode, subjects } from '@ferry/protocol';
+import { crc32 } from 'node:zlib';
+import { encode, ErrorCode, PROTOCOL_VERSION, subjects } from '@ferry/protocol';
 import type { FilePump } from './file-pump';
 import { ImageReceiver, sendImage, type LiveImageFile } from './index';
-import { fileFrame, MIB, rejection, TransferTestBed } from './test-transfer-bed';
+import { chunkFrame, fileFrame, MIB, rejection, TransferTestBed } from './test-transfer-bed';
 import { nativePump, sys } from './test-native-pump';
 
 jest.setTimeout(60_000);
@@ -85,18 +86,55 @@ describe('live image files', () => {
     expect((await readdir(src)).sort()).toEqual(['core-1.img', 'early.img']);
   });
 
-  it('writes live files into the directory and sends them with the rest when the transfer is not pumped', async () => {
+  it.each([
+    ['direct', true],
+    ['nats', true],
+    ['nats', false],
+  ] as const)('streams live files in chunks as they are written where the transfer is not pumped (%s, sealed %s): none lands on the sender\'s disk', async (transport, sealed) => {
     const { id, src, dst } = await bed.freshTransfer();
-    const pages = randomBytes(5 * MIB + 7);
+    // Not a multiple of the chunk size: a short last chunk.
+    const pages = randomBytes(9 * MIB + 7);
     const live = [liveFile('pages-1.img', pages)];
-    // No pump on the receiver: chunk frames over the direct connection.
-    const receiver = ImageReceiver.start(bed.receiverNc, id, dst, { directListenAddress: '127.0.0.1', imageKey: KEY });
+    let done = 0;
+    live[0]!.file.onDone = () => (done += 1);
+    // No pump on the receiver: chunk frames (over the direct connection, or NATS).
+    const keyed = sealed ? { imageKey: KEY } : {};
+    const receiver = ImageReceiver.start(bed.receiverNc, id, dst, { directListenAddress: '127.0.0.1', ...keyed });
     await receiver.ready();
-    const sent = await sendImage(bed.senderNc, id, src, { ...sending, live: liveThen(live, src, { 'core-1.img': Buffer.from('core') }) });
+    const sent = await sendImage(bed.senderNc, id, src, { ...keyed, transport, chunkBytes: 4 * MIB, live: liveThen(live, src, { 'core-1.img': Buffer.from('core') }) });
     await expect(receiver.done).resolves.toMatchObject({ files: 2 });
-    expect(sent).toMatchObject({ transport: 'direct', files: 2, bytes: pages.length + 4 });
+    expect(sent).toMatchObject({ transport, files: 2, bytes: pages.length + 4 });
     expect((await readFile(join(dst, 'pages-1.img'))).equals(pages)).toBe(true);
-    expect((await stat(join(src, 'pages-1.img'))).size).toBe(pages.length);
+    expect((await readFile(join(dst, 'core-1.img'))).toString()).toBe('core');
+    // Told once the receiver acknowledged its eof; never written on the sender.
+    expect(done).toBe(1);
+    expect(await readdir(src)).toEqual(['core-1.img']);
+  });
+
+  it('bounds a file streamed in chunks by the receiver\'s limits, and refuses an eof whose size or crc is not what came', async () => {
+    // The test server's max_payload is 1 MiB.
+    const K = 256 * 1024;
+    const chunk = randomBytes(K);
+    const eof = (fields: object) => ({ v: PROTOCOL_VERSION, t: 'eof', seq: 2, path: 'pages-1.img', ...fields });
+    const twoChunks = [chunkFrame(1, 'pages-1.img', 0, chunk), chunkFrame(2, 'pages-1.img', K, chunk, crc32(chunk, crc32(chunk)))];
+    const cases: Array<[object[], Record<string, number>, RegExp, ErrorCode]> = [
+      [twoChunks, { maxFileBytes: K + 10 }, /streamed "pages-1\.img" grows past 262154 bytes/, ErrorCode.INVALID_ARGUMENT],
+      [twoChunks, { maxTotalBytes: K + 10 }, /grows past 262154 bytes/, ErrorCode.INVALID_ARGUMENT],
+      [[chunkFrame(1, 'pages-1.img', 0, chunk), eof({ crc: crc32(chunk), size: K + 1 })], {}, /streamed 262145 bytes, 262144 arrived/, ErrorCode.TRANSFER_FAILED],
+      [[chunkFrame(1, 'pages-1.img', 0, chunk), eof({ crc: crc32(chunk) })], {}, /eof of streamed "pages-1\.img" without its size/, ErrorCode.INVALID_ARGUMENT],
+      [[chunkFrame(1, 'pages-1.img', 0, chunk), eof({ crc: (crc32(chunk) ^ 1) >>> 0, size: K })], {}, /has crc32/, ErrorCode.TRANSFER_FAILED],
+    ];
+    for (const [frames, limits, problem, code] of cases) {
+      const { id, dst } = await bed.freshTransfer();
+      const receiver = ImageReceiver.start(bed.receiverNc, id, dst, limits);
+      await receiver.ready();
+      for (const frame of [{ ...fileFrame(0, 'pages-1.img', 0), streamed: true }, ...frames]) bed.senderNc.publish(subjects.xferData(id), encode(frame));
+      const err = await rejection(receiver.done);
+      expect(err.message).toMatch(problem);
+      expect(err.code).toBe(code);
+      // Nothing past the limit reached the disk.
+      expect((await stat(join(dst, 'pages-1.img'))).size).toBeLessThanOrEqual(K);
+    }
   });
 
   it('bounds a streamed body by the receiver\'s file limit: a longer one fails before it fills the disk', async () => {
@@ -144,18 +182,13 @@ describe('live image files', () => {
     await expect(live[0]!.written).rejects.toThrow();
   });
 
-  it('refuses a streamed file frame on a transfer that is not pumped, and one that declares a size', async () => {
-    for (const [frame, problem] of [
-      [{ ...fileFrame(0, 'pages-1.img', 0), streamed: true }, /streamed file "pages-1\.img" on a transfer that is not pumped/],
-      [{ ...fileFrame(0, 'pages-1.img', 10), streamed: true }, /streamed file "pages-1\.img" declares a size/],
-    ] as const) {
-      const { id, dst } = await bed.freshTransfer();
-      const receiver = ImageReceiver.start(bed.receiverNc, id, dst);
-      await receiver.ready();
-      bed.senderNc.publish(subjects.xferData(id), encode(frame));
-      const err = await rejection(receiver.done);
-      expect(err.code).toBe(ErrorCode.INVALID_ARGUMENT);
-      expect(err.message).toMatch(problem);
-    }
+  it('refuses a streamed file frame that declares a size', async () => {
+    const { id, dst } = await bed.freshTransfer();
+    const receiver = ImageReceiver.start(bed.receiverNc, id, dst);
+    await receiver.ready();
+    bed.senderNc.publish(subjects.xferData(id), encode({ ...fileFrame(0, 'pages-1.img', 10), streamed: true }));
+    const err = await rejection(receiver.done);
+    expect(err.code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(err.message).toMatch(/streamed file "pages-1\.img" declares a size/);
   });
 });
