@@ -18,14 +18,28 @@ export const REPO = join(__dirname, '..', '..');
 const FERRY_BIN = join(REPO, 'packages', 'cli', 'bin', 'ferry.js');
 
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
+  return (await freePorts(1))[0]!;
+}
+
+/**
+ * `count` distinct free ports: all held open at once, then released. One at a time, the kernel may
+ * hand the same port out twice (a full run once got NATS and Redis both on 34143).
+ */
+export async function freePorts(count: number): Promise<number[]> {
+  const servers = Array.from({ length: count }, () => createServer());
+  try {
+    return await Promise.all(
+      servers.map(
+        (srv) =>
+          new Promise<number>((resolve, reject) => {
+            srv.once('error', reject);
+            srv.listen(0, '127.0.0.1', () => resolve((srv.address() as { port: number }).port));
+          }),
+      ),
+    );
+  } finally {
+    await Promise.all(servers.map((srv) => new Promise((resolve) => (srv.listening ? srv.close(resolve) : resolve(undefined)))));
+  }
 }
 
 export interface CliResult {
@@ -57,11 +71,9 @@ export interface TestCluster {
 }
 
 export async function startTestCluster(name: string, subnetIndex: number, opts: Partial<LocalClusterOptions> = {}): Promise<TestCluster> {
-  const natsPort = await freePort();
-  const redisPort = await freePort();
-  // Never the default 9464: clusters of other tests (and `npm start`'s) run at the same time.
-  const httpPort = await freePort();
-  const kafkaPort = opts.kafka ? await freePort() : undefined;
+  // Never the default 9464 for HTTP: clusters of other tests (and `npm start`'s) run at the same time.
+  const [natsPort, redisPort, httpPort, kafka] = await freePorts(4);
+  const kafkaPort = opts.kafka ? kafka : undefined;
   await stopLocalCluster(name).catch(() => undefined);
   const state = await startLocalCluster({
     name,

@@ -162,8 +162,10 @@ class StreamDumpPath extends ImageDumpPath {
       const sendFailure = await Promise.race([this.sending.then(() => undefined, (e: unknown) => e), new Promise((r) => setImmediate(r, undefined))]);
       streamer.abort(toFerryError(err, ErrorCode.CHECKPOINT_FAILED));
       if (sendFailure !== undefined) {
+        // The stream's failure is the cause (a dead or refusing receiver, a forged frame): its code
+        // is what the operator acts on, not the dump's broken pipe.
         const fe = toFerryError(sendFailure, ErrorCode.TRANSFER_FAILED);
-        throw new FerryError(ErrorCode.CHECKPOINT_FAILED, `streamed dump failed: the image stream failed first (${fe.message})`, { cause: err });
+        throw new FerryError(fe.code, `streamed dump failed: the image stream failed first (${fe.message})`, { cause: err });
       }
       throw err;
     }
