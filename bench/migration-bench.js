@@ -10,7 +10,7 @@
  *
  * Environment (all optional): BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
  * "ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager"), BENCH_LOCAL_DIR_MIB (the local-dir row's dir, default 512; 0 skips it),
- * BENCH_PERF=DIR (a system-wide `perf record` of each migration alone, from just before it starts
+ * BENCH_LOGS=DIR (copies the cluster's logs there at the end), BENCH_PERF=DIR (a system-wide `perf record` of each migration alone, from just before it starts
  * to its end, into DIR/<size>-<method>.data; `perf report -i FILE --sort comm,dso` splits it).
  */
 const { execFile } = require('node:child_process');
@@ -28,14 +28,15 @@ const CLUSTER = 'bench';
 const SUBNET_INDEX = 240;
 const SIZES_MIB = (process.env.BENCH_SIZES_MIB || '64,512,1024').split(',').map(Number);
 /**
- * ferry-auto = the default (`--transport auto`: the streamed dump where both probes allow it),
- * ferry = `--transport direct` (the same where it streams: ferry's own sealed TCP stream),
+ * ferry-auto = the default (`--transport auto`: the streamed dump where both probes allow it, its
+ * memory pre-copied while the workload runs), ferry-noprecopy (the same with `--precopy off`: all
+ * memory crosses while it is frozen), ferry = `--transport direct` (the same where it streams: ferry's own sealed TCP stream),
  * ferry-tunnel (`--transport page-tunnel`: CRIU's page-server protocol through ferry's sealed
  * tunnel), ferry-nats (the stream through nats-server), ferry-ps (`--transport page-server`), ferry-postcopy (`--restore post-copy`:
  * the workload resumes before its memory moves; the memory follows from the source, direct path),
  * criu (CRIU's own, by hand).
  */
-const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu').split(',');
+const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry-noprecopy,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu').split(',');
 const FERRY_METHODS = {
   'ferry-auto': { transport: 'auto', args: [] },
   ferry: { transport: 'direct', args: [] },
@@ -44,6 +45,7 @@ const FERRY_METHODS = {
   'ferry-tunnel': { transport: 'page-tunnel', args: [] },
   'ferry-postcopy': { transport: 'auto', args: ['--restore', 'post-copy'] },
   'ferry-eager': { transport: 'auto', args: ['--restore', 'eager'] },
+  'ferry-noprecopy': { transport: 'auto', args: ['--precopy', 'off'] },
 };
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
 /** The local dir of the local-dir row (`ferry run --local-dir`); 0 skips it. */
@@ -258,7 +260,7 @@ async function bareNatsStream(hostNatsUrl, credentialsFile, chunk) {
 
 async function ferryMigration(ctx, mib, { transport, args }) {
   const postCopy = args.includes('post-copy');
-  const name = `bf${mib}${transport.slice(0, 2)}${postCopy ? 'pc' : ''}${args.includes('eager') ? 'eg' : ''}`;
+  const name = `bf${mib}${transport.slice(0, 2)}${postCopy ? 'pc' : ''}${args.includes('eager') ? 'eg' : ''}${args.includes('--precopy') ? 'np' : ''}`;
   const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
   await launch(ctx.natsUrl, name, mib, heartbeatFile);
   const rssBefore = ctx.agentPids.map((pid) => (resetPeakRss(pid), rssOf(pid).rss));
@@ -275,13 +277,14 @@ async function ferryMigration(ctx, mib, { transport, args }) {
   await ferry(ctx.natsUrl, ['stop', name]);
   // With the page server the pages move during the dump: count both phases. In post-copy they move
   // after the resume: the small image's transfer, then the pull until the last page (phases.pullMs).
+  // With memory pre-copy, most of it moved in the pass before the freeze (phases.precopyMs): both count.
   const transferMs = postCopy
     ? result.phases.transferMs + (result.phases.pullMs ?? 0)
-    : result.phases.transferMs + (result.transport === 'page-server' || result.transport === 'page-tunnel' ? result.phases.dumpMs : 0);
+    : result.phases.transferMs + (result.transport === 'page-server' || result.transport === 'page-tunnel' ? result.phases.dumpMs : 0) + (result.phases.precopyMs ?? 0);
   // A streamed dump names its memory path beside the wire it took: `stream/direct`.
   const wire = result.memory === 'stream' ? `stream/${result.transport}` : result.transport;
   return {
-    method: postCopy ? `ferry post-copy (${wire})` : args.includes('eager') ? `ferry --restore eager (${wire})` : transport === 'auto' ? `ferry default (${wire})` : `ferry (${wire})`,
+    method: `ferry ${postCopy ? 'post-copy' : args.includes('eager') ? '--restore eager' : args.includes('--precopy') ? '--precopy off' : transport === 'auto' ? 'default' : ''} (${wire})`.replace('  ', ' '),
     downtimeMs,
     reportedDowntimeMs: result.downtimeMs,
     mbps: transferMs > 0 ? result.bytesTransferred / MIB / (transferMs / 1000) : NaN,
@@ -290,6 +293,7 @@ async function ferryMigration(ctx, mib, { transport, args }) {
     bytes: result.bytesTransferred,
     rssGrowth,
     detail:
+      (result.phases.precopyMs ? `pre-copy ${result.phases.precopyMs} ms (${((result.precopyBytes ?? 0) / MIB).toFixed(0)} MiB, the workload running), then ` : '') +
       `dump ${result.phases.dumpMs} ms, transfer ${result.phases.transferMs} ms, restore ${result.phases.restoreMs} ms` +
       `${postCopy ? `, pages pulled in ${result.phases.pullMs} ms after the resume` : ''}, ${(result.bytesTransferred / MIB).toFixed(0)} MiB`,
   };
@@ -466,6 +470,8 @@ async function main() {
     fs.writeFileSync(path.join(__dirname, 'results.md'), md);
   } finally {
     log('stopping cluster');
+    // BENCH_LOGS=DIR keeps the cluster's logs (the agents' say what each migration did, phase by phase).
+    if (process.env.BENCH_LOGS) fs.cpSync(state.layout.logDir, process.env.BENCH_LOGS, { recursive: true });
     await stopLocalCluster(CLUSTER).catch((err) => log('stop failed:', err.message));
     fs.rmSync(scratch, { recursive: true, force: true });
   }

@@ -22,6 +22,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-serve
 command -v sshfs >/dev/null 2>&1 || need+=(sshfs)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# The native addon's page hashing for memory pre-copy (XXH3, header-only: needed to build it, not to run it).
+[ -f /usr/include/xxhash.h ] || need+=(libxxhash-dev)
 # Per-migration certificates for the page server's TLS, and the dev cluster's NATS TLS CA.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # TCP migration: nft drops CRIU's connection lock after a release or rollback; arping announces a moved service address.

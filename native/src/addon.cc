@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ferry::InitSockets(env, exports);
   ferry::InitPump(env, exports);
   ferry::InitAead(env, exports);
+  ferry::InitPageDelta(env, exports);
   return exports;
 }
 

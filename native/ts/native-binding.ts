@@ -13,6 +13,31 @@ export interface SealedPumpCounts {
   frames: number;
 }
 
+/** What precopyRead copied, once every run is written. */
+export interface PrecopyReadResult {
+  /** 16 bytes per page written, in order (XXH3-128: low 64 bits little-endian, then high 64 bits). */
+  hashes: Buffer;
+  /** Bytes written to outFd: the runs' total (hashes.length / 16 * 4096). */
+  bytes: number;
+  /** Of those, bytes that could not be read (unmapped since listed) and went out as zeros. */
+  unreadableBytes: number;
+}
+
+/** What dedupPages moved, once its input has ended and END is written. */
+export interface PageDeltaCounts {
+  /** Pages image bytes read (the total END carries). */
+  bytesIn: number;
+  /** Page delta bytes written: magic, record heads, literal pages, tail. */
+  bytesOut: number;
+  /** Input pages that went out as literal content. */
+  literalPages: number;
+  /** Input pages that went out as references to pre-copied pages. */
+  refPages: number;
+}
+
+/** The addon's handle on a page index (an External holding the C++ index); opaque here. */
+export type NativePageIndex = { readonly __brand: 'NativePageIndex' };
+
 /** What one recvWithFds call received. */
 export interface ReceivedWithFds {
   /** The bytes read, 1 .. maxBytes of them; none at end of stream. */
@@ -55,6 +80,13 @@ export interface NativeBinding {
     cancelFd: number,
     maxOutBytes: number,
   ): Promise<SealedPumpCounts>;
+
+  /** process_vm_readv(2) of `runs` (u64 LE address, length pairs) into outFd on a thread of its own (page-delta-binding.cc). */
+  precopyRead(pid: number, runs: Uint8Array, outFd: number, cancelFd: number, maxBytes: number): Promise<PrecopyReadResult>;
+  /** Copies the hash arrays and sorts them, on the calling thread; freed by the GC. */
+  buildPageIndex(hashes: Uint8Array[]): NativePageIndex;
+  /** Filters a pages image into a page delta on a thread of its own; `cancelFd` as sealedPump's. */
+  dedupPages(index: NativePageIndex, inFd: number, outFd: number, cancelFd: number): Promise<PageDeltaCounts>;
 
   unreadBytes(fd: number): number;
   /** AES-256-GCM over `data` in place (aead.cc); open returns false for a bad tag. */

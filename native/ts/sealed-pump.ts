@@ -1,7 +1,4 @@
-import { constants as osConstants } from 'node:os';
-
-import { SHUT_WR } from './constants';
-import { SyscallError, fromNativeError } from './errors';
+import { withCancelFd } from './cancel-fd';
 import type { NativeBinding, SealedPumpCounts, SealedPumpMode } from './native-binding';
 import { checkBoolean, checkFd, checkFixedBytes, checkIntegerIn, checkOneOf } from './validate';
 
@@ -44,14 +41,6 @@ export interface SealedPumpOptions {
 const SYSCALL = 'sealedPump';
 const MODES: readonly SealedPumpMode[] = ['seal', 'open'];
 
-function canceled(cause: unknown): SyscallError {
-  return new SyscallError(
-    { errno: osConstants.errno.ECANCELED, code: 'ECANCELED', syscall: SYSCALL },
-    `${SYSCALL}: ECANCELED (stopped by its AbortSignal)`,
-    { cause },
-  );
-}
-
 /**
  * Moves a byte stream from `inFd` to `outFd` through AES-256-GCM frames, on a native thread of its
  * own: no JavaScript runs per byte, and the event loop stays free. Implements
@@ -77,47 +66,7 @@ export async function sealedPump(
     shutdownOut: checkBoolean(SYSCALL, 'options.shutdownOut', options.shutdownOut ?? true),
     maxOutBytes: checkIntegerIn(SYSCALL, 'options.maxOutBytes', options.maxOutBytes ?? 0, 0, Number.MAX_SAFE_INTEGER),
   };
-  const signal = options.signal;
-  if (signal === undefined) {
-    try {
-      return await native().sealedPump(args.inFd, args.outFd, args.mode, args.key, args.noncePrefix, args.frameBytes, args.shutdownOut, -1, args.maxOutBytes);
-    } catch (err) {
-      throw fromNativeError(err);
-    }
-  }
-  if (signal.aborted) throw canceled(signal.reason);
-
-  // The pump watches the read end of a pair of its own; an abort shuts the write end, which makes
-  // the read end readable (end of stream). Not shutdown(2) on the data fds: shutting a seal
-  // pump's inFd down is an orderly end of input, and pumps that share a socket (a tunnel's two
-  // directions) would stop each other in an order no one chose.
-  let cancelPair: [number, number];
-  try {
-    cancelPair = native().socketpair();
-  } catch (err) {
-    throw fromNativeError(err);
-  }
-  const [cancelRead, cancelWrite] = cancelPair;
-  const stop = (): void => native().shutdown(cancelWrite, SHUT_WR);
-  signal.addEventListener('abort', stop, { once: true });
-  try {
-    return await native().sealedPump(
-      args.inFd,
-      args.outFd,
-      args.mode,
-      args.key,
-      args.noncePrefix,
-      args.frameBytes,
-      args.shutdownOut,
-      cancelRead,
-      args.maxOutBytes,
-    );
-  } catch (err) {
-    throw fromNativeError(err);
-  } finally {
-    signal.removeEventListener('abort', stop);
-    // The pump has let go of the pair: its thread has ended.
-    native().close(cancelRead);
-    native().close(cancelWrite);
-  }
+  return withCancelFd(native, SYSCALL, options.signal, (cancelFd) =>
+    native().sealedPump(args.inFd, args.outFd, args.mode, args.key, args.noncePrefix, args.frameBytes, args.shutdownOut, cancelFd, args.maxOutBytes),
+  );
 }

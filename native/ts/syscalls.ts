@@ -1,6 +1,22 @@
 import { SHUT_RD, SHUT_RDWR } from './constants';
 import { SyscallArgumentError, fromNativeError } from './errors';
-import { loadNativeBinding, type NativeBinding, type ReceivedWithFds, type SealedPumpCounts, type SealedPumpMode } from './native-binding';
+import {
+  loadNativeBinding,
+  type NativeBinding,
+  type PageDeltaCounts,
+  type PrecopyReadResult,
+  type ReceivedWithFds,
+  type SealedPumpCounts,
+  type SealedPumpMode,
+} from './native-binding';
+import {
+  buildPageIndexWith,
+  dedupPages,
+  precopyRead,
+  type DedupPagesOptions,
+  type PageIndex,
+  type PrecopyReadOptions,
+} from './page-delta';
 import { sealedPump, type SealedPumpOptions } from './sealed-pump';
 import { checkAbsolutePath, checkFd, checkIntFlags, checkIntegerIn, checkNullableCString, checkPid, checkUintFlags } from './validate';
 
@@ -113,6 +129,47 @@ export interface LinuxSyscalls {
     frameBytes: number,
     options?: SealedPumpOptions,
   ): Promise<SealedPumpCounts>;
+  /**
+   * Copies `runs` of process `pid`'s memory (a Buffer of little-endian u64 pairs: address, length;
+   * both multiples of 4096, length > 0; at most PRECOPY_READ_MAX_RUNS runs and options.maxBytes in
+   * all) to `outFd`, in order, with process_vm_readv(2) in pieces of up to 1 MiB, on a native
+   * thread of its own, and hashes every 4 KiB page it writes. Needs ptrace rights over `pid` (root).
+   * Resolves once everything is written with `hashes` (PAGE_HASH_BYTES per page, in order, so
+   * hashes.length / 16 * 4096 === bytes), `bytes`, and `unreadableBytes`: a page that could not be
+   * read (unmapped or remapped since the runs were listed) goes out as zeros, and is hashed as
+   * zeros, so the hashes always describe exactly the bytes written.
+   *
+   * outFd (a pipe, a file; blocking or not) is neither closed nor shut down: the caller ends the
+   * stream once this has settled. Rejects with a SyscallError: 'ESRCH' with syscall
+   * 'process_vm_readv' (the process is gone, exited or a zombie), 'EPERM' (no ptrace rights),
+   * 'ECANCELED' (options.signal), 'ENOMEM' (the hash array), or a failed fstat/write/poll's errno
+   * with that call as `syscall` (e.g. 'EPIPE': outFd's reader went away).
+   */
+  precopyRead(pid: number, runs: Uint8Array, outFd: number, options?: PrecopyReadOptions): Promise<PrecopyReadResult>;
+  /**
+   * Indexes pre-copy files by content: `hashes[f]` is precopyRead's `hashes` for pre-copy file f
+   * (at most PAGE_INDEX_MAX_FILES files, PAGE_INDEX_MAX_FILE_PAGES pages each). The hashes are
+   * copied. Synchronous (~14 ms for 262144 pages). The index lives in the addon (~40 bytes a
+   * page) until the returned object is garbage collected. Also exported alone as buildPageIndex.
+   */
+  buildPageIndex(hashes: readonly Uint8Array[]): PageIndex;
+  /**
+   * Reads a CRIU pages image (4 KiB pages back to back) from `inFd` to its end and writes it to
+   * `outFd` as a page delta (format: PAGE_DELTA_MAGIC), on a native thread of its own: each page
+   * whose hash `index` holds becomes a reference to a pre-copied page with that content, every
+   * other page goes out literally. References prefer the location as far past the previous
+   * reference as the input has moved since (literal pages in between replaced pages of the run),
+   * then the page right after the previous reference, then the same file at or after that page
+   * (before any reference: any file, at or after the input position), then any page with that
+   * content; consecutive ones merge into one REF record, so an unchanged stretch of memory is one
+   * "identity" run the target can rebuild in place, even through repeated content (zero pages).
+   *
+   * Resolves once END is written, with the counts. END is written only after the whole input was
+   * read: a failure or a stop leaves the delta cut, which its decoder refuses. Neither fd is closed.
+   * Rejects with a SyscallError: 'ECANCELED' (options.signal), or a failed fstat/read/recv/write/
+   * send/poll's errno with that call as `syscall`.
+   */
+  dedupPages(index: PageIndex, inFd: number, outFd: number, options?: DedupPagesOptions): Promise<PageDeltaCounts>;
 }
 
 function callSync<T>(call: () => T, context: { path?: string; dest?: string } = {}): T {
@@ -221,6 +278,18 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
 
     sealedPump(inFd, outFd, mode, key, noncePrefix, frameBytes, options) {
       return sealedPump(native, inFd, outFd, mode, key, noncePrefix, frameBytes, options);
+    },
+
+    precopyRead(pid, runs, outFd, options) {
+      return precopyRead(native, pid, runs, outFd, options);
+    },
+
+    buildPageIndex(hashes) {
+      return buildPageIndexWith(native, hashes);
+    },
+
+    dedupPages(index, inFd, outFd, options) {
+      return dedupPages(native, index, inFd, outFd, options);
     },
   };
 }

@@ -30,9 +30,12 @@ export class CounterWorkload {
     return new CounterWorkload(await mkdtemp(join(tmpdir(), 'ferry-wl-')));
   }
 
-  /** `sysvShm`: also hold 8 MiB in a SysV shared memory segment, checked by verifyMemory too. */
-  argv(mib: number, children = false, { sysvShm = false }: { sysvShm?: boolean } = {}): string[] {
-    return ['/usr/bin/python3', FIXTURE, this.stateDir, String(mib), ...(children ? ['--children'] : []), ...(sysvShm ? ['--sysv-shm'] : [])];
+  /**
+   * `sysvShm`: also hold 8 MiB in a SysV shared memory segment; `churn`: also keep rewriting 16 MiB,
+   * a page per tick (the fixture's --churn); both checked by verifyMemory too.
+   */
+  argv(mib: number, children = false, { sysvShm = false, churn = false }: { sysvShm?: boolean; churn?: boolean } = {}): string[] {
+    return ['/usr/bin/python3', FIXTURE, this.stateDir, String(mib), ...(children ? ['--children'] : []), ...(sysvShm ? ['--sysv-shm'] : []), ...(churn ? ['--churn'] : [])];
   }
 
   async counter(): Promise<number> {

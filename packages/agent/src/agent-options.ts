@@ -8,6 +8,8 @@ import { DEFAULT_LOCAL_DIR_ROOTS } from './host/local-dirs';
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1_000;
 /** Images are held in memory (tmpfs); this caps one image. */
 export const DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 ** 3;
+/** Memory pre-copy's threshold (AgentOptions.precopyMinBytes). */
+export const DEFAULT_PRECOPY_MIN_BYTES = 32 * 1024 ** 2;
 
 export interface AgentOptions {
   /** This host's name in the cluster (a subject token). */
@@ -51,6 +53,16 @@ export interface AgentOptions {
    * host dumps to its work dir (or the page tunnel) instead, e.g. to compare them.
    */
   streamDump: boolean;
+  /**
+   * Memory pre-copy where both hosts can (CriuInfo.memoryPrecopy); false (FERRY_PRECOPY=off): this
+   * host neither pre-copies nor takes pre-copied memory, e.g. to compare.
+   */
+  memoryPrecopy: boolean;
+  /**
+   * Pre-copy only a workload with at least this much private memory present (FERRY_PRECOPY_MIN_MIB):
+   * below it the extra pass costs more than the few milliseconds of downtime it saves.
+   */
+  precopyMinBytes: number;
   /** Where workloads' local dirs may be (FERRY_LOCAL_DIR_ROOTS, comma-separated; host/local-dirs.ts). */
   localDirRoots: string[];
   /** Faults to inject, for failure tests only. */
@@ -73,6 +85,8 @@ export function defaultAgentOptions(host = 'h1'): AgentOptions {
     lazyDump: true,
     pageTunnel: true,
     streamDump: true,
+    memoryPrecopy: true,
+    precopyMinBytes: DEFAULT_PRECOPY_MIN_BYTES,
     localDirRoots: DEFAULT_LOCAL_DIR_ROOTS,
     faults: {},
     metricsPort: DEFAULT_AGENT_METRICS_PORT,
@@ -89,6 +103,7 @@ export function compileAgentOptions(partial: Partial<AgentOptions> & { host: str
   for (const k of ['dataDir', 'workDir'] as const) {
     if (!o[k].startsWith('/')) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${k} must be an absolute path`);
   }
+  if (!Number.isSafeInteger(o.precopyMinBytes) || o.precopyMinBytes < 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, 'precopyMinBytes must be a non-negative integer');
   for (const k of ['heartbeatIntervalMs', 'maxImageBytes', 'workDirBytes', 'ghostLimitBytes'] as const) {
     if (!Number.isFinite(o[k]) || o[k] <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `${k} must be a positive number`);
   }

@@ -23,6 +23,7 @@ import type { RepairSyscalls } from './host/tcp-sockets';
 import type { WorkDirs } from './host/work-dir';
 import type { FilePumpSyscalls } from './migration/native-file-pump';
 import type { StreamerSyscalls } from './criu/image-streamer';
+import type { PrecopySyscalls } from './migration/memory-precopy';
 import type { TunnelSyscalls } from './migration/page-tunnel';
 import { MigrationSource } from './migration/migration-source';
 import { MigrationTarget } from './migration/migration-target';
@@ -33,7 +34,7 @@ import { rootsDirOf } from './host/work-dir';
 export interface AgentDeps {
   nc: NatsConnection;
   /** Syscalls Node lacks (lseek of reopened pinned files, TCP repair, unmounting shared filesystems). */
-  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls & StreamerSyscalls;
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'umount2' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls & StreamerSyscalls & PrecopySyscalls;
   criu: CriuDriver;
   criuInfo: CriuInfo;
   workDirs: WorkDirs;
@@ -65,7 +66,7 @@ export class Agent {
     const { nc, metrics, criu } = deps;
     this.workloads = new Workloads({ host: opts.host, address: opts.address, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots, rootsDir: rootsDirOf(deps.workDirs) }, deps.inventory, criu, deps.syscalls, this.log, metrics);
     const shared = { ...deps, workloads: this.workloads, log: this.log };
-    this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes, rootsDir: rootsDirOf(deps.workDirs), faults: opts.faults }, shared);
+    this.source = new MigrationSource({ address: opts.address, ghostLimitBytes: opts.ghostLimitBytes, precopyMinBytes: opts.precopyMinBytes, maxImageBytes: opts.maxImageBytes, rootsDir: rootsDirOf(deps.workDirs), faults: opts.faults }, shared);
     this.target = new MigrationTarget({ host: opts.host, address: opts.address, maxImageBytes: opts.maxImageBytes, dataDir: opts.dataDir, localDirRoots: opts.localDirRoots, rootsDir: rootsDirOf(deps.workDirs) }, shared);
     this.listWorkloads = withShadowWorkload(() => this.workloads.list(), opts.host, opts.faults);
     this.heartbeat = new HeartbeatLoop(nc, { host: opts.host, address: opts.address, intervalMs: opts.heartbeatIntervalMs, sealKey: this.sealKeys.publicKey }, deps.criuInfo, this.listWorkloads, this.log);

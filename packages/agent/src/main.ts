@@ -27,6 +27,8 @@ async function main(): Promise<void> {
       lazyDump: env.FERRY_LAZY_DUMP !== 'off',
       pageTunnel: env.FERRY_PAGE_TUNNEL !== 'off',
       streamDump: env.FERRY_STREAM_DUMP !== 'off',
+      memoryPrecopy: env.FERRY_PRECOPY !== 'off',
+      precopyMinBytes: env.FERRY_PRECOPY_MIN_MIB ? num(env.FERRY_PRECOPY_MIN_MIB)! * 1024 * 1024 : undefined,
       localDirRoots: env.FERRY_LOCAL_DIR_ROOTS ? env.FERRY_LOCAL_DIR_ROOTS.split(',').filter(Boolean) : undefined,
       faults: {
         corruptImageFrame: num(env.FERRY_FAULT_CORRUPT_IMAGE_FRAME),

@@ -31,12 +31,14 @@ export async function startAgent(partial: Partial<AgentOptions> & { host: string
   const probeStarted = Date.now();
   const probed = await probeCriu({ criuPath: opts.criuPath, workDir: join(opts.workDir, 'probe'), streamSyscalls: sys });
   // What the coordinator plans migrations from: a lazy dump or page tunnel switched off here
-  // (FERRY_LAZY_DUMP=off, FERRY_PAGE_TUNNEL=off, FERRY_STREAM_DUMP=off) is one this host cannot do.
+  // (FERRY_LAZY_DUMP=off, FERRY_PAGE_TUNNEL=off, FERRY_STREAM_DUMP=off, FERRY_PRECOPY=off) is one this host cannot do.
   const criuInfo = {
     ...probed,
     lazyDump: probed.lazyDump && opts.lazyDump,
     pageTunnel: probed.pageTunnel && opts.pageTunnel,
     stream: probed.stream && opts.streamDump,
+    // Pre-copy rides on the streamed dump (its pages file is what the delta replaces).
+    memoryPrecopy: probed.stream && opts.streamDump && opts.memoryPrecopy,
     pipeData: probed.pipeData && !opts.faults.noPipeData,
   };
   log.info({ criu: criuInfo, ms: Date.now() - probeStarted }, 'CRIU probed');

@@ -221,6 +221,7 @@ export class EventJournal {
         figures.dumpMs = m.phases.dumpMs;
         figures.transferMs = m.phases.transferMs;
         if (m.phases.localDirMs !== undefined) figures.localDirMs = m.phases.localDirMs;
+        if (m.phases.precopyMs !== undefined) figures.precopyMs = m.phases.precopyMs;
       }
       if (step === 'restored' || terminal) {
         figures.restoreMs = m.phases.restoreMs;

@@ -64,11 +64,11 @@ describe('planDataPath', () => {
   const both = { pageServerTls: true, pageTunnel: false, lazyDump: true, stream: false };
   const none = { pageServerTls: false, pageTunnel: false, lazyDump: false, stream: false };
   test('pre-copy: the TLS page server where both ends have it, else everything in the image stream', () => {
-    expect(planDataPath('auto', 'lazy', both, both, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: true, pageTunnel: false, lazyPageTunnel: false });
-    expect(planDataPath('auto', 'eager', both, none, {})).toEqual({ memory: 'image', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
-    expect(planDataPath('nats', 'lazy', both, both, {})).toEqual({ memory: 'image', stream: 'nats', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('auto', 'lazy', both, both, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: true, pageTunnel: false, lazyPageTunnel: false, precopyMemory: false });
+    expect(planDataPath('auto', 'eager', both, none, {})).toEqual({ memory: 'image', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false, precopyMemory: false });
+    expect(planDataPath('nats', 'lazy', both, both, {})).toEqual({ memory: 'image', stream: 'nats', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false, precopyMemory: false });
     // Asked for by name without TLS on one end: in clear.
-    expect(planDataPath('page-server', 'lazy', both, none, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('page-server', 'lazy', both, none, {})).toEqual({ memory: 'page-server', stream: 'auto', pageServer: true, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false, precopyMemory: false });
   });
   test('post-copy: CRIU\'s lazy dump where the source can, not for a workload with a service address', () => {
     expect(planDataPath('auto', 'post-copy', both, both, {}).memory).toBe('lazy-dump');
@@ -84,13 +84,13 @@ describe('the page tunnel', () => {
   test('auto takes it where both ends have it, ahead of CRIU\'s TLS page server', () => {
     expect(chooseTransport('auto', tun, tun)).toBe('page-tunnel');
     expect(chooseTransport('auto', tun, old)).toBe('page-server');
-    expect(planDataPath('auto', 'lazy', tun, tun, {})).toEqual({ memory: 'page-tunnel', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: true, lazyPageTunnel: false });
+    expect(planDataPath('auto', 'lazy', tun, tun, {})).toEqual({ memory: 'page-tunnel', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: true, lazyPageTunnel: false, precopyMemory: false });
   });
   test('never in post-copy, and asked for by name only where both ends have it', () => {
     expect(planDataPath('auto', 'post-copy', tun, tun, {})).toMatchObject({ memory: 'lazy-dump', pageTunnel: true, lazyPageTunnel: true });
     // Pinned to NATS, post-copy keeps the relay through NATS; without the tunnel at one end, CRIU to CRIU.
-    expect(planDataPath('nats', 'post-copy', tun, tun, {})).toMatchObject({ memory: 'lazy-dump', pageTunnel: false, lazyPageTunnel: false });
-    expect(planDataPath('auto', 'post-copy', tun, old, {})).toMatchObject({ memory: 'lazy-dump', pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('nats', 'post-copy', tun, tun, {})).toMatchObject({ memory: 'lazy-dump', pageTunnel: false, lazyPageTunnel: false, precopyMemory: false });
+    expect(planDataPath('auto', 'post-copy', tun, old, {})).toMatchObject({ memory: 'lazy-dump', pageTunnel: false, lazyPageTunnel: false, precopyMemory: false });
     expect(planDataPath('auto', 'post-copy', { ...tun, lazyDump: false }, tun, {})).toMatchObject({ memory: 'lazy-rewrite', lazyPageTunnel: false });
     expect(() => chooseRestoreMode('post-copy', null, { lazyPages: true }, 'h2', 'page-tunnel')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
     expect(chooseRestoreMode(undefined, 'post-copy', { lazyPages: true }, 'h2', 'page-tunnel')).toBe('lazy');
@@ -108,7 +108,7 @@ describe('the streamed dump', () => {
   const streams = { pageServerTls: true, pageTunnel: true, lazyDump: true, stream: true };
   const tunnelOnly = { ...streams, stream: false };
   test('auto, direct and nats stream the dump where both ends can, ahead of the page tunnel', () => {
-    expect(planDataPath('auto', 'lazy', streams, streams, {})).toEqual({ memory: 'stream', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false });
+    expect(planDataPath('auto', 'lazy', streams, streams, {})).toEqual({ memory: 'stream', stream: 'auto', pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false, precopyMemory: false });
     expect(planDataPath('direct', 'eager', streams, streams, {})).toMatchObject({ memory: 'stream', stream: 'direct' });
     expect(planDataPath('nats', 'lazy', streams, streams, {})).toMatchObject({ memory: 'stream', stream: 'nats' });
     expect(planDataPath('nats', 'lazy', streams, tunnelOnly, {})).toMatchObject({ memory: 'image', stream: 'nats' });
@@ -119,6 +119,16 @@ describe('the streamed dump', () => {
     expect(planDataPath('page-tunnel', 'lazy', streams, streams, {})).toMatchObject({ memory: 'page-tunnel' });
     expect(planDataPath('page-server', 'lazy', streams, streams, {})).toMatchObject({ memory: 'page-server' });
     expect(planDataPath('auto', 'post-copy', streams, streams, {}).memory).toBe('lazy-dump');
+  });
+  test('pre-copies the memory where both ends can, on the streamed dump only', () => {
+    const precopy = { ...streams, memoryPrecopy: true };
+    expect(planDataPath('auto', 'lazy', precopy, precopy, {})).toMatchObject({ memory: 'stream', precopyMemory: true });
+    expect(planDataPath('nats', 'eager', precopy, precopy, {})).toMatchObject({ memory: 'stream', stream: 'nats', precopyMemory: true });
+    expect(planDataPath('auto', 'lazy', precopy, streams, {})).toMatchObject({ memory: 'stream', precopyMemory: false });
+    expect(planDataPath('auto', 'lazy', streams, precopy, {})).toMatchObject({ memory: 'stream', precopyMemory: false });
+    expect(planDataPath('page-tunnel', 'lazy', precopy, precopy, {})).toMatchObject({ memory: 'page-tunnel', precopyMemory: false });
+    expect(planDataPath('auto', 'post-copy', precopy, precopy, {})).toMatchObject({ memory: 'lazy-dump', precopyMemory: false });
+    expect(planDataPath('auto', 'lazy', { ...precopy, stream: false }, { ...precopy, stream: false }, {})).toMatchObject({ memory: 'page-tunnel', precopyMemory: false });
   });
   test('a streamed migration reports its stream before the checkpoint answers', () => {
     expect(plannedTransport(planDataPath('auto', 'lazy', streams, streams, {}), 'nats')).toBe('nats');

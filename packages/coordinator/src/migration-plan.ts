@@ -109,6 +109,16 @@ export interface DataPathPlan {
    * which keeps the relay through NATS for clusters whose hosts do not reach each other).
    */
   lazyPageTunnel: boolean;
+  /**
+   * Memory pre-copy (memory `stream`, both hosts able: CriuInfo.memoryPrecopy): the memory crosses
+   * while the workload runs, and the freeze sends only the pages that changed since.
+   */
+  precopyMemory: boolean;
+}
+
+/** Both ends can pre-copy memory and rebuild pages from a delta. */
+export function bothMemoryPrecopy(source: Partial<Pick<CriuInfo, 'memoryPrecopy'>>, target: Partial<Pick<CriuInfo, 'memoryPrecopy'>>): boolean {
+  return source.memoryPrecopy === true && target.memoryPrecopy === true;
 }
 
 /**
@@ -120,8 +130,8 @@ export interface DataPathPlan {
 export function planDataPath(
   wanted: TransportPreference,
   restore: RestoreMode,
-  source: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel' | 'lazyDump' | 'stream'>,
-  target: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel' | 'stream'>,
+  source: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel' | 'lazyDump' | 'stream'> & Partial<Pick<CriuInfo, 'memoryPrecopy'>>,
+  target: Pick<CriuInfo, 'pageServerTls' | 'pageTunnel' | 'stream'> & Partial<Pick<CriuInfo, 'memoryPrecopy'>>,
   workload: { address?: string | undefined },
 ): DataPathPlan {
   const postCopy = restore === 'post-copy';
@@ -130,13 +140,16 @@ export function planDataPath(
   if (postCopy) {
     const memory: MemoryPath = source.lazyDump && workload.address === undefined ? 'lazy-dump' : 'lazy-rewrite';
     const lazyPageTunnel = memory === 'lazy-dump' && stream !== 'nats' && bothPageTunnel(source, target);
-    return { memory, stream, pageServer: false, pageServerTls: false, pageTunnel: lazyPageTunnel, lazyPageTunnel };
+    return { memory, stream, pageServer: false, pageServerTls: false, pageTunnel: lazyPageTunnel, lazyPageTunnel, precopyMemory: false };
   }
-  const none = { pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false };
+  const none = { pageServer: false, pageServerTls: false, pageTunnel: false, lazyPageTunnel: false, precopyMemory: false };
   // A streamed dump wherever both can: the pages leave while CRIU dumps and never touch the
   // source's disk, pumped and sealed at memory speed on the direct path (the fastest measured,
   // bench/results.md), in sealed chunk frames through nats-server; a page path named wins.
-  if ((wanted === 'auto' || wanted === 'direct' || wanted === 'nats') && bothStream(source, target)) return { ...none, memory: 'stream', stream: wanted };
+  if ((wanted === 'auto' || wanted === 'direct' || wanted === 'nats') && bothStream(source, target)) {
+    // Pre-copy where both can: the freeze then carries only what changed (bench/results.md).
+    return { ...none, memory: 'stream', stream: wanted, precopyMemory: bothMemoryPrecopy(source, target) };
+  }
   if (transport === 'page-tunnel') return { ...none, memory: 'page-tunnel', stream, pageTunnel: true };
   if (transport === 'page-server') return { ...none, memory: 'page-server', stream, pageServer: true, pageServerTls: bothPageServerTls(source, target) };
   return { ...none, memory: 'image', stream };

@@ -50,6 +50,8 @@ export interface MigrateParams {
   transport?: TransportPreference;
   /** Default: lazy when the target's CRIU probe allows it. */
   restore?: RestoreMode;
+  /** Memory pre-copy (MigrateRequest.precopy); default auto. */
+  precopy?: 'auto' | 'off';
   /** Hosts placement must not pick (e.g. a drain retrying after a failed pre-flight). */
   exclude?: ReadonlySet<string>;
 }
@@ -129,6 +131,7 @@ export class MigrationRunner {
       placement,
       transportPreference: params.transport ?? 'auto',
       ...(params.restore ? { restore: params.restore } : {}),
+      ...(params.precopy ? { precopyPreference: params.precopy } : {}),
     };
     this.slots.add(id, { from: m.from, to: m.to, rssBytes: workload.rssBytes });
     try {
@@ -283,6 +286,7 @@ export class MigrationRunner {
         ...(received.pageTunnel ? { pageTunnel: received.pageTunnel } : {}),
         sealedImageKey: sealToAgent(imageKey, this.registry.sealKeyOf(m.from), m.id),
         targetPipeData: this.registry.describe(m.to).criu.pipeData,
+        precopyMemory: plan.precopyMemory && m.precopyPreference !== 'off',
       }, this.opts.checkpointTimeoutMs, [m.to]);
       imageKey.fill(0);
       m.frozenAt = cp.frozenAt;
@@ -290,6 +294,10 @@ export class MigrationRunner {
       m.phases.dumpMs = cp.dumpMs;
       m.phases.transferMs = cp.transferMs;
       if (cp.localDirMs > 0) m.phases.localDirMs = cp.localDirMs;
+      if (cp.precopyMs > 0) {
+        m.phases.precopyMs = cp.precopyMs;
+        m.precopyBytes = cp.precopyBytes;
+      }
       m.bytesTransferred = cp.bytes;
 
       await this.step(m, 'restoring');

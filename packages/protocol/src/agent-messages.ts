@@ -128,6 +128,12 @@ export const CheckpointRequest = z.object({
   sealedImageKey: SealedSecret.optional(),
   /** The target's probe: its CRIU can refill pipes and FIFOs (CriuInfo.pipeData); false: one holding data is refused. */
   targetPipeData: z.boolean().default(true),
+  /**
+   * With memory `stream`, both hosts able (CriuInfo.memoryPrecopy): copy the memory across while the
+   * workload runs, then send only the pages that changed when it is frozen. The source still skips
+   * it for a workload with less memory than its threshold.
+   */
+  precopyMemory: z.boolean().default(false),
 });
 export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
 
@@ -227,6 +233,9 @@ export const CheckpointReply = z.object({
   lazyPageServer: PageServerEndpoint.optional(),
   /** The workload's local dirs: how long their first pass took, the workload running (0: none). */
   localDirMs: z.number().nonnegative().default(0),
+  /** Memory pre-copy: how long its pass took, the workload running (0: none), and the bytes it moved. */
+  precopyMs: z.number().nonnegative().default(0),
+  precopyBytes: z.number().int().nonnegative().default(0),
 });
 export type CheckpointReply = z.infer<typeof CheckpointReply>;
 

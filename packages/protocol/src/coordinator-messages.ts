@@ -80,6 +80,12 @@ export const MigrateRequest = z.object({
   transport: TransportPreference.optional(),
   /** eager: the restore fills all memory first; lazy: see RestoreRequest.lazyPages. Default: lazy where the target's probe allows. */
   restore: RestoreMode.optional(),
+  /**
+   * Memory pre-copy: auto (default) where both hosts can and the workload is big enough; off sends
+   * all its memory while it is frozen (for a workload that rewrites most of it all the time, where
+   * the pass would be wasted).
+   */
+  precopy: z.enum(['auto', 'off']).optional(),
 });
 export type MigrateRequest = z.infer<typeof MigrateRequest>;
 

@@ -58,6 +58,12 @@ export const CriuInfo = z.object({
    * dumps (memory path `stream`).
    */
   stream: z.boolean().default(false),
+  /**
+   * This agent can pre-copy a workload's memory while it runs and send only what changed at the
+   * freeze (@ferry/native's precopyRead and dedupPages), and rebuild pages from such a delta as a
+   * target (agent migration/memory-precopy.ts). Off with FERRY_PRECOPY=off.
+   */
+  memoryPrecopy: z.boolean().default(false),
   /** Why it is not usable, when it is not. */
   problem: z.string().max(4096).optional(),
 });
@@ -253,6 +259,8 @@ export const MigrationResult = z.object({
   downtimeMs: z.number().nonnegative(),
   totalMs: z.number().nonnegative(),
   bytesTransferred: z.number().int().nonnegative(),
+  /** Of them, what memory pre-copy moved while the workload ran (absent: no pre-copy); the rest crossed while it was frozen. */
+  precopyBytes: z.number().int().nonnegative().optional(),
   /** How the image travelled: through nats-server, or over a TCP connection between the agents. */
   transport: Transport,
   /** Absent in records from before restore modes existed (they were eager). */
@@ -265,6 +273,8 @@ export const MigrationResult = z.object({
     pullMs: z.number().nonnegative().optional(),
     /** Workloads with local dirs: their first pass, the workload still running (`ferry run --local-dir`). */
     localDirMs: z.number().nonnegative().optional(),
+    /** Memory pre-copy: its pass, the workload still running (the freeze then sent only what changed). */
+    precopyMs: z.number().nonnegative().optional(),
   }),
   /** Pid on the target after success. */
   pid: z.number().int().nullable(),
@@ -274,6 +284,8 @@ export const MigrationResult = z.object({
   placement: z.object({ host: HostName, reason: z.string().max(4096) }).nullable().optional(),
   /** The data path the request asked for (absent in records from before it was kept: auto). */
   transportPreference: TransportPreference.optional(),
+  /** `ferry migrate --precopy` as asked (absent: auto). */
+  precopyPreference: z.enum(['auto', 'off']).optional(),
   /** How the memory left the source, as planned from both probes (`stream`: while CRIU dumped). Absent before it is planned. */
   memory: MemoryPath.optional(),
   /** The workload's local dirs that moved with it (`ferry run --local-dir`); absent: none. */

@@ -200,7 +200,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const driver = new CriuDriver({ criuPath: options.criuPath, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS }, options.logger);
   const unusable = (version: string, checkOk: boolean, problem: string): CriuProbeResult => ({
-    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, pipeData: false, stream: false, problem, durationMs: elapsedMs(),
+    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, pipeData: false, stream: false, memoryPrecopy: false, problem, durationMs: elapsedMs(),
   });
 
   let version: string;
@@ -274,6 +274,8 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     pageTunnel,
     pipeData,
     stream,
+    // Pre-copy's deltas replace the streamed dump's pages files; the addon that streams also hashes.
+    memoryPrecopy: stream,
     durationMs: elapsedMs(),
   };
   if (problems.length > 0) result.problem = problems.join('; ').slice(0, 4096);

@@ -178,6 +178,38 @@ export function withNrPages(entry: PagemapEntry, nrPages: number): Buffer {
   return Buffer.concat(parts);
 }
 
+/**
+ * A pagemap entry's protobuf for `vaddr`, `nrPages` and `flags` (both page counts: CRIU 4.x reads the
+ * 64-bit nr_pages, 5, and still requires compat_nr_pages, 2), keeping any other field of `template`.
+ */
+export function pagemapEntryBytes(run: { vaddr: number; nrPages: number; flags: number }, template?: Buffer): Buffer {
+  const kept = template ? parseFields(template).filter((f) => ![1, 2, 3, 4, 5].includes(f.field)).map((f) => f.raw) : [];
+  return Buffer.concat([
+    writeVarint(1 * 8 + WIRE_VARINT),
+    writeVarint(run.vaddr),
+    writeVarint(2 * 8 + WIRE_VARINT),
+    writeVarint(Math.min(run.nrPages, 0xffffffff)),
+    writeVarint(4 * 8 + WIRE_VARINT),
+    writeVarint(run.flags),
+    writeVarint(5 * 8 + WIRE_VARINT),
+    writeVarint(run.nrPages),
+    ...kept,
+  ]);
+}
+
+/** A pagemap_head record naming pages-<pagesId>.img. */
+export function pagemapHeadBytes(pagesId: number): Buffer {
+  return Buffer.concat([writeVarint(1 * 8 + WIRE_VARINT), writeVarint(pagesId)]);
+}
+
+/** The two magics every pagemap image starts with. */
+export function pagemapHeader(): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeUInt32LE(IMG_COMMON_MAGIC, 0);
+  b.writeUInt32LE(PAGEMAP_MAGIC, 4);
+  return b;
+}
+
 export function encodePagemap(image: Pick<PagemapImage, 'header' | 'head'>, entries: Buffer[]): Buffer {
   const parts: Buffer[] = [image.header];
   for (const record of [image.head, ...entries]) {

@@ -341,7 +341,9 @@ export class LocalDirReceiver {
   }
 }
 
+type LiveFiles = AsyncIterable<LiveImageFile> | Iterable<LiveImageFile>;
+
 /** Several live sources one after another, each asked for only once the previous one has ended. */
-export async function* concatLive(...sources: (AsyncIterable<LiveImageFile> | (() => AsyncIterable<LiveImageFile>))[]): AsyncGenerator<LiveImageFile> {
+export async function* concatLive(...sources: (LiveFiles | (() => LiveFiles))[]): AsyncGenerator<LiveImageFile> {
   for (const source of sources) yield* typeof source === 'function' ? source() : source;
 }

@@ -9,12 +9,13 @@ import type { RepairSyscalls } from '../host/tcp-sockets';
 import type { WorkDirs } from '../host/work-dir';
 import type { Workloads } from '../workloads/workloads';
 import type { FilePumpSyscalls } from './native-file-pump';
+import type { PrecopySyscalls } from './memory-precopy';
 import type { TunnelSyscalls } from './page-tunnel';
 
 export interface MigrationDeps {
   nc: NatsConnection;
-  /** lseek of reopened pinned files, TCP repair, the page tunnel's socket pairs and sealed pumps, the image streamer's pipes. */
-  syscalls: Pick<LinuxSyscalls, 'lseek' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls & StreamerSyscalls;
+  /** lseek of reopened pinned files, TCP repair, the page tunnel's socket pairs and sealed pumps, the image streamer's pipes, memory pre-copy's reader and filter. */
+  syscalls: Pick<LinuxSyscalls, 'lseek' | 'unreadBytes'> & RepairSyscalls & TunnelSyscalls & FilePumpSyscalls & StreamerSyscalls & PrecopySyscalls;
   criu: CriuDriver;
   /** This host's probe, as the coordinator planned the migration from it. */
   criuInfo: CriuInfo;

@@ -34,6 +34,7 @@ import type { WorkloadRecord } from '../workloads/inventory';
 import { workloadRootDir } from '../workloads/workloads';
 import { manifestIn, writeManifest } from './manifest-file';
 import { concatLive, LocalDirSender, removeLocalDirs } from './local-dir-copy';
+import { MemoryPrecopy } from './memory-precopy';
 import { nativeFilePump } from './native-file-pump';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
@@ -44,6 +45,10 @@ export interface MigrationSourceOptions {
   address: string;
   /** Largest unlinked-but-open local file the image may carry. */
   ghostLimitBytes: number;
+  /** Memory pre-copy only for a workload with at least this much private memory (AgentOptions.precopyMinBytes). */
+  precopyMinBytes: number;
+  /** Largest image: a workload with more private memory than this is not pre-copied. */
+  maxImageBytes: number;
   /** Where isolated workloads' root skeletons live on this host (isolated-root.ts). */
   rootsDir: string;
   /** Failure tests only: the image sent as a compromised source would (fault-injection.ts). */
@@ -203,8 +208,9 @@ export class MigrationSource {
         logger: log,
         ...(live ? { live } : {}),
       });
-    // Host-local dirs: their first pass crosses while the workload still runs (local-dir-copy.ts).
-    const precopy = await this.precopyLocalDirs(rec, req.migrationId, startSend, log).catch(async (err: unknown) => {
+    // Host-local dirs and memory: their first pass crosses while the workload still runs
+    // (local-dir-copy.ts, memory-precopy.ts).
+    const precopy = await this.firstPass(rec, req, dir, startSend, log).catch(async (err: unknown) => {
       await removePins(pins);
       await workDirs.remove(req.migrationId);
       throw err;
@@ -221,6 +227,7 @@ export class MigrationSource {
         log,
         stream: req.transport,
         sendImage: precopy?.sendImage ?? startSend,
+        ...(precopy?.memory ? { memoryPrecopy: precopy.memory } : {}),
       },
       req.pageServer,
       req.pageTunnel,
@@ -310,44 +317,55 @@ export class MigrationSource {
       transport: path.transportName ?? sent.transport,
       lazyBytes,
       ...(lazyPageServer ? { lazyPageServer } : {}),
-      localDirMs: precopy?.ms() ?? 0,
+      localDirMs: precopy?.localDirMs() ?? 0,
+      precopyMs: precopy?.memory?.milliseconds ?? 0,
+      precopyBytes: precopy?.memory?.bytes ?? 0,
     };
   }
 
   /**
-   * With local dirs, the image stream starts now, the workload running: their full archives go
-   * first, then (once the data path asks for the stream, with its live files if it has any) the
-   * rest of the checkpoint, then the incremental archives the frozen workload's dirs give. Resolves
-   * once the full archives are across (or, where the stream is not pumped, written here to be sent
-   * after the dump: the directory is then copied while the workload is frozen).
+   * With local dirs or memory to pre-copy, the image stream starts now, the workload running: the
+   * local dirs' full archives and the pre-copied memory go first, then (once the data path asks for
+   * the stream, with its live files if it has any) the rest of the checkpoint, then the incremental
+   * archives the frozen workload's dirs give. Resolves once the first pass is across (or, where the
+   * stream is not pumped, written here to be sent after the dump).
    */
-  private async precopyLocalDirs(
+  private async firstPass(
     rec: WorkloadRecord,
-    migrationId: string,
+    req: CheckpointRequest,
+    dir: string,
     startSend: (live?: AsyncIterable<LiveImageFile>) => Promise<TransferStats>,
     log: Logger,
-  ): Promise<{ sendImage: (live?: AsyncIterable<LiveImageFile>) => Promise<TransferStats>; abort: (err: FerryError) => void; ms: () => number } | undefined> {
+  ): Promise<{ sendImage: (live?: AsyncIterable<LiveImageFile>) => Promise<TransferStats>; abort: (err: FerryError) => void; localDirMs: () => number; memory?: MemoryPrecopy } | undefined> {
     const dirs = rec.localDirs ?? [];
-    if (dirs.length === 0) return undefined;
-    const local = new LocalDirSender(this.deps.syscalls, dirs, this.deps.workDirs.localPathFor(migrationId), log);
+    const local = dirs.length > 0 ? new LocalDirSender(this.deps.syscalls, dirs, this.deps.workDirs.localPathFor(req.migrationId), log) : undefined;
+    // Memory only where the coordinator planned it (both hosts able, the streamed dump) and the workload is big enough.
+    const memory =
+      req.precopyMemory && req.memory === 'stream'
+        ? await MemoryPrecopy.plan(this.deps.syscalls, await livingProcesses(await listTree(rec.pid)), { minBytes: this.opts.precopyMinBytes, maxBytes: this.opts.maxImageBytes }, log)
+        : undefined;
+    if (!local && !memory) return undefined;
+    // The address runs each pre-copy file was read from: sent with the image, the target's parent pagemaps.
+    await memory?.writeRuns(dir);
     const middle = new DeferredLive();
-    const sending = startSend(concatLive(local.fullArchives(), middle.files(), () => local.incrementalArchives()));
+    const sending = startSend(concatLive(local ? local.fullArchives() : [], memory ? memory.files() : [], middle.files(), () => (local ? local.incrementalArchives() : [])));
     sending.catch(() => undefined);
     await Promise.race([
-      local.precopied,
+      Promise.all([local?.precopied, memory?.precopied]),
       sending.then(() => {
-        throw new FerryError(ErrorCode.INTERNAL, 'the image stream ended before the local dirs were across');
+        throw new FerryError(ErrorCode.INTERNAL, 'the image stream ended before the first pass was across');
       }),
     ]);
-    const ms = local.precopyMilliseconds;
-    log.info({ dirs, ms }, 'local dirs pre-copied');
+    if (local) log.info({ dirs, ms: local.precopyMilliseconds }, 'local dirs pre-copied');
+    if (memory) log.info({ bytes: memory.bytes, ms: memory.milliseconds }, 'memory pre-copy across');
     return {
       sendImage: (live) => {
         middle.resolve(live);
         return sending;
       },
       abort: (err) => middle.fail(err),
-      ms: () => ms,
+      localDirMs: () => local?.precopyMilliseconds ?? 0,
+      ...(memory ? { memory } : {}),
     };
   }
 

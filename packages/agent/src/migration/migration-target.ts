@@ -38,11 +38,12 @@ import { addServiceAddress, announceServiceAddress, removeServiceAddress } from 
 import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS } from '../host/local-dirs';
 import { setTreeTcpRepair } from '../host/tcp-sockets';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
-import { startLocalLazyMemory, startPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
+import { startLocalLazyMemory, startLocalRelayedMemory, startPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
 import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
 import { assertLocalDirsFree, LocalDirReceiver } from './local-dir-copy';
 import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
 import { nativeFilePump } from './native-file-pump';
+import { applyPageDeltas } from './page-delta';
 import { PageTunnelReceiver } from './page-tunnel';
 import { criuRestoreRootArgs, ISOLATED_ROOT_TCP_ARGS, isolatedRootPlan, makeRootSkeleton, removeRootSkeleton } from '../host/isolated-root';
 import { workloadRootDir } from '../workloads/workloads';
@@ -224,6 +225,12 @@ export class MigrationTarget {
     // Nothing of it is acted on before it matches what this host derives itself.
     checkManifestForTarget(manifest, { migrationId: req.migrationId, dataDir: this.opts.dataDir, mountRoots: inc.mountRoots, address: inc.address });
     // So are its pagemaps: CRIU would walk a hostile run of 2^40 pages for days, holding every restore here.
+    // Pre-copied memory: each pages image that came as a delta is rebuilt before anything reads it.
+    const deltas = await applyPageDeltas(inc.dir, this.opts.maxImageBytes, { lazy: req.mode === 'lazy' });
+    if (deltas.deltas > 0) {
+      const { lazyPagesSource: _, ...counts } = deltas;
+      log.info({ migrationId: req.migrationId, ...counts }, 'memory rebuilt from the pre-copy and its delta');
+    }
     await checkClaimedMemory(inc.dir, await readdir(inc.dir), totalmem());
     await placeWorkloadLog(inc.dir, manifest);
     // Its local dirs as they were when it froze, before it runs here (a failure rolls back).
@@ -259,6 +266,10 @@ export class MigrationTarget {
           },
           migrationLog,
         );
+        inc.relay = feed.relay;
+      } else if (req.mode === 'lazy' && deltas.lazyPagesSource) {
+        // Pre-copied memory: the daemon's lazy pages come from this host's files through a relay.
+        feed = await startLocalRelayedMemory(criu, inc.dir, deltas.lazyPagesSource, this.deps.syscalls, migrationLog);
         inc.relay = feed.relay;
       } else if (req.mode === 'lazy') feed = await startLocalLazyMemory(criu, inc.dir);
       const lazy = feed !== undefined;
@@ -313,7 +324,7 @@ export class MigrationTarget {
     if (feed) await this.awaitLastPage(feed, inc, restored.pid, req.workload);
     // Pages that came after the resume: counted by the relay, or (CRIU fetching them itself) every
     // lazy page the images name, all of which CRIU's daemon had before it exited 0.
-    const fetched = inc.relay
+    const fetched = inc.relay && req.mode === 'post-copy'
       ? (await inc.relay.done).pages * PAGE_BYTES
       : req.mode === 'post-copy' && (req.lazyPageServer || inc.pageTunnel)
         ? lazyRunBytes(await lazyRunsOf(inc.dir, await readdir(inc.dir)))

@@ -26,6 +26,7 @@ import { lazyRunBytes, lazyRunsOf, type LazyRun } from '../criu/pagemap-image';
 import { criuTlsArgs, makePageServerTls, writePageServerClientTls } from '../criu/page-server-tls';
 import type { WorkDirs } from '../host/work-dir';
 import { CriuDirectLazySource, CriuLazySource, CriuPageClient, LazyMemorySource, type PostCopySource } from '../post-copy/post-copy-source';
+import type { MemoryPrecopy } from './memory-precopy';
 import { openSourceTunnel, type PageTunnelEnd, type TunnelSyscalls } from './page-tunnel';
 
 /** What one checkpoint's data path needs to know. */
@@ -48,6 +49,8 @@ export interface DataPathContext {
   sendImage(live?: AsyncIterable<LiveImageFile>): Promise<TransferStats>;
   /** How ferry's stream will carry the images (`nats`: the hosts are not to talk directly). */
   stream: StreamTransport;
+  /** The memory pre-copied while the workload ran: the streamed dump sends its pages as a delta of it. */
+  memoryPrecopy?: MemoryPrecopy;
 }
 
 export interface DumpedImage {
@@ -149,7 +152,8 @@ class StreamDumpPath extends ImageDumpPath {
     const { syscalls: sys, criu, dir, log } = this.ctx;
     const streamer = await CaptureStreamer.listen(sys, dir, log);
     this.streamer = streamer;
-    this.sending = this.ctx.sendImage(streamer.liveFiles());
+    const live = this.ctx.memoryPrecopy ? this.ctx.memoryPrecopy.deltas(streamer.liveFiles()) : streamer.liveFiles();
+    this.sending = this.ctx.sendImage(live);
     // A failed send stops the capture (CRIU's writes fail, so does the dump); its error is reported by send().
     this.sending.catch(() => undefined);
     try {

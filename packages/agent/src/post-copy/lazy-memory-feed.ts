@@ -86,3 +86,36 @@ export async function startPostCopyMemory(criu: CriuDriver, imagesDir: string, s
     source.syscalls.close(criuFd);
   }
 }
+
+/** Reads a task's lazy pages from this host's files (page-delta.ts LocalLazyPages). */
+export interface LocalPageSource {
+  read(pid: number, vaddr: number, nr: number): Promise<{ vaddr: number; nr: number; data: Buffer }>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the daemon for a lazy restore of pre-copied memory: a relay on the other end of its socket
+ * pair answers it from the rebuilt image's files on this host (CRIU's daemon cannot read the
+ * parent image those point into itself; page-delta.ts).
+ */
+export async function startLocalRelayedMemory(
+  criu: CriuDriver,
+  imagesDir: string,
+  pages: LocalPageSource,
+  syscalls: Pick<LinuxSyscalls, 'socketpair' | 'close'>,
+  log: Logger,
+): Promise<LazyMemoryFeed> {
+  const [criuFd, relayFd] = syscalls.socketpair();
+  const relay = LazyPageRelay.start((pid, vaddr, nr) => pages.read(pid, vaddr, nr), log, new Socket({ fd: relayFd, readable: true, writable: true }));
+  relay.done.finally(() => pages.close()).catch(() => undefined);
+  try {
+    const daemon = await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd, relay: true });
+    return { daemon, relay };
+  } catch (err) {
+    relay.stop('the lazy-pages daemon did not start');
+    throw err;
+  } finally {
+    // The daemon holds its own copy: with ours closed, its exit ends the relay's session.
+    syscalls.close(criuFd);
+  }
+}

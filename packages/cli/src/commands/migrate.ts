@@ -35,6 +35,7 @@ export function publicResult(m: MigrationResult) {
     transport: m.transport,
     ...(m.memory ? { memory: m.memory } : {}),
     ...(m.localDirs ? { localDirs: m.localDirs } : {}),
+    ...(m.precopyBytes !== undefined ? { precopyBytes: m.precopyBytes } : {}),
     restore: m.restore ?? 'eager',
     phases: m.phases,
     pid: m.pid,
@@ -62,11 +63,12 @@ export function registerMigrate(program: Command): Command {
         'direct, nats (through nats-server only), page-tunnel or page-server',
       'auto',
     )
+    .option('--precopy <mode>', 'auto (copy the memory across while the workload runs, then only what changed while it is frozen; where both hosts can and it holds 32 MiB or more) or off')
     .option('--request-id <id>', 'idempotency key: retrying with the same id never starts a second migration')
     .option('--json', 'print {id, workload, from, to, state, downtimeMs, totalMs, bytesTransferred, phases, ...}')
     .action(
       // transport and restore as typed (unchecked here): the coordinator validates them.
-      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: TransportPreference; restore?: RestoreMode }) => {
+      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: TransportPreference; restore?: RestoreMode; precopy?: 'auto' | 'off' }) => {
         const nc = await connectCluster();
         const showProgress = !opts.json && process.stderr.isTTY;
         const bar = showProgress ? new ProgressLine(process.stderr) : null;
@@ -111,6 +113,7 @@ export function registerMigrate(program: Command): Command {
               requestId: opts.requestId ?? `r-${randomBytes(8).toString('hex')}`,
               transport: opts.transport,
               ...(opts.restore ? { restore: opts.restore } : {}),
+              ...(opts.precopy ? { precopy: opts.precopy } : {}),
             },
             { timeoutMs: MIGRATE_TIMEOUT_MS },
           );
@@ -121,6 +124,7 @@ export function registerMigrate(program: Command): Command {
             process.stdout.write(
               `${m.workload}: ${m.from} -> ${m.to} ${m.state} (id ${m.id})\n` +
                 `  downtime ${m.downtimeMs} ms, total ${m.totalMs} ms, ${formatBytes(m.bytesTransferred)} over ${m.transport}\n` +
+                (m.phases.precopyMs ? `  memory pre-copied in ${m.phases.precopyMs} ms (${formatBytes(m.precopyBytes ?? 0)}) while it ran\n` : '') +
                 `  dump ${m.phases.dumpMs} ms, transfer ${m.phases.transferMs} ms, restore ${m.phases.restoreMs} ms` +
                 `${m.phases.pullMs ? `, memory in place ${m.phases.pullMs} ms after the resume` : ''}\n` +
                 (m.placement ? `  placed on ${printable(m.placement.reason)}\n` : '') +

@@ -1,0 +1,199 @@
+import { mkdtemp, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PAGE_DELTA_HEAD_BYTES, PAGE_DELTA_MAGIC, PAGE_DELTA_OP } from '@ferry/native';
+import { encodePagemap, PE_LAZY, PE_PARENT, PE_PRESENT, pagemapEntryBytes, pagemapHeadBytes, pagemapHeader, parsePagemap } from '../criu/pagemap-image';
+import { applyPageDeltas, deltaNameOf, precopyFileName, precopyRunsName } from './page-delta';
+
+const PAGE = 4096;
+const BASE = 0x7f0000000000;
+
+/** A page filled with `tag` (distinct content per tag). */
+function page(tag: number): Buffer {
+  return Buffer.alloc(PAGE, tag & 0xff);
+}
+
+function head(op: number, a = 0, b = 0, c = 0): Buffer {
+  const h = Buffer.alloc(PAGE_DELTA_HEAD_BYTES);
+  h.writeUInt32LE(op, 0);
+  h.writeUInt32LE(a, 4);
+  h.writeUInt32LE(b, 8);
+  h.writeUInt32LE(c, 12);
+  return h;
+}
+
+const literal = (...pages: Buffer[]) => Buffer.concat([head(PAGE_DELTA_OP.LITERAL, pages.length), ...pages]);
+const ref = (file: number, first: number, pages: number) => head(PAGE_DELTA_OP.REF, file, first, pages);
+const end = (bytes: number) => head(PAGE_DELTA_OP.END, bytes % 2 ** 32, Math.floor(bytes / 2 ** 32));
+const delta = (...records: Buffer[]) => Buffer.concat([PAGE_DELTA_MAGIC, ...records]);
+const at = (page: number) => BASE + page * PAGE;
+
+describe('applyPageDeltas', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ferry-delta-'));
+    await mkdir(join(dir, 'precopy'));
+  });
+  afterEach(() => rm(dir, { recursive: true, force: true }));
+
+  /** Pre-copy file k: `runs` as [first page number, count] (addresses BASE + n pages), `tags` its pages' content. */
+  async function precopy(k: number, runs: [number, number][], tags: number[]): Promise<void> {
+    await writeFile(join(dir, precopyFileName(k)), Buffer.concat(tags.map(page)));
+    const raw = Buffer.alloc(runs.length * 16);
+    runs.forEach(([first, n], i) => {
+      raw.writeBigUInt64LE(BigInt(at(first)), i * 16);
+      raw.writeBigUInt64LE(BigInt(n * PAGE), i * 16 + 8);
+    });
+    await writeFile(join(dir, precopyRunsName(k)), raw);
+  }
+
+  /** The task's pagemap as CRIU wrote it: runs [first page number, count, flags], pages file `pagesId`. */
+  async function pagemap(taskId: number, pagesId: number, runs: [number, number, number][]): Promise<void> {
+    const entries = runs.map(([first, nrPages, flags]) => pagemapEntryBytes({ vaddr: at(first), nrPages, flags }));
+    await writeFile(join(dir, `pagemap-${taskId}.img`), encodePagemap({ header: pagemapHeader(), head: pagemapHeadBytes(pagesId) }, entries));
+  }
+
+  async function entriesOf(path: string): Promise<[number, number, number][]> {
+    return parsePagemap(await readFile(join(dir, path))).entries.map((e) => [(e.vaddr - BASE) / PAGE, e.nrPages, e.flags]);
+  }
+
+  test('an image without deltas is left alone', async () => {
+    await writeFile(join(dir, 'pages-1.img'), page(1));
+    expect(await applyPageDeltas(dir, 1 << 30)).toEqual({ deltas: 0, parentPages: 0, writtenPages: 0, lazyPages: 0 });
+    expect(await readFile(join(dir, 'pages-1.img'))).toEqual(page(1));
+  });
+
+  test('unchanged pages where they were go to a parent image; changed and new ones into the pages file', async () => {
+    // Pre-copied: pages 0..3 and 10..11. At the freeze: page 1 changed, page 5 new, the rest the same.
+    await precopy(0, [[0, 4], [10, 2]], [1, 2, 3, 4, 5, 6]);
+    await pagemap(1, 1, [[0, 4, PE_PRESENT], [5, 1, PE_PRESENT], [10, 2, PE_PRESENT | PE_LAZY]]);
+    await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(ref(0, 0, 1), literal(page(9)), ref(0, 2, 2), literal(page(7)), ref(0, 4, 2), end(7 * PAGE)));
+    expect(await applyPageDeltas(dir, 1 << 30)).toMatchObject({ deltas: 1, parentPages: 5, writtenPages: 2, lazyPages: 0 });
+    // What CRIU's restore reads: PE_PARENT runs from parent/, the others from pages-1.img in order.
+    expect(await entriesOf('pagemap-1.img')).toEqual([
+      [0, 1, PE_PARENT],
+      [1, 1, PE_PRESENT],
+      [2, 2, PE_PARENT],
+      [5, 1, PE_PRESENT],
+      [10, 2, PE_PARENT | PE_LAZY],
+    ]);
+    expect(await readFile(join(dir, 'pages-1.img'))).toEqual(Buffer.concat([page(9), page(7)]));
+    expect(await entriesOf('parent/pagemap-1.img')).toEqual([
+      [0, 4, PE_PRESENT],
+      [10, 2, PE_PRESENT],
+    ]);
+    expect(parsePagemap(await readFile(join(dir, 'parent/pagemap-1.img'))).pagesId).toBe(1);
+    expect(await readFile(join(dir, 'parent/pages-1.img'))).toEqual(Buffer.concat([1, 2, 3, 4, 5, 6].map(page)));
+    // The delta and the rest of the pre-copy are gone.
+    expect((await readdir(dir)).sort()).toEqual(['pagemap-1.img', 'pages-1.img', 'parent']);
+  });
+
+  test('a page whose content moved to another address is written, not taken from the parent', async () => {
+    await precopy(0, [[0, 2]], [1, 2]);
+    await pagemap(1, 1, [[0, 2, PE_PRESENT]]);
+    // Page 0 now holds what page 1 held, and the other way round.
+    await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(ref(0, 1, 1), ref(0, 0, 1), end(2 * PAGE)));
+    expect(await applyPageDeltas(dir, 1 << 30)).toMatchObject({ parentPages: 0, writtenPages: 2 });
+    expect(await readFile(join(dir, 'pages-1.img'))).toEqual(Buffer.concat([page(2), page(1)]));
+    expect(await entriesOf('pagemap-1.img')).toEqual([[0, 2, PE_PRESENT]]);
+  });
+
+  test('a lazy restore leaves the lazy runs to the daemon, served from the parent, the delta and the pre-copy', async () => {
+    await precopy(0, [[0, 3]], [1, 2, 3]);
+    await pagemap(1, 1, [[0, 1, PE_PRESENT], [1, 3, PE_PRESENT | PE_LAZY]]);
+    await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(ref(0, 0, 2), literal(page(8)), ref(0, 0, 1), end(4 * PAGE)));
+    const applied = await applyPageDeltas(dir, 1 << 30, { lazy: true });
+    expect(applied).toMatchObject({ parentPages: 1, writtenPages: 0, lazyPages: 3 });
+    expect(await entriesOf('pagemap-1.img')).toEqual([
+      [0, 1, PE_PARENT],
+      [1, 3, PE_LAZY],
+    ]);
+    const pages = applied.lazyPagesSource!;
+    try {
+      // Page 1 from the parent, page 2 from the delta, page 3 (page 0's content) from the pre-copy file.
+      expect((await pages.read(1, at(1), 1)).data).toEqual(page(2));
+      expect((await pages.read(1, at(2), 1)).data).toEqual(page(8));
+      const last = await pages.read(1, at(3), 5);
+      expect(last).toMatchObject({ vaddr: at(3), nr: 1 });
+      expect(last.data).toEqual(page(1));
+      await expect(pages.read(1, at(9), 1)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+      await expect(pages.read(2, at(1), 1)).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    } finally {
+      await pages.close();
+    }
+  });
+
+  test('two tasks: each its own parent; a second delta into the same pre-copy file writes its pages', async () => {
+    await precopy(0, [[0, 2]], [1, 2]);
+    await precopy(1, [[20, 1]], [5]);
+    await pagemap(1, 1, [[0, 2, PE_PRESENT]]);
+    await pagemap(2, 2, [[20, 1, PE_PRESENT]]);
+    await pagemap(3, 3, [[0, 1, PE_PRESENT]]);
+    await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(ref(0, 0, 2), end(2 * PAGE)));
+    await writeFile(join(dir, deltaNameOf('pages-2.img')), delta(ref(1, 0, 1), end(PAGE)));
+    await writeFile(join(dir, deltaNameOf('pages-3.img')), delta(ref(0, 1, 1), end(PAGE)));
+    expect(await applyPageDeltas(dir, 1 << 30)).toMatchObject({ deltas: 3, parentPages: 3, writtenPages: 1 });
+    expect(await readFile(join(dir, 'pages-3.img'))).toEqual(page(2));
+    expect(await entriesOf('parent/pagemap-2.img')).toEqual([[20, 1, PE_PRESENT]]);
+    expect(parsePagemap(await readFile(join(dir, 'parent/pagemap-2.img'))).pagesId).toBe(2);
+  });
+
+  describe('a hostile or broken delta is refused before anything is written', () => {
+    const cases: [string, () => Buffer, RegExp][] = [
+      ['bad magic', () => Buffer.concat([Buffer.from('NOTDELTA'), end(0)]), /bad magic/],
+      ['no END (a cut stream)', () => delta(ref(0, 0, 1)), /cut before its END/],
+      ['a reference past the pre-copy file', () => delta(ref(0, 1, 5), end(5 * PAGE)), /which has 2/],
+      ['a reference to a file the image does not hold', () => delta(ref(7, 0, 1), end(PAGE)), /pre-copy file 7/],
+      ['an END that disagrees', () => delta(ref(0, 0, 1), end(2 * PAGE)), /END says/],
+      ['bytes after END', () => Buffer.concat([delta(ref(0, 0, 2), end(2 * PAGE)), Buffer.alloc(3)]), /after its END/],
+      ['a literal run past the end', () => Buffer.concat([PAGE_DELTA_MAGIC, head(PAGE_DELTA_OP.LITERAL, 2), page(1)]), /past its end/],
+      ['an oversized literal record', () => delta(head(PAGE_DELTA_OP.LITERAL, 1000), end(0)), /literal record of 1000/],
+      ['an unknown record', () => delta(head(99), end(0)), /unknown record/],
+      ['references that expand past the image limit', () => delta(ref(0, 0, 2), ref(0, 0, 2), ref(0, 0, 2), end(6 * PAGE)), /grows past/],
+      ['more pages than the task\'s pagemap lists', () => delta(ref(0, 0, 2), ref(0, 0, 1), end(3 * PAGE)), /lists 2/],
+      ['a partial page', () => delta(ref(0, 0, 2), head(PAGE_DELTA_OP.TAIL, 3), Buffer.from('abc'), end(2 * PAGE + 3)), /partial page/],
+    ];
+    test.each(cases)('%s', async (_what, make, message) => {
+      await precopy(0, [[0, 2]], [1, 2]);
+      await pagemap(1, 1, [[0, 2, PE_PRESENT]]);
+      const before = await readFile(join(dir, 'pagemap-1.img'));
+      await writeFile(join(dir, deltaNameOf('pages-1.img')), make());
+      await expect(applyPageDeltas(dir, 5 * PAGE)).rejects.toMatchObject({ code: 'TRANSFER_FAILED', message });
+      expect(await readdir(dir)).not.toContain('pages-1.img');
+      expect(await readdir(dir)).not.toContain('parent');
+      expect(await readFile(join(dir, 'pagemap-1.img'))).toEqual(before);
+    });
+
+    test('a delta beside the pages file it would make, or for a pages file no task names', async () => {
+      await precopy(0, [[0, 1]], [1]);
+      await pagemap(1, 1, [[0, 1, PE_PRESENT]]);
+      await writeFile(join(dir, 'pages-1.img'), page(3));
+      await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(ref(0, 0, 1), end(PAGE)));
+      await expect(applyPageDeltas(dir, 1 << 30)).rejects.toMatchObject({ code: 'TRANSFER_FAILED', message: /holds pages-1.img as well/ });
+      await rm(join(dir, 'pages-1.img'));
+      await rm(join(dir, deltaNameOf('pages-1.img')));
+      await writeFile(join(dir, deltaNameOf('pages-9.img')), delta(ref(0, 0, 1), end(PAGE)));
+      await expect(applyPageDeltas(dir, 1 << 30)).rejects.toMatchObject({ message: /no task's pagemap names pages-9.img/ });
+    });
+
+    test.each([
+      ['runs that do not add up to the file', [[0, 3]], /runs of 3 pages for a file of 2/],
+      ['runs out of order', [[5, 1], [0, 1]], /out of order/],
+      ['runs beyond any address space', [[2 ** 46, 2]], /beyond any address space/],
+    ] as [string, [number, number][], RegExp][])('pre-copy %s', async (_what, runs, message) => {
+      await precopy(0, runs, [1, 2]);
+      await pagemap(1, 1, [[0, 2, PE_PRESENT]]);
+      await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(ref(0, 0, 2), end(2 * PAGE)));
+      await expect(applyPageDeltas(dir, 1 << 30)).rejects.toMatchObject({ code: 'TRANSFER_FAILED', message });
+    });
+
+    test('a stray file among the pre-copied memory, or memory without its runs', async () => {
+      await writeFile(join(dir, precopyFileName(0)), page(1));
+      await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(end(0)));
+      await expect(applyPageDeltas(dir, 1 << 30)).rejects.toMatchObject({ message: /without its runs/ });
+      await rm(join(dir, precopyFileName(0)));
+      await writeFile(join(dir, 'precopy', 'x'), page(1));
+      await expect(applyPageDeltas(dir, 1 << 30)).rejects.toMatchObject({ message: /unexpected file/ });
+    });
+  });
+});
