@@ -277,10 +277,10 @@ async function ferryMigration(ctx, mib, { transport, args }) {
   await ferry(ctx.natsUrl, ['stop', name]);
   // With the page server the pages move during the dump: count both phases. In post-copy they move
   // after the resume: the small image's transfer, then the pull until the last page (phases.pullMs).
-  // With memory pre-copy, most of it moved in the pass before the freeze (phases.precopyMs): both count.
+  // With memory pre-copy the stream starts with its pass, before the freeze: phases.transferMs spans both.
   const transferMs = postCopy
     ? result.phases.transferMs + (result.phases.pullMs ?? 0)
-    : result.phases.transferMs + (result.transport === 'page-server' || result.transport === 'page-tunnel' ? result.phases.dumpMs : 0) + (result.phases.precopyMs ?? 0);
+    : result.phases.transferMs + (result.transport === 'page-server' || result.transport === 'page-tunnel' ? result.phases.dumpMs : 0);
   // A streamed dump names its memory path beside the wire it took: `stream/direct`.
   const wire = result.memory === 'stream' ? `stream/${result.transport}` : result.transport;
   return {

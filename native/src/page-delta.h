@@ -15,8 +15,9 @@
 //                   input's), c = 0. Always the last record: a stream without it was cut, and
 //                   the decoder must refuse it.
 // A reference run that continues the previous one (same file, next page) is merged into it, so
-// an unchanged stretch of memory is one REF; the target rebuilds a file in place when its REFs
-// are "identity" runs (file f's page p at output page p). Content may sit at many locations (zero
+// an unchanged stretch of memory is one REF; the target leaves a page where the pre-copy put it
+// (CRIU reads it from a parent image) when its reference names the page pre-copied from the same
+// address, which a run that keeps going mostly does. Content may sit at many locations (zero
 // pages), so which one a page refers to is chosen to keep runs going. With `expect` the location
 // right after the previous reference, and L the literal pages since it:
 //   1. expect moved on by L (the literals replaced pages of the run), if it holds the content;

@@ -25,8 +25,9 @@ export const PAGE_HASH_BYTES = 16;
  *   page). Only ever right before END.
  * - END: a = low 32 bits, b = high 32 bits of the decoded file's byte count, c = 0. Always the
  *   last record: a stream without it was cut, and its decoder must refuse it.
- * Consecutive references to consecutive pages of one file are one REF: an "identity" run (file
- * f's page p at output page p) lets the target rebuild the file in place.
+ * Consecutive references to consecutive pages of one file are one REF: an unchanged stretch of
+ * memory is one record, and its pages keep the addresses they were pre-copied from, which is what
+ * lets the target leave them where they are (the agent's migration/page-delta.ts).
  */
 export const PAGE_DELTA_MAGIC: Buffer = Buffer.from('FRYDELT1', 'latin1');
 export const PAGE_DELTA_HEAD_BYTES = 16;

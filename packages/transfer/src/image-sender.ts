@@ -168,11 +168,20 @@ export async function sendImage(
   };
   /** Stops a body's pump on failure. */
   const pumpAbort = new AbortController();
+  /**
+   * Rejects with the failure: the send loop also waits for its next frame, which a live source may
+   * hold back for as long as the workload runs (a first pass waiting to be acknowledged, then the
+   * dump); a receiver that fails meanwhile must end the transfer then, not when the source moves.
+   */
+  let rejectFailed!: (err: FerryError) => void;
+  const failed = new Promise<never>((_resolve, reject) => (rejectFailed = reject));
+  failed.catch(() => undefined);
   const fail = (err: FerryError): void => {
     if (failure !== undefined) return;
     failure = err;
     pumpAbort.abort();
     notify();
+    rejectFailed(err);
   };
   /** Waits for acks (or a failure) until `ready()` holds. Only the send loop waits. */
   const waitUntil = async (ready: () => boolean): Promise<void> => {
@@ -254,6 +263,8 @@ export async function sendImage(
   let pumpFd: number | undefined;
   let done = false;
   let frames: AsyncGenerator<EncodedFrame | BodyStep | LiveBodyStep> | undefined;
+  /** The send loop read every frame (see the finally block). */
+  let framesEnded = false;
   try {
     let transport: TransferTransport = 'nats';
     if (options.transport !== 'nats') {
@@ -374,7 +385,16 @@ export async function sendImage(
       step.sentBytes = counts.bytesIn;
       return counts.bytesIn;
     };
-    for await (const frame of frames) {
+    for (;;) {
+      const pendingNext = frames.next();
+      // Left behind if the transfer fails first: its own failure is not this transfer's to report.
+      pendingNext.catch(() => undefined);
+      const next = await Promise.race([pendingNext, failed]);
+      if (next.done) {
+        framesEnded = true;
+        break;
+      }
+      const frame = next.value;
       if (frame.kind === 'body' || frame.kind === 'live') {
         bytes += frame.kind === 'body' ? await sendBody(frame) : await sendLiveBody(frame);
         chunks += 1;
@@ -417,8 +437,11 @@ export async function sendImage(
     watchdog.stop();
     ackSub.unsubscribe();
     ctlSub.unsubscribe();
-    // Closes the file being read if we stopped half-way.
-    await frames?.return(undefined).catch(() => undefined);
+    // Closes the file being read if we stopped half-way. Awaited only when the frames were read to
+    // their end: after a failure a next() may be pending (ours, or read-ahead's) on a live source
+    // that gives up only once the caller learns this transfer failed, so waiting here would hang.
+    const closing = frames?.return(undefined).catch(() => undefined);
+    if (framesEnded) await closing;
   }
 }
 

@@ -7,7 +7,9 @@
  * `pages-N.img` as usual, and a native filter (dedupPages) replaces every page whose content the
  * target already holds with a reference to it, so the stream carries `pages-N.img.delta`: the pages
  * that changed, and references (runs of them: a few bytes for gigabytes unchanged). The target
- * rebuilds `pages-N.img` from the two (page-delta.ts) before it restores.
+ * turns the two into CRIU's own incremental images before it restores (page-delta.ts), which the
+ * address runs each pre-copy file was read from (`precopy/mem-K.runs`, sent with the image) let it
+ * do without copying what did not change.
  *
  * A page the workload writes while it is read may be torn; the hash is of the bytes sent, so such a
  * page matches nothing at the freeze and goes again. A reference only ever names bytes the target

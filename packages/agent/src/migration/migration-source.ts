@@ -350,12 +350,18 @@ export class MigrationSource {
     const middle = new DeferredLive();
     const sending = startSend(concatLive(local ? local.fullArchives() : [], memory ? memory.files() : [], middle.files(), () => (local ? local.incrementalArchives() : [])));
     sending.catch(() => undefined);
-    await Promise.race([
-      Promise.all([local?.precopied, memory?.precopied]),
-      sending.then(() => {
-        throw new FerryError(ErrorCode.INTERNAL, 'the image stream ended before the first pass was across');
-      }),
-    ]);
+    try {
+      await Promise.race([
+        Promise.all([local?.precopied, memory?.precopied]),
+        sending.then(() => {
+          throw new FerryError(ErrorCode.INTERNAL, 'the image stream ended before the first pass was across');
+        }),
+      ]);
+    } catch (err) {
+      // The stream failed during the first pass: its live source is told, so nothing waits on it.
+      middle.fail(toFerryError(err, ErrorCode.TRANSFER_FAILED));
+      throw err;
+    }
     if (local) log.info({ dirs, ms: local.precopyMilliseconds }, 'local dirs pre-copied');
     if (memory) log.info({ bytes: memory.bytes, ms: memory.milliseconds }, 'memory pre-copy across');
     return {

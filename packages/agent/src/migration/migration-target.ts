@@ -225,13 +225,13 @@ export class MigrationTarget {
     // Nothing of it is acted on before it matches what this host derives itself.
     checkManifestForTarget(manifest, { migrationId: req.migrationId, dataDir: this.opts.dataDir, mountRoots: inc.mountRoots, address: inc.address });
     // So are its pagemaps: CRIU would walk a hostile run of 2^40 pages for days, holding every restore here.
+    await checkClaimedMemory(inc.dir, await readdir(inc.dir), totalmem());
     // Pre-copied memory: each pages image that came as a delta is rebuilt before anything reads it.
     const deltas = await applyPageDeltas(inc.dir, this.opts.maxImageBytes, { lazy: req.mode === 'lazy' });
     if (deltas.deltas > 0) {
       const { lazyPagesSource: _, ...counts } = deltas;
       log.info({ migrationId: req.migrationId, ...counts }, 'memory rebuilt from the pre-copy and its delta');
     }
-    await checkClaimedMemory(inc.dir, await readdir(inc.dir), totalmem());
     await placeWorkloadLog(inc.dir, manifest);
     // Its local dirs as they were when it froze, before it runs here (a failure rolls back).
     await inc.local?.beforeRestore(inc.dir);

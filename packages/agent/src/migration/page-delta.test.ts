@@ -138,6 +138,23 @@ describe('applyPageDeltas', () => {
     expect(parsePagemap(await readFile(join(dir, 'parent/pagemap-2.img'))).pagesId).toBe(2);
   });
 
+  test('a shared memory segment\'s pages (streamed like a task\'s) are written, never taken from a parent', async () => {
+    await precopy(0, [[0, 2]], [1, 2]);
+    await pagemap(1, 1, [[0, 2, PE_PRESENT]]);
+    // Its pagemap lists offsets in the segment (here 0 and 1 pages), which look like addresses.
+    const entries = [pagemapEntryBytes({ vaddr: 0, nrPages: 1, flags: PE_PRESENT }), pagemapEntryBytes({ vaddr: PAGE, nrPages: 1, flags: PE_PRESENT })];
+    await writeFile(join(dir, 'pagemap-shmem-77.img'), encodePagemap({ header: pagemapHeader(), head: pagemapHeadBytes(2) }, entries));
+    await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(ref(0, 0, 2), end(2 * PAGE)));
+    await writeFile(join(dir, deltaNameOf('pages-2.img')), delta(literal(page(9)), ref(0, 1, 1), end(2 * PAGE)));
+    expect(await applyPageDeltas(dir, 1 << 30, { lazy: true })).toMatchObject({ deltas: 2, parentPages: 2, writtenPages: 2, lazyPages: 0 });
+    expect(await readFile(join(dir, 'pages-2.img'))).toEqual(Buffer.concat([page(9), page(2)]));
+    expect(parsePagemap(await readFile(join(dir, 'pagemap-shmem-77.img'))).entries.map((e) => [e.vaddr, e.nrPages, e.flags])).toEqual([
+      [0, 1, PE_PRESENT],
+      [PAGE, 1, PE_PRESENT],
+    ]);
+    expect((await readdir(join(dir, 'parent'))).sort()).toEqual(['pagemap-1.img', 'pages-1.img']);
+  });
+
   describe('a hostile or broken delta is refused before anything is written', () => {
     const cases: [string, () => Buffer, RegExp][] = [
       ['bad magic', () => Buffer.concat([Buffer.from('NOTDELTA'), end(0)]), /bad magic/],

@@ -26,7 +26,8 @@ import { encodePagemap, PE_LAZY, PE_PARENT, PE_PRESENT, pagemapEntryBytes, pagem
 
 export const PRECOPY_DIR = 'precopy';
 const PRECOPY_NAME = /^mem-(\d{1,5})\.(pages|runs)$/;
-const TASK_PAGEMAP = /^pagemap-(\d+)\.img$/;
+/** A task's pagemap, or a shared memory segment's (its pages stream like a task's; never a parent's). */
+const TASK_PAGEMAP = /^pagemap-(shmem-)?(\d+)\.img$/;
 /** CRIU's name for the previous dump's images inside an images dir (criu/image.c, CR_PARENT_LINK). */
 export const PARENT_DIR = 'parent';
 /** No user address space reaches this (5-level paging: 57 bits). */
@@ -214,12 +215,13 @@ export async function applyPageDeltas(dir: string, maxOutBytes: number, { lazy =
   }
   const precopyPages = new Map([...files].map(([k, f]) => [k, f.pages]));
   // Each task's pagemap names its pages file (pagemap_head.pages_id).
-  const pagemaps = new Map<number, { name: string; taskId: number; image: PagemapImage }>();
+  const pagemaps = new Map<number, { name: string; taskId: number; shmem: boolean; image: PagemapImage }>();
   for (const n of names) {
     const m = TASK_PAGEMAP.exec(n);
     if (!m) continue;
     const image = parsePagemap(await readFile(join(dir, n)));
-    pagemaps.set(image.pagesId, { name: n, taskId: Number(m[1]), image });
+    if (pagemaps.has(image.pagesId)) throw bad(n, `a second pagemap naming pages-${image.pagesId}.img`);
+    pagemaps.set(image.pagesId, { name: n, taskId: Number(m[2]), shmem: m[1] !== undefined, image });
   }
   const rebuilt: Rebuilt[] = [];
   const taken = new Set<number>();
@@ -333,7 +335,7 @@ async function rebuildPages(
   dir: string,
   name: string,
   pagesName: string,
-  task: { name: string; taskId: number; image: PagemapImage },
+  task: { name: string; taskId: number; shmem: boolean; image: PagemapImage },
   files: ReadonlyMap<number, PrecopyFile>,
   precopyPages: ReadonlyMap<number, number>,
   taken: Set<number>,
@@ -352,7 +354,8 @@ async function rebuildPages(
     }
     const present = task.image.entries.filter((e) => (e.flags & PE_PRESENT) !== 0).reduce((n, e) => n + e.nrPages, 0);
     if (present !== outPages) throw bad(name, `${outPages} pages for a task whose pagemap lists ${present}`);
-    const parent = firstRef !== undefined && !taken.has(firstRef) ? files.get(firstRef) : undefined;
+    // A shared memory segment's pagemap lists offsets in the segment, not addresses: no parent for it.
+    const parent = firstRef !== undefined && !taken.has(firstRef) && !task.shmem ? files.get(firstRef) : undefined;
     if (parent) taken.add(parent.index);
     // Pass 2: each present page's place, run by run: in the parent (unchanged, where it was),
     // left to the lazy daemon (a lazy restore's lazy runs), or written into the new pages file.
@@ -369,7 +372,7 @@ async function rebuildPages(
         inEntry = 0;
       }
       const e = entries[entry]!;
-      return { address: e.vaddr + inEntry++ * PAGE_BYTES, lazy: lazy && (e.flags & PE_LAZY) !== 0 };
+      return { address: e.vaddr + inEntry++ * PAGE_BYTES, lazy: lazy && !task.shmem && (e.flags & PE_LAZY) !== 0 };
     };
     const copy = (from: 'delta' | number, at: number) => {
       const last = copies[copies.length - 1];
