@@ -38,9 +38,9 @@ struct ThreadJobAccess {
   }
 
   static void RunOnThread(const JobRef& job, Tsfn tsfn, const char* thread_name) {
-    // As the pump's thread: asynchronous signals go to the other threads (here they would only
-    // interrupt poll(2)); the synchronous ones stay unblocked, or a fault would kill the process
-    // without its handler.
+    // Asynchronous signals go to the other threads: here they would only interrupt poll(2) with
+    // EINTR, while Node's handlers (libuv's signal pipe) work from whichever thread takes them. The
+    // synchronous ones stay unblocked: blocked, a fault would kill the process without its handler.
     sigset_t blocked;
     sigfillset(&blocked);
     for (int sync_signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS}) sigdelset(&blocked, sync_signal);

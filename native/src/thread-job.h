@@ -1,8 +1,11 @@
-// Runs a job on a std::thread of its own and settles a Promise with its outcome on the JS thread:
-// the pump.cc pattern (see there for why not libuv's pool) for jobs that last as long as a stream,
-// such as precopyRead and dedupPages. A TypedThreadSafeFunction with no JS callback carries the
+// Runs a job on a std::thread of its own and settles a Promise with its outcome on the JS thread,
+// for jobs that last as long as a stream: sealedPump, precopyRead, dedupPages.
+//
+// Why not an AsyncWorker: libuv's pool has 4 threads by default, shared with fs, dns and zlib; one
+// page tunnel (a pump each way) would take half of it, two would starve every fs call. So each job
+// gets a dedicated std::thread, and a TypedThreadSafeFunction with no JS callback carries the
 // outcome back: the thread releases it when done, and its finalizer, on the JS thread, settles the
-// Promise. While a job runs, it keeps the event loop alive.
+// Promise. While a job runs, it keeps the event loop alive, as a pending AsyncWorker would.
 #pragma once
 
 #include <napi.h>

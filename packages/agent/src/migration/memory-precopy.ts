@@ -25,12 +25,10 @@ import type { LiveImageFile } from '@ferry/transfer';
 import { isLiveImageName, STREAM_PIPE_BYTES } from '../criu/image-streamer';
 import { privateMemoryRuns, type MemoryRuns } from '../host/private-memory';
 import { deltaNameOf, PRECOPY_DIR, precopyFileName, precopyRunsName } from './page-delta';
+import { growSocketBuffers } from './page-tunnel';
 
 export type PrecopySyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close' | 'precopyRead' | 'dedupPages' | 'setsockoptInt'>;
 
-const SOL_SOCKET = 1;
-const SO_SNDBUF = 7;
-const SO_RCVBUF = 8;
 
 export class MemoryPrecopy {
   private readonly hashes: Buffer[] = [];
@@ -151,16 +149,8 @@ export class MemoryPrecopy {
 
   /** A socket pair with buffers as large as the streamer's pipes: fewer, larger reads for the pump. */
   private socketPair(): [number, number] {
-    const [a, b] = this.sys.socketpair();
-    for (const fd of [a, b]) {
-      for (const opt of [SO_SNDBUF, SO_RCVBUF]) {
-        try {
-          this.sys.setsockoptInt(fd, SOL_SOCKET, opt, STREAM_PIPE_BYTES);
-        } catch {
-          // Smaller buffers only cost speed.
-        }
-      }
-    }
-    return [a, b];
+    const ends = this.sys.socketpair();
+    for (const fd of ends) growSocketBuffers(this.sys, fd, STREAM_PIPE_BYTES);
+    return ends;
   }
 }

@@ -41,6 +41,16 @@ export function precopyFileName(index: number): string {
   return `${PRECOPY_DIR}/mem-${index}.pages`;
 }
 
+/** pages_id of the parent pagemap whose pages are pre-copy file `index`, once renamed into `parent/`. */
+function parentPagesId(index: number): number {
+  return index + 1;
+}
+
+/** Where pre-copy file `index` is once it became a parent's pages file. */
+function parentPagesPath(dir: string, index: number): string {
+  return join(dir, PARENT_DIR, `pages-${parentPagesId(index)}.img`);
+}
+
 /** The name of the address runs pre-copy file `index` was read from. */
 export function precopyRunsName(index: number): string {
   return `${PRECOPY_DIR}/mem-${index}.runs`;
@@ -65,7 +75,7 @@ function bad(name: string, what: string): FerryError {
  * The records of one delta, checked as they are read: bounds, references, END. Read twice (to
  * check and plan, then to apply) rather than held: a delta may hold millions of them.
  */
-async function* deltaRecords(fh: FileHandle, name: string, precopyPages: ReadonlyMap<number, number>, maxOutBytes: number): AsyncGenerator<DeltaRecord, number> {
+async function* deltaRecords(fh: FileHandle, name: string, files: ReadonlyMap<number, PrecopyFile>, maxOutBytes: number): AsyncGenerator<DeltaRecord, number> {
   const size = (await fh.stat()).size;
   const head = Buffer.alloc(PAGE_DELTA_HEAD_BYTES);
   const magic = Buffer.alloc(PAGE_DELTA_MAGIC.length);
@@ -92,7 +102,7 @@ async function* deltaRecords(fh: FileHandle, name: string, precopyPages: Readonl
       pos += a * PAGE_BYTES;
       outPages += a;
     } else if (op === PAGE_DELTA_OP.REF) {
-      const filePages = precopyPages.get(a);
+      const filePages = files.get(a)?.pages;
       if (filePages === undefined) throw bad(name, `a reference to pre-copy file ${a}, which the image does not hold`);
       if (c < 1 || b + c > filePages) throw bad(name, `a reference to pages ${b}..${b + c} of pre-copy file ${a}, which has ${filePages}`);
       yield { op: 'ref', file: a, first: b, pages: c };
@@ -177,15 +187,16 @@ interface Rebuilt {
   parent: PrecopyFile | undefined;
   parentPages: number;
   writtenPages: number;
+  lazyPages: number;
   /** Lazy restores: the task's lazy pages, where each lies (served to CRIU's daemon by LocalLazyPages). */
   lazy: LazySegment[];
 }
 
-/** A run of a task's lazy pages and where its bytes are: `file` is 'delta', 'parent' or a pre-copy file's index. */
+/** A run of a task's lazy pages and where its bytes are: the delta, or a pre-copy file (by index, wherever it is now). */
 interface LazySegment {
   vaddr: number;
   nrPages: number;
-  file: 'delta' | 'parent' | number;
+  file: 'delta' | number;
   offset: number;
 }
 
@@ -213,7 +224,6 @@ export async function applyPageDeltas(dir: string, maxOutBytes: number, { lazy =
     if (!m) throw bad(n, 'an unexpected file among the pre-copied memory');
     if (m[2] === 'pages') files.set(Number(m[1]), await readPrecopyFile(dir, Number(m[1])));
   }
-  const precopyPages = new Map([...files].map(([k, f]) => [k, f.pages]));
   // Each task's pagemap names its pages file (pagemap_head.pages_id).
   const pagemaps = new Map<number, { name: string; taskId: number; shmem: boolean; image: PagemapImage }>();
   for (const n of names) {
@@ -231,30 +241,28 @@ export async function applyPageDeltas(dir: string, maxOutBytes: number, { lazy =
     if (names.includes(pagesName)) throw bad(name, `the image holds ${pagesName} as well`);
     const task = pagemaps.get(Number(/\d+/.exec(pagesName)![0]));
     if (!task) throw bad(name, `no task's pagemap names ${pagesName}`);
-    const r = await rebuildPages(dir, name, pagesName, task, files, precopyPages, taken, budget, lazy);
-    budget -= (r.parentPages + r.writtenPages + r.lazy.reduce((n, l) => n + l.nrPages, 0)) * PAGE_BYTES;
+    const r = await rebuildPages(dir, name, pagesName, task, files, taken, budget, lazy);
+    budget -= (r.parentPages + r.writtenPages + r.lazyPages) * PAGE_BYTES;
     rebuilt.push(r);
   }
   // Every new pages file is written (they read the pre-copy files as they came): now the parents.
   for (const r of rebuilt) {
     if (r.parent) {
       await mkdir(join(dir, PARENT_DIR), { recursive: true, mode: 0o700 });
-      const pagesId = r.parent.index + 1;
-      await rename(join(dir, precopyFileName(r.parent.index)), join(dir, PARENT_DIR, `pages-${pagesId}.img`));
+      await rename(join(dir, precopyFileName(r.parent.index)), parentPagesPath(dir, r.parent.index));
       const entries = r.parent.runStart.map((start, i) => pagemapEntryBytes({ vaddr: start, nrPages: r.parent!.runPages[i]!, flags: PE_PRESENT }));
-      await writeFile(join(dir, PARENT_DIR, `pagemap-${r.taskId}.img`), encodePagemap({ header: pagemapHeader(), head: pagemapHeadBytes(pagesId) }, entries), { mode: 0o600 });
+      await writeFile(join(dir, PARENT_DIR, `pagemap-${r.taskId}.img`), encodePagemap({ header: pagemapHeader(), head: pagemapHeadBytes(parentPagesId(r.parent.index)) }, entries), { mode: 0o600 });
     }
     await writeFile(join(dir, r.pagemapName), encodePagemap(r.pagemap, r.entries), { mode: 0o600 });
     result.parentPages += r.parentPages;
     result.writtenPages += r.writtenPages;
-    result.lazyPages += r.lazy.reduce((n, l) => n + l.nrPages, 0);
+    result.lazyPages += r.lazyPages;
   }
   if (lazy) {
     // The lazy pages are read from the deltas and the pre-copy until the daemon has them all; the
     // work dir goes with the migration. A pre-copy file that became a parent's pages is there now.
-    const parentPath = (index: number) => join(dir, PARENT_DIR, `pages-${index + 1}.img`);
     const parents = new Set(rebuilt.flatMap((r) => (r.parent ? [r.parent.index] : [])));
-    const precopyPath = (index: number) => (parents.has(index) ? parentPath(index) : join(dir, precopyFileName(index)));
+    const precopyPath = (index: number) => (parents.has(index) ? parentPagesPath(dir, index) : join(dir, precopyFileName(index)));
     result.lazyPagesSource = new LocalLazyPages(
       new Map(
         rebuilt.map((r) => [
@@ -263,7 +271,7 @@ export async function applyPageDeltas(dir: string, maxOutBytes: number, { lazy =
             vaddr: l.vaddr,
             nrPages: l.nrPages,
             offset: l.offset,
-            path: l.file === 'delta' ? join(dir, deltaNameOf(r.pagesName)) : l.file === 'parent' ? parentPath(r.parent!.index) : precopyPath(l.file),
+            path: l.file === 'delta' ? join(dir, deltaNameOf(r.pagesName)) : precopyPath(l.file),
           })),
         ]),
       ),
@@ -337,7 +345,6 @@ async function rebuildPages(
   pagesName: string,
   task: { name: string; taskId: number; shmem: boolean; image: PagemapImage },
   files: ReadonlyMap<number, PrecopyFile>,
-  precopyPages: ReadonlyMap<number, number>,
   taken: Set<number>,
   maxOutBytes: number,
   lazy: boolean,
@@ -347,7 +354,7 @@ async function rebuildPages(
     // Pass 1: the whole delta checked before anything is written; its first reference names the parent.
     let firstRef: number | undefined;
     let outPages = 0;
-    for await (const r of deltaRecords(delta, name, precopyPages, maxOutBytes)) {
+    for await (const r of deltaRecords(delta, name, files, maxOutBytes)) {
       if (r.op === 'tail') throw bad(name, 'a partial page (a pages image is whole pages)');
       if (r.op === 'ref') firstRef ??= r.file;
       outPages += r.pages;
@@ -385,15 +392,14 @@ async function rebuildPages(
       else lazyRuns.push({ vaddr, nrPages: 1, file, offset });
     };
     let usesParent = false;
-    for await (const r of deltaRecords(delta, name, precopyPages, maxOutBytes)) {
+    for await (const r of deltaRecords(delta, name, files, maxOutBytes)) {
       if (r.op === 'tail') continue;
       for (let t = 0; t < r.pages; t++) {
         const page = nextPage();
         const inParent = r.op === 'ref' && parent !== undefined && r.file === parent.index && addressOf(parent, r.first + t, hint) === page.address;
         if (page.lazy) {
           kinds.push('lazy');
-          if (inParent) lazyPage(page.address, 'parent', (r.first + t) * PAGE_BYTES);
-          else if (r.op === 'literal') lazyPage(page.address, 'delta', r.at + t * PAGE_BYTES);
+          if (r.op === 'literal') lazyPage(page.address, 'delta', r.at + t * PAGE_BYTES);
           else lazyPage(page.address, r.file, (r.first + t) * PAGE_BYTES);
           usesParent ||= inParent;
         } else if (inParent) {
@@ -415,6 +421,7 @@ async function rebuildPages(
       entries: splitEntries(entries, kinds),
       parent: usesParent ? parent : undefined,
       parentPages: kinds.filter((k) => k === 'parent').length,
+      lazyPages: kinds.filter((k) => k === 'lazy').length,
       writtenPages,
       lazy: lazyRuns,
     };

@@ -17,7 +17,7 @@ import type { CriuDriver } from '../criu/criu-driver';
 import { LazyPagesDaemon } from '../criu/criu-service';
 import { checkLazyRuns, lazyRunsOf } from '../criu/pagemap-image';
 import { writePageServerClientTls } from '../criu/page-server-tls';
-import { LazyPageRelay } from './lazy-page-relay';
+import { LazyPageRelay, type PageFetcher } from './lazy-page-relay';
 import { PagePrefetcher } from './page-prefetch';
 
 export interface LazyMemoryFeed {
@@ -67,23 +67,37 @@ export async function startPostCopyMemory(criu: CriuDriver, imagesDir: string, s
   // The prefetcher plans a chunk per 256 KiB of every run: bounded before it does.
   checkLazyRuns(runs, totalmem());
   const prefetch = new PagePrefetcher((pid, vaddr, nr) => requestPages(nc, transferId, { pid, vaddr, nr }, { key: pagesKey ?? undefined }), runs);
-  const [criuFd, relayFd] = source.syscalls.socketpair();
-  const relay = LazyPageRelay.start((pid, vaddr, nr) => prefetch.get(pid, vaddr, nr), log, new Socket({ fd: relayFd, readable: true, writable: true }));
-  relay.done
-    .finally(() => {
-      prefetch.stop();
-      log.info({ ...prefetch.stats, fetchMs: Math.round(prefetch.stats.fetchMs) }, 'post-copy prefetch done');
-    })
-    .catch(() => undefined);
+  const feed = await startRelayedDaemon(criu, imagesDir, (pid, vaddr, nr) => prefetch.get(pid, vaddr, nr), source.syscalls, log, () => {
+    prefetch.stop();
+    log.info({ ...prefetch.stats, fetchMs: Math.round(prefetch.stats.fetchMs) }, 'post-copy prefetch done');
+  });
+  return { ...feed, prefetch };
+}
+
+/**
+ * `criu lazy-pages --page-server` on one end of a socket pair, a LazyPageRelay answering it with
+ * `fetch` on the other; `after` runs once the relay's session is over, however it ended.
+ */
+async function startRelayedDaemon(
+  criu: CriuDriver,
+  imagesDir: string,
+  fetch: PageFetcher,
+  syscalls: Pick<LinuxSyscalls, 'socketpair' | 'close'>,
+  log: Logger,
+  after: () => unknown,
+): Promise<{ daemon: LazyPagesDaemon; relay: LazyPageRelay }> {
+  const [criuFd, relayFd] = syscalls.socketpair();
+  const relay = LazyPageRelay.start(fetch, log, new Socket({ fd: relayFd, readable: true, writable: true }));
+  relay.done.finally(after).catch(() => undefined);
   try {
     const daemon = await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd, relay: true });
-    return { daemon, relay, prefetch };
+    return { daemon, relay };
   } catch (err) {
     relay.stop('the lazy-pages daemon did not start');
     throw err;
   } finally {
     // The daemon holds its own copy: with ours closed, its exit ends the relay's session.
-    source.syscalls.close(criuFd);
+    syscalls.close(criuFd);
   }
 }
 
@@ -105,17 +119,5 @@ export async function startLocalRelayedMemory(
   syscalls: Pick<LinuxSyscalls, 'socketpair' | 'close'>,
   log: Logger,
 ): Promise<LazyMemoryFeed> {
-  const [criuFd, relayFd] = syscalls.socketpair();
-  const relay = LazyPageRelay.start((pid, vaddr, nr) => pages.read(pid, vaddr, nr), log, new Socket({ fd: relayFd, readable: true, writable: true }));
-  relay.done.finally(() => pages.close()).catch(() => undefined);
-  try {
-    const daemon = await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd, relay: true });
-    return { daemon, relay };
-  } catch (err) {
-    relay.stop('the lazy-pages daemon did not start');
-    throw err;
-  } finally {
-    // The daemon holds its own copy: with ours closed, its exit ends the relay's session.
-    syscalls.close(criuFd);
-  }
+  return startRelayedDaemon(criu, imagesDir, (pid, vaddr, nr) => pages.read(pid, vaddr, nr), syscalls, log, () => pages.close());
 }
