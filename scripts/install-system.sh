@@ -22,6 +22,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-serve
 command -v sshfs >/dev/null 2>&1 || need+=(sshfs)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# test/own-root.test.ts runs ps inside a workload to see its own /proc.
+command -v ps >/dev/null 2>&1 || need+=(procps)
 # The native addon's page hashing for memory pre-copy (XXH3, header-only: needed to build it, not to run it).
 [ -f /usr/include/xxhash.h ] || need+=(libxxhash-dev)
 # Per-migration certificates for the page server's TLS, and the dev cluster's NATS TLS CA.

@@ -43,14 +43,17 @@ test('run puts a workload on the asked host; ps --json shows it with a live pid'
   const ps = await cluster.ferry(['ps', '--json']);
   expect(ps.code).toBe(0);
   const [x] = ps.json;
-  expect(Object.keys(x).sort()).toEqual(['host', 'localDirs', 'name', 'pid', 'rssBytes', 'state']);
-  expect(x).toMatchObject({ name: 'x', host: 'h2', state: 'running' });
+  expect(Object.keys(x).sort()).toEqual(['host', 'localDirs', 'name', 'ownRoot', 'pid', 'rssBytes', 'state']);
+  expect(x).toMatchObject({ name: 'x', host: 'h2', state: 'running', ownRoot: true });
   expect(alive(x.pid)).toBe(true);
   // The pid is the init of the workload's own PID namespace, in h2's network namespace.
   const ns = (pid: number | 'self', kind: string) => execFileSync('readlink', [`/proc/${pid}/ns/${kind}`]).toString().trim();
   expect(ns(x.pid, 'pid')).not.toBe(ns('self', 'pid'));
   const h2 = dev.readClusterState(CLUSTER)!.processes.find((p) => p.role === 'agent' && p.host === 'h2')!;
   expect(ns(x.pid, 'net')).toBe(ns(h2.pid, 'net'));
+  // Its own mount namespace (its own /proc and root), in the host's user namespace (it runs as root).
+  expect(ns(x.pid, 'mnt')).not.toBe(ns(h2.pid, 'mnt'));
+  expect(ns(x.pid, 'user')).toBe(ns(h2.pid, 'user'));
   // A second workload of the same name is a CONFLICT anywhere in the cluster.
   const dup = await cluster.ferry(['run', '--host', 'h1', '--name', 'x', '--json', '--', 'sleep', '1']);
   expect(dup.code).toBe(5);

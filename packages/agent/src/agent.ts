@@ -96,9 +96,9 @@ export class Agent {
     this.on(AgentVerb.MIGRATABLE, async (req) => {
       const rec = this.workloads.require(req.name);
       await this.source.assertMigratable(rec, { targetPipeData: req.targetPipeData });
-      return { localFiles: await this.source.localFiles(rec, this.fileDigests) };
+      return { localFiles: await this.source.localFiles(rec, this.fileDigests), rootDirs: await this.source.rootDirs(rec) };
     });
-    this.on(AgentVerb.CHECK_FILES, async (req) => checkFiles(req.files, { digests: this.fileDigests }));
+    this.on(AgentVerb.CHECK_FILES, async (req) => checkFiles(req.files, { digests: this.fileDigests }, req.dirs));
     this.on(AgentVerb.MIGRATION_RECORD, async (req) => this.migrationRecord(req));
     await nc.flush();
     await this.heartbeat.start();

@@ -1,4 +1,4 @@
-import { localFilesRefusal } from './local-file-check';
+import { localFilesRefusal, rootDirsRefusal } from './local-file-check';
 
 test('the target has every file, the same: no refusal', () => {
   expect(localFilesRefusal('web', 'h1', 'h2', { missing: [], different: [] })).toBeNull();
@@ -27,4 +27,14 @@ test('names ten in the message and at most 200 in the details (the error body bo
   expect(err.details).toHaveLength(200);
   expect(err.details[198]).toBe('only on h1: /srv/f198');
   expect(err.details[199]).toBe('and 301 more');
+});
+
+test("directories the workload's own root binds, missing on the target: named, with what to do", () => {
+  expect(rootDirsRefusal('web', 'h1', 'h2', { missingDirs: [] })).toBeNull();
+  const err = rootDirsRefusal('web', 'h1', 'h2', { missingDirs: ['/work', '/data'] });
+  expect(err).toMatchObject({
+    code: 'FAILED_PRECONDITION',
+    message: "web's own root binds /work, /data from h1, which h2 does not have as directories: create them on h2, or run the workload with --host-root",
+    details: ['/work', '/data'],
+  });
 });

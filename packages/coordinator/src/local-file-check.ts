@@ -21,7 +21,7 @@ const WHY: Record<CheckFilesReply['different'][number]['why'], string> = {
  * FAILED_PRECONDITION naming the files the target lacks or has as other files (the first 10 in
  * the message, up to 200 in the details), with what to do instead; null when it has them all.
  */
-export function localFilesRefusal(workload: string, from: string, to: string, check: CheckFilesReply): FerryError | null {
+export function localFilesRefusal(workload: string, from: string, to: string, check: Pick<CheckFilesReply, 'missing' | 'different'>): FerryError | null {
   const problems = [
     ...check.missing.map((path) => `only on ${from}: ${path}`),
     ...check.different.map((d) => `differs on ${to} (${WHY[d.why]}): ${d.path}`),
@@ -36,5 +36,20 @@ export function localFilesRefusal(workload: string, from: string, to: string, ch
       `(CRIU reopens them by path): ${problems.slice(0, NAMED_IN_MESSAGE).join('; ')}${more}; ` +
       'declare their directories with `ferry run --local-dir` (they then move with it) or keep them on a cluster filesystem (`--mount`)',
     { details },
+  );
+}
+
+/**
+ * FAILED_PRECONDITION naming the directories the workload's own root binds from the source that
+ * the target does not have (the restore would fail at its first missing one); null when it has them all.
+ */
+export function rootDirsRefusal(workload: string, from: string, to: string, check: Pick<CheckFilesReply, 'missingDirs'>): FerryError | null {
+  const missing = check.missingDirs ?? [];
+  if (missing.length === 0) return null;
+  return new FerryError(
+    ErrorCode.FAILED_PRECONDITION,
+    `${workload}'s own root binds ${missing.join(', ')} from ${from}, which ${to} does not have as ${missing.length === 1 ? 'a directory' : 'directories'}: ` +
+      `create ${missing.length === 1 ? 'it' : 'them'} on ${to}, or run the workload with --host-root`,
+    { details: missing.slice(0, MAX_DETAILS) },
   );
 }

@@ -38,7 +38,7 @@ import { MigrationSlots } from './migration-slots';
 import { memoryNeeded, placeWorkload, type Placement } from './placement';
 import { recoverMigration } from './migration-recovery';
 import { mountsForMigration } from './filesystems';
-import { localFilesRefusal } from './local-file-check';
+import { localFilesRefusal, rootDirsRefusal } from './local-file-check';
 import { chooseRestoreMode, firstFrameTimeoutMs, planDataPath, plannedTransport } from './migration-plan';
 
 export interface MigrateParams {
@@ -414,11 +414,12 @@ export class MigrationRunner {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the CPU of ${m.to} is not compatible with ${m.from}'s: ${check.problem ?? 'criu cpuinfo check failed'}`);
     }
     // Its sockets and unlinked files can move (a connection to a peer on the same host cannot).
-    const { localFiles } = await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload, targetPipeData: target.criu.pipeData }, this.opts.agentRequestTimeoutMs);
-    // Files it holds open on the source's own disks: CRIU reopens them by path, so the target must have the same ones.
-    if (localFiles.length > 0) {
-      const check = await this.callAgent(m.to, AgentVerb.CHECK_FILES, { files: localFiles }, this.opts.agentRequestTimeoutMs);
-      const refusal = localFilesRefusal(m.workload, m.from, m.to, check);
+    const { localFiles, rootDirs } = await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload, targetPipeData: target.criu.pipeData }, this.opts.agentRequestTimeoutMs);
+    // Files it holds open on the source's own disks: CRIU reopens them by path, so the target must
+    // have the same ones; and the directories its own root binds, which the target binds from its own.
+    if (localFiles.length > 0 || rootDirs.length > 0) {
+      const check = await this.callAgent(m.to, AgentVerb.CHECK_FILES, { files: localFiles, dirs: rootDirs }, this.opts.agentRequestTimeoutMs);
+      const refusal = rootDirsRefusal(m.workload, m.from, m.to, check) ?? localFilesRefusal(m.workload, m.from, m.to, check);
       if (refusal) throw refusal;
     }
   }

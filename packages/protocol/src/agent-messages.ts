@@ -32,6 +32,11 @@ export const RunRequest = z.object({
    * user namespace the agent owns with its own mount namespace, /proc and root (isolated-root.ts).
    */
   user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}(:[a-z_][a-z0-9_-]{0,31})?$/, 'USER or USER:GROUP').optional(),
+  /**
+   * Share the agent's mount namespace and see the host's /proc and every mount of the host
+   * (`ferry run --host-root`), rather than a root of its own (the default). Not with `user`.
+   */
+  hostRoot: z.boolean().optional(),
 });
 export type RunRequest = z.infer<typeof RunRequest>;
 
@@ -192,13 +197,17 @@ const FileIdentityList = z
 /**
  * `migratable` passed. `localFiles`: the regular files the workload holds open (fd or mapping) on
  * this host's own disks, neither on one of its cluster filesystems nor in its local dirs, which the
- * target must have as the same files (`check-files`).
+ * target must have as the same files (`check-files`). `rootDirs`: the host directories a workload's
+ * own root binds (agent isolated-root.ts), which the target's restore binds from its own: it must
+ * have each as a directory.
  */
-export const MigratableReply = z.object({ localFiles: FileIdentityList });
+export const MAX_ROOT_DIRS = 256;
+const RootDirList = z.array(AbsolutePath).max(MAX_ROOT_DIRS);
+export const MigratableReply = z.object({ localFiles: FileIdentityList, rootDirs: RootDirList.default([]) });
 export type MigratableReply = z.infer<typeof MigratableReply>;
 
 /** `check-files` on the target, pre-flight: does it have these files, the same? */
-export const CheckFilesRequest = z.object({ v: Version, files: FileIdentityList });
+export const CheckFilesRequest = z.object({ v: Version, files: FileIdentityList, dirs: RootDirList.default([]) });
 export type CheckFilesRequest = z.infer<typeof CheckFilesRequest>;
 
 /** What differs first, checked in this order: not a regular file (type), size, mtime, content (sha256). */
@@ -211,6 +220,8 @@ export const CheckFilesReply = z.object({
   missing: z.array(AbsolutePath).max(MAX_LOCAL_FILES),
   /** Paths the target has as another file. */
   different: z.array(z.object({ path: AbsolutePath, why: FileDifference })).max(MAX_LOCAL_FILES),
+  /** Of the request's `dirs`, those the target has not as a directory. */
+  missingDirs: RootDirList.default([]),
 });
 export type CheckFilesReply = z.infer<typeof CheckFilesReply>;
 

@@ -42,5 +42,7 @@ export const WorkloadManifest = z.object({
   address: ServiceAddress.optional(),
   /** Run as this user in its own namespaces and root: the target rebuilds that root (its own plan) for the restore. */
   user: WorkloadUser.optional(),
+  /** It has its own mount namespace, root and /proc: the target rebuilds that root (its own plan) for the restore. */
+  ownRoot: z.boolean().optional(),
 });
 export type WorkloadManifest = z.infer<typeof WorkloadManifest>;

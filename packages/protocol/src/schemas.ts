@@ -153,6 +153,8 @@ export const WorkloadInfo = z.object({
   localDirs: z.array(LocalDir).max(16).default([]),
   /** Set for a workload run as another user (`ferry run --user`), in its own namespaces and root. */
   user: WorkloadUser.optional(),
+  /** It has its own mount namespace, root and /proc (every workload but one run with `--host-root`). */
+  ownRoot: z.boolean().optional(),
 });
 export type WorkloadInfo = z.infer<typeof WorkloadInfo>;
 

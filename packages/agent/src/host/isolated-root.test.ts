@@ -1,7 +1,8 @@
 import { lstat, mkdtemp, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { criuDumpExternals, criuRestoreRootArgs, isolatedRootPlan, makeRootSkeleton, mountCookie, resolveWorkloadUser, visibleInIsolatedRoot } from './isolated-root';
+import { readdir } from 'node:fs/promises';
+import { criuDumpExternals, criuRestoreRootArgs, hostRootDirs, rootBindDirs, isolatedRootPlan, isolatedRootScriptArgs, makeRootSkeleton, mountCookie, resolveWorkloadUser, visibleInIsolatedRoot } from './isolated-root';
 
 const LOG = '/var/lib/ferry/workloads/w/output.log';
 
@@ -23,6 +24,8 @@ test("a dump names each of ferry's own mounts external; a mount the workload mad
   expect(() => criuDumpExternals(`${mountinfo}\n${line(7, '/mnt/own\\040mount')}`, plan)).toThrow(
     expect.objectContaining({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/mounted \/mnt\/own mount in its own mount namespace/) }),
   );
+  // Its own mount over one of ferry's (a tmpfs on /usr) is refused too, not taken for the host's /usr.
+  expect(() => criuDumpExternals(`${mountinfo}\n${line(8, '/usr')}`, plan)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/mounted \/usr in its own/) }));
 });
 
 test("a restore roots CRIU in this host's skeleton and maps every cookie to this host's own path only", async () => {
@@ -36,6 +39,37 @@ test("a restore roots CRIU in this host's skeleton and maps every cookie to this
     const m = /^mnt\[(\w+)\]:(.+)$/.exec(args[i + 1]!)!;
     expect(m[1]).toBe(mountCookie(m[2]!));
   }
+});
+
+test("the root binds every top-level directory of the host but the kernel's and /run, then the workload's cluster filesystems, outer ones first", async () => {
+  const dirs = await hostRootDirs();
+  for (const kept of ['/proc', '/sys', '/dev', '/run']) expect(dirs).not.toContain(kept);
+  expect(dirs).toEqual(expect.arrayContaining(['/usr', '/etc', '/tmp']));
+  // The directory this test runs from is under one of them, whatever its top level is called.
+  expect(dirs).toContain(`/${__dirname.split('/')[1]}`);
+  // Top-level symlinks (/bin -> usr/bin) are copied into the skeleton, not bound.
+  for (const entry of await readdir('/', { withFileTypes: true })) if (entry.isSymbolicLink()) expect(dirs).not.toContain(`/${entry.name}`);
+  const plan = await isolatedRootPlan('/x', LOG, ['/mnt/fs/inner', '/mnt/fs', '/tmp/', '/srv/a/../b']);
+  const binds = plan.binds.map((b) => b.path);
+  expect(binds.slice(0, dirs.length)).toEqual(dirs);
+  // A mount at a top-level directory is bound once; nested mounts after the ones they are in.
+  expect(binds.filter((b) => b === '/tmp')).toHaveLength(1);
+  expect(binds.indexOf('/mnt/fs')).toBeLessThan(binds.indexOf('/mnt/fs/inner'));
+  expect(binds).toContain('/srv/b');
+  expect(binds.slice(-1)).toEqual([LOG]);
+});
+
+test("the pre-flight names the host directories a workload's root binds, from its own mountinfo, less its cluster filesystems", () => {
+  const line = (id: number, mountPoint: string) => `${id} 1 0:1 / ${mountPoint} rw,relatime - ext4 /dev/vda rw`;
+  const mountinfo = [line(1, '/'), line(2, '/usr'), line(3, '/work'), line(4, '/dev/null'), line(5, LOG), line(6, '/proc'), line(7, '/data'), line(8, '/srv/fs'), line(9, '/my\\040dir'), ''].join('\n');
+  expect(rootBindDirs(mountinfo, ['/data', '/srv/fs'])).toEqual(['/my dir', '/usr', '/work']);
+});
+
+test('a root run as root (no --user) execs the program without changing its ids', async () => {
+  const plan = await isolatedRootPlan('/x', LOG);
+  const [root, log, cwd, uid, gid, n] = isolatedRootScriptArgs(plan, LOG, '/tmp', undefined);
+  expect([root, log, cwd, uid, gid, Number(n)]).toEqual(['/x', LOG, '/tmp', '', '', plan.binds.length]);
+  expect(isolatedRootScriptArgs(plan, LOG, '/tmp', { name: 'nobody', uid: 65534, gid: 65534 }).slice(3, 5)).toEqual(['65534', '65534']);
 });
 
 test('the working directory must be inside the root', async () => {

@@ -1,8 +1,12 @@
 /**
- * Workloads run as another user (`ferry run --user`): in a user namespace the agent's root owns,
- * with their own mount namespace, /proc and root directory.
+ * Every workload's own root: a mount namespace with its own /proc (its PID namespace's: `ps` inside
+ * lists only its own processes) and /dev/shm, and a root directory made of the host's directories.
+ * Workloads run as another user (`ferry run --user`) also get a user namespace the agent's root
+ * owns; the others (run as root) keep the host's user namespace, so CRIU still puts their TCP
+ * connections in repair mode and serves their memory through userfaultfd. `ferry run --host-root`
+ * opts out: the workload shares the agent's mount namespace and sees the host's /proc.
  *
- * Why: CRIU reads a task's resource limits with prlimit(2), which needs CAP_SYS_RESOURCE over a
+ * Why a user namespace for another user: CRIU reads a task's resource limits with prlimit(2), which needs CAP_SYS_RESOURCE over a
  * task of another user. Root lacks it on some machine kinds (DESIGN.md), so no non-root process
  * could be dumped there. In a user namespace whose owner is the agent's uid, the agent (and CRIU)
  * hold every capability over its tasks, whatever their own set. A task in a child user namespace
@@ -10,10 +14,12 @@
  * whose /proc is not its own), so it gets a mount namespace with its own /proc, which also means
  * `ps` inside shows only the workload's processes.
  *
- * The mount namespace is small and the same on every host, so CRIU can rebuild it anywhere: a root
+ * The mount namespace is small and alike on every host, so CRIU can rebuild it anywhere: a root
  * directory the agent makes (a skeleton of empty mount points and the host's top-level symlinks),
- * bind mounts of fixed host paths at the same paths (ISOLATED_ROOT_DIRS, the device nodes, the
- * workload's log file), a fresh /proc and a fresh /dev/shm. Every bind mount is an external mount
+ * bind mounts of host paths at the same paths (each top-level directory of the host but the
+ * kernel's and /run, HOST_ONLY_TOP_DIRS; the workload's cluster filesystems; the device nodes; the
+ * workload's log file), a fresh /proc and a fresh /dev/shm. The binds are not recursive: a mount
+ * below a top-level directory stays out unless it is one of the workload's cluster filesystems. Every bind mount is an external mount
  * for CRIU with a cookie derived from its path; the target derives the same list itself, maps each
  * cookie to its own host path and gives CRIU its own skeleton as --root. The image can therefore
  * bind nothing the target did not choose: a cookie the target does not know fails the restore.
@@ -27,8 +33,12 @@ import { dirname, join, normalize } from 'node:path';
 import { ErrorCode, FerryError, type WorkloadUser } from '@ferry/protocol';
 import { runTool } from './run-tool';
 
-/** Host directories an isolated workload sees at the same path (only those that exist on the host). */
-export const ISOLATED_ROOT_DIRS = ['/usr', '/etc', '/var', '/opt', '/srv', '/home', '/tmp', '/root'];
+/**
+ * Top-level directories of the host a workload's own root does not bind: the kernel's (its own /proc
+ * is mounted fresh; /sys and /dev stay out, but for the device nodes below) and /run, the host's
+ * runtime state (the agent's work dirs, sockets of the host's daemons).
+ */
+export const HOST_ONLY_TOP_DIRS = ['/proc', '/sys', '/dev', '/run', '/lost+found'];
 /** Device nodes it gets (bind mounts of the host's). */
 export const ISOLATED_ROOT_DEVICES = ['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'];
 /** Mounts made fresh inside (not binds): CRIU dumps their contents with the namespace. */
@@ -62,12 +72,27 @@ export function mountCookie(path: string): string {
   return `ferry${createHash('sha256').update(path).digest('hex').slice(0, 24)}`;
 }
 
-/** The plan for a workload whose log is `logPath`, rooted at `rootDir`: what exists on this host of the fixed list. */
-export async function isolatedRootPlan(rootDir: string, logPath: string): Promise<IsolatedRootPlan> {
-  const binds: IsolatedRootPlan['binds'] = [];
-  for (const dir of ISOLATED_ROOT_DIRS) {
-    const st = await lstat(dir).catch(() => null);
-    if (st?.isDirectory()) binds.push({ path: dir, kind: 'dir' });
+/** This host's top-level directories a workload's own root binds (symlinks among them are copied, not bound). */
+export async function hostRootDirs(): Promise<string[]> {
+  const dirs: string[] = [];
+  for (const entry of (await readdir('/')).sort()) {
+    const path = `/${entry}`;
+    if (HOST_ONLY_TOP_DIRS.includes(path)) continue;
+    if ((await lstat(path).catch(() => null))?.isDirectory()) dirs.push(path);
+  }
+  return dirs;
+}
+
+/**
+ * The plan for a workload whose log is `logPath`, rooted at `rootDir`, using the cluster
+ * filesystems mounted at `mounts`: this host's top-level directories, then the mounts (outer
+ * ones first), the devices and the log.
+ */
+export async function isolatedRootPlan(rootDir: string, logPath: string, mounts: readonly string[] = []): Promise<IsolatedRootPlan> {
+  const binds: IsolatedRootPlan['binds'] = (await hostRootDirs()).map((path) => ({ path, kind: 'dir' as const }));
+  const depth = (p: string) => p.split('/').length;
+  for (const path of [...new Set(mounts.map((m) => normalize(m)))].sort((a, b) => depth(a) - depth(b) || a.localeCompare(b))) {
+    if (path !== '/' && !binds.some((b) => b.path === path)) binds.push({ path, kind: 'dir' });
   }
   for (const dev of ISOLATED_ROOT_DEVICES) {
     if (await lstat(dev).catch(() => null)) binds.push({ path: dev, kind: 'file' });
@@ -76,7 +101,7 @@ export async function isolatedRootPlan(rootDir: string, logPath: string): Promis
   return { rootDir, binds };
 }
 
-/** Whether `cwd` is visible inside an isolated root (under one of its directories). */
+/** Whether `cwd` is visible inside an own root (under one of its directories). */
 export function visibleInIsolatedRoot(plan: IsolatedRootPlan, cwd: string): boolean {
   const p = normalize(cwd);
   return p === '/' || plan.binds.some((b) => b.kind === 'dir' && (p === b.path || p.startsWith(`${b.path}/`)));
@@ -116,9 +141,11 @@ export async function removeRootSkeleton(rootDir: string): Promise<void> {
 }
 
 /**
- * Runs in the workload's new user, mount, PID and IPC namespaces as their root, before the program:
- * waits for the agent to write the id maps, builds the root from the skeleton and the binds, enters
- * it, and execs the program as the user, a session leader. Arguments, never interpolated:
+ * Runs in the workload's new mount, PID and IPC namespaces (and user namespace, for another user)
+ * as their root, before the program: waits for the agent to write the id maps (in the host's user
+ * namespace they are there already), builds the root from the skeleton and the binds, enters it,
+ * and execs the program, a session leader, as the user when UID is not empty. Arguments, never
+ * interpolated:
  *   ROOT LOG CWD UID GID NBINDS BIND... PROGRAM ARG...
  */
 export const ISOLATED_ROOT_SCRIPT = [
@@ -139,12 +166,13 @@ export const ISOLATED_ROOT_SCRIPT = [
   'cd "$cwd"',
   // stdio opened inside: a descriptor from outside this mount namespace cannot be restored.
   'exec </dev/null >>"$log" 2>&1',
+  'if [ -z "$uid" ]; then exec /usr/bin/setsid -- "$@"; fi',
   'exec /usr/bin/setsid -- /usr/bin/setpriv --reuid="$uid" --regid="$gid" --init-groups -- "$@"',
 ].join('\n');
 
 /** The arguments ISOLATED_ROOT_SCRIPT takes before the program. */
-export function isolatedRootScriptArgs(plan: IsolatedRootPlan, logPath: string, cwd: string, user: WorkloadUser): string[] {
-  return [plan.rootDir, logPath, cwd, String(user.uid), String(user.gid), String(plan.binds.length), ...plan.binds.map((b) => b.path)];
+export function isolatedRootScriptArgs(plan: IsolatedRootPlan, logPath: string, cwd: string, user: WorkloadUser | undefined): string[] {
+  return [plan.rootDir, logPath, cwd, user ? String(user.uid) : '', user ? String(user.gid) : '', String(plan.binds.length), ...plan.binds.map((b) => b.path)];
 }
 
 /**
@@ -154,18 +182,38 @@ export function isolatedRootScriptArgs(plan: IsolatedRootPlan, logPath: string, 
  */
 export function criuDumpExternals(mountinfo: string, plan: IsolatedRootPlan): string[] {
   const allowed = new Set(plan.binds.map((b) => b.path));
+  const seen = new Set<string>();
   const args: string[] = [];
   for (const line of mountinfo.split('\n')) {
     const fields = line.split(' ');
     if (fields.length < 5) continue;
     const mountPoint = unescapeMountinfo(fields[4]!);
     if (mountPoint === '/' || ISOLATED_ROOT_OWN_MOUNTS.includes(mountPoint)) continue;
-    if (!allowed.has(mountPoint)) {
+    // A second mount at one of ferry's mount points is the workload's own, over ferry's (a workload
+    // run as root may mount): taken for ferry's bind, the target would bind the host's path there.
+    if (!allowed.has(mountPoint) || seen.has(mountPoint)) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the workload mounted ${mountPoint} in its own mount namespace: only ferry's own mounts can be rebuilt on another host`);
     }
+    seen.add(mountPoint);
     args.push('--external', `mnt[${mountPoint}]:${mountCookie(mountPoint)}`);
   }
   return args;
+}
+
+/**
+ * The host's top-level directories bound in a workload's own root, as its /proc/PID/mountinfo
+ * lists them (what it started with, whatever the host has now), less its cluster filesystems
+ * (`mounts`: the target mounts those itself). The target binds its own at the same paths.
+ */
+export function rootBindDirs(mountinfo: string, mounts: readonly string[]): string[] {
+  const dirs = new Set<string>();
+  for (const line of mountinfo.split('\n')) {
+    const fields = line.split(' ');
+    if (fields.length < 5) continue;
+    const mountPoint = unescapeMountinfo(fields[4]!);
+    if (/^\/[^/]+$/.test(mountPoint) && !ISOLATED_ROOT_OWN_MOUNTS.includes(mountPoint) && !mounts.includes(mountPoint)) dirs.add(mountPoint);
+  }
+  return [...dirs].sort();
 }
 
 /** A restore's CRIU arguments: its skeleton as the root, each cookie mapped to this host's own path. */

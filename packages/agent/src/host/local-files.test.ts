@@ -163,13 +163,13 @@ while True:
     const st = statSync(join(busy, 'busy'));
     expect(file!.inode).toEqual({ bootId: await readBootId(), dev: st.dev, ino: st.ino });
     // This kernel sees that very file: the same, whatever its bytes do meanwhile.
-    expect(await checkFiles([file!], { digests: new FileDigests() })).toEqual({ missing: [], different: [] });
+    expect(await checkFiles([file!], { digests: new FileDigests() })).toEqual({ missingDirs: [], missing: [], different: [] });
     // Another kernel (another boot id), or another file at the path here: being written, refused.
-    expect(await checkFiles([{ ...file!, inode: { ...file!.inode!, bootId: '00000000-0000-0000-0000-000000000000' } }], { digests: new FileDigests() })).toEqual({
+    expect(await checkFiles([{ ...file!, inode: { ...file!.inode!, bootId: '00000000-0000-0000-0000-000000000000' } }], { digests: new FileDigests() })).toEqual({ missingDirs: [],
       missing: [],
       different: [{ path: file!.path, why: 'written' }],
     });
-    expect(await checkFiles([{ ...file!, inode: { ...file!.inode!, ino: file!.inode!.ino + 1 } }], { digests: new FileDigests() })).toEqual({
+    expect(await checkFiles([{ ...file!, inode: { ...file!.inode!, ino: file!.inode!.ino + 1 } }], { digests: new FileDigests() })).toEqual({ missingDirs: [],
       missing: [],
       different: [{ path: file!.path, why: 'written' }],
     });
@@ -205,7 +205,7 @@ describe('the target check', () => {
     ];
     writeFileSync(join(target, 'bigger'), 'the same bytes');
     writeFileSync(join(target, 'older'), 'the same bytes');
-    expect(await checkFiles(want, { digests })).toEqual({
+    expect(await checkFiles(want, { digests })).toEqual({ missingDirs: [],
       missing: [join(target, 'nowhere'), join(same, 'below-a-file')],
       different: [
         { path: join(target, 'bigger'), why: 'size' },
@@ -216,7 +216,7 @@ describe('the target check', () => {
     // Both hashed once; asked again, from the cache (no budget needed).
     const hashed = digests.hashedBytes;
     expect(hashed).toBe(2 * 14);
-    expect(await checkFiles(want.slice(0, 2), { digests, hashBudgetBytes: 0 })).toEqual({ missing: [], different: [{ path: other, why: 'sha256' }] });
+    expect(await checkFiles(want.slice(0, 2), { digests, hashBudgetBytes: 0 })).toEqual({ missingDirs: [], missing: [], different: [{ path: other, why: 'sha256' }] });
     expect(digests.hashedBytes).toBe(hashed);
   });
 
@@ -230,7 +230,7 @@ describe('the target check', () => {
     const fifo = join(target, 'a-fifo');
     execFileSync('mkfifo', [fifo]);
     const want = [link, asDir, fifo].map((path) => ({ ...identityOf(real), path }));
-    expect(await checkFiles(want, { digests: new FileDigests() })).toEqual({
+    expect(await checkFiles(want, { digests: new FileDigests() })).toEqual({ missingDirs: [],
       missing: [],
       different: [link, asDir, fifo].map((path) => ({ path, why: 'type' })),
     });
@@ -244,4 +244,21 @@ describe('the target check', () => {
     expect(err).toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/read 4096 bytes on the target, over the budget of 4095 bytes/) });
     expect(digests.hashedBytes).toBe(0);
   });
+});
+
+test("the target names each directory a workload's own root binds that it lacks as a directory (a file or symlink there is not one)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-root-dirs-'));
+  try {
+    mkdirSync(join(dir, 'here'));
+    writeFileSync(join(dir, 'file'), '');
+    symlinkSync(join(dir, 'here'), join(dir, 'link'));
+    const dirs = ['/usr', join(dir, 'here'), join(dir, 'gone'), join(dir, 'file'), join(dir, 'link')];
+    expect(await checkFiles([], { digests: new FileDigests() }, dirs)).toEqual({
+      missing: [],
+      different: [],
+      missingDirs: [join(dir, 'gone'), join(dir, 'file'), join(dir, 'link')],
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

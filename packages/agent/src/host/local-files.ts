@@ -272,7 +272,10 @@ function sameInode(want: FileIdentity, st: Stats, bootId: string | undefined): b
  * is not a regular file is `type`; then size, mtime, and only then the content (hashed within the
  * budget, through the same cache). A file changing while it is read counts as differing by mtime.
  */
-export async function checkFiles(files: readonly FileIdentity[], opts: LocalFilesOptions): Promise<CheckFilesReply> {
+export async function checkFiles(files: readonly FileIdentity[], opts: LocalFilesOptions, dirs: readonly string[] = []): Promise<CheckFilesReply> {
+  const missingDirs: string[] = [];
+  // lstat: a symlink there is no directory to bind (the mount would follow it wherever it points).
+  for (const dir of dirs) if (!(await lstat(dir).catch(() => null))?.isDirectory()) missingDirs.push(dir);
   const missing: string[] = [];
   const different: CheckFilesReply['different'] = [];
   const toHash: Array<{ want: FileIdentity; st: Stats }> = [];
@@ -311,5 +314,5 @@ export async function checkFiles(files: readonly FileIdentity[], opts: LocalFile
     const why: FileDifference | null = !result.stable ? (result.after.isFile() ? 'mtime' : 'type') : result.sha256 !== want.sha256 ? 'sha256' : null;
     if (why !== null) different.push({ path: want.path, why });
   }
-  return { missing, different };
+  return { missing, different, missingDirs };
 }

@@ -67,8 +67,11 @@ export interface LaunchWorkloadRequest {
   cwd: string;
   /** Absolute path of the file stdout and stderr are appended to. */
   logPath: string;
-  /** Run as this user in its own user, mount and PID namespaces and root (isolated-root.ts); its skeleton made already. */
-  isolated?: { plan: IsolatedRootPlan; user: WorkloadUser };
+  /**
+   * Its own mount namespace and root (isolated-root.ts), its skeleton made already; with `user`, as
+   * that user, in a user namespace of its own too.
+   */
+  isolated?: { plan: IsolatedRootPlan; user?: WorkloadUser };
 }
 
 /** A started workload. */
@@ -145,7 +148,7 @@ export async function launchWorkload(
       ? [
           ...envArgv,
           // The user namespace first, so the others belong to it (CRIU dumps them only then).
-          options.unsharePath, '--user', '--mount', '--pid', '--ipc', '--fork', '--',
+          options.unsharePath, ...(isolated.user ? ['--user'] : []), '--mount', '--pid', '--ipc', '--fork', '--',
           options.bashPath, '-c', ISOLATED_ROOT_SCRIPT, 'ferry-root', ...isolatedRootScriptArgs(isolated.plan, logPath, cwd, isolated.user), ...argv,
         ]
       : [...envArgv, options.unsharePath, '--pid', '--ipc', '--fork', '--', options.setsidPath, '--', ...argv];
@@ -193,7 +196,7 @@ export async function launchWorkload(
     const roots = await childrenOf(child.pid);
     if (roots.length > 1) return fail(ErrorCode.INTERNAL, `wrapper ${child.pid} has ${roots.length} children, expected one`);
     const rootPid = roots[0];
-    if (request.isolated && rootPid !== undefined && !idsMapped) {
+    if (request.isolated?.user && rootPid !== undefined && !idsMapped) {
       // unshare forked the root after making the namespaces: they exist now. Ids map 1:1; the root
       // waits for this before it mounts anything (ISOLATED_ROOT_SCRIPT).
       try {

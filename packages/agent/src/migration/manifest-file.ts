@@ -7,7 +7,7 @@ import { constants as fsConstants } from 'node:fs';
 import { copyFile, mkdir, open, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { ErrorCode, FerryError, MANIFEST_FILE, MAX_MANIFEST_BYTES, parseMessage, WorkloadManifest, type PinnedFile } from '@ferry/protocol';
-import type { WorkloadRecord } from '../workloads/inventory';
+import { hasOwnRoot, type WorkloadRecord } from '../workloads/inventory';
 import { workloadLogPath } from '../workloads/workloads';
 
 /** The workload's output log as it was at the dump, travelling with the image. */
@@ -30,6 +30,7 @@ export async function writeManifest(dir: string, rec: WorkloadRecord, pins: Pinn
     pins,
     ...(rec.address ? { address: rec.address } : {}),
     ...(rec.user ? { user: rec.user } : {}),
+    ...(hasOwnRoot(rec) ? { ownRoot: true } : {}),
   };
   await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
 }

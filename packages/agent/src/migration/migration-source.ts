@@ -24,13 +24,13 @@ import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeS
 import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
 import { locksHeld } from '../host/file-locks';
 import { inLocalDir } from '../host/local-dirs';
-import { criuDumpExternals, ISOLATED_ROOT_OWN_MOUNTS, ISOLATED_ROOT_TCP_DUMP_ARGS, isolatedRootPlan, removeRootSkeleton } from '../host/isolated-root';
+import { criuDumpExternals, ISOLATED_ROOT_OWN_MOUNTS, ISOLATED_ROOT_TCP_DUMP_ARGS, isolatedRootPlan, removeRootSkeleton, rootBindDirs } from '../host/isolated-root';
 import { fifosOutside, pipesWithData } from '../host/pipe-data';
 import { armedPeriodicTimers } from '../host/timerfds';
 import { pinnedThreads } from '../host/cpu-affinity';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
 import type { PostCopySource } from '../post-copy/post-copy-source';
-import type { WorkloadRecord } from '../workloads/inventory';
+import { hasOwnRoot, type WorkloadRecord } from '../workloads/inventory';
 import { workloadRootDir } from '../workloads/workloads';
 import { manifestIn, writeManifest } from './manifest-file';
 import { concatLive, LocalDirSender, removeLocalDirs } from './local-dir-copy';
@@ -159,20 +159,21 @@ export class MigrationSource {
     if (socketProblems.length > 0) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${rec.name} holds sockets that cannot migrate: ${socketProblems.slice(0, 5).join('; ')}`, { details: socketProblems });
     }
-    // Run as another user: every mount of its namespace must be one of ferry's own (isolated-root.ts).
+    // Its own root: every mount of its namespace must be one of ferry's own (isolated-root.ts).
     await this.isolatedRootExternals(rec);
     return unlinked;
   }
 
   /**
-   * CRIU's `--external mnt[...]` arguments for a workload run as another user: its root's bind
+   * CRIU's `--external mnt[...]` arguments for a workload with its own root: its root's bind
    * mounts, which the target binds from its own paths; FAILED_PRECONDITION for a mount the
-   * workload made itself. None for a workload in the host's namespaces.
+   * workload made itself. None for a workload in the host's mount namespace (`--host-root`).
+   * A workload run as another user also has its connections closed (ISOLATED_ROOT_TCP_DUMP_ARGS).
    */
   private async isolatedRootExternals(rec: WorkloadRecord): Promise<string[]> {
-    if (!rec.user) return [];
-    const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, rec.name), rec.logPath);
-    return [...criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan), ...ISOLATED_ROOT_TCP_DUMP_ARGS];
+    if (!hasOwnRoot(rec)) return [];
+    const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, rec.name), rec.logPath, (rec.mounts ?? []).map((m) => m.path));
+    return [...criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan), ...(rec.user ? ISOLATED_ROOT_TCP_DUMP_ARGS : [])];
   }
 
   /**
@@ -181,8 +182,17 @@ export class MigrationSource {
    * Not part of the checkpoint: it hashes files, and the pre-flight already decided.
    */
   async localFiles(rec: WorkloadRecord, digests: FileDigests): Promise<FileIdentity[]> {
-    const scope = { mounts: (rec.mounts ?? []).map((m) => m.path), localDirs: rec.localDirs ?? [], ownFiles: [rec.logPath], ownMounts: rec.user ? ISOLATED_ROOT_OWN_MOUNTS : [] };
+    const scope = { mounts: (rec.mounts ?? []).map((m) => m.path), localDirs: rec.localDirs ?? [], ownFiles: [rec.logPath], ownMounts: hasOwnRoot(rec) ? ISOLATED_ROOT_OWN_MOUNTS : [] };
     return listLocalFiles(await livingProcesses(await listTree(rec.pid)), scope, { digests });
+  }
+
+  /**
+   * Pre-flight: the host directories the workload's own root binds (its top-level ones; its cluster
+   * filesystems the target mounts itself), for the target to check it has each. None for `--host-root`.
+   */
+  async rootDirs(rec: WorkloadRecord): Promise<string[]> {
+    if (!hasOwnRoot(rec)) return [];
+    return rootBindDirs(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), (rec.mounts ?? []).map((m) => m.path));
   }
 
   private async checkpointNow(req: CheckpointRequest, imageKey: Buffer | null): Promise<CheckpointReply> {
@@ -387,7 +397,7 @@ export class MigrationSource {
       // Its local dirs live on the target now; here they go only after the target confirmed.
       await removeLocalDirs(rec.localDirs ?? []);
       // So does its root (the killed tree's mount namespace, which held it, is gone).
-      if (rec.user) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
+      if (hasOwnRoot(rec)) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
       await workloads.inventory.remove(req.workload);
       this.deps.log.info({ migrationId: req.migrationId, workload: req.workload }, 'released frozen copy');
       // The source copy is gone: its shared filesystems are unmounted unless another workload uses them.

@@ -47,6 +47,7 @@ import { applyPageDeltas } from './page-delta';
 import { PageTunnelReceiver } from './page-tunnel';
 import { criuRestoreRootArgs, ISOLATED_ROOT_TCP_ARGS, isolatedRootPlan, makeRootSkeleton, removeRootSkeleton } from '../host/isolated-root';
 import { workloadRootDir } from '../workloads/workloads';
+import { hasOwnRoot } from '../workloads/inventory';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
 
@@ -240,9 +241,11 @@ export class MigrationTarget {
     const sys = this.deps.syscalls;
     const inherited = openPins(manifest.pins, (fd, pos) => sys.lseek(fd, pos, SEEK_SET));
     const migrationLog = log.child({ migrationId: req.migrationId });
-    // Run as another user: its root is rebuilt from this host's own plan (isolated-root.ts); the
-    // image's mounts map only onto the paths this host chose.
-    const isolatedRoot = manifest.user ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath) : undefined;
+    // Its own root is rebuilt from this host's own plan (isolated-root.ts); the image's mounts map
+    // only onto the paths this host chose.
+    const isolatedRoot = hasOwnRoot(manifest)
+      ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath, manifest.mounts.map((m) => m.path))
+      : undefined;
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
     let feed: LazyMemoryFeed | undefined;
     try {
@@ -279,7 +282,11 @@ export class MigrationTarget {
           pidFile: join(inc.dir, 'restored.pid'),
           inheritFds: inherited,
           tcpEstablished: manifest.address !== undefined && !manifest.user,
-          extraArgs: [...(lazy ? ['--lazy-pages'] : []), ...(isolatedRoot ? [...criuRestoreRootArgs(isolatedRoot), ...ISOLATED_ROOT_TCP_ARGS] : [])],
+          extraArgs: [
+            ...(lazy ? ['--lazy-pages'] : []),
+            ...(isolatedRoot ? criuRestoreRootArgs(isolatedRoot) : []),
+            ...(manifest.user ? ISOLATED_ROOT_TCP_ARGS : []),
+          ],
         }),
       );
     } catch (err) {
@@ -320,6 +327,7 @@ export class MigrationTarget {
       ...(manifest.address ? { address: manifest.address } : {}),
       ...(inc.localDirs.length > 0 ? { localDirs: inc.localDirs } : {}),
       ...(manifest.user ? { user: manifest.user } : {}),
+      ...(isolatedRoot ? { ownRoot: true } : {}),
     });
     if (feed) await this.awaitLastPage(feed, inc, restored.pid, req.workload);
     // Pages that came after the resume: counted by the relay, or (CRIU fetching them itself) every
@@ -392,7 +400,7 @@ export class MigrationTarget {
         await criu.kill(rec.pid);
       }
       await workloads.inventory.remove(req.workload);
-      if (rec.user) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
+      if (hasOwnRoot(rec)) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
       log.warn({ migrationId: req.migrationId, workload: req.workload }, 'discarded restored copy');
     }
     // The address goes back with the workload to the source (which announces it).

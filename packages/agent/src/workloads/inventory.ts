@@ -36,6 +36,13 @@ export interface WorkloadRecord {
   localDirs?: string[];
   /** Run as this user in its own namespaces and root (isolated-root.ts); absent: as root, in the host's. */
   user?: WorkloadUser;
+  /** It has its own mount namespace, root and /proc (isolated-root.ts); absent: the host's (older inventories, `--host-root`). */
+  ownRoot?: boolean;
+}
+
+/** Whether the workload has a root of its own (isolated-root.ts): run with --user, or without --host-root. */
+export function hasOwnRoot(rec: Pick<WorkloadRecord, 'user' | 'ownRoot'>): boolean {
+  return rec.ownRoot === true || rec.user !== undefined;
 }
 
 interface InventoryFile {

@@ -14,7 +14,7 @@ import { ensureMounted, unmount, type UnmountSyscalls } from '../host/shared-mou
 import { isolatedRootPlan, makeRootSkeleton, removeRootSkeleton, resolveWorkloadUser, visibleInIsolatedRoot, type IsolatedRootPlan } from '../host/isolated-root';
 import { launchWorkload } from '../host/workload-launcher';
 import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS, ensureLocalDirs } from '../host/local-dirs';
-import type { Inventory, WorkloadRecord } from './inventory';
+import { hasOwnRoot, type Inventory, type WorkloadRecord } from './inventory';
 
 export interface WorkloadsOptions {
   /** This host's name, as workloads report it. */
@@ -86,6 +86,7 @@ export class Workloads {
       ...(r.address ? { address: r.address } : {}),
       localDirs: r.localDirs ?? [],
       ...(r.user ? { user: r.user } : {}),
+      ...(hasOwnRoot(r) ? { ownRoot: true } : {}),
     };
   }
 
@@ -103,6 +104,9 @@ export class Workloads {
     }
     const localDirs = req.localDirs ?? [];
     checkLocalDirs(localDirs, this.opts.localDirRoots ?? DEFAULT_LOCAL_DIR_ROOTS);
+    if (req.hostRoot && req.user !== undefined) {
+      throw new FerryError(ErrorCode.INVALID_ARGUMENT, '--host-root and --user do not go together: a workload run as another user always has a root of its own');
+    }
     const user = req.user !== undefined ? await resolveWorkloadUser(req.user) : undefined;
     await ensureLocalDirs(localDirs, user);
     const logPath = workloadLogPath(this.opts.dataDir, req.name);
@@ -115,16 +119,19 @@ export class Workloads {
       await announceServiceAddress(req.address, this.opts.address);
     }
     const cwd = req.cwd ?? '/';
-    // Another user: its own namespaces and root, built from this host's plan (isolated-root.ts).
-    let isolated: { plan: IsolatedRootPlan; user: WorkloadUser } | undefined;
-    if (user !== undefined) {
-      const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, req.name), logPath);
+    // Its own mount namespace, /proc and root, built from this host's plan (isolated-root.ts); as
+    // another user, in a user namespace of its own too. `--host-root`: the agent's.
+    let isolated: { plan: IsolatedRootPlan; user?: WorkloadUser } | undefined;
+    if (user !== undefined || !req.hostRoot) {
+      const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, req.name), logPath, req.mounts.map((m) => m.path));
       if (!visibleInIsolatedRoot(plan, cwd)) {
-        throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--user: its working directory ${cwd} would not exist in its root; use one under ${plan.binds.filter((b) => b.kind === 'dir').map((b) => b.path).join(', ')}`);
+        throw new FerryError(
+          ErrorCode.INVALID_ARGUMENT,
+          `its working directory ${cwd} would not exist in its own root; use one under ${plan.binds.filter((b) => b.kind === 'dir').map((b) => b.path).join(', ')}${user ? '' : ', or run it with --host-root'}`,
+        );
       }
-      if (req.mounts.length > 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, '--user workloads cannot use shared filesystems yet (their mounts are not in its root)');
       await makeRootSkeleton(plan);
-      isolated = { plan, user };
+      isolated = { plan, ...(user ? { user } : {}) };
     }
     let launched: Awaited<ReturnType<typeof launchWorkload>>;
     try {
@@ -149,7 +156,8 @@ export class Workloads {
       mounts: req.mounts,
       ...(req.address ? { address: req.address } : {}),
       ...(localDirs.length > 0 ? { localDirs } : {}),
-      ...(isolated ? { user: isolated.user } : {}),
+      ...(isolated?.user ? { user: isolated.user } : {}),
+      ...(isolated ? { ownRoot: true } : {}),
     };
     await this.inventory.put(rec);
     this.log.info({ workload: req.name, pid: launched.pid, address: req.address }, 'workload launched');
@@ -161,7 +169,7 @@ export class Workloads {
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${name} is being migrated (${rec.migration.id})`);
     if (await isAlive(rec.pid, rec.startTime)) await this.criu.kill(rec.pid);
     if (rec.address) await removeServiceAddress(rec.address, this.opts.address);
-    if (rec.user) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
+    if (hasOwnRoot(rec)) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
     await this.inventory.remove(name);
     this.log.info({ workload: name }, 'workload stopped');
   }

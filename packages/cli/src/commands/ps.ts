@@ -10,7 +10,7 @@ export function registerPs(program: Command): Command {
     .description('list workloads across the cluster')
     .option(
       '--json',
-      'print a JSON array of {name, host, state, pid, rssBytes, address?, localDirs} (address: the service address, for workloads run with --address; localDirs: those run with --local-dir)',
+      'print a JSON array of {name, host, state, pid, rssBytes, address?, localDirs, user?, ownRoot} (address: the service address, for workloads run with --address; localDirs: those run with --local-dir; user: the user of one run with --user; ownRoot: false for one run with --host-root)',
     )
     .action(
       action(async (opts: { json?: boolean }) => {
@@ -25,6 +25,8 @@ export function registerPs(program: Command): Command {
               rssBytes: w.rssBytes,
               ...(w.address ? { address: w.address } : {}),
               localDirs: w.localDirs ?? [],
+              ...(w.user ? { user: w.user.name } : {}),
+              ownRoot: w.ownRoot === true,
             })),
           );
         }

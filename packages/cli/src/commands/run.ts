@@ -9,7 +9,7 @@ const collect = (value: string, previous: string[]) => [...previous, value];
 export function registerRun(program: Command): Command {
   return program
     .command('run')
-    .description('launch a workload on a host, as the init of its own PID namespace')
+    .description("launch a workload on a host, as the init of its own PID namespace, with its own /proc and a root of the host's directories")
     .requiredOption('--host <host>', 'host to run on')
     .requiredOption('--name <name>', 'workload name, unique in the cluster')
     .option('--env <K=V>', 'environment variable for the workload (repeatable)', collect, [])
@@ -24,12 +24,16 @@ export function registerRun(program: Command): Command {
     )
     .option(
       '--user <user[:group]>',
-      "run as this user (names, resolved on HOST): the program gets its own user, mount and PID namespaces, its own /proc and a root of the host's /usr, /etc, /var, /opt, /srv, /home, /tmp and /root; it migrates like any other workload",
+      'run as this user (names, resolved on HOST), in a user namespace of its own as well; it migrates like any other workload (restored eagerly, its TCP connections closed at a move)',
+    )
+    .option(
+      '--host-root',
+      "share the host's mount namespace instead of a root of its own: it then sees the host's /proc (other processes' pids) and every mount of the host (not with --user)",
     )
     .option('--json', 'print the workload as JSON')
     .argument('<command...>', 'command and arguments (after --)')
     .action(
-      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; localDir: string[]; cwd?: string; address?: string; user?: string; json?: boolean }) => {
+      action(async (argv: string[], opts: { host: string; name: string; env: string[]; mount: string[]; localDir: string[]; cwd?: string; address?: string; user?: string; hostRoot?: boolean; json?: boolean }) => {
         const mounts = opts.mount.map((m) => {
           const i = m.indexOf(':');
           if (i <= 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `--mount wants FS:PATH, got ${JSON.stringify(m)}`);
@@ -43,7 +47,7 @@ export function registerRun(program: Command): Command {
         }
         const { workload } = await askCoordinator(
           CoordVerb.RUN,
-          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts, localDirs: opts.localDir, ...(opts.address ? { address: opts.address } : {}), ...(opts.user ? { user: opts.user } : {}) },
+          { host: opts.host, name: opts.name, argv, env, cwd: opts.cwd, mounts, localDirs: opts.localDir, ...(opts.address ? { address: opts.address } : {}), ...(opts.user ? { user: opts.user } : {}), ...(opts.hostRoot ? { hostRoot: true } : {}) },
           20_000,
         );
         if (opts.json) return printJson(workload);

@@ -1,0 +1,133 @@
+/**
+ * Every workload has its own root (agent host/isolated-root.ts): its own mount namespace with its
+ * own /proc, its PID namespace's, so a program that reads /proc for its own processes finds them
+ * and `ps` inside lists only them, before a move and after each. Run as root it keeps the host's
+ * user namespace, so every path moves it, post-copy included. `--host-root` opts out: the program
+ * then sees the host's /proc, as before this existed.
+ */
+import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startTestCluster, type TestCluster } from './helpers/cluster';
+import { waitFor } from './helpers/workload';
+
+jest.setTimeout(300_000);
+const FIXTURE = join(__dirname, 'fixtures', 'proc-view.py');
+let cluster: TestCluster;
+let dir: string;
+
+beforeAll(async () => {
+  cluster = await startTestCluster('towns', 224);
+  dir = await mkdtemp('/tmp/ferry-own-root-test-');
+  await copyFile(FIXTURE, join(dir, 'proc-view.py'));
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+type View = {
+  pid: number;
+  pids: number[];
+  init: string;
+  child: number;
+  childStatus: { name: string; ppid: number };
+  ps: Array<{ pid: number; comm: string }>;
+  count: number;
+};
+
+async function counter(name: string): Promise<number> {
+  return Number(await readFile(join(dir, name), 'utf8').catch(() => '0')) || 0;
+}
+
+async function where(name: string): Promise<{ host: string; pid: number; state: string; ownRoot?: boolean }> {
+  const ps = await cluster.ferry(['ps', '--json']);
+  return (ps.json as Array<{ name: string; host: string; pid: number; state: string; ownRoot?: boolean }>).find((w) => w.name === name)!;
+}
+
+/** The workload's own view, asked by signal (the root of its tree is the program itself). */
+async function view(pid: number): Promise<View> {
+  await rm(join(dir, 'view'), { force: true });
+  process.kill(pid, 'SIGUSR1');
+  let v: View | undefined;
+  await waitFor('view', async () => {
+    v = JSON.parse(await readFile(join(dir, 'view'), 'utf8').catch(() => 'null')) ?? undefined;
+    return v !== undefined;
+  }, 10_000);
+  return v!;
+}
+
+async function expectOwnView(pid: number): Promise<void> {
+  const v = await view(pid);
+  // pid 1 is the program; /proc lists it and its child only; the child's /proc entry is its child's.
+  expect(v.pid).toBe(1);
+  expect(v.init).toBe('/usr/bin/python3');
+  expect(v.pids).toEqual([1, v.child].sort((a, b) => a - b));
+  expect(v.childStatus).toEqual({ name: 'python3', ppid: 1 });
+  // ps inside lists the program, its child and ps itself: nothing of the host.
+  const listed = v.ps.filter((p) => p.comm !== 'ps');
+  expect(listed).toEqual([{ pid: 1, comm: 'python3' }, { pid: v.child, comm: 'python3' }]);
+  expect(v.ps).toHaveLength(3);
+}
+
+test('a workload run as root has its own /proc, kept by every path it moves by, post-copy included', async () => {
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'ownproc', '--cwd', dir, '--json', '--', '/usr/bin/python3', join(dir, 'proc-view.py'), dir]);
+  expect(run.code).toBe(0);
+  expect(run.json).toMatchObject({ host: 'h1', ownRoot: true });
+  expect(run.json.user).toBeUndefined();
+  await waitFor('counters', async () => (await counter('counter')) > 10 && (await counter('child-counter')) > 10, 30_000);
+  await expectOwnView(run.json.pid);
+
+  const moves = [
+    ['h2', []],
+    ['h1', ['--transport', 'nats']],
+    ['h2', ['--transport', 'direct']],
+    ['h1', ['--restore', 'post-copy']],
+    ['h2', ['--transport', 'page-tunnel']],
+  ] as const;
+  for (const [to, extra] of moves) {
+    const [before, childBefore] = [await counter('counter'), await counter('child-counter')];
+    const res = await cluster.ferry(['migrate', 'ownproc', '--to', to, ...extra, '--json']);
+    expect({ to, extra, state: res.json?.state, error: res.json?.error }).toEqual({ to, extra, state: 'succeeded', error: undefined });
+    const now = await where('ownproc');
+    expect(now).toMatchObject({ host: to, state: 'running', ownRoot: true });
+    await waitFor('counters move on', async () => (await counter('counter')) > before + 5 && (await counter('child-counter')) > childBefore + 5, 15_000);
+    // Its memory moved: the count it holds carried on from before the move.
+    expect((await view(now.pid)).count).toBeGreaterThanOrEqual(before);
+    await expectOwnView(now.pid);
+  }
+  expect((await readFile(join(dir, 'starts'), 'utf8')).split('\n').filter(Boolean)).toHaveLength(1);
+  expect((await cluster.ferry(['stop', 'ownproc'])).code).toBe(0);
+});
+
+test('--host-root: the workload shares the host mount namespace and sees the host /proc, moved or not', async () => {
+  await rm(join(dir, 'starts'), { force: true });
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'hostproc', '--host-root', '--cwd', dir, '--json', '--', '/usr/bin/python3', join(dir, 'proc-view.py'), dir]);
+  expect(run.code).toBe(0);
+  expect(run.json.ownRoot).toBeUndefined();
+  const expectHostView = async (pid: number) => {
+    const v = await view(pid);
+    expect(v.pid).toBe(1);
+    // /proc/1 is the machine's init, not the program, and the host's processes are listed.
+    expect(v.init).not.toBe('/usr/bin/python3');
+    expect(v.pids.length).toBeGreaterThan(10);
+    expect(v.ps.length).toBeGreaterThan(10);
+  };
+  await expectHostView(run.json.pid);
+  const res = await cluster.ferry(['migrate', 'hostproc', '--to', 'h2', '--json']);
+  expect(res.json).toMatchObject({ state: 'succeeded' });
+  const now = await where('hostproc');
+  expect(now).toMatchObject({ host: 'h2', state: 'running' });
+  expect(now.ownRoot).toBe(false);
+  await expectHostView(now.pid);
+  expect((await cluster.ferry(['stop', 'hostproc'])).code).toBe(0);
+});
+
+test('--host-root with --user, and a working directory outside its own root, are refused with a clear error', async () => {
+  const both = await cluster.ferry(['run', '--host', 'h1', '--name', 'both', '--host-root', '--user', 'nobody', '--cwd', dir, '--', '/bin/true']);
+  expect(both.code).not.toBe(0);
+  expect(both.stderr).toMatch(/--host-root and --user do not go together/);
+  const outside = await cluster.ferry(['run', '--host', 'h1', '--name', 'inrun', '--cwd', '/run', '--', '/bin/true']);
+  expect(outside.code).not.toBe(0);
+  expect(outside.stderr).toMatch(/would not exist in its own root.*--host-root/);
+});
