@@ -49,7 +49,7 @@ test("the root binds every top-level directory of the host but the kernel's and 
   expect(dirs).toContain(`/${__dirname.split('/')[1]}`);
   // Top-level symlinks (/bin -> usr/bin) are copied into the skeleton, not bound.
   for (const entry of await readdir('/', { withFileTypes: true })) if (entry.isSymbolicLink()) expect(dirs).not.toContain(`/${entry.name}`);
-  const plan = await isolatedRootPlan('/x', LOG, ['/mnt/fs/inner', '/mnt/fs', '/tmp/', '/srv/a/../b']);
+  const plan = await isolatedRootPlan('/x', LOG, { mounts: ['/mnt/fs/inner', '/mnt/fs', '/tmp/', '/srv/a/../b'] });
   const binds = plan.binds.map((b) => b.path);
   expect(binds.slice(0, dirs.length)).toEqual(dirs);
   // A mount at a top-level directory is bound once; nested mounts after the ones they are in.
@@ -57,6 +57,10 @@ test("the root binds every top-level directory of the host but the kernel's and 
   expect(binds.indexOf('/mnt/fs')).toBeLessThan(binds.indexOf('/mnt/fs/inner'));
   expect(binds).toContain('/srv/b');
   expect(binds.slice(-1)).toEqual([LOG]);
+  // In a user namespace of its own, only the usual directories (a bind of one with mounts below fails there).
+  const userDirs = await hostRootDirs({ userNamespace: true });
+  expect(userDirs).toEqual(expect.arrayContaining(['/usr', '/etc', '/tmp']));
+  expect(userDirs.every((d) => ['/usr', '/etc', '/var', '/opt', '/srv', '/home', '/tmp', '/root'].includes(d))).toBe(true);
 });
 
 test("the pre-flight names the host directories a workload's root binds, from its own mountinfo, less its cluster filesystems", () => {

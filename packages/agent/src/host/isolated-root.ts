@@ -39,6 +39,12 @@ import { runTool } from './run-tool';
  * runtime state (the agent's work dirs, sockets of the host's daemons).
  */
 export const HOST_ONLY_TOP_DIRS = ['/proc', '/sys', '/dev', '/run', '/lost+found'];
+/**
+ * The directories a root in a user namespace of its own (`--user`) binds, of those the host has:
+ * there the host's mounts are locked to their submounts, and a plain bind of a directory with a
+ * mount below it (this machine's /mnt) fails with EINVAL, so only these usual ones are bound.
+ */
+export const USER_ROOT_DIRS = ['/usr', '/etc', '/var', '/opt', '/srv', '/home', '/tmp', '/root'];
 /** Device nodes it gets (bind mounts of the host's). */
 export const ISOLATED_ROOT_DEVICES = ['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'];
 /** Mounts made fresh inside (not binds): CRIU dumps their contents with the namespace. */
@@ -72,12 +78,15 @@ export function mountCookie(path: string): string {
   return `ferry${createHash('sha256').update(path).digest('hex').slice(0, 24)}`;
 }
 
-/** This host's top-level directories a workload's own root binds (symlinks among them are copied, not bound). */
-export async function hostRootDirs(): Promise<string[]> {
+/**
+ * This host's top-level directories a workload's own root binds (symlinks among them are copied,
+ * not bound); for a workload in its own user namespace, those of USER_ROOT_DIRS.
+ */
+export async function hostRootDirs({ userNamespace = false }: { userNamespace?: boolean } = {}): Promise<string[]> {
   const dirs: string[] = [];
   for (const entry of (await readdir('/')).sort()) {
     const path = `/${entry}`;
-    if (HOST_ONLY_TOP_DIRS.includes(path)) continue;
+    if (HOST_ONLY_TOP_DIRS.includes(path) || (userNamespace && !USER_ROOT_DIRS.includes(path))) continue;
     if ((await lstat(path).catch(() => null))?.isDirectory()) dirs.push(path);
   }
   return dirs;
@@ -85,11 +94,15 @@ export async function hostRootDirs(): Promise<string[]> {
 
 /**
  * The plan for a workload whose log is `logPath`, rooted at `rootDir`, using the cluster
- * filesystems mounted at `mounts`: this host's top-level directories, then the mounts (outer
- * ones first), the devices and the log.
+ * filesystems mounted at `mounts`, in a user namespace of its own or not: this host's top-level
+ * directories (hostRootDirs), then the mounts (outer ones first), the devices and the log.
  */
-export async function isolatedRootPlan(rootDir: string, logPath: string, mounts: readonly string[] = []): Promise<IsolatedRootPlan> {
-  const binds: IsolatedRootPlan['binds'] = (await hostRootDirs()).map((path) => ({ path, kind: 'dir' as const }));
+export async function isolatedRootPlan(
+  rootDir: string,
+  logPath: string,
+  { mounts = [], userNamespace = false }: { mounts?: readonly string[]; userNamespace?: boolean } = {},
+): Promise<IsolatedRootPlan> {
+  const binds: IsolatedRootPlan['binds'] = (await hostRootDirs({ userNamespace })).map((path) => ({ path, kind: 'dir' as const }));
   const depth = (p: string) => p.split('/').length;
   for (const path of [...new Set(mounts.map((m) => normalize(m)))].sort((a, b) => depth(a) - depth(b) || a.localeCompare(b))) {
     if (path !== '/' && !binds.some((b) => b.path === path)) binds.push({ path, kind: 'dir' });

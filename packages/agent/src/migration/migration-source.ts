@@ -172,7 +172,7 @@ export class MigrationSource {
    */
   private async isolatedRootExternals(rec: WorkloadRecord): Promise<string[]> {
     if (!hasOwnRoot(rec)) return [];
-    const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, rec.name), rec.logPath, (rec.mounts ?? []).map((m) => m.path));
+    const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, rec.name), rec.logPath, { mounts: (rec.mounts ?? []).map((m) => m.path), userNamespace: rec.user !== undefined });
     return [...criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan), ...(rec.user ? ISOLATED_ROOT_TCP_DUMP_ARGS : [])];
   }
 

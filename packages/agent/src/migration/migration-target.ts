@@ -244,7 +244,7 @@ export class MigrationTarget {
     // Its own root is rebuilt from this host's own plan (isolated-root.ts); the image's mounts map
     // only onto the paths this host chose.
     const isolatedRoot = hasOwnRoot(manifest)
-      ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath, manifest.mounts.map((m) => m.path))
+      ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath, { mounts: manifest.mounts.map((m) => m.path), userNamespace: manifest.user !== undefined })
       : undefined;
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
     let feed: LazyMemoryFeed | undefined;
