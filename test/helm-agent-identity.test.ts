@@ -8,6 +8,9 @@ import { existsSync } from 'node:fs';
 import type { JsonDoc } from './helpers/json-doc';
 import { CHART, find, HELM, helm, render, startRenderedNats, type K8sObject } from './helpers/helm';
 
+// A real nats-server starts in the last test: on a loaded machine (the end of a full run) that took over the default 5 s.
+jest.setTimeout(30_000);
+
 const NODES = ['node-a', 'node-b'];
 
 beforeAll(() => {

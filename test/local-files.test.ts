@@ -160,9 +160,11 @@ test('a workload holding only files every host has the same (python3, its librar
   const w = await launchCounter(cluster, 'lsystem', 'h1', 8);
   cleanup.push(w.stateDir);
   // The pre-flight does compare them: the interpreter is among its local files, and h2 has it the same.
-  const { localFiles } = await requestAgentVerb(cluster.nc, 'h1', AgentVerb.MIGRATABLE, { name: 'lsystem' }, { timeoutMs: 10_000 });
+  const { localFiles, rootDirs } = await requestAgentVerb(cluster.nc, 'h1', AgentVerb.MIGRATABLE, { name: 'lsystem' }, { timeoutMs: 10_000 });
   expect(localFiles.map((f) => f.path)).toContain(await realpath('/usr/bin/python3'));
-  expect(await requestAgentVerb(cluster.nc, 'h2', AgentVerb.CHECK_FILES, { files: localFiles }, { timeoutMs: 10_000 })).toEqual({ missing: [], different: [] });
+  // And the directories its own root binds, which h2 has too.
+  expect(rootDirs).toEqual(expect.arrayContaining(['/usr', '/etc', '/tmp']));
+  expect(await requestAgentVerb(cluster.nc, 'h2', AgentVerb.CHECK_FILES, { files: localFiles, dirs: rootDirs }, { timeoutMs: 10_000 })).toEqual({ missing: [], different: [], missingDirs: [] });
 
   const res = await cluster.ferry(['migrate', 'lsystem', '--to', 'h2', '--json']);
   expect(res.code).toBe(0);

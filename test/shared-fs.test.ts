@@ -64,8 +64,10 @@ test('a workload with unlinked-but-open shared, local (one sparse) and mapped fi
   cleanup.push(w.stateDir, localDir);
   expect(await hostMounts('h2')).not.toContainEqual(expect.stringMatching(/^\/data /));
 
+  // In the host's mount namespace: in a root of its own, unlinked files on a cluster filesystem are
+  // refused before the freeze (test/state-classes.test.ts), as the target reopens them on its own mount.
   const run = await cluster.ferry([
-    'run', '--host', 'h1', '--name', 'files', '--mount', 'shared:/data', '--json', '--',
+    'run', '--host', 'h1', '--name', 'files', '--mount', 'shared:/data', '--host-root', '--json', '--',
     '/usr/bin/python3', FIXTURE, w.stateDir, '/data/files', localDir, '48', '3',
   ]);
   expect(run.code).toBe(0);

@@ -415,13 +415,23 @@ test('unlinked-but-open local files (at an offset, one sparse 2 GiB with 8 KiB w
   }
 });
 
-test('unlinked-but-open files on a cluster filesystem (an fd at an offset, one only mapped) move in every mode by name, pinned, beside local ghost files', async () => {
+test('unlinked-but-open files on a cluster filesystem (an fd at an offset, one only mapped) move in every mode by name, pinned, beside local ghost files (--host-root); in a root of its own they are refused before the freeze', async () => {
   const w = await FixtureWorkload.create('unlinked-files.py');
+  const ownRoot = await FixtureWorkload.create('unlinked-files.py');
   const dir = await mkdtemp(join(tmpdir(), 'ferry-ghosts-'));
   const mountPoint = '/ferry-tclass-data';
   const sharedDir = dev.readClusterState(CLUSTER)!.layout.sharedDir;
   try {
-    let entry = await launch('pinned', w, [`${mountPoint}/files`, dir, '8', '1'], ['--mount', `shared:${mountPoint}`]);
+    // In its own root: the target would reopen them on its own mount, outside the workload's namespace.
+    const own = await launch('pinnedown', ownRoot, [`${mountPoint}/files`, dir, '8', '1'], ['--mount', `shared:${mountPoint}`]);
+    const refused = await cluster.ferry(['migrate', 'pinnedown', '--to', 'h2', '--json']);
+    expect({ state: refused.json?.state, code: refused.json?.error?.code, downtimeMs: refused.json?.downtimeMs }).toEqual({ state: 'rolled-back', code: 'FAILED_PRECONDITION', downtimeMs: 0 });
+    expect(refused.json.error.message).toMatch(/unlinked-but-open files on a cluster filesystem: .*--host-root/);
+    expect((await expectCarriesOn('pinnedown', ownRoot, 'h1')).pid).toBe(own.pid);
+    expect((await cluster.ferry(['stop', 'pinnedown'])).code).toBe(0);
+    await rm(join(sharedDir, 'files'), { recursive: true, force: true });
+
+    let entry = await launch('pinned', w, [`${mountPoint}/files`, dir, '8', '1'], ['--mount', `shared:${mountPoint}`, '--host-root']);
     expect(await w.verify(entry.pid)).toMatch(/^OK /);
     for (const { mode, to, args } of MODES) {
       const moved = await cluster.ferry(['migrate', 'pinned', '--to', to, ...args, '--json']);
@@ -436,10 +446,12 @@ test('unlinked-but-open files on a cluster filesystem (an fd at an offset, one o
     expect((await cluster.ferry(['stop', 'pinned'])).code).toBe(0);
   } finally {
     // Stopped already when the test got to its end; else (a failed expectation) stopped here.
+    await cluster.ferry(['stop', 'pinnedown']);
     await cluster.ferry(['stop', 'pinned']);
     await rm(join(sharedDir, 'files'), { recursive: true, force: true });
     await rm(dir, { recursive: true, force: true });
     await w.remove();
+    await ownRoot.remove();
   }
 });
 

@@ -102,5 +102,5 @@ test('--user is refused with a clear error for an unknown user or a working dire
   expect(unknown.stderr).toMatch(/no user no-such-user/);
   const outside = await cluster.ferry(['run', '--host', 'h1', '--name', 'nocwd', '--user', 'nobody', '--cwd', '/run', '--', '/bin/true']);
   expect(outside.code).not.toBe(0);
-  expect(outside.stderr).toMatch(/would not exist in its root/);
+  expect(outside.stderr).toMatch(/would not exist in its own root/);
 });

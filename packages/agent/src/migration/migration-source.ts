@@ -93,6 +93,19 @@ export class MigrationSource {
     const tree = await livingProcesses(await listTree(rec.pid));
     const unlinked = await findUnlinkedFiles(tree);
     checkGhostLimit(unlinked, this.opts.ghostLimitBytes);
+    // A pinned file is handed to CRIU's restore opened on the target's own mount of the cluster
+    // filesystem (--inherit-fd), which a workload with its own root does not have in its namespace:
+    // it would run, but its next dump could not place the file ("Can't lookup mount").
+    const pinnable = unlinked.filter((f) => f.shared);
+    if (pinnable.length > 0 && hasOwnRoot(rec)) {
+      const named = pinnable.slice(0, 5).map((f) => `${f.path} (pid ${f.pid})`);
+      throw new FerryError(
+        ErrorCode.FAILED_PRECONDITION,
+        `workload ${rec.name} holds unlinked-but-open files on a cluster filesystem: ${named.join('; ')}. They move by name only for a workload in the host's mount namespace ` +
+          '(the target reopens them on its own mount, outside a root of the workload\'s own); close them before migrating, or run the workload with `ferry run --host-root`',
+        { details: named },
+      );
+    }
     const pipes = await pipesWithData(tree, this.deps.syscalls);
     if (!targetPipeData) {
       if (pipes.length > 0) {
