@@ -313,7 +313,9 @@ async function waitForListener(host, port, timeoutMs = 10_000) {
 async function criuPageServerMigration(ctx, mib) {
   const name = `bc${mib}`;
   const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
-  const pid = await launch(ctx.natsUrl, name, mib, heartbeatFile);
+  // In the host's mount namespace: plain `criu dump` of a tree with a mount namespace of its own
+  // needs its mounts declared; ferry's rows move the workload in its own root, which they rebuild.
+  const pid = await launch(ctx.natsUrl, name, mib, heartbeatFile, ['--host-root']);
   // tmpfs, like the agents' work dirs.
   const src = fs.mkdtempSync('/dev/shm/ferry-bench-src-');
   const dst = fs.mkdtempSync('/dev/shm/ferry-bench-dst-');
