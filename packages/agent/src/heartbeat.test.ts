@@ -2,7 +2,7 @@ import type { Msg, NatsConnection } from 'nats';
 import { decode, encode, subjects, type CriuInfo, type Heartbeat } from '@ferry/protocol';
 import { HeartbeatLoop, MAX_HEARTBEAT_INTERVAL_MS, MIN_HEARTBEAT_INTERVAL_MS } from './heartbeat';
 
-const criu: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true, pageTunnel: true, pipeData: true, stream: true, memoryPrecopy: true };
+const criu: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true, pageTunnel: true, pipeData: true, stream: true, memoryPrecopy: true, unprivilegedUserfaultfd: false };
 
 /** The two calls the loop makes on a connection: register (request) and beat (publish). */
 function fakeNats(reply: () => Promise<Record<string, unknown>>) {

@@ -57,6 +57,11 @@ describe('chooseRestoreMode', () => {
     expect(chooseRestoreMode(undefined, 'post-copy', lazy, 'h2', 'auto', asUser)).toBe('eager');
     expect(() => chooseRestoreMode('post-copy', null, lazy, 'h2', 'auto', asUser)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/--user .*unprivileged_userfaultfd/) }));
     expect(() => chooseRestoreMode('lazy', null, lazy, 'h2', 'auto', asUser)).toThrow(expect.objectContaining({ code: 'FAILED_PRECONDITION' }));
+    // ...unless the target's kernel lets its user namespace have one (vm.unprivileged_userfaultfd=1).
+    const lazyForUsers = { ...lazy, unprivilegedUserfaultfd: true };
+    expect(chooseRestoreMode(undefined, null, lazyForUsers, 'h2', 'auto', asUser)).toBe('lazy');
+    expect(chooseRestoreMode('post-copy', null, lazyForUsers, 'h2', 'auto', asUser)).toBe('post-copy');
+    expect(chooseRestoreMode(undefined, null, { lazyPages: false, unprivilegedUserfaultfd: true }, 'h2', 'auto', asUser)).toBe('eager');
   });
 });
 

@@ -21,22 +21,22 @@ import { ErrorCode, FerryError, type CriuInfo, type MemoryPath, type RestoreMode
 export function chooseRestoreMode(
   explicit: RestoreMode | undefined,
   clusterDefault: RestoreMode | null,
-  target: Pick<CriuInfo, 'lazyPages'>,
+  target: Pick<CriuInfo, 'lazyPages'> & Partial<Pick<CriuInfo, 'unprivilegedUserfaultfd'>>,
   targetName: string,
   transport: TransportPreference,
   workload: { user?: unknown } = {},
 ): RestoreMode {
   // A workload run as another user is restored inside its own user namespace, where CRIU's
   // userfaultfd is refused unless the kernel lets unprivileged users have one
-  // (vm.unprivileged_userfaultfd, 0 on Debian and here): it restores eagerly.
-  const isolated = workload.user !== undefined;
+  // (vm.unprivileged_userfaultfd, 0 on Debian and here, the target's probe says): else it restores eagerly.
+  const isolated = workload.user !== undefined && target.unprivilegedUserfaultfd !== true;
   const lazyOk = target.lazyPages === true && !isolated;
   if (explicit !== undefined) {
     if ((explicit === 'lazy' || explicit === 'post-copy') && !lazyOk) {
       throw new FerryError(
         ErrorCode.FAILED_PRECONDITION,
         isolated
-          ? `a workload run with --user cannot restore ${explicit === 'lazy' ? 'lazily' : 'by post-copy'}: it restores in its own user namespace, where the kernel refuses CRIU's userfaultfd (vm.unprivileged_userfaultfd=0); migrate it with --restore eager`
+          ? `a workload run with --user cannot restore ${explicit === 'lazy' ? 'lazily' : 'by post-copy'} on ${targetName}: it restores in its own user namespace, where the kernel refuses CRIU's userfaultfd (vm.unprivileged_userfaultfd=0 there); migrate it with --restore eager, or set vm.unprivileged_userfaultfd=1 on ${targetName} and restart its agent`
           : `${targetName} cannot restore lazily (its CRIU probe found no userfaultfd support)`,
       );
     }

@@ -64,6 +64,12 @@ export const CriuInfo = z.object({
    * target (agent migration/memory-precopy.ts). Off with FERRY_PRECOPY=off.
    */
   memoryPrecopy: z.boolean().default(false),
+  /**
+   * The kernel lets a task without CAP_SYS_PTRACE make a userfaultfd (vm.unprivileged_userfaultfd=1).
+   * A `--user` workload restores in its own user namespace, where CRIU's restorer makes the
+   * userfaultfd: only then can it restore lazily (and by post-copy) here.
+   */
+  unprivilegedUserfaultfd: z.boolean().default(false),
   /** Why it is not usable, when it is not. */
   problem: z.string().max(4096).optional(),
 });

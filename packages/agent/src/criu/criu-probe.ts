@@ -200,7 +200,7 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
   const elapsedMs = () => Number(process.hrtime.bigint() - started) / 1e6;
   const driver = new CriuDriver({ criuPath: options.criuPath, commandTimeoutMs: PROBE_CRIU_TIMEOUT_MS }, options.logger);
   const unusable = (version: string, checkOk: boolean, problem: string): CriuProbeResult => ({
-    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, pipeData: false, stream: false, memoryPrecopy: false, problem, durationMs: elapsedMs(),
+    version, usable: false, checkOk, needsFaultInjection: false, dumpRestoreOk: false, lazyPages: false, pageServerTls: false, lazyDump: false, pageTunnel: false, pipeData: false, stream: false, memoryPrecopy: false, unprivilegedUserfaultfd: false, problem, durationMs: elapsedMs(),
   });
 
   let version: string;
@@ -276,9 +276,15 @@ export async function probeCriu(partial: Partial<CriuProbeOptions> = {}): Promis
     stream,
     // Pre-copy's deltas replace the streamed dump's pages files; the addon that streams also hashes.
     memoryPrecopy: stream,
+    unprivilegedUserfaultfd: lazyPages && (await unprivilegedUserfaultfd()),
     durationMs: elapsedMs(),
   };
   if (problems.length > 0) result.problem = problems.join('; ').slice(0, 4096);
   options.logger.info({ ...result }, 'criu probed');
   return result;
+}
+
+/** vm.unprivileged_userfaultfd is 1: a task in a user namespace of its own may make a userfaultfd. */
+async function unprivilegedUserfaultfd(): Promise<boolean> {
+  return (await fs.readFile('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').catch(() => '0')).trim() === '1';
 }

@@ -4,7 +4,7 @@ import type { CriuDriver } from '../criu/criu-driver';
 import type { WorkDirs } from '../host/work-dir';
 import { sourceDataPath, type DataPathContext } from './source-data-paths';
 
-const probe: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true, pageTunnel: true, pipeData: true, stream: true, memoryPrecopy: true };
+const probe: CriuInfo = { version: '4.2.1', usable: true, checkOk: true, needsFaultInjection: false, dumpRestoreOk: true, lazyPages: true, pageServerTls: true, lazyDump: true, pageTunnel: true, pipeData: true, stream: true, memoryPrecopy: true, unprivilegedUserfaultfd: false };
 
 function context(criuInfo: CriuInfo = probe): DataPathContext {
   return {

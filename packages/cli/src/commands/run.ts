@@ -24,7 +24,7 @@ export function registerRun(program: Command): Command {
     )
     .option(
       '--user <user[:group]>',
-      'run as this user (names, resolved on HOST), in a user namespace of its own as well; it migrates like any other workload (restored eagerly, its TCP connections closed at a move)',
+      'run as this user (names, resolved on HOST), in a user namespace of its own as well; it migrates like any other workload (restored eagerly unless the target allows unprivileged userfaultfd, its TCP connections closed at a move)',
     )
     .option(
       '--host-root',
