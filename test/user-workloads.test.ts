@@ -5,8 +5,9 @@
  * process at all. Each move checks the program's own view: its uid, that its /proc lists only its
  * own processes (pid 1 is itself), and that its counter carried on, started once.
  */
-import { chmod, copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { dev } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { waitFor } from './helpers/workload';
 
@@ -103,4 +104,34 @@ test('--user is refused with a clear error for an unknown user or a working dire
   const outside = await cluster.ferry(['run', '--host', 'h1', '--name', 'nocwd', '--user', 'nobody', '--cwd', '/run', '--', '/bin/true']);
   expect(outside.code).not.toBe(0);
   expect(outside.stderr).toMatch(/would not exist in its own root/);
+});
+
+test('a workload run as nobody on a cluster filesystem (sshfs, bound into its root) moves and back, counting on in the same files', async () => {
+  const mountPoint = '/ferry-tuser-data';
+  const sharedDir = dev.readClusterState('tuser')!.layout.sharedDir;
+  const data = join(mountPoint, 'counting');
+  const fromHere = join(sharedDir, 'counting');
+  await mkdir(fromHere, { recursive: true, mode: 0o777 });
+  await chmod(fromHere, 0o777);
+  await copyFile(FIXTURE, join(fromHere, 'user-counter.py'));
+  const count = async () => Number(await readFile(join(fromHere, 'counter'), 'utf8').catch(() => '0')) || 0;
+  try {
+    const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'nobodyfs', '--user', 'nobody', '--mount', `shared:${mountPoint}`, '--cwd', '/tmp', '--json', '--', '/usr/bin/python3', join(data, 'user-counter.py'), data]);
+    expect(run.code).toBe(0);
+    await waitFor('counter on the cluster filesystem', async () => (await count()) > 10, 30_000);
+    for (const [to, extra] of [['h2', []], ['h1', ['--transport', 'nats']]] as const) {
+      const before = await count();
+      const res = await cluster.ferry(['migrate', 'nobodyfs', '--to', to, ...extra, '--json']);
+      expect({ to, state: res.json?.state, error: res.json?.error }).toEqual({ to, state: 'succeeded', error: undefined });
+      expect(await where('nobodyfs')).toMatchObject({ host: to, state: 'running' });
+      await waitFor('counter moves on', async () => (await count()) > before + 5, 15_000);
+      const status = await readFile(`/proc/${(await where('nobodyfs')).pid}/status`, 'utf8');
+      expect(status).toMatch(new RegExp(`^Uid:\\s+${NOBODY_UID}\\s`, 'm'));
+    }
+    expect((await readFile(join(fromHere, 'starts'), 'utf8')).split('\n').filter(Boolean)).toHaveLength(1);
+    expect((await cluster.ferry(['stop', 'nobodyfs'])).code).toBe(0);
+  } finally {
+    await cluster.ferry(['stop', 'nobodyfs']);
+    await rm(fromHere, { recursive: true, force: true });
+  }
 });

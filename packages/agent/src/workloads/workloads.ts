@@ -123,7 +123,6 @@ export class Workloads {
     // another user, in a user namespace of its own too. `--host-root`: the agent's.
     let isolated: { plan: IsolatedRootPlan; user?: WorkloadUser } | undefined;
     if (user !== undefined || !req.hostRoot) {
-      if (user !== undefined && req.mounts.length > 0) throw new FerryError(ErrorCode.INVALID_ARGUMENT, '--user workloads cannot use shared filesystems yet');
       const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, req.name), logPath, { mounts: req.mounts.map((m) => m.path), userNamespace: user !== undefined });
       if (!visibleInIsolatedRoot(plan, cwd)) {
         throw new FerryError(
