@@ -19,7 +19,8 @@
         "src/page-index.cc",
         "src/precopy-read.cc",
         "src/page-delta.cc",
-        "src/page-delta-binding.cc"
+        "src/page-delta-binding.cc",
+        "src/lazy-serve.cc"
       ],
       # OpenSSL (sealed-pump.cc): headers from <nodedir>/include/node/openssl, which node-gyp puts on
       # the include path ahead of /usr/include; symbols from the node binary, which links OpenSSL

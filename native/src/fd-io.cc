@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -131,6 +132,34 @@ int WriteAll(const PumpFd& out, const uint8_t* buf, size_t len, IoError* error) 
     hung_up = HungUp(revents, POLLOUT);
   }
   return 0;
+}
+
+ssize_t SendFileAll(const PumpFd& out, int in_fd, uint64_t offset, size_t len, IoError* error) {
+  off_t position = static_cast<off_t>(offset);
+  size_t done = 0;
+  bool hung_up = false;
+  while (done < len) {
+    ssize_t n = sendfile(out.fd, in_fd, &position, len - done);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+      hung_up = false;
+      continue;
+    }
+    if (n == 0) break;  // the file ended
+    if (errno == EINTR) continue;
+    if (!IsAgain(errno)) {
+      *error = {errno, "sendfile"};
+      return -1;
+    }
+    if (hung_up) {
+      *error = {EPIPE, "sendfile"};
+      return -1;
+    }
+    short revents = 0;
+    if (PollOne(out, POLLOUT, -1, &revents, error) == -1) return -1;
+    hung_up = HungUp(revents, POLLOUT);
+  }
+  return static_cast<ssize_t>(done);
 }
 
 }  // namespace ferry

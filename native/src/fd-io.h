@@ -52,4 +52,11 @@ ssize_t ReadFull(const PumpFd& in, uint8_t* buf, size_t len, IoError* error);
 /** Writes all `len` bytes; 0, or -1 with `error` set (EPIPE when the reader is gone). */
 int WriteAll(const PumpFd& out, const uint8_t* buf, size_t len, IoError* error);
 
+/**
+ * sendfile(2)s `len` bytes of `in_fd` from `offset` to `out` (waiting for room as WriteAll does),
+ * without a copy through user memory. Returns the count sent: < len when the file ended first,
+ * or -1 with `error` set.
+ */
+ssize_t SendFileAll(const PumpFd& out, int in_fd, uint64_t offset, size_t len, IoError* error);
+
 }  // namespace ferry

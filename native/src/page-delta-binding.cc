@@ -2,12 +2,15 @@
 //   precopyRead(pid, runs, outFd, cancelFd, maxBytes) -> Promise<{ hashes, bytes, unreadableBytes }>
 //   buildPageIndex(hashes[]) -> an External holding the PageIndex (synchronous, see below)
 //   dedupPages(index, inFd, outFd, cancelFd) -> Promise<{ bytesIn, bytesOut, literalPages, refPages }>
+//   lazyServe(sockFd, runs, files, cancelFd, cmdMask, getCmd, replyCmd, closeCmd, forceCloseCmd)
+//     -> Promise<{ requests, pages }>: a lazy restore's pre-copied pages to CRIU's daemon (lazy-serve.h)
 // The two Promises run on threads of their own (thread-job.h), like the sealed pump: each lasts as
 // long as a stream, too long for libuv's 4-thread pool.
 #include <limits>
 #include <memory>
 
 #include "args.h"
+#include "lazy-serve.h"
 #include "exports.h"
 #include "page-delta.h"
 #include "precopy-read.h"
@@ -174,9 +177,79 @@ Napi::Value DedupPages(const Napi::CallbackInfo& info) {
   return StartThreadJob(env, job, "dedupPages", "ferry-dedup");
 }
 
+/** (task, vaddr, pages, file, offset) u64 records, re-checked: sorted, not overlapping, in range. */
+std::vector<LazyServeRun> LazyRunsArg(const Napi::CallbackInfo& info, size_t index, size_t files) {
+  Napi::Env env = info.Env();
+  Napi::Uint8Array bytes = BytesArg(env, info[index], "runs");
+  if (bytes.ByteLength() % 40 != 0 || bytes.ByteLength() / 40 > kLazyServeMaxRuns) {
+    ThrowArg(env, "runs", "(task, vaddr, pages, file, offset) u64 records, at most " + std::to_string(kLazyServeMaxRuns));
+  }
+  std::vector<LazyServeRun> runs(bytes.ByteLength() / 40);
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const uint8_t* at = bytes.Data() + i * 40;
+    LazyServeRun& run = runs[i];
+    run = {GetLittleEndian64(at), GetLittleEndian64(at + 8), GetLittleEndian64(at + 16), GetLittleEndian64(at + 24), GetLittleEndian64(at + 32)};
+    constexpr uint64_t kMaxPages = uint64_t{1} << 40;
+    if (run.vaddr % kPageBytes != 0 || run.pages == 0 || run.pages > kMaxPages || run.file >= files ||
+        run.vaddr > std::numeric_limits<uint64_t>::max() - run.pages * kPageBytes ||
+        run.offset > std::numeric_limits<uint64_t>::max() - run.pages * kPageBytes) {
+      ThrowArg(env, "runs", "page-aligned runs of 1 .. 2^40 pages in a given file, run " + std::to_string(i) + " is not");
+    }
+    if (i > 0) {
+      const LazyServeRun& prev = runs[i - 1];
+      if (prev.task > run.task || (prev.task == run.task && prev.vaddr + prev.pages * kPageBytes > run.vaddr)) {
+        ThrowArg(env, "runs", "sorted by (task, vaddr) and not overlapping, run " + std::to_string(i) + " is not");
+      }
+    }
+  }
+  return runs;
+}
+
+class LazyServeJob : public ThreadJob {
+ public:
+  LazyServeConfig config;
+
+  void Run() override {
+    outcome_ = RunLazyServe(config);
+    err = outcome_.err;
+    syscall = outcome_.syscall;
+    detail = outcome_.detail;
+  }
+
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("requests", Napi::Number::New(env, static_cast<double>(outcome_.requests)));
+    result.Set("pages", Napi::Number::New(env, static_cast<double>(outcome_.pages)));
+    return result;
+  }
+
+ private:
+  LazyServeOutcome outcome_;
+};
+
+Napi::Value LazyServe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto job = std::make_shared<LazyServeJob>();
+  job->config.sock_fd = Int32Arg(info, 0, "sockFd");
+  if (info.Length() < 3 || !info[2].IsArray()) ThrowArg(env, "files", "an array of descriptors");
+  Napi::Array files = info[2].As<Napi::Array>();
+  if (files.Length() > kLazyServeMaxFiles) ThrowArg(env, "files", "at most " + std::to_string(kLazyServeMaxFiles));
+  for (uint32_t f = 0; f < files.Length(); ++f) {
+    Napi::Value fd = files.Get(f);
+    if (!fd.IsNumber() || fd.As<Napi::Number>().Int32Value() < 0) ThrowArg(env, "files", "descriptors (integers >= 0)");
+    job->config.files.push_back(fd.As<Napi::Number>().Int32Value());
+  }
+  job->config.runs = LazyRunsArg(info, 1, job->config.files.size());
+  job->config.cancel_fd = Int32Arg(info, 3, "cancelFd");
+  job->config.protocol = {Uint32Arg(info, 4, "cmdMask"), Uint32Arg(info, 5, "getCmd"), Uint32Arg(info, 6, "replyCmd"), Uint32Arg(info, 7, "closeCmd"),
+                          Uint32Arg(info, 8, "forceCloseCmd")};
+  return StartThreadJob(env, job, "lazyServe", "ferry-lazyserve");
+}
+
 }  // namespace
 
 void InitPageDelta(Napi::Env env, Napi::Object exports) {
+  exports.Set("lazyServe", Napi::Function::New(env, LazyServe, "lazyServe"));
   exports.Set("precopyRead", Napi::Function::New(env, PrecopyRead, "precopyRead"));
   exports.Set("buildPageIndex", Napi::Function::New(env, BuildPageIndex, "buildPageIndex"));
   exports.Set("dedupPages", Napi::Function::New(env, DedupPages, "dedupPages"));

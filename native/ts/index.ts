@@ -4,7 +4,7 @@
 // limits, page delta format (for its decoder) and buildPageIndex (no syscall in it). The raw addon stays behind createLinuxSyscalls().
 export { createLinuxSyscalls, RECV_WITH_FDS_MAX_BYTES, RECV_WITH_FDS_MAX_FDS } from './syscalls';
 export type { LinuxSyscalls } from './syscalls';
-export type { PageDeltaCounts, PrecopyReadResult, ReceivedWithFds, SealedPumpCounts, SealedPumpMode } from './native-binding';
+export type { LazyServeResult, PageDeltaCounts, PrecopyReadResult, ReceivedWithFds, SealedPumpCounts, SealedPumpMode } from './native-binding';
 export {
   SEALED_PUMP_KEY_BYTES,
   SEALED_PUMP_MAX_FRAME_BYTES,
@@ -14,6 +14,9 @@ export {
 } from './sealed-pump';
 export {
   buildPageIndex,
+  LAZY_SERVE_MAX_RUNS,
+  LAZY_SERVE_RUN_BYTES,
+  packLazyServeRuns,
   PAGE_DELTA_HEAD_BYTES,
   PAGE_DELTA_MAGIC,
   PAGE_DELTA_MAX_LITERAL_PAGES,
@@ -25,6 +28,9 @@ export {
   PRECOPY_READ_MAX_BYTES,
   PRECOPY_READ_MAX_RUNS,
   type DedupPagesOptions,
+  type LazyServeOptions,
+  type LazyServeProtocol,
+  type LazyServeRun,
   type PageIndex,
   type PrecopyReadOptions,
 } from './page-delta';

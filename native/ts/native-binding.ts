@@ -23,6 +23,14 @@ export interface PrecopyReadResult {
   unreadableBytes: number;
 }
 
+/** What lazyServe answered, once the daemon closed its session. */
+export interface LazyServeResult {
+  /** Page requests answered. */
+  requests: number;
+  /** Pages sent in all. */
+  pages: number;
+}
+
 /** What dedupPages moved, once its input has ended and END is written. */
 export interface PageDeltaCounts {
   /** Pages image bytes read (the total END carries). */
@@ -87,6 +95,18 @@ export interface NativeBinding {
   buildPageIndex(hashes: Uint8Array[]): NativePageIndex;
   /** Filters a pages image into a page delta on a thread of its own; `cancelFd` as sealedPump's. */
   dedupPages(index: NativePageIndex, inFd: number, outFd: number, cancelFd: number): Promise<PageDeltaCounts>;
+  /** Answers a lazy-pages daemon's requests on sockFd from `files` by the runs table, on a thread of its own (lazy-serve.cc). */
+  lazyServe(
+    sockFd: number,
+    runs: Uint8Array,
+    files: number[],
+    cancelFd: number,
+    cmdMask: number,
+    getCmd: number,
+    replyCmd: number,
+    closeCmd: number,
+    forceCloseCmd: number,
+  ): Promise<LazyServeResult>;
 
   unreadBytes(fd: number): number;
   /** AES-256-GCM over `data` in place (aead.cc); open returns false for a bad tag. */

@@ -2,7 +2,7 @@ import { types } from 'node:util';
 
 import { withCancelFd } from './cancel-fd';
 import { SyscallArgumentError } from './errors';
-import { loadNativeBinding, type NativeBinding, type NativePageIndex, type PageDeltaCounts, type PrecopyReadResult } from './native-binding';
+import { loadNativeBinding, type LazyServeResult, type NativeBinding, type NativePageIndex, type PageDeltaCounts, type PrecopyReadResult } from './native-binding';
 import { checkFd, checkIntegerIn, checkPid } from './validate';
 
 // The pre-copy's mechanics: precopyRead copies a live process's memory and hashes its pages,
@@ -189,4 +189,77 @@ export async function dedupPages(
   if (handle === undefined) throw new SyscallArgumentError(syscall, 'index', 'must be a PageIndex from buildPageIndex');
   const args = { inFd: checkFd(syscall, 'inFd', inFd), outFd: checkFd(syscall, 'outFd', outFd) };
   return withCancelFd(native, syscall, options.signal, (cancelFd) => native().dedupPages(handle, args.inFd, args.outFd, cancelFd));
+}
+
+/** Most runs one lazyServe table holds (src/lazy-serve.h has the same). */
+export const LAZY_SERVE_MAX_RUNS = 1 << 22;
+/** Bytes of one run in lazyServe's table: (task, vaddr, pages, file, offset), u64 little-endian each. */
+export const LAZY_SERVE_RUN_BYTES = 40;
+
+/** `pages` pages of task `task` (CRIU's dst_id: its pid) from `vaddr` lie in `files[file]` from byte `offset`. */
+export interface LazyServeRun {
+  task: number;
+  vaddr: number;
+  pages: number;
+  file: number;
+  offset: number;
+}
+
+/** CRIU's page-server command numbers lazyServe speaks (the agent's criu-page-protocol.ts). */
+export interface LazyServeProtocol {
+  /** Bits of a command that name it (the rest are flags). */
+  cmdMask: number;
+  /** A daemon's request for pages. */
+  getCmd: number;
+  /** The command of the header before the pages of an answer. */
+  replyCmd: number;
+  /** The daemon has every page (answered with a 4-byte status 0: the session ends). */
+  closeCmd: number;
+  forceCloseCmd: number;
+}
+
+/** How a lazyServe is stopped. */
+export interface LazyServeOptions {
+  /** Stops it with a SyscallError 'ECANCELED' (the daemon then sees its page server go away). */
+  signal?: AbortSignal;
+}
+
+/** Packs runs (sorted by task, then vaddr, not overlapping; numbers below 2^53) as lazyServe's table. */
+export function packLazyServeRuns(runs: readonly LazyServeRun[]): Uint8Array {
+  const syscall = 'lazyServe';
+  if (runs.length > LAZY_SERVE_MAX_RUNS) throw new SyscallArgumentError(syscall, 'runs', `must hold at most ${LAZY_SERVE_MAX_RUNS} runs, got ${runs.length}`);
+  const table = Buffer.alloc(runs.length * LAZY_SERVE_RUN_BYTES);
+  runs.forEach((run, i) => {
+    for (const [k, value] of [run.task, run.vaddr, run.pages, run.file, run.offset].entries()) {
+      if (!Number.isSafeInteger(value) || value < 0) throw new SyscallArgumentError(syscall, `runs[${i}]`, 'must hold integers in [0, 2^53)');
+      table.writeBigUInt64LE(BigInt(value), i * LAZY_SERVE_RUN_BYTES + k * 8);
+    }
+  });
+  return table;
+}
+
+/**
+ * Serves one session of `criu lazy-pages --page-server` on `sockFd` from `files` by the `runs`
+ * table (packLazyServeRuns), on a native thread of its own, with sendfile(2): no page passes
+ * through user memory. Implements LinuxSyscalls.lazyServe (see there).
+ */
+export async function lazyServe(
+  native: () => NativeBinding,
+  sockFd: number,
+  runs: Uint8Array,
+  files: readonly number[],
+  protocol: LazyServeProtocol,
+  options: LazyServeOptions = {},
+): Promise<LazyServeResult> {
+  const syscall = 'lazyServe';
+  if (!types.isUint8Array(runs) || runs.byteLength % LAZY_SERVE_RUN_BYTES !== 0) {
+    throw new SyscallArgumentError(syscall, 'runs', `must be a table of ${LAZY_SERVE_RUN_BYTES}-byte runs (packLazyServeRuns)`);
+  }
+  if (!Array.isArray(files)) throw new SyscallArgumentError(syscall, 'files', 'must be an array of descriptors');
+  const fds = files.map((fd, f) => checkFd(syscall, `files[${f}]`, fd));
+  const fd = checkFd(syscall, 'sockFd', sockFd);
+  const cmds = (['cmdMask', 'getCmd', 'replyCmd', 'closeCmd', 'forceCloseCmd'] as const).map((name) => checkIntegerIn(syscall, `protocol.${name}`, protocol[name], 0, 2 ** 32 - 1));
+  return withCancelFd(native, syscall, options.signal, (cancelFd) =>
+    native().lazyServe(fd, runs, fds, cancelFd, cmds[0]!, cmds[1]!, cmds[2]!, cmds[3]!, cmds[4]!),
+  );
 }

@@ -3,6 +3,7 @@ import { SyscallArgumentError, fromNativeError } from './errors';
 import {
   loadNativeBinding,
   type NativeBinding,
+  type LazyServeResult,
   type PageDeltaCounts,
   type PrecopyReadResult,
   type ReceivedWithFds,
@@ -12,8 +13,11 @@ import {
 import {
   buildPageIndexWith,
   dedupPages,
+  lazyServe,
   precopyRead,
   type DedupPagesOptions,
+  type LazyServeOptions,
+  type LazyServeProtocol,
   type PageIndex,
   type PrecopyReadOptions,
 } from './page-delta';
@@ -170,6 +174,16 @@ export interface LinuxSyscalls {
    * send/poll's errno with that call as `syscall`.
    */
   dedupPages(index: PageIndex, inFd: number, outFd: number, options?: DedupPagesOptions): Promise<PageDeltaCounts>;
+  /**
+   * Answers `criu lazy-pages --page-server`'s requests on `sockFd` (its socket pair's other end)
+   * from `files`, by `runs` (packLazyServeRuns: where each task's pages lie), on a native thread
+   * of its own, sending each run's pages with sendfile(2). A request the table has no page for, a
+   * command the protocol does not name, or a file that ends early fails it; the daemon's close is
+   * answered and resolves it with the counts. Neither sockFd nor the files are closed.
+   * Rejects with a SyscallError: 'ECANCELED' (options.signal), 'ENOENT'/'EPROTO'/'EIO'/'EPIPE' with
+   * `syscall` 'lazyServe' for the above, or a failed recv/send/sendfile/poll's errno.
+   */
+  lazyServe(sockFd: number, runs: Uint8Array, files: readonly number[], protocol: LazyServeProtocol, options?: LazyServeOptions): Promise<LazyServeResult>;
 }
 
 function callSync<T>(call: () => T, context: { path?: string; dest?: string } = {}): T {
@@ -290,6 +304,10 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
 
     dedupPages(index, inFd, outFd, options) {
       return dedupPages(native, index, inFd, outFd, options);
+    },
+
+    lazyServe(sockFd, runs, files, protocol, options) {
+      return lazyServe(native, sockFd, runs, files, protocol, options);
     },
   };
 }

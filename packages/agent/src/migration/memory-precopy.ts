@@ -27,7 +27,7 @@ import { privateMemoryRuns, type MemoryRuns } from '../host/private-memory';
 import { deltaNameOf, PRECOPY_DIR, precopyFileName, precopyRunsName } from './page-delta';
 import { growSocketBuffers } from './page-tunnel';
 
-export type PrecopySyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close' | 'precopyRead' | 'dedupPages' | 'setsockoptInt'>;
+export type PrecopySyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close' | 'precopyRead' | 'dedupPages' | 'setsockoptInt' | 'lazyServe'>;
 
 
 export class MemoryPrecopy {

@@ -38,8 +38,8 @@ import { addServiceAddress, announceServiceAddress, removeServiceAddress } from 
 import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS } from '../host/local-dirs';
 import { setTreeTcpRepair } from '../host/tcp-sockets';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
-import { startLocalLazyMemory, startLocalRelayedMemory, startPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
-import type { LazyPageRelay } from '../post-copy/lazy-page-relay';
+import { startLocalLazyMemory, startLocalServedMemory, startPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
+import type { PageServerSession } from '../post-copy/lazy-page-relay';
 import { assertLocalDirsFree, LocalDirReceiver } from './local-dir-copy';
 import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
 import { nativeFilePump } from './native-file-pump';
@@ -78,7 +78,7 @@ interface IncomingMigration {
   /** Opens the page-server client keys of this migration (pageServerTlsKey of its image key). */
   tlsKey: Buffer | null;
   /** Post-copy, during the restore and until the last page: the page server CRIU's lazy-pages daemon asks. */
-  relay?: LazyPageRelay;
+  relay?: PageServerSession;
   /** The workload's local dirs as the coordinator gave them, and what extracts their archives. */
   localDirs: string[];
   local?: LocalDirReceiver;
@@ -271,8 +271,8 @@ export class MigrationTarget {
         );
         inc.relay = feed.relay;
       } else if (req.mode === 'lazy' && deltas.lazyPagesSource) {
-        // Pre-copied memory: the daemon's lazy pages come from this host's files through a relay.
-        feed = await startLocalRelayedMemory(criu, inc.dir, deltas.lazyPagesSource, this.deps.syscalls, migrationLog);
+        // Pre-copied memory: the daemon's lazy pages come from this host's files, sent natively.
+        feed = await startLocalServedMemory(criu, inc.dir, deltas.lazyPagesSource, this.deps.syscalls, migrationLog);
         inc.relay = feed.relay;
       } else if (req.mode === 'lazy') feed = await startLocalLazyMemory(criu, inc.dir);
       const lazy = feed !== undefined;

@@ -20,7 +20,7 @@
  */
 import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PAGE_DELTA_HEAD_BYTES, PAGE_DELTA_MAGIC, PAGE_DELTA_OP } from '@ferry/native';
+import { PAGE_DELTA_HEAD_BYTES, PAGE_DELTA_MAGIC, PAGE_DELTA_OP, type LazyServeRun } from '@ferry/native';
 import { ErrorCode, FerryError, PAGE_BYTES } from '@ferry/protocol';
 import { encodePagemap, PE_LAZY, PE_PARENT, PE_PRESENT, pagemapEntryBytes, pagemapHeadBytes, pagemapHeader, parsePagemap, type PagemapImage } from '../criu/pagemap-image';
 
@@ -284,53 +284,40 @@ export async function applyPageDeltas(dir: string, maxOutBytes: number, { lazy =
 }
 
 /**
- * A lazy restore's pages, for `criu lazy-pages --page-server` through a LazyPageRelay: CRIU 4.2.1's
- * daemon cannot read a parent image itself (its asynchronous reads of a parent page are queued on
- * the parent's reader, which it never flushes: the first fault from a parent hangs), so the lazy
- * runs are served from where the rebuild left them.
+ * A lazy restore's pages, for `criu lazy-pages --page-server`: CRIU 4.2.1's daemon cannot read a
+ * parent image itself (its asynchronous reads of a parent page are queued on the parent's reader,
+ * which it never flushes: the first fault from a parent hangs), so the lazy runs are served from
+ * where the rebuild left them, by @ferry/native's lazyServe (lazy-memory-feed.ts).
  */
 export class LocalLazyPages {
-  private readonly handles = new Map<string, Promise<FileHandle>>();
-
   constructor(private readonly tasks: ReadonlyMap<number, ReadonlyArray<{ vaddr: number; nrPages: number; path: string; offset: number }>>) {}
 
-  /** Up to `nr` pages of task `pid` from `vaddr`: as many as lie contiguously in one run; NOT_FOUND outside every run. */
-  async read(pid: number, vaddr: number, nr: number): Promise<{ vaddr: number; nr: number; data: Buffer }> {
-    const runs = this.tasks.get(pid) ?? [];
-    // Runs are in address order: the last one starting at or before vaddr.
-    let lo = 0;
-    let hi = runs.length - 1;
-    let found = -1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      if (runs[mid]!.vaddr <= vaddr) {
-        found = mid;
-        lo = mid + 1;
-      } else {
-        hi = mid - 1;
+  /**
+   * The runs as lazyServe's table (by task, then address; `file` indexes `files`) and the files
+   * they lie in, opened for reading: the caller closes them once the daemon's session is over.
+   */
+  async open(): Promise<{ runs: LazyServeRun[]; files: FileHandle[] }> {
+    const paths: string[] = [];
+    const indexOf = new Map<string, number>();
+    const runs: LazyServeRun[] = [];
+    for (const task of [...this.tasks.keys()].sort((a, b) => a - b)) {
+      for (const run of this.tasks.get(task)!) {
+        let file = indexOf.get(run.path);
+        if (file === undefined) {
+          file = paths.push(run.path) - 1;
+          indexOf.set(run.path, file);
+        }
+        runs.push({ task, vaddr: run.vaddr, pages: run.nrPages, file, offset: run.offset });
       }
     }
-    const run = found >= 0 ? runs[found] : undefined;
-    if (!run || vaddr >= run.vaddr + run.nrPages * PAGE_BYTES) {
-      throw new FerryError(ErrorCode.NOT_FOUND, `no lazy page of task ${pid} at ${vaddr.toString(16)}`);
+    const files: FileHandle[] = [];
+    try {
+      for (const path of paths) files.push(await open(path, 'r'));
+    } catch (err) {
+      await Promise.all(files.map((f) => f.close()));
+      throw err;
     }
-    const skip = (vaddr - run.vaddr) / PAGE_BYTES;
-    const n = Math.min(nr, run.nrPages - skip);
-    const data = Buffer.allocUnsafe(n * PAGE_BYTES);
-    let handle = this.handles.get(run.path);
-    if (!handle) {
-      handle = open(run.path, 'r');
-      this.handles.set(run.path, handle);
-    }
-    const { bytesRead } = await (await handle).read(data, 0, data.length, run.offset + skip * PAGE_BYTES);
-    if (bytesRead !== data.length) throw new FerryError(ErrorCode.RESTORE_FAILED, `a lazy page file ended early (${run.path})`);
-    return { vaddr, nr: n, data };
-  }
-
-  async close(): Promise<void> {
-    const handles = [...this.handles.values()];
-    this.handles.clear();
-    await Promise.all(handles.map(async (h) => (await h.catch(() => undefined))?.close()));
+    return { runs, files };
   }
 }
 

@@ -33,7 +33,15 @@ export interface RelayStats {
   maxWaitMs: number;
 }
 
-export class LazyPageRelay {
+/** A page server session for CRIU's lazy-pages daemon: over once the daemon has every page. */
+export interface PageServerSession {
+  /** Settles when the daemon closed the session (with the counts) or it failed (RESTORE_FAILED and why). */
+  readonly done: Promise<RelayStats>;
+  /** Ends it (a failed restore): the daemon sees its page server go away. */
+  stop(reason: string): void;
+}
+
+export class LazyPageRelay implements PageServerSession {
   /** Settles when CRIU closed the session (PS_IOV_CLOSE) or the relay failed; rejects with why. */
   readonly done: Promise<RelayStats>;
   private resolveDone!: (s: RelayStats) => void;
