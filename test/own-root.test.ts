@@ -2,13 +2,15 @@
  * Every workload has its own root (agent host/isolated-root.ts): its own mount namespace with its
  * own /proc, its PID namespace's, so a program that reads /proc for its own processes finds them
  * and `ps` inside lists only them, before a move and after each. Run as root it keeps the host's
- * user namespace, so every path moves it, post-copy included. `--host-root` opts out: the program
+ * user namespace, so every path moves it, post-copy included. What it keeps in its own /run (a
+ * file, a listening socket) moves with it; the rest of the skeleton is read-only. `--host-root` opts out: the program
  * then sees the host's /proc, as before this existed.
  */
+import { existsSync } from 'node:fs';
 import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
-import { waitFor } from './helpers/workload';
+import { viewAfterSignal, waitFor } from './helpers/workload';
 
 jest.setTimeout(300_000);
 const FIXTURE = join(__dirname, 'fixtures', 'proc-view.py');
@@ -34,6 +36,7 @@ type View = {
   childStatus: { name: string; ppid: number };
   ps: Array<{ pid: number; comm: string }>;
   count: number;
+  run: { started: string | null; listenerAnswers: boolean; rootWrite: string } | null;
 };
 
 async function counter(name: string): Promise<number> {
@@ -46,16 +49,7 @@ async function where(name: string): Promise<{ host: string; pid: number; state: 
 }
 
 /** The workload's own view, asked by signal (the root of its tree is the program itself). */
-async function view(pid: number): Promise<View> {
-  await rm(join(dir, 'view'), { force: true });
-  process.kill(pid, 'SIGUSR1');
-  let v: View | undefined;
-  await waitFor('view', async () => {
-    v = JSON.parse(await readFile(join(dir, 'view'), 'utf8').catch(() => 'null')) ?? undefined;
-    return v !== undefined;
-  }, 10_000);
-  return v!;
-}
+const view = (pid: number): Promise<View> => viewAfterSignal<View>(pid, dir);
 
 async function expectOwnView(pid: number): Promise<void> {
   const v = await view(pid);
@@ -71,12 +65,18 @@ async function expectOwnView(pid: number): Promise<void> {
 }
 
 test('a workload run as root has its own /proc, kept by every path it moves by, post-copy included', async () => {
-  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'ownproc', '--cwd', dir, '--json', '--', '/usr/bin/python3', join(dir, 'proc-view.py'), dir]);
+  const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'ownproc', '--cwd', dir, '--json', '--', '/usr/bin/python3', join(dir, 'proc-view.py'), dir, '--run-state']);
   expect(run.code).toBe(0);
   expect(run.json).toMatchObject({ host: 'h1', ownRoot: true });
   expect(run.json.user).toBeUndefined();
   await waitFor('counters', async () => (await counter('counter')) > 10 && (await counter('child-counter')) > 10, 30_000);
   await expectOwnView(run.json.pid);
+  // Its own /run: what it wrote there at the start, and its listening socket there; the rest of its
+  // root (the skeleton, which would not move) refuses writes.
+  const runState = { started: `started as 1`, listenerAnswers: true, rootWrite: 'EROFS' };
+  expect((await view(run.json.pid)).run).toEqual(runState);
+  // Nothing of it in the host's /run.
+  expect(existsSync('/run/proc-view')).toBe(false);
 
   const moves = [
     ['h2', []],
@@ -92,8 +92,10 @@ test('a workload run as root has its own /proc, kept by every path it moves by, 
     const now = await where('ownproc');
     expect(now).toMatchObject({ host: to, state: 'running', ownRoot: true });
     await waitFor('counters move on', async () => (await counter('counter')) > before + 5 && (await counter('child-counter')) > childBefore + 5, 15_000);
-    // Its memory moved: the count it holds carried on from before the move.
-    expect((await view(now.pid)).count).toBeGreaterThanOrEqual(before);
+    // Its memory moved: the count it holds carried on from before the move; so did its /run.
+    const v = await view(now.pid);
+    expect(v.count).toBeGreaterThanOrEqual(before);
+    expect({ to, extra, run: v.run }).toEqual({ to, extra, run: runState });
     await expectOwnView(now.pid);
   }
   expect((await readFile(join(dir, 'starts'), 'utf8')).split('\n').filter(Boolean)).toHaveLength(1);

@@ -8,7 +8,7 @@
 import { chmod, copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
-import { waitFor } from './helpers/workload';
+import { viewAfterSignal, waitFor } from './helpers/workload';
 
 jest.setTimeout(300_000);
 const SYSCTL = '/proc/sys/vm/unprivileged_userfaultfd';
@@ -43,16 +43,7 @@ async function where(name: string): Promise<{ host: string; pid: number; state: 
   return (ps.json as Array<{ name: string; host: string; pid: number; state: string }>).find((w) => w.name === name)!;
 }
 
-async function view(pid: number): Promise<{ uid: number; pids: number[]; init: string; count: number }> {
-  await rm(join(dir, 'view'), { force: true });
-  process.kill(pid, 'SIGUSR1');
-  let v: { uid: number; pids: number[]; init: string; count: number } | undefined;
-  await waitFor('view', async () => {
-    v = JSON.parse(await readFile(join(dir, 'view'), 'utf8').catch(() => 'null')) ?? undefined;
-    return v !== undefined;
-  }, 10_000);
-  return v!;
-}
+const view = (pid: number) => viewAfterSignal<{ uid: number; pids: number[]; init: string; count: number }>(pid, dir);
 
 test('with vm.unprivileged_userfaultfd=1 a workload run as nobody moves lazily and by post-copy, still nobody, its own /proc, started once', async () => {
   const hosts = await cluster.ferry(['hosts', '--json']);

@@ -9,7 +9,7 @@ import { chmod, copyFile, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path';
 import { dev } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
-import { waitFor } from './helpers/workload';
+import { viewAfterSignal, waitFor } from './helpers/workload';
 
 jest.setTimeout(300_000);
 const FIXTURE = join(__dirname, 'fixtures', 'user-counter.py');
@@ -43,16 +43,7 @@ async function where(name: string): Promise<{ host: string; pid: number; state: 
 }
 
 /** The workload's own view, asked by signal (the root of its tree is the program itself). */
-async function view(pid: number): Promise<View> {
-  await rm(join(dir, 'view'), { force: true });
-  process.kill(pid, 'SIGUSR1');
-  let v: View | undefined;
-  await waitFor('view', async () => {
-    v = JSON.parse(await readFile(join(dir, 'view'), 'utf8').catch(() => 'null')) ?? undefined;
-    return v !== undefined;
-  }, 10_000);
-  return v!;
-}
+const view = (pid: number): Promise<View> => viewAfterSignal<View>(pid, dir);
 
 async function expectOwnView(pid: number): Promise<void> {
   const v = await view(pid);

@@ -66,17 +66,8 @@ std::vector<PrecopyRun> RunsArg(const Napi::CallbackInfo& info, size_t index, ui
   return runs;
 }
 
-class PrecopyJob : public ThreadJob {
+class PrecopyJob : public OutcomeJob<PrecopyConfig, PrecopyOutcome, RunPrecopyRead> {
  public:
-  PrecopyConfig config;
-
-  void Run() override {
-    outcome_ = RunPrecopyRead(config);
-    err = outcome_.err;
-    syscall = outcome_.syscall;
-    detail = outcome_.detail;
-  }
-
   Napi::Value Result(Napi::Env env) override {
     Napi::Object result = Napi::Object::New(env);
     Napi::Buffer<uint8_t> hashes;
@@ -94,9 +85,6 @@ class PrecopyJob : public ThreadJob {
     result.Set("unreadableBytes", Napi::Number::New(env, static_cast<double>(outcome_.unreadable_bytes)));
     return result;
   }
-
- private:
-  PrecopyOutcome outcome_;
 };
 
 Napi::Value PrecopyRead(const Napi::CallbackInfo& info) {
@@ -140,17 +128,8 @@ Napi::Value BuildPageIndex(const Napi::CallbackInfo& info) {
   return external;
 }
 
-class DedupJob : public ThreadJob {
+class DedupJob : public OutcomeJob<DedupConfig, DedupOutcome, RunDedupPages> {
  public:
-  DedupConfig config;
-
-  void Run() override {
-    outcome_ = RunDedupPages(config);
-    err = outcome_.err;
-    syscall = outcome_.syscall;
-    detail = outcome_.detail;
-  }
-
   Napi::Value Result(Napi::Env env) override {
     Napi::Object counts = Napi::Object::New(env);
     counts.Set("bytesIn", Napi::Number::New(env, static_cast<double>(outcome_.bytes_in)));
@@ -159,9 +138,6 @@ class DedupJob : public ThreadJob {
     counts.Set("refPages", Napi::Number::New(env, static_cast<double>(outcome_.ref_pages)));
     return counts;
   }
-
- private:
-  DedupOutcome outcome_;
 };
 
 Napi::Value DedupPages(const Napi::CallbackInfo& info) {
@@ -205,26 +181,14 @@ std::vector<LazyServeRun> LazyRunsArg(const Napi::CallbackInfo& info, size_t ind
   return runs;
 }
 
-class LazyServeJob : public ThreadJob {
+class LazyServeJob : public OutcomeJob<LazyServeConfig, LazyServeOutcome, RunLazyServe> {
  public:
-  LazyServeConfig config;
-
-  void Run() override {
-    outcome_ = RunLazyServe(config);
-    err = outcome_.err;
-    syscall = outcome_.syscall;
-    detail = outcome_.detail;
-  }
-
   Napi::Value Result(Napi::Env env) override {
     Napi::Object result = Napi::Object::New(env);
     result.Set("requests", Napi::Number::New(env, static_cast<double>(outcome_.requests)));
     result.Set("pages", Napi::Number::New(env, static_cast<double>(outcome_.pages)));
     return result;
   }
-
- private:
-  LazyServeOutcome outcome_;
 };
 
 Napi::Value LazyServe(const Napi::CallbackInfo& info) {

@@ -14,17 +14,8 @@ namespace ferry {
 
 namespace {
 
-class PumpJob : public ThreadJob {
+class PumpJob : public OutcomeJob<PumpConfig, PumpOutcome, RunSealedPump> {
  public:
-  PumpConfig config;
-
-  void Run() override {
-    outcome_ = RunSealedPump(config);
-    err = outcome_.err;
-    syscall = outcome_.syscall;
-    detail = outcome_.detail;
-  }
-
   Napi::Value Result(Napi::Env env) override {
     Napi::Object counts = Napi::Object::New(env);
     // Exact up to 2^53 bytes, far beyond any stream.
@@ -33,9 +24,6 @@ class PumpJob : public ThreadJob {
     counts.Set("frames", Napi::Number::New(env, static_cast<double>(outcome_.frames)));
     return counts;
   }
-
- private:
-  PumpOutcome outcome_;
 };
 
 Napi::Value SealedPump(const Napi::CallbackInfo& info) {

@@ -44,6 +44,27 @@ class ThreadJob {
 };
 
 /**
+ * A ThreadJob whose work is one call from its config to an outcome that carries err, syscall and
+ * detail (the sealed pump, precopyRead, dedupPages, lazyServe): Run makes the call and takes those
+ * over; a subclass says, in Result, what the Promise resolves with from `outcome_`.
+ */
+template <typename Config, typename Outcome, auto Work>
+class OutcomeJob : public ThreadJob {
+ public:
+  Config config;
+
+  void Run() final {
+    outcome_ = Work(config);
+    err = outcome_.err;
+    syscall = outcome_.syscall;
+    detail = outcome_.detail;
+  }
+
+ protected:
+  Outcome outcome_;
+};
+
+/**
  * Starts `job` on a new thread named `thread_name` (at most 15 characters, shown by `top -H`)
  * and returns the Promise it settles. A thread that cannot be created rejects the Promise.
  */

@@ -22,6 +22,16 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
   throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
 }
 
+/**
+ * What a fixture that answers SIGUSR1 by writing DIR/view (JSON, renamed into place) says of
+ * itself: user-counter.py and proc-view.py report their own view of their state so.
+ */
+export async function viewAfterSignal<T>(pid: number, dir: string): Promise<T> {
+  await rm(join(dir, 'view'), { force: true });
+  process.kill(pid, 'SIGUSR1');
+  return waitFor('view', async () => (JSON.parse(await readFile(join(dir, 'view'), 'utf8').catch(() => 'null')) as T | null) ?? undefined, 10_000);
+}
+
 export class CounterWorkload {
   private constructor(readonly stateDir: string) {}
 

@@ -18,7 +18,7 @@
  * directory the agent makes (a skeleton of empty mount points and the host's top-level symlinks),
  * bind mounts of host paths at the same paths (each top-level directory of the host but the
  * kernel's and /run, HOST_ONLY_TOP_DIRS; the workload's cluster filesystems; the device nodes; the
- * workload's log file), a fresh /proc and a fresh /dev/shm. The binds are not recursive: a mount
+ * workload's log file), a fresh /proc, /dev/shm and /run. The binds are not recursive: a mount
  * below a top-level directory stays out unless it is one of the workload's cluster filesystems. Every bind mount is an external mount
  * for CRIU with a cookie derived from its path; the target derives the same list itself, maps each
  * cookie to its own host path and gives CRIU its own skeleton as --root. The image can therefore
@@ -47,8 +47,12 @@ export const HOST_ONLY_TOP_DIRS = ['/proc', '/sys', '/dev', '/run', '/lost+found
 export const USER_ROOT_DIRS = ['/usr', '/etc', '/var', '/opt', '/srv', '/home', '/tmp', '/root'];
 /** Device nodes it gets (bind mounts of the host's). */
 export const ISOLATED_ROOT_DEVICES = ['/dev/null', '/dev/zero', '/dev/full', '/dev/random', '/dev/urandom'];
-/** Mounts made fresh inside (not binds): CRIU dumps their contents with the namespace. */
-export const ISOLATED_ROOT_OWN_MOUNTS = ['/proc', '/dev/shm'];
+/**
+ * Mounts made fresh inside (not binds): CRIU dumps their contents with the namespace (a tmpfs's
+ * files go into the image), so what a program keeps in /dev/shm or /run (a pid file, a socket)
+ * moves with it.
+ */
+export const ISOLATED_ROOT_OWN_MOUNTS = ['/proc', '/dev/shm', '/run'];
 /**
  * Established TCP connections of an isolated workload are restored closed (its peers reconnect):
  * putting a socket in repair mode needs CAP_NET_ADMIN over its network namespace, the host's, and
@@ -169,13 +173,23 @@ export const ISOLATED_ROOT_SCRIPT = [
   'until [ -n "$(cat /proc/self/uid_map)" ]; do sleep 0.005; done',
   'mount --make-rprivate /',
   'mount --bind "$root" "$root"',
-  'for b in "${binds[@]}"; do mount --bind "$b" "$root$b"; done',
+  // Its own /run (pid files, sockets, /var/run): moved with it, unlike the skeleton under it.
+  // First, so that a bind below it (the dev cluster keeps logs under /run) lands on top of it,
+  // on a mount point made in it.
+  'mount -t tmpfs -o mode=0755,size=64m run "$root/run"',
+  'for b in "${binds[@]}"; do',
+  '  case "$b" in /run/*) if [ -d "$b" ]; then mkdir -p "$root$b"; else mkdir -p "$(dirname "$root$b")"; : >"$root$b"; fi ;; esac',
+  '  mount --bind "$b" "$root$b"',
+  'done',
   'cd "$root"',
   'pivot_root . .ferry-old',
   'mount -t proc proc /proc',
   'mount -t tmpfs -o mode=1777,size=64m shm /dev/shm',
   'umount -l /.ferry-old',
   'rmdir /.ferry-old',
+  // The skeleton itself read-only: what a program wrote there would not move (the target makes its
+  // own skeleton), so it fails at once (EROFS) instead of vanishing at a migration.
+  'mount -o remount,bind,ro /',
   'cd "$cwd"',
   // stdio opened inside: a descriptor from outside this mount namespace cannot be restored.
   'exec </dev/null >>"$log" 2>&1',

@@ -241,10 +241,11 @@ export class MigrationTarget {
     const sys = this.deps.syscalls;
     const inherited = openPins(manifest.pins, (fd, pos) => sys.lseek(fd, pos, SEEK_SET));
     const migrationLog = log.child({ migrationId: req.migrationId });
-    // Its own root is rebuilt from this host's own plan (isolated-root.ts); the image's mounts map
-    // only onto the paths this host chose.
+    // Its own root is rebuilt from this host's own plan (isolated-root.ts), with the cluster
+    // filesystems the coordinator gave (never the image's list); the image's mounts map only onto
+    // the paths this host chose.
     const isolatedRoot = hasOwnRoot(manifest)
-      ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath, { mounts: manifest.mounts.map((m) => m.path), userNamespace: manifest.user !== undefined })
+      ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath, { mounts: inc.mounts.map((m) => m.path), userNamespace: manifest.user !== undefined })
       : undefined;
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
     let feed: LazyMemoryFeed | undefined;
