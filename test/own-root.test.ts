@@ -9,6 +9,7 @@
 import { existsSync } from 'node:fs';
 import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { dev } from '@ferry/dev-cluster';
 import { startTestCluster, type TestCluster } from './helpers/cluster';
 import { viewAfterSignal, waitFor } from './helpers/workload';
 
@@ -129,7 +130,9 @@ test('--host-root with --user, and a working directory outside its own root, are
   const both = await cluster.ferry(['run', '--host', 'h1', '--name', 'both', '--host-root', '--user', 'nobody', '--cwd', dir, '--', '/bin/true']);
   expect(both.code).not.toBe(0);
   expect(both.stderr).toMatch(/--host-root and --user do not go together/);
-  const outside = await cluster.ferry(['run', '--host', 'h1', '--name', 'inrun', '--cwd', '/run', '--', '/bin/true']);
+  // Refused before anything is set up on the host: its service address is not left behind.
+  const outside = await cluster.ferry(['run', '--host', 'h1', '--name', 'inrun', '--address', '198.18.224.77/24', '--cwd', '/run', '--', '/bin/true']);
   expect(outside.code).not.toBe(0);
   expect(outside.stderr).toMatch(/would not exist in its own root.*--host-root/);
+  expect((await dev.hostExec('towns', 'h1', ['ip', '-4', 'addr'])).stdout).not.toContain('198.18.224.77');
 });

@@ -1,13 +1,14 @@
 /**
  * Every workload's own root: a mount namespace with its own /proc (its PID namespace's: `ps` inside
- * lists only its own processes) and /dev/shm, and a root directory made of the host's directories.
+ * lists only its own processes), /dev/shm and /run, and a read-only root directory made of the
+ * host's directories.
  * Workloads run as another user (`ferry run --user`) also get a user namespace the agent's root
  * owns; the others (run as root) keep the host's user namespace, so CRIU still puts their TCP
  * connections in repair mode and serves their memory through userfaultfd. `ferry run --host-root`
  * opts out: the workload shares the agent's mount namespace and sees the host's /proc.
  *
- * Why a user namespace for another user: CRIU reads a task's resource limits with prlimit(2), which needs CAP_SYS_RESOURCE over a
- * task of another user. Root lacks it on some machine kinds (DESIGN.md), so no non-root process
+ * Why a user namespace for another user: CRIU reads a task's resource limits with prlimit(2),
+ * which needs CAP_SYS_RESOURCE over a task of another user. Root lacks it on some machine kinds (DESIGN.md), so no non-root process
  * could be dumped there. In a user namespace whose owner is the agent's uid, the agent (and CRIU)
  * hold every capability over its tasks, whatever their own set. A task in a child user namespace
  * must then see a /proc of its own PID namespace (CRIU's parasite refuses an unprivileged task
@@ -19,8 +20,8 @@
  * bind mounts of host paths at the same paths (each top-level directory of the host but the
  * kernel's and /run, HOST_ONLY_TOP_DIRS; the workload's cluster filesystems; the device nodes; the
  * workload's log file), a fresh /proc, /dev/shm and /run. The binds are not recursive: a mount
- * below a top-level directory stays out unless it is one of the workload's cluster filesystems. Every bind mount is an external mount
- * for CRIU with a cookie derived from its path; the target derives the same list itself, maps each
+ * below a top-level directory stays out unless it is one of the workload's cluster filesystems.
+ * Every bind mount is an external mount for CRIU with a cookie derived from its path; the target derives the same list itself, maps each
  * cookie to its own host path and gives CRIU its own skeleton as --root. The image can therefore
  * bind nothing the target did not choose: a cookie the target does not know fails the restore.
  *

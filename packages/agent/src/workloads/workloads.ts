@@ -108,19 +108,11 @@ export class Workloads {
       throw new FerryError(ErrorCode.INVALID_ARGUMENT, '--host-root and --user do not go together: a workload run as another user always has a root of its own');
     }
     const user = req.user !== undefined ? await resolveWorkloadUser(req.user) : undefined;
-    await ensureLocalDirs(localDirs, user);
     const logPath = workloadLogPath(this.opts.dataDir, req.name);
-    await mkdir(dirname(logPath), { recursive: true, mode: 0o700 });
-    // A new workload starts a new log, even if an earlier one of the same name left one.
-    await writeFile(logPath, '', { mode: 0o600 });
-    await this.mountAll(req.mounts);
-    if (req.address) {
-      await addServiceAddress(req.address, this.opts.address);
-      await announceServiceAddress(req.address, this.opts.address);
-    }
     const cwd = req.cwd ?? '/';
     // Its own mount namespace, /proc and root, built from this host's plan (isolated-root.ts); as
-    // another user, in a user namespace of its own too. `--host-root`: the agent's.
+    // another user, in a user namespace of its own too. `--host-root`: the agent's. Checked before
+    // anything is set up on the host (an address, a mount) that a refusal would have to undo.
     let isolated: { plan: IsolatedRootPlan; user?: WorkloadUser } | undefined;
     if (user !== undefined || !req.hostRoot) {
       const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, req.name), logPath, { mounts: req.mounts.map((m) => m.path), userNamespace: user !== undefined });
@@ -130,9 +122,18 @@ export class Workloads {
           `its working directory ${cwd} would not exist in its own root; use one under ${plan.binds.filter((b) => b.kind === 'dir').map((b) => b.path).join(', ')}${user ? '' : ', or run it with --host-root'}`,
         );
       }
-      await makeRootSkeleton(plan);
       isolated = { plan, ...(user ? { user } : {}) };
     }
+    await ensureLocalDirs(localDirs, user);
+    await mkdir(dirname(logPath), { recursive: true, mode: 0o700 });
+    // A new workload starts a new log, even if an earlier one of the same name left one.
+    await writeFile(logPath, '', { mode: 0o600 });
+    await this.mountAll(req.mounts);
+    if (req.address) {
+      await addServiceAddress(req.address, this.opts.address);
+      await announceServiceAddress(req.address, this.opts.address);
+    }
+    if (isolated) await makeRootSkeleton(isolated.plan);
     let launched: Awaited<ReturnType<typeof launchWorkload>>;
     try {
       launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath, ...(isolated ? { isolated } : {}) });
