@@ -463,6 +463,7 @@ async function main() {
       `Run ${startedAt.toISOString()} by \`npm run bench\` (${elapsedS.toFixed(0)} s), ${os.cpus().length} cores, ` +
         `${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, Linux ${os.release()}${MIGRATE_ARGS.length ? `, migrate args \`${MIGRATE_ARGS.join(' ')}\`` : ''}.`,
       'Downtime: the longest gap in a heartbeat the workload writes every 10 ms (so it includes up to ~10 ms of its sleep).',
+      "ferry's rows move the workload in its own root (its mount namespace, rebuilt on the target); CRIU's runs it with `--host-root` (plain `criu dump`).",
       'CPU s: ferry = both agents (their CRIU children included) + nats-server; CRIU = the criu processes. CPU s/GiB: per GiB moved.',
       "Agent RSS + MiB: the larger of the two agents' peak resident memory during the migration, above its RSS before it.",
       '',
