@@ -42,6 +42,8 @@ async function sql(statement: string): Promise<{ ok: true; out: string } | { ok:
     });
     return { ok: true, out: stdout.trim() };
   } catch (err) {
+    // Killed by the timeout above: a query in flight when the server froze hears no reset (below).
+    if ((err as { killed?: boolean }).killed) return { ok: false, error: 'client timeout' };
     return { ok: false, error: String((err as { stderr?: string }).stderr ?? (err as Error).message) };
   }
 }
@@ -120,8 +122,11 @@ test('PostgreSQL as user postgres moves h1 -> h2 -> h1 under a client inserting 
     await client;
   }
   expect(await sql('SELECT count(*), min(v), max(v), sum(v) FROM t')).toEqual({ ok: true, out: `${N}|1|${N}|${(N * (N + 1)) / 2}` });
-  // The client only ever saw refused or closed connections during the moves, never a wrong answer.
-  for (const e of errors) expect(e).toMatch(/could not connect|Connection refused|server closed the connection|connection to server|timeout expired|terminating connection/i);
+  // The client only ever saw refused or closed connections during the moves, never a wrong answer;
+  // or, for a query in flight at the freeze, no answer until its own timeout: its connection is
+  // restored closed on the target, which says nothing to a client that only waits (docs/compatibility.md).
+  for (const e of errors) expect(e).toMatch(/could not connect|Connection refused|server closed the connection|connection to server|timeout expired|terminating connection|client timeout/i);
+  expect(errors.filter((e) => e === 'client timeout').length).toBeLessThanOrEqual(2);
   expect(retries).toBeLessThan(200);
   // Post-copy would restore in its user namespace, where the kernel refuses userfaultfd: refused before freezing.
   const postCopy = await cluster.ferry(['migrate', 'pg', '--to', 'h2', '--restore', 'post-copy', '--json']);
