@@ -6,6 +6,7 @@ import {
   MAX_CONTROL_MESSAGE_BYTES,
   MAX_LOCAL_FILE_PATH_BYTES,
   MAX_LOCAL_FILES,
+  MAX_ROOT_DIRS,
   PROTOCOL_VERSION,
   agentVerbs,
   encode,
@@ -116,6 +117,19 @@ describe('verb table', () => {
     expect(refusal(reply, { localFiles: [{ ...file(1), sha256: 'F'.repeat(64) }] }).message).toMatch(/sha256/);
     expect(refusal(reply, { localFiles: [{ ...file(1), path: 'relative' }] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
     expect(refusal(agentVerbs[AgentVerb.CHECK_FILES].reply, { missing: [], different: [{ path: '/x', why: 'colour' }] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
+  });
+
+  test("a source's root directories and a target's answer about them are bounded: 256 absolute paths, defaulting to none", () => {
+    const reply = agentVerbs[AgentVerb.MIGRATABLE].reply;
+    const dirs = Array.from({ length: MAX_ROOT_DIRS }, (_, i) => `/d${i}`);
+    expect(parseMessage(reply, { localFiles: [] })).toEqual({ localFiles: [], rootDirs: [] });
+    expect(parseMessage(reply, { localFiles: [], rootDirs: dirs }).rootDirs).toHaveLength(MAX_ROOT_DIRS);
+    expect(refusal(reply, { localFiles: [], rootDirs: [...dirs, '/one-more'] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(refusal(reply, { localFiles: [], rootDirs: ['relative'] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
+    const check = agentVerbs[AgentVerb.CHECK_FILES];
+    expect(parseMessage(check.request, { v: PROTOCOL_VERSION, files: [] })).toMatchObject({ dirs: [] });
+    expect(refusal(check.request, { v: PROTOCOL_VERSION, files: [], dirs: [...dirs, '/one-more'] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
+    expect(refusal(check.reply, { missing: [], different: [], missingDirs: ['../etc'] }).code).toBe(ErrorCode.INVALID_ARGUMENT);
   });
 
   test('a migration reply keeps the transport the request asked for', () => {
