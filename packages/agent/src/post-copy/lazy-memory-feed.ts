@@ -18,7 +18,7 @@ import { LazyPagesDaemon } from '../criu/criu-service';
 import { PE_PRESENT, PS_CMD_BITS, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET } from '../criu/criu-page-protocol';
 import { checkLazyRuns, lazyRunsOf } from '../criu/pagemap-image';
 import { writePageServerClientTls } from '../criu/page-server-tls';
-import { LazyPageRelay, type PageFetcher, type PageServerSession } from './lazy-page-relay';
+import { LazyPageRelay, type PageServerSession } from './lazy-page-relay';
 import { PagePrefetcher } from './page-prefetch';
 
 export interface LazyMemoryFeed {
@@ -68,36 +68,35 @@ export async function startPostCopyMemory(criu: CriuDriver, imagesDir: string, s
   // The prefetcher plans a chunk per 256 KiB of every run: bounded before it does.
   checkLazyRuns(runs, totalmem());
   const prefetch = new PagePrefetcher((pid, vaddr, nr) => requestPages(nc, transferId, { pid, vaddr, nr }, { key: pagesKey ?? undefined }), runs);
-  const feed = await startRelayedDaemon(criu, imagesDir, (pid, vaddr, nr) => prefetch.get(pid, vaddr, nr), source.syscalls, log, () => {
-    prefetch.stop();
-    log.info({ ...prefetch.stats, fetchMs: Math.round(prefetch.stats.fetchMs) }, 'post-copy prefetch done');
-  });
-  return { ...feed, prefetch };
+  const [criuFd, relayFd] = source.syscalls.socketpair();
+  const relay = LazyPageRelay.start((pid, vaddr, nr) => prefetch.get(pid, vaddr, nr), log, new Socket({ fd: relayFd, readable: true, writable: true }));
+  relay.done
+    .finally(() => {
+      prefetch.stop();
+      log.info({ ...prefetch.stats, fetchMs: Math.round(prefetch.stats.fetchMs) }, 'post-copy prefetch done');
+    })
+    .catch(() => undefined);
+  return { daemon: await startDaemonFor(criu, imagesDir, criuFd, relay, source.syscalls), relay, prefetch };
 }
 
 /**
- * `criu lazy-pages --page-server` on one end of a socket pair, a LazyPageRelay answering it with
- * `fetch` on the other; `after` runs once the relay's session is over, however it ended.
+ * `criu lazy-pages --page-server` on `criuFd`, one end of a socket pair whose other end `session`
+ * answers (the relay, or lazyServe); the session is stopped if the daemon does not start.
  */
-async function startRelayedDaemon(
+async function startDaemonFor(
   criu: CriuDriver,
   imagesDir: string,
-  fetch: PageFetcher,
-  syscalls: Pick<LinuxSyscalls, 'socketpair' | 'close'>,
-  log: Logger,
-  after: () => unknown,
-): Promise<{ daemon: LazyPagesDaemon; relay: LazyPageRelay }> {
-  const [criuFd, relayFd] = syscalls.socketpair();
-  const relay = LazyPageRelay.start(fetch, log, new Socket({ fd: relayFd, readable: true, writable: true }));
-  relay.done.finally(after).catch(() => undefined);
+  criuFd: number,
+  session: PageServerSession,
+  syscalls: Pick<LinuxSyscalls, 'close'>,
+): Promise<LazyPagesDaemon> {
   try {
-    const daemon = await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd, relay: true });
-    return { daemon, relay };
+    return await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd, relay: true });
   } catch (err) {
-    relay.stop('the lazy-pages daemon did not start');
+    session.stop('the lazy-pages daemon did not start');
     throw err;
   } finally {
-    // The daemon holds its own copy: with ours closed, its exit ends the relay's session.
+    // The daemon holds its own copy: with ours closed, its exit ends the session.
     syscalls.close(criuFd);
   }
 }
@@ -160,14 +159,5 @@ export async function startLocalServedMemory(
     });
   done.catch(() => undefined);
   const session: PageServerSession = { done, stop: (reason) => stopper.abort(reason) };
-  try {
-    const daemon = await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd, relay: true });
-    return { daemon, relay: session };
-  } catch (err) {
-    session.stop('the lazy-pages daemon did not start');
-    throw err;
-  } finally {
-    // The daemon holds its own copy: with ours closed, its exit ends the session.
-    syscalls.close(criuFd);
-  }
+  return { daemon: await startDaemonFor(criu, imagesDir, criuFd, session, syscalls), relay: session };
 }
