@@ -7,29 +7,14 @@
 #include <cstring>
 
 #include "fd-io.h"
+#include "little-endian.h"
+#include "page-hash.h"
 
 namespace ferry {
 
 namespace {
 
-constexpr uint64_t kPageBytes = 4096;
 constexpr size_t kIovBytes = 32;
-
-uint64_t Load64(const uint8_t* in) {
-  uint64_t value = 0;
-  for (int i = 7; i >= 0; --i) value = (value << 8) | in[i];
-  return value;
-}
-
-uint32_t Load32(const uint8_t* in) { return static_cast<uint32_t>(in[0]) | static_cast<uint32_t>(in[1]) << 8 | static_cast<uint32_t>(in[2]) << 16 | static_cast<uint32_t>(in[3]) << 24; }
-
-void Store32(uint8_t* out, uint32_t value) {
-  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-
-void Store64(uint8_t* out, uint64_t value) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
-}
 
 std::string Hex(uint64_t value) {
   char text[19];
@@ -77,10 +62,10 @@ LazyServeOutcome RunLazyServe(const LazyServeConfig& config) {
       Fail(&outcome, EPIPE, "lazyServe", "the lazy-pages daemon went away before it had every page");
       return outcome;
     }
-    uint32_t cmd = Load32(iov);
-    uint64_t nr = Load64(iov + 8);
-    uint64_t vaddr = Load64(iov + 16);
-    uint64_t task = Load64(iov + 24);
+    uint32_t cmd = LoadLe32(iov);
+    uint64_t nr = LoadLe64(iov + 8);
+    uint64_t vaddr = LoadLe64(iov + 16);
+    uint64_t task = LoadLe64(iov + 24);
     if (cmd == protocol.close_cmd || cmd == protocol.force_close_cmd) {
       uint8_t status[4] = {0, 0, 0, 0};
       if (WriteAll(sock, status, sizeof(status), &error) == -1) Fail(&outcome, error.err, error.syscall, "answering the daemon's close");
@@ -99,10 +84,10 @@ LazyServeOutcome RunLazyServe(const LazyServeConfig& config) {
     uint64_t pages = std::min(nr, run->pages - skip);
     uint8_t reply[kIovBytes];
     std::memset(reply, 0, sizeof(reply));
-    Store32(reply, protocol.reply_cmd);
-    Store64(reply + 8, pages);
-    Store64(reply + 16, vaddr);
-    Store64(reply + 24, task);
+    StoreLe32(reply, protocol.reply_cmd);
+    StoreLe64(reply + 8, pages);
+    StoreLe64(reply + 16, vaddr);
+    StoreLe64(reply + 24, task);
     if (WriteAll(sock, reply, sizeof(reply), &error) == -1) {
       Fail(&outcome, error.err, error.syscall, "answering the daemon");
       return outcome;

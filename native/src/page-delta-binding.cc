@@ -11,6 +11,7 @@
 
 #include "args.h"
 #include "lazy-serve.h"
+#include "little-endian.h"
 #include "exports.h"
 #include "page-delta.h"
 #include "precopy-read.h"
@@ -36,12 +37,6 @@ Napi::Uint8Array BytesArg(Napi::Env env, Napi::Value value, const char* name) {
   return value.As<Napi::Uint8Array>();
 }
 
-uint64_t GetLittleEndian64(const uint8_t* in) {
-  uint64_t value = 0;
-  for (int i = 7; i >= 0; --i) value = (value << 8) | in[i];
-  return value;
-}
-
 /** TypeScript checked all of this; re-checked so a direct call cannot make the thread misbehave. */
 std::vector<PrecopyRun> RunsArg(const Napi::CallbackInfo& info, size_t index, uint64_t max_bytes) {
   Napi::Env env = info.Env();
@@ -53,8 +48,8 @@ std::vector<PrecopyRun> RunsArg(const Napi::CallbackInfo& info, size_t index, ui
   uint64_t total = 0;
   for (size_t i = 0; i < runs.size(); ++i) {
     PrecopyRun& run = runs[i];
-    run.address = GetLittleEndian64(bytes.Data() + i * 16);
-    run.length = GetLittleEndian64(bytes.Data() + i * 16 + 8);
+    run.address = LoadLe64(bytes.Data() + i * 16);
+    run.length = LoadLe64(bytes.Data() + i * 16 + 8);
     if (run.address % kPageBytes != 0 || run.length % kPageBytes != 0 || run.length == 0 ||
         run.address > std::numeric_limits<uint64_t>::max() - run.length) {
       ThrowArg(env, "runs", "page-aligned runs of at least a page, run " + std::to_string(i) + " is not");
@@ -164,7 +159,7 @@ std::vector<LazyServeRun> LazyRunsArg(const Napi::CallbackInfo& info, size_t ind
   for (size_t i = 0; i < runs.size(); ++i) {
     const uint8_t* at = bytes.Data() + i * 40;
     LazyServeRun& run = runs[i];
-    run = {GetLittleEndian64(at), GetLittleEndian64(at + 8), GetLittleEndian64(at + 16), GetLittleEndian64(at + 24), GetLittleEndian64(at + 32)};
+    run = {LoadLe64(at), LoadLe64(at + 8), LoadLe64(at + 16), LoadLe64(at + 24), LoadLe64(at + 32)};
     constexpr uint64_t kMaxPages = uint64_t{1} << 40;
     if (run.vaddr % kPageBytes != 0 || run.pages == 0 || run.pages > kMaxPages || run.file >= files ||
         run.vaddr > std::numeric_limits<uint64_t>::max() - run.pages * kPageBytes ||

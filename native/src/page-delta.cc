@@ -7,6 +7,7 @@
 #include <new>
 
 #include "fd-io.h"
+#include "little-endian.h"
 
 namespace ferry {
 
@@ -15,15 +16,11 @@ namespace {
 /** The input buffer: a read takes whatever the pipe holds, up to this (256 pages). */
 constexpr size_t kInputBytes = size_t{1} << 20;
 
-void PutLittleEndian32(uint8_t* out, uint32_t value) {
-  for (int i = 0; i < 4; ++i, value >>= 8) out[i] = static_cast<uint8_t>(value);
-}
-
 void PutHead(uint8_t* out, uint32_t op, uint32_t a, uint32_t b, uint32_t c) {
-  PutLittleEndian32(out, op);
-  PutLittleEndian32(out + 4, a);
-  PutLittleEndian32(out + 8, b);
-  PutLittleEndian32(out + 12, c);
+  StoreLe32(out, op);
+  StoreLe32(out + 4, a);
+  StoreLe32(out + 8, b);
+  StoreLe32(out + 12, c);
 }
 
 /**

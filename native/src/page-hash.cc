@@ -7,21 +7,9 @@
 
 #include "page-hash.h"
 
+#include "little-endian.h"
+
 namespace ferry {
-
-namespace {
-
-void Store64(uint64_t value, uint8_t* out) {
-  for (int i = 0; i < 8; ++i, value >>= 8) out[i] = static_cast<uint8_t>(value);
-}
-
-uint64_t Load64(const uint8_t* in) {
-  uint64_t value = 0;
-  for (int i = 7; i >= 0; --i) value = (value << 8) | in[i];
-  return value;
-}
-
-}  // namespace
 
 PageHash HashPage(const uint8_t* page) {
   XXH128_hash_t h = XXH3_128bits(page, kPageBytes);
@@ -33,10 +21,10 @@ void HashPages(const uint8_t* pages, size_t count, uint8_t* out) {
 }
 
 void StorePageHash(const PageHash& hash, uint8_t* out) {
-  Store64(hash.lo, out);
-  Store64(hash.hi, out + 8);
+  StoreLe64(out, hash.lo);
+  StoreLe64(out + 8, hash.hi);
 }
 
-PageHash LoadPageHash(const uint8_t* in) { return PageHash{Load64(in), Load64(in + 8)}; }
+PageHash LoadPageHash(const uint8_t* in) { return PageHash{LoadLe64(in), LoadLe64(in + 8)}; }
 
 }  // namespace ferry
