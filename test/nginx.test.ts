@@ -3,9 +3,10 @@
  * the master runs as root of its user namespace and its workers as www-data, which the host's
  * root could not dump without that namespace (docs/architecture.md, "Workloads run as another
  * user"). A keep-alive HTTP client asks it every 20 ms while it moves h1 -> h2 -> h1: every
- * request is answered, and by the moved server. A --user workload's open connections are closed
- * at the move, so the client's keep-alive connection ends there and a request caught in it is
- * asked again (GET, idempotent); the listening socket and the service address move.
+ * request is answered, and by the moved server. A --user workload's open connections cannot move:
+ * without `--close-tcp` the move is refused before freezing; with it they are closed at the move, so
+ * the client's keep-alive connection ends there and a request caught in it is asked again (GET,
+ * idempotent); the listening socket and the service address move.
  */
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
@@ -115,7 +116,14 @@ test('nginx, master and www-data workers, moves h1 -> h2 -> h1 under a keep-aliv
     for (const [to, extra] of [['h2', []], ['h1', ['--transport', 'nats']]] as const) {
       const before = answered;
       await waitFor('requests flow', async () => answered > before + 20, 30_000);
-      const res = await cluster.ferry(['migrate', 'ngx', '--to', to, ...extra, '--json']);
+      // Its keep-alive connection cannot move: without --close-tcp the move is refused before
+      // anything is frozen, naming it, and the client never notices.
+      const refused = await cluster.ferry(['migrate', 'ngx', '--to', to, ...extra, '--json']);
+      expect(refused.json?.error).toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(new RegExp(`TCP connection.*${ADDRESS}:${PORT} <-> .*--close-tcp`)) });
+      expect(await where()).toMatchObject({ host: to === 'h2' ? 'h1' : 'h2', state: 'running' });
+      const during = answered;
+      await waitFor('requests flow on', async () => answered > during + 5, 30_000);
+      const res = await cluster.ferry(['migrate', 'ngx', '--to', to, ...extra, '--close-tcp', '--json']);
       expect({ to, state: res.json?.state, error: res.json?.error }).toEqual({ to, state: 'succeeded', error: undefined });
       const now = await where();
       expect(now).toMatchObject({ host: to, state: 'running' });

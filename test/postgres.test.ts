@@ -5,7 +5,8 @@
  * A client inserts rows over TCP while the database moves h1 -> h2 -> h1; each insert is retried
  * until it is answered and is idempotent (primary key, ON CONFLICT DO NOTHING), so the table must
  * end with every row exactly once. Established client connections are closed at the move (a --user
- * workload's cannot be repaired in its user namespace, docs/architecture.md) and the client
+ * workload's cannot be repaired in its user namespace, docs/architecture.md; the moves say
+ * `--close-tcp`, without which one is refused while a client is connected) and the client
  * reconnects; the database itself, its rows and its processes move intact.
  */
 import { execFile } from 'node:child_process';
@@ -105,7 +106,8 @@ test('PostgreSQL as user postgres moves h1 -> h2 -> h1 under a client inserting 
   try {
     for (const [to, extra] of [['h2', []], ['h1', ['--transport', 'nats']]] as const) {
       await waitFor('the client is inserting', async () => next > 10, 60_000);
-      const res = await cluster.ferry(['migrate', 'pg', '--to', to, ...extra, '--json']);
+      // Its clients' connections cannot move (a --user workload): the operator agrees to close them.
+      const res = await cluster.ferry(['migrate', 'pg', '--to', to, ...extra, '--close-tcp', '--json']);
       expect({ to, state: res.json?.state, error: res.json?.error }).toEqual({ to, state: 'succeeded', error: undefined });
       expect(res.json.restore).toBe('eager');
       const now = await where();

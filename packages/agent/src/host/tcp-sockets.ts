@@ -119,6 +119,29 @@ async function inetSocketsAmong(fds: SocketFd[]): Promise<InetSocket[]> {
   return out;
 }
 
+/** The TCP connections among these sockets: every TCP socket neither listening nor unconnected. */
+export function tcpConnections(sockets: InetSocket[]): InetSocket[] {
+  return sockets.filter((s) => s.protocol === 'tcp' && s.state !== TCP_LISTEN && s.state !== SOCKET_CLOSE);
+}
+
+/**
+ * FAILED_PRECONDITION naming the TCP connections among `sockets` of workload `name`, which runs in a
+ * user namespace of its own where CRIU cannot repair them on the target (host/isolated-root.ts); null
+ * when it holds none. The operator decides: `--close-tcp`, or later.
+ */
+export function unrepairableConnectionsRefusal(name: string, sockets: InetSocket[]): FerryError | null {
+  const connections = tcpConnections(sockets);
+  if (connections.length === 0) return null;
+  const named = connections.slice(0, 5).map((s) => `${s.localIp}:${s.localPort} <-> ${s.remoteIp}:${s.remotePort}`);
+  return new FerryError(
+    ErrorCode.FAILED_PRECONDITION,
+    `workload ${name} runs as another user (ferry run --user) and holds ${connections.length} TCP connection(s): ${named.join('; ')}. ` +
+      'In its user namespace CRIU cannot repair them on the target, so the move would close them, and a client waiting for an answer would hear nothing until its own timeout; ' +
+      'migrate with --close-tcp to move it with them closed (its clients reconnect), or once they are closed',
+    { details: named },
+  );
+}
+
 /**
  * Why these sockets cannot migrate with a workload whose service address is `serviceIp` (null:
  * it has none) from a host whose addresses are `hostIps`; empty when they can.

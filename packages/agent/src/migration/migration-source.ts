@@ -21,10 +21,10 @@ import { compromiseImage, type AgentFaults } from '../fault-injection';
 import { isAlive, listTree, livingProcesses } from '../host/process-tree';
 import { listLocalFiles, type FileDigests } from '../host/local-files';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
-import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
+import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets, unrepairableConnectionsRefusal } from '../host/tcp-sockets';
 import { locksHeld } from '../host/file-locks';
 import { inLocalDir } from '../host/local-dirs';
-import { criuDumpExternals, ISOLATED_ROOT_OWN_MOUNTS, ISOLATED_ROOT_TCP_DUMP_ARGS, isolatedRootPlan, removeRootSkeleton, rootBindDirs } from '../host/isolated-root';
+import { criuDumpExternals, ISOLATED_ROOT_OWN_MOUNTS, isolatedRootPlan, isolatedRootTcpDumpArgs, removeRootSkeleton, rootBindDirs } from '../host/isolated-root';
 import { fifosOutside, pipesWithData } from '../host/pipe-data';
 import { armedPeriodicTimers } from '../host/timerfds';
 import { pinnedThreads } from '../host/cpu-affinity';
@@ -86,9 +86,10 @@ export class MigrationSource {
    * (`targetPipeData` false, from its probe), no pipe or FIFO holds unread data (pipe-data.ts), and no
    * periodic timerfd is armed (CRIU would restore it disarmed, timerfds.ts), nor a FIFO outside its
    * local dirs holds unread data (pipe-data.ts), nor a thread is pinned to CPUs (CRIU drops affinity, cpu-affinity.ts).
+   * A workload run as another user holds no TCP connection unless `closeTcp` (isolated-root.ts).
    * Returns the unlinked files found, for the pins.
    */
-  async assertMigratable(rec: WorkloadRecord, { targetPipeData = true } = {}): Promise<UnlinkedFile[]> {
+  async assertMigratable(rec: WorkloadRecord, { targetPipeData = true, closeTcp = false } = {}): Promise<UnlinkedFile[]> {
     // Zombies hold nothing to check (process-tree.ts); CRIU moves them as they are.
     const tree = await livingProcesses(await listTree(rec.pid));
     const unlinked = await findUnlinkedFiles(tree);
@@ -164,16 +165,17 @@ export class MigrationSource {
       );
     }
     const serviceIp = rec.address ? ipOf(rec.address) : null;
-    const socketProblems = unmigratableSockets(
-      await inetSocketsOf(tree),
-      serviceIp,
-      new Set((await hostAddresses()).map((a) => a.ip).filter((ip) => ip !== serviceIp)),
-    );
+    const sockets = await inetSocketsOf(tree);
+    // Run as another user: its connections cannot move, closed only where the operator said so (isolated-root.ts).
+    const closing = rec.user && !closeTcp ? unrepairableConnectionsRefusal(rec.name, sockets) : null;
+    if (closing) throw closing;
+    const otherHostIps = new Set((await hostAddresses()).map((a) => a.ip).filter((ip) => ip !== serviceIp));
+    const socketProblems = unmigratableSockets(sockets, serviceIp, otherHostIps);
     if (socketProblems.length > 0) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${rec.name} holds sockets that cannot migrate: ${socketProblems.slice(0, 5).join('; ')}`, { details: socketProblems });
     }
     // Its own root: every mount of its namespace must be one of ferry's own (isolated-root.ts).
-    await this.isolatedRootExternals(rec);
+    await this.isolatedRootExternals(rec, closeTcp);
     return unlinked;
   }
 
@@ -181,12 +183,13 @@ export class MigrationSource {
    * CRIU's `--external mnt[...]` arguments for a workload with its own root: its root's bind
    * mounts, which the target binds from its own paths; FAILED_PRECONDITION for a mount the
    * workload made itself. None for a workload in the host's mount namespace (`--host-root`).
-   * A workload run as another user also has its connections closed (ISOLATED_ROOT_TCP_DUMP_ARGS).
+   * A workload run as another user has its connections closed where `closeTcp` said so, else a
+   * connected socket fails the dump (isolatedRootTcpDumpArgs).
    */
-  private async isolatedRootExternals(rec: WorkloadRecord): Promise<string[]> {
+  private async isolatedRootExternals(rec: WorkloadRecord, closeTcp: boolean): Promise<string[]> {
     if (!hasOwnRoot(rec)) return [];
     const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, rec.name), rec.logPath, { mounts: (rec.mounts ?? []).map((m) => m.path), userNamespace: rec.user !== undefined });
-    return [...criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan), ...(rec.user ? ISOLATED_ROOT_TCP_DUMP_ARGS : [])];
+    return [...criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan), ...(rec.user ? isolatedRootTcpDumpArgs(closeTcp) : [])];
   }
 
   /**
@@ -216,8 +219,8 @@ export class MigrationSource {
     }
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
     // Checked in the pre-flight already, and again here: the workload ran on since.
-    const unlinked = await this.assertMigratable(rec, { targetPipeData: req.targetPipeData });
-    const isolatedExternals = await this.isolatedRootExternals(rec);
+    const unlinked = await this.assertMigratable(rec, { targetPipeData: req.targetPipeData, closeTcp: req.closeTcp });
+    const isolatedExternals = await this.isolatedRootExternals(rec, req.closeTcp);
     const pins = await pinSharedFiles(unlinked, req.migrationId);
     const dir = await workDirs.create(req.migrationId);
     const log = this.deps.log.child({ migrationId: req.migrationId });
