@@ -2,7 +2,8 @@
  * nginx (Debian's nginx-light) as a workload with its own namespaces (`ferry run --user root`):
  * the master runs as root of its user namespace and its workers as www-data, which the host's
  * root could not dump without that namespace (docs/architecture.md, "Workloads run as another
- * user"). A keep-alive HTTP client asks it every 20 ms while it moves h1 -> h2 -> h1: every
+ * user"). A keep-alive HTTP client asks it every 20 ms while it moves h1 -> h2 -> h1, then both
+ * ways by post-copy (vm.unprivileged_userfaultfd=1 for this file's cluster): every
  * request is answered, and by the moved server. A --user workload's open connections cannot move:
  * without `--close-tcp` the move is refused before freezing; with it they are closed at the move, so
  * the client's keep-alive connection ends there and a request caught in it is asked again (GET,
@@ -11,7 +12,7 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import { join } from 'node:path';
-import { startTestCluster, type TestCluster } from './helpers/cluster';
+import { allowUnprivilegedUserfaultfd, startTestCluster, type TestCluster } from './helpers/cluster';
 import { sleep, waitFor } from './helpers/workload';
 
 jest.setTimeout(300_000);
@@ -20,7 +21,11 @@ const PORT = 8080;
 let cluster: TestCluster;
 let dir: string;
 
+let restoreSysctl: (() => Promise<void>) | undefined;
+
 beforeAll(async () => {
+  // Lazy and post-copy restores in its user namespace need it (test/user-workloads.test.ts checks the refusal without).
+  restoreSysctl = await allowUnprivilegedUserfaultfd();
   cluster = await startTestCluster('tngx', 252);
   // Under /tmp: inside the root an isolated workload gets.
   dir = await mkdtemp('/tmp/ferry-nginx-test-');
@@ -45,6 +50,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await cluster?.stop();
+  await restoreSysctl?.();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -76,7 +82,7 @@ async function where(): Promise<{ host: string; pid: number; state: string }> {
   return (ps.json as Array<{ name: string; host: string; pid: number; state: string }>).find((w) => w.name === 'ngx')!;
 }
 
-test('nginx, master and www-data workers, moves h1 -> h2 -> h1 under a keep-alive client: every request answered', async () => {
+test('nginx, master and www-data workers, moves h1 -> h2 -> h1, then both ways by post-copy, under a keep-alive client: every request answered', async () => {
   const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'ngx', '--user', 'root', '--address', `${ADDRESS}/24`, '--cwd', dir, '--json', '--', '/usr/sbin/nginx', '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;']);
   expect(run.code).toBe(0);
   await waitFor('nginx answers', async () => (await get(0).catch(() => '')) === 'hello 0\n', 30_000);
@@ -89,7 +95,7 @@ test('nginx, master and www-data workers, moves h1 -> h2 -> h1 under a keep-aliv
   };
   await expectTree(run.json.pid);
 
-  const N = 400;
+  const N = 800;
   let answered = 0;
   let retries = 0;
   // Set when the test ends early (a failed expectation): the client must not outlive it.
@@ -113,7 +119,8 @@ test('nginx, master and www-data workers, moves h1 -> h2 -> h1 under a keep-aliv
     }
   })();
   try {
-    for (const [to, extra] of [['h2', []], ['h1', ['--transport', 'nats']]] as const) {
+    const legs = [['h2', []], ['h1', ['--transport', 'nats']], ['h2', ['--restore', 'post-copy']], ['h1', ['--restore', 'post-copy', '--transport', 'nats']]] as const;
+    for (const [to, extra] of legs) {
       const before = answered;
       await waitFor('requests flow', async () => answered > before + 20, 30_000);
       // Its keep-alive connection cannot move: without --close-tcp the move is refused before

@@ -5,23 +5,20 @@
  * agent's probe says so (criu.unprivilegedUserfaultfd) and the workload moves lazily and by
  * post-copy like any other. This file turns the sysctl on for its own cluster and back after.
  */
-import { chmod, copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startTestCluster, type TestCluster } from './helpers/cluster';
+import { allowUnprivilegedUserfaultfd, startTestCluster, type TestCluster } from './helpers/cluster';
 import { viewAfterSignal, waitFor } from './helpers/workload';
 
 jest.setTimeout(300_000);
-const SYSCTL = '/proc/sys/vm/unprivileged_userfaultfd';
 const FIXTURE = join(__dirname, 'fixtures', 'user-counter.py');
 const NOBODY_UID = 65534;
 let cluster: TestCluster;
 let dir: string;
-let sysctlBefore: string | undefined;
+let restoreSysctl: (() => Promise<void>) | undefined;
 
 beforeAll(async () => {
-  sysctlBefore = (await readFile(SYSCTL, 'utf8')).trim();
-  await writeFile(SYSCTL, '1');
-  // The agents probe it when they start.
+  restoreSysctl = await allowUnprivilegedUserfaultfd();
   cluster = await startTestCluster('tuserlazy', 226);
   dir = await mkdtemp('/tmp/ferry-user-lazy-test-');
   await chmod(dir, 0o777);
@@ -30,7 +27,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await cluster?.stop();
-  if (sysctlBefore !== undefined) await writeFile(SYSCTL, sysctlBefore);
+  await restoreSysctl?.();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 

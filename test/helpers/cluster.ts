@@ -3,6 +3,7 @@
  * `npm start`'s cluster or another test; `stop()` removes every process, namespace and mount.
  */
 import { execFile } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -16,6 +17,19 @@ type DevClusterState = Awaited<ReturnType<typeof startLocalCluster>>;
 const exec = promisify(execFile);
 export const REPO = join(__dirname, '..', '..');
 const FERRY_BIN = join(REPO, 'packages', 'cli', 'bin', 'ferry.js');
+
+const UNPRIVILEGED_USERFAULTFD = '/proc/sys/vm/unprivileged_userfaultfd';
+
+/**
+ * Sets vm.unprivileged_userfaultfd to 1 (0 on Debian), so a `--user` workload can restore lazily and
+ * by post-copy (its restorer makes the userfaultfd in its own user namespace); returns what puts the
+ * value back. Before starting a cluster: the agents probe it when they start.
+ */
+export async function allowUnprivilegedUserfaultfd(): Promise<() => Promise<void>> {
+  const before = (await readFile(UNPRIVILEGED_USERFAULTFD, 'utf8')).trim();
+  await writeFile(UNPRIVILEGED_USERFAULTFD, '1');
+  return () => writeFile(UNPRIVILEGED_USERFAULTFD, before);
+}
 
 export async function freePort(): Promise<number> {
   return (await freePorts(1))[0]!;
