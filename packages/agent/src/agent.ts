@@ -95,7 +95,7 @@ export class Agent {
     this.on(AgentVerb.CPUINFO_CHECK, async (req) => checkCpuinfo(criu, workDirs, req.image));
     this.on(AgentVerb.MIGRATABLE, async (req) => {
       const rec = this.workloads.require(req.name);
-      await this.source.assertMigratable(rec, { targetPipeData: req.targetPipeData, closeTcp: req.closeTcp });
+      await this.source.assertMigratable(rec, { targetPipeData: req.targetPipeData });
       return { localFiles: await this.source.localFiles(rec, this.fileDigests), rootDirs: await this.source.rootDirs(rec) };
     });
     this.on(AgentVerb.CHECK_FILES, async (req) => checkFiles(req.files, { digests: this.fileDigests }, req.dirs));

@@ -276,7 +276,6 @@ export class Coordinator {
     }, {
       ...(req.transport ? { transport: req.transport } : {}),
       ...(req.restore ? { restore: req.restore } : {}),
-      ...(req.closeTcp ? { closeTcp: true } : {}),
     }).finally(() => this.draining.delete(req.host));
     return plan;
   }

@@ -45,10 +45,10 @@ function fakeRunner(registry: HostRegistry): { runner: MigrationRunner; migrated
   return { runner, migrated };
 }
 
-async function drain(registry: HostRegistry, host: string, how: Pick<MigrateParams, 'transport' | 'restore' | 'closeTcp'> = {}): Promise<{ events: DrainEvent[]; migrated: MigrateParams[] }> {
+async function drain(registry: HostRegistry, host: string): Promise<{ events: DrainEvent[]; migrated: MigrateParams[] }> {
   const { runner, migrated } = fakeRunner(registry);
   const events: DrainEvent[] = [];
-  await runDrain(host, 'd1', drainPlan(registry, host), { registry, runner, limits: { maxMigrationsPerSource: 2, maxMigrationsPerTarget: 2 }, publish: (e) => events.push(e), log: silentLogger }, how);
+  await runDrain(host, 'd1', drainPlan(registry, host), { registry, runner, limits: { maxMigrationsPerSource: 2, maxMigrationsPerTarget: 2 }, publish: (e) => events.push(e), log: silentLogger });
   return { events, migrated };
 }
 
@@ -71,16 +71,6 @@ test('without an impostor the same drain moves everything', async () => {
   const { events, migrated } = await drain(await registryWith({ h1: [workload('db', 'h1', 10), workload('web', 'h1', 11)], h2: [], h3: [] }), 'h1');
   expect(migrated.map((m) => m.workload).sort()).toEqual(['db', 'web']);
   expect(events.filter((e) => e.kind === 'unplaced')).toEqual([]);
-});
-
-test("a drain's choices (ferry drain --close-tcp, --restore) go with every migration it starts", async () => {
-  const lists = { h1: [workload('db', 'h1', 10), workload('web', 'h1', 11)], h2: [], h3: [] };
-  const { migrated } = await drain(await registryWith(lists), 'h1', { closeTcp: true, restore: 'eager' });
-  expect(migrated).toHaveLength(2);
-  for (const m of migrated) expect(m).toMatchObject({ closeTcp: true, restore: 'eager' });
-  // Without it, none closes connections.
-  const plain = await drain(await registryWith(lists), 'h1');
-  for (const m of plain.migrated) expect(m.closeTcp).toBeUndefined();
 });
 
 test('migrate refuses a workload two hosts report running with CONFLICT naming them, before anything is stored or asked', async () => {

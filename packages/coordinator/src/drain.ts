@@ -50,7 +50,7 @@ export async function runDrain(
   drainId: string,
   workloads: string[],
   deps: DrainDeps,
-  how: Pick<MigrateParams, 'transport' | 'restore' | 'closeTcp'> = {},
+  how: Pick<MigrateParams, 'transport' | 'restore'> = {},
 ): Promise<DrainSummary> {
   const started = Date.now();
   const { runner, limits, log } = deps;

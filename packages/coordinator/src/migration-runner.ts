@@ -50,9 +50,8 @@ export interface MigrateParams {
   transport?: TransportPreference;
   /** Default: lazy when the target's CRIU probe allows it. */
   restore?: RestoreMode;
-  /** Memory pre-copy (default auto) and closing connections that cannot move: MigrateRequest.precopy, closeTcp. */
+  /** Memory pre-copy (MigrateRequest.precopy); default auto. */
   precopy?: 'auto' | 'off';
-  closeTcp?: boolean;
   /** Hosts placement must not pick (e.g. a drain retrying after a failed pre-flight). */
   exclude?: ReadonlySet<string>;
 }
@@ -133,7 +132,6 @@ export class MigrationRunner {
       transportPreference: params.transport ?? 'auto',
       ...(params.restore ? { restore: params.restore } : {}),
       ...(params.precopy ? { precopyPreference: params.precopy } : {}),
-      ...(params.closeTcp ? { closeTcp: true } : {}),
     };
     this.slots.add(id, { from: m.from, to: m.to, rssBytes: workload.rssBytes });
     try {
@@ -268,7 +266,8 @@ export class MigrationRunner {
         sealedImageKey: sealToAgent(imageKey, this.registry.sealKeyOf(m.to), m.id),
       }, this.opts.agentRequestTimeoutMs);
 
-      // What the memory takes as far as the plan knows (the reply says what the stream took): a failure in a page path says so.
+      // What the memory takes, as far as the plan knows it (the checkpoint's reply says what the stream took):
+      // a migration that fails inside a page path says so.
       m.transport = plannedTransport(plan, m.transport);
       m.memory = plan.memory;
       if (workload?.localDirs?.length) m.localDirs = workload.localDirs;
@@ -288,7 +287,6 @@ export class MigrationRunner {
         sealedImageKey: sealToAgent(imageKey, this.registry.sealKeyOf(m.from), m.id),
         targetPipeData: this.registry.describe(m.to).criu.pipeData,
         precopyMemory: plan.precopyMemory && m.precopyPreference !== 'off',
-        closeTcp: m.closeTcp === true,
       }, this.opts.checkpointTimeoutMs, [m.to]);
       imageKey.fill(0);
       m.frozenAt = cp.frozenAt;
@@ -416,7 +414,7 @@ export class MigrationRunner {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `the CPU of ${m.to} is not compatible with ${m.from}'s: ${check.problem ?? 'criu cpuinfo check failed'}`);
     }
     // Its sockets and unlinked files can move (a connection to a peer on the same host cannot).
-    const { localFiles, rootDirs } = await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload, targetPipeData: target.criu.pipeData, closeTcp: m.closeTcp === true }, this.opts.agentRequestTimeoutMs);
+    const { localFiles, rootDirs } = await this.callAgent(m.from, AgentVerb.MIGRATABLE, { name: m.workload, targetPipeData: target.criu.pipeData }, this.opts.agentRequestTimeoutMs);
     // Files it holds open on the source's own disks: CRIU reopens them by path, so the target must
     // have the same ones; and the directories its own root binds, which the target binds from its own.
     if (localFiles.length > 0 || rootDirs.length > 0) {

@@ -139,17 +139,11 @@ export const CheckpointRequest = z.object({
    * it for a workload with less memory than its threshold.
    */
   precopyMemory: z.boolean().default(false),
-  /**
-   * The operator agreed to close the workload's TCP connections where they cannot be repaired (a
-   * workload run as another user, in a user namespace of its own: `ferry migrate --close-tcp`).
-   * Without it such a workload holding a connection is refused before anything is frozen.
-   */
-  closeTcp: z.boolean().default(false),
 });
 export type CheckpointRequest = z.infer<typeof CheckpointRequest>;
 
-/** Can this workload move (before anything is frozen)? `targetPipeData` and `closeTcp` as in CheckpointRequest. */
-export const MigratableRequest = z.object({ v: Version, name: WorkloadName, targetPipeData: z.boolean().default(true), closeTcp: z.boolean().default(false) });
+/** Can this workload move (before anything is frozen)? `targetPipeData` as in CheckpointRequest. */
+export const MigratableRequest = z.object({ v: Version, name: WorkloadName, targetPipeData: z.boolean().default(true) });
 export type MigratableRequest = z.infer<typeof MigratableRequest>;
 
 /** Most local files one workload may hold open and still be compared with a target's (agent host/local-files.ts). */

@@ -86,12 +86,6 @@ export const MigrateRequest = z.object({
    * the pass would be wasted).
    */
   precopy: z.enum(['auto', 'off']).optional(),
-  /**
-   * Close the TCP connections of a workload whose connections cannot move (run as another user,
-   * `ferry run --user`: CRIU cannot repair them in its user namespace); its peers reconnect. Without
-   * it such a workload holding a connection is refused before anything is frozen.
-   */
-  closeTcp: z.boolean().optional(),
 });
 export type MigrateRequest = z.infer<typeof MigrateRequest>;
 
@@ -140,7 +134,6 @@ export const DrainRequest = z.object({
   /** For every migration of the drain, as in MigrateRequest (e.g. post-copy to empty a host fast). */
   transport: TransportPreference.optional(),
   restore: RestoreMode.optional(),
-  closeTcp: z.boolean().optional(),
 });
 export type DrainRequest = z.infer<typeof DrainRequest>;
 

@@ -44,5 +44,7 @@ export const WorkloadManifest = z.object({
   user: WorkloadUser.optional(),
   /** It has its own mount namespace, root and /proc: the target rebuilds that root (its own plan) for the restore. */
   ownRoot: z.boolean().optional(),
+  /** Run with --user and an address: in a network namespace of its own, which the restore recreates with a link to the target (agent host/workload-network.ts). */
+  ownNetwork: z.boolean().optional(),
 });
 export type WorkloadManifest = z.infer<typeof WorkloadManifest>;

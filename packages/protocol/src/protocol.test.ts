@@ -74,10 +74,6 @@ describe('schemas', () => {
     const base = { v: 1, migrationId: 'm1', transferId: 'x1', workload: 'w', target: 'h2' };
     expect(() => parseMessage(CheckpointRequest, { ...base, idleTimeoutMs: 10 ** 9 })).toThrow();
     expect(parseMessage(CheckpointRequest, { ...base, idleTimeoutMs: 5000 }).idleTimeoutMs).toBe(5000);
-    // Connections are closed only where the operator said so (ferry migrate --close-tcp).
-    expect(parseMessage(CheckpointRequest, { ...base, idleTimeoutMs: 5000 }).closeTcp).toBe(false);
-    expect(parseMessage(CheckpointRequest, { ...base, idleTimeoutMs: 5000, closeTcp: true }).closeTcp).toBe(true);
-    expect(() => parseMessage(CheckpointRequest, { ...base, idleTimeoutMs: 5000, closeTcp: 'yes' })).toThrow();
   });
 
   test('a heartbeat carries what a restarted coordinator needs', () => {

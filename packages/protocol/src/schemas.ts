@@ -294,8 +294,6 @@ export const MigrationResult = z.object({
   transportPreference: TransportPreference.optional(),
   /** `ferry migrate --precopy` as asked (absent: auto). */
   precopyPreference: z.enum(['auto', 'off']).optional(),
-  /** `ferry migrate --close-tcp` as asked (absent: no). */
-  closeTcp: z.boolean().optional(),
   /** How the memory left the source, as planned from both probes (`stream`: while CRIU dumped). Absent before it is planned. */
   memory: MemoryPath.optional(),
   /** The workload's local dirs that moved with it (`ferry run --local-dir`); absent: none. */

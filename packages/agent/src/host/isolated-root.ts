@@ -55,24 +55,20 @@ export const ISOLATED_ROOT_DEVICES = ['/dev/null', '/dev/zero', '/dev/full', '/d
  */
 export const ISOLATED_ROOT_OWN_MOUNTS = ['/proc', '/dev/shm', '/run'];
 /**
- * Established TCP connections of a workload in a user namespace of its own cannot move: putting a
- * socket in repair mode needs CAP_NET_ADMIN over its network namespace, the host's, and the restored
- * tasks sit in their own user namespace (tried: "Can't turn TCP repair mode ON: Operation not
- * permitted"). They are closed only when the operator said so (`ferry migrate --close-tcp`; their
- * peers reconnect); otherwise the pre-flight refuses such a workload while it holds one, and a
- * connection made between that check and the freeze fails the dump (CRIU refuses a connected
- * socket without either flag), which rolls back. Listening sockets and the service address move
- * as for any workload.
+ * Established TCP connections of a workload in a user namespace of its own but the host's network
+ * namespace are restored closed: putting a socket in repair mode needs CAP_NET_ADMIN over its
+ * network namespace, the host's, and the restored tasks sit in their own user namespace (tried:
+ * "Can't turn TCP repair mode ON: Operation not permitted"). Such a workload has no service address
+ * (with one it gets a network namespace of its own, where they move: workload-network.ts), so the
+ * pre-flight already refused any connection it holds (tcp-sockets.ts); these close one made since.
  */
 export const ISOLATED_ROOT_TCP_ARGS = ['--tcp-close'];
 /**
- * The dump skips connections still in a listening socket's queue either way (nothing locks the
- * network without repair mode, so a client may be connecting as it freezes): they are not on the
- * target, and their client's next packet gets a reset there, so it connects again.
+ * The dump also skips connections still in a listening socket's queue (nothing locks the network
+ * without repair mode, so a client may be connecting as it freezes): they are not on the target,
+ * and their client's next packet gets a reset there, so it connects again.
  */
-export function isolatedRootTcpDumpArgs(closeTcp: boolean): string[] {
-  return [...(closeTcp ? ISOLATED_ROOT_TCP_ARGS : []), '--skip-in-flight'];
-}
+export const ISOLATED_ROOT_TCP_DUMP_ARGS = [...ISOLATED_ROOT_TCP_ARGS, '--skip-in-flight'];
 /** uid_map / gid_map line: every id onto itself (the kernel's largest range). */
 export const IDENTITY_ID_MAP = '0 0 4294967295\n';
 

@@ -1,4 +1,4 @@
-import { criuLockTableFromDumpLog, parseProcNet, parseProcNetAddress, setTcpRepair, SOCKET_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, tcpConnections, unmigratableSockets, unrepairableConnectionsRefusal, type InetSocket, type RepairSyscalls } from './tcp-sockets';
+import { criuLockTableFromDumpLog, parseProcNet, parseProcNetAddress, setTcpRepair, TCP_ESTABLISHED, TCP_LISTEN, unmigratableSockets, type InetSocket, type RepairSyscalls } from './tcp-sockets';
 
 // Lines as the kernel prints them (x86-64: each 32-bit word of an address in little-endian hex).
 const TCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -49,24 +49,6 @@ test('what cannot move is named: a peer on the same host, a host address, no ser
   expect(unmigratableSockets([sock({ localIp: '198.18.0.11' })], '198.18.0.100', HOST)[0]).toMatch(/uses a host address/);
   expect(unmigratableSockets([sock({ localIp: '198.18.0.11' })], null, HOST)[0]).toMatch(/needs a service address/);
   expect(unmigratableSockets([sock({ state: TCP_LISTEN, localIp: '198.18.0.11', remoteIp: '0.0.0.0', remotePort: 0 })], '198.18.0.100', HOST)[0]).toMatch(/bound to 198\.18\.0\.11:7000/);
-});
-
-test('connections of a workload that cannot keep them (--user) are named with --close-tcp; listeners, unconnected sockets and UDP are not connections', () => {
-  const listener = sock({ inode: 2, state: TCP_LISTEN, remoteIp: '0.0.0.0', remotePort: 0 });
-  const unconnected = sock({ inode: 3, state: SOCKET_CLOSE, remoteIp: '0.0.0.0', remotePort: 0 });
-  const udp = sock({ inode: 4, protocol: 'udp', state: TCP_ESTABLISHED });
-  expect(unrepairableConnectionsRefusal('pg', [listener, unconnected, udp])).toBeNull();
-  // A connection in any other state (closing ones too: CRIU would close them as well).
-  const closeWait = sock({ inode: 5, state: 0x08, remotePort: 50001 });
-  expect(tcpConnections([listener, sock({}), closeWait, udp]).map((s) => s.inode)).toEqual([1, 5]);
-  const refusal = unrepairableConnectionsRefusal('pg', [listener, sock({}), closeWait]);
-  expect(refusal).toMatchObject({ code: 'FAILED_PRECONDITION', details: ['198.18.0.100:7000 <-> 198.18.0.13:50000', '198.18.0.100:7000 <-> 198.18.0.13:50001'] });
-  expect(refusal!.message).toMatch(/workload pg runs as another user .* 2 TCP connection\(s\): 198\.18\.0\.100:7000 <-> 198\.18\.0\.13:50000; .*--close-tcp/);
-  // Bounded: five named, the count says how many.
-  const many = Array.from({ length: 12 }, (_, i) => sock({ inode: 10 + i, remotePort: 40000 + i }));
-  expect(unrepairableConnectionsRefusal('pg', many)).toMatchObject({ details: expect.any(Array) });
-  expect((unrepairableConnectionsRefusal('pg', many)!.details as string[]).length).toBe(5);
-  expect(unrepairableConnectionsRefusal('pg', many)!.message).toMatch(/12 TCP connection/);
 });
 
 test("CRIU's lock table is named after its run id, cut as nftables names are", () => {

@@ -96,20 +96,23 @@ export async function socketFdsOf(pids: number[]): Promise<SocketFd[]> {
   return out;
 }
 
-/** The inet sockets the processes hold, from the host's tables (the agent shares the host's network namespace with its workloads). */
+/**
+ * The inet sockets the processes hold, from the tables of the first one's network namespace (the
+ * host's, or a workload's own: workload-network.ts; a tree shares one).
+ */
 export async function inetSocketsOf(pids: number[]): Promise<InetSocket[]> {
-  return inetSocketsAmong(await socketFdsOf(pids));
+  return pids.length === 0 ? [] : inetSocketsAmong(await socketFdsOf(pids), `/proc/${pids[0]}/net`);
 }
 
-/** The inet sockets among these socket fds. */
-async function inetSocketsAmong(fds: SocketFd[]): Promise<InetSocket[]> {
+/** The inet sockets among these socket fds, from the tables in `netDir`. */
+async function inetSocketsAmong(fds: SocketFd[], netDir: string): Promise<InetSocket[]> {
   const inodes = new Set(fds.map((s) => s.inode));
   if (inodes.size === 0) return [];
   const tables: Array<[string, SocketProtocol]> = [
-    ['/proc/net/tcp', 'tcp'],
-    ['/proc/net/tcp6', 'tcp'],
-    ['/proc/net/udp', 'udp'],
-    ['/proc/net/udp6', 'udp'],
+    [`${netDir}/tcp`, 'tcp'],
+    [`${netDir}/tcp6`, 'tcp'],
+    [`${netDir}/udp`, 'udp'],
+    [`${netDir}/udp6`, 'udp'],
   ];
   const out: InetSocket[] = [];
   for (const [file, protocol] of tables) {
@@ -117,29 +120,6 @@ async function inetSocketsAmong(fds: SocketFd[]): Promise<InetSocket[]> {
     out.push(...parseProcNet(text, protocol).filter((s) => inodes.has(s.inode)));
   }
   return out;
-}
-
-/** The TCP connections among these sockets: every TCP socket neither listening nor unconnected. */
-export function tcpConnections(sockets: InetSocket[]): InetSocket[] {
-  return sockets.filter((s) => s.protocol === 'tcp' && s.state !== TCP_LISTEN && s.state !== SOCKET_CLOSE);
-}
-
-/**
- * FAILED_PRECONDITION naming the TCP connections among `sockets` of workload `name`, which runs in a
- * user namespace of its own where CRIU cannot repair them on the target (host/isolated-root.ts); null
- * when it holds none. The operator decides: `--close-tcp`, or later.
- */
-export function unrepairableConnectionsRefusal(name: string, sockets: InetSocket[]): FerryError | null {
-  const connections = tcpConnections(sockets);
-  if (connections.length === 0) return null;
-  const named = connections.slice(0, 5).map((s) => `${s.localIp}:${s.localPort} <-> ${s.remoteIp}:${s.remotePort}`);
-  return new FerryError(
-    ErrorCode.FAILED_PRECONDITION,
-    `workload ${name} runs as another user (ferry run --user) and holds ${connections.length} TCP connection(s): ${named.join('; ')}. ` +
-      'In its user namespace CRIU cannot repair them on the target, so the move would close them, and a client waiting for an answer would hear nothing until its own timeout; ' +
-      'migrate with --close-tcp to move it with them closed (its clients reconnect), or once they are closed',
-    { details: named },
-  );
 }
 
 /**
@@ -179,8 +159,9 @@ export function unmigratableSockets(sockets: InetSocket[], serviceIp: string | n
  * Listening and other sockets the kernel refuses repair for are left alone.
  */
 export async function setTreeTcpRepair(sys: RepairSyscalls, pids: number[], on: boolean): Promise<number> {
+  if (pids.length === 0) return 0;
   const fds = await socketFdsOf(pids);
-  const tcp = new Set((await inetSocketsAmong(fds)).filter((s) => s.protocol === 'tcp').map((s) => s.inode));
+  const tcp = new Set((await inetSocketsAmong(fds, `/proc/${pids[0]}/net`)).filter((s) => s.protocol === 'tcp').map((s) => s.inode));
   return setTcpRepair(sys, fds, tcp, on);
 }
 
@@ -222,11 +203,16 @@ export function criuLockTableFromDumpLog(log: string): string | null {
   return m ? `CRIU-${m[1]}`.slice(0, 26) : null;
 }
 
-/** Drops CRIU's network lock table (no-op when it is gone already). */
-export async function dropCriuNetworkLock(table: string): Promise<void> {
+/**
+ * Drops CRIU's network lock table (no-op when it is gone already): in the host's network namespace,
+ * or in the one of `netnsPid` (a workload with a namespace of its own, which CRIU locked whole).
+ */
+export async function dropCriuNetworkLock(table: string, netnsPid?: number): Promise<void> {
   if (!/^CRIU-[0-9a-f-]{1,21}$/.test(table)) throw new FerryError(ErrorCode.INVALID_ARGUMENT, `not a CRIU lock table: ${table}`);
+  const nft = ['nft', 'delete', 'table', 'inet', table];
+  const [file, ...args] = netnsPid === undefined ? nft : ['nsenter', `--target=${netnsPid}`, '--net', '--', ...nft];
   try {
-    await runTool('nft', ['delete', 'table', 'inet', table], { timeoutMs: 10_000, code: ErrorCode.INTERNAL, failure: `nft delete table inet ${table} failed` });
+    await runTool(file!, args, { timeoutMs: 10_000, code: ErrorCode.INTERNAL, failure: `nft delete table inet ${table} failed` });
   } catch (err) {
     // nft's word for a table that is gone already.
     if ((err as FerryError).details.some((line) => /No such file or directory/.test(line))) return;

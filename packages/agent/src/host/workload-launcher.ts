@@ -69,9 +69,11 @@ export interface LaunchWorkloadRequest {
   logPath: string;
   /**
    * Its own mount namespace and root (isolated-root.ts), its skeleton made already; with `user`, as
-   * that user, in a user namespace of its own too.
+   * that user, in a user namespace of its own too; with `network` (and `user`), in a network
+   * namespace of its own as well, which `network` sets up (workload-network.ts) given the root's pid
+   * before the program starts.
    */
-  isolated?: { plan: IsolatedRootPlan; user?: WorkloadUser };
+  isolated?: { plan: IsolatedRootPlan; user?: WorkloadUser; network?: (rootPid: number) => Promise<void> };
 }
 
 /** A started workload. */
@@ -148,7 +150,7 @@ export async function launchWorkload(
       ? [
           ...envArgv,
           // The user namespace first, so the others belong to it (CRIU dumps them only then).
-          options.unsharePath, ...(isolated.user ? ['--user'] : []), '--mount', '--pid', '--ipc', '--fork', '--',
+          options.unsharePath, ...(isolated.user ? ['--user'] : []), ...(isolated.user && isolated.network ? ['--net'] : []), '--mount', '--pid', '--ipc', '--fork', '--',
           options.bashPath, '-c', ISOLATED_ROOT_SCRIPT, 'ferry-root', ...isolatedRootScriptArgs(isolated.plan, logPath, cwd, isolated.user), ...argv,
         ]
       : [...envArgv, options.unsharePath, '--pid', '--ipc', '--fork', '--', options.setsidPath, '--', ...argv];
@@ -197,8 +199,16 @@ export async function launchWorkload(
     if (roots.length > 1) return fail(ErrorCode.INTERNAL, `wrapper ${child.pid} has ${roots.length} children, expected one`);
     const rootPid = roots[0];
     if (request.isolated?.user && rootPid !== undefined && !idsMapped) {
-      // unshare forked the root after making the namespaces: they exist now. Ids map 1:1; the root
-      // waits for this before it mounts anything (ISOLATED_ROOT_SCRIPT).
+      // unshare forked the root after making the namespaces: they exist now. Its network first (it
+      // may bind its address at once); ids map 1:1; the root waits for the map before it mounts
+      // anything (ISOLATED_ROOT_SCRIPT), so the program starts after both.
+      if (request.isolated.network) {
+        try {
+          await request.isolated.network(rootPid);
+        } catch (err) {
+          return fail(ErrorCode.FAILED_PRECONDITION, `cannot set up its network namespace: ${(err as Error).message}`, err);
+        }
+      }
       try {
         await fs.writeFile(`/proc/${rootPid}/uid_map`, IDENTITY_ID_MAP);
         await fs.writeFile(`/proc/${rootPid}/gid_map`, IDENTITY_ID_MAP);

@@ -31,6 +31,7 @@ export async function writeManifest(dir: string, rec: WorkloadRecord, pins: Pinn
     ...(rec.address ? { address: rec.address } : {}),
     ...(rec.user ? { user: rec.user } : {}),
     ...(hasOwnRoot(rec) ? { ownRoot: true } : {}),
+    ...(rec.ownNetwork ? { ownNetwork: true } : {}),
   };
   await writeFile(join(dir, MANIFEST_FILE), JSON.stringify(manifest), { mode: 0o600 });
 }

@@ -21,16 +21,17 @@ import { compromiseImage, type AgentFaults } from '../fault-injection';
 import { isAlive, listTree, livingProcesses } from '../host/process-tree';
 import { listLocalFiles, type FileDigests } from '../host/local-files';
 import { addServiceAddress, announceServiceAddress, hostAddresses, ipOf, removeServiceAddress } from '../host/service-address';
-import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets, unrepairableConnectionsRefusal } from '../host/tcp-sockets';
+import { criuLockTableFromDumpLog, dropCriuNetworkLock, inetSocketsOf, setTreeTcpRepair, unmigratableSockets } from '../host/tcp-sockets';
 import { locksHeld } from '../host/file-locks';
 import { inLocalDir } from '../host/local-dirs';
-import { criuDumpExternals, ISOLATED_ROOT_OWN_MOUNTS, isolatedRootPlan, isolatedRootTcpDumpArgs, removeRootSkeleton, rootBindDirs } from '../host/isolated-root';
+import { criuDumpExternals, ISOLATED_ROOT_OWN_MOUNTS, ISOLATED_ROOT_TCP_DUMP_ARGS, isolatedRootPlan, removeRootSkeleton, rootBindDirs } from '../host/isolated-root';
 import { fifosOutside, pipesWithData } from '../host/pipe-data';
 import { armedPeriodicTimers } from '../host/timerfds';
 import { pinnedThreads } from '../host/cpu-affinity';
 import { checkGhostLimit, findUnlinkedFiles, pinSharedFiles, removePins, type UnlinkedFile } from '../host/unlinked-files';
 import type { PostCopySource } from '../post-copy/post-copy-source';
-import { hasOwnRoot, type WorkloadRecord } from '../workloads/inventory';
+import { connectionsMove, hasOwnRoot, linkOf, type WorkloadRecord } from '../workloads/inventory';
+import { GATEWAY_IP } from '../host/workload-network';
 import { workloadRootDir } from '../workloads/workloads';
 import { manifestIn, writeManifest } from './manifest-file';
 import { concatLive, LocalDirSender, removeLocalDirs } from './local-dir-copy';
@@ -86,10 +87,9 @@ export class MigrationSource {
    * (`targetPipeData` false, from its probe), no pipe or FIFO holds unread data (pipe-data.ts), and no
    * periodic timerfd is armed (CRIU would restore it disarmed, timerfds.ts), nor a FIFO outside its
    * local dirs holds unread data (pipe-data.ts), nor a thread is pinned to CPUs (CRIU drops affinity, cpu-affinity.ts).
-   * A workload run as another user holds no TCP connection unless `closeTcp` (isolated-root.ts).
    * Returns the unlinked files found, for the pins.
    */
-  async assertMigratable(rec: WorkloadRecord, { targetPipeData = true, closeTcp = false } = {}): Promise<UnlinkedFile[]> {
+  async assertMigratable(rec: WorkloadRecord, { targetPipeData = true } = {}): Promise<UnlinkedFile[]> {
     // Zombies hold nothing to check (process-tree.ts); CRIU moves them as they are.
     const tree = await livingProcesses(await listTree(rec.pid));
     const unlinked = await findUnlinkedFiles(tree);
@@ -166,16 +166,14 @@ export class MigrationSource {
     }
     const serviceIp = rec.address ? ipOf(rec.address) : null;
     const sockets = await inetSocketsOf(tree);
-    // Run as another user: its connections cannot move, closed only where the operator said so (isolated-root.ts).
-    const closing = rec.user && !closeTcp ? unrepairableConnectionsRefusal(rec.name, sockets) : null;
-    if (closing) throw closing;
-    const otherHostIps = new Set((await hostAddresses()).map((a) => a.ip).filter((ip) => ip !== serviceIp));
+    // In a network namespace of its own, the host reaches it from the gateway address (workload-network.ts): a peer staying here too.
+    const otherHostIps = new Set([...(await hostAddresses()).map((a) => a.ip).filter((ip) => ip !== serviceIp), ...(rec.ownNetwork ? [GATEWAY_IP] : [])]);
     const socketProblems = unmigratableSockets(sockets, serviceIp, otherHostIps);
     if (socketProblems.length > 0) {
       throw new FerryError(ErrorCode.FAILED_PRECONDITION, `workload ${rec.name} holds sockets that cannot migrate: ${socketProblems.slice(0, 5).join('; ')}`, { details: socketProblems });
     }
     // Its own root: every mount of its namespace must be one of ferry's own (isolated-root.ts).
-    await this.isolatedRootExternals(rec, closeTcp);
+    await this.isolatedRootExternals(rec);
     return unlinked;
   }
 
@@ -183,13 +181,13 @@ export class MigrationSource {
    * CRIU's `--external mnt[...]` arguments for a workload with its own root: its root's bind
    * mounts, which the target binds from its own paths; FAILED_PRECONDITION for a mount the
    * workload made itself. None for a workload in the host's mount namespace (`--host-root`).
-   * A workload run as another user has its connections closed where `closeTcp` said so, else a
-   * connected socket fails the dump (isolatedRootTcpDumpArgs).
+   * A workload run as another user in the host's network namespace has its connections closed
+   * (ISOLATED_ROOT_TCP_DUMP_ARGS; none can be on a service address: workload-network.ts).
    */
-  private async isolatedRootExternals(rec: WorkloadRecord, closeTcp: boolean): Promise<string[]> {
+  private async isolatedRootExternals(rec: WorkloadRecord): Promise<string[]> {
     if (!hasOwnRoot(rec)) return [];
     const plan = await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, rec.name), rec.logPath, { mounts: (rec.mounts ?? []).map((m) => m.path), userNamespace: rec.user !== undefined });
-    return [...criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan), ...(rec.user ? isolatedRootTcpDumpArgs(closeTcp) : [])];
+    return [...criuDumpExternals(await readFile(`/proc/${rec.pid}/mountinfo`, 'utf8'), plan), ...(rec.user && !rec.ownNetwork ? ISOLATED_ROOT_TCP_DUMP_ARGS : [])];
   }
 
   /**
@@ -219,8 +217,8 @@ export class MigrationSource {
     }
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${req.workload} is already in migration ${rec.migration.id}`);
     // Checked in the pre-flight already, and again here: the workload ran on since.
-    const unlinked = await this.assertMigratable(rec, { targetPipeData: req.targetPipeData, closeTcp: req.closeTcp });
-    const isolatedExternals = await this.isolatedRootExternals(rec, req.closeTcp);
+    const unlinked = await this.assertMigratable(rec, { targetPipeData: req.targetPipeData });
+    const isolatedExternals = await this.isolatedRootExternals(rec);
     const pins = await pinSharedFiles(unlinked, req.migrationId);
     const dir = await workDirs.create(req.migrationId);
     const log = this.deps.log.child({ migrationId: req.migrationId });
@@ -273,10 +271,9 @@ export class MigrationSource {
           imagesDir: dir,
           leaveStopped: true,
           externalFiles: pins.map((p) => p.key),
-          // Its connections are dumped in TCP repair mode and stay locked (nftables) while it is frozen;
-          // a --user workload's are restored closed (isolated-root.ts: repair needs a capability its
-          // user namespace does not have over the host's network), so they are not dumped.
-          tcpEstablished: rec.address !== undefined && !rec.user,
+          // Its connections are dumped in TCP repair mode and stay locked (nftables) while it is frozen
+          // (not those of a --user workload in the host's network namespace: isolated-root.ts).
+          tcpEstablished: connectionsMove(rec),
           // Its own root's bind mounts are external: the target binds its own paths (isolated-root.ts).
           extraArgs: isolatedExternals,
         });
@@ -286,7 +283,7 @@ export class MigrationSource {
         const lockTable = criuLockTableFromDumpLog(await readFile(dumped.logPath, 'utf8').catch(() => ''));
         rec.migration = { id: req.migrationId, role: 'source', ...(lockTable ? { lockTable } : {}) };
         await workloads.inventory.put(rec);
-        await removeServiceAddress(rec.address, this.opts.address);
+        await removeServiceAddress(rec.address, this.opts.address, linkOf(rec));
       }
       metrics?.dumped(dumped.durationMs);
     } catch (err) {
@@ -409,7 +406,8 @@ export class MigrationSource {
       // Its sockets are still in repair mode, so this kill sends the peers nothing; then the lock can go.
       if (await isAlive(rec.pid, rec.startTime)) await criu.kill(rec.pid);
       await this.closeLazySource(req.migrationId);
-      if (rec.migration.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
+      // (A namespace of its own went with the killed tree, its lock with it.)
+      if (rec.migration.lockTable && !rec.ownNetwork) await dropCriuNetworkLock(rec.migration.lockTable);
       // Its local dirs live on the target now; here they go only after the target confirmed.
       await removeLocalDirs(rec.localDirs ?? []);
       // So does its root (the killed tree's mount namespace, which held it, is gone).
@@ -467,11 +465,12 @@ export class MigrationSource {
    */
   private async reviveNetwork(rec: WorkloadRecord): Promise<void> {
     if (rec.address) {
-      await addServiceAddress(rec.address, this.opts.address);
-      await announceServiceAddress(rec.address, this.opts.address);
+      await addServiceAddress(rec.address, this.opts.address, linkOf(rec));
+      await announceServiceAddress(rec.address, this.opts.address, linkOf(rec));
     }
     const changed = await setTreeTcpRepair(this.deps.syscalls, await listTree(rec.pid), false);
-    if (rec.migration?.lockTable) await dropCriuNetworkLock(rec.migration.lockTable);
+    // CRIU locked a network namespace of the workload's own whole, from inside.
+    if (rec.migration?.lockTable) await dropCriuNetworkLock(rec.migration.lockTable, rec.ownNetwork ? rec.pid : undefined);
     this.deps.log.info({ workload: rec.name, address: rec.address, connections: changed }, 'connections revived on the source');
   }
 }

@@ -37,6 +37,7 @@ import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
 import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS } from '../host/local-dirs';
 import { setTreeTcpRepair } from '../host/tcp-sockets';
+import { criuRestoreLinkArgs, workloadLinkName } from '../host/workload-network';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
 import { startLocalLazyMemory, startLocalServedMemory, startPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
 import type { PageServerSession } from '../post-copy/lazy-page-relay';
@@ -47,7 +48,7 @@ import { applyPageDeltas } from './page-delta';
 import { PageTunnelReceiver } from './page-tunnel';
 import { criuRestoreRootArgs, ISOLATED_ROOT_TCP_ARGS, isolatedRootPlan, makeRootSkeleton, removeRootSkeleton } from '../host/isolated-root';
 import { workloadRootDir } from '../workloads/workloads';
-import { hasOwnRoot } from '../workloads/inventory';
+import { connectionsMove, hasOwnRoot } from '../workloads/inventory';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
 
@@ -247,12 +248,15 @@ export class MigrationTarget {
     const isolatedRoot = hasOwnRoot(manifest)
       ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath, { mounts: inc.mounts.map((m) => m.path), userNamespace: manifest.user !== undefined })
       : undefined;
+    // A --user workload with an address comes with a network namespace of its own (workload-network.ts).
+    const link = manifest.ownNetwork && manifest.user && manifest.address ? workloadLinkName(manifest.name) : undefined;
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
     let feed: LazyMemoryFeed | undefined;
     try {
       if (isolatedRoot) await makeRootSkeleton(isolatedRoot);
-      // Its connections are bound to the service address: it must be here before CRIU repairs them.
-      if (manifest.address) await addServiceAddress(manifest.address, this.opts.address);
+      // Its connections are bound to the service address: it must be here before CRIU repairs them
+      // (in a network namespace of its own, the restore brings it; the host side follows, below).
+      if (manifest.address && !link) await addServiceAddress(manifest.address, this.opts.address);
       if (req.mode === 'post-copy' && inc.pageTunnel) {
         // The lazy memory is in the source's lazy dump: our daemon asks it through the page tunnel.
         feed = { daemon: await inc.pageTunnel.startLazyPages(criu, inc.dir) };
@@ -282,19 +286,23 @@ export class MigrationTarget {
           imagesDir: inc.dir,
           pidFile: join(inc.dir, 'restored.pid'),
           inheritFds: inherited,
-          tcpEstablished: manifest.address !== undefined && !manifest.user,
+          tcpEstablished: connectionsMove(manifest),
           extraArgs: [
             ...(lazy ? ['--lazy-pages'] : []),
             ...(isolatedRoot ? criuRestoreRootArgs(isolatedRoot) : []),
-            ...(manifest.user ? ISOLATED_ROOT_TCP_ARGS : []),
+            ...(manifest.user && !link ? ISOLATED_ROOT_TCP_ARGS : []),
+            // The link's host end gets this host's name for it (workload-network.ts).
+            ...(link ? criuRestoreLinkArgs(manifest.name) : []),
           ],
         }),
       );
+      // Its link is back (CRIU made the pair): this host's side of it, so the address is reached.
+      if (manifest.address && link) await addServiceAddress(manifest.address, this.opts.address, link);
     } catch (err) {
       if (isolatedRoot) await removeRootSkeleton(isolatedRoot.rootDir);
       feed?.daemon.stop();
       inc.relay?.stop('the restore failed');
-      if (manifest.address) await removeServiceAddress(manifest.address, this.opts.address).catch(() => undefined);
+      if (manifest.address) await removeServiceAddress(manifest.address, this.opts.address, link).catch(() => undefined);
       throw err;
     } finally {
       this.restoring.delete(req.migrationId);
@@ -306,7 +314,7 @@ export class MigrationTarget {
     metrics?.restored(resumedAt - started);
     // CRIU unlocked the connections at the end of the restore; the peers learn the new MAC now.
     if (manifest.address) {
-      await announceServiceAddress(manifest.address, this.opts.address).catch((err) =>
+      await announceServiceAddress(manifest.address, this.opts.address, link).catch((err) =>
         migrationLog.warn({ err: toFerryError(err).message }, 'gratuitous ARP failed; peers re-learn the address when their ARP entry expires'),
       );
     }
@@ -329,6 +337,7 @@ export class MigrationTarget {
       ...(inc.localDirs.length > 0 ? { localDirs: inc.localDirs } : {}),
       ...(manifest.user ? { user: manifest.user } : {}),
       ...(isolatedRoot ? { ownRoot: true } : {}),
+      ...(link ? { ownNetwork: true } : {}),
     });
     if (feed) await this.awaitLastPage(feed, inc, restored.pid, req.workload);
     // Pages that came after the resume: counted by the relay, or (CRIU fetching them itself) every
@@ -405,7 +414,9 @@ export class MigrationTarget {
       log.warn({ migrationId: req.migrationId, workload: req.workload }, 'discarded restored copy');
     }
     // The address goes back with the workload to the source (which announces it).
-    if (address && !workloads.inventory.all().some((w) => w.address === address)) await removeServiceAddress(address, this.opts.address);
+    if (address && !workloads.inventory.all().some((w) => w.address === address)) {
+      await removeServiceAddress(address, this.opts.address, manifest?.ownNetwork ? workloadLinkName(req.workload) : undefined);
+    }
     // Only pins that can be this migration's (the source removes its pins itself at resume).
     const pins = (manifest.pins ?? []).filter((p) => inc !== undefined && pinProblem(p, { migrationId: req.migrationId, mountRoots: inc.mountRoots }) === null);
     await removePins(pins);

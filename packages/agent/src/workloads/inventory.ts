@@ -5,6 +5,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { MountSpec, WorkloadState, WorkloadUser } from '@ferry/protocol';
+import { workloadLinkName } from '../host/workload-network';
 
 export interface MigrationMark {
   id: string;
@@ -38,6 +39,21 @@ export interface WorkloadRecord {
   user?: WorkloadUser;
   /** It has its own mount namespace, root and /proc (isolated-root.ts); absent: the host's (older inventories, `--host-root`). */
   ownRoot?: boolean;
+  /** Run with --user and an address: in a network namespace of its own, the address its (workload-network.ts). */
+  ownNetwork?: boolean;
+}
+
+/** The host end of the workload's link, for one in a network namespace of its own (workload-network.ts); else undefined. */
+export function linkOf(rec: Pick<WorkloadRecord, 'name' | 'ownNetwork'>): string | undefined {
+  return rec.ownNetwork === true ? workloadLinkName(rec.name) : undefined;
+}
+
+/**
+ * Whether its TCP connections move (in repair mode): it has a service address, and either shares
+ * the host's user namespace or has a network namespace of its own (workload-network.ts).
+ */
+export function connectionsMove(rec: { address?: string; user?: unknown; ownNetwork?: boolean }): boolean {
+  return rec.address !== undefined && (rec.user === undefined || rec.ownNetwork === true);
 }
 
 /** Whether the workload has a root of its own (isolated-root.ts): run with --user, or without --host-root. */

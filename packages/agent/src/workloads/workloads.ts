@@ -9,12 +9,13 @@ import { ErrorCode, FerryError, silentLogger, type Logger, type MountSpec, type 
 import type { AgentMetrics } from '../agent-metrics';
 import type { CriuDriver } from '../criu/criu-driver';
 import { isAlive, treeRssBytes } from '../host/process-tree';
-import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
+import { addServiceAddress, announceServiceAddress, ipOf, removeServiceAddress } from '../host/service-address';
+import { makeWorkloadLink, workloadLinkName } from '../host/workload-network';
 import { ensureMounted, unmount, type UnmountSyscalls } from '../host/shared-mounts';
 import { isolatedRootPlan, makeRootSkeleton, removeRootSkeleton, resolveWorkloadUser, visibleInIsolatedRoot, type IsolatedRootPlan } from '../host/isolated-root';
 import { launchWorkload } from '../host/workload-launcher';
 import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS, ensureLocalDirs } from '../host/local-dirs';
-import { hasOwnRoot, type Inventory, type WorkloadRecord } from './inventory';
+import { hasOwnRoot, linkOf, type Inventory, type WorkloadRecord } from './inventory';
 
 export interface WorkloadsOptions {
   /** This host's name, as workloads report it. */
@@ -129,16 +130,24 @@ export class Workloads {
     // A new workload starts a new log, even if an earlier one of the same name left one.
     await writeFile(logPath, '', { mode: 0o600 });
     await this.mountAll(req.mounts);
-    if (req.address) {
-      await addServiceAddress(req.address, this.opts.address);
-      await announceServiceAddress(req.address, this.opts.address);
-    }
+    // Run as another user with an address: a network namespace of its own, so its connections move
+    // (workload-network.ts); the address is then its, reached through its link.
+    const address = req.address;
+    const link = address !== undefined && user !== undefined ? workloadLinkName(req.name) : undefined;
+    if (address !== undefined && link === undefined) await addServiceAddress(address, this.opts.address);
     if (isolated) await makeRootSkeleton(isolated.plan);
     let launched: Awaited<ReturnType<typeof launchWorkload>>;
     try {
-      launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath, ...(isolated ? { isolated } : {}) });
+      const network = address !== undefined && link !== undefined
+        ? async (pid: number) => {
+            await makeWorkloadLink(pid, req.name, ipOf(address));
+            await addServiceAddress(address, this.opts.address, link);
+          }
+        : undefined;
+      launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath, ...(isolated ? { isolated: { ...isolated, ...(network ? { network } : {}) } } : {}) });
+      if (address !== undefined) await announceServiceAddress(address, this.opts.address, link);
     } catch (err) {
-      if (req.address) await removeServiceAddress(req.address, this.opts.address).catch(() => undefined);
+      if (address !== undefined) await removeServiceAddress(address, this.opts.address, link).catch(() => undefined);
       if (isolated) await removeRootSkeleton(isolated.plan.rootDir);
       throw err;
     }
@@ -159,6 +168,7 @@ export class Workloads {
       ...(localDirs.length > 0 ? { localDirs } : {}),
       ...(isolated?.user ? { user: isolated.user } : {}),
       ...(isolated ? { ownRoot: true } : {}),
+      ...(link ? { ownNetwork: true } : {}),
     };
     await this.inventory.put(rec);
     this.log.info({ workload: req.name, pid: launched.pid, address: req.address }, 'workload launched');
@@ -169,7 +179,7 @@ export class Workloads {
     const rec = this.require(name);
     if (rec.migration) throw new FerryError(ErrorCode.CONFLICT, `workload ${name} is being migrated (${rec.migration.id})`);
     if (await isAlive(rec.pid, rec.startTime)) await this.criu.kill(rec.pid);
-    if (rec.address) await removeServiceAddress(rec.address, this.opts.address);
+    if (rec.address) await removeServiceAddress(rec.address, this.opts.address, linkOf(rec));
     if (hasOwnRoot(rec)) await removeRootSkeleton(workloadRootDir(this.opts.rootsDir, rec.name));
     await this.inventory.remove(name);
     this.log.info({ workload: name }, 'workload stopped');

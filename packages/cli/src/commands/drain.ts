@@ -36,11 +36,10 @@ export function registerDrain(program: Command): Command {
     .argument('<host>', 'host to empty')
     .option('--restore <mode>', 'for every migration, as in `ferry migrate`: eager, lazy or post-copy (fastest; the workloads depend on this host until their memory has moved)')
     .option('--transport <mode>', 'for every migration, as in `ferry migrate`: auto, direct, nats or page-server', 'auto')
-    .option('--close-tcp', 'for every migration, as in `ferry migrate`: close the TCP connections of workloads run as another user instead of refusing to move them')
     .option('--json', 'one JSON line per result ({kind: "result", migration} or {kind: "unplaced", workload, error}), then {kind: "done", summary}')
     .action(
       // restore and transport as typed (unchecked here): the coordinator validates them.
-      action(async (host: string, opts: { json?: boolean; restore?: RestoreMode; transport: TransportPreference; closeTcp?: boolean }) => {
+      action(async (host: string, opts: { json?: boolean; restore?: RestoreMode; transport: TransportPreference }) => {
         const nc = await connectCluster();
         const drainId = `d-${randomBytes(8).toString('hex')}`;
         const line = (v: unknown) => process.stdout.write(`${JSON.stringify(v)}\n`);
@@ -86,7 +85,7 @@ export function registerDrain(program: Command): Command {
         });
         try {
           await nc.flush();
-          const plan = await requestCoordVerb(nc, CoordVerb.DRAIN, { host, drainId, transport: opts.transport, ...(opts.restore ? { restore: opts.restore } : {}), ...(opts.closeTcp ? { closeTcp: true } : {}) }, { timeoutMs: 15_000 });
+          const plan = await requestCoordVerb(nc, CoordVerb.DRAIN, { host, drainId, transport: opts.transport, ...(opts.restore ? { restore: opts.restore } : {}) }, { timeoutMs: 15_000 });
           planned = plan.workloads.length;
           if (!opts.json) say(`${host} cordoned; moving ${plan.workloads.length} workload(s): ${plan.workloads.join(', ') || '(none)'}`);
           const timeout = new Promise<never>((_r, reject) => setTimeout(() => reject(new Error(`drain of ${host} not finished within ${DRAIN_TIMEOUT_MS} ms`)), DRAIN_TIMEOUT_MS).unref());

@@ -64,12 +64,11 @@ export function registerMigrate(program: Command): Command {
       'auto',
     )
     .option('--precopy <mode>', 'auto (copy the memory across while the workload runs, then only what changed while it is frozen; where both hosts can and it holds 32 MiB or more) or off')
-    .option('--close-tcp', 'a workload run as another user (ferry run --user) cannot keep its TCP connections (refused while it holds one): move it with them closed, its clients reconnect')
     .option('--request-id <id>', 'idempotency key: retrying with the same id never starts a second migration')
     .option('--json', 'print {id, workload, from, to, state, downtimeMs, totalMs, bytesTransferred, phases, ...}')
     .action(
       // transport and restore as typed (unchecked here): the coordinator validates them.
-      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: TransportPreference; restore?: RestoreMode; precopy?: 'auto' | 'off'; closeTcp?: boolean }) => {
+      action(async (name: string, opts: { to?: string; requestId?: string; json?: boolean; transport: TransportPreference; restore?: RestoreMode; precopy?: 'auto' | 'off' }) => {
         const nc = await connectCluster();
         const showProgress = !opts.json && process.stderr.isTTY;
         const bar = showProgress ? new ProgressLine(process.stderr) : null;
@@ -115,7 +114,6 @@ export function registerMigrate(program: Command): Command {
               transport: opts.transport,
               ...(opts.restore ? { restore: opts.restore } : {}),
               ...(opts.precopy ? { precopy: opts.precopy } : {}),
-              ...(opts.closeTcp ? { closeTcp: true } : {}),
             },
             { timeoutMs: MIGRATE_TIMEOUT_MS },
           );
