@@ -10,7 +10,7 @@
  * connection all move. A fifth move, whose restore fails on h3, rolls back under the same client.
  */
 import { copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { Agent, request } from 'node:http';
 import { join } from 'node:path';
@@ -90,9 +90,9 @@ async function tree(rootPid: number): Promise<Array<{ pid: number; uid: number }
   return Promise.all([rootPid, ...children].map(async (pid) => ({ pid, uid: await uidOf(pid) })));
 }
 
-async function where(): Promise<{ host: string; pid: number; state: string }> {
+async function where(): Promise<{ host: string; pid: number; state: string; ownNetwork: boolean }> {
   const ps = await cluster.ferry(['ps', '--json']);
-  return (ps.json as Array<{ name: string; host: string; pid: number; state: string }>).find((w) => w.name === 'ngx')!;
+  return (ps.json as Array<{ name: string; host: string; pid: number; state: string; ownNetwork: boolean }>).find((w) => w.name === 'ngx')!;
 }
 
 test('nginx, master and www-data workers, moves h1 -> h2 -> h1, then both ways by post-copy, under a keep-alive client: every request answered on its one connection', async () => {
@@ -100,7 +100,11 @@ test('nginx, master and www-data workers, moves h1 -> h2 -> h1, then both ways b
   expect(run.code).toBe(0);
   await waitFor('nginx answers', async () => (await get(0).catch(() => '')) === 'hello 0\n', 30_000);
   const wwwData = Number((await readFile('/etc/passwd', 'utf8')).split('\n').find((l) => l.startsWith('www-data:'))!.split(':')[2]);
-  const expectTree = async (pid: number) => {
+  const expectTree = async (pid: number, host = 'h1') => {
+    // Its own network namespace (an --user workload with an address), not its host's.
+    const hostNs = `net:[${(await stat(`/run/netns/tngx-${host}`)).ino}]`;
+    expect(await readlink(`/proc/${pid}/ns/net`)).not.toBe(hostNs);
+    expect(await where()).toMatchObject({ ownNetwork: true });
     const procs = await tree(pid);
     expect(procs[0]!.uid).toBe(0);
     expect(procs.slice(1).map((p) => p.uid)).toEqual([wwwData, wwwData]);
@@ -139,7 +143,7 @@ test('nginx, master and www-data workers, moves h1 -> h2 -> h1, then both ways b
       expect({ to, state: res.json?.state, error: res.json?.error }).toEqual({ to, state: 'succeeded', error: undefined });
       const now = await where();
       expect(now).toMatchObject({ host: to, state: 'running' });
-      await expectTree(now.pid);
+      await expectTree(now.pid, to);
     }
     // A move whose restore fails on the target (h3's CRIU gets a damaged image) rolls back after
     // the dump: the address is routed to its namespace here again, CRIU's lock inside it dropped,

@@ -161,6 +161,8 @@ export const WorkloadInfo = z.object({
   user: WorkloadUser.optional(),
   /** It has its own mount namespace, root and /proc (every workload but one run with `--host-root`). */
   ownRoot: z.boolean().optional(),
+  /** It has a network namespace of its own, its service address in it (one run with `--user` and `--address`). */
+  ownNetwork: z.boolean().optional(),
 });
 export type WorkloadInfo = z.infer<typeof WorkloadInfo>;
 

@@ -88,6 +88,7 @@ export class Workloads {
       localDirs: r.localDirs ?? [],
       ...(r.user ? { user: r.user } : {}),
       ...(hasOwnRoot(r) ? { ownRoot: true } : {}),
+      ...(r.ownNetwork ? { ownNetwork: true } : {}),
     };
   }
 

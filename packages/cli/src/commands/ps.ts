@@ -10,7 +10,7 @@ export function registerPs(program: Command): Command {
     .description('list workloads across the cluster')
     .option(
       '--json',
-      'print a JSON array of {name, host, state, pid, rssBytes, address?, localDirs, user?, ownRoot} (address: the service address, for workloads run with --address; localDirs: those run with --local-dir; user: the user of one run with --user; ownRoot: false for one run with --host-root)',
+      'print a JSON array of {name, host, state, pid, rssBytes, address?, localDirs, user?, ownRoot, ownNetwork} (address: the service address, for workloads run with --address; localDirs: those run with --local-dir; user: the user of one run with --user; ownRoot: false for one run with --host-root; ownNetwork: true for one run with --user and --address, in a network namespace of its own)',
     )
     .action(
       action(async (opts: { json?: boolean }) => {
@@ -27,6 +27,7 @@ export function registerPs(program: Command): Command {
               localDirs: w.localDirs ?? [],
               ...(w.user ? { user: w.user.name } : {}),
               ownRoot: w.ownRoot === true,
+              ownNetwork: w.ownNetwork === true,
             })),
           );
         }
