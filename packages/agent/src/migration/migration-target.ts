@@ -297,7 +297,14 @@ export class MigrationTarget {
         }),
       );
       // Its link is back (CRIU made the pair): this host's side of it, so the address is reached.
-      if (manifest.address && link) await addServiceAddress(manifest.address, this.opts.address, link);
+      // Failing that, the copy just restored must not run on beside the source's: killed silently.
+      if (manifest.address && link) {
+        await addServiceAddress(manifest.address, this.opts.address, link).catch(async (err: unknown) => {
+          await setTreeTcpRepair(this.deps.syscalls, await listTree(restored.pid), true).catch(() => 0);
+          await criu.kill(restored.pid).catch(() => undefined);
+          throw err;
+        });
+      }
     } catch (err) {
       if (isolatedRoot) await removeRootSkeleton(isolatedRoot.rootDir);
       feed?.daemon.stop();

@@ -135,7 +135,10 @@ export class Workloads {
     // (workload-network.ts); the address is then its, reached through its link.
     const address = req.address;
     const link = address !== undefined && user !== undefined ? workloadLinkName(req.name) : undefined;
-    if (address !== undefined && link === undefined) await addServiceAddress(address, this.opts.address);
+    if (address !== undefined && link === undefined) {
+      await addServiceAddress(address, this.opts.address);
+      await announceServiceAddress(address, this.opts.address);
+    }
     if (isolated) await makeRootSkeleton(isolated.plan);
     let launched: Awaited<ReturnType<typeof launchWorkload>>;
     try {
@@ -146,11 +149,17 @@ export class Workloads {
           }
         : undefined;
       launched = await launchWorkload({ name: req.name, argv: req.argv, env: req.env, cwd, logPath, ...(isolated ? { isolated: { ...isolated, ...(network ? { network } : {}) } } : {}) });
-      if (address !== undefined) await announceServiceAddress(address, this.opts.address, link);
     } catch (err) {
       if (address !== undefined) await removeServiceAddress(address, this.opts.address, link).catch(() => undefined);
       if (isolated) await removeRootSkeleton(isolated.plan.rootDir);
       throw err;
+    }
+    // Behind its link the address is reachable only now. A failed announcement costs the peers an
+    // ARP entry's expiry, not the workload (which runs already).
+    if (address !== undefined && link !== undefined) {
+      await announceServiceAddress(address, this.opts.address, link).catch((err: unknown) =>
+        this.log.warn({ workload: req.name, err: (err as Error).message }, 'gratuitous ARP failed; peers re-learn the address when their ARP entry expires'),
+      );
     }
     const rec: WorkloadRecord = {
       name: req.name,
