@@ -13,8 +13,8 @@
  * address as a /32 and a default route through the link-local gateway GATEWAY_IP, and on the host
  * `fw<hash of the name>` holding GATEWAY_IP itself, a /32 route to the service address through it,
  * and a proxy-ARP entry for the address on the host's own interface, so the peers on its link reach
- * the address as before and this host forwards to the workload (forwarding on those two interfaces
- * only). CRIU dumps the namespace with the workload (its addresses, routes and the connections) and
+ * the address as before and this host forwards to the workload (IPv4 forwarding switched on for
+ * those two interfaces; docs/architecture.md says what that means for the host). CRIU dumps the namespace with the workload (its addresses, routes and the connections) and
  * recreates the pair on the target, naming the host end from `--external veth[eth0]:NAME`, a name
  * the target derives itself; the host side of the link (service-address.ts) is each host's own.
  *
