@@ -43,8 +43,9 @@ test('run puts a workload on the asked host; ps --json shows it with a live pid'
   const ps = await cluster.ferry(['ps', '--json']);
   expect(ps.code).toBe(0);
   const [x] = ps.json;
-  expect(Object.keys(x).sort()).toEqual(['host', 'localDirs', 'name', 'ownRoot', 'pid', 'rssBytes', 'state']);
-  expect(x).toMatchObject({ name: 'x', host: 'h2', state: 'running', ownRoot: true });
+  expect(Object.keys(x).sort()).toEqual(['host', 'localDirs', 'name', 'ownNetwork', 'ownRoot', 'pid', 'rssBytes', 'state']);
+  // Its own root; the host's network namespace (only a --user workload with an address has its own).
+  expect(x).toMatchObject({ name: 'x', host: 'h2', state: 'running', ownRoot: true, ownNetwork: false });
   expect(alive(x.pid)).toBe(true);
   // The pid is the init of the workload's own PID namespace, in h2's network namespace.
   const ns = (pid: number | 'self', kind: string) => execFileSync('readlink', [`/proc/${pid}/ns/${kind}`]).toString().trim();

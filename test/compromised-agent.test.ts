@@ -44,6 +44,7 @@ function h3Faults(): Record<string, string> {
       'evil-pin': { pins: [pin] },
       'evil-address': { address: `${FOREIGN_ADDRESS}/24` },
       'evil-mount': { mounts: [mount] },
+      'evil-net': { ownNetwork: true },
     }),
     FERRY_FAULT_HUGE_PAGEMAP: 'evil-pages',
     ...(shadow ? { FERRY_FAULT_SHADOW_WORKLOAD: shadow } : {}),
@@ -148,6 +149,22 @@ describe('finding 1: the target acts on no path, pin, address or mount of a sour
       const { stdout } = await dev.hostExec(CLUSTER, host, ['cat', '/proc/self/mounts']);
       expect(stdout).not.toContain(EVIL_MOUNT);
     }
+  });
+});
+
+describe('a network namespace of its own claimed by a source', () => {
+  test('for a workload run as root without an address: ignored (the target derives it from --user and the coordinator\'s address), restored as it is, no link made on the target', async () => {
+    const w = await launch('evil-net', 'h3');
+    await expectIntactOn(cluster, w, 'evil-net', 'h3');
+    const targetAgent = await agentOf('h2');
+    const res = await cluster.ferry(['migrate', 'evil-net', '--to', 'h2', '--json']);
+    expect(res.json).toMatchObject({ state: 'succeeded', to: 'h2' });
+    await expectIntactOn(cluster, w, 'evil-net', 'h2');
+    const { stdout } = await dev.hostExec(CLUSTER, 'h2', ['ip', '-o', 'link', 'show']);
+    expect(stdout).not.toMatch(/\bfw[0-9a-f]{12}\b/);
+    expect((await cluster.ferry(['ps', '--json'])).json.find((x: { name: string }) => x.name === 'evil-net')).toMatchObject({ host: 'h2', ownNetwork: false });
+    await expectAgentUnharmed('h2', targetAgent);
+    expect((await cluster.ferry(['stop', 'evil-net'])).code).toBe(0);
   });
 });
 
