@@ -104,7 +104,7 @@ test('a workload run as root has its own /proc, kept by every path it moves by, 
 });
 
 test('--host-root: the workload shares the host mount namespace and sees the host /proc, moved or not', async () => {
-  await rm(join(dir, 'starts'), { force: true });
+  for (const file of ['starts', 'counter']) await rm(join(dir, file), { force: true });
   const run = await cluster.ferry(['run', '--host', 'h1', '--name', 'hostproc', '--host-root', '--cwd', dir, '--json', '--', '/usr/bin/python3', join(dir, 'proc-view.py'), dir]);
   expect(run.code).toBe(0);
   expect(run.json.ownRoot).toBeUndefined();
@@ -116,6 +116,8 @@ test('--host-root: the workload shares the host mount namespace and sees the hos
     expect(v.pids.length).toBeGreaterThan(10);
     expect(v.ps.length).toBeGreaterThan(10);
   };
+  // Its SIGUSR1 handler is in place once it counts (a signal before it would end the program).
+  await waitFor('counter', async () => (await counter('counter')) > 2, 30_000);
   await expectHostView(run.json.pid);
   const res = await cluster.ferry(['migrate', 'hostproc', '--to', 'h2', '--json']);
   expect(res.json).toMatchObject({ state: 'succeeded' });

@@ -16,11 +16,14 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { ErrorCode, FerryError } from '@ferry/protocol';
+import { SerialLock } from '../migration/serial-lock';
 import { runTool } from './run-tool';
 import { GATEWAY_IP } from './workload-network';
 
 const COMMAND_TIMEOUT_MS = 10_000;
 const NONLOCAL_BIND = '/proc/sys/net/ipv4/ip_nonlocal_bind';
+/** One announcement at a time may switch NONLOCAL_BIND: two at once would each put back what the other set. */
+const nonlocalBindTurns = new SerialLock();
 /** Unsolicited ARP requests sent per announcement (one can be lost; arping waits 1 s between them). */
 const GRATUITOUS_ARP_COUNT = 1;
 
@@ -105,11 +108,13 @@ export async function announceServiceAddress(cidr: string, hostAddress: string, 
     await run('arping', args);
     return;
   }
-  const before = (await readFile(NONLOCAL_BIND, 'utf8')).trim();
-  await writeFile(NONLOCAL_BIND, '1');
-  try {
-    await run('arping', args);
-  } finally {
-    await writeFile(NONLOCAL_BIND, before);
-  }
+  await nonlocalBindTurns.run(async () => {
+    const before = (await readFile(NONLOCAL_BIND, 'utf8')).trim();
+    await writeFile(NONLOCAL_BIND, '1');
+    try {
+      await run('arping', args);
+    } finally {
+      await writeFile(NONLOCAL_BIND, before);
+    }
+  });
 }
