@@ -95,7 +95,10 @@ export async function startRenderedNats(objects: K8sObject[]): Promise<RenderedN
   for (const [name, from] of Object.entries(envOf(find(objects, 'Deployment', 'rel-ferry-nats').spec.template.spec.containers[0]))) {
     natsEnv[name] = secret[(from as JsonDoc).secretKeyRef.key as string];
   }
-  const server = spawn(NATS_SERVER, ['-c', join(dir, 'nats.conf')], { env: { ...process.env, ...natsEnv }, stdio: 'ignore' });
+  const server = spawn(NATS_SERVER, ['-c', join(dir, 'nats.conf')], { env: { ...process.env, ...natsEnv }, stdio: ['ignore', 'ignore', 'pipe'] });
+  // Its last words, for the error if it does not come up (a full run once saw it not start in 10 s).
+  let stderrTail = '';
+  server.stderr?.on('data', (chunk: Buffer) => (stderrTail = (stderrTail + chunk.toString()).slice(-2_000)));
   const connections: NatsConnection[] = [];
   // The certificate names the Service, not 127.0.0.1: dial the address, check the Service's name.
   // (nats.js passes `servername` through to tls.connect; its TlsOptions type does not list it.)
@@ -117,7 +120,9 @@ export async function startRenderedNats(objects: K8sObject[]): Promise<RenderedN
         const s = tcpConnect(port, '127.0.0.1').once('connect', () => (s.destroy(), resolve(true))).once('error', () => resolve(false));
       });
       if (up) break;
-      if (Date.now() > deadline) throw new Error('nats-server did not start');
+      if (Date.now() > deadline || server.exitCode !== null) {
+        throw new Error(`nats-server did not start (${server.exitCode === null ? 'still running, not listening' : `exited ${server.exitCode}`}): ${stderrTail.trim()}`);
+      }
       await new Promise((r) => setTimeout(r, 50));
     }
   } catch (err) {
