@@ -101,13 +101,14 @@ export async function socketFdsOf(pids: number[]): Promise<SocketFd[]> {
  * host's, or a workload's own: workload-network.ts; a tree shares one).
  */
 export async function inetSocketsOf(pids: number[]): Promise<InetSocket[]> {
-  return pids.length === 0 ? [] : inetSocketsAmong(await socketFdsOf(pids), `/proc/${pids[0]}/net`);
+  return inetSocketsAmong(await socketFdsOf(pids), pids[0]);
 }
 
-/** The inet sockets among these socket fds, from the tables in `netDir`. */
-async function inetSocketsAmong(fds: SocketFd[], netDir: string): Promise<InetSocket[]> {
+/** The inet sockets among these socket fds, from the tables of `pid`'s network namespace. */
+async function inetSocketsAmong(fds: SocketFd[], pid: number | undefined): Promise<InetSocket[]> {
   const inodes = new Set(fds.map((s) => s.inode));
-  if (inodes.size === 0) return [];
+  if (inodes.size === 0 || pid === undefined) return [];
+  const netDir = `/proc/${pid}/net`;
   const tables: Array<[string, SocketProtocol]> = [
     [`${netDir}/tcp`, 'tcp'],
     [`${netDir}/tcp6`, 'tcp'],
@@ -159,9 +160,8 @@ export function unmigratableSockets(sockets: InetSocket[], serviceIp: string | n
  * Listening and other sockets the kernel refuses repair for are left alone.
  */
 export async function setTreeTcpRepair(sys: RepairSyscalls, pids: number[], on: boolean): Promise<number> {
-  if (pids.length === 0) return 0;
   const fds = await socketFdsOf(pids);
-  const tcp = new Set((await inetSocketsAmong(fds, `/proc/${pids[0]}/net`)).filter((s) => s.protocol === 'tcp').map((s) => s.inode));
+  const tcp = new Set((await inetSocketsAmong(fds, pids[0])).filter((s) => s.protocol === 'tcp').map((s) => s.inode));
   return setTcpRepair(sys, fds, tcp, on);
 }
 

@@ -37,7 +37,7 @@ import { isAlive, listTree } from '../host/process-tree';
 import { addServiceAddress, announceServiceAddress, removeServiceAddress } from '../host/service-address';
 import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS } from '../host/local-dirs';
 import { setTreeTcpRepair } from '../host/tcp-sockets';
-import { criuRestoreLinkArgs, workloadLinkName } from '../host/workload-network';
+import { criuRestoreLinkArgs } from '../host/workload-network';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
 import { startLocalLazyMemory, startLocalServedMemory, startPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
 import type { PageServerSession } from '../post-copy/lazy-page-relay';
@@ -48,7 +48,7 @@ import { applyPageDeltas } from './page-delta';
 import { PageTunnelReceiver } from './page-tunnel';
 import { criuRestoreRootArgs, ISOLATED_ROOT_TCP_ARGS, isolatedRootPlan, makeRootSkeleton, removeRootSkeleton } from '../host/isolated-root';
 import { workloadRootDir } from '../workloads/workloads';
-import { connectionsMove, hasOwnRoot } from '../workloads/inventory';
+import { connectionsMove, hasOwnRoot, linkOf } from '../workloads/inventory';
 import type { MigrationDeps } from './migration-deps';
 import { SerialLock } from './serial-lock';
 
@@ -249,7 +249,7 @@ export class MigrationTarget {
       ? await isolatedRootPlan(workloadRootDir(this.opts.rootsDir, manifest.name), manifest.logPath, { mounts: inc.mounts.map((m) => m.path), userNamespace: manifest.user !== undefined })
       : undefined;
     // A --user workload with an address comes with a network namespace of its own (workload-network.ts).
-    const link = manifest.ownNetwork && manifest.user && manifest.address ? workloadLinkName(manifest.name) : undefined;
+    const link = manifest.user && manifest.address ? linkOf(manifest) : undefined;
     let restored: Awaited<ReturnType<CriuDriver['restore']>>;
     let feed: LazyMemoryFeed | undefined;
     try {
@@ -422,7 +422,7 @@ export class MigrationTarget {
     }
     // The address goes back with the workload to the source (which announces it).
     if (address && !workloads.inventory.all().some((w) => w.address === address)) {
-      await removeServiceAddress(address, this.opts.address, manifest?.ownNetwork ? workloadLinkName(req.workload) : undefined);
+      await removeServiceAddress(address, this.opts.address, linkOf({ name: req.workload, ownNetwork: manifest?.ownNetwork }));
     }
     // Only pins that can be this migration's (the source removes its pins itself at resume).
     const pins = (manifest.pins ?? []).filter((p) => inc !== undefined && pinProblem(p, { migrationId: req.migrationId, mountRoots: inc.mountRoots }) === null);
