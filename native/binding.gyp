@@ -20,7 +20,8 @@
         "src/precopy-read.cc",
         "src/page-delta.cc",
         "src/page-delta-binding.cc",
-        "src/lazy-serve.cc"
+        "src/lazy-serve.cc",
+        "src/page-relay.cc"
       ],
       # OpenSSL (sealed-pump.cc): headers from <nodedir>/include/node/openssl, which node-gyp puts on
       # the include path ahead of /usr/include; symbols from the node binary, which links OpenSSL

@@ -4,6 +4,9 @@
 //   dedupPages(index, inFd, outFd, cancelFd) -> Promise<{ bytesIn, bytesOut, literalPages, refPages }>
 //   lazyServe(sockFd, runs, files, cancelFd, cmdMask, getCmd, replyCmd, closeCmd, forceCloseCmd)
 //     -> Promise<{ requests, pages }>: a lazy restore's pre-copied pages to CRIU's daemon (lazy-serve.h)
+//   pageRelay(daemonFd, upstreamFd, runs, cancelFd, cmdMask, getCmd, replyCmd, closeCmd, forceCloseCmd,
+//             chunkPages, window, cacheBytes, waitForBackground)
+//     -> Promise<{ requests, hits, pages, prefetchedPages, unusedPages }>: post-copy's pull (page-relay.h)
 // The two Promises run on threads of their own (thread-job.h), like the sealed pump: each lasts as
 // long as a stream, too long for libuv's 4-thread pool.
 #include <limits>
@@ -14,6 +17,7 @@
 #include "little-endian.h"
 #include "exports.h"
 #include "page-delta.h"
+#include "page-relay.h"
 #include "precopy-read.h"
 #include "thread-job.h"
 
@@ -205,10 +209,69 @@ Napi::Value LazyServe(const Napi::CallbackInfo& info) {
   return StartThreadJob(env, job, "lazyServe", "ferry-lazyserve");
 }
 
+/** (task, vaddr, pages) u64 records, re-checked: sorted, not overlapping, at most kPageRelayMaxPages in all. */
+std::vector<PageRelayRun> RelayRunsArg(const Napi::CallbackInfo& info, size_t index) {
+  Napi::Env env = info.Env();
+  Napi::Uint8Array bytes = BytesArg(env, info[index], "runs");
+  if (bytes.ByteLength() % 24 != 0 || bytes.ByteLength() / 24 > kPageRelayMaxRuns) {
+    ThrowArg(env, "runs", "(task, vaddr, pages) u64 records, at most " + std::to_string(kPageRelayMaxRuns));
+  }
+  std::vector<PageRelayRun> runs(bytes.ByteLength() / 24);
+  uint64_t total = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const uint8_t* at = bytes.Data() + i * 24;
+    PageRelayRun& run = runs[i];
+    run = {LoadLe64(at), LoadLe64(at + 8), LoadLe64(at + 16)};
+    if (run.vaddr % kPageBytes != 0 || run.pages == 0 || run.pages > kPageRelayMaxPages - total ||
+        run.vaddr > std::numeric_limits<uint64_t>::max() - run.pages * kPageBytes) {
+      ThrowArg(env, "runs", "page-aligned runs of at least a page, " + std::to_string(kPageRelayMaxPages) + " pages in all, run " + std::to_string(i) + " is not");
+    }
+    total += run.pages;
+    if (i > 0) {
+      const PageRelayRun& prev = runs[i - 1];
+      if (prev.task > run.task || (prev.task == run.task && prev.vaddr + prev.pages * kPageBytes > run.vaddr)) {
+        ThrowArg(env, "runs", "sorted by (task, vaddr) and not overlapping, run " + std::to_string(i) + " is not");
+      }
+    }
+  }
+  return runs;
+}
+
+class PageRelayJob : public OutcomeJob<PageRelayConfig, PageRelayOutcome, RunPageRelay> {
+ public:
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("requests", Napi::Number::New(env, static_cast<double>(outcome_.requests)));
+    result.Set("hits", Napi::Number::New(env, static_cast<double>(outcome_.hits)));
+    result.Set("pages", Napi::Number::New(env, static_cast<double>(outcome_.pages)));
+    result.Set("prefetchedPages", Napi::Number::New(env, static_cast<double>(outcome_.prefetched_pages)));
+    result.Set("unusedPages", Napi::Number::New(env, static_cast<double>(outcome_.unused_pages)));
+    return result;
+  }
+};
+
+Napi::Value PageRelay(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto job = std::make_shared<PageRelayJob>();
+  job->config.daemon_fd = Int32Arg(info, 0, "daemonFd");
+  job->config.upstream_fd = Int32Arg(info, 1, "upstreamFd");
+  job->config.runs = RelayRunsArg(info, 2);
+  job->config.cancel_fd = Int32Arg(info, 3, "cancelFd");
+  job->config.protocol = {Uint32Arg(info, 4, "cmdMask"), Uint32Arg(info, 5, "getCmd"), Uint32Arg(info, 6, "replyCmd"), Uint32Arg(info, 7, "closeCmd"),
+                          Uint32Arg(info, 8, "forceCloseCmd")};
+  job->config.chunk_pages = Uint32Arg(info, 9, "chunkPages", 1, 1024);
+  job->config.window = Uint32Arg(info, 10, "window", 0, 64);
+  job->config.cache_bytes = SafeUint64Arg(info, 11, "cacheBytes");
+  if (job->config.cache_bytes > (uint64_t{1} << 30)) ThrowArg(env, "cacheBytes", "at most 1 GiB");
+  job->config.wait_for_background = BoolArg(info, 12, "waitForBackground");
+  return StartThreadJob(env, job, "pageRelay", "ferry-pagerelay");
+}
+
 }  // namespace
 
 void InitPageDelta(Napi::Env env, Napi::Object exports) {
   exports.Set("lazyServe", Napi::Function::New(env, LazyServe, "lazyServe"));
+  exports.Set("pageRelay", Napi::Function::New(env, PageRelay, "pageRelay"));
   exports.Set("precopyRead", Napi::Function::New(env, PrecopyRead, "precopyRead"));
   exports.Set("buildPageIndex", Napi::Function::New(env, BuildPageIndex, "buildPageIndex"));
   exports.Set("dedupPages", Napi::Function::New(env, DedupPages, "dedupPages"));

@@ -4,7 +4,7 @@
 // limits, page delta format (for its decoder) and buildPageIndex (no syscall in it). The raw addon stays behind createLinuxSyscalls().
 export { createLinuxSyscalls, RECV_WITH_FDS_MAX_BYTES, RECV_WITH_FDS_MAX_FDS } from './syscalls';
 export type { LinuxSyscalls } from './syscalls';
-export type { LazyServeResult, PageDeltaCounts, PrecopyReadResult, ReceivedWithFds, SealedPumpCounts, SealedPumpMode } from './native-binding';
+export type { LazyServeResult, PageDeltaCounts, PageRelayResult, PrecopyReadResult, ReceivedWithFds, SealedPumpCounts, SealedPumpMode } from './native-binding';
 export {
   SEALED_PUMP_KEY_BYTES,
   SEALED_PUMP_MAX_FRAME_BYTES,
@@ -34,6 +34,7 @@ export {
   type PageIndex,
   type PrecopyReadOptions,
 } from './page-delta';
+export { packPageRelayRuns, PAGE_RELAY_MAX_PAGES, PAGE_RELAY_MAX_RUNS, PAGE_RELAY_RUN_BYTES, type PageRelayOptions, type PageRelayRun } from './page-relay';
 export { socketFd } from './socket-fd';
 export { aeadInPlace, AEAD_KEY_BYTES, AEAD_NONCE_BYTES, AEAD_TAG_BYTES } from './aead';
 export { SyscallError, SyscallArgumentError, isSyscallError } from './errors';

@@ -31,6 +31,20 @@ export interface LazyServeResult {
   pages: number;
 }
 
+/** What pageRelay did, once the daemon closed its session. */
+export interface PageRelayResult {
+  /** The daemon's requests answered. */
+  requests: number;
+  /** Of those, answered from pages fetched ahead. */
+  hits: number;
+  /** Pages sent to the daemon. */
+  pages: number;
+  /** Pages fetched ahead of the daemon. */
+  prefetchedPages: number;
+  /** Pages fetched ahead that the daemon never took. */
+  unusedPages: number;
+}
+
 /** What dedupPages moved, once its input has ended and END is written. */
 export interface PageDeltaCounts {
   /** Pages image bytes read (the total END carries). */
@@ -107,6 +121,22 @@ export interface NativeBinding {
     closeCmd: number,
     forceCloseCmd: number,
   ): Promise<LazyServeResult>;
+  /** Relays a lazy-pages daemon's requests to the source's page server, fetching ahead, on a thread of its own (page-relay.cc). */
+  pageRelay(
+    daemonFd: number,
+    upstreamFd: number,
+    runs: Uint8Array,
+    cancelFd: number,
+    cmdMask: number,
+    getCmd: number,
+    replyCmd: number,
+    closeCmd: number,
+    forceCloseCmd: number,
+    chunkPages: number,
+    window: number,
+    cacheBytes: number,
+    waitForBackground: boolean,
+  ): Promise<PageRelayResult>;
 
   unreadBytes(fd: number): number;
   /** AES-256-GCM over `data` in place (aead.cc); open returns false for a bad tag. */

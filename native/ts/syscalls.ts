@@ -4,6 +4,7 @@ import {
   loadNativeBinding,
   type NativeBinding,
   type LazyServeResult,
+  type PageRelayResult,
   type PageDeltaCounts,
   type PrecopyReadResult,
   type ReceivedWithFds,
@@ -21,6 +22,7 @@ import {
   type PageIndex,
   type PrecopyReadOptions,
 } from './page-delta';
+import { pageRelay, type PageRelayOptions } from './page-relay';
 import { sealedPump, type SealedPumpOptions } from './sealed-pump';
 import { checkAbsolutePath, checkFd, checkIntFlags, checkIntegerIn, checkNullableCString, checkPid, checkUintFlags } from './validate';
 
@@ -184,6 +186,19 @@ export interface LinuxSyscalls {
    * `syscall` 'lazyServe' for the above, or a failed recv/send/sendfile/poll's errno.
    */
   lazyServe(sockFd: number, runs: Uint8Array, files: readonly number[], protocol: LazyServeProtocol, options?: LazyServeOptions): Promise<LazyServeResult>;
+  /**
+   * Post-copy's pull: relays `criu lazy-pages --page-server`'s requests on `daemonFd` to the
+   * source's page server on `upstreamFd` (the page tunnel's local end), on a native thread of its
+   * own, and asks the source ahead for `runs` (packPageRelayRuns: each task's lazy runs, in the
+   * order the daemon takes them) a window at a time, answering the daemon from what came. A
+   * request nothing was fetched for is passed on. The daemon's close is passed on once nothing is in
+   * flight, the source's status goes back, and it resolves with the counts. Neither fd is closed.
+   * Rejects with a SyscallError: 'ECANCELED' (options.signal); 'EPROTO' with `syscall` 'pageRelay'
+   * for a command or answer the protocol does not allow (an answer for other pages than asked, more
+   * pages than asked, a request beyond 2^16 pages); 'EPIPE' for a peer gone mid-session; or a failed
+   * recv/send/poll's errno.
+   */
+  pageRelay(daemonFd: number, upstreamFd: number, runs: Uint8Array, protocol: LazyServeProtocol, options: PageRelayOptions): Promise<PageRelayResult>;
 }
 
 function callSync<T>(call: () => T, context: { path?: string; dest?: string } = {}): T {
@@ -308,6 +323,10 @@ export function createLinuxSyscalls(binding?: NativeBinding): LinuxSyscalls {
 
     lazyServe(sockFd, runs, files, protocol, options) {
       return lazyServe(native, sockFd, runs, files, protocol, options);
+    },
+
+    pageRelay(daemonFd, upstreamFd, runs, protocol, options) {
+      return pageRelay(native, daemonFd, upstreamFd, runs, protocol, options);
     },
   };
 }

@@ -39,7 +39,7 @@ import { checkLocalDirs, DEFAULT_LOCAL_DIR_ROOTS } from '../host/local-dirs';
 import { setTreeTcpRepair } from '../host/tcp-sockets';
 import { criuRestoreLinkArgs } from '../host/workload-network';
 import { closeInherited, openPins, removePins } from '../host/unlinked-files';
-import { startLocalLazyMemory, startLocalServedMemory, startPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
+import { startLocalLazyMemory, startLocalServedMemory, startPostCopyMemory, startTunnelledPostCopyMemory, type LazyMemoryFeed, type OpenedPageServerEndpoint } from '../post-copy/lazy-memory-feed';
 import type { PageServerSession } from '../post-copy/lazy-page-relay';
 import { assertLocalDirsFree, LocalDirReceiver } from './local-dir-copy';
 import { checkManifestForTarget, manifestIn, pinProblem, placeWorkloadLog, readManifest } from './manifest-file';
@@ -259,7 +259,8 @@ export class MigrationTarget {
       if (manifest.address && !link) await addServiceAddress(manifest.address, this.opts.address);
       if (req.mode === 'post-copy' && inc.pageTunnel) {
         // The lazy memory is in the source's lazy dump: our daemon asks it through the page tunnel.
-        feed = { daemon: await inc.pageTunnel.startLazyPages(criu, inc.dir) };
+        feed = await startTunnelledPostCopyMemory(criu, inc.dir, inc.pageTunnel.takeLazyPagesEnd(), this.deps.syscalls, migrationLog);
+        inc.relay = feed.relay;
       } else if (req.mode === 'post-copy') {
         feed = await startPostCopyMemory(
           criu,
@@ -367,12 +368,8 @@ export class MigrationTarget {
    * source thaws). Post-copy: the relay's error says why (the source's answer), CRIU's only that it gave up.
    */
   private async awaitLastPage(feed: LazyMemoryFeed, inc: IncomingMigration, pid: number, workload: string): Promise<void> {
-    // Through the page tunnel, its end frames both ways say the session closed as CRIU meant it to.
-    const filled = inc.relay
-      ? Promise.all([feed.daemon.done, inc.relay.done])
-      : inc.pageTunnel
-        ? Promise.all([feed.daemon.done, inc.pageTunnel.done()])
-        : feed.daemon.done;
+    // Through the page tunnel, its end frames both ways say the session closed as CRIU meant it to; a relay, that the daemon's close was answered.
+    const filled = Promise.all([feed.daemon.done, inc.relay?.done, inc.pageTunnel?.done()]);
     await filled.catch(async (err) => {
       // This copy dies before its daemon: nothing of it may run once the source may thaw.
       await this.deps.criu.kill(pid).catch(() => undefined);

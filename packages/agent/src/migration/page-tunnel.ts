@@ -22,9 +22,9 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode, FerryError, PAGE_TUNNEL_TOKEN_BYTES, toFerryError, type Logger, type PageTunnelEndpoint } from '@ferry/protocol';
 import { SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, SOL_SOCKET, socketFd, type LinuxSyscalls } from '@ferry/native';
 import type { CriuDriver } from '../criu/criu-driver';
-import { LazyPagesDaemon, PageServer } from '../criu/criu-service';
+import { PageServer } from '../criu/criu-service';
 
-export type TunnelSyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close' | 'sealedPump' | 'setsockoptInt'>;
+export type TunnelSyscalls = Pick<LinuxSyscalls, 'socketpair' | 'close' | 'sealedPump' | 'setsockoptInt' | 'pageRelay'>;
 
 /**
  * Socket buffers of the tunnel's sockets (both socket-pair ends and the TCP connection). The
@@ -392,16 +392,15 @@ export class PageTunnelReceiver {
     return this.listener.endpoint;
   }
 
-  /** Post-copy: starts the restore's `criu lazy-pages` on the pair; the tunnel then carries its page requests. */
-  async startLazyPages(criu: CriuDriver, imagesDir: string): Promise<LazyPagesDaemon> {
+  /**
+   * Post-copy: hands out this end of the pair (the tunnel's far end is the source's lazy dump) to
+   * whoever asks the source for pages now (post-copy/lazy-memory-feed.ts), who closes it when done.
+   */
+  takeLazyPagesEnd(): number {
     const criuFd = this.criuFd;
     if (criuFd === null) throw new FerryError(ErrorCode.FAILED_PRECONDITION, 'this page tunnel has no CRIU end left to hand out');
     this.criuFd = null;
-    try {
-      return await LazyPagesDaemon.start(criu, imagesDir, { socketFd: criuFd });
-    } finally {
-      this.sys.close(criuFd);
-    }
+    return criuFd;
   }
 
   /** Everything came: the tunnel ended with its end frames, and (pre-copy) the page server exited 0. */

@@ -2,6 +2,8 @@
  * Target side of lazy and post-copy restores: the `criu lazy-pages` daemon that fills a restored
  * tree's memory after it runs again, and where that daemon gets the pages from:
  * - lazy: the received images, on this host;
+ * - post-copy through the page tunnel: the source's lazy dump at the tunnel's far end, asked by
+ *   @ferry/native's pageRelay, which fetches ahead of the daemon;
  * - post-copy, the source's CRIU reachable: straight from the source's lazy dump, over mutual TLS;
  * - post-copy otherwise: a relay (LazyPageRelay, on the other end of the daemon's socket pair)
  *   that asks the source agent over NATS, a prefetcher (PagePrefetcher) pulling ahead of the faults.
@@ -11,12 +13,12 @@ import { Socket } from 'node:net';
 import { totalmem } from 'node:os';
 import type { NatsConnection } from 'nats';
 import { ErrorCode, FerryError, toFerryError, type Logger, type PageServerClientTls } from '@ferry/protocol';
-import { packLazyServeRuns, type LazyServeProtocol, type LazyServeRun, type LinuxSyscalls } from '@ferry/native';
+import { packLazyServeRuns, packPageRelayRuns, PAGE_RELAY_MAX_PAGES, type LazyServeProtocol, type LazyServeRun, type LinuxSyscalls, type PageRelayRun } from '@ferry/native';
 import { requestPages } from '@ferry/transfer';
 import type { CriuDriver } from '../criu/criu-driver';
 import { LazyPagesDaemon } from '../criu/criu-service';
 import { PE_PRESENT, PS_CMD_BITS, PS_IOV_ADD_F, PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE, PS_IOV_GET } from '../criu/criu-page-protocol';
-import { checkLazyRuns, lazyRunsOf } from '../criu/pagemap-image';
+import { checkLazyRuns, lazyRunsOf, type LazyRun } from '../criu/pagemap-image';
 import { writePageServerClientTls } from '../criu/page-server-tls';
 import { LazyPageRelay, type PageServerSession } from './lazy-page-relay';
 import { PagePrefetcher } from './page-prefetch';
@@ -99,6 +101,80 @@ async function startDaemonFor(
     // The daemon holds its own copy: with ours closed, its exit ends the session.
     syscalls.close(criuFd);
   }
+}
+
+/**
+ * How far post-copy's pull fetches ahead of CRIU's daemon (pageRelay): 1 MiB a fetch, 6 in flight,
+ * 48 MiB fetched and not yet taken at most. The daemon copies each run into the workload before it
+ * asks for the next; meanwhile the next ones cross. A fault waits behind at most the 6 MiB in
+ * flight (CRIU's own background run is up to 4 MiB).
+ */
+export const PULL_AHEAD = { chunkPages: 256, window: 6, cacheBytes: 48 * 1024 * 1024 } as const;
+
+/**
+ * Starts the daemon for a post-copy restore through the page tunnel: `tunnelFd` is the tunnel's
+ * local end (the source's lazy dump at its far end). @ferry/native's pageRelay sits between the
+ * two: it passes the daemon's requests on and asks the source ahead for the lazy runs the daemon
+ * will want next (each task's, by address: the daemon's own order, from this host's pagemaps),
+ * answering the daemon from them. It closes `tunnelFd` when it ends, which ends the tunnel.
+ */
+export async function startTunnelledPostCopyMemory(
+  criu: CriuDriver,
+  imagesDir: string,
+  tunnelFd: number,
+  syscalls: Pick<LinuxSyscalls, 'socketpair' | 'close' | 'pageRelay'>,
+  log: Logger,
+): Promise<LazyMemoryFeed> {
+  let ends: [number, number];
+  let plan: Uint8Array;
+  try {
+    plan = packPageRelayRuns(relayPlan(await lazyRunsOf(imagesDir, await readdir(imagesDir))));
+    ends = syscalls.socketpair();
+  } catch (err) {
+    syscalls.close(tunnelFd);
+    throw new FerryError(ErrorCode.RESTORE_FAILED, `post-copy's pull could not be planned: ${toFerryError(err).message}`, { cause: err });
+  }
+  const [criuFd, relayFd] = ends;
+  const stopper = new AbortController();
+  const relaying = syscalls.pageRelay(relayFd, tunnelFd, plan, LAZY_SERVE_PROTOCOL, { ...PULL_AHEAD, waitForBackground: true, signal: stopper.signal });
+  const done = relaying
+    .then(
+      (counts) => {
+        log.info({ ...counts }, 'lazy-pages daemon has every page');
+        return { requests: counts.requests, pages: counts.pages, maxWaitMs: 0 };
+      },
+      (err: unknown) => {
+        const why = toFerryError(err, ErrorCode.RESTORE_FAILED);
+        log.warn({ err: why.message }, 'post-copy page relay failed');
+        throw new FerryError(ErrorCode.RESTORE_FAILED, `post-copy page relay failed: ${why.message}`, { cause: err });
+      },
+    )
+    .finally(() => {
+      syscalls.close(relayFd);
+      syscalls.close(tunnelFd);
+    });
+  done.catch(() => undefined);
+  const session: PageServerSession = { done, stop: (reason) => stopper.abort(reason) };
+  return { daemon: await startDaemonFor(criu, imagesDir, criuFd, session, syscalls), relay: session };
+}
+
+/**
+ * The relay's plan: every task's lazy runs sorted by (task, address), checked against this host's
+ * memory, at most PAGE_RELAY_MAX_PAGES pages (a page beyond is still served: asked when the daemon
+ * asks for it).
+ */
+export function relayPlan(runs: LazyRun[], maxBytes = totalmem()): PageRelayRun[] {
+  checkLazyRuns(runs, maxBytes);
+  const sorted = [...runs].sort((a, b) => a.pid - b.pid || a.vaddr - b.vaddr);
+  const plan: PageRelayRun[] = [];
+  let pages = 0;
+  for (const run of sorted) {
+    const take = Math.min(run.nrPages, PAGE_RELAY_MAX_PAGES - pages);
+    if (take <= 0) break;
+    plan.push({ task: run.pid, vaddr: run.vaddr, pages: take });
+    pages += take;
+  }
+  return plan;
 }
 
 /** Where a lazy restore's pages lie in this host's files (page-delta.ts LocalLazyPages). */
