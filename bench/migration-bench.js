@@ -256,7 +256,25 @@ async function bareNatsStream(hostNatsUrl, credentialsFile, chunk) {
   return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms, chunk };
 }
 
+/**
+ * How fast one thread writes into memory it never wrote before, against rewriting it (in a child
+ * process, STREAM_BYTES): every restore and every received page lands in fresh pages, and on a VM
+ * whose host takes freed memory back (free page reporting) each first write costs a fault in the
+ * host too. Post-copy's pull is CRIU's lazy-pages daemon filling the workload's memory from one
+ * thread: this is its ceiling on this machine.
+ */
+function freshMemory() {
+  const code =
+    `const n=${STREAM_BYTES};const b=Buffer.allocUnsafeSlow(n);let t=process.hrtime.bigint();b.fill(1);const first=Number(process.hrtime.bigint()-t)/1e6;` +
+    `t=process.hrtime.bigint();b.fill(2);const again=Number(process.hrtime.bigint()-t)/1e6;console.log(JSON.stringify({first,again}))`;
+  const r = JSON.parse(require('node:child_process').execFileSync(process.execPath, ['-e', code], { encoding: 'utf8' }));
+  return { mbps: STREAM_BYTES / MIB / (r.first / 1000), rewriteMbps: STREAM_BYTES / MIB / (r.again / 1000) };
+}
+
 // ---- the two methods ----
+
+/** Post-copy: the bytes moved (nearly all of them after the resume) over the time the pull took. */
+const pullMbps = (result) => result.bytesTransferred / MIB / (result.phases.pullMs / 1000);
 
 async function ferryMigration(ctx, mib, { transport, args }) {
   const postCopy = args.includes('post-copy');
@@ -295,7 +313,8 @@ async function ferryMigration(ctx, mib, { transport, args }) {
     detail:
       (result.phases.precopyMs ? `pre-copy ${result.phases.precopyMs} ms (${((result.precopyBytes ?? 0) / MIB).toFixed(0)} MiB, the workload running), then ` : '') +
       `dump ${result.phases.dumpMs} ms, transfer ${result.phases.transferMs} ms, restore ${result.phases.restoreMs} ms` +
-      `${postCopy ? `, pages pulled in ${result.phases.pullMs} ms after the resume` : ''}, ${(result.bytesTransferred / MIB).toFixed(0)} MiB`,
+      `${postCopy ? `, pages pulled in ${result.phases.pullMs} ms after the resume (${fmt(pullMbps(result))} MB/s)` : ''}, ${(result.bytesTransferred / MIB).toFixed(0)} MiB`,
+    pullMbps: postCopy ? pullMbps(result) : undefined,
   };
 }
 
@@ -390,12 +409,18 @@ function table(ceilings, rows) {
   return [
     `Ceilings on the same path (${STREAM_BYTES / MIB} MiB, h1 -> h2): one raw TCP stream ${fmt(ceilings.tcp.mbps)} MB/s; ` +
       `bare NATS pub/sub through nats-server ${fmt(ceilings.nats.mbps)} MB/s, the faster of ` +
-      ceilings.nats.runs.map((run) => `${fmt(run.mbps)} MB/s with ${run.chunk.bytes / MIB} MiB messages, window ${run.chunk.window}`).join(' and ') + '.',
+      ceilings.nats.runs.map((run) => `${fmt(run.mbps)} MB/s with ${run.chunk.bytes / MIB} MiB messages, window ${run.chunk.window}`).join(' and ') + '. ' +
+      `One thread writing memory it never wrote before ${fmt(ceilings.fresh.mbps)} MB/s (rewriting it ${fmt(ceilings.fresh.rewriteMbps)} MB/s): ` +
+      `the ceiling of post-copy's pull, CRIU's lazy-pages daemon filling the workload's memory from one thread.`,
     '',
     ...lines,
     '',
     'Details:',
-    ...rows.map((r) => `- ${r.mib} MiB ${r.method}: ${r.detail}${r.reportedDowntimeMs !== undefined ? `; ferry-reported downtime ${r.reportedDowntimeMs} ms` : ''}`),
+    ...rows.map(
+      (r) =>
+        `- ${r.mib} MiB ${r.method}: ${r.detail}${r.reportedDowntimeMs !== undefined ? `; ferry-reported downtime ${r.reportedDowntimeMs} ms` : ''}` +
+        `${r.pullMbps !== undefined ? `; pull vs raw TCP ${fmt(r.pullMbps / ceilings.tcp.mbps, 2)}, vs fresh memory ${fmt(r.pullMbps / ceilings.fresh.mbps, 2)}` : ''}`,
+    ),
   ].join('\n');
 }
 
@@ -427,7 +452,9 @@ async function main() {
     for (const chunk of NATS_STREAM_CHUNKS) natsRuns.push(await bareNatsStream(state.hostNatsUrl, state.credentials?.admin, chunk));
     const nats = natsRuns.reduce((best, run) => (run.mbps > best.mbps ? run : best));
     nats.runs = natsRuns;
-    log(`bare NATS ${natsRuns.map((run) => `${fmt(run.mbps)} MB/s (${run.chunk.bytes / MIB} MiB messages)`).join(', ')}`);
+    log(`bare NATS ${natsRuns.map((run) => `${fmt(run.mbps)} MB/s (${run.chunk.bytes / MIB} MiB messages)`).join(', ')}; fresh memory`);
+    const fresh = freshMemory();
+    log(`fresh memory ${fmt(fresh.mbps)} MB/s, rewritten ${fmt(fresh.rewriteMbps)} MB/s`);
     const rows = [];
     for (const mib of SIZES_MIB) {
       for (const method of METHODS) {
@@ -454,7 +481,7 @@ async function main() {
         localDir = { failed: String(err.message).slice(0, 600) };
       }
     }
-    const text = [table({ tcp, nats }, rows), localDirTable(localDir, tcp)].filter(Boolean).join('\n\n');
+    const text = [table({ tcp, nats, fresh }, rows), localDirTable(localDir, tcp)].filter(Boolean).join('\n\n');
     const elapsedS = (Date.now() - startedAt.getTime()) / 1000;
     console.log(text);
     const md = [
