@@ -20,6 +20,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { promisify } = require('node:util');
 const { startLocalCluster, stopLocalCluster, dev } = require('@ferry/dev-cluster');
+const { bareNatsStream, freshMemory, NATS_STREAM_CHUNKS, rawTcpStream, STREAM_BYTES } = require('./ceilings');
 
 const execFileAsync = promisify(execFile);
 
@@ -51,16 +52,6 @@ const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Bo
 /** The local dir of the local-dir row (`ferry run --local-dir`); 0 skips it. */
 const LOCAL_DIR_MIB = Number(process.env.BENCH_LOCAL_DIR_MIB ?? 512);
 const MIB = 1024 * 1024;
-/** Bytes of the raw TCP and bare NATS streams. */
-const STREAM_BYTES = 512 * MIB;
-/**
- * The bare NATS stream's message sizes (the dev cluster's max_payload is 8 MB; ferry's frames are
- * 4 MiB) and window (32 MiB in flight, as ferry's): each is measured and the faster is the ceiling.
- */
-const NATS_STREAM_CHUNKS = [
-  { bytes: 1 * MIB, window: 32 },
-  { bytes: 4 * MIB, window: 8 },
-];
 /** Heartbeats seen before a migration starts, so the workload is surely past its allocation. */
 const WARMUP_HEARTBEATS = 30;
 /** Time after a migration in which heartbeats still count (the restored workload's first lines). */
@@ -229,46 +220,6 @@ async function localDirMigration(ctx, dirMib) {
     await dev.hostExec(CLUSTER, 'h2', ['rm', '-rf', dir], { timeoutMs: 60_000 });
   }
   return { dirMib, mbps: dirMib / (out.full.localDirMs / 1000), ...out };
-}
-
-// ---- the ceilings ----
-
-async function rawTcpStream(hosts) {
-  const port = 20_000 + Math.floor(Math.random() * 10_000);
-  const script = path.join(__dirname, 'tcp-stream.js');
-  const args = [String(port), String(STREAM_BYTES)];
-  const [server] = await Promise.all([
-    dev.hostExec(CLUSTER, 'h2', [process.execPath, script, 'server', hosts.h2.address, ...args], { timeoutMs: 120_000 }),
-    dev.hostExec(CLUSTER, 'h1', [process.execPath, script, 'client', hosts.h2.address, ...args], { timeoutMs: 120_000 }),
-  ]);
-  const r = JSON.parse(server.stdout);
-  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms };
-}
-
-async function bareNatsStream(hostNatsUrl, credentialsFile, chunk) {
-  const script = path.join(__dirname, 'nats-stream.js');
-  const args = [hostNatsUrl, String(STREAM_BYTES), String(chunk.bytes), String(chunk.window), credentialsFile || ''];
-  const [sub] = await Promise.all([
-    dev.hostExec(CLUSTER, 'h2', [process.execPath, script, 'sub', ...args], { timeoutMs: 120_000 }),
-    dev.hostExec(CLUSTER, 'h1', [process.execPath, script, 'pub', ...args], { timeoutMs: 120_000 }),
-  ]);
-  const r = JSON.parse(sub.stdout);
-  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms, chunk };
-}
-
-/**
- * How fast one thread writes into memory it never wrote before, against rewriting it (in a child
- * process, STREAM_BYTES): every restore and every received page lands in fresh pages, and on a VM
- * whose host takes freed memory back (free page reporting) each first write costs a fault in the
- * host too. Post-copy's pull is CRIU's lazy-pages daemon filling the workload's memory from one
- * thread: this is its ceiling on this machine.
- */
-function freshMemory() {
-  const code =
-    `const n=${STREAM_BYTES};const b=Buffer.allocUnsafeSlow(n);let t=process.hrtime.bigint();b.fill(1);const first=Number(process.hrtime.bigint()-t)/1e6;` +
-    `t=process.hrtime.bigint();b.fill(2);const again=Number(process.hrtime.bigint()-t)/1e6;console.log(JSON.stringify({first,again}))`;
-  const r = JSON.parse(require('node:child_process').execFileSync(process.execPath, ['-e', code], { encoding: 'utf8' }));
-  return { mbps: STREAM_BYTES / MIB / (r.first / 1000), rewriteMbps: STREAM_BYTES / MIB / (r.again / 1000) };
 }
 
 // ---- the two methods ----
@@ -446,10 +397,10 @@ async function main() {
       agentPids: state.processes.filter((p) => p.role === 'agent').map((p) => p.pid),
     };
     log('raw TCP stream');
-    const tcp = await rawTcpStream(hosts);
+    const tcp = await rawTcpStream(CLUSTER, hosts);
     log(`raw TCP ${fmt(tcp.mbps)} MB/s; bare NATS stream`);
     const natsRuns = [];
-    for (const chunk of NATS_STREAM_CHUNKS) natsRuns.push(await bareNatsStream(state.hostNatsUrl, state.credentials?.admin, chunk));
+    for (const chunk of NATS_STREAM_CHUNKS) natsRuns.push(await bareNatsStream(CLUSTER, state.hostNatsUrl, state.credentials?.admin, chunk));
     const nats = natsRuns.reduce((best, run) => (run.mbps > best.mbps ? run : best));
     nats.runs = natsRuns;
     log(`bare NATS ${natsRuns.map((run) => `${fmt(run.mbps)} MB/s (${run.chunk.bytes / MIB} MiB messages)`).join(', ')}; fresh memory`);
