@@ -242,7 +242,7 @@ class Relay {
     IoError error;
     ssize_t got = ReadFull(upstream_, head, kIovBytes, &error);
     if (got == -1) return Fail(error.err, error.syscall, "reading the source's page server");
-    if (got == 0 && in_flight_.empty()) return Fail(EPIPE, "pageRelay", "the source's page server went away before the daemon had every page");
+    if (got == 0) return Fail(EPIPE, "pageRelay", "the source's page server went away before the daemon had every page");
     if (got < static_cast<ssize_t>(kIovBytes)) return Fail(EPIPE, "pageRelay", "the source's page server went away mid-answer");
     if (in_flight_.empty()) return Fail(EPROTO, "pageRelay", "the source's page server answered a request nobody made");
     Fetch fetch = in_flight_.front();
