@@ -132,8 +132,8 @@ class Relay {
 
   // The plan's books: a page of the plan has an index; claimed = asked of the source (or sent).
 
-  /** The index of page `vaddr` of `task` in the plan, or -1 (not a page the plan knows). */
-  int64_t PageIndex(uint64_t task, uint64_t vaddr) const {
+  /** The plan's run holding page `vaddr` of `task`, or -1. */
+  int64_t RunAt(uint64_t task, uint64_t vaddr) const {
     const std::vector<PageRelayRun>& runs = config_.runs;
     auto after = std::upper_bound(runs.begin(), runs.end(), Key(task, vaddr), [](const Key& key, const PageRelayRun& run) {
       return key.first < run.task || (key.first == run.task && key.second < run.vaddr);
@@ -141,9 +141,15 @@ class Relay {
     if (after == runs.begin()) return -1;
     size_t r = static_cast<size_t>(after - runs.begin()) - 1;
     const PageRelayRun& run = runs[r];
-    uint64_t skip = (vaddr - run.vaddr) / kPageBytes;
-    if (run.task != task || skip >= run.pages) return -1;
-    return static_cast<int64_t>(first_page_[r] + skip);
+    if (run.task != task || (vaddr - run.vaddr) / kPageBytes >= run.pages) return -1;
+    return static_cast<int64_t>(r);
+  }
+
+  /** The index of page `vaddr` of `task` in the plan, or -1 (not a page the plan knows). */
+  int64_t PageIndex(uint64_t task, uint64_t vaddr) const {
+    int64_t r = RunAt(task, vaddr);
+    if (r < 0) return -1;
+    return static_cast<int64_t>(first_page_[r] + (vaddr - config_.runs[r].vaddr) / kPageBytes);
   }
 
   void SetClaimed(uint64_t task, uint64_t vaddr, uint64_t pages, bool claimed) {
@@ -272,15 +278,13 @@ class Relay {
 
   /** Moves the fetch cursor back to `vaddr` of `task` (a short answer left pages behind it). */
   void Rewind(uint64_t task, uint64_t vaddr) {
-    const std::vector<PageRelayRun>& runs = config_.runs;
-    auto after = std::upper_bound(runs.begin(), runs.end(), Key(task, vaddr), [](const Key& key, const PageRelayRun& run) {
-      return key.first < run.task || (key.first == run.task && key.second < run.vaddr);
-    });
-    if (after == runs.begin()) return;
-    size_t r = static_cast<size_t>(after - runs.begin()) - 1;
-    if (r < cursor_run_ || (r == cursor_run_ && (vaddr - runs[r].vaddr) / kPageBytes < cursor_page_)) {
+    int64_t found = RunAt(task, vaddr);
+    if (found < 0) return;
+    size_t r = static_cast<size_t>(found);
+    uint64_t page = (vaddr - config_.runs[r].vaddr) / kPageBytes;
+    if (r < cursor_run_ || (r == cursor_run_ && page < cursor_page_)) {
       cursor_run_ = r;
-      cursor_page_ = (vaddr - runs[r].vaddr) / kPageBytes;
+      cursor_page_ = page;
     }
   }
 
