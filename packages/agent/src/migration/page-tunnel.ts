@@ -327,8 +327,8 @@ export async function connectPageTunnel(endpoint: PageTunnelEndpoint, token: Uin
 /**
  * The target's whole side of a tunnel: the listener whose connection is joined to one end of a
  * socket pair, and the CRIU on the other end: `criu page-server` writing the pages into the
- * migration's images dir (pre-copy, started at once), or, for post-copy, the restore's `criu
- * lazy-pages` daemon asking the source's lazy dump for them (started by the restore).
+ * migration's images dir (pre-copy, started at once), or, for post-copy, the pull's relay asking the
+ * source's lazy dump for them for the restore's `criu lazy-pages` daemon (post-copy/lazy-memory-feed.ts).
  */
 export class PageTunnelReceiver {
   private end: PageTunnelEnd | undefined;
@@ -359,7 +359,7 @@ export class PageTunnelReceiver {
     return PageTunnelReceiver.open(sys, address, imageKey, log, async (criuFd) => PageServer.startOnSocket(criu, imagesDir, criuFd, log));
   }
 
-  /** Post-copy: the pair waits for the restore's lazy-pages daemon (startLazyPages). */
+  /** Post-copy: the pair's other end waits for the pull's relay (takeLazyPagesEnd). */
   static async forLazyPages(sys: TunnelSyscalls, address: string, imageKey: Uint8Array, log: Logger): Promise<PageTunnelReceiver> {
     return PageTunnelReceiver.open(sys, address, imageKey, log, async () => undefined);
   }
