@@ -152,6 +152,12 @@ Napi::Value DedupPages(const Napi::CallbackInfo& info) {
   return StartThreadJob(env, job, "dedupPages", "ferry-dedup");
 }
 
+/** Whether `run` starts after `prev` ends, in (task, vaddr) order: a runs table's order (lazyServe's, pageRelay's). */
+template <typename Run>
+bool ComesAfter(const Run& prev, const Run& run) {
+  return prev.task < run.task || (prev.task == run.task && prev.vaddr + prev.pages * kPageBytes <= run.vaddr);
+}
+
 /** (task, vaddr, pages, file, offset) u64 records, re-checked: sorted, not overlapping, in range. */
 std::vector<LazyServeRun> LazyRunsArg(const Napi::CallbackInfo& info, size_t index, size_t files) {
   Napi::Env env = info.Env();
@@ -170,12 +176,7 @@ std::vector<LazyServeRun> LazyRunsArg(const Napi::CallbackInfo& info, size_t ind
         run.offset > std::numeric_limits<uint64_t>::max() - run.pages * kPageBytes) {
       ThrowArg(env, "runs", "page-aligned runs of 1 .. 2^40 pages in a given file, run " + std::to_string(i) + " is not");
     }
-    if (i > 0) {
-      const LazyServeRun& prev = runs[i - 1];
-      if (prev.task > run.task || (prev.task == run.task && prev.vaddr + prev.pages * kPageBytes > run.vaddr)) {
-        ThrowArg(env, "runs", "sorted by (task, vaddr) and not overlapping, run " + std::to_string(i) + " is not");
-      }
-    }
+    if (i > 0 && !ComesAfter(runs[i - 1], run)) ThrowArg(env, "runs", "sorted by (task, vaddr) and not overlapping, run " + std::to_string(i) + " is not");
   }
   return runs;
 }
@@ -227,12 +228,7 @@ std::vector<PageRelayRun> RelayRunsArg(const Napi::CallbackInfo& info, size_t in
       ThrowArg(env, "runs", "page-aligned runs of at least a page, " + std::to_string(kPageRelayMaxPages) + " pages in all, run " + std::to_string(i) + " is not");
     }
     total += run.pages;
-    if (i > 0) {
-      const PageRelayRun& prev = runs[i - 1];
-      if (prev.task > run.task || (prev.task == run.task && prev.vaddr + prev.pages * kPageBytes > run.vaddr)) {
-        ThrowArg(env, "runs", "sorted by (task, vaddr) and not overlapping, run " + std::to_string(i) + " is not");
-      }
-    }
+    if (i > 0 && !ComesAfter(runs[i - 1], run)) ThrowArg(env, "runs", "sorted by (task, vaddr) and not overlapping, run " + std::to_string(i) + " is not");
   }
   return runs;
 }
