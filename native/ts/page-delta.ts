@@ -226,16 +226,32 @@ export interface LazyServeOptions {
 
 /** Packs runs (sorted by task, then vaddr, not overlapping; numbers below 2^53) as lazyServe's table. */
 export function packLazyServeRuns(runs: readonly LazyServeRun[]): Uint8Array {
-  const syscall = 'lazyServe';
-  if (runs.length > LAZY_SERVE_MAX_RUNS) throw new SyscallArgumentError(syscall, 'runs', `must hold at most ${LAZY_SERVE_MAX_RUNS} runs, got ${runs.length}`);
-  const table = Buffer.alloc(runs.length * LAZY_SERVE_RUN_BYTES);
-  runs.forEach((run, i) => {
-    for (const [k, value] of [run.task, run.vaddr, run.pages, run.file, run.offset].entries()) {
+  return packRunsTable('lazyServe', LAZY_SERVE_MAX_RUNS, runs.map((run) => [run.task, run.vaddr, run.pages, run.file, run.offset]));
+}
+
+/**
+ * A native runs table (lazyServe's, pageRelay's): each row's fields as u64 little-endian, rows
+ * back to back. At most `maxRuns` rows, every field an integer in [0, 2^53).
+ */
+export function packRunsTable(syscall: string, maxRuns: number, rows: readonly (readonly number[])[]): Uint8Array {
+  if (rows.length > maxRuns) throw new SyscallArgumentError(syscall, 'runs', `must hold at most ${maxRuns} runs, got ${rows.length}`);
+  const rowBytes = (rows[0]?.length ?? 0) * 8;
+  const table = Buffer.alloc(rows.length * rowBytes);
+  rows.forEach((row, i) => {
+    for (const [k, value] of row.entries()) {
       if (!Number.isSafeInteger(value) || value < 0) throw new SyscallArgumentError(syscall, `runs[${i}]`, 'must hold integers in [0, 2^53)');
-      table.writeBigUInt64LE(BigInt(value), i * LAZY_SERVE_RUN_BYTES + k * 8);
+      table.writeBigUInt64LE(BigInt(value), i * rowBytes + k * 8);
     }
   });
   return table;
+}
+
+/** The protocol's five command numbers, each checked as a u32, in the order the native calls take them. */
+export function checkProtocol(syscall: string, protocol: LazyServeProtocol): [number, number, number, number, number] {
+  const [mask, get, reply, close, forceClose] = (['cmdMask', 'getCmd', 'replyCmd', 'closeCmd', 'forceCloseCmd'] as const).map((name) =>
+    checkIntegerIn(syscall, `protocol.${name}`, protocol[name], 0, 2 ** 32 - 1),
+  );
+  return [mask!, get!, reply!, close!, forceClose!];
 }
 
 /**
@@ -258,8 +274,6 @@ export async function lazyServe(
   if (!Array.isArray(files)) throw new SyscallArgumentError(syscall, 'files', 'must be an array of descriptors');
   const fds = files.map((fd, f) => checkFd(syscall, `files[${f}]`, fd));
   const fd = checkFd(syscall, 'sockFd', sockFd);
-  const cmds = (['cmdMask', 'getCmd', 'replyCmd', 'closeCmd', 'forceCloseCmd'] as const).map((name) => checkIntegerIn(syscall, `protocol.${name}`, protocol[name], 0, 2 ** 32 - 1));
-  return withCancelFd(native, syscall, options.signal, (cancelFd) =>
-    native().lazyServe(fd, runs, fds, cancelFd, cmds[0]!, cmds[1]!, cmds[2]!, cmds[3]!, cmds[4]!),
-  );
+  const cmds = checkProtocol(syscall, protocol);
+  return withCancelFd(native, syscall, options.signal, (cancelFd) => native().lazyServe(fd, runs, fds, cancelFd, ...cmds));
 }

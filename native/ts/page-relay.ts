@@ -6,7 +6,7 @@ import { types } from 'node:util';
 import { withCancelFd } from './cancel-fd';
 import { SyscallArgumentError } from './errors';
 import type { NativeBinding, PageRelayResult } from './native-binding';
-import type { LazyServeProtocol } from './page-delta';
+import { checkProtocol, packRunsTable, type LazyServeProtocol } from './page-delta';
 import { checkFd, checkIntegerIn } from './validate';
 
 /** Most runs one relay's plan holds (src/page-relay.h has the same). */
@@ -38,16 +38,7 @@ export interface PageRelayOptions {
 
 /** Packs runs (sorted by task, then vaddr, not overlapping; numbers below 2^53) as a relay's plan. */
 export function packPageRelayRuns(runs: readonly PageRelayRun[]): Uint8Array {
-  const syscall = 'pageRelay';
-  if (runs.length > PAGE_RELAY_MAX_RUNS) throw new SyscallArgumentError(syscall, 'runs', `must hold at most ${PAGE_RELAY_MAX_RUNS} runs, got ${runs.length}`);
-  const table = Buffer.alloc(runs.length * PAGE_RELAY_RUN_BYTES);
-  runs.forEach((run, i) => {
-    for (const [k, value] of [run.task, run.vaddr, run.pages].entries()) {
-      if (!Number.isSafeInteger(value) || value < 0) throw new SyscallArgumentError(syscall, `runs[${i}]`, 'must hold integers in [0, 2^53)');
-      table.writeBigUInt64LE(BigInt(value), i * PAGE_RELAY_RUN_BYTES + k * 8);
-    }
-  });
-  return table;
+  return packRunsTable('pageRelay', PAGE_RELAY_MAX_RUNS, runs.map((run) => [run.task, run.vaddr, run.pages]));
 }
 
 /** Implements LinuxSyscalls.pageRelay (see there). */
@@ -64,12 +55,12 @@ export async function pageRelay(
     throw new SyscallArgumentError(syscall, 'runs', `must be a table of ${PAGE_RELAY_RUN_BYTES}-byte runs (packPageRelayRuns)`);
   }
   const fds = [checkFd(syscall, 'daemonFd', daemonFd), checkFd(syscall, 'upstreamFd', upstreamFd)] as const;
-  const cmds = (['cmdMask', 'getCmd', 'replyCmd', 'closeCmd', 'forceCloseCmd'] as const).map((name) => checkIntegerIn(syscall, `protocol.${name}`, protocol[name], 0, 2 ** 32 - 1));
+  const cmds = checkProtocol(syscall, protocol);
   const chunkPages = checkIntegerIn(syscall, 'chunkPages', options.chunkPages, 1, 1024);
   const window = checkIntegerIn(syscall, 'window', options.window, 0, 64);
   const cacheBytes = checkIntegerIn(syscall, 'cacheBytes', options.cacheBytes, 0, 2 ** 30);
   if (typeof options.waitForBackground !== 'boolean') throw new SyscallArgumentError(syscall, 'waitForBackground', 'must be a boolean');
   return withCancelFd(native, syscall, options.signal, (cancelFd) =>
-    native().pageRelay(fds[0], fds[1], runs, cancelFd, cmds[0]!, cmds[1]!, cmds[2]!, cmds[3]!, cmds[4]!, chunkPages, window, cacheBytes, options.waitForBackground),
+    native().pageRelay(fds[0], fds[1], runs, cancelFd, ...cmds, chunkPages, window, cacheBytes, options.waitForBackground),
   );
 }
