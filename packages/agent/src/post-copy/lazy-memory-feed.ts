@@ -137,7 +137,26 @@ export async function startTunnelledPostCopyMemory(
   const [criuFd, relayFd] = ends;
   const stopper = new AbortController();
   const relaying = syscalls.pageRelay(relayFd, tunnelFd, plan, LAZY_SERVE_PROTOCOL, { ...PULL_AHEAD, waitForBackground: true, signal: stopper.signal });
-  const done = relaying
+  const session = nativeSession(relaying, stopper, 'post-copy page relay failed', log, () => {
+    syscalls.close(relayFd);
+    syscalls.close(tunnelFd);
+  });
+  return { daemon: await startDaemonFor(criu, imagesDir, criuFd, session, syscalls), relay: session };
+}
+
+/**
+ * A page server on a native thread (lazyServe, pageRelay) as the daemon's session: its counts
+ * logged once the daemon has every page, its failure RESTORE_FAILED saying `failure` and why,
+ * `release` run either way, `stopper` ending it.
+ */
+function nativeSession(
+  running: Promise<{ requests: number; pages: number }>,
+  stopper: AbortController,
+  failure: string,
+  log: Logger,
+  release: () => void | Promise<void>,
+): PageServerSession {
+  const done = running
     .then(
       (counts) => {
         log.info({ ...counts }, 'lazy-pages daemon has every page');
@@ -145,17 +164,13 @@ export async function startTunnelledPostCopyMemory(
       },
       (err: unknown) => {
         const why = toFerryError(err, ErrorCode.RESTORE_FAILED);
-        log.warn({ err: why.message }, 'post-copy page relay failed');
-        throw new FerryError(ErrorCode.RESTORE_FAILED, `post-copy page relay failed: ${why.message}`, { cause: err });
+        log.warn({ err: why.message }, failure);
+        throw new FerryError(ErrorCode.RESTORE_FAILED, `${failure}: ${why.message}`, { cause: err });
       },
     )
-    .finally(() => {
-      syscalls.close(relayFd);
-      syscalls.close(tunnelFd);
-    });
+    .finally(release);
   done.catch(() => undefined);
-  const session: PageServerSession = { done, stop: (reason) => stopper.abort(reason) };
-  return { daemon: await startDaemonFor(criu, imagesDir, criuFd, session, syscalls), relay: session };
+  return { done, stop: (reason) => stopper.abort(reason) };
 }
 
 /**
@@ -217,23 +232,9 @@ export async function startLocalServedMemory(
   const [criuFd, serveFd] = ends;
   const stopper = new AbortController();
   const serving = syscalls.lazyServe(serveFd, packLazyServeRuns(runs), files.map((f) => f.fd), LAZY_SERVE_PROTOCOL, { signal: stopper.signal });
-  const done = serving
-    .then(
-      ({ requests, pages: served }) => {
-        log.info({ requests, pages: served }, 'lazy-pages daemon has every page');
-        return { requests, pages: served, maxWaitMs: 0 };
-      },
-      (err: unknown) => {
-        const why = toFerryError(err, ErrorCode.RESTORE_FAILED);
-        log.warn({ err: why.message }, 'serving the lazy pages failed');
-        throw new FerryError(ErrorCode.RESTORE_FAILED, `serving the lazy pages failed: ${why.message}`, { cause: err });
-      },
-    )
-    .finally(async () => {
-      syscalls.close(serveFd);
-      await closeFiles();
-    });
-  done.catch(() => undefined);
-  const session: PageServerSession = { done, stop: (reason) => stopper.abort(reason) };
+  const session = nativeSession(serving, stopper, 'serving the lazy pages failed', log, async () => {
+    syscalls.close(serveFd);
+    await closeFiles();
+  });
   return { daemon: await startDaemonFor(criu, imagesDir, criuFd, session, syscalls), relay: session };
 }
