@@ -10,6 +10,7 @@ const path = require('node:path');
 const { dev } = require('@ferry/dev-cluster');
 
 const MIB = 1024 * 1024;
+const GIB = 1024 * MIB;
 /** Bytes of the raw TCP and bare NATS streams. */
 const STREAM_BYTES = 512 * MIB;
 /**
@@ -26,23 +27,28 @@ async function rawTcpStream(cluster, hosts) {
   const port = 20_000 + Math.floor(Math.random() * 10_000);
   const script = path.join(__dirname, 'tcp-stream.js');
   const args = [String(port), String(STREAM_BYTES)];
-  const [server] = await Promise.all([
+  const [server, client] = await Promise.all([
     dev.hostExec(cluster, 'h2', [process.execPath, script, 'server', hosts.h2.address, ...args], { timeoutMs: 120_000 }),
     dev.hostExec(cluster, 'h1', [process.execPath, script, 'client', hosts.h2.address, ...args], { timeoutMs: 120_000 }),
   ]);
   const r = JSON.parse(server.stdout);
-  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms };
+  const cpuS = r.cpuS + JSON.parse(client.stdout).cpuS;
+  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms, cpuPerGiB: cpuS / (r.bytes / GIB) };
 }
 
-async function bareNatsStream(cluster, hostNatsUrl, credentialsFile, chunk) {
+/** `natsCpu()`: nats-server's CPU seconds so far, to count its share of the stream's CPU. */
+async function bareNatsStream(cluster, hostNatsUrl, credentialsFile, chunk, natsCpu) {
   const script = path.join(__dirname, 'nats-stream.js');
   const args = [hostNatsUrl, String(STREAM_BYTES), String(chunk.bytes), String(chunk.window), credentialsFile || ''];
-  const [sub] = await Promise.all([
+  const natsBefore = natsCpu();
+  const [sub, pub] = await Promise.all([
     dev.hostExec(cluster, 'h2', [process.execPath, script, 'sub', ...args], { timeoutMs: 120_000 }),
     dev.hostExec(cluster, 'h1', [process.execPath, script, 'pub', ...args], { timeoutMs: 120_000 }),
   ]);
   const r = JSON.parse(sub.stdout);
-  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms, chunk };
+  // The server's share includes the two clients' connects: a few milliseconds.
+  const cpuS = r.cpuS + JSON.parse(pub.stdout).cpuS + (natsCpu() - natsBefore);
+  return { mbps: r.bytes / MIB / (r.ms / 1000), ms: r.ms, chunk, cpuPerGiB: cpuS / (r.bytes / GIB) };
 }
 
 /**

@@ -9,9 +9,11 @@
  * every 10 ms; the longest gap between consecutive lines around the migration is its downtime.
  *
  * Environment (all optional): BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
- * "ferry-auto,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager"), BENCH_LOCAL_DIR_MIB (the local-dir row's dir, default 512; 0 skips it),
+ * "ferry-auto,ferry-noprecopy,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu,criu-kept"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager"), BENCH_LOCAL_DIR_MIB (the local-dir row's dir, default 512; 0 skips it),
  * BENCH_LOGS=DIR (copies the cluster's logs there at the end), BENCH_PERF=DIR (a system-wide `perf record` of each migration alone, from just before it starts
- * to its end, into DIR/<size>-<method>.data; `perf report -i FILE --sort comm,dso` splits it).
+ * to its end, into DIR/<size>-<method>.data; `perf report -i FILE --sort comm,dso` splits it; on this VM kind perf also
+ * counts the stalls of first writes to fresh memory, BENCH_THREADS does not), BENCH_THREADS=1 (each ferry row's CPU by
+ * process and thread, from /proc).
  */
 const { execFile } = require('node:child_process');
 const fs = require('node:fs');
@@ -21,6 +23,7 @@ const path = require('node:path');
 const { promisify } = require('node:util');
 const { startLocalCluster, stopLocalCluster, dev } = require('@ferry/dev-cluster');
 const { bareNatsStream, freshMemory, NATS_STREAM_CHUNKS, rawTcpStream, STREAM_BYTES } = require('./ceilings');
+const { cpuOfProcessesWithArg, cpuSeconds, resetPeakRss, rssOf, sampleThreadCpu } = require('./proc-stats');
 
 const execFileAsync = promisify(execFile);
 
@@ -35,9 +38,11 @@ const SIZES_MIB = (process.env.BENCH_SIZES_MIB || '64,512,1024').split(',').map(
  * ferry-tunnel (`--transport page-tunnel`: CRIU's page-server protocol through ferry's sealed
  * tunnel), ferry-nats (the stream through nats-server), ferry-ps (`--transport page-server`), ferry-postcopy (`--restore post-copy`:
  * the workload resumes before its memory moves; the memory follows from the source, direct path),
- * criu (CRIU's own, by hand).
+ * criu (CRIU's own, by hand: the dump kills the source), criu-kept (the same with `--leave-stopped`, the
+ * source killed once the restore is done, as ferry keeps it: on one machine a restore after the source's
+ * death reuses the memory it freed, which two hosts never can, and here fresh memory costs far more).
  */
-const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry-noprecopy,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu').split(',');
+const METHODS = (process.env.BENCH_METHODS || 'ferry-auto,ferry-noprecopy,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu,criu-kept').split(',');
 const FERRY_METHODS = {
   'ferry-auto': { transport: 'auto', args: [] },
   ferry: { transport: 'direct', args: [] },
@@ -56,13 +61,14 @@ const MIB = 1024 * 1024;
 const WARMUP_HEARTBEATS = 30;
 /** Time after a migration in which heartbeats still count (the restored workload's first lines). */
 const SETTLE_MS = 500;
-const CLOCK_TICKS_PER_S = 100;
 const CRIU_TIMEOUT_MS = 5 * 60_000;
 const REPO = path.join(__dirname, '..');
 const FERRY_BIN = path.join(REPO, 'packages', 'cli', 'bin', 'ferry.js');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const PERF_DIR = process.env.BENCH_PERF || '';
+/** BENCH_THREADS=1: each ferry row's detail splits its CPU by process and thread (proc-stats.js). */
+const THREADS = process.env.BENCH_THREADS === '1';
 
 /** With BENCH_PERF: a system-wide profile of whatever `run` does (a migration), else just `run`. */
 async function profiled(label, run) {
@@ -105,41 +111,6 @@ async function ferry(natsUrl, args, timeoutMs = 10 * 60_000) {
     return args.includes('--json') ? JSON.parse(stdout) : stdout;
   } catch (err) {
     throw new Error(`ferry ${args.join(' ')} failed: ${err.stdout || ''} ${err.stderr || err.message}`);
-  }
-}
-
-/**
- * Peak-RSS bookkeeping for the agents: `5` into clear_refs resets a process's VmHWM to its current
- * RSS (proc(5)), so the peak read after a migration is that migration's, not an earlier one's.
- */
-function resetPeakRss(pid) {
-  try {
-    fs.writeFileSync(`/proc/${pid}/clear_refs`, '5');
-  } catch {
-    // An older kernel: the peak then covers the agent's whole life, an upper bound.
-  }
-}
-
-/** VmRSS and VmHWM of a process, in bytes (0 when it is gone). */
-function rssOf(pid) {
-  try {
-    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-    const kib = (name) => Number((new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status) ?? [])[1] ?? 0) * 1024;
-    return { rss: kib('VmRSS'), peak: kib('VmHWM') };
-  } catch {
-    return { rss: 0, peak: 0 };
-  }
-}
-
-/** utime+stime+cutime+cstime of a process in seconds (children count once reaped: CRIU runs as one). */
-function cpuSeconds(pid) {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // Fields 14-17 of proc(5), counted from the state field (3) here.
-    return fields.slice(11, 15).reduce((s, f) => s + Number(f), 0) / CLOCK_TICKS_PER_S;
-  } catch {
-    return 0;
   }
 }
 
@@ -237,10 +208,13 @@ async function ferryMigration(ctx, mib, { transport, args }) {
   await launch(ctx.natsUrl, name, mib, heartbeatFile);
   const rssBefore = ctx.agentPids.map((pid) => (resetPeakRss(pid), rssOf(pid).rss));
   const cpuBefore = ctx.clusterCpu();
+  const threads = THREADS ? sampleThreadCpu(ctx.cpuPids) : undefined;
   const startS = Date.now() / 1000;
   const result = await profiled(`${mib}-${name}`, () => ferry(ctx.natsUrl, ['migrate', name, '--to', 'h2', '--json', '--transport', transport, ...args, ...MIGRATE_ARGS]));
   const totalMs = Date.now() - startS * 1000;
-  const cpu = ctx.clusterCpu() - cpuBefore;
+  // The restored workload's own CPU is counted for both methods (cpuOfProcessesWithArg says why).
+  const cpu = ctx.clusterCpu() - cpuBefore + cpuOfProcessesWithArg(heartbeatFile);
+  const byThread = threads?.stop();
   // The larger of the two agents' growth: each holds at most its bounded buffers, never an image.
   const rssGrowth = Math.max(...ctx.agentPids.map((pid, i) => rssOf(pid).peak - rssBefore[i]));
   await sleep(SETTLE_MS);
@@ -267,7 +241,8 @@ async function ferryMigration(ctx, mib, { transport, args }) {
     detail:
       (result.phases.precopyMs ? `pre-copy ${result.phases.precopyMs} ms (${((result.precopyBytes ?? 0) / MIB).toFixed(0)} MiB, the workload running), then ` : '') +
       `dump ${result.phases.dumpMs} ms, transfer ${result.phases.transferMs} ms, restore ${result.phases.restoreMs} ms` +
-      `${postCopy ? `, pages pulled in ${result.phases.pullMs} ms after the resume (${fmt(pullMbps(result))} MB/s)` : ''}, ${(result.bytesTransferred / MIB).toFixed(0)} MiB`,
+      `${postCopy ? `, pages pulled in ${result.phases.pullMs} ms after the resume (${fmt(pullMbps(result))} MB/s)` : ''}, ${(result.bytesTransferred / MIB).toFixed(0)} MiB` +
+      (byThread ? `; CPU s by process:thread ${byThread.map(([n, sec]) => `${n} ${sec.toFixed(2)}`).join(', ')}` : ''),
     pullMbps: postCopy ? pullMbps(result) : undefined,
   };
 }
@@ -283,7 +258,7 @@ async function waitForListener(host, port, timeoutMs = 10_000) {
 }
 
 /** CRIU's own migration by hand: page server on the target, dump to it, copy the rest, restore. */
-async function criuPageServerMigration(ctx, mib) {
+async function criuPageServerMigration(ctx, mib, keepSource) {
   const name = `bc${mib}`;
   const heartbeatFile = path.join(ctx.scratch, `${name}.beats`);
   // In the host's mount namespace: plain `criu dump` of a tree with a mount namespace of its own
@@ -307,7 +282,7 @@ async function criuPageServerMigration(ctx, mib) {
     const startS = Date.now() / 1000;
     const dumpStart = Date.now();
     await dev.hostExec(CLUSTER, 'h1',
-      ['criu', 'dump', '--tree', String(pid), '--images-dir', src, '--log-file', 'dump.log', '-v4', '--page-server', '--address', address, '--port', String(port)],
+      ['criu', 'dump', '--tree', String(pid), '--images-dir', src, '--log-file', 'dump.log', '-v4', '--page-server', '--address', address, '--port', String(port), ...(keepSource ? ['--leave-stopped'] : [])],
       { env, cwd: src, timeoutMs: CRIU_TIMEOUT_MS });
     const dumpMs = Date.now() - dumpStart;
     await serverExited;
@@ -319,7 +294,10 @@ async function criuPageServerMigration(ctx, mib) {
       ['criu', 'restore', '--restore-detached', '--images-dir', dst, '--log-file', 'restore.log', '-v4', '--pidfile', path.join(dst, 'restored.pid')],
       { env, cwd: dst, timeoutMs: CRIU_TIMEOUT_MS });
     const totalMs = Date.now() - startS * 1000;
-    const cpu = cpuSeconds(process.pid) - cpuBefore;
+    // CRIU's processes, and the restored workload's own CPU: CRIU's restorer fills its memory there.
+    const cpu = cpuSeconds(process.pid) - cpuBefore + cpuOfProcessesWithArg(heartbeatFile);
+    // Kept stopped by the dump until the restore had the workload running (what ferry does).
+    if (keepSource) process.kill(pid, 'SIGKILL');
     await sleep(SETTLE_MS);
     const downtimeMs = maxGapMs(heartbeatFile, startS);
     const restoredPid = Number(fs.readFileSync(path.join(dst, 'restored.pid'), 'utf8').trim());
@@ -327,7 +305,7 @@ async function criuPageServerMigration(ctx, mib) {
     process.kill(restoredPid, 'SIGKILL');
     const pageBytes = fs.readdirSync(dst).filter((f) => f.startsWith('pages-')).reduce((s, f) => s + fs.statSync(path.join(dst, f)).size, 0);
     return {
-      method: 'criu page-server',
+      method: keepSource ? 'criu page-server, source kept' : 'criu page-server',
       downtimeMs,
       mbps: pageBytes / MIB / (dumpMs / 1000),
       totalMs,
@@ -361,9 +339,10 @@ function table(ceilings, rows) {
     );
   }
   return [
-    `Ceilings on the same path (${STREAM_BYTES / MIB} MiB, h1 -> h2): one raw TCP stream ${fmt(ceilings.tcp.mbps)} MB/s; ` +
-      `bare NATS pub/sub through nats-server ${fmt(ceilings.nats.mbps)} MB/s, the faster of ` +
-      ceilings.nats.runs.map((run) => `${fmt(run.mbps)} MB/s with ${run.chunk.bytes / MIB} MiB messages, window ${run.chunk.window}`).join(' and ') + '. ' +
+    `Ceilings on the same path (${STREAM_BYTES / MIB} MiB, h1 -> h2): one raw TCP stream ${fmt(ceilings.tcp.mbps)} MB/s ` +
+      `(${fmt(ceilings.tcp.cpuPerGiB, 2)} CPU s/GiB, both ends); bare NATS pub/sub through nats-server ${fmt(ceilings.nats.mbps)} MB/s, the faster of ` +
+      ceilings.nats.runs.map((run) => `${fmt(run.mbps)} MB/s with ${run.chunk.bytes / MIB} MiB messages, window ${run.chunk.window}`).join(' and ') +
+      ` (${fmt(ceilings.nats.cpuPerGiB, 2)} CPU s/GiB: both clients and nats-server, the connections TLS as the agents' are). ` +
       `One thread writing memory it never wrote before ${fmt(ceilings.fresh.mbps)} MB/s (rewriting it ${fmt(ceilings.fresh.rewriteMbps)} MB/s): ` +
       `the ceiling of post-copy's pull, CRIU's lazy-pages daemon filling the workload's memory from one thread.`,
     '',
@@ -396,6 +375,7 @@ async function main() {
       hosts,
       scratch,
       needsFaultInjection: hostList.some((h) => h.criu.needsFaultInjection),
+      cpuPids,
       clusterCpu: () => cpuPids.reduce((s, pid) => s + cpuSeconds(pid), 0),
       agentPids: state.processes.filter((p) => p.role === 'agent').map((p) => p.pid),
     };
@@ -403,7 +383,9 @@ async function main() {
     const tcp = await rawTcpStream(CLUSTER, hosts);
     log(`raw TCP ${fmt(tcp.mbps)} MB/s; bare NATS stream`);
     const natsRuns = [];
-    for (const chunk of NATS_STREAM_CHUNKS) natsRuns.push(await bareNatsStream(CLUSTER, state.hostNatsUrl, state.credentials?.admin, chunk));
+    const natsPids = state.processes.filter((p) => p.role === 'nats').map((p) => p.pid);
+    const natsCpu = () => natsPids.reduce((s, pid) => s + cpuSeconds(pid), 0);
+    for (const chunk of NATS_STREAM_CHUNKS) natsRuns.push(await bareNatsStream(CLUSTER, state.hostNatsUrl, state.credentials?.admin, chunk, natsCpu));
     const nats = natsRuns.reduce((best, run) => (run.mbps > best.mbps ? run : best));
     nats.runs = natsRuns;
     log(`bare NATS ${natsRuns.map((run) => `${fmt(run.mbps)} MB/s (${run.chunk.bytes / MIB} MiB messages)`).join(', ')}; fresh memory`);
@@ -415,7 +397,7 @@ async function main() {
         log(`${mib} MiB: ${method}`);
         let r;
         try {
-          r = method === 'criu' ? await criuPageServerMigration(ctx, mib) : await ferryMigration(ctx, mib, FERRY_METHODS[method]);
+          r = method === 'criu' || method === 'criu-kept' ? await criuPageServerMigration(ctx, mib, method === 'criu-kept') : await ferryMigration(ctx, mib, FERRY_METHODS[method]);
         } catch (err) {
           // One failed migration (e.g. CRIU losing a race with another dump on a shared machine) is a row, not the end of the run.
           const message = String(err.message).replace(/\s+/g, ' ').slice(0, 600);
@@ -445,7 +427,10 @@ async function main() {
         `${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, Linux ${os.release()}${MIGRATE_ARGS.length ? `, migrate args \`${MIGRATE_ARGS.join(' ')}\`` : ''}.`,
       'Downtime: the longest gap in a heartbeat the workload writes every 10 ms (so it includes up to ~10 ms of its sleep).',
       "ferry's rows move the workload in its own root (its mount namespace, rebuilt on the target); CRIU's runs it with `--host-root` (plain `criu dump`).",
-      'CPU s: ferry = both agents (their CRIU children included) + nats-server; CRIU = the criu processes. CPU s/GiB: per GiB moved.',
+      'CPU s: ferry = both agents (their CRIU children included) + nats-server; CRIU = the criu processes; both + the restored workload\'s own processes ' +
+        "(CRIU's restorer fills their memory in them; ferry's lazy restore in CRIU's lazy-pages daemon, the agent's child). CPU s/GiB: per GiB moved.",
+      "`criu page-server, source kept`: CRIU's migration with the source stopped, not killed, until the restore is done (as ferry keeps it); " +
+        'on one machine the plain one restores into the memory its source just freed, which two hosts never can. Ratios are against the plain one.',
       "Agent RSS + MiB: the larger of the two agents' peak resident memory during the migration, above its RSS before it.",
       '',
       text,

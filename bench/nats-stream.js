@@ -3,8 +3,9 @@
  * A bare NATS pub/sub stream through the cluster's nats-server: the ceiling for any transfer
  * over NATS on this machine. Raw payloads (no msgpack, no checksums), acknowledged per message so
  * the publisher keeps a bounded window in flight (without one the server cuts off a slow consumer).
- *   node nats-stream.js sub URL BYTES CHUNK WINDOW [CREDENTIALS]   prints {"bytes","ms"} once BYTES arrived
- *   node nats-stream.js pub URL BYTES CHUNK WINDOW [CREDENTIALS]
+ *   node nats-stream.js sub URL BYTES CHUNK WINDOW [CREDENTIALS]   prints {"bytes","ms","cpuS"} once BYTES arrived
+ *   node nats-stream.js pub URL BYTES CHUNK WINDOW [CREDENTIALS]   prints {"cpuS"} once every message was acknowledged
+ * cpuS: the process's CPU seconds from its first message to its last (connecting and start-up left out).
  */
 const { connect } = require('nats');
 const { natsAuthOptionsFromFile } = require('@ferry/protocol');
@@ -20,27 +21,36 @@ const chunk = Number(chunkText);
 const windowMsgs = Number(windowText);
 const SUBJECT = 'bench.stream';
 const HELLO_TIMEOUT_MS = 200;
+/** This process's CPU seconds (user + system) so far. */
+const cpuS = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+};
 
 async function sub() {
   const nc = await connect({ servers: url, ...auth });
   let got = 0;
   let count = 0;
   let first = 0;
+  let firstCpu = 0;
   const done = new Promise((resolve) => {
     nc.subscribe(`${SUBJECT}.data`, {
       callback: (_err, msg) => {
-        if (got === 0) first = performance.now();
+        if (got === 0) {
+          first = performance.now();
+          firstCpu = cpuS();
+        }
         got += msg.data.length;
         count += 1;
         nc.publish(`${SUBJECT}.ack`, Buffer.from(String(count)));
-        if (got >= total) resolve(performance.now() - first);
+        if (got >= total) resolve({ ms: performance.now() - first, cpu: cpuS() - firstCpu });
       },
     });
   });
   nc.subscribe(`${SUBJECT}.hello`, { callback: (_err, msg) => msg.respond(Buffer.from('ok')) });
   await nc.flush();
-  const ms = await done;
-  process.stdout.write(JSON.stringify({ bytes: got, ms }) + '\n');
+  const { ms, cpu } = await done;
+  process.stdout.write(JSON.stringify({ bytes: got, ms, cpuS: cpu }) + '\n');
   await nc.drain();
 }
 
@@ -65,6 +75,7 @@ async function pub() {
   await nc.flush();
   // Constant content, so handing the same buffer to every publish is safe.
   const payload = Buffer.alloc(chunk, 0x5a);
+  const firstCpu = cpuS();
   let sent = 0;
   let sentMsgs = 0;
   while (sent < total) {
@@ -75,6 +86,7 @@ async function pub() {
     sentMsgs += 1;
   }
   while (acked < sentMsgs) await new Promise((r) => (wake = r));
+  process.stdout.write(JSON.stringify({ cpuS: cpuS() - firstCpu }) + '\n');
   await nc.drain();
 }
 

@@ -1,8 +1,9 @@
 'use strict';
 /**
  * One raw TCP stream, the wire's ceiling on the path the agents use.
- *   node tcp-stream.js server HOST PORT BYTES   prints {"bytes","ms"} once BYTES arrived
- *   node tcp-stream.js client HOST PORT BYTES   sends BYTES (retries the connect until the server listens)
+ *   node tcp-stream.js server HOST PORT BYTES   prints {"bytes","ms","cpuS"} once BYTES arrived
+ *   node tcp-stream.js client HOST PORT BYTES   sends BYTES (retries the connect until the server listens), prints {"cpuS"}
+ * cpuS: the process's CPU seconds from the connection to the last byte (start-up left out).
  * Time runs on the server from the first byte to the last.
  */
 const net = require('node:net');
@@ -12,16 +13,22 @@ const port = Number(portText);
 const total = Number(bytesText);
 const BLOCK_BYTES = 1024 * 1024;
 const CONNECT_RETRY_MS = 50;
+/** This process's CPU seconds (user + system) so far. */
+const cpuS = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+};
 
 if (mode === 'server') {
   const server = net.createServer((sock) => {
     let got = 0;
     let first = 0;
+    const firstCpu = cpuS();
     sock.on('data', (d) => {
       if (got === 0) first = performance.now();
       got += d.length;
       if (got >= total) {
-        process.stdout.write(JSON.stringify({ bytes: got, ms: performance.now() - first }) + '\n');
+        process.stdout.write(JSON.stringify({ bytes: got, ms: performance.now() - first, cpuS: cpuS() - firstCpu }) + '\n');
         sock.destroy();
         server.close();
       }
@@ -35,6 +42,8 @@ if (mode === 'server') {
     sock.once('error', () => setTimeout(attempt, CONNECT_RETRY_MS));
     sock.once('connect', () => {
       sock.removeAllListeners('error');
+      const firstCpu = cpuS();
+      sock.once('close', () => process.stdout.write(JSON.stringify({ cpuS: cpuS() - firstCpu }) + '\n'));
       let sent = 0;
       const pump = () => {
         while (sent < total) {
