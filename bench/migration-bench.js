@@ -8,7 +8,8 @@
  * Downtime is measured the same way for both methods: the workload appends time.time() to a file
  * every 10 ms; the longest gap between consecutive lines around the migration is its downtime.
  *
- * Environment (all optional): BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
+ * Environment (all optional): BENCH_ROUNDS (default 3: every size and method that many times, the report
+ * giving medians), BENCH_SIZES_MIB (default "64,512,1024"), BENCH_METHODS (default
  * "ferry-auto,ferry-noprecopy,ferry,ferry-tunnel,ferry-nats,ferry-postcopy,criu,criu-kept"), BENCH_MIGRATE_ARGS (extra `ferry migrate` arguments, e.g. "--restore eager"), BENCH_LOCAL_DIR_MIB (the local-dir row's dir, default 512; 0 skips it),
  * BENCH_LOGS=DIR (copies the cluster's logs there at the end), BENCH_PERF=DIR (a system-wide `perf record` of each migration alone, from just before it starts
  * to its end, into DIR/<size>-<method>.data; `perf report -i FILE --sort comm,dso` splits it; on this VM kind perf also
@@ -24,6 +25,7 @@ const { promisify } = require('node:util');
 const { startLocalCluster, stopLocalCluster, dev } = require('@ferry/dev-cluster');
 const { bareNatsStream, freshMemory, NATS_STREAM_CHUNKS, rawTcpStream, STREAM_BYTES } = require('./ceilings');
 const { cpuOfProcessesWithArg, cpuSeconds, resetPeakRss, rssOf, sampleThreadCpu } = require('./proc-stats');
+const { fmt, report } = require('./report');
 
 const execFileAsync = promisify(execFile);
 
@@ -56,6 +58,8 @@ const FERRY_METHODS = {
 const MIGRATE_ARGS = (process.env.BENCH_MIGRATE_ARGS || '').split(' ').filter(Boolean);
 /** The local dir of the local-dir row (`ferry run --local-dir`); 0 skips it. */
 const LOCAL_DIR_MIB = Number(process.env.BENCH_LOCAL_DIR_MIB ?? 512);
+/** Rounds of every size and method; the report gives each row's median over them. */
+const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 const MIB = 1024 * 1024;
 /** Heartbeats seen before a migration starts, so the workload is surely past its allocation. */
 const WARMUP_HEARTBEATS = 30;
@@ -320,41 +324,22 @@ async function criuPageServerMigration(ctx, mib, keepSource) {
   }
 }
 
-// ---- report ----
+// ---- the run ----
 
-const fmt = (n, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : '-');
-
-function table(ceilings, rows) {
-  const lines = [
-    `| workload | method | downtime ms | vs CRIU page-server | transfer MB/s | vs raw TCP | vs NATS ceiling | total s | CPU s | CPU s/GiB | vs CRIU | agent RSS + MiB |`,
-    `| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
-  ];
-  for (const r of rows) {
-    const criu = rows.find((x) => x.mib === r.mib && x.method === 'criu page-server');
-    const perGiB = (x) => (x && x.bytes > 0 ? x.cpu / (x.bytes / 1024 ** 3) : NaN);
-    lines.push(
-      `| ${r.mib} MiB | ${r.method} | ${fmt(r.downtimeMs)} | ${criu ? fmt(r.downtimeMs / criu.downtimeMs, 2) : '-'} | ${fmt(r.mbps)} | ` +
-        `${fmt(r.mbps / ceilings.tcp.mbps, 2)} | ${fmt(r.mbps / ceilings.nats.mbps, 2)} | ${fmt(r.totalMs / 1000, 2)} | ${fmt(r.cpu, 2)} | ` +
-        `${fmt(perGiB(r), 2)} | ${criu ? fmt(perGiB(r) / perGiB(criu), 2) : '-'} | ${r.rssGrowth !== undefined ? fmt(r.rssGrowth / MIB) : '-'} |`,
-    );
-  }
-  return [
-    `Ceilings on the same path (${STREAM_BYTES / MIB} MiB, h1 -> h2): one raw TCP stream ${fmt(ceilings.tcp.mbps)} MB/s ` +
-      `(${fmt(ceilings.tcp.cpuPerGiB, 2)} CPU s/GiB, both ends); bare NATS pub/sub through nats-server ${fmt(ceilings.nats.mbps)} MB/s, the faster of ` +
-      ceilings.nats.runs.map((run) => `${fmt(run.mbps)} MB/s with ${run.chunk.bytes / MIB} MiB messages, window ${run.chunk.window}`).join(' and ') +
-      ` (${fmt(ceilings.nats.cpuPerGiB, 2)} CPU s/GiB: both clients and nats-server, the connections TLS as the agents' are). ` +
-      `One thread writing memory it never wrote before ${fmt(ceilings.fresh.mbps)} MB/s (rewriting it ${fmt(ceilings.fresh.rewriteMbps)} MB/s): ` +
-      `the ceiling of post-copy's pull, CRIU's lazy-pages daemon filling the workload's memory from one thread.`,
-    '',
-    ...lines,
-    '',
-    'Details:',
-    ...rows.map(
-      (r) =>
-        `- ${r.mib} MiB ${r.method}: ${r.detail}${r.reportedDowntimeMs !== undefined ? `; ferry-reported downtime ${r.reportedDowntimeMs} ms` : ''}` +
-        `${r.pullMbps !== undefined ? `; pull vs raw TCP ${fmt(r.pullMbps / ceilings.tcp.mbps, 2)}, vs fresh memory ${fmt(r.pullMbps / ceilings.fresh.mbps, 2)}` : ''}`,
-    ),
-  ].join('\n');
+/** The path's ceilings, measured again each round: raw TCP, bare NATS (both message sizes, the faster counts), fresh memory. */
+async function measureCeilings(state, hosts) {
+  log('raw TCP stream');
+  const tcp = await rawTcpStream(CLUSTER, hosts);
+  log(`raw TCP ${fmt(tcp.mbps)} MB/s; bare NATS stream`);
+  const natsPids = state.processes.filter((p) => p.role === 'nats').map((p) => p.pid);
+  const natsCpu = () => natsPids.reduce((s, pid) => s + cpuSeconds(pid), 0);
+  const natsRuns = [];
+  for (const chunk of NATS_STREAM_CHUNKS) natsRuns.push(await bareNatsStream(CLUSTER, state.hostNatsUrl, state.credentials?.admin, chunk, natsCpu));
+  const nats = natsRuns.reduce((best, run) => (run.mbps > best.mbps ? run : best));
+  log(`bare NATS ${natsRuns.map((run) => `${fmt(run.mbps)} MB/s (${run.chunk.bytes / MIB} MiB messages)`).join(', ')}; fresh memory`);
+  const fresh = freshMemory();
+  log(`fresh memory ${fmt(fresh.mbps)} MB/s, rewritten ${fmt(fresh.rewriteMbps)} MB/s`);
+  return { tcp, nats, fresh };
 }
 
 async function main() {
@@ -379,34 +364,29 @@ async function main() {
       clusterCpu: () => cpuPids.reduce((s, pid) => s + cpuSeconds(pid), 0),
       agentPids: state.processes.filter((p) => p.role === 'agent').map((p) => p.pid),
     };
-    log('raw TCP stream');
-    const tcp = await rawTcpStream(CLUSTER, hosts);
-    log(`raw TCP ${fmt(tcp.mbps)} MB/s; bare NATS stream`);
-    const natsRuns = [];
-    const natsPids = state.processes.filter((p) => p.role === 'nats').map((p) => p.pid);
-    const natsCpu = () => natsPids.reduce((s, pid) => s + cpuSeconds(pid), 0);
-    for (const chunk of NATS_STREAM_CHUNKS) natsRuns.push(await bareNatsStream(CLUSTER, state.hostNatsUrl, state.credentials?.admin, chunk, natsCpu));
-    const nats = natsRuns.reduce((best, run) => (run.mbps > best.mbps ? run : best));
-    nats.runs = natsRuns;
-    log(`bare NATS ${natsRuns.map((run) => `${fmt(run.mbps)} MB/s (${run.chunk.bytes / MIB} MiB messages)`).join(', ')}; fresh memory`);
-    const fresh = freshMemory();
-    log(`fresh memory ${fmt(fresh.mbps)} MB/s, rewritten ${fmt(fresh.rewriteMbps)} MB/s`);
-    const rows = [];
-    for (const mib of SIZES_MIB) {
-      for (const method of METHODS) {
-        log(`${mib} MiB: ${method}`);
-        let r;
-        try {
-          r = method === 'criu' || method === 'criu-kept' ? await criuPageServerMigration(ctx, mib, method === 'criu-kept') : await ferryMigration(ctx, mib, FERRY_METHODS[method]);
-        } catch (err) {
-          // One failed migration (e.g. CRIU losing a race with another dump on a shared machine) is a row, not the end of the run.
-          const message = String(err.message).replace(/\s+/g, ' ').slice(0, 600);
-          log(`${mib} MiB ${method} failed: ${message}`);
-          r = { method: `${method} (FAILED)`, downtimeMs: NaN, mbps: NaN, totalMs: NaN, cpu: NaN, detail: `failed: ${message}` };
+    const rounds = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      const ceilings = await measureCeilings(state, hosts);
+      const rows = [];
+      for (const mib of SIZES_MIB) {
+        // Each round starts the list one method later: the first migration of a size is the costliest
+        // (it finds the least freshly freed memory), and no method should always be first.
+        for (const key of [...METHODS.slice(round % METHODS.length), ...METHODS.slice(0, round % METHODS.length)]) {
+          log(`round ${round + 1}/${ROUNDS}, ${mib} MiB: ${key}`);
+          let r;
+          try {
+            r = key === 'criu' || key === 'criu-kept' ? await criuPageServerMigration(ctx, mib, key === 'criu-kept') : await ferryMigration(ctx, mib, FERRY_METHODS[key]);
+          } catch (err) {
+            // One failed migration (e.g. CRIU losing a race with another dump on a shared machine) is a row, not the end of the run.
+            const message = String(err.message).replace(/\s+/g, ' ').slice(0, 600);
+            log(`${mib} MiB ${key} failed: ${message}`);
+            r = { method: `${key} (FAILED)`, downtimeMs: NaN, mbps: NaN, totalMs: NaN, cpu: NaN, detail: `failed: ${message}` };
+          }
+          rows.push({ mib, key, ...r });
+          log(`${mib} MiB ${r.method}: downtime ${fmt(r.downtimeMs)} ms, ${fmt(r.mbps)} MB/s, total ${fmt(r.totalMs)} ms; ${r.detail}`);
         }
-        rows.push({ mib, ...r });
-        log(`${mib} MiB ${r.method}: downtime ${fmt(r.downtimeMs)} ms, ${fmt(r.mbps)} MB/s, total ${fmt(r.totalMs)} ms; ${r.detail}`);
       }
+      rounds.push({ ceilings, rows });
     }
     let localDir;
     if (LOCAL_DIR_MIB > 0) {
@@ -417,7 +397,7 @@ async function main() {
         localDir = { failed: String(err.message).slice(0, 600) };
       }
     }
-    const text = [table({ tcp, nats, fresh }, rows), localDirTable(localDir, tcp)].filter(Boolean).join('\n\n');
+    const text = report(rounds, localDir, STREAM_BYTES);
     const elapsedS = (Date.now() - startedAt.getTime()) / 1000;
     console.log(text);
     const md = [
@@ -425,13 +405,15 @@ async function main() {
       '',
       `Run ${startedAt.toISOString()} by \`npm run bench\` (${elapsedS.toFixed(0)} s), ${os.cpus().length} cores, ` +
         `${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, Linux ${os.release()}${MIGRATE_ARGS.length ? `, migrate args \`${MIGRATE_ARGS.join(' ')}\`` : ''}.`,
+      `${ROUNDS} round${ROUNDS === 1 ? '' : 's'}: each measures the ceilings and then every size and method, each round's method order starting one later; ` +
+        "a row's ratios are taken against the same round's CRIU row and ceilings, and the table gives the median of each value over the rounds.",
       'Downtime: the longest gap in a heartbeat the workload writes every 10 ms (so it includes up to ~10 ms of its sleep).',
       "ferry's rows move the workload in its own root (its mount namespace, rebuilt on the target); CRIU's runs it with `--host-root` (plain `criu dump`).",
       'CPU s: ferry = both agents (their CRIU children included) + nats-server; CRIU = the criu processes; both + the restored workload\'s own processes ' +
         "(CRIU's restorer fills their memory in them; ferry's lazy restore in CRIU's lazy-pages daemon, the agent's child). CPU s/GiB: per GiB moved.",
       "`criu page-server, source kept`: CRIU's migration with the source stopped, not killed, until the restore is done (as ferry keeps it); " +
         'on one machine the plain one restores into the memory its source just freed, which two hosts never can. Ratios are against the plain one.',
-      "Agent RSS + MiB: the larger of the two agents' peak resident memory during the migration, above its RSS before it.",
+      "Agent RSS + MiB (max): the larger of the two agents' peak resident memory during the migration, above its RSS before it, the largest of the rounds.",
       '',
       text,
       '',
@@ -444,19 +426,6 @@ async function main() {
     await stopLocalCluster(CLUSTER).catch((err) => log('stop failed:', err.message));
     fs.rmSync(scratch, { recursive: true, force: true });
   }
-}
-
-/** The local-dir row: the first pass's rate against raw TCP, and the downtime with a full and an empty dir. */
-function localDirTable(r, tcp) {
-  if (r === undefined) return '';
-  if (r.failed) return `Local dir (ferry run --local-dir): FAILED: ${r.failed}`;
-  return [
-    `Local dir (\`ferry run --local-dir\`, a 64 MiB workload, default path): the first pass copies the dir while the workload runs; the freeze carries only what changed.`,
-    '',
-    '| local dir | first pass ms | copy MB/s | vs raw TCP | downtime ms | downtime with an empty dir ms | ratio |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    `| ${r.dirMib} MiB | ${fmt(r.full.localDirMs)} | ${fmt(r.mbps)} | ${(r.mbps / tcp.mbps).toFixed(2)} | ${fmt(r.full.downtimeMs)} | ${fmt(r.empty.downtimeMs)} | ${(r.full.downtimeMs / r.empty.downtimeMs).toFixed(2)} |`,
-  ].join('\n');
 }
 
 main().catch((err) => {
