@@ -162,6 +162,123 @@ describe('applyPageDeltas', () => {
     expect((await readdir(join(dir, 'parent'))).sort()).toEqual(['pagemap-1.img', 'pages-1.img']);
   });
 
+  describe('every page reads back its own content, whatever the layout (seeded random layouts)', () => {
+    /** A page whose content names `tag` (page() repeats a byte; these differ beyond 256). */
+    const tagged = (tag: number) => {
+      const b = Buffer.alloc(PAGE, tag & 0xff);
+      b.writeUInt32LE(tag, 0);
+      b.writeUInt32LE(tag, PAGE - 4);
+      return b;
+    };
+    /** A small deterministic generator (mulberry32), so a failure names its seed. */
+    const random = (seed: number) => () => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+    };
+
+    test.each(Array.from({ length: 40 }, (_, i) => [i + 1, i % 2 === 1] as [number, boolean]))('seed %i (lazy: %s)', async (seed, lazy) => {
+      const rnd = random(seed);
+      const int = (n: number) => Math.floor(rnd() * n);
+      // The pre-copy: runs over pages 0..63 with gaps, each page its own tag.
+      const runs: [number, number][] = [];
+      for (let p = int(3); p < 64; ) {
+        const n = 1 + int(12);
+        runs.push([p, Math.min(n, 64 - p)]);
+        p += n + int(4);
+      }
+      const precopied: number[] = runs.flatMap(([first, n]) => Array.from({ length: n }, (_, i) => first + i));
+      await precopy(0, runs, precopied.map((p) => 1000 + p));
+      // The task at the freeze: entries over pages 0..71, some lazy, some not present.
+      const entries: [number, number, number][] = [];
+      for (let p = int(2); p < 72; ) {
+        const n = 1 + int(9);
+        const flags = rnd() < 0.1 ? 0 : rnd() < 0.5 ? PE_PRESENT | PE_LAZY : PE_PRESENT;
+        entries.push([p, Math.min(n, 72 - p), flags]);
+        p += n + int(3);
+      }
+      await pagemap(1, 1, entries);
+      // Each present page: unchanged where it was, another pre-copied page's content, or new.
+      const present = entries.filter(([, , f]) => f & PE_PRESENT).flatMap(([first, n]) => Array.from({ length: n }, (_, i) => first + i));
+      const expected = new Map<number, Buffer>();
+      const records: Buffer[] = [];
+      let pending: { op: 'ref'; first: number; n: number } | { op: 'lit'; pages: Buffer[] } | undefined;
+      const flush = () => {
+        if (pending?.op === 'ref') records.push(ref(0, pending.first, pending.n));
+        if (pending?.op === 'lit') records.push(literal(...pending.pages));
+        pending = undefined;
+      };
+      for (const p of present) {
+        const same = precopied.indexOf(p);
+        const choice = rnd();
+        // Often the pre-copy page after the last one referenced: a record that runs on past where
+        // the addresses part (the end of a pre-copy run, a gap in the pagemap) must split there.
+        const next = pending?.op === 'ref' && pending.first + pending.n < precopied.length ? pending.first + pending.n : -1;
+        const index = next >= 0 && choice < 0.4 ? next : same >= 0 && choice < 0.7 ? same : choice < 0.85 && precopied.length > 0 ? int(precopied.length) : -1;
+        if (index >= 0) {
+          expected.set(p, tagged(1000 + precopied[index]!));
+          // Records as the filter cuts them: consecutive references in one, now and then split.
+          if (pending?.op === 'ref' && pending.first + pending.n === index && rnd() < 0.85) pending.n++;
+          else {
+            flush();
+            pending = { op: 'ref', first: index, n: 1 };
+          }
+        } else {
+          const content = tagged(5000 + p);
+          expected.set(p, content);
+          if (pending?.op === 'lit' && rnd() < 0.85) pending.pages.push(content);
+          else {
+            flush();
+            pending = { op: 'lit', pages: [content] };
+          }
+        }
+      }
+      flush();
+      await writeFile(join(dir, precopyFileName(0)), Buffer.concat(precopied.map((p) => tagged(1000 + p))));
+      await writeFile(join(dir, deltaNameOf('pages-1.img')), delta(...records, end(present.length * PAGE)));
+
+      const applied = await applyPageDeltas(dir, 1 << 30, { lazy });
+      expect(applied.parentPages + applied.writtenPages + applied.lazyPages).toBe(present.length);
+      // Read every present page back the way CRIU would: the parent, the pages file in order, or the daemon's table.
+      const rebuilt = await entriesOf('pagemap-1.img');
+      const pagesFile = await readFile(join(dir, 'pages-1.img'));
+      const parentRuns = applied.parentPages > 0 ? await entriesOf('parent/pagemap-1.img') : [];
+      const parentPages = applied.parentPages > 0 ? await readFile(join(dir, 'parent/pages-1.img')) : Buffer.alloc(0);
+      const served = lazy && applied.lazyPagesSource ? await applied.lazyPagesSource.open() : undefined;
+      try {
+        let written = 0;
+        const got = new Map<number, Buffer>();
+        for (const [first, n, flags] of rebuilt) {
+          if ((flags & (PE_PRESENT | PE_PARENT | PE_LAZY)) === 0) continue;
+          for (let i = 0; i < n; i++) {
+            const p = first + i;
+            if (flags & PE_PARENT) {
+              let offset = 0;
+              const run = parentRuns.find(([f, m]) => (p >= f && p < f + m ? true : ((offset += m), false)))!;
+              got.set(p, parentPages.subarray((offset + p - run[0]) * PAGE, (offset + p - run[0] + 1) * PAGE));
+            } else if (flags & PE_PRESENT) {
+              got.set(p, pagesFile.subarray(written * PAGE, ++written * PAGE));
+            } else {
+              const run = served!.runs.find((r) => at(p) >= r.vaddr && at(p) < r.vaddr + r.pages * PAGE)!;
+              const buf = Buffer.alloc(PAGE);
+              await served!.files[run.file]!.read(buf, 0, PAGE, run.offset + (at(p) - run.vaddr));
+              got.set(p, buf);
+            }
+          }
+        }
+        expect(written * PAGE).toBe(pagesFile.length);
+        expect([...got.keys()].sort((a, b) => a - b)).toEqual(present);
+        for (const p of present) expect(got.get(p)!.readUInt32LE(0)).toBe(expected.get(p)!.readUInt32LE(0));
+        for (const p of present) expect(got.get(p)!.equals(expected.get(p)!)).toBe(true);
+        // Not present at the freeze: left as it was.
+        expect(rebuilt.filter(([, , f]) => (f & (PE_PRESENT | PE_PARENT | PE_LAZY)) === 0)).toEqual(entries.filter(([, , f]) => f === 0));
+      } finally {
+        await Promise.all(served?.files.map((f) => f.close()) ?? []);
+      }
+    });
+  });
+
   describe('a hostile or broken delta is refused before anything is written', () => {
     const cases: [string, () => Buffer, RegExp][] = [
       ['bad magic', () => Buffer.concat([Buffer.from('NOTDELTA'), end(0)]), /bad magic/],
