@@ -20,9 +20,10 @@
  */
 import { mkdir, open, readFile, readdir, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PAGE_DELTA_HEAD_BYTES, PAGE_DELTA_MAGIC, PAGE_DELTA_OP, type LazyServeRun } from '@ferry/native';
+import { PAGE_DELTA_HEAD_BYTES, PAGE_DELTA_MAGIC, PAGE_DELTA_OP } from '@ferry/native';
 import { ErrorCode, FerryError, PAGE_BYTES } from '@ferry/protocol';
 import { encodePagemap, PE_LAZY, PE_PARENT, PE_PRESENT, pagemapEntryBytes, pagemapHeadBytes, pagemapHeader, parsePagemap, type PagemapImage } from '../criu/pagemap-image';
+import { LocalLazyPages } from './local-lazy-pages';
 
 export const PRECOPY_DIR = 'precopy';
 const PRECOPY_NAME = /^mem-(\d{1,5})\.(pages|runs)$/;
@@ -285,44 +286,6 @@ export async function applyPageDeltas(dir: string, maxOutBytes: number, { lazy =
   await Promise.all(deltaNames.map((n) => rm(join(dir, n), { force: true })));
   await rm(precopyDir, { recursive: true, force: true });
   return result;
-}
-
-/**
- * A lazy restore's pages, for `criu lazy-pages --page-server`: CRIU 4.2.1's daemon cannot read a
- * parent image itself (its asynchronous reads of a parent page are queued on the parent's reader,
- * which it never flushes: the first fault from a parent hangs), so the lazy runs are served from
- * where the rebuild left them, by @ferry/native's lazyServe (lazy-memory-feed.ts).
- */
-export class LocalLazyPages {
-  constructor(private readonly tasks: ReadonlyMap<number, ReadonlyArray<{ vaddr: number; nrPages: number; path: string; offset: number }>>) {}
-
-  /**
-   * The runs as lazyServe's table (by task, then address; `file` indexes `files`) and the files
-   * they lie in, opened for reading: the caller closes them once the daemon's session is over.
-   */
-  async open(): Promise<{ runs: LazyServeRun[]; files: FileHandle[] }> {
-    const paths: string[] = [];
-    const indexOf = new Map<string, number>();
-    const runs: LazyServeRun[] = [];
-    for (const task of [...this.tasks.keys()].sort((a, b) => a - b)) {
-      for (const run of this.tasks.get(task)!) {
-        let file = indexOf.get(run.path);
-        if (file === undefined) {
-          file = paths.push(run.path) - 1;
-          indexOf.set(run.path, file);
-        }
-        runs.push({ task, vaddr: run.vaddr, pages: run.nrPages, file, offset: run.offset });
-      }
-    }
-    const files: FileHandle[] = [];
-    try {
-      for (const path of paths) files.push(await open(path, 'r'));
-    } catch (err) {
-      await Promise.all(files.map((f) => f.close()));
-      throw err;
-    }
-    return { runs, files };
-  }
 }
 
 /**

@@ -192,7 +192,7 @@ export function relayPlan(runs: LazyRun[], maxBytes = totalmem()): PageRelayRun[
   return plan;
 }
 
-/** Where a lazy restore's pages lie in this host's files (page-delta.ts LocalLazyPages). */
+/** Where a lazy restore's pages lie in this host's files (migration/local-lazy-pages.ts). */
 export interface LocalPageTable {
   open(): Promise<{ runs: LazyServeRun[]; files: FileHandle[] }>;
 }
