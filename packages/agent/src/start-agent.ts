@@ -5,6 +5,7 @@ import { Agent } from './agent';
 import { compileAgentOptions, type AgentOptions } from './agent-options';
 import { CriuDriver } from './criu/criu-driver';
 import { probeCriu } from './criu/criu-probe';
+import { ensureCriuKdatCache, hostKdatCacheDeps } from './criu/kernel-feature-cache';
 import { Inventory } from './workloads/inventory';
 import { natsAuthOptionsFromFile, silentLogger, type Logger } from '@ferry/protocol';
 import { presizeLargeNatsPayloads } from '@ferry/transfer';
@@ -42,6 +43,8 @@ export async function startAgent(partial: Partial<AgentOptions> & { host: string
     pipeData: probed.pipeData && !opts.faults.noPipeData,
   };
   log.info({ criu: criuInfo, ms: Date.now() - probeStarted }, 'CRIU probed');
+  // Where /run is not a tmpfs CRIU keeps no kernel-feature cache and every run probes the kernel first.
+  if (probed.usable) await ensureCriuKdatCache(log, hostKdatCacheDeps(opts.criuPath));
   const criu = new CriuDriver(
     {
       criuPath: opts.criuPath,
