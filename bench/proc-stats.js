@@ -109,7 +109,7 @@ function sampleThreadCpu(roots, intervalMs = 50) {
     stop() {
       clearInterval(timer);
       sample();
-      const byName = new Map([['children (CRIU)', (childTicks() - childrenBefore) / CLOCK_TICKS_PER_S]]);
+      const byName = new Map([['reaped children (CRIU and the commands the agents run)', (childTicks() - childrenBefore) / CLOCK_TICKS_PER_S]]);
       for (const t of threads.values()) byName.set(t.name, (byName.get(t.name) ?? 0) + (t.last - t.first) / CLOCK_TICKS_PER_S);
       return [...byName].filter(([, seconds]) => seconds > 0).sort((a, b) => b[1] - a[1]);
     },
